@@ -1,0 +1,18 @@
+"""bnn_keras: Keras building blocks for binarized neural networks, on top of larq.
+
+Importing this package sets `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported (larq and
+Larq Compute Engine need tf-keras 2.16, not Keras 3) and registers every custom object with
+Keras, so `tf.keras.models.load_model(path)` needs no `custom_objects`.
+"""
+
+from bnn_keras._env import ensure_legacy_keras
+
+ensure_legacy_keras()
+
+import larq  # noqa: E402,F401  (registers larq's layers and quantizers with Keras)
+
+from bnn_keras.errors import BnnError, KerasVersionError  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["BnnError", "KerasVersionError", "__version__"]

@@ -1,0 +1,41 @@
+"""Makes TensorFlow resolve `tf.keras` to tf-keras (Keras 2) before anyone imports it.
+
+larq 0.14 and Larq Compute Engine 0.16 are written against Keras 2. TensorFlow 2.16 resolves
+`tf.keras` to Keras 3 unless `TF_USE_LEGACY_KERAS=1` is set before `tf.keras` is first touched,
+so every package of ours imports this module before it imports TensorFlow.
+"""
+
+import os
+import sys
+
+from bnn_keras.errors import KerasVersionError
+
+_FIX = (
+    "set TF_USE_LEGACY_KERAS=1 in the environment, or `import bnn_keras` before importing "
+    "tensorflow or keras, so that tf.keras is tf-keras 2.16"
+)
+
+
+def ensure_legacy_keras() -> None:
+    """Sets `TF_USE_LEGACY_KERAS=1` and checks that `tf.keras` is Keras 2.
+
+    Raises:
+        KerasVersionError: `tf.keras` was already bound to Keras 3 in this process, which
+            larq and LCE cannot use.
+    """
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    # TensorFlow's C++ start-up chatter (CUDA stubs, CPU features) buries our output; a user
+    # who wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf_was_imported = "tensorflow" in sys.modules
+    import tensorflow as tf  # noqa: E402  (must follow the environment variable)
+
+    # tf.keras is a lazy loader; touching a class resolves it to tf_keras or Keras 3 for good.
+    implementation = tf.keras.layers.Layer.__module__
+    if not implementation.startswith("tf_keras"):
+        version = getattr(tf.keras, "__version__", "3")
+        how = "tensorflow.keras was used before bnn_keras was imported" if tf_was_imported else (
+            "Keras 3 was selected")
+        raise KerasVersionError(
+            f"tf.keras is Keras {version} ({how}); larq and LCE need Keras 2: {_FIX}."
+        )

@@ -1,0 +1,73 @@
+"""Reading TFLite flatbuffers with TensorFlow's generated schema (never by hand-parsing bytes)."""
+
+import collections
+from typing import Counter, Dict
+
+from bnn_keras.errors import BnnError
+from tensorflow.lite.python import schema_py_generated as schema_fb
+from tensorflow.lite.python import schema_util
+
+# A TFLite flatbuffer carries this 4-byte file identifier at offset 4.
+TFLITE_IDENTIFIER = b"TFL3"
+
+_BUILTIN_NAMES: Dict[int, str] = {
+    code: name for name, code in vars(schema_fb.BuiltinOperator).items() if not name.startswith("_")
+}
+
+
+class InvalidFlatbufferError(BnnError):
+    """The bytes are not a readable TFLite flatbuffer."""
+
+
+def read_model(data: bytes, *, source: str = "the input") -> "schema_fb.ModelT":
+    """Parses and fully unpacks a TFLite flatbuffer.
+
+    Unpacking every table (not just the root) is what surfaces truncation and most corruption
+    as an exception here, before a native interpreter ever sees the bytes.
+
+    Args:
+        data: The flatbuffer bytes.
+        source: How to name the input in error messages (usually the file path).
+
+    Returns:
+        The unpacked `ModelT` object tree.
+
+    Raises:
+        InvalidFlatbufferError: the bytes are not a TFLite model.
+    """
+    if len(data) < 8 or not schema_fb.Model.ModelBufferHasIdentifier(data, 0):
+        raise InvalidFlatbufferError(
+            f"{source} is not a TFLite flatbuffer (no 'TFL3' identifier); "
+            "pass a .tflite file written by `bnn convert`."
+        )
+    try:
+        model = schema_fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    except Exception as exc:  # corrupt offsets raise IndexError, struct.error, UnicodeError...
+        raise InvalidFlatbufferError(
+            f"{source} is a damaged TFLite flatbuffer ({type(exc).__name__}); convert the model again."
+        ) from None
+    if not model.subgraphs or not model.operatorCodes:
+        raise InvalidFlatbufferError(f"{source} is a TFLite flatbuffer with no operators.")
+    return model
+
+
+def op_name(opcode: "schema_fb.OperatorCodeT") -> str:
+    """The op's name: the builtin enum name (`CONV_2D`) or a custom op's code (`LceBconv2d`)."""
+    code = schema_util.get_builtin_code_from_operator_code(opcode)
+    if code == schema_fb.BuiltinOperator.CUSTOM:
+        custom = opcode.customCode
+        return custom.decode() if isinstance(custom, bytes) else str(custom)
+    return _BUILTIN_NAMES.get(code, f"BUILTIN_{code}")
+
+
+def op_histogram(data: bytes, *, source: str = "the input") -> Counter[str]:
+    """Counts each operator in all subgraphs of a flatbuffer, e.g. `{"LceBconv2d": 23, ...}`."""
+    model = read_model(data, source=source)
+    names = [op_name(opcode) for opcode in model.operatorCodes]
+    counts: Counter[str] = collections.Counter()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            if op.opcodeIndex >= len(names):
+                raise InvalidFlatbufferError(f"{source} is a damaged TFLite flatbuffer.")
+            counts[names[op.opcodeIndex]] += 1
+    return counts

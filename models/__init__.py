@@ -1,0 +1,21 @@
+"""The BNN model family behind one registry.
+
+Example:
+    >>> import models
+    >>> model = models.create_model("binary-densenet28", input_shape=(32, 32, 3), num_classes=10)
+"""
+
+import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+from models.registry import (  # noqa: E402
+    UnknownModelError,
+    create_model,
+    get_model_fn,
+    list_models,
+    register_model,
+)
+
+# Importing each family module registers its models.
+from models import densenet  # noqa: E402,F401
+
+__all__ = ["UnknownModelError", "create_model", "get_model_fn", "list_models", "register_model"]

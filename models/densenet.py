@@ -1,0 +1,128 @@
+"""BinaryDenseNet (Bethge et al., "Back to Simplicity", 2019).
+
+Dense blocks of BN -> sign -> 3x3 binary conv (growth filters) -> concatenate; full-precision
+transitions BN -> MaxPool2 -> ReLU -> 1x1 conv. Parameter counts match larq-zoo's definitions.
+
+References:
+    - [Back to Simplicity: How to Train Accurate BNNs from Scratch?](https://arxiv.org/abs/1906.08637)
+    - [BinaryDenseNet: Developing an Architecture for Binary Neural Networks](
+      https://openaccess.thecvf.com/content_ICCVW_2019/papers/NeurArch/Bethge_BinaryDenseNet_Developing_an_Architecture_for_Binary_Neural_Networks_ICCVW_2019_paper.pdf)
+"""
+
+from typing import Any, Optional, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from models.common import classifier_head, image_input, is_small_input
+from models.registry import register_model
+
+# Back to Simplicity trains BinaryDenseNet with a gradient-cancelling window of 1.3.
+CLIP_VALUE = 1.3
+
+
+def _bn(name: str) -> tf.keras.layers.Layer:
+    return tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def binary_densenet(
+    *,
+    blocks: Sequence[int],
+    reduction: Sequence[float],
+    dilation_rate: Optional[Sequence[int]] = None,
+    initial_filters: int = 64,
+    growth_rate: int = 64,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    input_quantizer: Any = None,
+    kernel_quantizer: Any = None,
+    kernel_constraint: Any = None,
+    name: str = "binary_densenet",
+) -> tf.keras.Model:
+    """Builds a BinaryDenseNet.
+
+    Args:
+        blocks: Binary layers per dense block, e.g. (6, 6, 6, 5) for BinaryDenseNet28.
+        reduction: Channel reduction of each transition (one per block boundary).
+        dilation_rate: Dilation per block; a block with dilation > 1 is not preceded by pooling.
+        initial_filters: Filters of the full-precision stem.
+        growth_rate: Filters of each binary 3x3 convolution.
+        input_shape: Input (height, width, channels); sides under 50 px get the 3x3 stem.
+        num_classes: Classifier size.
+        include_top: Whether to add global pooling + dense + softmax.
+        input_quantizer: Activation quantizer (default `SteSign(clip_value=1.3)`).
+        kernel_quantizer: Weight quantizer (default `SteSign(clip_value=1.3)`).
+        kernel_constraint: Latent weight constraint (default `WeightClip(1.3)`).
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+    """
+    dilation_rate = tuple(dilation_rate or (1,) * len(blocks))
+    input_quantizer = input_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE)
+    kernel_quantizer = kernel_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE)
+    kernel_constraint = kernel_constraint or lq.constraints.WeightClip(clip_value=CLIP_VALUE)
+
+    inputs = image_input(input_shape)
+    if is_small_input(input_shape):
+        x = tf.keras.layers.Conv2D(
+            initial_filters, 3, padding="same", kernel_initializer="he_normal",
+            use_bias=False, name="stem_conv",
+        )(inputs)
+    else:
+        x = tf.keras.layers.Conv2D(
+            initial_filters, 7, strides=2, padding="same", kernel_initializer="he_normal",
+            use_bias=False, name="stem_conv",
+        )(inputs)
+        x = _bn("stem_bn")(x)
+        x = tf.keras.layers.Activation("relu", name="stem_relu")(x)
+        x = tf.keras.layers.MaxPool2D(3, strides=2, padding="same", name="stem_pool")(x)
+
+    for b, layers_in_block in enumerate(blocks, start=1):
+        for i in range(1, layers_in_block + 1):
+            prefix = f"block{b}_layer{i}"
+            y = _bn(f"{prefix}_bn")(x)
+            y = lq.layers.QuantConv2D(
+                growth_rate,
+                3,
+                dilation_rate=dilation_rate[b - 1],
+                padding="same",
+                # Padding with +1 instead of 0 keeps the padded input binary, which lets LCE
+                # run the convolution as one fused LceBconv2d (LCE model-optimization guide).
+                pad_values=1.0,
+                input_quantizer=input_quantizer,
+                kernel_quantizer=kernel_quantizer,
+                kernel_constraint=kernel_constraint,
+                kernel_initializer="glorot_normal",
+                use_bias=False,
+                name=f"{prefix}_conv",
+            )(y)
+            x = tf.keras.layers.Concatenate(name=f"{prefix}_concat")([x, y])
+
+        if b < len(blocks):
+            prefix = f"transition{b}"
+            x = _bn(f"{prefix}_bn")(x)
+            if dilation_rate[b] == 1:
+                x = tf.keras.layers.MaxPool2D(2, strides=2, name=f"{prefix}_pool")(x)
+            x = tf.keras.layers.Activation("relu", name=f"{prefix}_relu")(x)
+            # larq-zoo's rounding (floor-divide, then round to a multiple of 32) is kept
+            # as-is: it decides the parameter counts of the reference models.
+            filters = round(x.shape[-1] // reduction[b - 1] / 32) * 32
+            x = tf.keras.layers.Conv2D(
+                filters, 1, kernel_initializer="he_normal", use_bias=False, name=f"{prefix}_conv"
+            )(x)
+
+    x = _bn("head_bn")(x)
+    x = tf.keras.layers.Activation("relu", name="head_relu")(x)
+    if include_top:
+        x = classifier_head(x, num_classes)
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+@register_model("binary-densenet28")
+def binary_densenet28(**kwargs) -> tf.keras.Model:
+    """BinaryDenseNet28: 5,150,504 parameters at 224x224x3, 1000 classes."""
+    return binary_densenet(
+        blocks=(6, 6, 6, 5), reduction=(2.7, 2.7, 2.2), name="binary_densenet28", **kwargs
+    )
