@@ -16,3 +16,6 @@ from bnn_keras.errors import BnnError, KerasVersionError  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = ["BnnError", "KerasVersionError", "__version__"]
+
+# Importing the plugin modules registers their objects with Keras (package "bnn_keras").
+from bnn_keras import callbacks, layers, quantizers, regularizers  # noqa: E402,F401
