@@ -24,9 +24,10 @@ def ensure_legacy_keras() -> None:
             larq and LCE cannot use.
     """
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    # TensorFlow's C++ start-up chatter (CUDA stubs, CPU features) buries our output; a user
+    # TensorFlow's C++ start-up chatter (CUDA stubs and spurious cuFFT/cuDNN "errors" on CPU-only
+    # machines) buries our output; a user
     # who wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tf_was_imported = "tensorflow" in sys.modules
     import tensorflow as tf  # noqa: E402  (must follow the environment variable)
 

@@ -1,0 +1,108 @@
+"""Keras model -> TFLite flatbuffer with Larq Compute Engine's converter."""
+
+import warnings
+from typing import Any, Dict
+
+import larq_compute_engine as lce
+import tensorflow as tf
+
+from bnn_keras.errors import BnnError
+
+# User-facing target names -> LCE's target strings. LCE has no "arm64": its "arm" target covers
+# 32- and 64-bit ARM (Raspberry Pi 4/5 on a 64-bit OS, phones) alike.
+TARGETS: Dict[str, str] = {"arm64": "arm", "arm": "arm", "xcore": "xcore"}
+IO_TYPES: Dict[str, tf.DType] = {"float32": tf.float32, "int8": tf.int8}
+
+
+class ConversionError(BnnError):
+    """LCE could not convert the model."""
+
+
+def _validate_options(target: str, inference_input_type: str, inference_output_type: str) -> None:
+    if target not in TARGETS:
+        raise BnnError(f"Expected target one of {', '.join(TARGETS)}, got {target!r}.")
+    for what, value in (("input", inference_input_type), ("output", inference_output_type)):
+        if value not in IO_TYPES:
+            raise BnnError(
+                f"Expected inference_{what}_type one of {', '.join(IO_TYPES)}, got {value!r}."
+            )
+
+
+def _float32_policies(config: Any) -> Any:
+    """A copy of a Keras config with every dtype policy replaced by "float32"."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("Policy", "DTypePolicy"):
+            return "float32"
+        return {key: _float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(value) for value in config]
+    return config
+
+
+def is_mixed_precision(model: tf.keras.Model) -> bool:
+    """True when any layer computes in a dtype other than float32."""
+    return any(
+        layer.dtype_policy.compute_dtype != "float32" for layer in model.submodules
+        if isinstance(layer, tf.keras.layers.Layer)
+    )
+
+
+def as_float32(model: tf.keras.Model) -> tf.keras.Model:
+    """Rebuilds a (mixed-precision) functional model in float32 with the same weights.
+
+    LCE refuses models whose layers compute in bfloat16/float16, and the deployed model runs in
+    float32 (binary ops aside) anyway. Variables are float32 under mixed precision, so the
+    weights carry over exactly.
+    """
+    if not is_mixed_precision(model):
+        return model
+    config = _float32_policies(model.get_config())
+    float_model = model.__class__.from_config(config)
+    float_model.set_weights(model.get_weights())
+    return float_model
+
+
+def convert_model(
+    model: tf.keras.Model,
+    *,
+    target: str = "arm64",
+    inference_input_type: str = "float32",
+    inference_output_type: str = "float32",
+) -> bytes:
+    """Converts a Keras model to an LCE-optimised TFLite flatbuffer.
+
+    Args:
+        model: A Keras model built from larq layers (binary convolutions become LceBconv2d).
+        target: "arm64" or "arm" (LCE's ARM kernels), or "xcore".
+        inference_input_type: "float32" or "int8" model input.
+        inference_output_type: "float32" or "int8" model output.
+
+    Returns:
+        The flatbuffer bytes.
+
+    Raises:
+        BnnError: an option is invalid.
+        ConversionError: LCE failed to convert the model.
+
+    References:
+        - [Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art Binarized
+          Neural Networks](https://arxiv.org/abs/2011.09398)
+    """
+    _validate_options(target, inference_input_type, inference_output_type)
+    if is_mixed_precision(model):
+        warnings.warn(
+            "The model was trained in mixed precision; converting a float32 copy with the same "
+            "weights (LCE does not accept bfloat16/float16 layers).",
+            stacklevel=2,
+        )
+        model = as_float32(model)
+    try:
+        return lce.convert_keras_model(
+            model,
+            target=TARGETS[target],
+            inference_input_type=IO_TYPES[inference_input_type],
+            inference_output_type=IO_TYPES[inference_output_type],
+        )
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConversionError(f"LCE could not convert the model: {first_line}") from exc

@@ -1,0 +1,60 @@
+"""Loading a trained Keras model from a run folder or a model file."""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+from bnn_keras.errors import BnnError
+from bnn_keras.training import CONFIG_FILE, MODEL_FILE
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A Keras model and, when it came from a run folder, that run's config.json."""
+
+    model: tf.keras.Model
+    path: Path
+    run_config: Optional[Dict[str, Any]] = None
+
+
+def load_trained_model(path: str) -> LoadedModel:
+    """Loads `RUN_DIR/model.keras` (with its config.json) or a Keras model file.
+
+    Raises:
+        BnnError: the path does not exist, or is not a Keras model.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise BnnError(f"No such model file or run folder: {source}.")
+    run_config = None
+    if source.is_dir():
+        if (source / MODEL_FILE).is_file():
+            config_path = source / CONFIG_FILE
+            if config_path.is_file():
+                try:
+                    run_config = json.loads(config_path.read_text())
+                except ValueError:
+                    raise BnnError(f"{config_path} is not valid JSON.") from None
+            source = source / MODEL_FILE
+        elif not (source / "saved_model.pb").is_file():
+            raise BnnError(
+                f"{source} is neither a run folder (no {MODEL_FILE}) nor a SavedModel folder."
+            )
+    elif source.suffix not in MODEL_SUFFIXES:
+        raise BnnError(
+            f"{source} is not a Keras model file; expected a run folder or a "
+            f"{'/'.join(MODEL_SUFFIXES)} file."
+        )
+    try:
+        model = tf.keras.models.load_model(source, compile=False)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BnnError(f"Could not load {source} as a Keras model ({reason}).") from None
+    if not isinstance(model, tf.keras.Model):
+        raise BnnError(f"{source} does not hold a Keras model.")
+    return LoadedModel(model=model, path=source, run_config=run_config)

@@ -1,0 +1,52 @@
+"""Checking that a flatbuffer computes what its Keras model computes."""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from convert.runtime import LceRuntime
+
+
+@dataclasses.dataclass
+class Verification:
+    """Agreement between Keras and the flatbuffer on the same inputs.
+
+    Attributes:
+        samples: Number of inputs compared.
+        max_abs_diff: Largest absolute difference between any two outputs.
+        top1_agreement: Fraction of inputs whose arg-max class is the same.
+        keras_outputs: Keras model outputs.
+        tflite_outputs: Flatbuffer outputs.
+    """
+
+    samples: int
+    max_abs_diff: float
+    top1_agreement: float
+    keras_outputs: np.ndarray
+    tflite_outputs: np.ndarray
+
+
+def verify_flatbuffer(
+    model: tf.keras.Model, flatbuffer: bytes, x: np.ndarray, *, verbose: int = 0
+) -> Verification:
+    """Runs `model` (Keras) and `flatbuffer` (LCE's interpreter) on `x` and compares them.
+
+    Outputs are not expected to match bit-for-bit: TFLite reorders float sums and fuses
+    BatchNorm into the binary convolution's multiplier/bias. But a pre-activation that lands
+    within float error of zero can binarize to the other sign, so top-1 agreement, not
+    max |difference|, is the reliable acceptance measure.
+    """
+    x = np.asarray(x, np.float32)
+    keras_out = np.asarray(model.predict(x, verbose=0, batch_size=64), np.float32)
+    tflite_out = np.asarray(LceRuntime(flatbuffer).predict(x, verbose=verbose), np.float32)
+    keras_out = keras_out.reshape(len(x), -1)
+    tflite_out = tflite_out.reshape(len(x), -1)
+    agreement = float(np.mean(keras_out.argmax(-1) == tflite_out.argmax(-1)))
+    return Verification(
+        samples=len(x),
+        max_abs_diff=float(np.max(np.abs(keras_out - tflite_out))),
+        top1_agreement=agreement,
+        keras_outputs=keras_out,
+        tflite_outputs=tflite_out,
+    )
