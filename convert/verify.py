@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from convert.converter import as_float32
 from convert.runtime import LceRuntime
 
 
@@ -36,8 +37,12 @@ def verify_flatbuffer(
     BatchNorm into the binary convolution's multiplier/bias. But a pre-activation that lands
     within float error of zero can binarize to the other sign, so top-1 agreement, not
     max |difference|, is the reliable acceptance measure.
+
+    A model trained in mixed precision is compared through its float32 copy (the one that was
+    converted): its bfloat16 forward pass is a different computation from the deployed one.
     """
     x = np.asarray(x, np.float32)
+    model = as_float32(model)
     keras_out = np.asarray(model.predict(x, verbose=0, batch_size=64), np.float32)
     tflite_out = np.asarray(LceRuntime(flatbuffer).predict(x, verbose=verbose), np.float32)
     keras_out = keras_out.reshape(len(x), -1)

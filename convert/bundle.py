@@ -1,0 +1,415 @@
+"""A Raspberry Pi deployment bundle: the model, its metadata, a self-check and a C++ runner.
+
+Layout of a bundle folder:
+
+    model.tflite            the LCE flatbuffer
+    labels.txt              one class name per line, in output order
+    model.json              input shape/dtype, normalization, class names, LCE version, test files
+    test_input.bin          one normalized input, raw little-endian float32 (shape in model.json)
+    expected_output.bin     the Keras model's output for it, raw little-endian float32
+    runner_args.txt         bnn_runner's arguments for the self-check, one per line
+    runner/                 bnn_runner.cc + CMakeLists.txt (compiled on the device)
+    build.sh run.sh benchmark.sh
+    README.md               steps on the device
+
+`check_bundle` runs the same self-check as `run.sh` on this machine with LCE's interpreter
+(isolated in a child process).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from bnn_keras import files
+from bnn_keras.data import Normalization
+from bnn_keras.errors import BnnError
+from convert.flatbuffer import read_model
+from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
+
+BUNDLE_FORMAT = "bnn-raspberry-pi-bundle"
+BUNDLE_VERSION = 1
+TFLITE_FILE = "model.tflite"
+LABELS_FILE = "labels.txt"
+MODEL_JSON = "model.json"
+TEST_INPUT_FILE = "test_input.bin"
+EXPECTED_OUTPUT_FILE = "expected_output.bin"
+RUNNER_ARGS_FILE = "runner_args.txt"
+RUNNER_DIR = "runner"
+SCRIPTS = ("build.sh", "run.sh", "benchmark.sh")
+REQUIRED_FILES = (TFLITE_FILE, LABELS_FILE, MODEL_JSON, TEST_INPUT_FILE, EXPECTED_OUTPUT_FILE)
+
+_RUNNER_SOURCE = Path(__file__).resolve().parent / "runner"
+# Raw files are little-endian float32 so that C++ on aarch64 (little-endian) reads them directly.
+_RAW_DTYPE = np.dtype("<f4")
+# Absolute tolerance floor, relative to the output's magnitude: float32 sums in another order
+# (ARM kernels vs Keras) differ by a few ulps per accumulation.
+_ATOL_FLOOR = 1e-3
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """Outcome of a bundle self-check.
+
+    Attributes:
+        ok: Output within tolerance and the same top-1 class as expected.
+        max_abs_diff: Largest |actual - expected| over the output.
+        atol: The bundle's tolerance.
+        expected_top1: Arg-max of the expected output.
+        actual_top1: Arg-max of LCE's output.
+    """
+
+    ok: bool
+    max_abs_diff: float
+    atol: float
+    expected_top1: int
+    actual_top1: int
+
+
+def _lce_version() -> str:
+    try:
+        from importlib import metadata
+
+        return metadata.version("larq-compute-engine")
+    except Exception:  # metadata missing in an unusual install: the bundle is still usable
+        return "unknown"
+
+
+def _metadata(
+    run_config: Optional[Mapping[str, Any]],
+    input_shape: Optional[Sequence[int]],
+    normalization: Optional[Union[Normalization, Mapping[str, Sequence[float]]]],
+    class_names: Optional[Sequence[str]],
+):
+    config = dict(run_config or {})
+    input_shape = input_shape if input_shape is not None else config.get("input_shape")
+    normalization = normalization if normalization is not None else config.get("normalization")
+    class_names = class_names if class_names is not None else config.get("class_names")
+    missing = [name for name, value in (("input_shape", input_shape), ("normalization", normalization),
+                                         ("class_names", class_names)) if value is None]
+    if missing:
+        raise BnnError(
+            f"No {', '.join(missing)} given: pass a run_config from a run folder or give them "
+            "explicitly."
+        )
+    if isinstance(normalization, Normalization):
+        normalization = normalization.to_dict()
+    shape = tuple(int(d) for d in input_shape)
+    return shape, Normalization.from_dict(normalization).to_dict(), list(class_names)
+
+
+def _runner_args(atol: float, normalization: Mapping[str, Sequence[float]], pixel_max: float) -> str:
+    def floats(values):
+        return ",".join(repr(float(v)) for v in values)
+
+    return "\n".join([
+        f"--model={TFLITE_FILE}",
+        f"--input={TEST_INPUT_FILE}",
+        f"--expected={EXPECTED_OUTPUT_FILE}",
+        f"--atol={atol!r}",
+        f"--labels={LABELS_FILE}",
+        f"--mean={floats(normalization['mean'])}",
+        f"--std={floats(normalization['std'])}",
+        f"--pixel_max={pixel_max!r}",
+    ]) + "\n"
+
+
+def _readme(meta: Mapping[str, Any], folder: str) -> str:
+    shape = "x".join(str(d) for d in meta["input"]["shape"])
+    height, width = meta["input"]["shape"][1:3]
+    version = meta["lce_version"]
+    tag = f"v{version}" if version != "unknown" else "v0.16.0"
+    return f"""# {meta.get("name") or "bnn"} on a Raspberry Pi
+
+`{TFLITE_FILE}` is a Larq Compute Engine (LCE {version}) flatbuffer: input {shape} float32
+(normalized: see `{MODEL_JSON}`), {len(meta["class_names"])} classes (`{LABELS_FILE}`).
+It uses LCE's custom ops (LceBconv2d, LceQuantize, ...), so plain TensorFlow Lite cannot run it:
+use LCE's `lce_benchmark_model` or the C++ runner in `{RUNNER_DIR}/`, both built with LCE's kernels.
+The optimized binary kernels are for 64-bit ARM: use a Raspberry Pi 4 or 5 with a **64-bit OS**
+(Raspberry Pi OS 64-bit, Ubuntu arm64). Check with `uname -m`, which must print `aarch64`.
+
+Copy this folder to the Pi, e.g. `scp -r {folder} pi@raspberrypi.local:`.
+
+## 1. Benchmark with LCE's release binary
+
+    ./benchmark.sh 1        # 1 thread; ./benchmark.sh 4 for all cores
+
+`benchmark.sh` downloads `lce_benchmark_model_linux_aarch64` from the LCE GitHub release
+https://github.com/larq/compute-engine/releases/tag/{tag} (if that asset name does not exist for
+this release, download the aarch64 `lce_benchmark_model` asset listed there by hand and run
+`LCE_BENCHMARK_MODEL=/path/to/it ./benchmark.sh`). Equivalent command:
+
+    ./lce_benchmark_model --graph={TFLITE_FILE} --num_threads=1 --num_runs=50 --warmup_runs=5
+
+## 2. Build and run the C++ runner (self-check)
+
+The runner is compiled on the device against LCE's source tree (TensorFlow Lite + LCE kernels,
+built with CMake; expect 30-60 minutes on a Pi 4, and about 1 GB of RAM per compile job):
+
+    sudo apt-get install -y build-essential cmake git
+    ./build.sh                 # clones LCE {tag} with its TensorFlow submodule, builds build/bnn_runner
+    JOBS=2 ./build.sh          # on a Pi with 2 GB of RAM or less
+    ./build.sh ~/compute-engine   # or reuse an existing LCE checkout
+
+Then
+
+    ./run.sh                   # test_input.bin -> compares with expected_output.bin
+    ./run.sh --threads=4 --runs=50
+
+prints the latency, the top-5 classes and `self-check: ... PASSED`; the exit code is 0 when the
+output is within `atol={meta["expected_output"]["atol"]:.3g}` of the Keras model's output and the
+top-1 class matches, 1 otherwise.
+
+To classify an image, convert it to a binary PPM (colour) or PGM (grayscale), e.g. with
+ImageMagick `convert photo.jpg photo.ppm`, then
+
+    ./run.sh photo.ppm --top_k=3
+
+The runner resizes it to {height}x{width} (bilinear), scales pixels to 0..{meta["pixel_max"]:g}
+and applies the training normalization from `{RUNNER_ARGS_FILE}`.
+
+## Files
+
+- `{MODEL_JSON}`: input shape and dtype, normalization, class names, LCE version, and the test
+  tensors: `{TEST_INPUT_FILE}` / `{EXPECTED_OUTPUT_FILE}` are raw little-endian float32 arrays
+  in C order with the shapes given in `{MODEL_JSON}`.
+- `{RUNNER_ARGS_FILE}`: the runner's arguments for the self-check, one per line.
+- `{RUNNER_DIR}/bnn_runner.cc`, `{RUNNER_DIR}/CMakeLists.txt`: the runner (TFLite C++ API +
+  `compute_engine::tflite::RegisterLCECustomOps`).
+"""
+
+
+def _copy_runner(dest: Path) -> None:
+    if not (_RUNNER_SOURCE / "bnn_runner.cc").is_file():
+        raise BnnError(f"The C++ runner sources are missing from {_RUNNER_SOURCE}; reinstall bnn.")
+    (dest / RUNNER_DIR).mkdir()
+    for name in ("bnn_runner.cc", "CMakeLists.txt"):
+        shutil.copyfile(_RUNNER_SOURCE / name, dest / RUNNER_DIR / name)
+    for name in SCRIPTS:
+        shutil.copyfile(_RUNNER_SOURCE / "scripts" / name, dest / name)
+        os.chmod(dest / name, 0o755)
+
+
+def write_bundle(
+    directory: Union[str, os.PathLike],
+    *,
+    flatbuffer: bytes,
+    keras_model=None,
+    run_config: Optional[Mapping[str, Any]] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    normalization: Optional[Union[Normalization, Mapping[str, Sequence[float]]]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    sample_input: Optional[np.ndarray] = None,
+    pixel_max: Optional[float] = None,
+    name: Optional[str] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes a Raspberry Pi bundle folder, atomically.
+
+    The folder is assembled next to `directory` under a temporary name and renamed into place, so
+    an interrupted call leaves no half-written bundle.
+
+    Args:
+        directory: The bundle folder to create.
+        flatbuffer: The LCE flatbuffer bytes.
+        keras_model: The Keras model the flatbuffer was converted from: its output on the sample
+            is the expected output. None uses LCE's own output (the check then only guards
+            against the device disagreeing with LCE on x86).
+        run_config: A run's config.json (input_shape, normalization, class_names, dataset).
+        input_shape: (H, W, C); overrides run_config.
+        normalization: Per-channel mean/std on raw pixels; overrides run_config.
+        class_names: One per output; overrides run_config.
+        sample_input: One normalized input (H, W, C) or (1, H, W, C); default a fixed random one.
+        pixel_max: Raw pixel maximum of the training images (255; 16 for digits).
+        name: Model name for the README (default: the run's model name, else the folder name).
+        overwrite: Replace an existing folder.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        BnnError: missing metadata, shapes that disagree with the flatbuffer, an existing folder,
+            or a flatbuffer whose top-1 class on the sample differs from the Keras model's.
+    """
+    from convert.evaluate import DEFAULT_PIXEL_MAX, PIXEL_MAX
+
+    final = Path(directory)
+    if final.exists() and not overwrite:
+        raise BnnError(f"{final} already exists; choose another folder or pass overwrite.")
+    read_model(flatbuffer)
+    shape, norm, labels = _metadata(run_config, input_shape, normalization, class_names)
+    if pixel_max is None:
+        pixel_max = PIXEL_MAX.get((run_config or {}).get("dataset"), DEFAULT_PIXEL_MAX)
+
+    if sample_input is None:
+        sample = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    else:
+        sample = np.asarray(sample_input, np.float32)
+        sample = sample[np.newaxis] if sample.ndim == len(shape) else sample
+    if sample.shape != (1, *shape):
+        raise BnnError(f"Expected a sample input of shape {shape}, got {np.shape(sample_input)}.")
+
+    lce_output = np.asarray(isolated_predict(flatbuffer, sample), np.float32)
+    if keras_model is not None:
+        expected = np.asarray(keras_model.predict(sample, verbose=0), np.float32)
+        if expected.shape != lce_output.shape:
+            raise BnnError(
+                f"The Keras model's output shape {expected.shape} differs from the flatbuffer's "
+                f"{lce_output.shape}; is this the model the flatbuffer was converted from?"
+            )
+        if expected.argmax() != lce_output.argmax():
+            raise BnnError(
+                "The flatbuffer's top-1 class on the sample input differs from the Keras model's; "
+                "run `bnn convert` again (or pass another sample_input if a logit is a near tie)."
+            )
+    else:
+        expected = lce_output
+    if expected.reshape(-1).shape[0] != len(labels):
+        raise BnnError(
+            f"The model has {expected.size} outputs but {len(labels)} class names were given."
+        )
+    x86_diff = float(np.max(np.abs(expected - lce_output)))
+    # The device's optimized kernels reorder float sums differently again; allow a margin over
+    # what x86 LCE already shows, never below a small fraction of the output's magnitude.
+    atol = max(_ATOL_FLOOR * max(1.0, float(np.max(np.abs(expected)))), 4.0 * x86_diff)
+
+    meta: Dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "name": name or (run_config or {}).get("model") or final.name,
+        "tflite": TFLITE_FILE,
+        "lce_version": _lce_version(),
+        "input": {"shape": [1, *shape], "dtype": "float32"},
+        "normalization": norm,
+        "pixel_max": float(pixel_max),
+        "class_names": labels,
+        "labels": LABELS_FILE,
+        "test_input": {"file": TEST_INPUT_FILE, "shape": list(sample.shape), "dtype": "float32",
+                       "byte_order": "little"},
+        "expected_output": {"file": EXPECTED_OUTPUT_FILE, "shape": list(expected.shape),
+                            "dtype": "float32", "byte_order": "little", "atol": atol,
+                            "source": "keras" if keras_model is not None else "lce",
+                            "x86_lce_max_abs_diff": x86_diff},
+    }
+    for key in ("dataset", "model"):
+        if run_config and key in run_config:
+            meta[key] = run_config[key]
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        files.write_bytes(tmp / TFLITE_FILE, flatbuffer)
+        files.write_text(tmp / LABELS_FILE, "".join(f"{label}\n" for label in labels))
+        files.write_bytes(tmp / TEST_INPUT_FILE, sample.astype(_RAW_DTYPE).tobytes())
+        files.write_bytes(tmp / EXPECTED_OUTPUT_FILE, expected.astype(_RAW_DTYPE).tobytes())
+        files.write_text(tmp / RUNNER_ARGS_FILE, _runner_args(atol, norm, float(pixel_max)))
+        files.write_json(tmp / MODEL_JSON, meta)
+        files.write_text(tmp / "README.md", _readme(meta, final.name))
+        _copy_runner(tmp)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _read_raw(path: Path, shape: Sequence[int], what: str, problems: List[str]) -> Optional[np.ndarray]:
+    count = int(np.prod(shape))
+    size = path.stat().st_size
+    if size != count * _RAW_DTYPE.itemsize:
+        problems.append(
+            f"{path.name} has {size} bytes, expected {count * _RAW_DTYPE.itemsize} "
+            f"({what} of shape {list(shape)} float32)"
+        )
+        return None
+    return np.fromfile(path, dtype=_RAW_DTYPE).reshape(shape)
+
+
+def check_bundle(
+    directory: Union[str, os.PathLike], *, timeout: float = DEFAULT_TIMEOUT_S
+) -> CheckResult:
+    """Runs a bundle's self-check with LCE's interpreter: test input -> expected output.
+
+    Args:
+        directory: A folder written by `write_bundle`.
+        timeout: Seconds before the interpreter child is killed.
+
+    Returns:
+        A passing `CheckResult`.
+
+    Raises:
+        BnnError: listing every missing or malformed file, or the output mismatch (difference
+            above the tolerance, or another top-1 class).
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise BnnError(f"No such bundle folder: {folder}.")
+    problems: List[str] = []
+    missing = [name for name in (*REQUIRED_FILES, RUNNER_ARGS_FILE, *SCRIPTS,
+                                 f"{RUNNER_DIR}/bnn_runner.cc", f"{RUNNER_DIR}/CMakeLists.txt")
+               if not (folder / name).is_file()]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    meta: Dict[str, Any] = {}
+    if MODEL_JSON not in missing:
+        try:
+            meta = json.loads((folder / MODEL_JSON).read_text())
+            if meta.get("format") != BUNDLE_FORMAT:
+                problems.append(f"{MODEL_JSON} is not a bnn bundle description")
+                meta = {}
+        except ValueError:
+            problems.append(f"{MODEL_JSON} is not valid JSON")
+    x = expected = None
+    try:
+        if meta and TEST_INPUT_FILE not in missing:
+            x = _read_raw(folder / TEST_INPUT_FILE, meta["test_input"]["shape"], "test input", problems)
+        if meta and EXPECTED_OUTPUT_FILE not in missing:
+            expected = _read_raw(folder / EXPECTED_OUTPUT_FILE, meta["expected_output"]["shape"],
+                                 "expected output", problems)
+        atol = float(meta["expected_output"]["atol"]) if meta else 0.0
+        if meta and LABELS_FILE not in missing:
+            labels = (folder / LABELS_FILE).read_text().splitlines()
+            if labels != list(meta["class_names"]):
+                problems.append(f"{LABELS_FILE} does not match the class names in {MODEL_JSON}")
+    except (KeyError, TypeError, ValueError):
+        problems.append(f"{MODEL_JSON} lacks the test_input/expected_output shapes or atol")
+    if problems or x is None or expected is None:
+        raise BnnError(f"Broken bundle {folder}: {'; '.join(problems)}.")
+
+    data = (folder / TFLITE_FILE).read_bytes()
+    read_model(data, source=str(folder / TFLITE_FILE))
+    actual = np.asarray(isolated_predict(data, x, timeout=timeout), np.float32)
+    if actual.size != expected.size:
+        raise BnnError(
+            f"Broken bundle {folder}: the model outputs {actual.size} values but "
+            f"{EXPECTED_OUTPUT_FILE} holds {expected.size}."
+        )
+    actual = actual.reshape(expected.shape)
+    result = CheckResult(
+        ok=False,
+        max_abs_diff=float(np.max(np.abs(actual - expected))),
+        atol=atol,
+        expected_top1=int(expected.reshape(-1).argmax()),
+        actual_top1=int(actual.reshape(-1).argmax()),
+    )
+    result.ok = result.max_abs_diff <= atol and result.expected_top1 == result.actual_top1
+    if not result.ok:
+        raise BnnError(
+            f"Bundle self-check failed for {folder}: the model's output differs from "
+            f"{EXPECTED_OUTPUT_FILE} by {result.max_abs_diff:.3g} (atol {atol:.3g}), top-1 class "
+            f"{result.actual_top1} vs expected {result.expected_top1}."
+        )
+    return result

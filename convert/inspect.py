@@ -1,0 +1,284 @@
+"""Finding what stops Larq Compute Engine from producing fast binary ops, before conversion.
+
+`inspect_model` reads a Keras model's layers and graph (no conversion, no TensorFlow tracing) and
+reports each pattern from LCE's model-optimization guide that it can detect, naming the layer and
+the fix. Severities:
+
+- "error": a layer meant to be binary will not run as an LCE binary op (binary Dense, multi-bit
+  activations, a reshape/transpose between a standalone quantizer and its conv), or will not
+  convert for the chosen target (zero padding on xcore).
+- "warning": the layer becomes an LCE binary op but slower than it could be (zero padding on
+  ARM, input channels not a multiple of 32, output channels not a multiple of 8).
+- "info": worth knowing, nothing is lost (a float32 copy of a mixed-precision model is converted;
+  a conv with binary weights but float input runs as a float conv).
+
+A "clean" model has no error findings. Registry models are expected to be clean; channel-multiple
+warnings are allowed because the first binary layers of small models often have fewer channels.
+
+References:
+    - [LCE model optimization guide](https://docs.larq.dev/compute-engine/model_optimization_guide/)
+"""
+
+import dataclasses
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import larq as lq
+import tensorflow as tf
+
+from bnn_keras.errors import BnnError
+from convert.converter import TARGETS, is_mixed_precision
+
+SEVERITIES: Tuple[str, ...] = ("error", "warning", "info")
+
+_CONV_TYPES = (lq.layers.QuantConv2D,)
+# Layers that only move values around: between a sign and a conv they hide the pattern LCE fuses.
+_SHAPE_LAYERS = (
+    tf.keras.layers.Reshape,
+    tf.keras.layers.Permute,
+    tf.keras.layers.Flatten,
+    tf.keras.layers.ZeroPadding2D,
+    tf.keras.layers.Cropping2D,
+    tf.keras.layers.UpSampling2D,
+)
+# Layers that are the identity at inference time: seen through when walking the graph.
+_IDENTITY_LAYERS = (
+    tf.keras.layers.Dropout,
+    tf.keras.layers.SpatialDropout2D,
+    tf.keras.layers.GaussianNoise,
+    tf.keras.layers.ActivityRegularization,
+)
+# How far back from a conv to look for a standalone quantizer (a few reshapes, not a whole net).
+_MAX_WALK = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One problem found in a model.
+
+    Attributes:
+        layer: Name of the layer concerned (the model's name for model-wide findings).
+        code: Stable problem code, e.g. "binary-dense", "zero-padding".
+        severity: "error", "warning" or "info".
+        message: What is wrong.
+        fix: What to change.
+    """
+
+    layer: str
+    code: str
+    severity: str
+    message: str
+    fix: str
+
+
+def _bits(quantizer) -> Optional[int]:
+    """A larq quantizer's precision in bits (None for no quantizer or an unknown one)."""
+    if quantizer is None:
+        return None
+    precision = getattr(quantizer, "precision", None)
+    if precision is None:
+        # DoReFa exposes k_bit; a plain callable like `tf.sign` carries no precision at all.
+        precision = getattr(quantizer, "k_bit", None)
+    if precision is None or int(precision) >= 16:
+        # NoOpQuantizer(precision=32) and friends mean "float": not a quantizer for LCE.
+        return None
+    return int(precision)
+
+
+def _layer_quantizer(layer: tf.keras.layers.Layer):
+    """The quantizer a standalone layer applies, or None if the layer is not a quantizer."""
+    if isinstance(layer, lq.quantizers.Quantizer):
+        return layer
+    if isinstance(layer, tf.keras.layers.Activation) and _bits(layer.activation) is not None:
+        return layer.activation
+    return None
+
+
+def _walk_layers(model: tf.keras.Model) -> Iterator[tf.keras.layers.Layer]:
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            yield from _walk_layers(layer)
+        else:
+            yield layer
+
+
+def _inbound(layer: tf.keras.layers.Layer) -> List[tf.keras.layers.Layer]:
+    """Layers feeding `layer` in the functional graph (empty for the input or unknown)."""
+    found = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        inbound = node.inbound_layers
+        found.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+    return found
+
+
+def _kernel_size(layer) -> int:
+    size = layer.kernel_size
+    return max(size) if isinstance(size, (tuple, list)) else int(size)
+
+
+def _separated_quantizer(layer) -> Optional[Tuple[str, List[str]]]:
+    """(quantizer layer, layers in between) when a standalone sign reaches `layer` via reshapes."""
+    between: List[str] = []
+    current = layer
+    for _ in range(_MAX_WALK):
+        parents = _inbound(current)
+        if len(parents) != 1:
+            return None
+        parent = parents[0]
+        quantizer = _layer_quantizer(parent)
+        if quantizer is not None:
+            return (parent.name, between) if between and _bits(quantizer) == 1 else None
+        if isinstance(parent, _SHAPE_LAYERS):
+            between.insert(0, parent.name)
+        elif not isinstance(parent, _IDENTITY_LAYERS):
+            return None
+        current = parent
+    return None
+
+
+def _check_conv(layer, target: str) -> List[Finding]:
+    findings: List[Finding] = []
+    input_bits = _bits(getattr(layer, "input_quantizer", None))
+    kernel_bits = _bits(getattr(layer, "kernel_quantizer", None))
+    name = layer.name
+    if input_bits is not None and input_bits > 1:
+        findings.append(Finding(
+            name, "multibit-activation", "error",
+            f"{input_bits}-bit input quantizer: LCE accelerates 1-bit activations only, so this "
+            "conv runs in float.",
+            "use a 1-bit input quantizer (e.g. 'ste_sign') or accept a float layer here",
+        ))
+    if kernel_bits is not None and kernel_bits > 1:
+        findings.append(Finding(
+            name, "multibit-kernel", "error",
+            f"{kernel_bits}-bit kernel quantizer: LCE has no multi-bit weight kernels, so this conv "
+            "runs in float.",
+            "use a 1-bit kernel quantizer (e.g. 'ste_sign')",
+        ))
+    if kernel_bits == 1 and input_bits is None:
+        separated = _separated_quantizer(layer)
+        if separated is not None:
+            quantizer_name, between = separated
+            findings.append(Finding(
+                name, "quantizer-separated", "error",
+                f"the sign is computed in '{quantizer_name}' and passes through "
+                f"{', '.join(repr(b) for b in between)} before this conv: LCE cannot match the "
+                "sign -> conv pattern, so the conv runs in float.",
+                "reshape/transpose before the quantizer, or give the conv "
+                "input_quantizer='ste_sign' instead of a separate quantizer layer",
+            ))
+        elif not any(_layer_quantizer(p) is not None for p in _inbound(layer)):
+            findings.append(Finding(
+                name, "float-input", "info",
+                "binary weights but a float input (no input quantizer): runs as a float conv. "
+                "Expected for a first layer.",
+                "add input_quantizer='ste_sign' if this layer is meant to be binary",
+            ))
+    if not (input_bits == 1 and kernel_bits == 1):
+        return findings
+
+    kernel_shape = layer.kernel.shape if getattr(layer, "kernel", None) is not None else None
+    pad_values = float(getattr(layer, "pad_values", 0.0))
+    if layer.padding == "same" and pad_values != 1.0 and _kernel_size(layer) > 1:
+        xcore = TARGETS.get(target, target) == "xcore"
+        findings.append(Finding(
+            name, "zero-padding", "error" if xcore else "warning",
+            f"'same' padding with pad_values={pad_values:g}: "
+            + ("the xcore target has no zero-padded binary conv." if xcore else
+               "LCE adds a zero-padding correction pass and cannot fuse the output binarization."),
+            "set pad_values=1.0 on this layer (and retrain or fine-tune)",
+        ))
+    if kernel_shape is not None:
+        in_channels, out_channels = int(kernel_shape[-2]), int(kernel_shape[-1])
+        if in_channels % 32:
+            findings.append(Finding(
+                name, "input-channels", "warning",
+                f"{in_channels} input channels: LCE packs channels in groups of 32, so this conv "
+                f"costs as much as one with {32 * -(-in_channels // 32)}.",
+                "use a multiple of 32 input channels",
+            ))
+        if out_channels % 8:
+            findings.append(Finding(
+                name, "output-channels", "warning",
+                f"{out_channels} output channels: LCE computes 8 at a time, so "
+                f"{8 - out_channels % 8} are computed and thrown away.",
+                "use a multiple of 8 filters",
+            ))
+    return findings
+
+
+def _check_dense(layer) -> List[Finding]:
+    input_bits = _bits(getattr(layer, "input_quantizer", None))
+    kernel_bits = _bits(getattr(layer, "kernel_quantizer", None))
+    if 1 not in (input_bits, kernel_bits):
+        return []
+    return [Finding(
+        layer.name, "binary-dense", "error",
+        "binary QuantDense: LCE has no binary fully-connected op, so it runs as a float "
+        "FULLY_CONNECTED with float weights.",
+        "replace it with Reshape((1, 1, n)) -> 1x1 binary QuantConv2D -> Reshape((units,))",
+    )]
+
+
+def _check_standalone_quantizer(layer) -> List[Finding]:
+    bits = _bits(_layer_quantizer(layer))
+    if bits is None or bits <= 1:
+        return []
+    return [Finding(
+        layer.name, "multibit-activation", "error",
+        f"{bits}-bit quantizer layer: multi-bit activations are not accelerated by LCE.",
+        "use a 1-bit quantizer (e.g. 'ste_sign')",
+    )]
+
+
+def inspect_model(model: tf.keras.Model, *, target: str = "arm64") -> List[Finding]:
+    """Checks a Keras model for patterns that keep LCE from emitting fast binary ops.
+
+    Args:
+        model: A (functional or sequential) Keras model built from larq layers.
+        target: Conversion target, as for `convert_model` ("arm64", "arm" or "xcore"); zero
+            padding is an error on xcore and a warning on ARM.
+
+    Returns:
+        Findings in layer order, most severe first within a layer.
+
+    Raises:
+        BnnError: unknown target.
+    """
+    if target not in TARGETS:
+        raise BnnError(f"Expected target one of {', '.join(TARGETS)}, got {target!r}.")
+    findings: List[Finding] = []
+    if is_mixed_precision(model):
+        findings.append(Finding(
+            model.name, "mixed-precision", "info",
+            "some layers compute in bfloat16/float16: the converter converts a float32 copy with "
+            "the same weights.",
+            "nothing to do; outputs may differ slightly from the mixed-precision Keras model",
+        ))
+    for layer in _walk_layers(model):
+        if isinstance(layer, lq.layers.QuantDense):
+            layer_findings = _check_dense(layer)
+        elif isinstance(layer, _CONV_TYPES):
+            layer_findings = _check_conv(layer, target)
+        else:
+            layer_findings = _check_standalone_quantizer(layer)
+        findings.extend(sorted(layer_findings, key=lambda f: SEVERITIES.index(f.severity)))
+    return findings
+
+
+def errors(findings: Sequence[Finding]) -> List[Finding]:
+    """The findings with severity "error"."""
+    return [finding for finding in findings if finding.severity == "error"]
+
+
+def format_findings(findings: Sequence[Finding]) -> str:
+    """A readable report, one finding per two lines, with a summary line at the end."""
+    if not findings:
+        return "No problems found: every binary layer can become a fast LCE op."
+    lines = []
+    for finding in findings:
+        severity = finding.severity.upper()
+        lines.append(f"{severity:7} {finding.layer}: [{finding.code}] {finding.message}")
+        lines.append(f"        fix: {finding.fix}")
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    lines.append(", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()))
+    return "\n".join(lines)

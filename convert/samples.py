@@ -1,0 +1,97 @@
+"""Inputs to verify a conversion on: real test images when the run's data set is known."""
+
+import warnings
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from bnn_keras import data as data_lib
+from bnn_keras.errors import BnnError
+
+
+def run_test_split(
+    run_config: Dict[str, Any],
+    limit: Optional[int] = None,
+    *,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The run's test split, preprocessed exactly as in training (size, normalization).
+
+    Args:
+        run_config: A run folder's config.json contents (or a .tflite's bnn metadata).
+        limit: At most this many examples (the first ones, in a fixed order).
+        dataset: Another data set to take the test split from (same preprocessing).
+        data_dir: Where that data set lives.
+
+    Returns:
+        (images, labels) as NumPy arrays.
+    """
+    if limit is not None and limit < 1:
+        raise BnnError(f"Expected limit >= 1, got {limit}.")
+    splits = data_lib.load_dataset(
+        dataset or run_config["dataset"], data_dir or run_config.get("data_dir")
+    )
+    test = splits.test.take(limit) if limit is not None else splits.test
+    pipeline = data_lib.make_pipeline(
+        test,
+        batch_size=128,
+        normalization=data_lib.Normalization.from_dict(run_config["normalization"]),
+        image_size=tuple(run_config["input_shape"][:2]),
+        cache=False,
+    )
+    return data_lib.to_numpy(pipeline, limit)
+
+
+def verification_inputs(
+    model: tf.keras.Model, run_config: Optional[Dict[str, Any]], samples: int
+) -> Tuple[np.ndarray, str]:
+    """Up to `samples` inputs for comparing Keras with a flatbuffer, and what they are.
+
+    Real test images when `run_config` names the data set; otherwise standard-normal noise
+    (which exercises the graph but not the decision boundaries real data reaches), with a
+    warning.
+    """
+    if samples < 1:
+        raise BnnError(f"Expected samples >= 1, got {samples}.")
+    if run_config and "dataset" in run_config:
+        x, _ = run_test_split(run_config, samples)
+        return x, f"{run_config['dataset']} test images"
+    warnings.warn(
+        "No run config with a data set: verifying on random inputs. Convert a run folder "
+        "to verify on real images.",
+        stacklevel=2,
+    )
+    shape = (samples, *model.input_shape[1:])
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32), "random inputs"
+
+
+def flatbuffer_test_split(
+    flatbuffer: bytes,
+    *,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    limit: Optional[int] = None,
+) -> Tuple[np.ndarray, np.ndarray, str]:
+    """A test split preprocessed as the .tflite's training was, from its embedded metadata.
+
+    Returns:
+        (images, labels, data set name).
+
+    Raises:
+        BnnError: the flatbuffer has no bnn metadata, or no data set is known.
+    """
+    from convert.metadata import read_metadata
+
+    meta = read_metadata(flatbuffer) or {}
+    if "normalization" not in meta or "input_shape" not in meta:
+        raise BnnError(
+            "The .tflite carries no training preprocessing (bnn metadata); convert it from a "
+            "run folder with `bnn convert RUN_DIR`."
+        )
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise BnnError("The .tflite does not name its data set; pass --dataset.")
+    x, y = run_test_split(meta, limit, dataset=name, data_dir=data_dir)
+    return x, y, name

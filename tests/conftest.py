@@ -1,0 +1,80 @@
+"""Shared fixtures: one tiny BinaryDenseNet28 trained on digits and its LCE flatbuffer.
+
+Training and converting even a few steps of BinaryDenseNet28 costs about a minute each on the
+2-core CI machine, so the run and its conversion are made once per test session, through the
+`bnn` CLI exactly as a user would, and shared by the training, CLI, conversion and end-to-end
+tests.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+import bnn_keras  # noqa: E402,F401
+
+DIGITS_IMAGE_SIZE = 16
+TRAIN_ARGS = [
+    "train", "binary-densenet28", "--dataset", "digits", "--image-size", str(DIGITS_IMAGE_SIZE),
+    "--epochs", "2", "--steps-per-epoch", "12", "--batch-size", "32", "--lr", "2e-3",
+    "--seed", "0", "--verbose", "0",
+]
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    run_dir: Path
+    model: Any
+    metrics: Dict[str, Any]
+    config: Dict[str, Any]
+    cli_output: str
+
+
+def invoke(args, **kwargs):
+    """Runs the `bnn` CLI in-process and returns click's Result."""
+    import cli
+
+    return CliRunner().invoke(cli.main, [str(a) for a in args], **kwargs)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> TrainedRun:
+    """`bnn train binary-densenet28` on digits, 2 epochs x 12 steps (mixed precision where the
+    CPU has bf16, so conversion exercises the float32 rebuild)."""
+    import tensorflow as tf
+
+    run_dir = tmp_path_factory.mktemp("runs") / "digits"
+    result = invoke([*TRAIN_ARGS, "--output", run_dir])
+    assert result.exit_code == 0, result.output
+    return TrainedRun(
+        run_dir=run_dir,
+        model=tf.keras.models.load_model(run_dir / "model.keras"),
+        metrics=json.loads((run_dir / "metrics.json").read_text()),
+        config=json.loads((run_dir / "config.json").read_text()),
+        cli_output=result.output,
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_convert(digits_run, tmp_path_factory):
+    """`bnn convert RUN --target arm64 -o digits.tflite`: (path, click Result)."""
+    path = tmp_path_factory.mktemp("tflite") / "digits.tflite"
+    result = invoke(["convert", digits_run.run_dir, "--target", "arm64", "-o", path])
+    assert result.exit_code == 0, result.output
+    return path, result
+
+
+@pytest.fixture(scope="session")
+def digits_tflite(digits_convert) -> Path:
+    return digits_convert[0]
+
+
+@pytest.fixture(scope="session")
+def digits_flatbuffer(digits_tflite) -> bytes:
+    return digits_tflite.read_bytes()

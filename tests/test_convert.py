@@ -1,0 +1,86 @@
+"""LCE conversion: options, the float32 rebuild, op counts, metadata, loading errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnn_keras import model_stats
+from bnn_keras.errors import BnnError
+from convert import converter, flatbuffer, loading, metadata
+
+
+def test_converted_densenet_has_one_lce_bconv_per_binary_conv(digits_run, digits_flatbuffer):
+    ops = flatbuffer.op_histogram(digits_flatbuffer)
+    binary_convs = model_stats.count_binary_convs(digits_run.model)
+    assert binary_convs == 23  # BinaryDenseNet28: 6 + 6 + 6 + 5 binary 3x3 convolutions
+    assert ops["LceBconv2d"] == binary_convs
+    assert ops["LceQuantize"] == binary_convs
+    # The full-precision stem + 3 transitions stay float convolutions.
+    assert ops["CONV_2D"] == 4
+
+
+def test_float32_rebuild_equals_a_float32_build_with_the_same_weights(digits_run):
+    import models
+
+    model = digits_run.model
+    assert converter.is_mixed_precision(model) == (
+        digits_run.config["precision_resolved"] == "mixed_bfloat16")
+    rebuilt = converter.as_float32(model)
+    assert not converter.is_mixed_precision(rebuilt)
+    reference = models.create_model("binary-densenet28", input_shape=(16, 16, 1), num_classes=10)
+    reference.set_weights(model.get_weights())
+    x = np.random.default_rng(0).standard_normal((8, 16, 16, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        rebuilt.predict(x, verbose=0), reference.predict(x, verbose=0), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_metadata_round_trip_keeps_the_model_intact(digits_flatbuffer):
+    meta = metadata.read_metadata(digits_flatbuffer)
+    assert meta["dataset"] == "digits" and meta["input_shape"] == [16, 16, 1]
+    assert meta["class_names"] == [str(d) for d in range(10)]
+    assert set(meta["normalization"]) == {"mean", "std"}
+    replaced = metadata.embed_metadata(digits_flatbuffer, {"dataset": "other"})
+    assert metadata.read_metadata(replaced) == {"dataset": "other"}
+    assert flatbuffer.op_histogram(replaced) == flatbuffer.op_histogram(digits_flatbuffer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target": "x86"}, "Expected target one of arm64, arm, xcore, got 'x86'"),
+        ({"inference_input_type": "uint8"}, "Expected inference_input_type one of float32, int8"),
+    ],
+)
+def test_bad_converter_options(kwargs, message):
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    with pytest.raises(BnnError, match=message):
+        converter.convert_model(model, **kwargs)
+
+
+def test_not_a_flatbuffer_and_truncated_flatbuffer_are_rejected(digits_flatbuffer):
+    with pytest.raises(flatbuffer.InvalidFlatbufferError, match="not a TFLite flatbuffer"):
+        flatbuffer.read_model(b"PK\x03\x04 this is a zip file", source="x.tflite")
+    with pytest.raises(flatbuffer.InvalidFlatbufferError, match="damaged TFLite flatbuffer"):
+        flatbuffer.read_model(digits_flatbuffer[: len(digits_flatbuffer) // 3], source="x.tflite")
+
+
+def test_load_trained_model_from_run_folder_and_file(digits_run):
+    from_dir = loading.load_trained_model(str(digits_run.run_dir))
+    assert from_dir.run_config["dataset"] == "digits"
+    from_file = loading.load_trained_model(str(digits_run.run_dir / "model.keras"))
+    assert from_file.run_config is None
+    assert from_file.model.count_params() == digits_run.model.count_params()
+
+
+def test_load_trained_model_errors(tmp_path):
+    with pytest.raises(BnnError, match="No such model file or run folder"):
+        loading.load_trained_model(str(tmp_path / "missing.keras"))
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(BnnError, match="is not a Keras model file"):
+        loading.load_trained_model(str(tmp_path / "notes.txt"))
+    (tmp_path / "bad.keras").write_text("not a zip")
+    with pytest.raises(BnnError, match="Could not load .*bad.keras as a Keras model"):
+        loading.load_trained_model(str(tmp_path / "bad.keras"))
+    with pytest.raises(BnnError, match="neither a run folder"):
+        loading.load_trained_model(str(tmp_path))

@@ -1,0 +1,114 @@
+"""convert.evaluate: flatbuffer accuracy and top-k predictions for image files."""
+
+import bnn_keras  # noqa: F401  (must precede tensorflow)
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnn_keras.data import Normalization, preprocess
+from bnn_keras.errors import BnnError
+from convert.converter import convert_model
+from convert.evaluate import evaluate_flatbuffer, image_options, load_images, predict_images
+
+CLASSES = ["zero", "one", "two", "three"]
+
+
+def _tiny_model(channels: int) -> tf.keras.Model:
+    inputs = tf.keras.Input((8, 8, channels))
+    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False, name="conv1")(inputs)
+    x = tf.keras.layers.BatchNormalization(name="bn1")(x)
+    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer="ste_sign", use_bias=False, name="conv2")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = tf.keras.layers.Dense(4, activation="softmax", name="head")(x)
+    return tf.keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    model = _tiny_model(3)
+    return model, convert_model(model)
+
+
+def _png(path, array):
+    path.write_bytes(tf.io.encode_png(np.asarray(array, np.uint8)).numpy())
+    return path
+
+
+def test_accuracy_is_agreement_with_labels(rgb):
+    model, flatbuffer = rgb
+    x = np.random.default_rng(0).standard_normal((12, 8, 8, 3)).astype(np.float32)
+    predicted = model.predict(x, verbose=0).argmax(-1)
+    labels = predicted.copy()
+    labels[:3] = (labels[:3] + 1) % 4  # three deliberately wrong labels
+    result = evaluate_flatbuffer(flatbuffer, x, labels)
+    assert result == {"accuracy": pytest.approx(9 / 12), "n": 12}
+    one_hot = np.eye(4)[labels]
+    assert evaluate_flatbuffer(flatbuffer, x, one_hot)["accuracy"] == pytest.approx(9 / 12)
+
+
+def test_accuracy_rejects_label_count_mismatch(rgb):
+    with pytest.raises(BnnError, match="as many labels as inputs"):
+        evaluate_flatbuffer(rgb[1], np.zeros((2, 8, 8, 3), np.float32), np.zeros(3))
+
+
+def test_load_images_matches_training_preprocessing(tmp_path):
+    image = np.random.default_rng(1).integers(0, 256, (12, 10, 3))
+    path = _png(tmp_path / "a.png", image)
+    norm = Normalization(mean=(100.0, 110.0, 120.0), std=(50.0, 60.0, 70.0))
+    x = load_images([path], normalization=norm, input_shape=(8, 8, 3))
+    expected = preprocess(tf.constant(image[np.newaxis], tf.float32), (8, 8), norm).numpy()
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_load_images_converts_channels_and_pixel_scale(tmp_path):
+    gray = _png(tmp_path / "gray.png", np.full((8, 8, 1), 255))
+    colour = _png(tmp_path / "colour.png", np.full((8, 8, 3), 255))
+    norm3 = Normalization(mean=(0.0,) * 3, std=(1.0,) * 3)
+    assert load_images([gray], normalization=norm3, input_shape=(8, 8, 3)).shape == (1, 8, 8, 3)
+    # digits-style model: 1 channel, raw scale 0..16, so white (255) becomes 16.
+    norm1 = Normalization(mean=(0.0,), std=(1.0,))
+    x = load_images([colour], normalization=norm1, input_shape=(8, 8, 1), pixel_max=16.0)
+    assert x.shape == (1, 8, 8, 1)
+    np.testing.assert_allclose(x, 16.0, rtol=1e-3)
+
+
+def test_predict_images_top_k(rgb, tmp_path):
+    model, flatbuffer = rgb
+    rng = np.random.default_rng(2)
+    paths = [_png(tmp_path / f"{i}.png", rng.integers(0, 256, (8, 8, 3))) for i in range(3)]
+    norm = {"mean": [127.0, 127.0, 127.0], "std": [64.0, 64.0, 64.0]}
+    predictions = predict_images(flatbuffer, paths, normalization=norm, input_shape=(8, 8, 3),
+                                 class_names=CLASSES, top_k=2)
+    x = load_images(paths, normalization=Normalization.from_dict(norm), input_shape=(8, 8, 3))
+    keras_top1 = model.predict(x, verbose=0).argmax(-1)
+    assert [p.path for p in predictions] == [str(p) for p in paths]
+    for prediction, top1 in zip(predictions, keras_top1):
+        assert len(prediction.top) == 2
+        assert prediction.top[0][0] == top1 and prediction.top[0][1] == CLASSES[top1]
+        assert prediction.top[0][2] >= prediction.top[1][2]
+    assert predictions[0].to_dict()["top"][0]["class"] == CLASSES[keras_top1[0]]
+
+
+def test_predict_images_errors(rgb, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    kwargs = dict(normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, input_shape=(8, 8, 3))
+    with pytest.raises(BnnError, match="is not a PNG, JPEG, BMP or GIF"):
+        predict_images(rgb[1], [bad], class_names=CLASSES, **kwargs)
+    with pytest.raises(BnnError, match="No such image file"):
+        predict_images(rgb[1], [tmp_path / "missing.png"], class_names=CLASSES, **kwargs)
+    good = _png(tmp_path / "good.png", np.zeros((8, 8, 3)))
+    with pytest.raises(BnnError, match="4 outputs but 2 class names"):
+        predict_images(rgb[1], [good], class_names=["a", "b"], **kwargs)
+
+
+def test_image_options_from_run_config():
+    config = {"dataset": "digits", "input_shape": [16, 16, 1], "class_names": list("0123456789"),
+              "normalization": {"mean": [4.9], "std": [6.0]}}
+    options = image_options(config)
+    assert options["pixel_max"] == 16.0 and options["input_shape"] == (16, 16, 1)
+    assert options["normalization"] == Normalization(mean=(4.9,), std=(6.0,))
+    with pytest.raises(BnnError, match="no class_names"):
+        image_options({"normalization": {}, "input_shape": [8, 8, 3]})

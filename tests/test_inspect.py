@@ -1,0 +1,132 @@
+"""convert.inspect: each LCE efficiency problem is flagged on a purpose-built model."""
+
+import bnn_keras  # noqa: F401  (must precede tensorflow)
+import larq as lq
+import pytest
+import tensorflow as tf
+
+from bnn_keras.errors import BnnError
+from convert.inspect import Finding, errors, format_findings, inspect_model
+
+BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", use_bias=False)
+
+
+def _model(*layers, input_shape=(16, 16, 32)) -> tf.keras.Model:
+    inputs = tf.keras.Input(input_shape)
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return tf.keras.Model(inputs, x)
+
+
+def _codes(findings):
+    return {(f.layer, f.code, f.severity) for f in findings}
+
+
+def test_clean_binary_conv_has_no_findings():
+    model = _model(lq.layers.QuantConv2D(32, 3, padding="same", pad_values=1.0, name="b", **BINARY))
+    assert inspect_model(model) == []
+    assert format_findings([]).startswith("No problems found")
+
+
+def test_zero_padding_is_warning_on_arm_error_on_xcore():
+    model = _model(lq.layers.QuantConv2D(32, 3, padding="same", name="zp", **BINARY))
+    assert _codes(inspect_model(model)) == {("zp", "zero-padding", "warning")}
+    assert _codes(inspect_model(model, target="xcore")) == {("zp", "zero-padding", "error")}
+    # 1x1 "same" convs and "valid" convs do not pad at all.
+    unpadded = _model(lq.layers.QuantConv2D(32, 1, padding="same", name="a", **BINARY),
+                      lq.layers.QuantConv2D(32, 3, padding="valid", name="b", **BINARY))
+    assert inspect_model(unpadded) == []
+
+
+def test_channel_multiples():
+    model = _model(lq.layers.QuantConv2D(12, 3, pad_values=1.0, name="odd_out", **BINARY),
+                   lq.layers.QuantConv2D(32, 3, name="odd_in", **BINARY))
+    findings = inspect_model(model)
+    assert _codes(findings) == {("odd_out", "output-channels", "warning"),
+                                ("odd_in", "input-channels", "warning")}
+    odd_in = next(f for f in findings if f.code == "input-channels")
+    assert "12 input channels" in odd_in.message and "32" in odd_in.message
+
+
+def test_binary_dense_is_error_with_conv_fix():
+    model = _model(tf.keras.layers.Flatten(name="flat"),
+                   lq.layers.QuantDense(10, name="bdense", **BINARY),
+                   tf.keras.layers.Dense(10, name="float_dense"))
+    findings = inspect_model(model)
+    assert _codes(findings) == {("bdense", "binary-dense", "error")}
+    assert "1x1 binary QuantConv2D" in findings[0].fix
+
+
+def test_reshape_between_quantizer_and_conv_is_error():
+    model = _model(
+        lq.quantizers.SteSign(name="sign"),
+        tf.keras.layers.Permute((2, 1, 3), name="transpose"),
+        lq.layers.QuantConv2D(32, 1, kernel_quantizer="ste_sign", use_bias=False, name="conv"),
+    )
+    findings = inspect_model(model)
+    assert _codes(findings) == {("conv", "quantizer-separated", "error")}
+    assert "'sign'" in findings[0].message and "'transpose'" in findings[0].message
+    # The same quantizer directly before the conv is the pattern LCE matches: no error.
+    direct = _model(
+        lq.quantizers.SteSign(name="sign"),
+        lq.layers.QuantConv2D(32, 1, kernel_quantizer="ste_sign", use_bias=False, name="conv"),
+    )
+    assert errors(inspect_model(direct)) == []
+
+
+def test_multibit_activations_are_errors():
+    model = _model(
+        lq.layers.QuantConv2D(32, 3, input_quantizer=lq.quantizers.DoReFa(k_bit=2, mode="activations"),
+                              kernel_quantizer="ste_sign", name="dorefa_conv"),
+        lq.quantizers.DoReFa(k_bit=4, mode="activations", name="dorefa4"),
+        lq.layers.QuantConv2D(32, 1, input_quantizer="ste_sign", name="dorefa_weights",
+                              kernel_quantizer=lq.quantizers.DoReFa(k_bit=2, mode="weights")),
+    )
+    findings = inspect_model(model)
+    assert _codes(findings) == {("dorefa_conv", "multibit-activation", "error"),
+                                ("dorefa4", "multibit-activation", "error"),
+                                ("dorefa_weights", "multibit-kernel", "error")}
+    assert "2-bit" in findings[0].message
+
+
+def test_float_input_is_info():
+    model = _model(lq.layers.QuantConv2D(32, 3, kernel_quantizer="ste_sign", name="first"),
+                   input_shape=(8, 8, 3))
+    assert _codes(inspect_model(model)) == {("first", "float-input", "info")}
+
+
+def test_mixed_precision_is_info():
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _model(lq.layers.QuantConv2D(32, 3, pad_values=1.0, name="b", **BINARY))
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    findings = inspect_model(model)
+    assert [(f.code, f.severity) for f in findings] == [("mixed-precision", "info")]
+
+
+def test_unknown_target():
+    with pytest.raises(BnnError, match="Expected target one of"):
+        inspect_model(_model(tf.keras.layers.Flatten()), target="gpu")
+
+
+def test_format_findings_names_layer_and_fix():
+    text = format_findings([
+        Finding("b1", "binary-dense", "error", "msg one", "fix one"),
+        Finding("c2", "input-channels", "warning", "msg two", "fix two"),
+    ])
+    assert "ERROR   b1: [binary-dense] msg one" in text
+    assert "fix: fix two" in text
+    assert text.splitlines()[-1] == "1 error, 1 warning, 0 infos"
+
+
+def test_registry_densenet_is_clean():
+    """"Clean" for registry models: no error findings; only channel-multiple warnings allowed."""
+    import models
+
+    model = models.create_model("binary-densenet28", input_shape=(32, 32, 3), num_classes=10)
+    findings = inspect_model(model)
+    assert errors(findings) == []
+    warnings = {f.code for f in findings if f.severity == "warning"}
+    assert warnings <= {"input-channels", "output-channels"}
