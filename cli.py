@@ -34,7 +34,7 @@ class BnnGroup(click.Group):
                 raise
             if isinstance(exc, BnnError):
                 click.echo(f"Error: {exc}", err=True)
-                ctx.exit(EXIT_USER_ERROR)
+                ctx.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             click.echo(
                 f"Internal error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)",
@@ -88,7 +88,11 @@ def _echo_table(rows, headers) -> None:
 
 
 @main.command()
-@click.argument("model_name", metavar="MODEL")
+@click.argument("model_name", metavar="MODEL", required=False)
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              default=None,
+              help="Continue an interrupted run folder from its last complete epoch "
+                   "(MODEL and the other options come from its config.json).")
 @click.option("--dataset", default="cifar10", show_default=True,
               help="Data set: digits (bundled with scikit-learn, offline) or cifar10 (TFDS).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -108,37 +112,63 @@ def _echo_table(rows, headers) -> None:
               help="Keras dtype policy; auto = mixed_bfloat16 where the CPU/GPU supports bf16.")
 @click.option("--augment/--no-augment", default=None,
               help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
+@click.option("--track-flips/--no-track-flips", default=True, show_default=True,
+              help="Record the fraction of latent weights whose sign flips, per binary layer and "
+                   "epoch, into history.csv, flips.csv and flips.png.")
+@click.option("--flip-every-n-steps", type=int, default=None,
+              help="Also record sign flips every N training steps.")
+@click.option("--flip-warn-threshold", type=float, default=0.05, show_default=True,
+              help="Warn when the flip ratio stays above this late in training (a learning rate "
+                   "that is too high); 0 disables the warning.")
+@click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN_DIR/tensorboard.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/MODEL-DATASET].")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
-def train(model_name: str, dataset: str, data_dir: Optional[str], epochs: int, batch_size: int,
-          learning_rate: float, image_size: Optional[int], steps_per_epoch: Optional[int],
-          seed: int, precision: str, augment: Optional[bool], output: Optional[str],
+def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
+          data_dir: Optional[str], epochs: int, batch_size: int, learning_rate: float,
+          image_size: Optional[int], steps_per_epoch: Optional[int], seed: int, precision: str,
+          augment: Optional[bool], track_flips: bool, flip_every_n_steps: Optional[int],
+          flip_warn_threshold: float, tensorboard: bool, output: Optional[str],
           verbose: int) -> None:
     """Train MODEL (a name from `bnn models`) and write a run folder.
 
-    The run folder holds model.keras, config.json (every option), history.csv and
-    metrics.json (final accuracy, wall time, images/s).
+    The run folder holds model.keras, config.json (every option), history.csv, flips.csv and
+    flips.png (sign flips per binary layer), status.json, backup/ (the last complete epoch,
+    for --resume) and metrics.json (final accuracy, wall time, images/s). Ctrl-C keeps the
+    last complete epoch: continue with `bnn train --resume RUN_DIR`.
     """
     import models
     from bnn_keras import training
 
-    models.get_model_fn(model_name)  # fail fast on a bad name, before loading any data
-    config = training.TrainConfig(
-        model=model_name, dataset=dataset, data_dir=data_dir, image_size=image_size,
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        steps_per_epoch=steps_per_epoch, seed=seed, precision=precision, augment=augment,
-    )
-    config.validate()
-    run_dir = Path(output or f"runs/{model_name}-{dataset}")
-    build = functools.partial(_build_registered, model_name, config.model_options)
-    result = training.train(config, build, run_dir, verbose=verbose)
+    if resume_dir:
+        run_config = training.read_run_config(Path(resume_dir))
+        config = training.TrainConfig.from_run_config(run_config)
+        click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, "
+                   f"{training.read_status(Path(resume_dir)).get('epochs_completed', 0)} of "
+                   f"{config.epochs} epochs done", err=True)
+        build = functools.partial(_build_registered, config.model, config.model_options)
+        result = training.resume_training(Path(resume_dir), build, verbose=verbose)
+    else:
+        if not model_name:
+            raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
+        models.get_model_fn(model_name)  # fail fast on a bad name, before loading any data
+        config = training.TrainConfig(
+            model=model_name, dataset=dataset, data_dir=data_dir, image_size=image_size,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            steps_per_epoch=steps_per_epoch, seed=seed, precision=precision, augment=augment,
+            track_flips=track_flips, flip_every_n_steps=flip_every_n_steps,
+            flip_warn_threshold=flip_warn_threshold or None, tensorboard=tensorboard,
+        )
+        config.validate()
+        run_dir = Path(output or f"runs/{model_name}-{dataset}")
+        build = functools.partial(_build_registered, model_name, config.model_options)
+        result = training.train(config, build, run_dir, verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
     click.echo(
         f"train accuracy {m['train_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
-        f"{m['wall_time_s']:.1f} s  {m['images_per_s']:.1f} images/s"
+        f"{m['wall_time_s']:.1f} s  {m['images_per_s'] or 0:.1f} images/s"
     )
 
 
@@ -160,38 +190,41 @@ def _build_registered(name: str, options: Dict[str, Any], input_shape, num_class
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Where to write the .tflite [default: model.tflite next to the model].")
 @click.option("--samples", type=int, default=64, show_default=True,
-              help="Test images from the run's data set to compare Keras and the .tflite on.")
-def convert(source: str, target: str, output: Optional[str], samples: int) -> None:
-    """Convert a trained model to an LCE flatbuffer and report on it.
+              help="Inputs to compare Keras and the .tflite on (the run's test images).")
+@click.option("--inputs", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A .npy of preprocessed inputs to verify on when the model has no run folder.")
+@click.option("--min-agreement", type=float, default=0.99, show_default=True,
+              help="Fail (keeping the file as .unverified) below this Keras/.tflite top-1 agreement.")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, runner).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(source: str, target: str, output: Optional[str], samples: int,
+            inputs: Optional[str], min_agreement: float, bundle_dir: Optional[str],
+            as_json: bool) -> None:
+    """Convert a trained model to an LCE flatbuffer, verify it, and report on it.
 
-    Prints the file size, the count of each op in the flatbuffer, and how far the
-    flatbuffer (run in LCE's interpreter) is from Keras on real inputs.
+    The flatbuffer is run in LCE's interpreter on real inputs and compared with Keras. The
+    report gives the size, the op counts, LceBconv2d vs binary layers, the binarized-MAC
+    fraction and any float op left between two binary convolutions (a missed fusion).
     """
-    from bnn_keras import files
-    from convert.samples import verification_inputs
-    from convert.converter import convert_model
-    from convert.flatbuffer import op_histogram
-    from convert.loading import load_trained_model
-    from convert.metadata import embed_metadata, run_metadata
-    from convert.verify import verify_flatbuffer
+    from convert.workflow import VerificationFailedError, convert_trained_model
 
-    loaded = load_trained_model(source)
-    out_path = Path(output) if output else loaded.path.parent / "model.tflite"
-    click.echo(f"Converting {loaded.path} for target {target} ...")
-    flatbuffer = embed_metadata(
-        convert_model(loaded.model, target=target), run_metadata(loaded.run_config)
-    )
-    x, where = verification_inputs(loaded.model, loaded.run_config, samples)
-    verification = verify_flatbuffer(loaded.model, flatbuffer, x, verbose=1)
-    files.write_bytes(out_path, flatbuffer)
+    click.echo(f"Converting {source} for target {target} ...", err=True)
+    try:
+        report = convert_trained_model(
+            source, output=output, target=target, samples=samples, inputs=inputs,
+            min_agreement=min_agreement, bundle=bundle_dir, verbose=0 if as_json else 1,
+        )
+    except VerificationFailedError as exc:
+        _print_report(exc.report, as_json)
+        raise
+    _print_report(report, as_json)
 
-    click.echo(f"Wrote {out_path} ({len(flatbuffer):,} bytes)")
-    ops = op_histogram(flatbuffer)
-    click.echo("Ops: " + ", ".join(f"{name} {count}" for name, count in ops.most_common()))
-    click.echo(
-        f"Keras vs .tflite on {verification.samples} {where}: "
-        f"max |diff| {verification.max_abs_diff:.3g}, top-1 agreement {verification.top1_agreement:.2%}"
-    )
+
+def _print_report(report, as_json: bool) -> None:
+    import json
+
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,26 +237,36 @@ def convert(source: str, target: str, output: Optional[str], samples: int) -> No
 @click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed inferences.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed inferences first.")
-def benchmark(tflite_file: str, threads: int, runs: int, warmup: int) -> None:
-    """Single-image latency of a .tflite in LCE's interpreter (median and p90).
+@click.option("--compare-float", "float_model", type=click.Path(), default=None,
+              help="A float TFLite copy (or the Keras run/model to make one from) to time too.")
+def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
+              float_model: Optional[str]) -> None:
+    """Single-image latency of a .tflite in LCE's interpreter (min, median, p90).
 
-    On x86 LCE uses portable kernels: the numbers are a regression check. On a Raspberry Pi use
-    LCE's lce_benchmark_model binary for the real latency.
+    The model runs in a separate process, so a damaged file cannot crash this one. On x86 LCE
+    uses portable kernels: the numbers are a regression check. On a Raspberry Pi use LCE's
+    lce_benchmark_model binary (see `bnn convert --bundle`) for the real latency.
     """
-    from tqdm import tqdm
-
-    from convert.runtime import benchmark as run_benchmark
+    from convert.isolated import isolated_benchmark
     from convert.runtime import read_flatbuffer
 
     flatbuffer = read_flatbuffer(tflite_file)
-    latency = run_benchmark(
-        flatbuffer, threads=threads, runs=runs, warmup=warmup,
-        progress=functools.partial(tqdm, desc="benchmark", unit="run", file=sys.stderr),
-    )
-    click.echo(
-        f"{tflite_file}: {latency.runs} runs, {latency.threads} thread(s): "
-        f"median {latency.median_ms:.2f} ms, p90 {latency.p90_ms:.2f} ms, min {latency.min_ms:.2f} ms"
-    )
+    click.echo(f"Timing {tflite_file}: {warmup} warm-up + {runs} runs, {threads} thread(s) ...",
+               err=True)
+    rows = [("binary (LCE)", isolated_benchmark(flatbuffer, threads, runs, warmup))]
+    if float_model:
+        from convert.float_reference import float_flatbuffer
+
+        rows.append(("float", isolated_benchmark(float_flatbuffer(float_model), threads, runs,
+                                                 warmup)))
+    base = rows[0][1].median_ms
+    for label, latency in rows:
+        ratio = f", {latency.median_ms / base:.2f}x" if len(rows) > 1 else ""
+        click.echo(
+            f"{label}: {latency.runs} runs, {latency.threads} thread(s): median "
+            f"{latency.median_ms:.2f} ms, p90 {latency.p90_ms:.2f} ms, min {latency.min_ms:.2f} ms"
+            f"{ratio}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +298,110 @@ def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
     click.echo(f"Evaluating {tflite_file} on {len(x)} {name} test images ...", err=True)
     result = evaluate_flatbuffer(flatbuffer, x, y, threads=threads)
     click.echo(f"{tflite_file}: test accuracy {result['accuracy']:.4f} on {result['n']} {name} images")
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("tflite_file", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--top-k", type=int, default=3, show_default=True, help="Classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def predict(tflite_file: str, images, top_k: int, as_json: bool) -> None:
+    """Top-k labels for image files (PNG, JPEG, BMP, GIF), preprocessed as in training."""
+    import json
+
+    from convert.evaluate import image_options, predict_images
+    from convert.metadata import read_metadata
+    from convert.runtime import read_flatbuffer
+
+    flatbuffer = read_flatbuffer(tflite_file)
+    meta = read_metadata(flatbuffer)
+    if not meta:
+        raise BnnError(f"{tflite_file} carries no training preprocessing (bnn metadata); "
+                       "convert it from a run folder with `bnn convert RUN_DIR`.")
+    predictions = predict_images(flatbuffer, list(images), top_k=top_k, **image_options(meta))
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        best = ", ".join(f"{name} {score:.3f}" for _, name, score in p.top)
+        click.echo(f"{p.path}: {best}")
+
+
+# ----------------------------------------------------------------------------------------------
+# inspect, check-bundle
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_shape(text: str):
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise BnnError(f"Expected --input-shape as H,W,C (e.g. 32,32,3), got {text!r}.")
+    return shape
+
+
+def _model_from(source: str, input_shape: str, num_classes: int):
+    """A Keras model from a run folder, a model file, or a registry name."""
+    import models
+    from convert.loading import load_trained_model
+
+    if Path(source).exists():
+        return load_trained_model(source).model
+    if source in models.list_models() or not source.endswith((".keras", ".h5")):
+        return models.create_model(source, input_shape=_parse_shape(input_shape),
+                                   num_classes=num_classes)
+    return load_trained_model(source).model  # raises the missing-file error
+
+
+@main.command("inspect")
+@click.argument("source", metavar="MODEL")
+@click.option("--target", type=click.Choice(["arm64", "arm", "xcore"]), default="arm64",
+              show_default=True, help="The LCE target the checks apply to.")
+@click.option("--input-shape", default="224,224,3", show_default=True,
+              help="Input H,W,C when MODEL is a registry name.")
+@click.option("--num-classes", type=int, default=1000, show_default=True,
+              help="Classes when MODEL is a registry name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def inspect_command(source: str, target: str, input_shape: str, num_classes: int,
+                    as_json: bool) -> None:
+    """Check MODEL (run folder, model file or registry name) for what stops LCE from
+    producing fast binary ops, before converting it. Exits 1 when an error is found."""
+    import dataclasses
+    import json
+
+    from convert.inspect import errors, format_findings, inspect_model
+
+    model = _model_from(source, input_shape, num_classes)
+    findings = inspect_model(model, target=target)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+    else:
+        click.echo(format_findings(findings) if findings else f"{model.name}: no findings; "
+                   "every binary layer maps to fast LCE ops.")
+    if errors(findings):
+        sys.exit(1)
+
+
+@main.command("check-bundle")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+def check_bundle_command(bundle_dir: str) -> None:
+    """Run a Raspberry Pi bundle's self-check (test input -> expected output) in LCE's
+    interpreter, as the bundle's C++ runner does on the device."""
+    from convert.bundle import check_bundle
+
+    result = check_bundle(bundle_dir)
+    verdict = "OK" if result.ok else "MISMATCH"
+    click.echo(f"{bundle_dir}: {verdict}: max |diff| {result.max_abs_diff:.3g} (tolerance "
+               f"{result.atol:.3g}), top-1 {result.actual_top1} (expected {result.expected_top1})")
+    if not result.ok:
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
         warn_threshold: Optional[float] = 0.05,
         warn_patience: int = 3,
         warn_after: float = 0.5,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         if every_n_steps is not None and int(every_n_steps) < 1:
@@ -124,6 +125,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
         self.warn_threshold = None if warn_threshold is None else float(warn_threshold)
         self.warn_patience = int(warn_patience)
         self.warn_after = float(warn_after)
+        self.resume = bool(resume)
         self.history: List[Dict[str, Any]] = []
         self._layers: List[tf.keras.layers.Layer] = []
         self._epoch_signs: List[np.ndarray] = []
@@ -158,8 +160,10 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
     # -- Keras hooks -----------------------------------------------------------------------
 
     def on_train_begin(self, logs: Optional[Dict[str, Any]] = None) -> None:
-        self.history = []
-        self._global_step = 0
+        # A resumed run continues the flip history written before the interruption; rows
+        # of epochs that are trained again are dropped as those epochs end (see `_record`).
+        self.history = self._read_csv() if self.resume else []
+        self._global_step = max((int(r["step"]) for r in self.history), default=0)
         self._warned = False
         self._start()
         if self.log_dir is not None and self._writer is None:
@@ -201,6 +205,8 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
 
     def _record(self, kind: str, ratios: Dict[str, float], epoch: Optional[int] = None) -> None:
         epoch = self._epoch if epoch is None else epoch
+        if kind == "epoch":
+            self.history = [r for r in self.history if r["kind"] != "epoch" or r["epoch"] < epoch]
         self.history.append({"kind": kind, "epoch": epoch, "step": self._global_step, **ratios})
         if self._writer is not None:
             prefix, step = ("flip_ratio", epoch) if kind == "epoch" else (
@@ -210,6 +216,21 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
                     tf.summary.scalar(prefix + key[len("flip_ratio"):], value, step=step)
         if self.csv_path is not None:
             files.write_text(self.csv_path, self.to_csv())
+
+    def _read_csv(self) -> List[Dict[str, Any]]:
+        """Rows of an existing flips.csv (numbers parsed), or [] when there is none."""
+        if self.csv_path is None or not Path(self.csv_path).is_file():
+            return []
+        with open(self.csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        parsed = []
+        for row in rows:
+            parsed.append({
+                key: (value if key == "kind" else int(value) if key in ("epoch", "step")
+                      else float(value))
+                for key, value in row.items() if value not in (None, "")
+            })
+        return parsed
 
     def to_csv(self) -> str:
         """The history as CSV text: `kind,epoch,step,flip_ratio/total,flip_ratio/<layer>...`."""
@@ -290,6 +311,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
             "warn_threshold": self.warn_threshold,
             "warn_patience": self.warn_patience,
             "warn_after": self.warn_after,
+            "resume": self.resume,
         }
 
     @classmethod

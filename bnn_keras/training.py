@@ -6,7 +6,11 @@ A run folder holds everything needed to continue, convert or evaluate the run la
         model.keras     the trained model (`tf.keras.models.load_model` after `import bnn_keras`)
         config.json     every option used, the resolved precision, input shape, class names,
                         the input normalization, and library versions
-        history.csv     per-epoch loss/accuracy (rewritten atomically after every epoch)
+        history.csv     per-epoch loss/accuracy/flip ratios (rewritten atomically every epoch)
+        flips.csv       per-layer sign-flip ratios (`SignFlipTracker`), flips.png at the end
+        status.json     running / interrupted / failed / finished, and epochs completed
+        backup/         the last complete epoch (weights, optimizer state, epoch counter),
+                        Keras' BackupAndRestore; `resume` continues from it
         metrics.json    final train/test accuracy, wall time and throughput
 
 The model itself comes from a `build_model(input_shape, num_classes)` callable, so this module
@@ -17,12 +21,15 @@ import csv
 import dataclasses
 import io
 import json
+import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
+from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import data as data_lib
 from bnn_keras import files
 from bnn_keras.errors import BnnError
@@ -32,6 +39,9 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
+STATUS_FILE = "status.json"
+BACKUP_DIR = "backup"
+TENSORBOARD_DIR = "tensorboard"
 
 BuildModel = Callable[[Tuple[int, int, int], int], tf.keras.Model]
 
@@ -54,6 +64,11 @@ class TrainConfig:
         precision: "auto", "mixed_bfloat16" or "float32", see `bnn_keras.precision`.
         augment: Use the data set's standard augmentation; None means its default.
         model_options: Extra keyword arguments for the model builder (recorded only).
+        track_flips: Track per-layer latent-weight sign flips (`SignFlipTracker`).
+        flip_every_n_steps: Also record flips every N steps (None: per epoch only).
+        flip_warn_threshold: Warn when the flip ratio stays above this late in training
+            (None: never).
+        tensorboard: Write TensorBoard logs to RUN_DIR/tensorboard.
     """
 
     model: str = "binary-densenet28"
@@ -68,6 +83,16 @@ class TrainConfig:
     precision: str = "auto"
     augment: Optional[bool] = None
     model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    track_flips: bool = True
+    flip_every_n_steps: Optional[int] = None
+    flip_warn_threshold: Optional[float] = 0.05
+    tensorboard: bool = False
+
+    @classmethod
+    def from_run_config(cls, run_config: Dict[str, Any]) -> "TrainConfig":
+        """The options of a run, from its config.json (extra recorded keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in run_config.items() if k in names})
 
     def validate(self) -> None:
         """Raises `BnnError` naming the first option that is out of range."""
@@ -95,21 +120,128 @@ class TrainResult:
     history: Dict[str, List[float]]
 
 
-class HistoryWriter(tf.keras.callbacks.Callback):
-    """Rewrites `history.csv` atomically after every epoch, so it is never half-written."""
+class TrainingInterruptedError(BnnError):
+    """Ctrl-C or SIGTERM during `fit`; the last complete epoch is kept for `--resume`."""
 
-    def __init__(self, path: Path):
+    exit_code = 130  # the shell's convention for SIGINT
+
+
+class NonFiniteLossError(BnnError):
+    """The loss became NaN or infinite; training stopped before saving that state."""
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` at the first non-finite batch loss.
+
+    Unlike Keras' TerminateOnNaN, which lets the epoch finish (so BackupAndRestore would then
+    save the NaN weights as the newest checkpoint), raising leaves the last good epoch as the
+    newest checkpoint.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"The loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
+            )
+
+
+class StatusWriter(tf.keras.callbacks.Callback):
+    """Keeps status.json at the number of completed epochs while training runs."""
+
+    def __init__(self, run_dir: Path, epochs: int):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.epochs = epochs
+        self.completed = 0
+
+    def on_train_begin(self, logs=None) -> None:
+        self.completed = read_status(self.run_dir).get("epochs_completed", 0)
+        write_status(self.run_dir, "running", self.completed, self.epochs)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.completed = epoch + 1
+        write_status(self.run_dir, "running", self.completed, self.epochs)
+
+
+def write_status(run_dir: Path, state: str, completed: int, epochs: int, **extra) -> None:
+    """Writes status.json: `state` is running, interrupted, failed or finished."""
+    files.write_json(Path(run_dir) / STATUS_FILE,
+                     {"state": state, "epochs_completed": completed, "epochs": epochs, **extra})
+
+
+def read_status(run_dir: Path) -> Dict[str, Any]:
+    """status.json of a run folder ({} when there is none)."""
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class EpochTimer(tf.keras.callbacks.Callback):
+    """Wall time of each epoch, to report throughput without the first epoch's graph tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: List[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+class CompactProgbar(tf.keras.callbacks.ProgbarLogger):
+    """Keras' progress bar without the per-layer flip ratios (they stay in the logs, so
+    History and history.csv keep them; the bar shows only their total)."""
+
+    @staticmethod
+    def _compact(logs):
+        return {k: v for k, v in (logs or {}).items()
+                if not k.startswith("flip_ratio/") or k == callbacks_lib.TOTAL_KEY}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._compact(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._compact(logs))
+
+
+class HistoryWriter(tf.keras.callbacks.Callback):
+    """Rewrites `history.csv` atomically after every epoch, so it is never half-written.
+
+    A resumed run starts from the rows already in the file; rows of epochs trained again are
+    replaced, so the file always holds one row per completed epoch.
+    """
+
+    def __init__(self, path: Path, resume: bool = False):
         super().__init__()
         self.path = Path(path)
         self.rows: List[Dict[str, float]] = []
+        if resume and self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = [{k: float(v) for k, v in row.items() if v not in (None, "")}
+                             for row in csv.DictReader(f)]
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
+        self.rows = [row for row in self.rows if row["epoch"] <= epoch]
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(
+            {k: int(v) if k == "epoch" else v for k, v in row.items()} for row in self.rows
+        )
         files.write_text(self.path, buffer.getvalue())
 
 
@@ -141,12 +273,6 @@ def library_versions() -> Dict[str, str]:
     }
 
 
-def _prepare_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise BnnError(f"Run folder {run_dir} already exists and is not empty; choose another --output.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def input_shape_for(config: TrainConfig, splits: data_lib.DataSplits) -> Tuple[int, int, int]:
     """The model input shape: the chosen (or data set default) side, native channels."""
     height, width, channels = splits.image_shape
@@ -162,29 +288,42 @@ def train(
     splits: Optional[data_lib.DataSplits] = None,
     verbose: int = 1,
     callbacks: Optional[List[tf.keras.callbacks.Callback]] = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Trains a model and writes the run folder.
+
+    Ctrl-C/SIGTERM and non-finite losses stop training with the last complete epoch kept in
+    RUN_DIR/backup; `resume_training` (`bnn train --resume RUN_DIR`) continues from it and ends
+    with the same number of epochs as an uninterrupted run.
 
     Args:
         config: The run's options.
         build_model: `build_model(input_shape, num_classes)` returning an uncompiled model.
-        run_dir: Folder to create (must be new or empty).
+        run_dir: Folder to create (must be new or empty), or to continue when `resume`.
         splits: Pre-loaded data (otherwise `config.dataset` is loaded).
         verbose: Keras `fit` verbosity (1 = progress bar).
         callbacks: Extra Keras callbacks.
+        resume: Continue the interrupted run in `run_dir` (use `resume_training`).
 
     Returns:
         A `TrainResult`.
 
     Raises:
         BnnError: bad options, unavailable data, or a run folder that is already used.
+        TrainingInterruptedError: Ctrl-C or SIGTERM during training.
+        NonFiniteLossError: the loss became NaN/inf.
     """
     config.validate()
     run_dir = Path(run_dir)
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise BnnError(
+            f"Run folder {run_dir} already exists and is not empty; choose another --output, "
+            f"or continue it with --resume {run_dir}."
+        )
     splits = splits or data_lib.load_dataset(config.dataset, config.data_dir)
-    _prepare_run_dir(run_dir)
 
-    precision = resolve_precision(config.precision)
+    previous = read_run_config(run_dir) if resume else {}
+    precision = previous.get("precision_resolved") or resolve_precision(config.precision)
     input_shape = input_shape_for(config, splits)
     augment = (splits.augmentation != "none") if config.augment is None else config.augment
     pipeline_options = dict(
@@ -208,46 +347,137 @@ def train(
         metrics=["accuracy"],
     )
 
-    run_config = {
-        **dataclasses.asdict(config),
-        "precision_resolved": precision,
-        "augment_resolved": augment,
-        "input_shape": list(input_shape),
-        "num_classes": splits.num_classes,
-        "class_names": splits.class_names,
-        "normalization": splits.normalization.to_dict(),
-        "num_train": splits.num_train,
-        "num_test": splits.num_test,
-        "versions": library_versions(),
-    }
-    files.write_json(run_dir / CONFIG_FILE, run_config)
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(run_dir / CONFIG_FILE, {
+            **dataclasses.asdict(config),
+            "precision_resolved": precision,
+            "augment_resolved": augment,
+            "input_shape": list(input_shape),
+            "num_classes": splits.num_classes,
+            "class_names": splits.class_names,
+            "normalization": splits.normalization.to_dict(),
+            "pixel_max": getattr(splits, "pixel_max", 255.0),
+            "num_train": splits.num_train,
+            "num_test": splits.num_test,
+            "params": int(model.count_params()),
+            "versions": library_versions(),
+        })
 
+    timer = EpochTimer()
+    run_callbacks = [timer, *_run_callbacks(config, run_dir, resume), *(callbacks or [])]
+    if verbose:
+        run_callbacks.append(CompactProgbar(count_mode="steps"))
     started = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=test_ds,
-        callbacks=[HistoryWriter(run_dir / HISTORY_FILE), *(callbacks or [])],
-        verbose=verbose,
-    )
+    history = _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, run_dir, verbose)
     fit_seconds = time.perf_counter() - started
 
     with files.atomic_path(run_dir / MODEL_FILE) as tmp:
         model.save(tmp)
-
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     steps = config.steps_per_epoch or -(-splits.num_train // config.batch_size)
-    images_seen = min(steps * config.batch_size, splits.num_train) * config.epochs
+    epochs_run = len(timer.seconds)
+    images_per_epoch = min(steps * config.batch_size, splits.num_train)
+    # The first epoch includes tracing and compiling the train step; leave it out when
+    # there are later epochs to measure the steady state on.
+    steady = timer.seconds[1:] or timer.seconds
+    accuracy_history = _read_history_column(run_dir / HISTORY_FILE, "accuracy")
     metrics = {
         # Keras' running mean over the last epoch (with augmentation when it is on).
-        "train_accuracy": float(history.history["accuracy"][-1]),
+        "train_accuracy": accuracy_history[-1] if accuracy_history else float("nan"),
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
         "epochs": config.epochs,
+        "epochs_this_session": epochs_run,
         "wall_time_s": round(fit_seconds, 3),
-        "images_per_s": round(images_seen / fit_seconds, 2),
+        # Steady-state training + validation throughput (first epoch excluded when possible).
+        "images_per_s": round(images_per_epoch * len(steady) / sum(steady), 2) if steady else None,
+        "epoch_seconds": [round(t, 3) for t in timer.seconds],
         "params": int(model.count_params()),
     }
     files.write_json(run_dir / METRICS_FILE, metrics)
+    write_status(run_dir, "finished", config.epochs, config.epochs)
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=history.history)
+
+
+def resume_training(
+    run_dir: Path, build_model: BuildModel, **kwargs
+) -> TrainResult:
+    """Continues an interrupted run from its last complete epoch, with its recorded options.
+
+    Raises:
+        BnnError: not a run folder, or the run already finished.
+    """
+    run_dir = Path(run_dir)
+    run_config = read_run_config(run_dir)
+    if read_status(run_dir).get("state") == "finished":
+        raise BnnError(f"Run {run_dir} already finished all its epochs; nothing to resume.")
+    return train(TrainConfig.from_run_config(run_config), build_model, run_dir, resume=True,
+                 **kwargs)
+
+
+def _read_history_column(path: Path, column: str) -> List[float]:
+    with open(path, newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
+
+
+def _run_callbacks(config: TrainConfig, run_dir: Path, resume: bool):
+    """The run folder's callbacks, in the order their hooks must run.
+
+    BackupAndRestore comes first: its on_train_begin restores the last complete epoch before
+    SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
+    sees the flip ratios the tracker adds to the epoch logs.
+    """
+    backup = tf.keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch")
+    result = [backup, StopOnNonFiniteLoss(), StatusWriter(run_dir, config.epochs)]
+    if config.tensorboard:
+        result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))
+    if config.track_flips:
+        result.append(callbacks_lib.SignFlipTracker(
+            run_dir,
+            log_dir=str(run_dir / TENSORBOARD_DIR) if config.tensorboard else None,
+            every_n_steps=config.flip_every_n_steps,
+            warn_threshold=config.flip_warn_threshold,
+            resume=resume,
+        ))
+    result.append(HistoryWriter(run_dir / HISTORY_FILE, resume=resume))
+    return result
+
+
+def _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, run_dir, verbose):
+    """`model.fit` where SIGTERM acts like Ctrl-C, and both leave a resumable run folder."""
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Signal handlers can only be installed from the main thread (not e.g. in a server).
+    import threading
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_interrupt) if in_main_thread else None
+    status = next(c for c in run_callbacks if isinstance(c, StatusWriter))
+    try:
+        return model.fit(
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=test_ds,
+            callbacks=run_callbacks,
+            verbose=verbose,
+        )
+    except KeyboardInterrupt:
+        write_status(run_dir, "interrupted", status.completed, config.epochs)
+        raise TrainingInterruptedError(
+            f"Training interrupted after {status.completed} complete epoch(s) of "
+            f"{config.epochs}; continue with: bnn train --resume {run_dir}"
+        ) from None
+    except NonFiniteLossError as exc:
+        write_status(run_dir, "failed", status.completed, config.epochs, reason=str(exc))
+        raise NonFiniteLossError(
+            f"{exc}; stopped with the last good epoch ({status.completed}) kept in "
+            f"{run_dir / BACKUP_DIR} (`bnn train --resume {run_dir}` retries from it; a lower "
+            "--learning-rate is the usual fix, in a new run)"
+        ) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,7 +1,7 @@
 """Reading TFLite flatbuffers with TensorFlow's generated schema (never by hand-parsing bytes)."""
 
 import collections
-from typing import Counter, Dict
+from typing import Counter, Dict, List
 
 from bnn_keras.errors import BnnError
 from tensorflow.lite.python import schema_py_generated as schema_fb
@@ -71,3 +71,49 @@ def op_histogram(data: bytes, *, source: str = "the input") -> Counter[str]:
                 raise InvalidFlatbufferError(f"{source} is a damaged TFLite flatbuffer.")
             counts[names[op.opcodeIndex]] += 1
     return counts
+
+
+# LCE's ops; everything else in a converted model computes in float (or int8).
+LCE_OPS = ("LceQuantize", "LceDequantize", "LceBconv2d", "LceBMaxPool2d")
+_BINARY_CONSUMERS = ("LceQuantize", "LceBconv2d")
+
+
+def missed_fusions(data: bytes, *, source: str = "the input") -> List[str]:
+    """Float ops sitting directly between a binary convolution and the next binarization.
+
+    LCE fuses BatchNorm, scaling and most activations that follow an LceBconv2d into the op's
+    post-multiplier/bias, and a following sign into its binary output. An op that still sits
+    between `LceBconv2d` and `LceQuantize`/`LceBconv2d` was not fused: it costs a float pass
+    over the feature map and a separate quantization.
+
+    Returns:
+        One description per such op, e.g. `"op 12 MUL (LceBconv2d -> MUL -> LceQuantize)"`.
+    """
+    model = read_model(data, source=source)
+    names = [op_name(opcode) for opcode in model.operatorCodes]
+    found = []
+    for subgraph in model.subgraphs:
+        ops = subgraph.operators or []
+        producer = {}
+        consumers: Dict[int, List[int]] = collections.defaultdict(list)
+        for index, op in enumerate(ops):
+            for tensor in op.outputs if op.outputs is not None else []:
+                producer[int(tensor)] = index
+            for tensor in op.inputs if op.inputs is not None else []:
+                consumers[int(tensor)].append(index)
+        for index, op in enumerate(ops):
+            name = names[op.opcodeIndex]
+            if name in LCE_OPS:
+                continue
+            fed_by_bconv = any(
+                names[ops[producer[int(t)]].opcodeIndex] == "LceBconv2d"
+                for t in (op.inputs if op.inputs is not None else []) if int(t) in producer
+            )
+            next_ops = [
+                names[ops[c].opcodeIndex]
+                for t in (op.outputs if op.outputs is not None else []) for c in consumers[int(t)]
+            ]
+            feeds_binary = [n for n in next_ops if n in _BINARY_CONSUMERS]
+            if fed_by_bconv and feeds_binary:
+                found.append(f"op {index} {name} (LceBconv2d -> {name} -> {feeds_binary[0]})")
+    return found

@@ -55,7 +55,7 @@ def _name(entry: "schema_fb.MetadataT") -> str:
 
 # Keys of a run's config.json that a deployed model needs to be fed and read correctly.
 RUN_KEYS = ("model", "dataset", "data_dir", "input_shape", "num_classes", "class_names",
-            "normalization")
+            "normalization", "pixel_max")
 
 
 def run_metadata(run_config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
