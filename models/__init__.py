@@ -10,12 +10,29 @@ import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 from models.registry import (  # noqa: E402
     UnknownModelError,
     create_model,
+    describe,
     get_model_fn,
     list_models,
     register_model,
 )
 
 # Importing each family module registers its models.
-from models import densenet  # noqa: E402,F401
+from models import (  # noqa: E402,F401
+    alexnet,
+    binarynet,
+    bnn_plus,
+    compact_bnn,
+    densenet,
+    dorefanet,
+    resnet,
+    xnornet,
+)
 
-__all__ = ["UnknownModelError", "create_model", "get_model_fn", "list_models", "register_model"]
+__all__ = [
+    "UnknownModelError",
+    "create_model",
+    "describe",
+    "get_model_fn",
+    "list_models",
+    "register_model",
+]

@@ -35,3 +35,36 @@ def classifier_head(x: tf.Tensor, num_classes: int) -> tf.Tensor:
     x = tf.keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = tf.keras.layers.Dense(num_classes, kernel_initializer="he_normal", name="head_dense")(x)
     return tf.keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)
+
+
+def batch_norm(
+    name: str, *, momentum: float = 0.9, epsilon: float = 1e-5, scale: bool = True
+) -> tf.keras.layers.Layer:
+    """A named BatchNormalization with the zoo's defaults (momentum 0.9, epsilon 1e-5)."""
+    return tf.keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=epsilon, scale=scale, name=name
+    )
+
+
+def flatten_to_pixel(x: tf.Tensor, name: str) -> tf.Tensor:
+    """Reshapes (N, H, W, C) to (N, 1, 1, H*W*C), the input of a dense layer written as a 1x1 conv.
+
+    LCE has no binary Dense op, so binary fully-connected layers are 1x1 binary convolutions on a
+    1x1 feature map (same parameter count as Dense). The reshape comes before the conv layer so
+    that the layer's own input quantizer directly feeds the convolution: a reshape between the
+    quantizer and the conv would break LCE's quantize -> bconv pattern.
+    """
+    size = 1
+    for d in x.shape[1:]:
+        size *= int(d)
+    return tf.keras.layers.Reshape((1, 1, size), name=name)(x)
+
+
+def pixel_to_vector(x: tf.Tensor, name: str) -> tf.Tensor:
+    """Reshapes (N, 1, 1, C) back to (N, C) after the last 1x1-conv dense layer."""
+    return tf.keras.layers.Reshape((int(x.shape[-1]),), name=name)(x)
+
+
+def softmax(x: tf.Tensor) -> tf.Tensor:
+    """The output softmax, kept in float32 under mixed precision."""
+    return tf.keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)

@@ -126,3 +126,31 @@ def binary_densenet28(**kwargs) -> tf.keras.Model:
     return binary_densenet(
         blocks=(6, 6, 6, 5), reduction=(2.7, 2.7, 2.2), name="binary_densenet28", **kwargs
     )
+
+
+@register_model("binary-densenet37")
+def binary_densenet37(**kwargs) -> tf.keras.Model:
+    """BinaryDenseNet37: 8,734,120 parameters at 224x224x3, 1000 classes."""
+    return binary_densenet(
+        blocks=(6, 8, 12, 6), reduction=(3.3, 3.3, 4), name="binary_densenet37", **kwargs
+    )
+
+
+@register_model("binary-densenet37-dilated")
+def binary_densenet37_dilated(**kwargs) -> tf.keras.Model:
+    """BinaryDenseNet37 with dilated last two blocks instead of pooling (for dense prediction)."""
+    return binary_densenet(
+        blocks=(6, 8, 12, 6),
+        reduction=(3.3, 3.3, 4),
+        dilation_rate=(1, 1, 2, 4),
+        name="binary_densenet37_dilated",
+        **kwargs,
+    )
+
+
+@register_model("binary-densenet45")
+def binary_densenet45(**kwargs) -> tf.keras.Model:
+    """BinaryDenseNet45: 13,939,240 parameters at 224x224x3, 1000 classes."""
+    return binary_densenet(
+        blocks=(6, 12, 14, 8), reduction=(2.7, 3.3, 4), name="binary_densenet45", **kwargs
+    )

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from bnn_keras import model_stats
 from bnn_keras.errors import BnnError
 
 _REGISTRY: Dict[str, Callable[..., tf.keras.Model]] = {}
@@ -98,3 +99,34 @@ def create_model(
     if weights is not None:
         model.load_weights(weights)
     return model
+
+
+def describe(
+    name: str,
+    *,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    **overrides,
+) -> "model_stats.ModelStats":
+    """Builds the registered model `name` and returns its statistics (for `bnn models`).
+
+    Args:
+        name: A registry key, see `list_models()`.
+        input_shape: Input (height, width, channels).
+        num_classes: Size of the classifier output.
+        include_top: Whether to include the classifier head.
+        **overrides: Family-specific options, as for `create_model`.
+
+    Returns:
+        A `bnn_keras.model_stats.ModelStats` (parameters by precision, size, MACs, expected
+        LceBconv2d count, per-layer table).
+
+    Raises:
+        UnknownModelError: `name` is not registered.
+    """
+    model = create_model(
+        name, input_shape=input_shape, num_classes=num_classes, include_top=include_top,
+        **overrides,
+    )
+    return model_stats.model_summary(model)

@@ -1,0 +1,369 @@
+"""Per-layer and whole-model statistics of a (binarized) Keras model, LCE-aware.
+
+Counts parameters by precision, the model size with binary weights stored at 1 bit, MACs (and
+how many of them are binary), and which layers Larq Compute Engine will turn into `LceBconv2d`,
+with a note saying why a quantized layer will not be. The CLI (`bnn models`, `bnn summary`) and
+the converter's checks read the same numbers, so this module imports no model definitions.
+
+A MAC is one multiply-accumulate of a convolution or dense layer (larq's convention: kernel
+size x output pixels). A *binary convolution* is a larq quantized convolution whose input
+quantizer and kernel quantizer both have a precision of 1 bit.
+
+References:
+    - larq's `larq.models.summary`: https://docs.larq.dev/larq/api/models/
+    - LCE model optimization guide: https://docs.larq.dev/compute-engine/model_optimization_guide/
+"""
+
+import dataclasses
+import math
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+# bnn_keras/__init__.py has already set TF_USE_LEGACY_KERAS by the time this module runs.
+import larq as lq
+import tensorflow as tf
+
+# Layer classes LCE lowers to LceBconv2d when both quantizers are binary. QuantConv2D subclasses
+# (e.g. scaled binary convolutions) qualify too; depthwise/separable/dense ones do not.
+_BCONV_TYPES = (lq.layers.QuantConv2D,)
+_MAC_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+Shape = Tuple[Optional[int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    """Statistics of one layer.
+
+    Attributes:
+        name: Layer name.
+        layer_type: Layer class name.
+        output_shape: Output shape with the batch dimension as None; () when the layer has
+            several outputs or was called several times.
+        params: All weights, trainable or not (as `count_params`).
+        binary_params: Weights stored at 1 bit (kernels with a 1-bit quantizer).
+        macs: Multiply-accumulates per example (0 for layers without a kernel).
+        binary_macs: MACs with both operands binary (1-bit input and 1-bit kernel).
+        input_bits: Precision of the input quantizer; None for float input or no quantizer.
+        kernel_bits: Precision of the kernel quantizer; None for float kernel or no quantizer.
+        lce_bconvs: How many LceBconv2d ops LCE will emit for this layer.
+        lce_note: Why a quantized layer will not become LceBconv2d, or what slows it down;
+            "" when there is nothing to say.
+    """
+
+    name: str
+    layer_type: str
+    output_shape: Shape
+    params: int
+    binary_params: int
+    macs: int
+    binary_macs: int
+    input_bits: Optional[int]
+    kernel_bits: Optional[int]
+    lce_bconvs: int
+    lce_note: str
+
+    @property
+    def float_params(self) -> int:
+        """Weights stored at 32 bit."""
+        return self.params - self.binary_params
+
+    @property
+    def binarized(self) -> bool:
+        """Whether LCE will run this layer as binary convolution(s)."""
+        return self.lce_bconvs > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStats:
+    """Whole-model statistics (sums over `layers`).
+
+    Attributes:
+        name: Model name.
+        layers: Per-layer statistics, in model order (nested models flattened).
+        total_params: All weights.
+        binary_params: Weights stored at 1 bit.
+        float_params: Weights stored at 32 bit.
+        size_bytes: Weight storage with binary weights at 1 bit and all others at 32 bit.
+        float32_size_bytes: Weight storage with every weight at 32 bit.
+        total_macs: Multiply-accumulates per example.
+        binary_macs: Binary multiply-accumulates per example.
+        lce_bconvs: LceBconv2d ops expected after LCE conversion.
+    """
+
+    name: str
+    layers: Tuple[LayerStats, ...]
+    total_params: int
+    binary_params: int
+    float_params: int
+    size_bytes: int
+    float32_size_bytes: int
+    total_macs: int
+    binary_macs: int
+    lce_bconvs: int
+
+    @property
+    def binary_mac_fraction(self) -> float:
+        """Share of the MACs that are binary (0.0 for a model without MACs)."""
+        return self.binary_macs / self.total_macs if self.total_macs else 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        """float32 size / size with binary weights at 1 bit."""
+        return self.float32_size_bytes / self.size_bytes if self.size_bytes else 1.0
+
+
+def quantizer_bits(quantizer) -> Optional[int]:
+    """A larq quantizer's output precision in bits; None for no quantizer or an unknown one."""
+    if quantizer is None:
+        return None
+    return getattr(quantizer, "precision", None)
+
+
+def is_binary_conv(layer: tf.keras.layers.Layer) -> bool:
+    """True for a larq quantized conv whose input and kernel quantizers are both 1-bit."""
+    return (
+        isinstance(layer, _BCONV_TYPES)
+        and quantizer_bits(getattr(layer, "input_quantizer", None)) == 1
+        and quantizer_bits(getattr(layer, "kernel_quantizer", None)) == 1
+    )
+
+
+def _iter_layers(model: tf.keras.Model) -> Iterator[tf.keras.layers.Layer]:
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            yield from _iter_layers(layer)
+        else:
+            yield layer
+
+
+def _output_shape(layer: tf.keras.layers.Layer) -> Shape:
+    try:
+        shape = layer.output_shape
+    except (AttributeError, RuntimeError):  # called several times, or never called
+        return ()
+    if isinstance(shape, list):  # InputLayer reports [shape]; several outputs give several
+        return tuple(shape[0]) if len(shape) == 1 else ()
+    return tuple(shape)
+
+
+def _weight_count(weight: tf.Variable) -> int:
+    return int(math.prod(weight.shape.as_list()))
+
+
+def _weight_bits(weight: tf.Variable) -> Optional[int]:
+    # larq wraps quantized kernels in a QuantizedVariable that knows its quantizer's precision.
+    return getattr(weight, "precision", None)
+
+
+def _short_name(weight: tf.Variable) -> str:
+    return weight.name.split("/")[-1].split(":")[0]
+
+
+def _sublayer_bconvs(layer: tf.keras.layers.Layer) -> int:
+    """Binary convs nested in a composite layer that binarizes its input itself.
+
+    A multi-base layer (ABC-Net style) quantizes each residual and feeds it to its own nested
+    QuantConv2D (which has no input quantizer of its own): LCE emits one LceBconv2d per base.
+    """
+    if quantizer_bits(getattr(layer, "input_quantizer", None)) != 1:
+        return 0
+    return sum(
+        1
+        for sub in layer._flatten_layers(include_self=False, recursive=True)
+        if isinstance(sub, _BCONV_TYPES)
+        and quantizer_bits(getattr(sub, "kernel_quantizer", None)) == 1
+        and quantizer_bits(getattr(sub, "input_quantizer", None)) in (None, 1)
+    )
+
+
+def _lce_note(
+    layer: tf.keras.layers.Layer,
+    input_bits: Optional[int],
+    kernel_bits: Optional[int],
+    binary: bool,
+) -> str:
+    if binary:
+        notes = []
+        if getattr(layer, "padding", None) == "same" and getattr(layer, "pad_values", 0.0) == 0.0:
+            kernel_size = layer.kernel_size
+            if max(kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,)) > 1:
+                notes.append("zero padding with 'same': use pad_values=1.0 for a fused op on ARM")
+        try:
+            channels = layer.input_shape[-1]
+        except (AttributeError, RuntimeError):
+            channels = None
+        if channels and channels % 32:
+            notes.append(f"{channels} input channels: multiples of 32 pack without waste")
+        return "; ".join(notes)
+    if input_bits is None and kernel_bits is None:
+        return ""
+    if isinstance(layer, lq.layers.QuantDense):
+        return "binary Dense is not an LCE op: use reshape -> 1x1 binary QuantConv2D -> reshape"
+    if isinstance(layer, (lq.layers.QuantDepthwiseConv2D, lq.layers.QuantSeparableConv2D)):
+        return "LCE has no binary depthwise/separable op: runs in float"
+    if input_bits is None:
+        return "float input (no input quantizer): runs as a float conv"
+    if input_bits != 1:
+        return (
+            f"{input_bits}-bit activation quantizer: multi-bit activations are not accelerated "
+            "by LCE"
+        )
+    if kernel_bits != 1:
+        return "kernel is not binary: runs as a float conv"
+    return "not a convolution LCE binarizes"
+
+
+def _layer_stats(layer: tf.keras.layers.Layer) -> LayerStats:
+    output_shape = _output_shape(layer)
+    pixels = int(math.prod(d for d in output_shape[1:-1] if d)) if len(output_shape) > 2 else 1
+    params = binary_params = macs = binary_macs = 0
+    input_bits = quantizer_bits(getattr(layer, "input_quantizer", None))
+    kernel_bits = quantizer_bits(getattr(layer, "kernel_quantizer", None))
+    for weight in layer.weights:
+        count = _weight_count(weight)
+        params += count
+        bits = _weight_bits(weight)
+        if bits == 1:
+            binary_params += count
+        if output_shape and _short_name(weight) in _MAC_WEIGHT_NAMES:
+            macs += count * pixels
+            if bits == 1 and input_bits == 1:
+                binary_macs += count * pixels
+    binary = is_binary_conv(layer)
+    lce_bconvs = 1 if binary else _sublayer_bconvs(layer)
+    return LayerStats(
+        name=layer.name,
+        layer_type=type(layer).__name__,
+        output_shape=output_shape,
+        params=params,
+        binary_params=binary_params,
+        macs=macs,
+        binary_macs=binary_macs,
+        input_bits=input_bits,
+        kernel_bits=kernel_bits,
+        lce_bconvs=lce_bconvs,
+        lce_note=_lce_note(layer, input_bits, kernel_bits, binary or lce_bconvs > 0),
+    )
+
+
+def layer_table(model: tf.keras.Model) -> List[LayerStats]:
+    """Statistics of every layer of a built model, nested models flattened, in model order.
+
+    Args:
+        model: A built `tf.keras.Model`.
+
+    Returns:
+        One `LayerStats` per layer (InputLayer included, with zero parameters).
+
+    Raises:
+        ValueError: the model is not built.
+    """
+    if not model.built:
+        raise ValueError(
+            "Expected a built model, got an unbuilt one: call it on data or build it first."
+        )
+    return [_layer_stats(layer) for layer in _iter_layers(model)]
+
+
+def model_summary(model: tf.keras.Model) -> ModelStats:
+    """Totals of `layer_table(model)`: parameters by precision, size, MACs, LceBconv2d count.
+
+    Args:
+        model: A built `tf.keras.Model`.
+
+    Returns:
+        A `ModelStats`.
+    """
+    layers = tuple(layer_table(model))
+    total = sum(s.params for s in layers)
+    binary = sum(s.binary_params for s in layers)
+    return ModelStats(
+        name=model.name,
+        layers=layers,
+        total_params=total,
+        binary_params=binary,
+        float_params=total - binary,
+        size_bytes=math.ceil((binary + 32 * (total - binary)) / 8),
+        float32_size_bytes=4 * total,
+        total_macs=sum(s.macs for s in layers),
+        binary_macs=sum(s.binary_macs for s in layers),
+        lce_bconvs=sum(s.lce_bconvs for s in layers),
+    )
+
+
+def count_binary_convs(model: tf.keras.Model) -> int:
+    """LceBconv2d ops that LCE conversion of `model` is expected to produce."""
+    return model_summary(model).lce_bconvs
+
+
+def _fmt_shape(shape: Shape) -> str:
+    if not shape:
+        return "multiple"
+    return "(" + ", ".join("-1" if d is None else str(d) for d in shape) + ")"
+
+
+def _fmt_bits(bits: Optional[int]) -> str:
+    return "-" if bits is None else str(bits)
+
+
+def _fmt_bconvs(n: int) -> str:
+    return "" if n == 0 else "bconv" if n == 1 else f"bconv x{n}"
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.2f} KiB"
+
+
+def format_table(stats: Union[ModelStats, Sequence[LayerStats]], *, notes: bool = True) -> str:
+    """Renders statistics as a plain-text table (layers, a total row, then the model summary).
+
+    Args:
+        stats: A `ModelStats` (layers + summary) or a list of `LayerStats` (layers + total row).
+        notes: Whether to add the `LCE note` column.
+
+    Returns:
+        The table as one string, no trailing newline.
+    """
+    layers = stats.layers if isinstance(stats, ModelStats) else tuple(stats)
+    header = ["Layer", "Type", "In bits", "W bits", "Output shape", "Params", "1-bit params",
+              "MACs", "Binary MACs", "LCE"]
+    if notes:
+        header.append("LCE note")
+    rows = []
+    for s in layers:
+        row = [s.name, s.layer_type, _fmt_bits(s.input_bits), _fmt_bits(s.kernel_bits),
+               _fmt_shape(s.output_shape), f"{s.params:,}", f"{s.binary_params:,}",
+               f"{s.macs:,}", f"{s.binary_macs:,}", _fmt_bconvs(s.lce_bconvs)]
+        if notes:
+            row.append(s.lce_note)
+        rows.append(row)
+    total = ["Total", "", "", "", "", f"{sum(s.params for s in layers):,}",
+             f"{sum(s.binary_params for s in layers):,}", f"{sum(s.macs for s in layers):,}",
+             f"{sum(s.binary_macs for s in layers):,}", str(sum(s.lce_bconvs for s in layers))]
+    if notes:
+        total.append("")
+    widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
+    # Text columns left-aligned, numbers right-aligned (as larq's summary).
+    left = {0, 1, 4, 9, 10}
+
+    def line(row: Sequence[str]) -> str:
+        cells = [
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "-" * len(line(header))
+    out = [line(header), rule, *(line(r) for r in rows), rule, line(total)]
+    if isinstance(stats, ModelStats):
+        out += [
+            "",
+            f"Model: {stats.name}",
+            f"Total params: {stats.total_params:,} ({stats.binary_params:,} binary, "
+            f"{stats.float_params:,} float)",
+            f"Size: {_fmt_bytes(stats.size_bytes)} "
+            f"(float32: {_fmt_bytes(stats.float32_size_bytes)}, "
+            f"{stats.compression_ratio:.2f}x smaller)",
+            f"MACs: {stats.total_macs:,} ({stats.binary_mac_fraction:.1%} binary)",
+            f"Expected LceBconv2d ops: {stats.lce_bconvs}",
+        ]
+    return "\n".join(out)

@@ -1,0 +1,98 @@
+"""BinaryAlexNet: AlexNet binarized the BinaryNet way (Hubara et al., NeurIPS 2016).
+
+Every layer has binary weights; every layer but the first also has binary inputs. Each conv
+(with max-pool where AlexNet pools) is followed by BN without scale. The three fully-connected
+layers, the last one included, are binary. Parameter count matches larq-zoo's definition.
+
+References:
+    - [Binarized Neural Networks](https://arxiv.org/abs/1602.02830)
+    - [ImageNet Classification with Deep Convolutional Neural Networks](
+      https://papers.nips.cc/paper/4824-imagenet-classification-with-deep-convolutional-neural-networks)
+"""
+
+from typing import Any, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from models.common import (
+    batch_norm,
+    flatten_to_pixel,
+    image_input,
+    is_small_input,
+    pixel_to_vector,
+    softmax,
+)
+from models.registry import register_model
+
+# (filters, kernel size, max-pool after) of conv2..conv5.
+_CONVS = ((192, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
+
+
+def binary_alexnet(
+    *,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    input_quantizer: Any = "ste_sign",
+    kernel_quantizer: Any = "ste_sign",
+    kernel_constraint: Any = "weight_clip",
+    name: str = "binary_alexnet",
+) -> tf.keras.Model:
+    """Builds BinaryAlexNet.
+
+    Args:
+        input_shape: Input (height, width, channels); sides under 50 px replace the 11x11/4 stem
+            by a 3x3/1 one.
+        num_classes: Classifier size.
+        include_top: Whether to add the three binary fully-connected layers + softmax.
+        input_quantizer: Activation quantizer (all layers but the first).
+        kernel_quantizer: Weight quantizer (all layers).
+        kernel_constraint: Latent weight constraint.
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+    """
+    quant = dict(
+        kernel_quantizer=kernel_quantizer, kernel_constraint=kernel_constraint, use_bias=False
+    )
+
+    def bn(layer_name: str) -> tf.keras.layers.Layer:
+        return batch_norm(layer_name, momentum=0.9, epsilon=1e-3, scale=False)
+
+    def pool(layer_name: str) -> tf.keras.layers.Layer:
+        return tf.keras.layers.MaxPool2D(3, strides=2, name=layer_name)
+
+    inputs = image_input(input_shape)
+    small = is_small_input(input_shape)
+    # The first layer sees the (float) image: binary weights only, zero padding.
+    x = lq.layers.QuantConv2D(
+        64, 3 if small else 11, strides=1 if small else 4, padding="same", input_quantizer=None,
+        name="conv1", **quant,
+    )(inputs)
+    x = bn("conv1_bn")(pool("conv1_pool")(x))
+    for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
+        x = lq.layers.QuantConv2D(
+            filters, kernel_size, padding="same", pad_values=1.0,
+            input_quantizer=input_quantizer, name=f"conv{i}", **quant,
+        )(x)
+        if pooled:
+            x = pool(f"conv{i}_pool")(x)
+        x = bn(f"conv{i}_bn")(x)
+
+    if include_top:
+        x = flatten_to_pixel(x, "fc_reshape")
+        for i, units in enumerate((4096, 4096, num_classes), start=6):
+            x = lq.layers.QuantConv2D(
+                units, 1, input_quantizer=input_quantizer, name=f"fc{i}", **quant
+            )(x)
+            x = bn(f"fc{i}_bn")(x)
+        x = softmax(pixel_to_vector(x, "logits"))
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+@register_model("binary-alexnet")
+def binary_alexnet_entry(**kwargs) -> tf.keras.Model:
+    """BinaryAlexNet: 61,859,192 parameters at 224x224x3, 1000 classes."""
+    return binary_alexnet(**kwargs)

@@ -1,0 +1,99 @@
+"""BinaryNet (Courbariaux, Hubara et al., 2016): the binarized VGG-small for CIFAR-10.
+
+128C3-128C3-MP-256C3-256C3-MP-512C3-512C3-MP-1024FC-1024FC-classes, all weights binary, all
+inputs but the image binary, BN (without scale) after every layer including the last.
+
+References:
+    - [Binarized Neural Networks: Training Deep Neural Networks with Weights and Activations
+      Constrained to +1 or -1](https://arxiv.org/abs/1602.02830)
+"""
+
+from typing import Any, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from models.common import (
+    batch_norm,
+    flatten_to_pixel,
+    image_input,
+    is_small_input,
+    pixel_to_vector,
+    softmax,
+)
+from models.registry import register_model
+
+# (filters, max-pool after) of conv2..conv6; conv1 has 128 filters.
+_CONVS = ((128, True), (256, False), (256, True), (512, False), (512, True))
+
+
+def binarynet(
+    *,
+    input_shape: Sequence[int] = (32, 32, 3),
+    num_classes: int = 10,
+    include_top: bool = True,
+    input_quantizer: Any = "ste_sign",
+    kernel_quantizer: Any = "ste_sign",
+    kernel_constraint: Any = "weight_clip",
+    hidden_units: int = 1024,
+    name: str = "binarynet",
+) -> tf.keras.Model:
+    """Builds BinaryNet's VGG-small.
+
+    Args:
+        input_shape: Input (height, width, channels). The network is designed for 32x32; for
+            sides of 50 px and more conv1 becomes 7x7/2 followed by a 3x3/2 max-pool (as in
+            the ImageNet ResNet stem), which keeps the first fully-connected layer at a
+            7x7x512 input for 224 px.
+        num_classes: Classifier size.
+        include_top: Whether to add the binary fully-connected layers + softmax.
+        input_quantizer: Activation quantizer (all layers but the first).
+        kernel_quantizer: Weight quantizer (all layers).
+        kernel_constraint: Latent weight constraint.
+        hidden_units: Units of the two hidden fully-connected layers.
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+    """
+    quant = dict(
+        kernel_quantizer=kernel_quantizer, kernel_constraint=kernel_constraint, use_bias=False
+    )
+
+    def bn(layer_name: str) -> tf.keras.layers.Layer:
+        return batch_norm(layer_name, momentum=0.9, epsilon=1e-4, scale=False)
+
+    inputs = image_input(input_shape)
+    small = is_small_input(input_shape)
+    # The first layer sees the (float) image: binary weights only, zero padding.
+    x = lq.layers.QuantConv2D(
+        128, 3 if small else 7, strides=1 if small else 2, padding="same", input_quantizer=None,
+        name="conv1", **quant,
+    )(inputs)
+    if not small:
+        x = tf.keras.layers.MaxPool2D(3, strides=2, padding="same", name="conv1_pool")(x)
+    x = bn("conv1_bn")(x)
+    for i, (filters, pooled) in enumerate(_CONVS, start=2):
+        x = lq.layers.QuantConv2D(
+            filters, 3, padding="same", pad_values=1.0, input_quantizer=input_quantizer,
+            name=f"conv{i}", **quant,
+        )(x)
+        if pooled:
+            x = tf.keras.layers.MaxPool2D(2, strides=2, name=f"conv{i}_pool")(x)
+        x = bn(f"conv{i}_bn")(x)
+
+    if include_top:
+        x = flatten_to_pixel(x, "fc_reshape")
+        for i, units in enumerate((hidden_units, hidden_units, num_classes), start=7):
+            x = lq.layers.QuantConv2D(
+                units, 1, input_quantizer=input_quantizer, name=f"fc{i}", **quant
+            )(x)
+            x = bn(f"fc{i}_bn")(x)
+        x = softmax(pixel_to_vector(x, "logits"))
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+@register_model("binarynet")
+def binarynet_entry(**kwargs) -> tf.keras.Model:
+    """BinaryNet VGG-small (CIFAR-10 layout)."""
+    return binarynet(**kwargs)

@@ -1,0 +1,103 @@
+"""DoReFa-Net (Zhou et al., 2016): AlexNet with binary weights and 2-bit activations.
+
+The first and last layers stay full precision. LCE does not accelerate multi-bit activations,
+so this model converts to float convolutions; it is here as an accuracy reference. Parameter
+count matches larq-zoo's definition.
+
+References:
+    - [DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks with Low Bitwidth
+      Gradients](https://arxiv.org/abs/1606.06160)
+"""
+
+from typing import Any, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from models.common import (
+    batch_norm,
+    flatten_to_pixel,
+    image_input,
+    is_small_input,
+    pixel_to_vector,
+    softmax,
+)
+from models.registry import register_model
+
+# (filters, kernel size, max-pool padding or None) of conv2..conv5.
+_CONVS = ((256, 5, "same"), (384, 3, "same"), (384, 3, None), (256, 3, "valid"))
+
+
+def dorefanet(
+    *,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    activations_k_bit: int = 2,
+    input_quantizer: Any = None,
+    kernel_quantizer: Any = None,
+    kernel_constraint: Any = None,
+    name: str = "dorefanet",
+) -> tf.keras.Model:
+    """Builds DoReFa-Net.
+
+    Args:
+        input_shape: Input (height, width, channels); sides under 50 px replace the 12x12/4 stem
+            by a 3x3/1 one.
+        num_classes: Classifier size.
+        include_top: Whether to add the fc6/fc7 quantized layers, the float classifier and softmax.
+        activations_k_bit: Bits of the activation quantizer.
+        input_quantizer: Activation quantizer (default `DoReFaQuantizer(k_bit=activations_k_bit)`).
+        kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=None)`).
+        kernel_constraint: Latent weight constraint (none: the weight gradient is not clipped).
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+    """
+    input_quantizer = input_quantizer or lq.quantizers.DoReFaQuantizer(k_bit=activations_k_bit)
+    # DoReFa scales sign(W) by one per-layer mean|W|; larq's per-channel MagnitudeAwareSign gives
+    # the same outputs here because every quantized layer is followed by a per-channel BN that
+    # normalizes any positive per-channel scale away. clip_value=None = identity gradient.
+    kernel_quantizer = kernel_quantizer or lq.quantizers.MagnitudeAwareSign(clip_value=None)
+    quant = dict(
+        input_quantizer=input_quantizer,
+        kernel_quantizer=kernel_quantizer,
+        kernel_constraint=kernel_constraint,
+        use_bias=False,
+    )
+
+    def bn(layer_name: str) -> tf.keras.layers.Layer:
+        return batch_norm(layer_name, momentum=0.9, epsilon=1e-4, scale=False)
+
+    inputs = image_input(input_shape)
+    if is_small_input(input_shape):
+        x = tf.keras.layers.Conv2D(96, 3, padding="same", name="conv1")(inputs)
+    else:
+        x = tf.keras.layers.Conv2D(96, 12, strides=4, padding="valid", name="conv1")(inputs)
+    for i, (filters, kernel_size, pool_padding) in enumerate(_CONVS, start=2):
+        # Zero padding on purpose: DoReFa activations lie in [0, 1], where 0 is a real level.
+        x = lq.layers.QuantConv2D(filters, kernel_size, padding="same", name=f"conv{i}", **quant)(x)
+        x = bn(f"conv{i}_bn")(x)
+        if pool_padding:
+            x = tf.keras.layers.MaxPool2D(
+                3, strides=2, padding=pool_padding, name=f"conv{i}_pool"
+            )(x)
+
+    if include_top:
+        x = flatten_to_pixel(x, "fc_reshape")
+        for i in (6, 7):
+            x = lq.layers.QuantConv2D(4096, 1, name=f"fc{i}", **quant)(x)
+            x = bn(f"fc{i}_bn")(x)
+        # clip(x, 0, 1) as a serializable built-in layer.
+        x = tf.keras.layers.ReLU(max_value=1.0, name="fc7_clip")(x)
+        x = pixel_to_vector(x, "fc7_flat")
+        x = tf.keras.layers.Dense(num_classes, name="fc8")(x)
+        x = softmax(x)
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+@register_model("dorefanet")
+def dorefanet_entry(**kwargs) -> tf.keras.Model:
+    """DoReFa-Net (2-bit activations): 62,403,912 parameters at 224x224x3, 1000 classes."""
+    return dorefanet(**kwargs)

@@ -1,0 +1,176 @@
+"""Binary ResNets with one binary 3x3 convolution per shortcut: BinaryResNetE and Bi-Real Net.
+
+Both families replace each two-conv ResNet block by two single-conv blocks, each binary conv ->
+BN -> add, so every binary convolution has its own full-precision shortcut. Downsampling shortcuts
+are full precision: AvgPool2 -> 1x1 conv -> BN. Parameter counts match larq-zoo's definitions.
+
+References:
+    - [Back to Simplicity: How to Train Accurate BNNs from Scratch?](https://arxiv.org/abs/1906.08637)
+    - [Bi-Real Net: Enhancing the Performance of 1-bit CNNs With Improved Representational
+      Capability and Advanced Training Algorithm](https://arxiv.org/abs/1808.00278)
+"""
+
+from typing import Any, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from models.common import batch_norm, classifier_head, image_input, is_small_input
+from models.registry import register_model
+
+# Back to Simplicity trains BinaryResNetE with a gradient-cancelling window of 1.25.
+RESNET_E_CLIP_VALUE = 1.25
+
+_STAGE_FILTERS = (64, 128, 256, 512)
+
+
+def binary_resnet(
+    *,
+    stage_blocks: Sequence[int],
+    stage_filters: Sequence[int] = _STAGE_FILTERS,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    input_quantizer: Any,
+    kernel_quantizer: Any,
+    kernel_constraint: Any,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    stem_initializer: str = "he_normal",
+    stem_relu: bool = True,
+    stem_extra_bn: bool = True,
+    head_relu: bool = True,
+    name: str = "binary_resnet",
+) -> tf.keras.Model:
+    """Builds a binary ResNet with a shortcut around every binary convolution.
+
+    Args:
+        stage_blocks: ResNet blocks per stage, e.g. (2, 2, 2, 2) for 18 layers; each block
+            becomes two single-conv binary blocks.
+        stage_filters: Filters per stage.
+        input_shape: Input (height, width, channels); sides under 50 px get a 3x3 stem.
+        num_classes: Classifier size.
+        include_top: Whether to add global pooling + dense + softmax.
+        input_quantizer: Activation quantizer of the binary convolutions.
+        kernel_quantizer: Weight quantizer of the binary convolutions.
+        kernel_constraint: Latent weight constraint.
+        bn_momentum: BatchNormalization momentum.
+        bn_epsilon: BatchNormalization epsilon.
+        stem_initializer: Initializer of the full-precision stem convolution.
+        stem_relu: Whether the ImageNet stem has a ReLU (ResNetE yes, Bi-Real Net no).
+        stem_extra_bn: Whether a BN follows the stem's max-pool (ResNetE yes, Bi-Real Net no).
+        head_relu: Whether a ReLU precedes the global pooling.
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+    """
+
+    def bn(layer_name: str) -> tf.keras.layers.Layer:
+        return batch_norm(layer_name, momentum=bn_momentum, epsilon=bn_epsilon)
+
+    inputs = image_input(input_shape)
+    if is_small_input(input_shape):
+        x = tf.keras.layers.Conv2D(
+            stage_filters[0], 3, padding="same", kernel_initializer=stem_initializer,
+            use_bias=False, name="stem_conv",
+        )(inputs)
+    else:
+        x = tf.keras.layers.Conv2D(
+            stage_filters[0], 7, strides=2, padding="same", kernel_initializer=stem_initializer,
+            use_bias=False, name="stem_conv",
+        )(inputs)
+        x = bn("stem_bn")(x)
+        if stem_relu:
+            x = tf.keras.layers.Activation("relu", name="stem_relu")(x)
+        x = tf.keras.layers.MaxPool2D(3, strides=2, padding="same", name="stem_pool")(x)
+        if stem_extra_bn:
+            x = bn("stem_pool_bn")(x)
+
+    for s, (blocks, filters) in enumerate(zip(stage_blocks, stage_filters), start=1):
+        for i in range(1, 2 * blocks + 1):
+            prefix = f"block{s}_layer{i}"
+            downsample = x.shape[-1] != filters
+            shortcut = x
+            if downsample:
+                # "same" matches the strided conv's ceil(n/2) output on odd sides (7 -> 4).
+                shortcut = tf.keras.layers.AvgPool2D(
+                    2, strides=2, padding="same", name=f"{prefix}_shortcut_pool"
+                )(x)
+                shortcut = tf.keras.layers.Conv2D(
+                    filters, 1, kernel_initializer="glorot_normal", use_bias=False,
+                    name=f"{prefix}_shortcut_conv",
+                )(shortcut)
+                shortcut = bn(f"{prefix}_shortcut_bn")(shortcut)
+            x = lq.layers.QuantConv2D(
+                filters,
+                3,
+                strides=2 if downsample else 1,
+                padding="same",
+                # +1 padding keeps the padded input binary: one fused LceBconv2d on ARM.
+                pad_values=1.0,
+                input_quantizer=input_quantizer,
+                kernel_quantizer=kernel_quantizer,
+                kernel_constraint=kernel_constraint,
+                kernel_initializer="glorot_normal",
+                use_bias=False,
+                name=f"{prefix}_conv",
+            )(x)
+            x = bn(f"{prefix}_bn")(x)
+            x = tf.keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
+
+    if head_relu:
+        x = tf.keras.layers.Activation("relu", name="head_relu")(x)
+    if include_top:
+        x = classifier_head(x, num_classes)
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+def _resnet_e(stage_blocks: Sequence[int], name: str, **kwargs) -> tf.keras.Model:
+    kwargs.setdefault("input_quantizer", lq.quantizers.SteSign(clip_value=RESNET_E_CLIP_VALUE))
+    kwargs.setdefault("kernel_quantizer", lq.quantizers.SteSign(clip_value=RESNET_E_CLIP_VALUE))
+    kwargs.setdefault(
+        "kernel_constraint", lq.constraints.WeightClip(clip_value=RESNET_E_CLIP_VALUE)
+    )
+    return binary_resnet(stage_blocks=stage_blocks, name=name, **kwargs)
+
+
+def _birealnet(stage_blocks: Sequence[int], name: str, **kwargs) -> tf.keras.Model:
+    kwargs.setdefault("input_quantizer", lq.quantizers.ApproxSign())
+    kwargs.setdefault("kernel_quantizer", lq.quantizers.MagnitudeAwareSign(clip_value=1.0))
+    kwargs.setdefault("kernel_constraint", lq.constraints.WeightClip(clip_value=1.0))
+    return binary_resnet(
+        stage_blocks=stage_blocks,
+        bn_momentum=0.8,
+        bn_epsilon=1e-3,
+        stem_initializer="glorot_normal",
+        stem_relu=False,
+        stem_extra_bn=False,
+        head_relu=False,
+        name=name,
+        **kwargs,
+    )
+
+
+@register_model("binary-resnet-e18")
+def binary_resnet_e18(**kwargs) -> tf.keras.Model:
+    """BinaryResNetE18: 11,699,368 parameters at 224x224x3, 1000 classes."""
+    return _resnet_e((2, 2, 2, 2), "binary_resnet_e18", **kwargs)
+
+
+@register_model("binary-resnet-e34")
+def binary_resnet_e34(**kwargs) -> tf.keras.Model:
+    """BinaryResNetE34: ResNet-34 stage depths (3, 4, 6, 3), one binary conv per shortcut."""
+    return _resnet_e((3, 4, 6, 3), "binary_resnet_e34", **kwargs)
+
+
+@register_model("birealnet18")
+def birealnet18(**kwargs) -> tf.keras.Model:
+    """Bi-Real Net 18: 11,699,112 parameters at 224x224x3, 1000 classes."""
+    return _birealnet((2, 2, 2, 2), "birealnet18", **kwargs)
+
+
+@register_model("birealnet34")
+def birealnet34(**kwargs) -> tf.keras.Model:
+    """Bi-Real Net 34: ResNet-34 stage depths (3, 4, 6, 3)."""
+    return _birealnet((3, 4, 6, 3), "birealnet34", **kwargs)

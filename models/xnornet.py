@@ -1,0 +1,103 @@
+"""XNOR-Net (Rastegari et al., ECCV 2016): AlexNet with binary inputs and scaled binary weights.
+
+The first and last layers stay full precision; binary weights carry a per-output-channel scale
+`mean|W|` (larq's `MagnitudeAwareSign`, which LCE folds into the LceBconv2d post-multiplier).
+Parameter count matches larq-zoo's definition.
+
+References:
+    - [XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks](
+      https://arxiv.org/abs/1603.05279)
+"""
+
+from typing import Any, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from models.common import batch_norm, image_input, is_small_input, softmax
+from models.registry import register_model
+
+# (filters, kernel size, max-pool after) of conv2..conv5.
+_CONVS = ((256, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
+
+
+def xnornet(
+    *,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    input_quantizer: Any = "ste_sign",
+    kernel_quantizer: Any = None,
+    kernel_constraint: Any = "weight_clip",
+    weight_decay: float = 5e-7,
+    name: str = "xnornet",
+) -> tf.keras.Model:
+    """Builds XNOR-Net.
+
+    Args:
+        input_shape: Input (height, width, channels); sides under 50 px replace the 11x11/4 stem
+            by a 3x3/1 one.
+        num_classes: Classifier size.
+        include_top: Whether to add the binary fc7, the float classifier and softmax.
+        input_quantizer: Activation quantizer of the binary layers.
+        kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=1.0)`).
+        kernel_constraint: Latent weight constraint.
+        weight_decay: L2 factor on every kernel.
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+    """
+    kernel_quantizer = kernel_quantizer or lq.quantizers.MagnitudeAwareSign(clip_value=1.0)
+    quant = dict(
+        input_quantizer=input_quantizer,
+        kernel_quantizer=kernel_quantizer,
+        kernel_constraint=kernel_constraint,
+        kernel_regularizer=tf.keras.regularizers.l2(weight_decay),
+        use_bias=False,
+    )
+
+    def bn(layer_name: str, epsilon: float = 1e-4) -> tf.keras.layers.Layer:
+        return batch_norm(layer_name, momentum=0.9, epsilon=epsilon, scale=False)
+
+    def pool(layer_name: str) -> tf.keras.layers.Layer:
+        return tf.keras.layers.MaxPool2D(3, strides=2, name=layer_name)
+
+    inputs = image_input(input_shape)
+    small = is_small_input(input_shape)
+    x = tf.keras.layers.Conv2D(
+        96, 3 if small else 11, strides=1 if small else 4, padding="same", use_bias=False,
+        kernel_regularizer=tf.keras.regularizers.l2(weight_decay), name="conv1",
+    )(inputs)
+    x = bn("conv1_bn", epsilon=1e-5)(x)
+    x = tf.keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = bn("conv1_pool_bn")(pool("conv1_pool")(x))
+    for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
+        x = lq.layers.QuantConv2D(
+            filters, kernel_size, padding="same", pad_values=1.0, name=f"conv{i}", **quant
+        )(x)
+        if pooled:
+            x = pool(f"conv{i}_pool")(x)
+        x = bn(f"conv{i}_bn")(x)
+    # fc6 is a "valid" conv whose kernel covers the whole feature map (6x6 at 224 px), so it is
+    # a dense layer on the flattened map for any input size.
+    x = lq.layers.QuantConv2D(4096, tuple(x.shape[1:3]), padding="valid", name="fc6", **quant)(x)
+    x = bn("fc6_bn")(x)
+
+    if include_top:
+        x = lq.layers.QuantConv2D(4096, 1, name="fc7", **quant)(x)
+        x = bn("fc7_bn", epsilon=1e-3)(x)
+        x = tf.keras.layers.Activation("relu", name="fc7_relu")(x)
+        x = tf.keras.layers.Flatten(name="fc7_flatten")(x)
+        x = tf.keras.layers.Dense(
+            num_classes, use_bias=False,
+            kernel_regularizer=tf.keras.regularizers.l2(weight_decay), name="fc8",
+        )(x)
+        x = softmax(x)
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+@register_model("xnornet")
+def xnornet_entry(**kwargs) -> tf.keras.Model:
+    """XNOR-Net: 62,396,768 parameters at 224x224x3, 1000 classes."""
+    return xnornet(**kwargs)

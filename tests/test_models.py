@@ -1,0 +1,214 @@
+"""Tests for the model family (models/*): parameter parity with larq-zoo, small and ImageNet inputs,
+deterministic layer names, LCE-friendly layers, LCE conversion and save/load."""
+
+import models  # noqa: F401  (must come before tensorflow)
+
+import re
+
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnn_keras import model_stats
+
+ALL_MODELS = models.list_models()
+
+# larq-zoo's published parameter counts at 224x224x3 and 1000 classes (BNN_NOTES section 4).
+ZOO_PARAMS = {
+    "binary-densenet28": 5_150_504,
+    "binary-densenet37": 8_734_120,
+    # Dilation adds no weights: same count as BinaryDenseNet37.
+    "binary-densenet37-dilated": 8_734_120,
+    "binary-densenet45": 13_939_240,
+    "binary-resnet-e18": 11_699_368,
+    "birealnet18": 11_699_112,
+    "xnornet": 62_396_768,
+    "binary-alexnet": 61_859_192,
+    "dorefanet": 62_403_912,
+}
+
+# Layer names Keras generates when a layer is created without a name.
+AUTO_NAME = re.compile(
+    r"^(conv2d|quant_conv2d|batch_normalization|activation|add|concatenate|max_pooling2d|"
+    r"average_pooling2d|reshape|dense|flatten|re_lu|p_re_lu|global_average_pooling2d)(_\d+)?$"
+)
+
+
+def _batch(shape, n=2, seed=0):
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, *shape)).astype("float32")
+
+
+@pytest.mark.parametrize("name,expected", sorted(ZOO_PARAMS.items()))
+def test_parameter_count_matches_larq_zoo(name, expected):
+    model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
+    assert model.count_params() == expected
+
+
+# Each test below builds as few models as it can: a build takes 1-10 s on the shared 2 cores.
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_small_input_model_is_complete_named_and_lce_friendly(name):
+    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=10)
+    y = model(_batch((32, 32, 3)), training=False).numpy()
+    assert y.shape == (2, 10)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)  # softmax rows, float32 rounding
+    stem = model.layers[1]
+    assert (stem.kernel_size, stem.strides) == ((3, 3), (1, 1))
+    # Explicit, unique names: weights load by name and a converted graph can be read.
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if AUTO_NAME.match(n)] == []
+    assert len(set(names)) == len(names)
+    # LCE-friendly: no binary Dense, +1 padding on every binary "same" conv.
+    assert [l.name for l in model.layers if isinstance(l, lq.layers.QuantDense)] == []
+    for layer in model.layers:
+        if model_stats.is_binary_conv(layer) and layer.padding == "same":
+            assert layer.pad_values == 1.0, layer.name
+    if name != "dorefanet":
+        assert model_stats.count_binary_convs(model) > 0
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_include_top_false_gives_the_feature_extractor_on_1_channel_inputs(name):
+    model = models.create_model(name, input_shape=(28, 28, 1), include_top=False)
+    assert "predictions" not in [layer.name for layer in model.layers]
+    assert len(model.output_shape) == 4  # (batch, height, width, channels)
+    features = model(_batch((28, 28, 1)), training=False).numpy()
+    assert features.shape[0] == 2 and np.isfinite(features).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_imagenet_input_gives_probabilities_with_the_large_stem(name):
+    model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
+    y = model(_batch((224, 224, 3), n=1), training=False).numpy()
+    assert y.shape == (1, 1000)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)
+    stem = model.layers[1]
+    assert stem.kernel_size[0] >= 7 and stem.strides[0] >= 2
+
+
+def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape():
+    model = models.create_model("binary-alexnet", input_shape=(32, 32, 3), num_classes=10)
+    flatten, fc6 = model.get_layer("fc_reshape"), model.get_layer("fc6")
+    assert isinstance(flatten, tf.keras.layers.Reshape)
+    assert flatten.output_shape == (None, 1, 1, 3 * 3 * 256)
+    # The quantizer sits inside the conv, after the reshape: LCE sees quantize -> bconv.
+    assert fc6.input is flatten.output
+    assert fc6.kernel_size == (1, 1) and model_stats.is_binary_conv(fc6)
+    assert fc6.kernel.shape == (1, 1, 2304, 4096)
+
+
+def test_birealnet_uses_approx_sign_and_magnitude_aware_weights():
+    model = models.create_model("birealnet18", input_shape=(32, 32, 3), num_classes=10)
+    conv = model.get_layer("block2_layer1_conv")
+    assert isinstance(conv.input_quantizer, lq.quantizers.ApproxSign)
+    assert isinstance(conv.kernel_quantizer, lq.quantizers.MagnitudeAwareSign)
+    assert conv.strides == (2, 2)
+    # ResNetE's extra stem BN and head ReLU are absent (the 256-parameter difference at 224).
+    assert "head_relu" not in [l.name for l in model.layers]
+
+
+def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks():
+    model = models.create_model(
+        "binary-densenet37-dilated", input_shape=(32, 32, 3), include_top=False
+    )
+    assert model.get_layer("block4_layer1_conv").dilation_rate == (4, 4)
+    # Only the first transition pools: 32 -> 16, then blocks 3 and 4 dilate instead.
+    assert model.output_shape == (None, 16, 16, 640)
+
+
+def test_bnn_plus_alexnet_has_scaled_sign_swish_layers_with_regularizer():
+    from bnn_keras import layers as bnn_layers
+    from bnn_keras import quantizers as bnn_quantizers
+
+    model = models.create_model(
+        "bnn-plus-alexnet", input_shape=(32, 32, 3), num_classes=10, trainable_beta=True
+    )
+    scaled = [l for l in model.layers if isinstance(l, bnn_layers.ScaledQuantConv2D)]
+    assert [l.name for l in scaled] == ["conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+    assert all(isinstance(l.input_quantizer, bnn_quantizers.SignSwish) for l in scaled)
+    # One BNN+ regularization term per scaled layer.
+    assert len(model.losses) == 6
+    # First and last layers full precision.
+    assert type(model.get_layer("conv1")) is tf.keras.layers.Conv2D
+    assert type(model.get_layer("fc8")) is tf.keras.layers.Dense
+    # One trainable beta per quantizer (input and kernel of each of the 6 layers).
+    betas = [w for w in model.trainable_weights if "sign_swish" in w.name and w.shape == ()]
+    assert len(betas) == 12
+
+
+@pytest.mark.parametrize("bases", [1, 3])
+def test_compact_bnn_options(bases):
+    from bnn_keras import layers as bnn_layers
+
+    model = models.create_model(
+        "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases
+    )
+    assert isinstance(model.get_layer("conv2_act"), tf.keras.layers.PReLU)
+    assert isinstance(model.get_layer("logits_scale"), bnn_layers.LearnableScale)
+    # conv2..conv5 and fc6..fc8 are binary, each with `bases` binary convolutions.
+    assert model_stats.count_binary_convs(model) == 7 * bases
+    # One bipolar term per binary kernel.
+    assert len(model.losses) == 7 * bases
+    relu = models.create_model(
+        "compact-bnn", input_shape=(32, 32, 3), num_classes=10, activation="relu",
+        bipolar_factor=0.0,
+    )
+    assert isinstance(relu.get_layer("conv2_act"), tf.keras.layers.ReLU)
+    assert relu.losses == []
+
+
+# Deeper siblings of models whose builder is converted by the fast test anyway (the dilated
+# DenseNet only adds dilation, which the slow run checks); each conversion takes 30-80 s on the
+# shared 2 cores, which would push the fast suite past its ~6 minute budget.
+DEEPER_SIBLINGS = {
+    "binary-densenet37",
+    "binary-densenet37-dilated",
+    "binary-densenet45",
+    "binary-resnet-e34",
+    "birealnet34",
+}
+
+
+def _fast_unless_deeper_sibling(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEPER_SIBLINGS else n for n in names]
+
+
+def _lce_op_histogram(model):
+    import larq_compute_engine as lce
+
+    from convert.flatbuffer import op_histogram
+
+    return op_histogram(lce.convert_keras_model(model, target="arm"))
+
+
+@pytest.mark.parametrize("name", _fast_unless_deeper_sibling(ALL_MODELS))
+def test_lce_conversion_has_one_bconv_per_binary_conv(name):
+    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=10)
+    expected = model_stats.count_binary_convs(model)
+    if name == "dorefanet":
+        assert expected == 0
+        pytest.skip("DoReFa-Net's 2-bit activations are not accelerated by LCE: no LceBconv2d")
+    ops = _lce_op_histogram(model)
+    assert ops["LceBconv2d"] == expected
+    assert ops["LceBconv2d"] > 0
+
+
+def test_lce_conversion_of_multiple_bases_gives_one_bconv_per_base():
+    model = models.create_model("compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=2)
+    ops = _lce_op_histogram(model)
+    assert ops["LceBconv2d"] == model_stats.count_binary_convs(model) == 14
+
+
+@pytest.mark.parametrize("name", _fast_unless_deeper_sibling(ALL_MODELS))
+def test_save_and_load_reproduces_outputs(name, tmp_path):
+    model = models.create_model(name, input_shape=(28, 28, 1), num_classes=10)
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)
+    x = _batch((28, 28, 1))
+    np.testing.assert_allclose(
+        loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-7
+    )

@@ -1,0 +1,113 @@
+"""Tests for models/registry.py: names, lookup errors, keyword forwarding, weights, describe."""
+
+import models  # noqa: F401  (must come before tensorflow)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnn_keras.errors import BnnError
+from models import registry
+
+EXPECTED_NAMES = {
+    "binary-densenet28",
+    "binary-densenet37",
+    "binary-densenet37-dilated",
+    "binary-densenet45",
+    "binary-resnet-e18",
+    "binary-resnet-e34",
+    "birealnet18",
+    "birealnet34",
+    "xnornet",
+    "binary-alexnet",
+    "dorefanet",
+    "binarynet",
+    "bnn-plus-alexnet",
+    "compact-bnn",
+}
+
+
+def test_every_model_of_the_issue_is_registered_and_sorted():
+    names = models.list_models()
+    assert set(names) == EXPECTED_NAMES
+    assert names == sorted(names)
+
+
+def test_list_models_filters_with_a_shell_pattern():
+    assert models.list_models("binary-densenet*") == [
+        "binary-densenet28",
+        "binary-densenet37",
+        "binary-densenet37-dilated",
+        "binary-densenet45",
+    ]
+    assert models.list_models("*realnet*") == ["birealnet18", "birealnet34"]
+    assert models.list_models("nothing-like-this*") == []
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(models.UnknownModelError) as info:
+        models.create_model("binary-densnet28")
+    message = str(info.value)
+    assert message.startswith("Unknown model 'binary-densnet28'; did you mean binary-densenet28")
+    # Only close matches are suggested, not the whole registry.
+    assert "xnornet" not in message
+    assert isinstance(info.value, BnnError) and isinstance(info.value, KeyError)
+
+
+def test_unknown_name_without_close_match_lists_all_models():
+    with pytest.raises(models.UnknownModelError, match="known models: binary-alexnet, "):
+        models.get_model_fn("qqqqqq")
+
+
+def test_registering_a_name_twice_fails():
+    with pytest.raises(ValueError, match="'xnornet' is registered twice"):
+        models.register_model("xnornet")(lambda **kwargs: None)
+
+
+def test_register_model_tags_the_entry_function():
+    @models.register_model("test-only-tiny")
+    def tiny(*, input_shape, num_classes, include_top):
+        inputs = tf.keras.Input(input_shape)
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(num_classes)(inputs))
+
+    try:
+        assert tiny.model_name == "test-only-tiny"
+        model = models.create_model("test-only-tiny", input_shape=[4, 4, 2], num_classes=3)
+        assert model.output_shape == (None, 4, 4, 3)
+    finally:
+        del registry._REGISTRY["test-only-tiny"]
+    assert "test-only-tiny" not in models.list_models()
+
+
+def test_create_model_forwards_family_overrides():
+    import larq as lq
+
+    model = models.create_model(
+        "binary-resnet-e18",
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        input_quantizer=lq.quantizers.ApproxSign(),
+    )
+    assert isinstance(model.get_layer("block1_layer1_conv").input_quantizer, lq.quantizers.ApproxSign)
+    # The default of the family is kept for what is not overridden.
+    assert model.get_layer("block1_layer1_conv").kernel_quantizer.clip_value == 1.25
+
+
+def test_create_model_loads_weights_by_path(tmp_path):
+    kwargs = dict(input_shape=(28, 28, 1), num_classes=10)
+    model = models.create_model("binary-densenet28", **kwargs)
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    again = models.create_model("binary-densenet28", weights=path, **kwargs)
+    x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    np.testing.assert_array_equal(again(x).numpy(), model(x).numpy())
+
+
+def test_describe_returns_the_stats_of_the_built_model():
+    stats = models.describe("binarynet", input_shape=(32, 32, 3), num_classes=10)
+    model = models.create_model("binarynet", input_shape=(32, 32, 3), num_classes=10)
+    assert stats.name == "binarynet"
+    assert stats.total_params == model.count_params()
+    # conv2..conv6 and the three fully-connected layers have binary inputs and weights;
+    # conv1 sees the image.
+    assert stats.lce_bconvs == 8
