@@ -333,6 +333,50 @@ def predict(tflite_file: str, images, top_k: int, as_json: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# models, summary
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command("models")
+@click.argument("pattern", required=False)
+@click.option("--input-shape", default="224,224,3", show_default=True,
+              help="Input H,W,C the statistics are computed for.")
+@click.option("--num-classes", type=int, default=1000, show_default=True, help="Classes.")
+def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -> None:
+    """List registered models (optionally matching a shell PATTERN such as '*densenet*') with
+    their parameter count, binarized-MAC fraction and size with 1-bit binary weights."""
+    import models
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    names = models.list_models(pattern)
+    if not names:
+        raise BnnError(f"No model matches {pattern!r}; `bnn models` lists them all.")
+    shape = _parse_shape(input_shape)
+    rows = []
+    for name in tqdm(names, desc="building", unit="model", file=sys.stderr, leave=False):
+        stats = models.describe(name, input_shape=shape, num_classes=num_classes)
+        rows.append((name, f"{stats.total_params:,}", f"{stats.binary_mac_fraction:.1%}",
+                     f"{stats.size_bytes / 2**20:.2f} MiB", f"{stats.compression_ratio:.1f}x"))
+        tf.keras.backend.clear_session()  # 14 ImageNet-size graphs would pile up in memory
+    click.echo(f"Models at {'x'.join(map(str, shape))}, {num_classes} classes:")
+    _echo_table(rows, ("model", "params", "binary MACs", "size (1-bit)", "vs float32"))
+
+
+@main.command()
+@click.argument("name", metavar="MODEL")
+@click.option("--input-shape", default="224,224,3", show_default=True, help="Input H,W,C.")
+@click.option("--num-classes", type=int, default=1000, show_default=True, help="Classes.")
+def summary(name: str, input_shape: str, num_classes: int) -> None:
+    """Per-layer table of MODEL (a registry name, run folder or model file): output shape,
+    parameters by precision, MACs, and every layer LCE will not binarize, with the reason."""
+    from bnn_keras import model_stats
+
+    model = _model_from(name, input_shape, num_classes)
+    click.echo(model_stats.format_table(model_stats.model_summary(model)))
+
+
+# ----------------------------------------------------------------------------------------------
 # inspect, check-bundle
 # ----------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import larq_compute_engine as lce
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
+from convert.flatbuffer import readable_tensor_names
 
 # User-facing target names -> LCE's target strings. LCE has no "arm64": its "arm" target covers
 # 32- and 64-bit ARM (Raspberry Pi 4/5 on a 64-bit OS, phones) alike.
@@ -78,7 +79,7 @@ def convert_model(
         inference_output_type: "float32" or "int8" model output.
 
     Returns:
-        The flatbuffer bytes.
+        The flatbuffer bytes, internal tensors named after their Keras layers.
 
     Raises:
         BnnError: an option is invalid.
@@ -97,7 +98,7 @@ def convert_model(
         )
         model = as_float32(model)
     try:
-        return lce.convert_keras_model(
+        flatbuffer = lce.convert_keras_model(
             model,
             target=TARGETS[target],
             inference_input_type=IO_TYPES[inference_input_type],
@@ -106,3 +107,4 @@ def convert_model(
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConversionError(f"LCE could not convert the model: {first_line}") from exc
+    return readable_tensor_names(flatbuffer, model.name)

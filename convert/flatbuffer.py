@@ -51,6 +51,37 @@ def read_model(data: bytes, *, source: str = "the input") -> "schema_fb.ModelT":
     return model
 
 
+def readable_tensor_names(data: bytes, model_name: str) -> bytes:
+    """Renames internal tensors after the Keras layer and op that produce them.
+
+    The converter names each tensor after every TF op fused into it, prefixed with the model
+    name (`binary_densenet28/block4_layer5_conv/QuantConv2D;binary_densenet28/...`), cut at 50
+    characters. Keeping the first op's path without the model prefix
+    (`block4_layer5_conv/QuantConv2D`) reads better in Netron and takes fewer bytes. Tensors
+    with other names (model inputs/outputs, constants) keep theirs.
+
+    Returns:
+        The re-serialised flatbuffer.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = read_model(data)
+    prefix = f"{model_name}/"
+    for subgraph in model.subgraphs:
+        keep = set(subgraph.inputs.tolist() if subgraph.inputs is not None else []) | set(
+            subgraph.outputs.tolist() if subgraph.outputs is not None else [])
+        taken = {bytes(t.name) for t in subgraph.tensors}
+        for index, tensor in enumerate(subgraph.tensors):
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            if index in keep or not name.startswith(prefix):
+                continue
+            short = name.split(";")[0][len(prefix):].encode()
+            if short and short not in taken:
+                taken.add(short)
+                tensor.name = short
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def op_name(opcode: "schema_fb.OperatorCodeT") -> str:
     """The op's name: the builtin enum name (`CONV_2D`) or a custom op's code (`LceBconv2d`)."""
     code = schema_util.get_builtin_code_from_operator_code(opcode)

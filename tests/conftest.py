@@ -63,9 +63,11 @@ def digits_run(tmp_path_factory) -> TrainedRun:
 
 @pytest.fixture(scope="session")
 def digits_convert(digits_run, tmp_path_factory):
-    """`bnn convert RUN --target arm64 -o digits.tflite`: (path, click Result)."""
-    path = tmp_path_factory.mktemp("tflite") / "digits.tflite"
-    result = invoke(["convert", digits_run.run_dir, "--target", "arm64", "-o", path])
+    """`bnn convert RUN --target arm64 -o digits.tflite --bundle pi`: (path, click Result)."""
+    folder = tmp_path_factory.mktemp("tflite")
+    path = folder / "digits.tflite"
+    result = invoke(["convert", digits_run.run_dir, "--target", "arm64", "-o", path,
+                     "--bundle", folder / "pi"])
     assert result.exit_code == 0, result.output
     return path, result
 

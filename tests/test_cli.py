@@ -20,7 +20,8 @@ def test_version_and_help_list_the_commands():
     assert result.exit_code == 0 and result.output.strip() == "bnn, version 0.1.0"
     result = invoke(["--help"])
     assert result.exit_code == 0
-    for command in ("train", "convert", "benchmark", "evaluate"):
+    for command in ("train", "convert", "benchmark", "evaluate", "predict", "inspect", "models",
+                    "summary", "check-bundle"):
         assert re.search(rf"^\s+{command}\s", result.output, re.M), command
 
 
@@ -66,15 +67,112 @@ def test_benchmark_file_that_is_not_a_flatbuffer(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
 
 
-def test_convert_reports_size_ops_and_agreement(digits_convert):
+def test_convert_reports_size_ops_agreement_and_bundle(digits_convert):
     path, result = digits_convert
     size = path.stat().st_size
-    assert f"Wrote {path} ({size:,} bytes)" in result.output
-    assert re.search(r"Ops: .*LceBconv2d 23", result.output)
-    match = re.search(r"on 64 digits test images: max \|diff\| ([\d.e+-]+), top-1 agreement ([\d.]+)%",
-                      result.output)
+    assert re.search(rf"^file\s+{re.escape(str(path))}$", result.output, re.M)
+    assert re.search(rf"^size\s+{size:,} bytes$", result.output, re.M)
+    assert re.search(r"^LceBconv2d / binary convs\s+23 / 23$", result.output, re.M)
+    assert re.search(r"^ops\s+.*LceBconv2d 23, LceQuantize 23", result.output, re.M)
+    assert re.search(r"^missed fusions\s+none$", result.output, re.M)
+    match = re.search(r"64 digits test images: max \|diff\| ([\d.e+-]+), top-1 agreement "
+                      r"([\d.]+)%", result.output)
     assert match, result.output
-    assert float(match.group(2)) >= 95.0
+    assert float(match.group(2)) >= 99.0
+    # Same weights, float32 on both sides: only summation order differs.
+    assert float(match.group(1)) < 1e-3
+    assert re.search(r"^bundle\s+\S+pi \(self-check max", result.output, re.M)
+
+
+def test_check_bundle_passes_on_the_written_bundle(digits_tflite):
+    result = invoke(["check-bundle", digits_tflite.parent / "pi"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r": OK: max \|diff\| [\d.e+-]+ \(tolerance [\d.e+-]+\), top-1 (\d) "
+                     r"\(expected \1\)", result.output)
+
+
+def test_evaluate_matches_keras_test_accuracy(digits_run, digits_tflite):
+    result = invoke(["evaluate", digits_tflite])
+    assert result.exit_code == 0, result.output
+    match = re.search(r"test accuracy ([\d.]+) on 360 digits images", result.output)
+    assert match, result.output
+    assert abs(float(match.group(1)) - digits_run.metrics["test_accuracy"]) <= 0.005
+
+
+def test_predict_labels_an_image_file_like_keras(digits_run, digits_tflite, tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from bnn_keras import data
+
+    splits = data.load_digits()
+    raw, label = next(iter(splits.test.skip(7)))
+    png = tmp_path / "digit.png"
+    # Image files are 0..255; digits are 0..16, which predict rescales (pixel_max).
+    tf.io.write_file(str(png), tf.io.encode_png(tf.cast(tf.round(raw * 255 / 16), tf.uint8)))
+    result = invoke(["predict", digits_tflite, png, "--top-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    top = json.loads(result.stdout)[0]["top"]
+    assert len(top) == 2 and top[0]["score"] >= top[1]["score"]
+    x = data.preprocess(tf.round(raw * 255 / 16) * 16 / 255, (16, 16), splits.normalization)
+    expected = int(np.argmax(digits_run.model.predict(x[None], verbose=0)))
+    assert top[0]["index"] == expected and top[0]["class"] == str(expected)
+
+
+def test_models_lists_matching_models_with_their_statistics():
+    import models
+
+    result = invoke(["models", "binary-densenet2*", "--input-shape", "16,16,1",
+                     "--num-classes", "10"])
+    assert result.exit_code == 0, result.output
+    stats = models.describe("binary-densenet28", input_shape=(16, 16, 1), num_classes=10)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("binary-densenet28"))
+    assert f"{stats.total_params:,}" in row and f"{stats.binary_mac_fraction:.1%}" in row
+    assert "binary-resnet" not in result.stdout
+    line = _one_line_error(invoke(["models", "no-such-*"]))
+    assert line == "Error: No model matches 'no-such-*'; `bnn models` lists them all."
+
+
+def test_summary_and_inspect_of_a_registry_model():
+    result = invoke(["summary", "binary-densenet28", "--input-shape", "16,16,1",
+                     "--num-classes", "10"])
+    assert result.exit_code == 0, result.output
+    assert "Expected LceBconv2d ops: 23" in result.output
+    result = invoke(["inspect", "binary-densenet28", "--input-shape", "16,16,1",
+                     "--num-classes", "10"])
+    assert result.exit_code == 0, result.output
+    assert "no findings" in result.output
+    result = invoke(["inspect", "dorefanet", "--input-shape", "32,32,3", "--num-classes", "10"])
+    assert result.exit_code == 1
+    assert "[multibit-activation]" in result.output
+    line = _one_line_error(invoke(["inspect", "binary-densenet28", "--input-shape", "16x16"]))
+    assert line == "Error: Expected --input-shape as H,W,C (e.g. 32,32,3), got '16x16'."
+
+
+def test_interrupted_training_exits_130_with_the_resume_command(monkeypatch, tmp_path):
+    from bnn_keras import training
+
+    def interrupted(*args, **kwargs):
+        raise training.TrainingInterruptedError(
+            "Training interrupted after 1 complete epoch(s) of 3; continue with: "
+            "bnn train --resume runs/x")
+
+    monkeypatch.setattr(training, "train", interrupted)
+    line = _one_line_error(invoke(["train", "binary-densenet28", "--dataset", "digits",
+                                   "--output", tmp_path / "x"]), code=130)
+    assert line.endswith("continue with: bnn train --resume runs/x")
+
+
+def test_resume_of_a_finished_run_is_refused(digits_run):
+    line = _one_line_error(invoke(["train", "--resume", digits_run.run_dir]))
+    assert line == f"Error: Run {digits_run.run_dir} already finished all its epochs; nothing to resume."
+
+
+def test_train_without_model_or_resume_is_a_usage_error():
+    result = invoke(["train"])
+    assert result.exit_code == 2 and "Missing MODEL (or --resume RUN_DIR)." in result.output
 
 
 def test_benchmark_reports_median_and_p90(digits_tflite):

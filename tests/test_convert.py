@@ -84,3 +84,25 @@ def test_load_trained_model_errors(tmp_path):
         loading.load_trained_model(str(tmp_path / "bad.keras"))
     with pytest.raises(BnnError, match="neither a run folder"):
         loading.load_trained_model(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_binary_densenet28_at_imagenet_size_is_no_larger_than_the_reference():
+    import models
+
+    model = models.create_model("binary-densenet28")
+    data = metadata.embed_metadata(
+        converter.convert_model(model, target="arm64"), metadata.run_metadata(None)
+    )
+    # larq-zoo's BinaryDenseNet28 converted by LCE 0.16 (BNN_NOTES section 6).
+    assert len(data) <= 4_211_448
+    ops = flatbuffer.op_histogram(data)
+    assert ops["LceBconv2d"] == model_stats.count_binary_convs(model) == 23
+    assert ops["CONV_2D"] == 4 and ops["FULLY_CONNECTED"] == 1
+
+
+def test_tensor_names_follow_keras_layers(digits_flatbuffer):
+    model = flatbuffer.read_model(digits_flatbuffer)
+    names = {t.name.decode() for t in model.subgraphs[0].tensors}
+    assert "block1_layer1_conv/QuantConv2D" in names and "head_dense/MatMul" in names
+    assert not any(n.startswith("binary_densenet28/") for n in names)
