@@ -40,3 +40,24 @@ def ensure_legacy_keras() -> None:
         raise KerasVersionError(
             f"tf.keras is Keras {version} ({how}); larq and LCE need Keras 2: {_FIX}."
         )
+    _skip_autograph_for_tf_keras()
+
+
+def _skip_autograph_for_tf_keras() -> None:
+    """Tells AutoGraph not to convert tf_keras' own code, as TensorFlow already does for `keras`.
+
+    TensorFlow 2.16 lists `keras` among the packages AutoGraph leaves alone but not `tf_keras`,
+    so the first `fit` step converts ~1,000 tf_keras functions: ~40 s instead of ~2 s here,
+    with identical results (tf_keras' code is already graph-safe). The rule list is private
+    API, so a TensorFlow without it is left as it is.
+    """
+    try:
+        from tensorflow.python.autograph.core import config
+        from tensorflow.python.autograph.core.config_lib import DoNotConvert
+    except ImportError:
+        return
+    rules = getattr(config, "CONVERSION_RULES", None)
+    if isinstance(rules, tuple) and not any(
+        isinstance(r, DoNotConvert) and getattr(r, "_prefix", None) == "tf_keras" for r in rules
+    ):
+        config.CONVERSION_RULES = (DoNotConvert("tf_keras"),) + rules

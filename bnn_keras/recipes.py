@@ -1,0 +1,628 @@
+"""Training recipes: optimizer, learning-rate schedule, label smoothing and weight decay.
+
+A `Recipe` is plain data (JSON via `dataclasses.asdict`, back via `Recipe.from_dict`), so a run
+folder can record exactly how a model was trained. `build_optimizer` turns it into a Keras
+optimizer, `loss` into a loss, and `add_weight_decay` into an L2 penalty on the model's
+full-precision kernels only. `PAPER_RECIPES` holds the published recipe of each model that has
+one; every value there cites its source.
+
+Schedules are counted in optimizer steps (`optimizer.iterations`, i.e. updates already applied)
+and are serializable Keras objects (package "bnn_keras"), so a saved model reloads with its
+optimizer state and schedule.
+
+References:
+    - BinaryNet: https://arxiv.org/abs/1602.02830
+    - XNOR-Net: https://arxiv.org/abs/1603.05279
+    - DoReFa-Net: https://arxiv.org/abs/1606.06160
+    - Bi-Real Net: https://arxiv.org/abs/1808.00278
+    - Back to Simplicity (BinaryDenseNet, BinaryResNetE): https://arxiv.org/abs/1906.08637
+    - Bop ("Latent Weights Do Not Exist"): https://arxiv.org/abs/1906.02107
+    - Label smoothing: https://arxiv.org/abs/1512.00567
+    - larq-zoo training configs (larq_zoo/training/basic_experiments.py):
+      https://github.com/larq/zoo
+"""
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import larq as lq
+import tensorflow as tf
+
+from bnn_keras import model_stats
+from bnn_keras.errors import BnnError
+
+__all__ = [
+    "OPTIMIZERS",
+    "PAPER_RECIPES",
+    "BOP_RECIPES",
+    "Recipe",
+    "SCHEDULES",
+    "SmoothedSparseCategoricalCrossentropy",
+    "WarmupDecay",
+    "add_weight_decay",
+    "binary_kernels",
+    "build_optimizer",
+    "build_schedule",
+    "default_recipe",
+    "decayed_kernels",
+    "loss",
+    "paper_recipe",
+]
+
+_PACKAGE = "bnn_keras"
+OPTIMIZERS = ("adam", "bop")
+SCHEDULES = ("constant", "step", "linear", "cosine")
+# Weight attributes of Keras/larq layers that hold kernels, with the larq attribute naming the
+# quantizer of each.
+_KERNELS = (
+    ("kernel", "kernel_quantizer"),
+    ("depthwise_kernel", "depthwise_quantizer"),
+    ("pointwise_kernel", "pointwise_quantizer"),
+)
+
+
+@dataclasses.dataclass
+class Recipe:
+    """How to train a model: optimizer, schedule, regularization and (optionally) budget.
+
+    Attributes:
+        optimizer: "adam" (every weight) or "bop" (Bop for binary kernels, Adam for the rest).
+        learning_rate: Peak Adam learning rate (reached after the warm-up).
+        schedule: "constant", "step" (multiply at epoch boundaries), "linear" (to 0 at the last
+            step) or "cosine" (to 0 at the last step).
+        warmup_epochs: Epochs of linear warm-up from 0 to `learning_rate` (may be fractional).
+        step_epochs: For "step": decay every this many epochs (ignored if `step_boundaries`).
+        step_boundaries: For "step": epochs (from the start of training) at which to decay.
+        step_factor: For "step": the multiplier applied at each boundary.
+        step_multipliers: For "step": explicit multipliers of `learning_rate`, one more than
+            the boundaries (overrides `step_factor`; for papers whose factors vary).
+        label_smoothing: Label smoothing of the cross-entropy (0 = none).
+        weight_decay: L2 coefficient on full-precision kernels (binary kernels are never decayed).
+        adam_epsilon: Adam's epsilon.
+        bop_threshold: Bop's flip threshold tau.
+        bop_gamma: Bop's adaptivity rate gamma (its moving-average factor).
+        bop_gamma_step_epochs: Multiply gamma by `bop_gamma_step_factor` every this many epochs.
+        bop_gamma_step_factor: See `bop_gamma_step_epochs`.
+        epochs: The paper's number of epochs; None where it gives none.
+        batch_size: The paper's (global) batch size, the reference for learning-rate scaling.
+        source: Where the values come from.
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: Optional[int] = None
+    step_boundaries: Optional[Tuple[int, ...]] = None
+    step_factor: float = 0.1
+    step_multipliers: Optional[Tuple[float, ...]] = None
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    adam_epsilon: float = 1e-7
+    bop_threshold: float = 1e-8
+    bop_gamma: float = 1e-4
+    bop_gamma_step_epochs: Optional[int] = None
+    bop_gamma_step_factor: float = 0.1
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; tuples keep recipes hashable-ish and equal after a round trip.
+        if self.step_boundaries is not None:
+            self.step_boundaries = tuple(int(b) for b in self.step_boundaries)
+        if self.step_multipliers is not None:
+            self.step_multipliers = tuple(float(m) for m in self.step_multipliers)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "Recipe":
+        """The recipe written by `dataclasses.asdict` (e.g. read back from config.json).
+
+        Raises:
+            BnnError: unknown keys.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BnnError(f"Unknown recipe fields {unknown}; known fields: {sorted(known)}.")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with some fields changed (e.g. a user's --lr over a paper recipe)."""
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raises `BnnError` naming the first field that is out of range."""
+        if self.optimizer not in OPTIMIZERS:
+            raise BnnError(f"Expected optimizer in {OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.schedule not in SCHEDULES:
+            raise BnnError(f"Expected schedule in {SCHEDULES}, got {self.schedule!r}.")
+        checks = [
+            ("learning_rate > 0", self.learning_rate, self.learning_rate > 0),
+            ("warmup_epochs >= 0", self.warmup_epochs, self.warmup_epochs >= 0),
+            ("0 <= label_smoothing < 1", self.label_smoothing, 0 <= self.label_smoothing < 1),
+            ("weight_decay >= 0", self.weight_decay, self.weight_decay >= 0),
+            ("step_factor > 0", self.step_factor, self.step_factor > 0),
+            ("step_epochs >= 1", self.step_epochs,
+             self.step_epochs is None or self.step_epochs >= 1),
+            ("bop_threshold >= 0", self.bop_threshold, self.bop_threshold >= 0),
+            ("0 < bop_gamma <= 1", self.bop_gamma, 0 < self.bop_gamma <= 1),
+            ("epochs >= 1", self.epochs, self.epochs is None or self.epochs >= 1),
+            ("batch_size >= 1", self.batch_size, self.batch_size is None or self.batch_size >= 1),
+        ]
+        for expected, value, ok in checks:
+            if not ok:
+                raise BnnError(f"Expected recipe {expected}, got {value!r}.")
+        if self.step_multipliers is not None:
+            boundaries = self.step_boundaries or ()
+            if len(self.step_multipliers) != len(boundaries) + 1:
+                raise BnnError(
+                    f"Expected {len(boundaries) + 1} step_multipliers (one more than the "
+                    f"step_boundaries), got {len(self.step_multipliers)}."
+                )
+        if self.step_boundaries is not None and list(self.step_boundaries) != sorted(
+            set(self.step_boundaries)
+        ):
+            raise BnnError(
+                f"Expected increasing step_boundaries, got {list(self.step_boundaries)}."
+            )
+
+
+def default_recipe() -> Recipe:
+    """Adam at 1e-3 (TrainConfig's default), constant, no smoothing, no decay."""
+    return Recipe(source="bnn default (TrainConfig.learning_rate)")
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0, then a constant, step, linear or cosine decay.
+
+    With `s` the optimizer step, `W` = `warmup_steps`, `T` = `total_steps` and `lr` the peak:
+
+    - `s < W`: `lr * s / W`
+    - "constant": `lr`
+    - "step": `lr * multipliers[i]`, `i` = number of `boundaries` (absolute steps) <= `s`
+    - "linear": `lr * max(0, 1 - (s - W) / (T - W))`
+    - "cosine": `lr * (1 + cos(pi * min(s - W, T - W) / (T - W))) / 2`
+
+    Step boundaries count from the start of training, as the papers give them ("decay at epoch
+    100"), so a warm-up does not shift them.
+
+    Args:
+        learning_rate: Peak learning rate.
+        decay: "constant", "step", "linear" or "cosine".
+        warmup_steps: Steps of linear warm-up.
+        total_steps: Length of training in steps (required for "linear" and "cosine").
+        boundaries: For "step": increasing step numbers.
+        multipliers: For "step": `len(boundaries) + 1` multipliers of `learning_rate`.
+        name: Optional name.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        decay: str = "constant",
+        warmup_steps: int = 0,
+        total_steps: Optional[int] = None,
+        boundaries: Sequence[int] = (),
+        multipliers: Optional[Sequence[float]] = None,
+        name: Optional[str] = None,
+    ):
+        super().__init__()
+        if decay not in SCHEDULES:
+            raise ValueError(f"Expected decay in {SCHEDULES}, got {decay!r}.")
+        if decay in ("linear", "cosine") and (total_steps is None or total_steps <= warmup_steps):
+            raise ValueError(
+                f"Expected total_steps > warmup_steps for a {decay} decay, got "
+                f"total_steps={total_steps}, warmup_steps={warmup_steps}."
+            )
+        multipliers = [1.0] * (len(boundaries) + 1) if multipliers is None else list(multipliers)
+        if len(multipliers) != len(boundaries) + 1:
+            raise ValueError(
+                f"Expected {len(boundaries) + 1} multipliers, got {len(multipliers)}."
+            )
+        self.learning_rate = float(learning_rate)
+        self.decay = decay
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.boundaries = [int(b) for b in boundaries]
+        self.multipliers = [float(m) for m in multipliers]
+        self.name = name
+
+    def __call__(self, step):
+        with tf.name_scope(self.name or "WarmupDecay"):
+            step = tf.cast(step, tf.float32)
+            peak = tf.constant(self.learning_rate, tf.float32)
+            if self.decay == "step" and self.boundaries:
+                passed = tf.reduce_sum(
+                    tf.cast(step >= tf.constant(self.boundaries, tf.float32), tf.int32)
+                )
+                decayed = peak * tf.gather(tf.constant(self.multipliers, tf.float32), passed)
+            elif self.decay == "step":
+                decayed = peak * self.multipliers[0]
+            elif self.decay in ("linear", "cosine"):
+                span = float(self.total_steps - self.warmup_steps)
+                progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+                if self.decay == "linear":
+                    decayed = peak * (1.0 - progress)
+                else:
+                    decayed = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            else:
+                decayed = peak
+            if self.warmup_steps <= 0:
+                return decayed
+            warm = peak * step / float(self.warmup_steps)
+            return tf.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate,
+            "decay": self.decay,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "boundaries": list(self.boundaries),
+            "multipliers": list(self.multipliers),
+            "name": self.name,
+        }
+
+
+def _step_plan(recipe: Recipe, epochs: int) -> Tuple[List[int], List[float]]:
+    """Boundaries (in epochs) and multipliers of a "step" recipe."""
+    if recipe.step_boundaries is not None:
+        boundaries = list(recipe.step_boundaries)
+    elif recipe.step_epochs is not None:
+        boundaries = list(range(recipe.step_epochs, epochs, recipe.step_epochs))
+    else:
+        raise BnnError("A 'step' schedule needs step_epochs or step_boundaries.")
+    if recipe.step_multipliers is not None:
+        multipliers = list(recipe.step_multipliers)
+    else:
+        multipliers = [recipe.step_factor**i for i in range(len(boundaries) + 1)]
+    return boundaries, multipliers
+
+
+def build_schedule(recipe: Recipe, *, steps_per_epoch: int, epochs: int) -> WarmupDecay:
+    """The learning-rate schedule of `recipe` for a run of `epochs` x `steps_per_epoch` steps.
+
+    Raises:
+        BnnError: an invalid recipe or run length.
+    """
+    recipe.validate()
+    if steps_per_epoch < 1 or epochs < 1:
+        raise BnnError(
+            f"Expected steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch} and {epochs}."
+        )
+    total = steps_per_epoch * epochs
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    if recipe.schedule in ("linear", "cosine") and warmup >= total:
+        raise BnnError(
+            f"Expected warmup_epochs < epochs for a {recipe.schedule} schedule, got "
+            f"{recipe.warmup_epochs} and {epochs}."
+        )
+    boundaries: List[int] = []
+    multipliers: Optional[List[float]] = None
+    if recipe.schedule == "step":
+        epoch_boundaries, multipliers = _step_plan(recipe, epochs)
+        boundaries = [b * steps_per_epoch for b in epoch_boundaries]
+    return WarmupDecay(
+        recipe.learning_rate,
+        decay=recipe.schedule,
+        warmup_steps=warmup,
+        total_steps=total,
+        boundaries=boundaries,
+        multipliers=multipliers,
+    )
+
+
+# -- which weights are binary ----------------------------------------------------------------
+
+
+def _kernel_weights(model: tf.keras.Model):
+    """(variable, is_binary) for every kernel of every (nested) layer."""
+    seen = set()
+    for layer in model.submodules:
+        if not isinstance(layer, tf.keras.layers.Layer):
+            continue
+        for attribute, quantizer_attribute in _KERNELS:
+            variable = getattr(layer, attribute, None)
+            if not isinstance(variable, tf.Variable) or id(variable) in seen:
+                continue
+            seen.add(id(variable))
+            quantizer = getattr(layer, quantizer_attribute, None)
+            binary = (attribute == "kernel" and model_stats.is_binary_conv(layer)) or (
+                model_stats.quantizer_bits(quantizer) == 1
+            )
+            yield variable, binary
+
+
+def binary_kernels(model: tf.keras.Model) -> List[tf.Variable]:
+    """Latent kernels of layers with a 1-bit kernel quantizer (binary convs, dense, ...)."""
+    return [v for v, binary in _kernel_weights(model) if binary]
+
+
+def decayed_kernels(model: tf.keras.Model) -> List[tf.Variable]:
+    """Full-precision kernels: the weights `add_weight_decay` penalizes (no biases or BN)."""
+    return [v for v, binary in _kernel_weights(model) if not binary]
+
+
+def add_weight_decay(model: tf.keras.Model, weight_decay: float) -> List[tf.Variable]:
+    """Adds `weight_decay * sum(w**2)` over the full-precision kernels to the model's losses.
+
+    Binary latent kernels are skipped: decaying them pulls them towards 0, where the sign flips
+    on noise (Tang et al. advise against L2 on binary weights). This is Keras' L2 convention
+    (as `tf.keras.regularizers.L2`), coupled to the gradient, which works with every optimizer
+    including Bop's CaseOptimizer. The penalty is not saved with the model; call this again on
+    a reloaded model to continue training.
+
+    Args:
+        model: A built model.
+        weight_decay: The L2 coefficient; 0 adds nothing.
+
+    Returns:
+        The decayed variables.
+
+    References:
+        - Tang et al., How to Train a Compact Binary Neural Network with High Accuracy?
+          https://ojs.aaai.org/index.php/AAAI/article/view/10862
+    """
+    if weight_decay < 0:
+        raise BnnError(f"Expected weight_decay >= 0, got {weight_decay!r}.")
+    variables = decayed_kernels(model)
+    if weight_decay == 0 or not variables:
+        return []
+    coefficient = float(weight_decay)
+
+    def penalty():
+        return coefficient * tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
+        )
+
+    model.add_loss(penalty)
+    return variables
+
+
+# -- optimizer ---------------------------------------------------------------------------------
+
+
+def build_optimizer(
+    recipe: Recipe, model: tf.keras.Model, *, steps_per_epoch: int, epochs: int
+) -> tf.keras.optimizers.Optimizer:
+    """The optimizer of `recipe` for `model`, with its learning-rate schedule.
+
+    "adam" gives `tf.keras.optimizers.Adam`. "bop" gives larq's `CaseOptimizer`: Bop for the
+    variables larq marks binary (`var.precision == 1`, i.e. kernels of layers with a 1-bit
+    kernel quantizer) and Adam for all others. larq 0.14's CaseOptimizer and Bop derive from
+    the *legacy* Keras optimizer and reject new-style ones, so the inner Adam is
+    `tf.keras.optimizers.legacy.Adam`. Bop keeps the latent weights at exactly +-1; pair it
+    with a kernel quantizer whose pseudo-gradient passes at |w| = 1 (`ste_sign`, identity), not
+    with a kernel constraint that clips below 1.
+
+    Call it (and `model.compile`) inside the same `strategy.scope()` as the model.
+
+    Args:
+        recipe: The recipe.
+        model: The model to train (needed to check that Bop has binary weights to train).
+        steps_per_epoch: Optimizer steps per epoch (schedules are in steps).
+        epochs: Epochs of this run (the schedule ends there, whatever `recipe.epochs` says).
+
+    Returns:
+        A Keras optimizer.
+
+    Raises:
+        BnnError: invalid recipe, or "bop" for a model without binary kernels.
+
+    References:
+        - Helwegen et al., Latent Weights Do Not Exist: https://arxiv.org/abs/1906.02107
+    """
+    schedule = build_schedule(recipe, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    if recipe.optimizer == "adam":
+        return tf.keras.optimizers.Adam(schedule, epsilon=recipe.adam_epsilon)
+    if not binary_kernels(model):
+        raise BnnError(
+            f"Model {model.name!r} has no binary kernels for Bop to train; use --optimizer adam."
+        )
+    gamma: Any = recipe.bop_gamma
+    if recipe.bop_gamma_step_epochs:
+        gamma = tf.keras.optimizers.schedules.ExponentialDecay(
+            recipe.bop_gamma,
+            decay_steps=recipe.bop_gamma_step_epochs * steps_per_epoch,
+            decay_rate=recipe.bop_gamma_step_factor,
+            staircase=True,
+        )
+    return lq.optimizers.CaseOptimizer(
+        (
+            lq.optimizers.Bop.is_binary_variable,
+            lq.optimizers.Bop(threshold=recipe.bop_threshold, gamma=gamma),
+        ),
+        default_optimizer=tf.keras.optimizers.legacy.Adam(schedule, epsilon=recipe.adam_epsilon),
+    )
+
+
+# -- loss ---------------------------------------------------------------------------------------
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class SmoothedSparseCategoricalCrossentropy(tf.keras.losses.Loss):
+    """Cross-entropy of integer labels with label smoothing.
+
+    tf-keras 2.16's `SparseCategoricalCrossentropy` has no `label_smoothing`, so the labels are
+    one-hot encoded (depth = the prediction's last axis) and smoothed like
+    `CategoricalCrossentropy(label_smoothing=eps)`: target = `onehot * (1 - eps) + eps / K`.
+
+    Args:
+        label_smoothing: eps in [0, 1).
+        from_logits: Whether predictions are logits rather than probabilities.
+        reduction: Keras loss reduction.
+        name: Loss name.
+
+    References:
+        - Szegedy et al., Rethinking the Inception Architecture: https://arxiv.org/abs/1512.00567
+    """
+
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        from_logits: bool = False,
+        reduction: str = tf.keras.losses.Reduction.AUTO,
+        name: str = "smoothed_sparse_categorical_crossentropy",
+    ):
+        super().__init__(reduction=reduction, name=name)
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.convert_to_tensor(y_pred)
+        labels = tf.cast(y_true, tf.int32)
+        # Keras passes (batch, 1) labels as well as (batch,).
+        if labels.shape.rank is not None and labels.shape.rank == y_pred.shape.rank:
+            labels = tf.squeeze(labels, axis=-1)
+        onehot = tf.one_hot(labels, depth=tf.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return tf.keras.losses.categorical_crossentropy(
+            onehot, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            **super().get_config(),
+            "label_smoothing": self.label_smoothing,
+            "from_logits": self.from_logits,
+        }
+
+
+def loss(recipe: Recipe, *, from_logits: bool = False) -> tf.keras.losses.Loss:
+    """The recipe's loss: sparse categorical cross-entropy, with label smoothing if any.
+
+    Args:
+        recipe: The recipe.
+        from_logits: Whether the model outputs logits (our models end in softmax).
+
+    Returns:
+        A Keras loss taking integer labels.
+    """
+    recipe.validate()
+    if recipe.label_smoothing == 0:
+        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    return SmoothedSparseCategoricalCrossentropy(recipe.label_smoothing, from_logits=from_logits)
+
+
+# -- published recipes ---------------------------------------------------------------------------
+#
+# ImageNet recipes; `batch_size` is global. Where the values are larq-zoo's (the recipes that
+# produced larq-zoo's published weights) the comment says so. No recipe is given for models whose
+# paper or reference code we could not check: binary-resnet-e34 and birealnet34 (no larq-zoo
+# training config), bnn-plus-alexnet (BNN+, arXiv 1812.11800: its optimizer settings could not be
+# verified), compact-bnn (Tang et al. AAAI 2017 advise "a low learning rate" but we found no
+# verifiable value).
+
+_LARQ_ZOO = "larq-zoo larq_zoo/training/basic_experiments.py"
+
+_DENSENET28 = Recipe(
+    # larq-zoo TrainBinaryDenseNet28: Adam(4e-3, epsilon=1e-8), x0.1 at epochs 100 and 110,
+    # 120 epochs, batch 256. Paper: Back to Simplicity, arXiv 1906.08637.
+    learning_rate=4e-3, schedule="step", step_boundaries=(100, 110), step_factor=0.1,
+    adam_epsilon=1e-8, epochs=120, batch_size=256,
+    source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet28",
+)
+
+PAPER_RECIPES: Dict[str, Recipe] = {
+    "binary-densenet28": _DENSENET28,
+    # larq-zoo TrainBinaryDenseNet37: as 28 with batch 192.
+    "binary-densenet37": _DENSENET28.replace(
+        batch_size=192,
+        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet37",
+    ),
+    # larq-zoo TrainBinaryDenseNet37Dilated: 80 epochs, batch 256, x0.1 at 60 and 70.
+    "binary-densenet37-dilated": _DENSENET28.replace(
+        epochs=80, batch_size=256, step_boundaries=(60, 70),
+        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet37Dilated",
+    ),
+    # larq-zoo TrainBinaryDenseNet45: lr 8e-3, 125 epochs, batch 384, x0.1 at 80 and 100.
+    "binary-densenet45": _DENSENET28.replace(
+        learning_rate=8e-3, epochs=125, batch_size=384, step_boundaries=(80, 100),
+        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet45",
+    ),
+    # larq-zoo TrainBinaryResNetE18: Adam(4e-3, epsilon=1e-8), x0.3 at 70, 90, 110,
+    # 120 epochs, batch 1024.
+    "binary-resnet-e18": Recipe(
+        learning_rate=4e-3, schedule="step", step_boundaries=(70, 90, 110), step_factor=0.3,
+        adam_epsilon=1e-8, epochs=120, batch_size=1024,
+        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryResNetE18",
+    ),
+    # larq-zoo TrainBiRealNet: Adam(5e-3) with PolynomialDecay(power=1) to 0 over 750684 steps
+    # = 300 epochs x 1281167/512 ImageNet steps, i.e. linear to 0 at the end; batch 512.
+    "birealnet18": Recipe(
+        learning_rate=5e-3, schedule="linear", epochs=300, batch_size=512,
+        source=f"Bi-Real Net (arXiv 1808.00278); {_LARQ_ZOO} TrainBiRealNet",
+    ),
+    # larq-zoo TrainBinaryAlexNet: Adam, lr 1e-2 * 0.5 ** (epoch // 10), 150 epochs, batch 512.
+    "binary-alexnet": Recipe(
+        learning_rate=1e-2, schedule="step", step_epochs=10, step_factor=0.5,
+        epochs=150, batch_size=512,
+        source=f"BinaryNet AlexNet (arXiv 1602.02830); {_LARQ_ZOO} TrainBinaryAlexNet",
+    ),
+    # larq-zoo TrainXNORNet: Adam(1e-3), 100 epochs, batch 1200, lr multiplied by
+    # 1, .5, .1, .05, .01, .005, .001, .0001 from epochs 0, 19, 30, 44, 53, 66, 76, 86.
+    "xnornet": Recipe(
+        learning_rate=1e-3, schedule="step", step_boundaries=(19, 30, 44, 53, 66, 76, 86),
+        step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001),
+        epochs=100, batch_size=1200,
+        source=f"XNOR-Net (arXiv 1603.05279); {_LARQ_ZOO} TrainXNORNet",
+    ),
+    # larq-zoo TrainDoReFaNet: Adam(2e-4, epsilon=1e-5), 90 epochs, batch 256; lr x0.2 at 60,
+    # x0.04 at 75, then from 82 x0.004 and a further x0.1 every 2 epochs.
+    "dorefanet": Recipe(
+        learning_rate=2e-4, schedule="step", step_boundaries=(60, 75, 82, 84, 86, 88),
+        step_multipliers=(1.0, 0.2, 0.04, 0.004, 4e-4, 4e-5, 4e-6),
+        adam_epsilon=1e-5, epochs=90, batch_size=256,
+        source=f"DoReFa-Net (arXiv 1606.06160); {_LARQ_ZOO} TrainDoReFaNet",
+    ),
+    # BinaryNet's reference code (github.com/MatthieuCourbariaux/BinaryNet,
+    # Train-time/cifar10.py): Adam, LR_start 1e-3 decayed every epoch by
+    # (LR_fin / LR_start) ** (1 / num_epochs) with LR_fin 3e-7, 500 epochs, batch 50 (CIFAR-10).
+    # The paper trains with a squared hinge loss; ours is cross-entropy.
+    "binarynet": Recipe(
+        learning_rate=1e-3, schedule="step", step_epochs=1,
+        step_factor=(3e-7 / 1e-3) ** (1 / 500), epochs=500, batch_size=50,
+        source="BinaryNet (arXiv 1602.02830); MatthieuCourbariaux/BinaryNet Train-time/cifar10.py",
+    ),
+}
+
+BOP_RECIPES: Dict[str, Recipe] = {
+    # Bop paper, section 5.2 (CIFAR-10 BinaryNet), hparams `bop_sec52` in
+    # github.com/plumerai/rethinking-bnn-optimization bnn_optimization/models/binarynet.py:
+    # threshold 1e-8, gamma 1e-4 decayed x0.1 every 100 epochs (50000 / 50 * 100 steps),
+    # Adam(0.01) for the other weights, batch 50. The epoch count is not in that file: omitted.
+    "binarynet": Recipe(
+        optimizer="bop", learning_rate=1e-2, bop_threshold=1e-8, bop_gamma=1e-4,
+        bop_gamma_step_epochs=100, bop_gamma_step_factor=0.1, batch_size=50,
+        source="Bop (arXiv 1906.02107) sec. 5.2; plumerai/rethinking-bnn-optimization bop_sec52",
+    ),
+}
+
+
+def paper_recipe(model_name: str, *, optimizer: str = "adam") -> Recipe:
+    """The published training recipe of a registered model.
+
+    Args:
+        model_name: Registry name, e.g. "binary-densenet28".
+        optimizer: "adam" for the model paper's recipe, "bop" for the Bop paper's.
+
+    Returns:
+        A copy of the recipe (safe to modify).
+
+    Raises:
+        BnnError: no published recipe for that model; the message lists those that have one.
+    """
+    table = BOP_RECIPES if optimizer == "bop" else PAPER_RECIPES
+    if optimizer not in OPTIMIZERS:
+        raise BnnError(f"Expected optimizer in {OPTIMIZERS}, got {optimizer!r}.")
+    if model_name not in table:
+        raise BnnError(
+            f"No published {optimizer} recipe for {model_name!r}; models with one: "
+            f"{', '.join(sorted(table))}. Use the default recipe or set the options yourself."
+        )
+    return dataclasses.replace(table[model_name])

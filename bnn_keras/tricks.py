@@ -1,0 +1,540 @@
+"""The BNN papers' training tricks as a rewrite of any functional Keras model (BNN_NOTES s. 3).
+
+`apply_tricks` takes a freshly built functional model, rewrites the entries of
+`model.get_config()["layers"]` and rebuilds it with `tf.keras.Model.from_config`, so one set of
+options (`bnn train MODEL --input-quantizer approx_sign --regularizer bipolar --bases 2 ...`)
+works for every registered model that can take them:
+
+| option | what changes |
+|---|---|
+| `input_quantizer`, `kernel_quantizer` | the quantizers of every binary convolution |
+| `regularizer="bipolar"` / `"bipolar-smooth"` | `kernel_regularizer` of every binary conv |
+| `regularizer="bnn+-l1"` / `"bnn+-l2"` | `QuantConv2D` -> `ScaledQuantConv2D`, per-channel alpha |
+| `bases=K` | binary `QuantConv2D` -> `MultiBaseQuantConv2D(bases=K)` |
+| `activation="prelu"` | `ReLU` / `Activation("relu")` -> `PReLU` (one slope per channel) |
+| `scale_output=True` | a `LearnableScale` named `output_scale` in front of the final softmax |
+
+A *binary convolution* is a layer `model_stats.is_binary_conv` accepts (a larq `QuantConv2D`,
+or subclass, with 1-bit input and kernel quantizers) or a `MultiBaseQuantConv2D` with 1-bit
+quantizers. Layer names are kept, so the graph stays readable and weights load by name;
+layers whose config is unchanged keep their weights, rewritten layers are initialised afresh.
+The regularizer option sets *the* regularizer of the binary kernels: it replaces a kernel
+regularizer or BNN+ scale regularizer the model already had (the papers use one instead of the
+other, never both).
+
+References:
+    - Bi-Real Net (ApproxSign, PReLU): https://arxiv.org/abs/1808.00278
+    - BNN+ (SignSwish, scale regularizers): https://arxiv.org/abs/1812.11800
+    - ABC-Net (multiple binary bases): https://arxiv.org/abs/1711.11294
+    - Tang, Hua, Wang, "How to Train a Compact Binary Neural Network with High Accuracy?",
+      AAAI 2017 (bipolar regularizer, PReLU, scale before the softmax, multiple bases).
+"""
+
+import copy
+from typing import Any, Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+from bnn_keras import layers as bnn_layers
+from bnn_keras import quantizers as bnn_quantizers
+from bnn_keras import regularizers as bnn_regularizers
+from bnn_keras.errors import BnnError
+from bnn_keras.model_stats import is_binary_conv, quantizer_bits
+
+__all__ = ["TRICKS", "OUTPUT_SCALE_NAME", "apply_tricks", "binary_conv_names"]
+
+# The keyword arguments of `apply_tricks`, in CLI order; record them in a run's config.json.
+TRICKS: Tuple[str, ...] = (
+    "input_quantizer",
+    "kernel_quantizer",
+    "regularizer",
+    "regularization_factor",
+    "bases",
+    "activation",
+    "scale_output",
+)
+
+OUTPUT_SCALE_NAME = "output_scale"
+
+_ACTIVATIONS = (None, "relu", "prelu")
+
+# QuantConv2D arguments MultiBaseQuantConv2D has no equivalent for, with the value that makes
+# dropping them harmless.
+_MULTI_BASE_UNSUPPORTED = {
+    "groups": 1,
+    "data_format": "channels_last",
+    "activation": "linear",
+    "bias_regularizer": None,
+    "bias_constraint": None,
+    "activity_regularizer": None,
+}
+_MULTI_BASE_ARGS = (
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "pad_values",
+    "dilation_rate",
+    "use_bias",
+    "input_quantizer",
+    "kernel_quantizer",
+    "kernel_initializer",
+    "kernel_regularizer",
+    "kernel_constraint",
+    "name",
+    "trainable",
+    "dtype",
+)
+
+
+def _is_multi_base(layer: tf.keras.layers.Layer) -> bool:
+    return (
+        isinstance(layer, bnn_layers.MultiBaseQuantConv2D)
+        and quantizer_bits(layer.input_quantizer) == 1
+        and quantizer_bits(layer.kernel_quantizer) == 1
+    )
+
+
+def _is_binary(layer: tf.keras.layers.Layer) -> bool:
+    return is_binary_conv(layer) or _is_multi_base(layer)
+
+
+def binary_conv_names(model: tf.keras.Model) -> List[str]:
+    """Names of the top-level layers `apply_tricks` treats as binary convolutions, in order."""
+    return [layer.name for layer in model.layers if _is_binary(layer)]
+
+
+def _is_relu(layer: tf.keras.layers.Layer) -> bool:
+    """A plain ReLU: `Activation("relu")` or `ReLU()` without cap, threshold or leak."""
+    if type(layer) is tf.keras.layers.Activation:
+        return getattr(layer.activation, "__name__", None) == "relu"
+    if type(layer) is tf.keras.layers.ReLU:
+        config = layer.get_config()
+        # ReLU6-style caps are part of the model's function (e.g. DoReFa's [0, 1] clip).
+        return (
+            config.get("max_value") is None
+            and not config.get("negative_slope")
+            and not config.get("threshold")
+        )
+    return False
+
+
+def _is_softmax_layer(layer: tf.keras.layers.Layer) -> bool:
+    return (
+        type(layer) is tf.keras.layers.Activation
+        and getattr(layer.activation, "__name__", None) == "softmax"
+    )
+
+
+def _has_softmax_activation(layer: tf.keras.layers.Layer) -> bool:
+    """A Dense / conv layer with a built-in softmax activation."""
+    return (
+        not isinstance(layer, tf.keras.layers.Activation)
+        and getattr(getattr(layer, "activation", None), "__name__", None) == "softmax"
+    )
+
+
+def _nested_models(model: tf.keras.Model) -> List[tf.keras.Model]:
+    return [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
+
+
+def _entry(cls: type, config: Dict[str, Any], old: Dict[str, Any]) -> Dict[str, Any]:
+    """The functional-config entry of a `cls` layer built from `config`, wired like `old`."""
+    try:
+        layer = cls.from_config(config)
+    except (TypeError, ValueError) as error:
+        raise BnnError(
+            f"Cannot rewrite layer {old['config']['name']!r} into {cls.__name__}: {error}"
+        ) from error
+    entry = tf.keras.layers.serialize(layer)
+    entry.pop("build_config", None)  # built again when the rebuilt model calls it
+    entry["name"] = old["name"]
+    entry["inbound_nodes"] = copy.deepcopy(old["inbound_nodes"])
+    return entry
+
+
+def _quantizer_config(identifier: Any, option: str, dtype: Any) -> Dict[str, Any]:
+    """A fresh serialized 1-bit quantizer whose dtype is the one of the quantizer it replaces."""
+    try:
+        quantizer = bnn_quantizers.get(identifier)
+    except ValueError as error:
+        raise BnnError(f"--{option} {identifier}: {error}") from error
+    if quantizer_bits(quantizer) != 1:
+        raise BnnError(
+            f"--{option} {identifier}: expected a 1-bit quantizer (ste_sign, approx_sign, "
+            f"sign_swish), got one with precision {quantizer_bits(quantizer)}."
+        )
+    config = tf.keras.utils.serialize_keras_object(quantizer)
+    config.pop("build_config", None)
+    inner = config.get("config", {})
+    # Without a name each layer's quantizer gets a unique one when it is deserialized.
+    inner.pop("name", None)
+    if dtype is not None:
+        inner["dtype"] = copy.deepcopy(dtype)
+    return config
+
+
+def _old_quantizer_dtype(config: Dict[str, Any], key: str) -> Any:
+    old = config.get(key)
+    if isinstance(old, dict) and isinstance(old.get("config"), dict) and "dtype" in old["config"]:
+        return old["config"]["dtype"]
+    # A quantizer inside the layer computes at the layer's precision.
+    return config.get("dtype")
+
+
+def _resolve_regularizer(regularizer: Any, factor: float) -> Any:
+    try:
+        resolved = bnn_regularizers.get(regularizer, factor=factor)
+    except ValueError as error:
+        raise BnnError(f"--regularizer {regularizer}: {error}") from error
+    if not callable(resolved) and not isinstance(resolved, bnn_regularizers.BnnPlusRegularizer):
+        raise BnnError(f"--regularizer {regularizer}: expected a regularizer, got {resolved!r}.")
+    return resolved
+
+
+def _validate(
+    model: tf.keras.Model,
+    bases: int,
+    activation: Optional[str],
+    regularization_factor: float,
+) -> None:
+    if not isinstance(bases, int) or isinstance(bases, bool) or bases < 1:
+        raise BnnError(f"--bases: expected an integer >= 1, got {bases!r}.")
+    if activation not in _ACTIVATIONS:
+        raise BnnError(f"--activation: expected 'relu' or 'prelu', got {activation!r}.")
+    try:
+        factor_ok = float(regularization_factor) >= 0.0
+    except (TypeError, ValueError):
+        factor_ok = False
+    if not factor_ok:
+        raise BnnError(
+            f"--regularization-factor: expected a number >= 0, got {regularization_factor!r}."
+        )
+    if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise BnnError(
+            f"Model {getattr(model, 'name', model)!r} is not a functional Keras model: the "
+            "training tricks rewrite a functional model's layer graph; build it with "
+            "tf.keras.Model(inputs, outputs)."
+        )
+
+
+def _to_functional(model: tf.keras.Model) -> tf.keras.Model:
+    """A Sequential model as the equivalent functional model over the same layers."""
+    if not isinstance(model, tf.keras.Sequential):
+        return model
+    # A Sequential config lists layers without their wiring; a functional view has it.
+    return tf.keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def _rewrite_binary_conv(
+    entry: Dict[str, Any],
+    layer: tf.keras.layers.Layer,
+    *,
+    input_quantizer: Any,
+    kernel_quantizer: Any,
+    regularizer: Any,
+    regularizer_option: Any,
+    bases: int,
+    model_name: str,
+) -> Dict[str, Any]:
+    config = copy.deepcopy(entry["config"])
+    name = config["name"]
+    if input_quantizer is not None:
+        config["input_quantizer"] = _quantizer_config(
+            input_quantizer, "input-quantizer", _old_quantizer_dtype(config, "input_quantizer")
+        )
+    if kernel_quantizer is not None:
+        config["kernel_quantizer"] = _quantizer_config(
+            kernel_quantizer, "kernel-quantizer", _old_quantizer_dtype(config, "kernel_quantizer")
+        )
+
+    bnn_plus = isinstance(regularizer, bnn_regularizers.BnnPlusRegularizer)
+    if regularizer is not None and not bnn_plus:
+        config["kernel_regularizer"] = tf.keras.utils.serialize_keras_object(regularizer)
+        if isinstance(layer, bnn_layers.ScaledQuantConv2D):
+            config["scale_regularizer"] = None
+
+    if isinstance(layer, bnn_layers.MultiBaseQuantConv2D):
+        if bnn_plus:
+            raise BnnError(
+                f"--regularizer {regularizer_option}: layer {name!r} of model {model_name} has "
+                f"{layer.bases} binary bases; the BNN+ scale needs a single-base convolution "
+                "(use --regularizer bipolar)."
+            )
+        if bases > 1:
+            config["bases"] = bases
+        return _entry(bnn_layers.MultiBaseQuantConv2D, config, entry)
+
+    if bnn_plus:
+        # BNN+ regularizes alpha against |w|: it replaces any kernel regularizer.
+        config["kernel_regularizer"] = None
+        if config.get("scale") is None:
+            config["scale"] = "per_channel"
+        config["scale_regularizer"] = tf.keras.utils.serialize_keras_object(regularizer)
+        config["regularization_factor"] = regularizer.factor
+        return _entry(bnn_layers.ScaledQuantConv2D, config, entry)
+
+    if bases > 1:
+        if isinstance(layer, bnn_layers.ScaledQuantConv2D) and layer.scale is not None:
+            raise BnnError(
+                f"--bases {bases}: layer {name!r} of model {model_name} is a BNN+ scaled "
+                "binary convolution; multiple bases do not carry a BNN+ scale alpha."
+            )
+        unsupported = {
+            key: config.get(key)
+            for key, default in _MULTI_BASE_UNSUPPORTED.items()
+            if key in config and config.get(key) != default
+        }
+        if config.get("use_bias") and config.get("bias_initializer", {}).get("class_name") not in (
+            None, "Zeros"
+        ):
+            unsupported["bias_initializer"] = config["bias_initializer"]
+        if unsupported:
+            raise BnnError(
+                f"--bases {bases}: layer {name!r} of model {model_name} uses "
+                f"{unsupported}, which MultiBaseQuantConv2D does not support."
+            )
+        multi = {key: config[key] for key in _MULTI_BASE_ARGS if key in config}
+        multi["bases"] = bases
+        return _entry(bnn_layers.MultiBaseQuantConv2D, multi, entry)
+
+    return _entry(type(layer), config, entry)
+
+
+def _prelu_entry(entry: Dict[str, Any], layer: tf.keras.layers.Layer) -> Dict[str, Any]:
+    rank = len(layer.get_output_at(0).shape)
+    # One slope per channel, shared over the spatial axes (Bi-Real Net, Tang et al.).
+    shared_axes = list(range(1, rank - 1)) or None
+    config = {
+        **tf.keras.layers.PReLU(shared_axes=shared_axes).get_config(),
+        "name": entry["config"]["name"],
+        "trainable": entry["config"].get("trainable", True),
+        "dtype": copy.deepcopy(entry["config"].get("dtype")),
+    }
+    return _entry(tf.keras.layers.PReLU, config, entry)
+
+
+def _insert_output_scale(config: Dict[str, Any], model: tf.keras.Model) -> None:
+    """Puts `LearnableScale(name="output_scale")` in front of the model's final softmax."""
+    names = {layer.name for layer in model.layers}
+    if OUTPUT_SCALE_NAME in names:
+        raise BnnError(
+            f"--scale-output: model {model.name} already has a layer named {OUTPUT_SCALE_NAME!r}."
+        )
+    output_names = [item[0] for item in config["output_layers"]]
+    softmax = [
+        n for n in output_names
+        if _is_softmax_layer(model.get_layer(n)) or _has_softmax_activation(model.get_layer(n))
+    ]
+    if len(softmax) != 1:
+        raise BnnError(
+            f"--scale-output: expected one softmax output in model {model.name}, found "
+            f"{len(softmax)} (outputs: {', '.join(output_names)}); the scale goes in front of "
+            "the softmax."
+        )
+    softmax_name = softmax[0]
+    softmax_layer = model.get_layer(softmax_name)
+    index = next(i for i, e in enumerate(config["layers"]) if e["name"] == softmax_name)
+    entry = config["layers"][index]
+
+    if _is_softmax_layer(softmax_layer):
+        producers = {node[0] for call in entry["inbound_nodes"] for node in call}
+        for producer in producers:
+            if isinstance(model.get_layer(producer), bnn_layers.LearnableScale):
+                raise BnnError(
+                    f"--scale-output: model {model.name} already scales its logits "
+                    f"(LearnableScale {producer!r} feeds the softmax {softmax_name!r})."
+                )
+        dtype = _producer_dtype(config, producers) or entry["config"].get("dtype")
+        scale = _entry(
+            bnn_layers.LearnableScale,
+            {"name": OUTPUT_SCALE_NAME, "dtype": copy.deepcopy(dtype)},
+            {"config": {"name": OUTPUT_SCALE_NAME}, "name": OUTPUT_SCALE_NAME,
+             "inbound_nodes": entry["inbound_nodes"]},
+        )
+        entry["inbound_nodes"] = [
+            [[OUTPUT_SCALE_NAME, i, 0, {}]] for i in range(len(entry["inbound_nodes"]))
+        ]
+        config["layers"].insert(index, scale)
+        return
+
+    # A Dense/conv with a built-in softmax: split it into logits -> scale -> softmax, the new
+    # softmax taking over the model output (kept in float32 as models/common.py does).
+    calls = len(entry["inbound_nodes"])
+    entry["config"]["activation"] = "linear"
+    scale = _entry(
+        bnn_layers.LearnableScale,
+        {"name": OUTPUT_SCALE_NAME, "dtype": copy.deepcopy(entry["config"].get("dtype"))},
+        {"config": {"name": OUTPUT_SCALE_NAME}, "name": OUTPUT_SCALE_NAME,
+         "inbound_nodes": [[[softmax_name, i, 0, {}]] for i in range(calls)]},
+    )
+    new_softmax_name = f"{softmax_name}_softmax"
+    if new_softmax_name in names:
+        raise BnnError(
+            f"--scale-output: model {model.name} already has a layer named {new_softmax_name!r}."
+        )
+    new_softmax = _entry(
+        tf.keras.layers.Activation,
+        {"name": new_softmax_name, "activation": "softmax", "dtype": "float32"},
+        {"config": {"name": new_softmax_name}, "name": new_softmax_name,
+         "inbound_nodes": [[[OUTPUT_SCALE_NAME, i, 0, {}]] for i in range(calls)]},
+    )
+    config["layers"][index + 1:index + 1] = [scale, new_softmax]
+    config["output_layers"] = [
+        [new_softmax_name, item[1], item[2]] if item[0] == softmax_name else item
+        for item in config["output_layers"]
+    ]
+
+
+def _producer_dtype(config: Dict[str, Any], producers: set) -> Any:
+    for entry in config["layers"]:
+        if entry["name"] in producers:
+            return entry["config"].get("dtype")
+    return None
+
+
+def apply_tricks(
+    model: tf.keras.Model,
+    *,
+    input_quantizer: Optional[str] = None,
+    kernel_quantizer: Optional[str] = None,
+    regularizer: Optional[str] = None,
+    regularization_factor: float = 1e-5,
+    bases: int = 1,
+    activation: Optional[str] = None,
+    scale_output: bool = False,
+) -> tf.keras.Model:
+    """Rebuilds a functional model with the BNN papers' training tricks switched on.
+
+    Meant for a freshly built, untrained model: rewritten layers get fresh initial weights
+    (layers whose config is unchanged keep theirs). The rebuilt model is uncompiled.
+
+    Args:
+        model: A functional (or Sequential) `tf.keras.Model`.
+        input_quantizer: Activation binarizer of every binary convolution: `"ste_sign"`,
+            `"approx_sign"` (Bi-Real Net) or `"sign_swish"` (BNN+); anything
+            `bnn_keras.quantizers.get` resolves to a 1-bit quantizer.
+        kernel_quantizer: Weight binarizer of every binary convolution (same choices).
+        regularizer: `"bipolar"` / `"bipolar-smooth"` (Tang et al.) as the kernel regularizer
+            of every binary convolution, or `"bnn+-l1"` / `"bnn+-l2"`, which turns each binary
+            `QuantConv2D` into a `ScaledQuantConv2D` with a per-channel alpha regularized
+            towards |w| (BNN+). Replaces the binary kernels' existing regularizer.
+        regularization_factor: lambda of the regularizer alias.
+        bases: K > 1 turns each binary `QuantConv2D` into `MultiBaseQuantConv2D(bases=K)`
+            (ABC-Net's residual binarization; K LceBconv2d after conversion), or sets K on an
+            existing multi-base layer.
+        activation: `"prelu"` replaces every plain ReLU (`Activation("relu")`, `ReLU()`; not
+            capped ones) by a `PReLU` with one slope per channel; `None` or `"relu"` leaves the
+            activations as built.
+        scale_output: Insert `LearnableScale(name="output_scale")` in front of the final
+            softmax (an `Activation("softmax")` output layer, or a layer with a softmax
+            activation, which is split into logits -> scale -> `<name>_softmax`).
+
+    Returns:
+        The rebuilt model, or `model` itself when every option is at its default.
+
+    Raises:
+        BnnError: an option that cannot apply to this model (no binary convolution, no ReLU,
+            no softmax, a subclassed model, bases > 1 with a BNN+ regularizer, ...) or an
+            unknown option value; the message names the option and the model.
+
+    References:
+        - Bi-Real Net: https://arxiv.org/abs/1808.00278
+        - BNN+: https://arxiv.org/abs/1812.11800
+        - ABC-Net: https://arxiv.org/abs/1711.11294
+        - Tang, Hua, Wang, "How to Train a Compact Binary Neural Network with High
+          Accuracy?", AAAI 2017.
+    """
+    _validate(model, bases, activation, regularization_factor)
+    prelu = activation == "prelu"
+    if (
+        input_quantizer is None and kernel_quantizer is None and regularizer is None
+        and bases == 1 and not prelu and not scale_output
+    ):
+        return model
+
+    resolved_regularizer = (
+        None if regularizer is None else _resolve_regularizer(regularizer, regularization_factor)
+    )
+    if isinstance(resolved_regularizer, bnn_regularizers.BnnPlusRegularizer) and bases > 1:
+        raise BnnError(
+            f"--bases {bases} cannot be combined with --regularizer {regularizer}: the BNN+ "
+            "scale alpha belongs to a single binary kernel; use --regularizer bipolar with "
+            "multiple bases."
+        )
+
+    source = _to_functional(model)
+    name = model.name
+    binary = {layer.name: layer for layer in source.layers if _is_binary(layer)}
+    relus = {layer.name: layer for layer in source.layers if _is_relu(layer)} if prelu else {}
+    for nested in _nested_models(source):
+        if any(_is_binary(layer) for layer in nested.layers) or (
+            prelu and any(_is_relu(layer) for layer in nested.layers)
+        ):
+            raise BnnError(
+                f"Model {name} nests model {nested.name!r}, whose layers the training tricks "
+                "cannot rewrite: build the model as one flat functional graph."
+            )
+    binary_options = [
+        (f"--input-quantizer {input_quantizer}", input_quantizer is not None),
+        (f"--kernel-quantizer {kernel_quantizer}", kernel_quantizer is not None),
+        (f"--regularizer {regularizer}", regularizer is not None),
+        (f"--bases {bases}", bases > 1),
+    ]
+    for option, given in binary_options:
+        if given and not binary:
+            raise BnnError(
+                f"{option}: model {name} has no binary convolution (a QuantConv2D with 1-bit "
+                "input and kernel quantizers) to rewrite."
+            )
+    if prelu and not relus:
+        has_prelu = any(isinstance(layer, tf.keras.layers.PReLU) for layer in source.layers)
+        raise BnnError(
+            f"--activation prelu: model {name} has no ReLU to replace"
+            + (" (it already uses PReLU)." if has_prelu else ".")
+        )
+
+    config = source.get_config()
+    changed = set()
+    for i, entry in enumerate(config["layers"]):
+        layer_name = entry["config"]["name"]
+        if layer_name in binary and (
+            input_quantizer is not None or kernel_quantizer is not None
+            or regularizer is not None or bases > 1
+        ):
+            config["layers"][i] = _rewrite_binary_conv(
+                entry,
+                binary[layer_name],
+                input_quantizer=input_quantizer,
+                kernel_quantizer=kernel_quantizer,
+                regularizer=resolved_regularizer,
+                regularizer_option=regularizer,
+                bases=bases,
+                model_name=name,
+            )
+            changed.add(layer_name)
+        elif layer_name in relus:
+            config["layers"][i] = _prelu_entry(entry, relus[layer_name])
+            changed.add(layer_name)
+    if scale_output:
+        _insert_output_scale(config, source)
+
+    # Layers deserialized without a dtype entry would take the global policy: rebuild under
+    # the policy the model was built with, whatever the caller's global policy is now.
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(source.dtype_policy)
+    try:
+        rebuilt = tf.keras.Model.from_config(config)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+    for layer in source.layers:
+        if layer.name in changed or not layer.weights:
+            continue
+        target = rebuilt.get_layer(layer.name)
+        old = layer.get_weights()
+        new = target.get_weights()
+        # Keeps a seeded model's untouched layers bit-identical to the model passed in.
+        if len(old) == len(new) and all(a.shape == b.shape for a, b in zip(old, new)):
+            target.set_weights(old)
+    return rebuilt
