@@ -97,10 +97,45 @@ def _echo_table(rows, headers) -> None:
               help="Data set: digits (bundled with scikit-learn, offline) or cifar10 (TFDS).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the data set lives or is downloaded to (TFDS data_dir).")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch size.")
-@click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True,
-              help="Adam learning rate (BNNs want a low one: a high rate flips many signs).")
+@click.option("--epochs", type=int, default=None,
+              help="Training epochs [default: the recipe's, else 10].")
+@click.option("--batch-size", type=int, default=None,
+              help="Global batch size, split over workers [default: the recipe's, else 64].")
+@click.option("--learning-rate", "--lr", type=float, default=None,
+              help="Peak Adam learning rate [default: the recipe's, 1e-3 by default]. BNNs want "
+                   "a low one: a high rate flips many latent weight signs per step.")
+@click.option("--recipe", type=click.Choice(["default", "paper"]), default="default",
+              show_default=True,
+              help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
+                   "(the options here override single values).")
+@click.option("--optimizer", type=click.Choice(["adam", "bop"]), default=None,
+              help="adam, or bop (larq's Bop for binary weights, Adam for the rest).")
+@click.option("--schedule", type=click.Choice(["constant", "step", "linear", "cosine"]),
+              default=None, help="Learning-rate decay [default: the recipe's, constant].")
+@click.option("--warmup-epochs", type=float, default=None, help="Linear learning-rate warm-up.")
+@click.option("--label-smoothing", type=float, default=None, help="Label smoothing, e.g. 0.1.")
+@click.option("--weight-decay", type=float, default=None,
+              help="L2 on full-precision kernels only (binary latent weights never decay).")
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi-worker"]),
+              default="auto", show_default=True,
+              help="tf.distribute strategy; multi-worker reads TF_CONFIG (one process per "
+                   "worker, --batch-size is global).")
+@click.option("--input-quantizer", type=click.Choice(["ste_sign", "approx_sign", "sign_swish"]),
+              default=None, help="Activation binarizer of every binary layer (trick).")
+@click.option("--kernel-quantizer", type=click.Choice(["ste_sign", "approx_sign", "sign_swish"]),
+              default=None, help="Weight binarizer of every binary layer (trick).")
+@click.option("--regularizer", type=click.Choice(["bipolar", "bipolar-smooth", "bnn+-l1",
+                                                   "bnn+-l2"]), default=None,
+              help="bipolar: push latent weights to +/-1 (Tang et al.); bnn+-l1/l2: trainable "
+                   "per-channel scale with the BNN+ regularizer.")
+@click.option("--regularization-factor", type=float, default=1e-5, show_default=True,
+              help="Strength of --regularizer.")
+@click.option("--bases", type=int, default=1, show_default=True,
+              help="Binary bases per activation (residual binarization): K binary convs summed.")
+@click.option("--activation", type=click.Choice(["relu", "prelu"]), default=None,
+              help="prelu: replace the model's ReLUs with PReLU (trick).")
+@click.option("--scale-output", is_flag=True,
+              help="Add a learnable scale before the softmax (trick for a binarized last layer).")
 @click.option("--image-size", type=int, default=None,
               help="Side of the square model input [default: the data set's, 16 for digits].")
 @click.option("--steps-per-epoch", type=int, default=None,
@@ -126,8 +161,13 @@ def _echo_table(rows, headers) -> None:
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
-          data_dir: Optional[str], epochs: int, batch_size: int, learning_rate: float,
-          image_size: Optional[int], steps_per_epoch: Optional[int], seed: int, precision: str,
+          data_dir: Optional[str], epochs: Optional[int], batch_size: Optional[int],
+          learning_rate: Optional[float], recipe: str, optimizer: Optional[str],
+          schedule: Optional[str], warmup_epochs: Optional[float],
+          label_smoothing: Optional[float], weight_decay: Optional[float], strategy: str,
+          input_quantizer: Optional[str], kernel_quantizer: Optional[str],
+          regularizer: Optional[str], regularization_factor: float, bases: int,
+          activation: Optional[str], scale_output: bool, image_size: Optional[int], steps_per_epoch: Optional[int], seed: int, precision: str,
           augment: Optional[bool], track_flips: bool, flip_every_n_steps: Optional[int],
           flip_warn_threshold: float, tensorboard: bool, output: Optional[str],
           verbose: int) -> None:
@@ -147,22 +187,31 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, "
                    f"{training.read_status(Path(resume_dir)).get('epochs_completed', 0)} of "
                    f"{config.epochs} epochs done", err=True)
-        build = functools.partial(_build_registered, config.model, config.model_options)
+        build = functools.partial(_build_registered, config.model, config.tricks)
         result = training.resume_training(Path(resume_dir), build, verbose=verbose)
     else:
         if not model_name:
             raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
         models.get_model_fn(model_name)  # fail fast on a bad name, before loading any data
+        tricks = {key: value for key, value in dict(
+            input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
+            regularizer=regularizer, bases=bases if bases != 1 else None,
+            activation=activation, scale_output=scale_output or None,
+        ).items() if value is not None}
+        if regularizer:
+            tricks["regularization_factor"] = regularization_factor
         config = training.TrainConfig(
             model=model_name, dataset=dataset, data_dir=data_dir, image_size=image_size,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-            steps_per_epoch=steps_per_epoch, seed=seed, precision=precision, augment=augment,
-            track_flips=track_flips, flip_every_n_steps=flip_every_n_steps,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, recipe=recipe,
+            optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing, weight_decay=weight_decay, strategy=strategy,
+            tricks=tricks, steps_per_epoch=steps_per_epoch, seed=seed, precision=precision,
+            augment=augment, track_flips=track_flips, flip_every_n_steps=flip_every_n_steps,
             flip_warn_threshold=flip_warn_threshold or None, tensorboard=tensorboard,
         )
-        config.validate()
+        training.resolve_recipe(config)  # bad options fail here, before any data is loaded
         run_dir = Path(output or f"runs/{model_name}-{dataset}")
-        build = functools.partial(_build_registered, model_name, config.model_options)
+        build = functools.partial(_build_registered, model_name, tricks)
         result = training.train(config, build, run_dir, verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
@@ -172,10 +221,11 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
     )
 
 
-def _build_registered(name: str, options: Dict[str, Any], input_shape, num_classes):
+def _build_registered(name: str, tricks: Dict[str, Any], input_shape, num_classes):
     import models
 
-    return models.create_model(name, input_shape=input_shape, num_classes=num_classes, **options)
+    return models.create_model(name, input_shape=input_shape, num_classes=num_classes,
+                               tricks=tricks)
 
 
 # ----------------------------------------------------------------------------------------------

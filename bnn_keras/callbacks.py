@@ -259,20 +259,37 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
 
         rows = [r for r in self.history if r["kind"] == "epoch"]
         epochs = [r["epoch"] + 1 for r in rows]
-        figure = Figure(figsize=(7, 4))
+        figure = Figure(figsize=(8, 4.5))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot(1, 1, 1)
         keys = [k for k in rows[0] if k.startswith("flip_ratio/") and k != TOTAL_KEY] if rows else []
-        for key in keys:
-            axes.plot(epochs, [r.get(key, np.nan) for r in rows], label=key[len("flip_ratio/"):],
-                      linewidth=1)
-        axes.plot(epochs, [r[TOTAL_KEY] for r in rows], label="total", color="black", linewidth=2)
+        # Deep models have dozens of binary layers: a legend entry each would cover the plot,
+        # so layers are coloured by depth (a colour bar) and only a few are named.
+        from matplotlib import cm, colormaps, colors
+
+        cmap = colormaps["viridis"]
+        norm = colors.Normalize(vmin=1, vmax=max(len(keys), 2))
+        for depth, key in enumerate(keys, start=1):
+            axes.plot(epochs, [r.get(key, np.nan) for r in rows], color=cmap(norm(depth)),
+                      linewidth=1, marker="." if len(epochs) < 3 else None,
+                      label=key[len("flip_ratio/"):] if len(keys) <= 8 else None)
+        axes.plot(epochs, [r[TOTAL_KEY] for r in rows], label="total (all binary weights)",
+                  color="black", linewidth=2.5, marker="o" if len(epochs) < 3 else None)
         if self.warn_threshold is not None:
-            axes.axhline(self.warn_threshold, color="red", linestyle="--", linewidth=1)
+            axes.axhline(self.warn_threshold, color="red", linestyle="--", linewidth=1,
+                         label=f"warning threshold {self.warn_threshold:g}")
+        if len(keys) > 8:
+            bar = figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes)
+            bar.set_label(f"binary layer, first ({keys[0][len('flip_ratio/'):]}) to last "
+                          f"({keys[-1][len('flip_ratio/'):]})", fontsize="small")
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
-        axes.set_ylabel("fraction of kernel signs flipped")
-        axes.set_title("Sign flips per epoch")
-        axes.legend(fontsize="small")
+        axes.set_ylabel("fraction of latent weight signs flipped")
+        axes.set_title(f"Sign flips per epoch ({len(keys)} binary layers)")
+        axes.legend(fontsize="small", loc="upper right")
+        axes.grid(alpha=0.3)
         figure.tight_layout()
         with files.atomic_path(path) as tmp:
             figure.savefig(tmp, format="png", dpi=100)

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ import tensorflow as tf
 
 from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import data as data_lib
-from bnn_keras import files
+from bnn_keras import distribute, files, recipes
 from bnn_keras.errors import BnnError
 from bnn_keras.precision import precision_policy, resolve_precision
 
@@ -55,15 +56,24 @@ class TrainConfig:
         dataset: Data set name, see `bnn_keras.data.list_datasets()`.
         data_dir: Where the data set lives or is downloaded to.
         image_size: Side of the square model input; None uses the data set's default.
-        epochs: Number of epochs.
-        batch_size: Global batch size.
-        learning_rate: Adam learning rate. The BNN papers advise a low rate: a large one flips
-            too many latent weight signs per step.
+        epochs: Number of epochs; None takes the recipe's, else 10.
+        batch_size: Global batch size (split over workers); None takes the recipe's, else 64.
+        learning_rate: Peak learning rate of the float weights' Adam; None takes the recipe's.
+            The BNN papers advise a low rate: a large one flips too many latent signs per step.
+        recipe: "default" (Adam, constant rate) or "paper" (the model's published recipe,
+            `bnn_keras.recipes.paper_recipe`); the options below override single values.
+        optimizer: "adam", or "bop" (Bop for binary weights, Adam for the rest).
+        schedule: "constant", "step", "linear" or "cosine" learning-rate decay.
+        warmup_epochs: Linear learning-rate warm-up.
+        label_smoothing: Label smoothing of the cross-entropy.
+        weight_decay: L2 on full-precision kernels only (binary latent weights never decay).
+        strategy: "auto", "default", "mirrored" or "multi-worker" (`bnn_keras.distribute`).
+        tricks: Training tricks applied to the model's binary layers, as recorded by the
+            caller (`bnn_keras.tricks.apply_tricks` keywords).
         steps_per_epoch: Limit each epoch to this many batches (quick experiments, tests).
         seed: Seeds weights, shuffling and augmentation.
         precision: "auto", "mixed_bfloat16" or "float32", see `bnn_keras.precision`.
         augment: Use the data set's standard augmentation; None means its default.
-        model_options: Extra keyword arguments for the model builder (recorded only).
         track_flips: Track per-layer latent-weight sign flips (`SignFlipTracker`).
         flip_every_n_steps: Also record flips every N steps (None: per epoch only).
         flip_warn_threshold: Warn when the flip ratio stays above this late in training
@@ -75,14 +85,21 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: Optional[str] = None
     image_size: Optional[int] = None
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
+    recipe: str = "default"
+    optimizer: Optional[str] = None
+    schedule: Optional[str] = None
+    warmup_epochs: Optional[float] = None
+    label_smoothing: Optional[float] = None
+    weight_decay: Optional[float] = None
+    strategy: str = "auto"
+    tricks: Dict[str, Any] = dataclasses.field(default_factory=dict)
     steps_per_epoch: Optional[int] = None
     seed: int = 0
     precision: str = "auto"
     augment: Optional[bool] = None
-    model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     track_flips: bool = True
     flip_every_n_steps: Optional[int] = None
     flip_warn_threshold: Optional[float] = 0.05
@@ -96,10 +113,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises `BnnError` naming the first option that is out of range."""
+        if self.recipe not in ("default", "paper"):
+            raise BnnError(f"Expected recipe 'default' or 'paper', got {self.recipe!r}.")
         checks = [
-            ("epochs", self.epochs, self.epochs >= 1),
-            ("batch_size", self.batch_size, self.batch_size >= 1),
-            ("learning_rate", self.learning_rate, self.learning_rate > 0),
+            ("epochs", self.epochs, self.epochs is None or self.epochs >= 1),
+            ("batch_size", self.batch_size, self.batch_size is None or self.batch_size >= 1),
+            ("learning_rate", self.learning_rate,
+             self.learning_rate is None or self.learning_rate > 0),
             ("image_size", self.image_size, self.image_size is None or self.image_size >= 4),
             ("steps_per_epoch", self.steps_per_epoch,
              self.steps_per_epoch is None or self.steps_per_epoch >= 1),
@@ -108,6 +128,35 @@ class TrainConfig:
             if not ok:
                 raise BnnError(f"Expected a positive {name} (image_size >= 4), got {value!r}.")
         resolve_precision(self.precision)
+
+
+# TrainConfig fields that override single values of the recipe when set.
+_RECIPE_OVERRIDES = ("learning_rate", "optimizer", "schedule", "warmup_epochs",
+                     "label_smoothing", "weight_decay")
+
+
+def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
+    """The recipe a run uses and the config with every recipe-dependent value filled in.
+
+    Raises:
+        BnnError: `--recipe paper` for a model without a published recipe, or a bad value.
+    """
+    config.validate()
+    if config.recipe == "paper":
+        base = recipes.paper_recipe(config.model, optimizer=config.optimizer or "adam")
+    else:
+        base = recipes.default_recipe()
+    recipe = base.replace(**{
+        key: getattr(config, key) for key in _RECIPE_OVERRIDES if getattr(config, key) is not None
+    })
+    epochs = config.epochs or recipe.epochs or 10
+    batch_size = config.batch_size or recipe.batch_size or 64
+    recipe = recipe.replace(epochs=epochs, batch_size=batch_size)
+    resolved = dataclasses.replace(
+        config, epochs=epochs, batch_size=batch_size,
+        **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
+    )
+    return resolved, recipe
 
 
 @dataclasses.dataclass
@@ -313,9 +362,12 @@ def train(
         TrainingInterruptedError: Ctrl-C or SIGTERM during training.
         NonFiniteLossError: the loss became NaN/inf.
     """
-    config.validate()
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
+    strategy = distribute.make_strategy(config.strategy)
+    config, recipe = resolve_recipe(config)
     run_dir = Path(run_dir)
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+    chief = distribute.is_chief(strategy)
+    if chief and not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise BnnError(
             f"Run folder {run_dir} already exists and is not empty; choose another --output, "
             f"or continue it with --resume {run_dir}."
@@ -337,20 +389,27 @@ def train(
         **pipeline_options,
     )
     test_ds = data_lib.make_pipeline(splits.test, **pipeline_options)
+    steps = config.steps_per_epoch or -(-splits.num_train // config.batch_size)
 
     tf.keras.utils.set_random_seed(config.seed)
-    with precision_policy(precision):
-        model = build_model(input_shape, splits.num_classes)
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    with strategy.scope():
+        with precision_policy(precision):
+            model = build_model(input_shape, splits.num_classes)
+        recipes.add_weight_decay(model, recipe.weight_decay)
+        model.compile(
+            optimizer=recipes.build_optimizer(recipe, model, steps_per_epoch=steps,
+                                              epochs=config.epochs),
+            loss=recipes.loss(recipe),
+            metrics=["accuracy"],
+        )
 
-    if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # Every worker trains and saves (collectives need all of them); only the chief writes the
+    # run folder, the others write into a temporary folder of their own.
+    out_dir = distribute.output_dir(run_dir, strategy)
+    if not resume and chief:
         files.write_json(run_dir / CONFIG_FILE, {
             **dataclasses.asdict(config),
+            "recipe_resolved": dataclasses.asdict(recipe),
             "precision_resolved": precision,
             "augment_resolved": augment,
             "input_shape": list(input_shape),
@@ -361,27 +420,28 @@ def train(
             "num_train": splits.num_train,
             "num_test": splits.num_test,
             "params": int(model.count_params()),
+            "workers": distribute.worker_count(strategy),
             "versions": library_versions(),
         })
 
     timer = EpochTimer()
-    run_callbacks = [timer, *_run_callbacks(config, run_dir, resume), *(callbacks or [])]
+    run_callbacks = [timer, *_run_callbacks(config, out_dir, run_dir / BACKUP_DIR, resume),
+                     *(callbacks or [])]
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
     started = time.perf_counter()
-    history = _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, run_dir, verbose)
+    history = _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, out_dir, verbose)
     fit_seconds = time.perf_counter() - started
 
-    with files.atomic_path(run_dir / MODEL_FILE) as tmp:
+    with files.atomic_path(out_dir / MODEL_FILE) as tmp:
         model.save(tmp)
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    steps = config.steps_per_epoch or -(-splits.num_train // config.batch_size)
     epochs_run = len(timer.seconds)
     images_per_epoch = min(steps * config.batch_size, splits.num_train)
     # The first epoch includes tracing and compiling the train step; leave it out when
     # there are later epochs to measure the steady state on.
     steady = timer.seconds[1:] or timer.seconds
-    accuracy_history = _read_history_column(run_dir / HISTORY_FILE, "accuracy")
+    accuracy_history = _read_history_column(out_dir / HISTORY_FILE, "accuracy")
     metrics = {
         # Keras' running mean over the last epoch (with augmentation when it is on).
         "train_accuracy": accuracy_history[-1] if accuracy_history else float("nan"),
@@ -395,8 +455,12 @@ def train(
         "epoch_seconds": [round(t, 3) for t in timer.seconds],
         "params": int(model.count_params()),
     }
-    files.write_json(run_dir / METRICS_FILE, metrics)
-    write_status(run_dir, "finished", config.epochs, config.epochs)
+    files.write_json(out_dir / METRICS_FILE, metrics)
+    write_status(out_dir, "finished", config.epochs, config.epochs)
+    if chief:
+        # The finished model.keras supersedes the epoch backup (Keras empties it, we remove it).
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    distribute.cleanup_output_dir(out_dir, run_dir, strategy)
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=history.history)
 
 
@@ -421,14 +485,16 @@ def _read_history_column(path: Path, column: str) -> List[float]:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
 
 
-def _run_callbacks(config: TrainConfig, run_dir: Path, resume: bool):
+def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool):
     """The run folder's callbacks, in the order their hooks must run.
 
     BackupAndRestore comes first: its on_train_begin restores the last complete epoch before
     SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
     sees the flip ratios the tracker adds to the epoch logs.
     """
-    backup = tf.keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch")
+    # One backup folder for all workers: Keras' BackupAndRestore keeps the chief's checkpoint
+    # there and gives the other workers temporary ones (it expects a shared file system).
+    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch")
     result = [backup, StopOnNonFiniteLoss(), StatusWriter(run_dir, config.epochs)]
     if config.tensorboard:
         result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))

@@ -7,7 +7,7 @@ An entry function is a thin, data-only call into a family builder, registered wi
 
 import difflib
 import fnmatch
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -71,6 +71,7 @@ def create_model(
     num_classes: int = 1000,
     include_top: bool = True,
     weights: Optional[str] = None,
+    tricks: Optional[Dict[str, Any]] = None,
     **overrides,
 ) -> tf.keras.Model:
     """Builds the registered model `name` (uncompiled).
@@ -81,6 +82,8 @@ def create_model(
         num_classes: Size of the classifier output.
         include_top: Whether to include the classifier head.
         weights: None (random initialization) or a path to a weights file to load by name.
+        tricks: Training tricks applied to every binary layer after building, as keyword
+            arguments of `bnn_keras.tricks.apply_tricks` (e.g. `{"bases": 2}`).
         **overrides: Family-specific options (e.g. `input_quantizer`).
 
     Returns:
@@ -88,6 +91,7 @@ def create_model(
 
     Raises:
         UnknownModelError: `name` is not registered.
+        BnnError: a trick cannot apply to this model.
     """
     fn = get_model_fn(name)
     model = fn(
@@ -96,6 +100,10 @@ def create_model(
         include_top=include_top,
         **overrides,
     )
+    if tricks:
+        from bnn_keras.tricks import apply_tricks
+
+        model = apply_tricks(model, **tricks)
     if weights is not None:
         model.load_weights(weights)
     return model
