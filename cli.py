@@ -186,7 +186,7 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         config = training.TrainConfig.from_run_config(run_config)
         click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, "
                    f"{training.read_status(Path(resume_dir)).get('epochs_completed', 0)} of "
-                   f"{config.epochs} epochs done", err=True)
+                   f"{config.epochs} epochs done")
         build = functools.partial(_build_registered, config.model, config.tricks)
         result = training.resume_training(Path(resume_dir), build, verbose=verbose)
     else:
@@ -259,7 +259,8 @@ def convert(source: str, target: str, output: Optional[str], samples: int,
     """
     from convert.workflow import VerificationFailedError, convert_trained_model
 
-    click.echo(f"Converting {source} for target {target} ...", err=True)
+    if not as_json:
+        click.echo(f"Converting {source} for target {target} ...")
     try:
         report = convert_trained_model(
             source, output=output, target=target, samples=samples, inputs=inputs,
@@ -301,8 +302,7 @@ def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
     from convert.runtime import read_flatbuffer
 
     flatbuffer = read_flatbuffer(tflite_file)
-    click.echo(f"Timing {tflite_file}: {warmup} warm-up + {runs} runs, {threads} thread(s) ...",
-               err=True)
+    click.echo(f"Timing {tflite_file}: {warmup} warm-up + {runs} runs, {threads} thread(s) ...")
     rows = [("binary (LCE)", isolated_benchmark(flatbuffer, threads, runs, warmup))]
     if float_model:
         from convert.float_reference import float_flatbuffer
@@ -345,7 +345,7 @@ def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
 
     flatbuffer = read_flatbuffer(tflite_file)
     x, y, name = flatbuffer_test_split(flatbuffer, dataset=dataset, data_dir=data_dir, limit=limit)
-    click.echo(f"Evaluating {tflite_file} on {len(x)} {name} test images ...", err=True)
+    click.echo(f"Evaluating {tflite_file} on {len(x)} {name} test images ...")
     result = evaluate_flatbuffer(flatbuffer, x, y, threads=threads)
     click.echo(f"{tflite_file}: test accuracy {result['accuracy']:.4f} on {result['n']} {name} images")
 

@@ -2,7 +2,7 @@
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import tensorflow as tf
 
@@ -49,3 +49,37 @@ def precision_policy(policy: str) -> Iterator[None]:
         yield
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def _float32_policies(config: Any) -> Any:
+    """A copy of a Keras config with every dtype policy replaced by "float32"."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("Policy", "DTypePolicy"):
+            return "float32"
+        return {key: _float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(value) for value in config]
+    return config
+
+
+def is_mixed_precision(model: tf.keras.Model) -> bool:
+    """True when any layer computes in a dtype other than float32."""
+    return any(
+        layer.dtype_policy.compute_dtype != "float32" for layer in model.submodules
+        if isinstance(layer, tf.keras.layers.Layer)
+    )
+
+
+def as_float32(model: tf.keras.Model) -> tf.keras.Model:
+    """Rebuilds a (mixed-precision) functional model in float32 with the same weights.
+
+    LCE refuses models whose layers compute in bfloat16/float16, and the deployed model runs in
+    float32 (binary ops aside) anyway. Variables are float32 under mixed precision, so the
+    weights carry over exactly.
+    """
+    if not is_mixed_precision(model):
+        return model
+    config = _float32_policies(model.get_config())
+    float_model = model.__class__.from_config(config)
+    float_model.set_weights(model.get_weights())
+    return float_model

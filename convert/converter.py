@@ -1,12 +1,13 @@
 """Keras model -> TFLite flatbuffer with Larq Compute Engine's converter."""
 
 import warnings
-from typing import Any, Dict
+from typing import Dict
 
 import larq_compute_engine as lce
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
+from bnn_keras.precision import as_float32, is_mixed_precision  # noqa: F401  (re-exported)
 from convert.flatbuffer import readable_tensor_names
 
 # User-facing target names -> LCE's target strings. LCE has no "arm64": its "arm" target covers
@@ -27,40 +28,6 @@ def _validate_options(target: str, inference_input_type: str, inference_output_t
             raise BnnError(
                 f"Expected inference_{what}_type one of {', '.join(IO_TYPES)}, got {value!r}."
             )
-
-
-def _float32_policies(config: Any) -> Any:
-    """A copy of a Keras config with every dtype policy replaced by "float32"."""
-    if isinstance(config, dict):
-        if config.get("class_name") in ("Policy", "DTypePolicy"):
-            return "float32"
-        return {key: _float32_policies(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_policies(value) for value in config]
-    return config
-
-
-def is_mixed_precision(model: tf.keras.Model) -> bool:
-    """True when any layer computes in a dtype other than float32."""
-    return any(
-        layer.dtype_policy.compute_dtype != "float32" for layer in model.submodules
-        if isinstance(layer, tf.keras.layers.Layer)
-    )
-
-
-def as_float32(model: tf.keras.Model) -> tf.keras.Model:
-    """Rebuilds a (mixed-precision) functional model in float32 with the same weights.
-
-    LCE refuses models whose layers compute in bfloat16/float16, and the deployed model runs in
-    float32 (binary ops aside) anyway. Variables are float32 under mixed precision, so the
-    weights carry over exactly.
-    """
-    if not is_mixed_precision(model):
-        return model
-    config = _float32_policies(model.get_config())
-    float_model = model.__class__.from_config(config)
-    float_model.set_weights(model.get_weights())
-    return float_model
 
 
 def convert_model(

@@ -70,18 +70,18 @@ def test_benchmark_file_that_is_not_a_flatbuffer(tmp_path):
 def test_convert_reports_size_ops_agreement_and_bundle(digits_convert):
     path, result = digits_convert
     size = path.stat().st_size
-    assert re.search(rf"^file\s+{re.escape(str(path))}$", result.output, re.M)
-    assert re.search(rf"^size\s+{size:,} bytes$", result.output, re.M)
-    assert re.search(r"^LceBconv2d / binary convs\s+23 / 23$", result.output, re.M)
-    assert re.search(r"^ops\s+.*LceBconv2d 23, LceQuantize 23", result.output, re.M)
-    assert re.search(r"^missed fusions\s+none$", result.output, re.M)
+    assert re.search(rf"^file\s+{re.escape(str(path))}$", result.stdout, re.M), result.stdout
+    assert re.search(rf"^size\s+{size:,} bytes$", result.stdout, re.M)
+    assert re.search(r"^LceBconv2d / binary convs\s+23 / 23$", result.stdout, re.M)
+    assert re.search(r"^ops\s+.*LceBconv2d 23, LceQuantize 23", result.stdout, re.M)
+    assert re.search(r"^missed fusions\s+none$", result.stdout, re.M)
     match = re.search(r"64 digits test images: max \|diff\| ([\d.e+-]+), top-1 agreement "
                       r"([\d.]+)%", result.output)
     assert match, result.output
     assert float(match.group(2)) >= 99.0
     # Same weights, float32 on both sides: only summation order differs.
     assert float(match.group(1)) < 1e-3
-    assert re.search(r"^bundle\s+\S+pi \(self-check max", result.output, re.M)
+    assert re.search(r"^bundle\s+\S+pi \(self-check max", result.stdout, re.M)
 
 
 def test_check_bundle_passes_on_the_written_bundle(digits_tflite):
@@ -195,12 +195,12 @@ def test_benchmark_bad_numbers(digits_tflite, args, message):
 
 
 def test_internal_errors_are_one_line_with_exit_code_1(monkeypatch, tmp_path):
-    import convert.loading
+    import convert.workflow
 
     def boom(path):
         raise RuntimeError("simulated bug\nsecond line")
 
-    monkeypatch.setattr(convert.loading, "load_trained_model", boom)
+    monkeypatch.setattr(convert.workflow, "load_trained_model", boom)
     line = _one_line_error(invoke(["convert", tmp_path]), code=1)
     assert line == ("Internal error: RuntimeError: simulated bug "
                     "(rerun with --debug for the traceback)")

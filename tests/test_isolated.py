@@ -127,23 +127,29 @@ def _mutate(data: bytes, rng: np.random.Generator, case: int) -> bytes:
     return bytes(mutated)
 
 
-def test_fuzzed_flatbuffers_never_crash_the_parent(flatbuffer):
-    """200 seeded truncations/byte mutations: each either runs or raises a one-line BnnError."""
+def test_fuzzed_flatbuffers_through_bnn_benchmark_never_crash(flatbuffer, tmp_path):
+    """200 seeded truncations/byte mutations through `bnn benchmark`: each run either succeeds
+    or exits 2 with one line on stderr; the CLI process itself never crashes or tracebacks."""
+    from tests.conftest import invoke
+
     rng = np.random.default_rng(1234)
     outcomes = collections.Counter()
+    path = tmp_path / "fuzzed.tflite"
     for case in range(FUZZ_CASES):
-        try:
-            latency = isolated_benchmark(_mutate(flatbuffer, rng, case), threads=1, runs=1,
-                                         warmup=0, timeout=60)
-        except InvalidFlatbufferError as error:
-            _assert_one_line(error)
-            outcomes["rejected by validation"] += 1
-        except BnnError as error:
-            _assert_one_line(error)
-            outcomes["child failed" if "crashed" not in str(error) else "child crashed"] += 1
-        else:
-            assert latency.runs == 1
+        path.write_bytes(_mutate(flatbuffer, rng, case))
+        result = invoke(["benchmark", path, "--runs", "1", "--warmup", "0"])
+        assert "Traceback" not in result.output, result.output
+        if result.exit_code == 0:
+            assert "1 runs, 1 thread(s): median" in result.stdout
             outcomes["ran"] += 1
+            continue
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+        if "TFLite flatbuffer" in lines[0]:
+            outcomes["rejected by validation"] += 1
+        else:
+            outcomes["child crashed" if "crashed" in lines[0] else "child failed"] += 1
     assert sum(outcomes.values()) == FUZZ_CASES
     # Truncations alone are 50 cases and are all caught by validation, never by the child.
     assert outcomes["rejected by validation"] >= FUZZ_CASES // 4

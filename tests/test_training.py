@@ -31,7 +31,10 @@ def test_run_folder_holds_model_config_history_metrics(digits_run):
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
     metrics = digits_run.metrics
     assert metrics["train_accuracy"] == pytest.approx(float(rows[-1]["accuracy"]))
-    assert metrics["test_accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
+    training_precision_accuracy = (
+        metrics["test_accuracy"] if config["precision_resolved"] == "float32"
+        else metrics["test_accuracy_mixed_precision"])
+    assert training_precision_accuracy == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
     assert metrics["params"] == digits_run.model.count_params()
     assert f"test accuracy {metrics['test_accuracy']:.4f}" in digits_run.cli_output
     # Steady state: epoch 2's 12 steps x 32 images over its wall time (epoch 1 traces the graph).
