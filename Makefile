@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 DEMO_DIR := demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; \
@@ -30,7 +30,12 @@ demo: $(STAMP)
 	$(BIN)/bnn evaluate $(DEMO_DIR)/model.tflite
 	$(BIN)/bnn benchmark $(DEMO_DIR)/model.tflite --threads 1 --runs 50
 
+# `slow` tests repeat what their faster siblings check on deeper variants (e.g. converting
+# BinaryDenseNet37/45 after 28); `make test-all` runs them too.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -245,11 +245,20 @@ def _build_registered(name: str, tricks: Dict[str, Any], input_shape, num_classe
               help="A .npy of preprocessed inputs to verify on when the model has no run folder.")
 @click.option("--min-agreement", type=float, default=0.99, show_default=True,
               help="Fail (keeping the file as .unverified) below this Keras/.tflite top-1 agreement.")
+@click.option("--int8", is_flag=True,
+              help="Run the non-binary layers in int8 (fake-quant ranges calibrated on the run's "
+                   "training images); the report compares size and accuracy with float32.")
+@click.option("--int8-io", is_flag=True, help="int8 model input and output (needs --int8).")
+@click.option("--calibration-samples", type=int, default=256, show_default=True,
+              help="Training images that calibrate the --int8 ranges.")
+@click.option("--fine-tune-epochs", type=int, default=0, show_default=True,
+              help="Quantization-aware fine-tuning epochs for --int8 on those images.")
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
               help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, runner).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(source: str, target: str, output: Optional[str], samples: int,
-            inputs: Optional[str], min_agreement: float, bundle_dir: Optional[str],
+            inputs: Optional[str], min_agreement: float, int8: bool, int8_io: bool,
+            calibration_samples: int, fine_tune_epochs: int, bundle_dir: Optional[str],
             as_json: bool) -> None:
     """Convert a trained model to an LCE flatbuffer, verify it, and report on it.
 
@@ -264,7 +273,9 @@ def convert(source: str, target: str, output: Optional[str], samples: int,
     try:
         report = convert_trained_model(
             source, output=output, target=target, samples=samples, inputs=inputs,
-            min_agreement=min_agreement, bundle=bundle_dir, verbose=0 if as_json else 1,
+            min_agreement=min_agreement, int8=int8, int8_io=int8_io,
+            calibration_samples=calibration_samples, fine_tune_epochs=fine_tune_epochs,
+            bundle=bundle_dir, verbose=0 if as_json else 1,
         )
     except VerificationFailedError as exc:
         _print_report(exc.report, as_json)

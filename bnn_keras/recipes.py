@@ -170,8 +170,8 @@ class Recipe:
 
 
 def default_recipe() -> Recipe:
-    """Adam at 1e-3 (TrainConfig's default), constant, no smoothing, no decay."""
-    return Recipe(source="bnn default (TrainConfig.learning_rate)")
+    """Adam at 1e-3, constant, no smoothing, no decay: what `bnn train` uses by default."""
+    return Recipe(source="bnn default")
 
 
 # -- schedules -------------------------------------------------------------------------------

@@ -74,4 +74,9 @@ def convert_model(
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConversionError(f"LCE could not convert the model: {first_line}") from exc
+    if "int8" in (inference_input_type, inference_output_type):
+        # Without quantization ranges LCE quietly keeps float32 I/O; say so instead.
+        from convert.quantize import check_io_types
+
+        check_io_types(flatbuffer, "int8")
     return readable_tensor_names(flatbuffer, model.name)

@@ -16,6 +16,7 @@ import numpy as np
 from bnn_keras.data import Normalization
 from bnn_keras.errors import BnnError
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
+from convert.quantize import dequantize_outputs, quantize_inputs
 
 Flatbuffer = Union[str, os.PathLike, bytes]
 
@@ -43,6 +44,13 @@ class ImagePrediction:
             "path": self.path,
             "top": [{"index": i, "class": name, "score": score} for i, name, score in self.top],
         }
+
+
+def _flatbuffer_bytes(flatbuffer: Flatbuffer) -> bytes:
+    """The bytes of a flatbuffer given as bytes or a path (validated before use)."""
+    from convert.runtime import read_flatbuffer
+
+    return flatbuffer if isinstance(flatbuffer, bytes) else read_flatbuffer(str(flatbuffer))
 
 
 def evaluate_flatbuffer(
@@ -74,7 +82,9 @@ def evaluate_flatbuffer(
         raise BnnError(
             f"Expected as many labels as inputs, got {len(labels)} labels for {len(x)} inputs."
         )
-    outputs = isolated_predict(flatbuffer, x, threads=threads, timeout=timeout)
+    data = _flatbuffer_bytes(flatbuffer)
+    outputs = dequantize_outputs(
+        isolated_predict(data, quantize_inputs(x, data), threads=threads, timeout=timeout), data)
     predicted = outputs.reshape(len(x), -1).argmax(-1)
     return {"accuracy": float(np.mean(predicted == labels)), "n": int(len(labels))}
 
@@ -183,7 +193,10 @@ def predict_images(
         normalization = Normalization.from_dict(normalization)
     x = load_images(image_paths, normalization=normalization, input_shape=input_shape,
                     pixel_max=pixel_max)
-    scores = isolated_predict(flatbuffer, x, threads=threads, timeout=timeout).reshape(len(x), -1)
+    data = _flatbuffer_bytes(flatbuffer)
+    scores = dequantize_outputs(
+        isolated_predict(data, quantize_inputs(x, data), threads=threads, timeout=timeout), data
+    ).reshape(len(x), -1)
     if scores.shape[1] != len(class_names):
         raise BnnError(
             f"The model has {scores.shape[1]} outputs but {len(class_names)} class names were given."

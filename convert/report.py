@@ -29,6 +29,7 @@ class ConversionReport:
         path: Where the flatbuffer was written.
         bundle: The Raspberry Pi bundle folder, when one was written.
         bundle_check: The bundle's self-check result.
+        int8: With `--int8`: sizes and accuracy of the float32 and int8 conversions.
     """
 
     target: str
@@ -44,6 +45,7 @@ class ConversionReport:
     path: Optional[str] = None
     bundle: Optional[str] = None
     bundle_check: Optional[str] = None
+    int8: Optional[Dict[str, Any]] = None
 
     @property
     def compression_ratio(self) -> float:
@@ -80,6 +82,14 @@ class ConversionReport:
             v = self.verification
             rows.append(("Keras vs .tflite", f"{v.samples} {self.verified_on}: max |diff| "
                          f"{v.max_abs_diff:.3g}, top-1 agreement {v.top1_agreement:.2%}"))
+        if self.int8:
+            q = self.int8
+            line = (f"{q['float32_size_bytes']:,} -> {q['int8_size_bytes']:,} bytes; top-1 "
+                    f"agreement with float32 {q['top1_agreement_int8_vs_float32']:.2%}")
+            if "int8_accuracy" in q:
+                line += (f"; accuracy {q['float32_accuracy']:.2%} (float32) vs "
+                         f"{q['int8_accuracy']:.2%} (int8)")
+            rows.append(("int8 vs float32", line))
         if self.bundle:
             rows.append(("bundle", f"{self.bundle} (self-check {self.bundle_check}; "
                                    "see its README.md)"))

@@ -16,6 +16,7 @@ def run_test_split(
     *,
     dataset: Optional[str] = None,
     data_dir: Optional[str] = None,
+    split: str = "test",
 ) -> Tuple[np.ndarray, np.ndarray]:
     """The run's test split, preprocessed exactly as in training (size, normalization).
 
@@ -24,6 +25,7 @@ def run_test_split(
         limit: At most this many examples (the first ones, in a fixed order).
         dataset: Another data set to take the test split from (same preprocessing).
         data_dir: Where that data set lives.
+        split: "test", or "train" (un-augmented, e.g. to calibrate int8 ranges).
 
     Returns:
         (images, labels) as NumPy arrays.
@@ -33,9 +35,10 @@ def run_test_split(
     splits = data_lib.load_dataset(
         dataset or run_config["dataset"], data_dir or run_config.get("data_dir")
     )
-    test = splits.test.take(limit) if limit is not None else splits.test
+    examples = splits.train if split == "train" else splits.test
+    examples = examples.take(limit) if limit is not None else examples
     pipeline = data_lib.make_pipeline(
-        test,
+        examples,
         batch_size=128,
         normalization=data_lib.Normalization.from_dict(run_config["normalization"]),
         image_size=tuple(run_config["input_shape"][:2]),
@@ -46,8 +49,9 @@ def run_test_split(
 
 def verification_inputs(
     model: tf.keras.Model, run_config: Optional[Dict[str, Any]], samples: int
-) -> Tuple[np.ndarray, str]:
-    """Up to `samples` inputs for comparing Keras with a flatbuffer, and what they are.
+) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
+    """Up to `samples` inputs for comparing Keras with a flatbuffer, their labels (None for
+    random inputs), and what they are.
 
     Real test images when `run_config` names the data set; otherwise standard-normal noise
     (which exercises the graph but not the decision boundaries real data reaches), with a
@@ -56,15 +60,16 @@ def verification_inputs(
     if samples < 1:
         raise BnnError(f"Expected samples >= 1, got {samples}.")
     if run_config and "dataset" in run_config:
-        x, _ = run_test_split(run_config, samples)
-        return x, f"{run_config['dataset']} test images"
+        x, y = run_test_split(run_config, samples)
+        return x, y, f"{run_config['dataset']} test images"
     warnings.warn(
         "No run config with a data set: verifying on random inputs. Convert a run folder "
         "to verify on real images.",
         stacklevel=2,
     )
     shape = (samples, *model.input_shape[1:])
-    return np.random.default_rng(0).standard_normal(shape).astype(np.float32), "random inputs"
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return x, None, "random inputs"
 
 
 def flatbuffer_test_split(

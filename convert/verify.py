@@ -44,7 +44,11 @@ def verify_flatbuffer(
     x = np.asarray(x, np.float32)
     model = as_float32(model)
     keras_out = np.asarray(model.predict(x, verbose=0, batch_size=64), np.float32)
-    tflite_out = np.asarray(LceRuntime(flatbuffer).predict(x, verbose=verbose), np.float32)
+    from convert.quantize import dequantize_outputs, quantize_inputs
+
+    # int8-I/O models take and give quantized values; float-I/O ones pass through unchanged.
+    raw = LceRuntime(flatbuffer).predict(quantize_inputs(x, flatbuffer), verbose=verbose)
+    tflite_out = np.asarray(dequantize_outputs(raw, flatbuffer), np.float32)
     keras_out = keras_out.reshape(len(x), -1)
     tflite_out = tflite_out.reshape(len(x), -1)
     agreement = float(np.mean(keras_out.argmax(-1) == tflite_out.argmax(-1)))

@@ -204,3 +204,8 @@ def test_internal_errors_are_one_line_with_exit_code_1(monkeypatch, tmp_path):
     line = _one_line_error(invoke(["convert", tmp_path]), code=1)
     assert line == ("Internal error: RuntimeError: simulated bug "
                     "(rerun with --debug for the traceback)")
+
+
+def test_int8_io_without_int8_is_refused(digits_run):
+    line = _one_line_error(invoke(["convert", digits_run.run_dir, "--int8-io"]))
+    assert line.startswith("Error: --int8-io needs --int8")

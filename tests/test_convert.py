@@ -86,7 +86,6 @@ def test_load_trained_model_errors(tmp_path):
         loading.load_trained_model(str(tmp_path))
 
 
-@pytest.mark.slow
 def test_binary_densenet28_at_imagenet_size_is_no_larger_than_the_reference():
     import models
 

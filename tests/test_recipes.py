@@ -237,8 +237,15 @@ def test_smoothed_loss_config_round_trip():
 def test_default_recipe_matches_train_config():
     recipe = recipes.default_recipe()
     assert (recipe.optimizer, recipe.schedule) == ("adam", "constant")
-    assert recipe.learning_rate == TrainConfig().learning_rate
+    assert recipe.learning_rate == 1e-3
     assert (recipe.label_smoothing, recipe.weight_decay) == (0.0, 0.0)
+    # A TrainConfig that sets nothing trains with exactly this recipe.
+    from bnn_keras.training import resolve_recipe
+
+    config, resolved = resolve_recipe(TrainConfig(model="binary-densenet28"))
+    assert resolved == recipe.replace(epochs=10, batch_size=64)
+    assert (config.learning_rate, config.optimizer, config.epochs, config.batch_size) == (
+        1e-3, "adam", 10, 64)
 
 
 def test_recipe_json_round_trip():
