@@ -94,9 +94,14 @@ def _echo_table(rows, headers) -> None:
               help="Continue an interrupted run folder from its last complete epoch "
                    "(MODEL and the other options come from its config.json).")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="Data set: digits (bundled with scikit-learn, offline) or cifar10 (TFDS).")
+              help="digits (bundled with scikit-learn, offline), mnist, fashion_mnist (IDX files "
+                   "in --data-dir are read directly), cifar10, cifar100, imagenette, "
+                   "imagenet2012 (TFDS), or folder:PATH (one sub-folder of images per class).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Where the data set lives or is downloaded to (TFDS data_dir).")
+              help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
+                   "IDX files such as /usr/share/datasets/fashion-mnist).")
+@click.option("--manual-dir", type=click.Path(file_okay=False), default=None,
+              help="Where manually downloaded archives are (imagenet2012).")
 @click.option("--epochs", type=int, default=None,
               help="Training epochs [default: the recipe's, else 10].")
 @click.option("--batch-size", type=int, default=None,
@@ -161,7 +166,7 @@ def _echo_table(rows, headers) -> None:
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
-          data_dir: Optional[str], epochs: Optional[int], batch_size: Optional[int],
+          data_dir: Optional[str], manual_dir: Optional[str], epochs: Optional[int], batch_size: Optional[int],
           learning_rate: Optional[float], recipe: str, optimizer: Optional[str],
           schedule: Optional[str], warmup_epochs: Optional[float],
           label_smoothing: Optional[float], weight_decay: Optional[float], strategy: str,
@@ -201,7 +206,8 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         if regularizer:
             tricks["regularization_factor"] = regularization_factor
         config = training.TrainConfig(
-            model=model_name, dataset=dataset, data_dir=data_dir, image_size=image_size,
+            model=model_name, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
+            image_size=image_size,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, recipe=recipe,
             optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, weight_decay=weight_decay, strategy=strategy,

@@ -1,14 +1,29 @@
 """Image classification data sets as `tf.data` pipelines.
 
 Each loader returns a `DataSplits` of *unbatched* (image, label) datasets with images in their raw
-pixel scale (uint8 0..255, or 0..16 for the digits set) plus the metadata the rest of the product
-needs: class names, native image shape and the per-channel normalization computed on the training
-split. `make_pipeline` resizes, normalizes, augments, batches and prefetches. The normalization is
-written to the run folder so that conversion checks and prediction apply exactly the same.
+pixel scale (0..255, or 0..16 for the digits set; `DataSplits.pixel_max` says which) plus the
+metadata the rest of the product needs: class names, native image shape and the per-channel
+normalization computed on the training split. `make_pipeline` resizes, normalizes, augments,
+batches and prefetches. The normalization is written to the run folder so that conversion checks
+and prediction apply exactly the same.
+
+Sources:
+
+- `digits`: scikit-learn's bundled 8x8 digits (offline).
+- `mnist`, `fashion_mnist`: the standard IDX files read with NumPy when `data_dir` holds them
+  (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`, `t10k-...`); otherwise
+  TensorFlow Datasets. Without `data_dir`, `fashion_mnist` uses Debian's
+  `dataset-fashion-mnist` files in `/usr/share/datasets/fashion-mnist` when they are installed.
+- `cifar10`, `cifar100`, `imagenette`, `imagenet2012`: TensorFlow Datasets (downloaded and
+  prepared in `data_dir` on first use; ImageNet needs a manual download, see `load_tfds`).
+- `folder:PATH`: one sub-folder of images per class, see `load_image_folder`.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import gzip
+import zlib
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +32,28 @@ from bnn_keras.errors import BnnError
 
 # Images used to estimate the per-channel mean/std of a training split.
 _NORMALIZATION_SAMPLE = 10_000
+# Fewer for sets of large, variable-size images, whose decoding dominates the estimate's cost.
+_NORMALIZATION_SAMPLE_LARGE = 1_000
+
+# `make_pipeline` caches the preprocessed split in memory when it takes less than this.
+CACHE_LIMIT_BYTES = 2 * 1024**3
+
+AUGMENTATIONS = ("none", "crop_flip", "resized_crop_flip")
+
+DEFAULT_PIXEL_MAX = 255.0
+
+# Debian's `dataset-fashion-mnist` package installs the IDX files here.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# Share of a single-folder image set that goes to the test split (see `load_image_folder`).
+FOLDER_TEST_PERCENT = 20
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +85,27 @@ class Normalization:
         std = np.where(std > 0, std, 1.0)
         return cls(mean=tuple(images.mean(axis=(0, 1, 2)).tolist()), std=tuple(std.tolist()))
 
+    @classmethod
+    def from_image_stream(cls, images: Iterable[np.ndarray]) -> "Normalization":
+        """Estimates mean/std per channel from (H, W, C) arrays that may differ in size.
+
+        Raises:
+            BnnError: `images` is empty.
+        """
+        total = total_sq = None
+        count = 0
+        for image in images:
+            pixels = np.asarray(image, np.float64).reshape(-1, np.shape(image)[-1])
+            total = pixels.sum(0) if total is None else total + pixels.sum(0)
+            total_sq = (pixels**2).sum(0) if total_sq is None else total_sq + (pixels**2).sum(0)
+            count += len(pixels)
+        if not count:
+            raise BnnError("The data set is empty.")
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        std = np.where(std > 0, std, 1.0)
+        return cls(mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+
 
 @dataclasses.dataclass
 class DataSplits:
@@ -56,14 +114,17 @@ class DataSplits:
     Attributes:
         name: Data set name as given by the user (e.g. "digits", "cifar10").
         train: Unbatched dataset of (image float32 HWC raw scale, label int32).
-        test: Same for the test split.
+        test: Same for the test split (the "validation" split when a set has no "test").
         num_train: Number of training examples.
         num_test: Number of test examples.
-        image_shape: Native (height, width, channels).
+        image_shape: Native (height, width, channels); height and width are None for sets of
+            variable-size images (imagenette, imagenet2012).
         class_names: One name per class.
         normalization: Statistics of the training split.
-        augmentation: Name of the default augmentation ("none" or "crop_flip").
+        augmentation: Name of the default augmentation, one of `AUGMENTATIONS`.
         default_image_size: Side the model input gets when the user does not choose one.
+        pixel_max: Maximum of the raw pixel scale (16 for digits, 255 otherwise), so that
+            images read from files (0..255) can be rescaled to what the model was trained on.
     """
 
     name: str
@@ -71,11 +132,12 @@ class DataSplits:
     test: tf.data.Dataset
     num_train: int
     num_test: int
-    image_shape: Tuple[int, int, int]
+    image_shape: Tuple[Optional[int], Optional[int], int]
     class_names: List[str]
     normalization: Normalization
     augmentation: str = "none"
     default_image_size: Optional[int] = None
+    pixel_max: float = DEFAULT_PIXEL_MAX
 
     @property
     def num_classes(self) -> int:
@@ -83,7 +145,8 @@ class DataSplits:
 
 
 def _from_arrays(
-    name, x_train, y_train, x_test, y_test, class_names, augmentation, default_image_size=None
+    name, x_train, y_train, x_test, y_test, class_names, augmentation, default_image_size=None,
+    pixel_max=DEFAULT_PIXEL_MAX,
 ) -> DataSplits:
     x_train = np.asarray(x_train, np.float32)
     x_test = np.asarray(x_test, np.float32)
@@ -98,6 +161,7 @@ def _from_arrays(
         normalization=Normalization.from_images(x_train[:_NORMALIZATION_SAMPLE]),
         augmentation=augmentation,
         default_image_size=default_image_size,
+        pixel_max=float(pixel_max),
     )
 
 
@@ -119,37 +183,195 @@ def load_digits(data_dir: Optional[str] = None) -> DataSplits:
     )
     return _from_arrays(
         "digits", x_train, y_train, x_test, y_test, [str(d) for d in range(10)], "none",
-        default_image_size=16,
+        default_image_size=16, pixel_max=16.0,
     )
 
 
-_TFDS_AUGMENTATION = {"cifar10": "crop_flip", "cifar100": "crop_flip"}
+# ----------------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST)
+
+# IDX type codes -> big-endian NumPy dtypes (http://yann.lecun.com/exdb/mnist/).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def load_tfds(name: str, data_dir: Optional[str] = None) -> DataSplits:
-    """A TensorFlow Datasets image classification set (downloaded and prepared on first use).
+def read_idx(path: str) -> np.ndarray:
+    """Reads an IDX file (optionally gzip-compressed, by its `.gz` suffix) into a NumPy array.
 
     Raises:
-        BnnError: the data set cannot be downloaded or prepared (e.g. no internet).
+        BnnError: the file is not a valid IDX file.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise BnnError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}).")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], ">u4"))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise BnnError(
+            f"{path} is truncated or corrupt: expected {expected} data bytes for shape {shape}, "
+            f"got {len(raw) - header}."
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(folder: Path, stem: str) -> Optional[Path]:
+    # Both the canonical names and the "train-images.idx3-ubyte" variant some mirrors use.
+    for name in (stem, stem.replace("-idx", ".idx")):
+        for suffix in ("", ".gz"):
+            if (folder / (name + suffix)).is_file():
+                return folder / (name + suffix)
+    return None
+
+
+_IDX_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def has_idx_files(folder: Optional[str]) -> bool:
+    """True when `folder` holds the four standard MNIST-style IDX files."""
+    return folder is not None and all(
+        _find_idx(Path(folder), stem) is not None for stem in _IDX_STEMS.values()
+    )
+
+
+def load_idx_folder(
+    name: str, data_dir: str, class_names: Optional[Sequence[str]] = None
+) -> DataSplits:
+    """An MNIST-style data set from the four standard IDX files in `data_dir`, without TFDS.
+
+    Args:
+        name: Data set name to record (e.g. "fashion_mnist").
+        data_dir: Folder with `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
+            `t10k-images-idx3-ubyte[.gz]` and `t10k-labels-idx1-ubyte[.gz]`.
+        class_names: One name per class; default "0", "1", ...
+
+    Raises:
+        BnnError: a file is missing or invalid.
+    """
+    folder = Path(data_dir)
+    arrays = {}
+    for key, stem in _IDX_STEMS.items():
+        path = _find_idx(folder, stem)
+        if path is None:
+            raise BnnError(
+                f"{folder} has no {stem} (or {stem}.gz): expected the four MNIST-style IDX files "
+                "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                "t10k-labels-idx1-ubyte there."
+            )
+        arrays[key] = read_idx(path)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise BnnError(
+                f"{folder}: expected {split} images (N, H, W) and labels (N,), got {x.shape} "
+                f"and {y.shape}."
+            )
+    num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    return _from_arrays(
+        name,
+        arrays["x_train"][..., np.newaxis], arrays["y_train"],
+        arrays["x_test"][..., np.newaxis], arrays["y_test"],
+        names, "none",
+    )
+
+
+def _mnist_like(name: str, class_names: Optional[Sequence[str]], default_dir: Optional[str]):
+    def load(data_dir: Optional[str] = None, **tfds_options) -> DataSplits:
+        folder = data_dir if data_dir is not None else default_dir
+        if has_idx_files(folder):
+            return load_idx_folder(name, folder, class_names)
+        return load_tfds(name, data_dir, **tfds_options)
+
+    return load
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow Datasets
+
+_TFDS_AUGMENTATION = {
+    "cifar10": "crop_flip",
+    "cifar100": "crop_flip",
+    "imagenette": "resized_crop_flip",
+    "imagenet2012": "resized_crop_flip",
+}
+_TFDS_IMAGE_SIZE = {"imagenette": 224, "imagenet2012": 224}
+
+# What a user has to download by hand for data sets TFDS cannot fetch (license terms).
+_MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"}
+
+
+def _missing_manual_download(builder, manual_dir: Path) -> bool:
+    if not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        return False
+    is_prepared = getattr(builder, "is_prepared", None)
+    if is_prepared is not None and is_prepared():
+        return False
+    return not (manual_dir.is_dir() and any(manual_dir.iterdir()))
+
+
+def load_tfds(
+    name: str, data_dir: Optional[str] = None, *, manual_dir: Optional[str] = None
+) -> DataSplits:
+    """A TensorFlow Datasets image classification set (downloaded and prepared on first use).
+
+    Sets without a "test" split (imagenette, imagenet2012) use their "validation" split as test.
+
+    Args:
+        name: TFDS name, e.g. "cifar10" or "imagenet2012".
+        data_dir: TFDS data folder (default `~/tensorflow_datasets`).
+        manual_dir: Where manually downloaded archives are (ImageNet); default
+            `DATA_DIR/downloads/manual`, TFDS' own default.
+
+    Raises:
+        BnnError: the data set cannot be downloaded or prepared (e.g. no internet), or a
+            manual download is missing (the message says which files go where).
     """
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-        builder.download_and_prepare()
+        manual = Path(manual_dir) if manual_dir else (
+            Path(data_dir or Path("~/tensorflow_datasets").expanduser()) / "downloads" / "manual"
+        )
+        if _missing_manual_download(builder, manual):
+            files = _MANUAL_FILES.get(name, "the files named in the TFDS instructions")
+            raise BnnError(
+                f"The TFDS data set {name!r} needs a manual download: put {files} in {manual} "
+                "(or pass its folder as the manual download folder), then run again."
+            )
+        if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+            )
+        else:
+            builder.download_and_prepare()
+    except BnnError:
+        raise
     except Exception as exc:  # network, DNS, checksum and manual-download errors alike
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise BnnError(
             f"Could not download or prepare the TFDS data set {name!r} ({reason}). Offline, use "
-            "--dataset digits (bundled), or --data-dir pointing to a folder where TFDS already "
-            f"prepared {name!r}."
+            "--dataset digits (bundled), --dataset folder:PATH, IDX files in --data-dir for "
+            f"mnist/fashion_mnist, or --data-dir pointing to a folder where TFDS already prepared "
+            f"{name!r}."
         ) from None
     info = builder.info
+    test_split = "test" if "test" in info.splits else "validation"
     train = builder.as_dataset(split="train", as_supervised=True)
-    test = builder.as_dataset(split="test", as_supervised=True)
-    sample = np.stack(
-        [img for img, _ in tfds.as_numpy(train.take(_NORMALIZATION_SAMPLE))]
-    ).astype(np.float32)
+    test = builder.as_dataset(split=test_split, as_supervised=True)
+    image_shape = tuple(None if d is None else int(d) for d in info.features["image"].shape)
+    variable_size = None in image_shape[:2]
+    sample = _NORMALIZATION_SAMPLE_LARGE if variable_size else _NORMALIZATION_SAMPLE
 
     def to_float(image, label):
         return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
@@ -159,42 +381,177 @@ def load_tfds(name: str, data_dir: Optional[str] = None) -> DataSplits:
         train=train.map(to_float, num_parallel_calls=tf.data.AUTOTUNE),
         test=test.map(to_float, num_parallel_calls=tf.data.AUTOTUNE),
         num_train=info.splits["train"].num_examples,
-        num_test=info.splits["test"].num_examples,
-        image_shape=tuple(int(d) for d in info.features["image"].shape),
+        num_test=info.splits[test_split].num_examples,
+        image_shape=image_shape,
         class_names=list(info.features["label"].names),
-        normalization=Normalization.from_images(sample),
+        normalization=Normalization.from_image_stream(
+            img for img, _ in tfds.as_numpy(train.take(sample))
+        ),
         augmentation=_TFDS_AUGMENTATION.get(name, "none"),
+        default_image_size=_TFDS_IMAGE_SIZE.get(name),
     )
 
 
-_LOADERS: Dict[str, Callable[[Optional[str]], DataSplits]] = {
+# ----------------------------------------------------------------------------------------------
+# Image folders
+
+
+def _list_class_folder(folder: Path) -> Dict[str, List[Path]]:
+    classes = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = sorted(
+            p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if images:
+            classes[sub.name] = images
+    return classes
+
+
+def _in_test_split(relative_path: str) -> bool:
+    # A hash of the path (not the file's position in a listing) decides, so adding or removing
+    # images never moves the others between train and test.
+    return zlib.crc32(relative_path.encode("utf-8")) % 100 < FOLDER_TEST_PERCENT
+
+
+def _decode_file(channels: int, height: int, width: int):
+    def decode(path: tf.Tensor, label: tf.Tensor):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=channels, expand_animations=False
+        )
+        image = tf.cast(image, tf.float32)
+        # Images of another size are brought to the set's native size (that of the first one).
+        if height is not None:
+            image = tf.image.resize(image, (height, width), method="bilinear")
+            image.set_shape((height, width, channels))
+        return image, label
+
+    return decode
+
+
+def load_image_folder(path: str) -> DataSplits:
+    """An image-folder data set: one sub-folder per class, PNG/JPEG/BMP images.
+
+    Two layouts are accepted:
+
+    - `PATH/train/<class>/*` and `PATH/test/<class>/*` (an explicit split; `PATH/validation`
+      is accepted instead of `PATH/test`);
+    - `PATH/<class>/*`: a deterministic split where an image is in the test split when
+      `crc32(<class>/<file name>) % 100 < 20` (about 20% per class). The rule depends only on
+      the path, so adding images never moves existing ones between the splits.
+
+    Class names are the sub-folder names in sorted order. The native image shape is that of the
+    first training image (others are resized to it); channels are 1 if that image is grayscale,
+    else 3. Images are decoded in parallel by `tf.data`; the raw pixel scale is 0..255.
+
+    Raises:
+        BnnError: the folder does not exist, has no images, or a split ends up empty.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BnnError(f"Image folder {root} does not exist.")
+    test_dir = next((root / d for d in ("test", "validation") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        train_classes = _list_class_folder(root / "train")
+        test_classes = _list_class_folder(test_dir)
+        class_names = sorted(set(train_classes) | set(test_classes))
+        train_files = [(p, class_names.index(c)) for c, ps in train_classes.items() for p in ps]
+        test_files = [(p, class_names.index(c)) for c, ps in test_classes.items() for p in ps]
+    else:
+        classes = _list_class_folder(root)
+        class_names = sorted(classes)
+        train_files, test_files = [], []
+        for c, ps in classes.items():
+            for p in ps:
+                split = test_files if _in_test_split(f"{c}/{p.name}") else train_files
+                split.append((p, class_names.index(c)))
+    if not train_files or not test_files:
+        raise BnnError(
+            f"Image folder {root} needs images ({', '.join(IMAGE_EXTENSIONS)}) in one sub-folder "
+            "per class, either as train/<class>/ and test/<class>/ or as <class>/ (split "
+            f"80/20); found {len(train_files)} training and {len(test_files)} test images."
+        )
+
+    first = tf.io.decode_image(tf.io.read_file(str(train_files[0][0])), expand_animations=False)
+    height, width = int(first.shape[0]), int(first.shape[1])
+    channels = 1 if first.shape[-1] in (1, 2) else 3
+    decode = _decode_file(channels, height, width)
+
+    def dataset(files):
+        paths = tf.constant([str(p) for p, _ in files])
+        labels = tf.constant([label for _, label in files], tf.int32)
+        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE
+        )
+
+    train = dataset(train_files)
+    large = min(height, width) >= 64
+    return DataSplits(
+        name=f"{FOLDER_PREFIX}{path}",
+        train=train,
+        test=dataset(test_files),
+        num_train=len(train_files),
+        num_test=len(test_files),
+        image_shape=(height, width, channels),
+        class_names=class_names,
+        normalization=Normalization.from_image_stream(
+            img.numpy() for img, _ in train.take(_NORMALIZATION_SAMPLE_LARGE)
+        ),
+        # Colour photos get the usual crop + flip; grayscale (digits, glyphs) none: a flipped
+        # glyph is often another class.
+        augmentation="none" if channels == 1 else ("resized_crop_flip" if large else "crop_flip"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+
+_LOADERS: Dict[str, Callable[..., DataSplits]] = {
     "digits": load_digits,
-    "cifar10": lambda data_dir=None: load_tfds("cifar10", data_dir),
+    "mnist": _mnist_like("mnist", None, None),
+    "fashion_mnist": _mnist_like("fashion_mnist", FASHION_MNIST_CLASSES, DEBIAN_FASHION_MNIST_DIR),
+    "cifar10": lambda data_dir=None, **kw: load_tfds("cifar10", data_dir, **kw),
+    "cifar100": lambda data_dir=None, **kw: load_tfds("cifar100", data_dir, **kw),
+    "imagenette": lambda data_dir=None, **kw: load_tfds("imagenette", data_dir, **kw),
+    "imagenet2012": lambda data_dir=None, **kw: load_tfds("imagenet2012", data_dir, **kw),
 }
 
 
 def list_datasets() -> List[str]:
-    """Names accepted by `load_dataset`."""
+    """Names accepted by `load_dataset` (plus `folder:PATH` for an image folder)."""
     return sorted(_LOADERS)
 
 
-def load_dataset(name: str, data_dir: Optional[str] = None) -> DataSplits:
+def load_dataset(
+    name: str, data_dir: Optional[str] = None, *, manual_dir: Optional[str] = None
+) -> DataSplits:
     """Loads a data set by name.
 
     Args:
-        name: One of `list_datasets()`.
-        data_dir: Where the data set lives or is downloaded to (TFDS `data_dir`).
+        name: One of `list_datasets()`, or `folder:PATH` for an image folder (see
+            `load_image_folder`).
+        data_dir: Where the data set lives or is downloaded to (TFDS `data_dir`; for mnist and
+            fashion_mnist a folder with the IDX files is read directly).
+        manual_dir: Folder with manually downloaded archives (imagenet2012).
 
     Raises:
         BnnError: unknown name, or the data cannot be loaded.
     """
+    if name.startswith(FOLDER_PREFIX):
+        return load_image_folder(name[len(FOLDER_PREFIX):])
     try:
         loader = _LOADERS[name]
     except KeyError:
         raise BnnError(
-            f"Unknown data set {name!r}; expected one of: {', '.join(list_datasets())}."
+            f"Unknown data set {name!r}; expected one of: {', '.join(list_datasets())}, "
+            f"or {FOLDER_PREFIX}PATH."
         ) from None
-    return loader(data_dir)
+    if name == "digits":
+        return loader(data_dir)
+    return loader(data_dir, manual_dir=manual_dir) if manual_dir else loader(data_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipelines
 
 
 def preprocess(
@@ -216,6 +573,38 @@ def _crop_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
 
 
+def _resized_crop_flip(
+    image: tf.Tensor, seed: tf.Tensor, image_size: Tuple[int, int]
+) -> tf.Tensor:
+    """Inception-style random-resized crop (8-100% area, 3/4-4/3 aspect) to `image_size`, flip."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, size)
+    image = tf.image.resize(image, image_size, method="bilinear")
+    return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+
+
+def _fits_in_memory(
+    dataset: tf.data.Dataset, image_size: Optional[Tuple[int, int]], limit: int
+) -> bool:
+    count = int(dataset.cardinality())
+    if count < 0:  # unknown or infinite
+        return False
+    shape = dataset.element_spec[0].shape
+    height, width = image_size if image_size is not None else (shape[-3], shape[-2])
+    if height is None or width is None or shape[-1] is None:
+        return False
+    return count * int(height) * int(width) * int(shape[-1]) * 4 < limit
+
+
 def make_pipeline(
     dataset: tf.data.Dataset,
     *,
@@ -225,42 +614,82 @@ def make_pipeline(
     training: bool = False,
     augmentation: str = "none",
     seed: int = 0,
-    cache: bool = True,
+    cache: Optional[bool] = None,
+    tuned: bool = True,
 ) -> tf.data.Dataset:
     """Turns an unbatched (raw image, label) dataset into a batched, prefetched input pipeline.
+
+    The result depends only on the inputs and `seed`, not on `tuned` or `cache`: the tuned
+    pipeline keeps element order (tf.data's deterministic parallel map) and seeds augmentation
+    per example.
 
     Args:
         dataset: Unbatched (image, label) pairs in raw pixel scale.
         batch_size: Global batch size.
         normalization: Applied after resizing.
-        image_size: (height, width) the model expects; None keeps the native size.
+        image_size: (height, width) the model expects; None keeps the native size (required for
+            `"resized_crop_flip"` and for sets of variable-size images).
         training: Shuffle and augment when True.
-        augmentation: "none" or "crop_flip" (only used when `training`).
+        augmentation: One of `AUGMENTATIONS` (only used when `training`). `"crop_flip"`: random
+            crop after reflection padding + horizontal flip (CIFAR-like); `"resized_crop_flip"`:
+            random-resized crop + flip (ImageNet-like).
         seed: Seeds shuffling and augmentation, so two runs see the same batches.
-        cache: Cache the preprocessed images in memory (for sets that fit).
+        cache: Cache the preprocessed images in memory. None decides: cache when the
+            preprocessed split (examples x height x width x channels x 4 bytes) is under
+            `CACHE_LIMIT_BYTES`. Never before a random-resized crop, which needs the raw image.
+        tuned: Parallel decode/augment, caching and prefetching. False gives the naive pipeline
+            (one element at a time, no cache, no prefetch) the throughput benchmark compares.
 
     Returns:
         A `tf.data.Dataset` of (normalized float32 images, int32 labels) batches.
+
+    Raises:
+        BnnError: an unknown augmentation, or `"resized_crop_flip"` without `image_size`.
     """
-    if augmentation not in ("none", "crop_flip"):
-        raise BnnError(f"Expected augmentation 'none' or 'crop_flip', got {augmentation!r}.")
-    autotune = tf.data.AUTOTUNE
-    ds = dataset.map(
-        lambda x, y: (preprocess(x, image_size, normalization), y), num_parallel_calls=autotune
-    )
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-        if augmentation == "crop_flip":
-            # A counter zipped in gives every example its own stateless seed: reproducible
-            # with `seed`, and independent of how many parallel calls tf.data schedules.
-            counter = tf.data.Dataset.counter()
-            ds = tf.data.Dataset.zip((ds, counter)).map(
-                lambda xy, i: (_crop_flip(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
-                num_parallel_calls=autotune,
-            )
-    return ds.batch(batch_size).prefetch(autotune)
+    if augmentation not in AUGMENTATIONS:
+        raise BnnError(
+            f"Expected augmentation one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}."
+        )
+    augment = augmentation if training else "none"
+    if augment == "resized_crop_flip" and image_size is None:
+        raise BnnError("Expected an image_size with augmentation 'resized_crop_flip', got None.")
+    parallel = tf.data.AUTOTUNE if tuned else None
+    if cache is None:
+        cache = augment != "resized_crop_flip" and _fits_in_memory(
+            dataset, image_size, CACHE_LIMIT_BYTES
+        )
+    cache = cache and tuned
+
+    def seeded(ds):
+        # A counter zipped in gives every example its own stateless seed: reproducible with
+        # `seed`, and independent of how many parallel calls tf.data schedules.
+        return tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
+            lambda xy, i: (xy, tf.stack([tf.cast(seed, tf.int64), i])), num_parallel_calls=parallel
+        )
+
+    if augment == "resized_crop_flip":
+        ds = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        ds = seeded(ds).map(
+            lambda xy, s: (
+                normalization.apply(_resized_crop_flip(tf.cast(xy[0], tf.float32), s, image_size)),
+                xy[1],
+            ),
+            num_parallel_calls=parallel,
+        )
+    else:
+        ds = dataset.map(
+            lambda x, y: (preprocess(x, image_size, normalization), y), num_parallel_calls=parallel
+        )
+        if cache:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+            if augment == "crop_flip":
+                ds = seeded(ds).map(
+                    lambda xy, s: (_crop_flip(xy[0], s), xy[1]), num_parallel_calls=parallel
+                )
+    ds = ds.batch(batch_size, num_parallel_calls=parallel)
+    return ds.prefetch(tf.data.AUTOTUNE) if tuned else ds
 
 
 def to_numpy(

@@ -55,6 +55,7 @@ class TrainConfig:
         model: Registry name of the model (recorded; the builder is passed separately).
         dataset: Data set name, see `bnn_keras.data.list_datasets()`.
         data_dir: Where the data set lives or is downloaded to.
+        manual_dir: Where manually downloaded archives are (imagenet2012).
         image_size: Side of the square model input; None uses the data set's default.
         epochs: Number of epochs; None takes the recipe's, else 10.
         batch_size: Global batch size (split over workers); None takes the recipe's, else 64.
@@ -84,6 +85,7 @@ class TrainConfig:
     model: str = "binary-densenet28"
     dataset: str = "cifar10"
     data_dir: Optional[str] = None
+    manual_dir: Optional[str] = None
     image_size: Optional[int] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -372,7 +374,8 @@ def train(
             f"Run folder {run_dir} already exists and is not empty; choose another --output, "
             f"or continue it with --resume {run_dir}."
         )
-    splits = splits or data_lib.load_dataset(config.dataset, config.data_dir)
+    splits = splits or data_lib.load_dataset(config.dataset, config.data_dir,
+                                             manual_dir=config.manual_dir)
 
     previous = read_run_config(run_dir) if resume else {}
     precision = previous.get("precision_resolved") or resolve_precision(config.precision)

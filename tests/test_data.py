@@ -82,3 +82,249 @@ def test_tfds_download_failure_says_so_and_names_offline_options(monkeypatch):
     assert "Could not download or prepare the TFDS data set 'cifar10'" in message
     assert "Failed to resolve" in message and "--dataset digits" in message
     assert "--data-dir" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files, image folders, pixel_max, pipelines, TFDS manual downloads
+
+
+def _write_idx(path, array, compress):
+    import gzip
+    import struct
+
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = struct.pack(">BBBB", 0, 0, codes[array.dtype], array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_round_trips_uint8_and_big_endian_int32(tmp_path, compress):
+    images = np.random.RandomState(0).randint(0, 256, (3, 4, 5)).astype(np.uint8)
+    ints = np.array([1, -2, 70000], ">i4")
+    read = data.read_idx(_write_idx(tmp_path / "a", images, compress))
+    np.testing.assert_array_equal(read, images)
+    read = data.read_idx(_write_idx(tmp_path / "b", ints, compress))
+    np.testing.assert_array_equal(read, [1, -2, 70000])
+
+
+def test_read_idx_rejects_truncated_files(tmp_path):
+    path = _write_idx(tmp_path / "a", np.zeros((2, 3, 3), np.uint8), False)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(BnnError, match="truncated"):
+        data.read_idx(path)
+
+
+def _write_mnist_folder(folder, compress):
+    rng = np.random.RandomState(1)
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (6, 28, 28)).astype(np.uint8),
+        "train-labels-idx1-ubyte": np.array([0, 1, 2, 9, 9, 3], np.uint8),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (2, 28, 28)).astype(np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([4, 5], np.uint8),
+    }
+    for name, array in arrays.items():
+        _write_idx(folder / name, array, compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_from_an_idx_folder_without_tfds(tmp_path, monkeypatch, compress):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds, "builder", lambda *a, **k: pytest.fail("TFDS must not be used"))
+    arrays = _write_mnist_folder(tmp_path, compress)
+    splits = data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+    assert (splits.num_train, splits.num_test, splits.image_shape) == (6, 2, (28, 28, 1))
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
+    assert splits.pixel_max == 255.0
+    x = np.stack([img.numpy() for img, _ in splits.train])
+    y = np.array([label.numpy() for _, label in splits.test])
+    np.testing.assert_array_equal(x[..., 0], arrays["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(y, [4, 5])
+    assert splits.normalization.mean[0] == pytest.approx(arrays["train-images-idx3-ubyte"].mean())
+
+
+def test_mnist_idx_folder_names_classes_by_digit(tmp_path):
+    _write_mnist_folder(tmp_path, True)
+    splits = data.load_dataset("mnist", data_dir=str(tmp_path))
+    assert splits.class_names == [str(d) for d in range(10)]
+
+
+def test_idx_folder_with_a_missing_file_says_which(tmp_path):
+    _write_mnist_folder(tmp_path, False)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(BnnError, match="t10k-labels-idx1-ubyte"):
+        data.load_idx_folder("mnist", str(tmp_path))
+
+
+@pytest.mark.skipif(
+    not data.has_idx_files(data.DEBIAN_FASHION_MNIST_DIR),
+    reason="Debian package dataset-fashion-mnist not installed "
+    "(apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_from_the_debian_package():
+    splits = data.load_dataset("fashion_mnist", data_dir=data.DEBIAN_FASHION_MNIST_DIR)
+    assert (splits.num_train, splits.num_test) == (60_000, 10_000)
+    assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
+    labels = np.array([y.numpy() for _, y in splits.test])
+    # Fashion-MNIST's test split is balanced: 1,000 images per class.
+    np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+    # Published mean pixel value of the training set: 72.94 (0.2860 x 255).
+    assert splits.normalization.mean[0] == pytest.approx(72.94, abs=0.1)
+
+
+def _write_pngs(folder, classes, per_class, size=(6, 5), channels=3):
+    rng = np.random.RandomState(2)
+    written = {}
+    for c in classes:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.randint(0, 256, (*size, channels)).astype(np.uint8)
+            path = folder / c / f"img{i}.png"
+            path.write_bytes(tf.io.encode_png(image).numpy())
+            written[f"{c}/img{i}.png"] = image
+    return written
+
+
+def test_folder_source_with_train_and_test_subfolders(tmp_path):
+    train = _write_pngs(tmp_path / "train", ["cat", "dog"], 2)
+    test = _write_pngs(tmp_path / "test", ["cat", "dog"], 1)
+    splits = data.load_dataset(f"folder:{tmp_path}")
+    assert splits.class_names == ["cat", "dog"] and splits.image_shape == (6, 5, 3)
+    assert (splits.num_train, splits.num_test, splits.pixel_max) == (4, 2, 255.0)
+    assert splits.augmentation == "crop_flip"
+    images = [(img.numpy(), int(y)) for img, y in splits.train]
+    # Sorted paths: cat/img0, cat/img1, dog/img0, dog/img1.
+    np.testing.assert_array_equal(images[2][0], train["dog/img0.png"])
+    assert [y for _, y in images] == [0, 0, 1, 1]
+    np.testing.assert_array_equal(next(iter(splits.test))[0].numpy(), test["cat/img0.png"])
+
+
+def test_single_folder_is_split_by_path_hash(tmp_path):
+    import zlib
+
+    written = _write_pngs(tmp_path, ["a", "b"], 10, channels=1)
+    splits = data.load_dataset(f"folder:{tmp_path}")
+    expected_test = sorted(k for k in written if zlib.crc32(k.encode()) % 100 < 20)
+    assert splits.num_test == len(expected_test) and splits.num_train == 20 - len(expected_test)
+    assert splits.image_shape == (6, 5, 1) and splits.augmentation == "none"
+    test_images = [img.numpy() for img, _ in splits.test]
+    for got, key in zip(test_images, expected_test):
+        np.testing.assert_array_equal(got, written[key])
+
+
+def test_empty_folder_says_what_layout_is_expected(tmp_path):
+    with pytest.raises(BnnError, match="one sub-folder per class"):
+        data.load_dataset(f"folder:{tmp_path}")
+
+
+def test_pixel_max_is_16_for_digits_and_255_by_default(digits):
+    assert digits.pixel_max == 16.0
+    assert data.DataSplits.__dataclass_fields__["pixel_max"].default == 255.0
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_untuned_pipeline_gives_the_same_batches_as_the_tuned_one(digits, training):
+    options = dict(batch_size=50, normalization=digits.normalization, image_size=(16, 16),
+                   training=training, seed=5)
+    tuned = list(data.make_pipeline(digits.train, tuned=True, **options).take(4))
+    untuned = list(data.make_pipeline(digits.train, tuned=False, **options).take(4))
+    for (xa, ya), (xb, yb) in zip(tuned, untuned):
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+        np.testing.assert_allclose(xa.numpy(), xb.numpy(), rtol=1e-6, atol=1e-6)
+    if training:  # shuffled: not the split's own order
+        first = np.array([y.numpy() for _, y in digits.train.take(50)])
+        assert not np.array_equal(tuned[0][1].numpy(), first)
+
+
+def test_cache_is_decided_by_the_preprocessed_size(digits):
+    small = data._fits_in_memory(digits.train, (16, 16), data.CACHE_LIMIT_BYTES)
+    # 1,437 images of 224x224x1 float32 is 288 MB: not under a 100 MB limit.
+    large = data._fits_in_memory(digits.train, (224, 224), 100 * 1024**2)
+    assert small and not large
+
+
+def test_resized_crop_flip_is_reproducible_and_has_the_model_size():
+    images = np.random.RandomState(3).uniform(0, 255, (4, 40, 30, 3)).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.arange(4, dtype=np.int32)))
+    norm = data.Normalization(mean=(0.0,) * 3, std=(1.0,) * 3)
+
+    def batches(seed):
+        return data.to_numpy(data.make_pipeline(
+            ds, batch_size=4, normalization=norm, image_size=(16, 16), training=True,
+            augmentation="resized_crop_flip", seed=seed))
+
+    (a, ya), (b, yb) = batches(1), batches(1)
+    assert a.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ya, yb)
+    plain = tf.image.resize(images[ya], (16, 16)).numpy()
+    assert not np.allclose(a, plain, atol=1.0)
+
+
+def test_tfds_manual_download_error_names_files_and_folder(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    class ImageNetBuilder:
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "download the tars"
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, **kwargs):
+            pytest.fail("must not try to download without the manual files")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: ImageNetBuilder())
+    with pytest.raises(BnnError) as info:
+        data.load_dataset("imagenet2012", data_dir=str(tmp_path))
+    message = str(info.value)
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+    assert str(tmp_path / "downloads" / "manual") in message
+    with pytest.raises(BnnError, match=str(tmp_path / "mine")):
+        data.load_dataset("imagenet2012", data_dir=str(tmp_path), manual_dir=str(tmp_path / "mine"))
+
+
+def test_tfds_set_without_test_split_uses_validation(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    class Split:
+        def __init__(self, n):
+            self.num_examples = n
+
+    class Feature:
+        def __init__(self, shape=None, names=None):
+            self.shape, self.names = shape, names
+
+    class Info:
+        splits = {"train": Split(3), "validation": Split(2)}
+        features = {"image": Feature(shape=(None, None, 3)), "label": Feature(names=["a", "b"])}
+
+    requested = []
+
+    class Builder:
+        info = Info()
+
+        def download_and_prepare(self):
+            pass
+
+        def as_dataset(self, split, as_supervised):
+            requested.append(split)
+            n = self.info.splits[split].num_examples
+            images = np.full((n, 5, 7, 3), 10 if split == "train" else 20, np.uint8)
+            return tf.data.Dataset.from_tensor_slices((images, np.zeros(n, np.int64)))
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Builder())
+    splits = data.load_dataset("imagenette")
+    assert requested == ["train", "validation"]
+    assert (splits.num_train, splits.num_test, splits.default_image_size) == (3, 2, 224)
+    assert splits.image_shape == (None, None, 3) and splits.augmentation == "resized_crop_flip"
+    assert float(next(iter(splits.test))[0][0, 0, 0]) == 20.0
+    assert splits.normalization.mean == (10.0, 10.0, 10.0)

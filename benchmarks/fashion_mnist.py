@@ -1,0 +1,207 @@
+"""Fashion-MNIST benchmark: a registered BNN on the real data vs its float twin, same time budget.
+
+Reads the IDX files of Debian's `dataset-fashion-mnist` package (installed with apt-get when
+missing), trains the BNN with `bnn_keras.training.train` (so the run folder is a normal one that
+`bnn convert` / `bnn evaluate` accept), then trains `bnn_keras.baselines.float_equivalent` of
+the same network, from scratch, with the same options and stopped when it has used the BNN's
+wall time. Prints one markdown table.
+
+    python benchmarks/fashion_mnist.py                       # the issue-5 configuration
+    python benchmarks/fashion_mnist.py --epochs 1 --no-float  # a quick look
+    python benchmarks/fashion_mnist.py --bnn-run DIR/bnn --output DIR2  # float side only
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import bnn_keras  # noqa: E402,F401  (sets up tf-keras before TensorFlow is used)
+import models  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from bnn_keras import data as data_lib  # noqa: E402
+from bnn_keras.baselines import float_equivalent  # noqa: E402
+from bnn_keras.model_stats import model_summary  # noqa: E402
+from bnn_keras.training import TrainConfig, train  # noqa: E402
+
+# Chosen by short experiments (benchmarks/README.md): a narrow BinaryResNetE18 is the registered
+# BNN with the best accuracy per CPU-second at 28x28 on this 2-core machine.
+DEFAULT_MODEL = "binary-resnet-e18"
+DEFAULT_OPTIONS = {"stage_filters": [16, 32, 64, 128]}
+
+
+def ensure_fashion_mnist(folder: str) -> None:
+    """Installs Debian's dataset-fashion-mnist with apt-get when its IDX files are missing."""
+    if data_lib.has_idx_files(folder):
+        return
+    print(f"Fashion-MNIST IDX files not found in {folder}; installing the Debian package "
+          "dataset-fashion-mnist (apt-get update && apt-get install -y dataset-fashion-mnist)...")
+    try:
+        subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"], check=True,
+                       stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"Could not install dataset-fashion-mnist ({exc}). Install it as root, or pass "
+                 "--data-dir with the four Fashion-MNIST IDX files.")
+    if not data_lib.has_idx_files(folder):
+        sys.exit(f"dataset-fashion-mnist is installed but {folder} has no IDX files; "
+                 "pass --data-dir.")
+
+
+class CosineDecay(tf.keras.callbacks.Callback):
+    """Per-step cosine decay of the learning rate to 0 over `total_steps`, or over `seconds`.
+
+    TrainConfig has a constant rate only. The float baseline, which runs until the BNN's wall
+    time is used up, decays over that time instead of over a number of steps.
+    """
+
+    def __init__(self, base_rate: float, total_steps: int, seconds: Optional[float] = None):
+        super().__init__()
+        self.base_rate, self.total_steps, self.step = base_rate, max(1, total_steps), 0
+        self.seconds, self.started = seconds, 0.0
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.seconds:
+            progress = min(1.0, (time.perf_counter() - self.started) / self.seconds)
+        else:
+            progress = min(1.0, self.step / self.total_steps)
+        self.model.optimizer.learning_rate.assign(
+            self.base_rate * 0.5 * (1 + math.cos(math.pi * progress))
+        )
+        self.step += 1
+
+
+class TimeBudget(tf.keras.callbacks.Callback):
+    """Stops `fit` once `seconds` of training have passed, and counts the images trained on."""
+
+    def __init__(self, seconds: Optional[float], batch_size: int):
+        super().__init__()
+        self.seconds, self.batch_size = seconds, batch_size
+        self.started = 0.0
+        self.images = 0
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.images += self.batch_size
+        if self.seconds is not None and time.perf_counter() - self.started >= self.seconds:
+            self.model.stop_training = True
+
+
+def run(args: argparse.Namespace, *, binary: bool, budget: Optional[float]) -> Dict:
+    options = json.loads(args.options)
+    # Under a time budget, epochs is only an upper bound: the budget stops the run.
+    epochs = args.epochs if budget is None else args.epochs * 20
+    config = TrainConfig(
+        model=args.model, dataset="fashion_mnist", data_dir=args.data_dir, image_size=28,
+        epochs=epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        steps_per_epoch=args.steps_per_epoch, seed=args.seed, precision=args.precision,
+        augment=False,
+    )
+    splits = data_lib.load_dataset("fashion_mnist", args.data_dir)
+
+    def build(input_shape, num_classes):
+        model = models.create_model(
+            args.model, input_shape=input_shape, num_classes=num_classes, **options
+        )
+        if binary:
+            return model
+        return float_equivalent(model, copy_weights=False, input_activation=args.input_activation)
+
+    steps = args.steps_per_epoch or math.ceil(splits.num_train / args.batch_size)
+    timer = TimeBudget(budget, args.batch_size)
+    run_dir = Path(args.output) / ("bnn" if binary else "float")
+    result = train(
+        config, build, run_dir, splits=splits, verbose=2,
+        callbacks=[CosineDecay(args.lr, steps * epochs, budget), timer],
+    )
+    stats = model_summary(result.model)
+    wall = result.metrics["wall_time_s"]
+    return {
+        "network": f"{args.model} ({'binary' if binary else 'float copy'})",
+        "test_accuracy": result.metrics["test_accuracy"],
+        "wall_time_s": wall,
+        # Counted by the callback: the float run may stop mid-epoch on the time budget.
+        "images_per_s": timer.images / wall,
+        "epochs": timer.images / splits.num_train,
+        "binary_mac_fraction": stats.binary_mac_fraction,
+        "params": stats.total_params,
+        "run_dir": str(run_dir),
+    }
+
+
+def finished_run(run_dir: str) -> Dict:
+    """The table row of a finished BNN run folder (to add a float baseline to it later)."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    model = tf.keras.models.load_model(Path(run_dir) / "model.keras")
+    stats = model_summary(model)
+    return {
+        "network": f"{config['model']} (binary)",
+        "test_accuracy": metrics["test_accuracy"],
+        "wall_time_s": metrics["wall_time_s"],
+        # Same basis as `run`: images trained on / fit wall time (validation included).
+        "images_per_s": config["num_train"] * metrics["epochs"] / metrics["wall_time_s"],
+        "epochs": metrics["epochs"],
+        "binary_mac_fraction": stats.binary_mac_fraction,
+        "params": stats.total_params,
+        "run_dir": str(run_dir),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name")
+    parser.add_argument("--options", default=json.dumps(DEFAULT_OPTIONS),
+                        help="model overrides as JSON")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam peak rate (cosine decay)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR)
+    parser.add_argument("--output", default=f"/tmp/bnn-fashion-mnist-{int(time.time())}",
+                        help="folder for the two run folders (bnn/, float/)")
+    parser.add_argument("--no-float", action="store_true", help="skip the float baseline")
+    parser.add_argument("--input-activation", default="relu",
+                        help="activation of the float copy where the BNN had input quantizers "
+                             "(see float_equivalent); 'none' for none")
+    parser.add_argument("--bnn-run", default=None,
+                        help="reuse this finished BNN run folder instead of training the BNN")
+    args = parser.parse_args(argv)
+    if args.input_activation.lower() == "none":
+        args.input_activation = None
+
+    ensure_fashion_mnist(args.data_dir)
+    rows = [finished_run(args.bnn_run) if args.bnn_run else run(args, binary=True, budget=None)]
+    print(json.dumps(rows[-1]), flush=True)
+    if not args.no_float:
+        rows.append(run(args, binary=False, budget=rows[0]["wall_time_s"]))
+        print(json.dumps(rows[-1]), flush=True)
+
+    print(f"\nFashion-MNIST (real, 60k/10k), 28x28, batch {args.batch_size}, {args.precision}, "
+          f"Adam {args.lr} cosine, options {args.options}; float copy: input activation "
+          f"{args.input_activation}, trained from scratch for the BNN's wall time\n")
+    print("| network | test acc. | wall time | images/s | epochs | binary-MAC fraction | params |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['network']} | {r['test_accuracy']:.4f} | {r['wall_time_s'] / 60:.1f} min | "
+              f"{r['images_per_s']:.0f} | {r['epochs']:.2f} | {r['binary_mac_fraction']:.3f} | "
+              f"{r['params']:,} |")
+    print(f"\nRun folders: {', '.join(r['run_dir'] for r in rows)}")
+
+
+if __name__ == "__main__":
+    main()
