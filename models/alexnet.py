@@ -25,8 +25,9 @@ from models.common import (
 )
 from models.registry import register_model
 
-# (filters, kernel size, max-pool after) of conv2..conv5.
-_CONVS = ((192, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
+# (filters, kernel size, max-pool after) of conv2..conv5: the AlexNet layout larq-zoo's
+# BinaryAlexNet uses; BNN+ AlexNet and Compact BNN share it.
+ALEXNET_CONVS = ((192, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
 
 
 def binary_alexnet(
@@ -72,7 +73,7 @@ def binary_alexnet(
         name="conv1", **quant,
     )(inputs)
     x = bn("conv1_bn")(pool("conv1_pool")(x))
-    for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
+    for i, (filters, kernel_size, pooled) in enumerate(ALEXNET_CONVS, start=2):
         x = lq.layers.QuantConv2D(
             filters, kernel_size, padding="same", pad_values=1.0,
             input_quantizer=input_quantizer, name=f"conv{i}", **quant,

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from bnn_keras import layers as bnn_layers
 from bnn_keras import quantizers as bnn_quantizers
+from models.alexnet import ALEXNET_CONVS
 from models.common import (
     batch_norm,
     flatten_to_pixel,
@@ -26,8 +27,6 @@ from models.common import (
 )
 from models.registry import register_model
 
-# (filters, kernel size, max-pool after) of conv2..conv5: BinaryAlexNet's layout.
-_CONVS = ((192, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
 
 
 def bnn_plus_alexnet(
@@ -102,7 +101,7 @@ def bnn_plus_alexnet(
         name="conv1",
     )(inputs)
     x = bn("conv1_bn")(pool("conv1_pool")(x))
-    for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
+    for i, (filters, kernel_size, pooled) in enumerate(ALEXNET_CONVS, start=2):
         x = binary_conv(filters, kernel_size, f"conv{i}", padding="same", pad_values=1.0)(x)
         if pooled:
             x = pool(f"conv{i}_pool")(x)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from bnn_keras import layers as bnn_layers
 from bnn_keras import regularizers as bnn_regularizers
+from models.alexnet import ALEXNET_CONVS
 from models.common import (
     batch_norm,
     flatten_to_pixel,
@@ -29,8 +30,6 @@ from models.common import (
 )
 from models.registry import register_model
 
-# (filters, kernel size, max-pool after) of conv2..conv5: the AlexNet layout.
-_CONVS = ((192, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
 
 
 def compact_bnn(
@@ -105,7 +104,7 @@ def compact_bnn(
     )(inputs)
     x = act("conv1_act")(bn("conv1_bn")(x))
     x = pool("conv1_pool")(x)
-    for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
+    for i, (filters, kernel_size, pooled) in enumerate(ALEXNET_CONVS, start=2):
         x = binary_conv(filters, kernel_size, f"conv{i}", padding="same", pad_values=1.0)(x)
         x = act(f"conv{i}_act")(bn(f"conv{i}_bn")(x))
         if pooled:
