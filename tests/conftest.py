@@ -36,6 +36,22 @@ class TrainedRun:
     cli_output: str
 
 
+def tiny_lce_model(channels: int = 1):
+    """A float conv + BN + one binary conv + GAP + softmax dense on 8x8 inputs: the smallest
+    model that LCE turns into a real LceBconv2d (a conversion takes seconds)."""
+    import larq as lq
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((8, 8, channels))
+    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False, name="conv1")(inputs)
+    x = tf.keras.layers.BatchNormalization(name="bn1")(x)
+    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer="ste_sign", use_bias=False, name="conv2")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = tf.keras.layers.Dense(4, activation="softmax", name="head")(x)
+    return tf.keras.Model(inputs, outputs)
+
+
 def invoke(args, **kwargs):
     """Runs the `bnn` CLI in-process and returns click's Result."""
     import cli

@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import bnn_keras  # noqa: F401  (must precede tensorflow)
-import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +14,7 @@ from bnn_keras.errors import BnnError
 from convert import bundle as bundle_lib
 from convert.bundle import check_bundle, write_bundle
 from convert.converter import convert_model
+from tests.conftest import tiny_lce_model
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 RUN_CONFIG = {
@@ -24,20 +24,9 @@ RUN_CONFIG = {
 RUNNER_DIR = Path(bundle_lib.__file__).resolve().parent / "runner"
 
 
-def _tiny_model() -> tf.keras.Model:
-    inputs = tf.keras.Input((8, 8, 1))
-    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False, name="conv1")(inputs)
-    x = tf.keras.layers.BatchNormalization(name="bn1")(x)
-    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                              kernel_quantizer="ste_sign", use_bias=False, name="conv2")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = tf.keras.layers.Dense(4, activation="softmax", name="head")(x)
-    return tf.keras.Model(inputs, outputs)
-
-
 @pytest.fixture(scope="module")
 def model_and_flatbuffer():
-    model = _tiny_model()
+    model = tiny_lce_model()
     return model, convert_model(model)
 
 

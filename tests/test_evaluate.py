@@ -1,7 +1,6 @@
 """convert.evaluate: flatbuffer accuracy and top-k predictions for image files."""
 
 import bnn_keras  # noqa: F401  (must precede tensorflow)
-import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,24 +9,14 @@ from bnn_keras.data import Normalization, preprocess
 from bnn_keras.errors import BnnError
 from convert.converter import convert_model
 from convert.evaluate import evaluate_flatbuffer, image_options, load_images, predict_images
+from tests.conftest import tiny_lce_model
 
 CLASSES = ["zero", "one", "two", "three"]
 
 
-def _tiny_model(channels: int) -> tf.keras.Model:
-    inputs = tf.keras.Input((8, 8, channels))
-    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False, name="conv1")(inputs)
-    x = tf.keras.layers.BatchNormalization(name="bn1")(x)
-    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                              kernel_quantizer="ste_sign", use_bias=False, name="conv2")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = tf.keras.layers.Dense(4, activation="softmax", name="head")(x)
-    return tf.keras.Model(inputs, outputs)
-
-
 @pytest.fixture(scope="module")
 def rgb():
-    model = _tiny_model(3)
+    model = tiny_lce_model(3)
     return model, convert_model(model)
 
 

@@ -3,7 +3,6 @@
 import collections
 
 import bnn_keras  # noqa: F401  (must precede tensorflow)
-import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,24 +12,14 @@ from convert.converter import convert_model
 from convert.flatbuffer import InvalidFlatbufferError
 from convert.isolated import _CHILD_CODE, isolated_benchmark, isolated_predict
 from convert.runtime import Latency, LceRuntime
+from tests.conftest import tiny_lce_model
 
 FUZZ_CASES = 200
 
 
-def _tiny_model() -> tf.keras.Model:
-    inputs = tf.keras.Input((8, 8, 1))
-    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False, name="conv1")(inputs)
-    x = tf.keras.layers.BatchNormalization(name="bn1")(x)
-    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                              kernel_quantizer="ste_sign", use_bias=False, name="conv2")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = tf.keras.layers.Dense(4, activation="softmax", name="head")(x)
-    return tf.keras.Model(inputs, outputs)
-
-
 @pytest.fixture(scope="module")
 def model_and_flatbuffer():
-    model = _tiny_model()
+    model = tiny_lce_model()
     return model, convert_model(model)
 
 
