@@ -6,9 +6,10 @@ any other failure becomes one line and exit code 1. `bnn --debug ...` shows the 
 """
 
 import functools
+import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import click
 
@@ -141,6 +142,9 @@ def _echo_table(rows, headers) -> None:
               help="prelu: replace the model's ReLUs with PReLU (trick).")
 @click.option("--scale-output", is_flag=True,
               help="Add a learnable scale before the softmax (trick for a binarized last layer).")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Override an option of the model's builder (repeatable; VALUE is JSON, "
+                   "else a string), e.g. --model-option stage_filters=[16,32,64,128].")
 @click.option("--image-size", type=int, default=None,
               help="Side of the square model input [default: the data set's, 16 for digits].")
 @click.option("--steps-per-epoch", type=int, default=None,
@@ -172,7 +176,8 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
           label_smoothing: Optional[float], weight_decay: Optional[float], strategy: str,
           input_quantizer: Optional[str], kernel_quantizer: Optional[str],
           regularizer: Optional[str], regularization_factor: float, bases: int,
-          activation: Optional[str], scale_output: bool, image_size: Optional[int], steps_per_epoch: Optional[int], seed: int, precision: str,
+          activation: Optional[str], scale_output: bool, model_options: Tuple[str, ...],
+          image_size: Optional[int], steps_per_epoch: Optional[int], seed: int, precision: str,
           augment: Optional[bool], track_flips: bool, flip_every_n_steps: Optional[int],
           flip_warn_threshold: float, tensorboard: bool, output: Optional[str],
           verbose: int) -> None:
@@ -192,7 +197,8 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, "
                    f"{training.read_status(Path(resume_dir)).get('epochs_completed', 0)} of "
                    f"{config.epochs} epochs done")
-        build = functools.partial(_build_registered, config.model, config.tricks)
+        build = functools.partial(_build_registered, config.model, config.tricks,
+                                  config.model_options)
         result = training.resume_training(Path(resume_dir), build, verbose=verbose)
     else:
         if not model_name:
@@ -205,19 +211,20 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         ).items() if value is not None}
         if regularizer:
             tricks["regularization_factor"] = regularization_factor
+        overrides = _parse_model_options(model_options)
         config = training.TrainConfig(
             model=model_name, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
             image_size=image_size,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, recipe=recipe,
             optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, weight_decay=weight_decay, strategy=strategy,
-            tricks=tricks, steps_per_epoch=steps_per_epoch, seed=seed, precision=precision,
+            tricks=tricks, model_options=overrides, steps_per_epoch=steps_per_epoch, seed=seed, precision=precision,
             augment=augment, track_flips=track_flips, flip_every_n_steps=flip_every_n_steps,
             flip_warn_threshold=flip_warn_threshold or None, tensorboard=tensorboard,
         )
         training.resolve_recipe(config)  # bad options fail here, before any data is loaded
         run_dir = Path(output or f"runs/{model_name}-{dataset}")
-        build = functools.partial(_build_registered, model_name, tricks)
+        build = functools.partial(_build_registered, model_name, tricks, overrides)
         result = training.train(config, build, run_dir, verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
@@ -227,11 +234,28 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
     )
 
 
-def _build_registered(name: str, tricks: Dict[str, Any], input_shape, num_classes):
+def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str, Any],
+                      input_shape, num_classes):
     import models
 
     return models.create_model(name, input_shape=input_shape, num_classes=num_classes,
-                               tricks=tricks)
+                               tricks=tricks, **model_options)
+
+
+def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
+    """`("stage_filters=[16,32]", "growth_rate=32")` -> keyword arguments (JSON values)."""
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}",
+                                     param_hint="--model-option")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options[key.strip().replace("-", "_")] = value
+    return options
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +314,6 @@ def convert(source: str, target: str, output: Optional[str], samples: int,
 
 
 def _print_report(report, as_json: bool) -> None:
-    import json
 
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
 
@@ -379,7 +402,6 @@ def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 def predict(tflite_file: str, images, top_k: int, as_json: bool) -> None:
     """Top-k labels for image files (PNG, JPEG, BMP, GIF), preprocessed as in training."""
-    import json
 
     from convert.evaluate import image_options, predict_images
     from convert.metadata import read_metadata
@@ -485,7 +507,6 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
     """Check MODEL (run folder, model file or registry name) for what stops LCE from
     producing fast binary ops, before converting it. Exits 1 when an error is found."""
     import dataclasses
-    import json
 
     from convert.inspect import errors, format_findings, inspect_model
 

@@ -55,30 +55,25 @@ def ensure_fashion_mnist(folder: str) -> None:
                  "pass --data-dir.")
 
 
-class CosineDecay(tf.keras.callbacks.Callback):
-    """Per-step cosine decay of the learning rate to 0 over `total_steps`, or over `seconds`.
+class TimeCosineDecay(tf.keras.callbacks.Callback):
+    """Cosine decay of the learning rate to 0 over `seconds` of wall time (the float baseline).
 
-    TrainConfig has a constant rate only. The float baseline, which runs until the BNN's wall
-    time is used up, decays over that time instead of over a number of steps.
+    The BNN uses TrainConfig's per-step cosine schedule; the float copy runs until the BNN's
+    wall time is used up, so its rate decays over that time instead of over a step count.
     """
 
-    def __init__(self, base_rate: float, total_steps: int, seconds: Optional[float] = None):
+    def __init__(self, base_rate: float, seconds: float):
         super().__init__()
-        self.base_rate, self.total_steps, self.step = base_rate, max(1, total_steps), 0
-        self.seconds, self.started = seconds, 0.0
+        self.base_rate, self.seconds, self.started = base_rate, seconds, 0.0
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.seconds:
-            progress = min(1.0, (time.perf_counter() - self.started) / self.seconds)
-        else:
-            progress = min(1.0, self.step / self.total_steps)
+        progress = min(1.0, (time.perf_counter() - self.started) / self.seconds)
         self.model.optimizer.learning_rate.assign(
             self.base_rate * 0.5 * (1 + math.cos(math.pi * progress))
         )
-        self.step += 1
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
@@ -104,8 +99,9 @@ def run(args: argparse.Namespace, *, binary: bool, budget: Optional[float]) -> D
     # Under a time budget, epochs is only an upper bound: the budget stops the run.
     epochs = args.epochs if budget is None else args.epochs * 20
     config = TrainConfig(
-        model=args.model, dataset="fashion_mnist", data_dir=args.data_dir, image_size=28,
-        epochs=epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        model=args.model, model_options=options, dataset="fashion_mnist",
+        data_dir=args.data_dir, image_size=28, epochs=epochs, batch_size=args.batch_size,
+        learning_rate=args.lr, schedule="cosine" if budget is None else "constant",
         steps_per_epoch=args.steps_per_epoch, seed=args.seed, precision=args.precision,
         augment=False,
     )
@@ -119,13 +115,10 @@ def run(args: argparse.Namespace, *, binary: bool, budget: Optional[float]) -> D
             return model
         return float_equivalent(model, copy_weights=False, input_activation=args.input_activation)
 
-    steps = args.steps_per_epoch or math.ceil(splits.num_train / args.batch_size)
     timer = TimeBudget(budget, args.batch_size)
     run_dir = Path(args.output) / ("bnn" if binary else "float")
-    result = train(
-        config, build, run_dir, splits=splits, verbose=2,
-        callbacks=[CosineDecay(args.lr, steps * epochs, budget), timer],
-    )
+    extra = [timer] if budget is None else [TimeCosineDecay(args.lr, budget), timer]
+    result = train(config, build, run_dir, splits=splits, verbose=2, callbacks=extra)
     stats = model_summary(result.model)
     wall = result.metrics["wall_time_s"]
     return {

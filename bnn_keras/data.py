@@ -616,6 +616,8 @@ def make_pipeline(
     seed: int = 0,
     cache: Optional[bool] = None,
     tuned: bool = True,
+    first_epoch: Optional[int] = None,
+    steps_per_epoch: Optional[int] = None,
 ) -> tf.data.Dataset:
     """Turns an unbatched (raw image, label) dataset into a batched, prefetched input pipeline.
 
@@ -639,6 +641,12 @@ def make_pipeline(
             `CACHE_LIMIT_BYTES`. Never before a random-resized crop, which needs the raw image.
         tuned: Parallel decode/augment, caching and prefetching. False gives the naive pipeline
             (one element at a time, no cache, no prefetch) the throughput benchmark compares.
+        first_epoch: With `training`, return an endless stream of epochs starting at this epoch
+            index, each shuffled and augmented with seeds derived from (`seed`, epoch) alone.
+            A run resumed at epoch k then sees exactly the batches an uninterrupted run saw
+            from epoch k on (tf.data's own reshuffling restarts from epoch 0's order with every
+            new pipeline). Fit it with `steps_per_epoch`.
+        steps_per_epoch: With `first_epoch`, the batches of each epoch (default: all of them).
 
     Returns:
         A `tf.data.Dataset` of (normalized float32 images, int32 labels) batches.
@@ -660,35 +668,56 @@ def make_pipeline(
         )
     cache = cache and tuned
 
-    def seeded(ds):
-        # A counter zipped in gives every example its own stateless seed: reproducible with
-        # `seed`, and independent of how many parallel calls tf.data schedules.
-        return tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
-            lambda xy, i: (xy, tf.stack([tf.cast(seed, tf.int64), i])), num_parallel_calls=parallel
-        )
-
     if augment == "resized_crop_flip":
-        ds = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-        ds = seeded(ds).map(
-            lambda xy, s: (
-                normalization.apply(_resized_crop_flip(tf.cast(xy[0], tf.float32), s, image_size)),
-                xy[1],
-            ),
-            num_parallel_calls=parallel,
-        )
+        # The random-resized crop needs the raw image: shuffle first, preprocess per epoch.
+        source, preprocessed = dataset, False
     else:
-        ds = dataset.map(
+        source = dataset.map(
             lambda x, y: (preprocess(x, image_size, normalization), y), num_parallel_calls=parallel
         )
-        if cache:
-            ds = ds.cache()
-        if training:
-            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-            if augment == "crop_flip":
-                ds = seeded(ds).map(
-                    lambda xy, s: (_crop_flip(xy[0], s), xy[1]), num_parallel_calls=parallel
-                )
-    ds = ds.batch(batch_size, num_parallel_calls=parallel)
+        source, preprocessed = (source.cache() if cache else source), True
+
+    def augment_one(image, example_seed):
+        if preprocessed:
+            return _crop_flip(image, example_seed)
+        return normalization.apply(
+            _resized_crop_flip(tf.cast(image, tf.float32), example_seed, image_size)
+        )
+
+    def one_epoch(shuffle_seed, first_example):
+        """One pass over `source`: shuffled, augmented (seeded per example), batched."""
+        ds = source
+        if training and first_epoch is None:
+            ds = ds.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+        elif training:
+            # The epoch's seed is a tensor here (flat_map's argument). TF combines an op seed
+            # with the graph seed, and with tf.random.set_seed(0) its check for the (0, 0) pair
+            # would test the tensor as a Python bool; without a graph seed the shuffle depends
+            # on our (seed, epoch) value only, which is what resuming needs anyway.
+            graph = tf.compat.v1.get_default_graph()
+            graph_seed, graph.seed = graph.seed, None
+            try:
+                ds = ds.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=False)
+            finally:
+                graph.seed = graph_seed
+        if augment != "none":
+            # A counter zipped in gives every example its own stateless seed: reproducible with
+            # `seed`, and independent of how many parallel calls tf.data schedules.
+            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter(first_example))).map(
+                lambda xy, i: (augment_one(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
+                num_parallel_calls=parallel,
+            )
+        return ds.batch(batch_size, num_parallel_calls=parallel)
+
+    if training and first_epoch is not None:
+        def epoch_batches(epoch):
+            # Each epoch's seeds depend on (seed, epoch) only; example counters never repeat.
+            ds = one_epoch(tf.cast(seed, tf.int64) * 1_000_003 + epoch, epoch * 2**32)
+            return ds.take(steps_per_epoch) if steps_per_epoch else ds
+
+        ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches)
+    else:
+        ds = one_epoch(seed, 0)
     return ds.prefetch(tf.data.AUTOTUNE) if tuned else ds
 
 

@@ -71,6 +71,8 @@ class TrainConfig:
         strategy: "auto", "default", "mirrored" or "multi-worker" (`bnn_keras.distribute`).
         tricks: Training tricks applied to the model's binary layers, as recorded by the
             caller (`bnn_keras.tricks.apply_tricks` keywords).
+        model_options: Overrides of the model builder's options (`bnn train --model-option`),
+            recorded so that `--resume` rebuilds the same network.
         steps_per_epoch: Limit each epoch to this many batches (quick experiments, tests).
         seed: Seeds weights, shuffling and augmentation.
         precision: "auto", "mixed_bfloat16" or "float32", see `bnn_keras.precision`.
@@ -98,6 +100,7 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     strategy: str = "auto"
     tricks: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     steps_per_epoch: Optional[int] = None
     seed: int = 0
     precision: str = "auto"
@@ -387,12 +390,15 @@ def train(
         image_size=input_shape[:2],
         seed=config.seed,
     )
+    steps = config.steps_per_epoch or -(-splits.num_train // config.batch_size)
+    # Epoch k's shuffle order and augmentation depend on (seed, k) only, so a resumed run
+    # trains on the batches the uninterrupted run would have seen.
     train_ds = data_lib.make_pipeline(
         splits.train, training=True, augmentation=splits.augmentation if augment else "none",
-        **pipeline_options,
+        first_epoch=backup_next_epoch(run_dir / BACKUP_DIR) if resume else 0,
+        steps_per_epoch=steps, **pipeline_options,
     )
     test_ds = data_lib.make_pipeline(splits.test, **pipeline_options)
-    steps = config.steps_per_epoch or -(-splits.num_train // config.batch_size)
 
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -433,7 +439,8 @@ def train(
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
     started = time.perf_counter()
-    history = _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, out_dir, verbose)
+    history = _fit_with_signals(model, train_ds, test_ds, config, steps, run_callbacks, out_dir,
+                                verbose)
     fit_seconds = time.perf_counter() - started
 
     with files.atomic_path(out_dir / MODEL_FILE) as tmp:
@@ -496,6 +503,21 @@ def resume_training(
                  **kwargs)
 
 
+def backup_next_epoch(backup_dir: Path) -> int:
+    """The epoch a run resumes at: one after the last one in its `BackupAndRestore` backup.
+
+    Read from the checkpoint itself (the counter Keras restores), so the data pipeline starts
+    at the very epoch `fit` does; 0 when there is no backup.
+    """
+    latest = tf.train.latest_checkpoint(str(Path(backup_dir) / "chief"))
+    if latest is None:
+        return 0
+    saved = int(tf.train.load_checkpoint(latest).get_tensor(
+        "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
+    ))
+    return saved + 1 if saved >= 0 else 0
+
+
 def _read_history_column(path: Path, column: str) -> List[float]:
     with open(path, newline="") as f:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
@@ -526,7 +548,7 @@ def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume:
     return result
 
 
-def _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, run_dir, verbose):
+def _fit_with_signals(model, train_ds, test_ds, config, steps, run_callbacks, run_dir, verbose):
     """`model.fit` where SIGTERM acts like Ctrl-C, and both leave a resumable run folder."""
 
     def raise_interrupt(signum, frame):
@@ -542,7 +564,7 @@ def _fit_with_signals(model, train_ds, test_ds, config, run_callbacks, run_dir, 
         return model.fit(
             train_ds,
             epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
+            steps_per_epoch=steps,  # the training stream is endless (one epoch after another)
             validation_data=test_ds,
             callbacks=run_callbacks,
             verbose=verbose,

@@ -22,6 +22,7 @@ import tensorflow as tf
 from bnn_keras.errors import BnnError
 from convert.converter import IO_TYPES, TARGETS, ConversionError, as_float32
 from convert.flatbuffer import read_model, readable_tensor_names
+from convert.range_balance import balance_concat_ranges
 
 __all__ = [
     "FakeQuant",
@@ -41,7 +42,7 @@ FAKE_QUANT_SUFFIX = "_fq"
 # Layers TFLite folds into the convolution/dense/BN that feeds them: a fake-quant node between
 # the two would keep them apart (an unfused MUL/ADD or activation pass).
 _FOLDING_FOLLOWERS = (tf.keras.layers.BatchNormalization, tf.keras.layers.Activation,
-                      tf.keras.layers.ReLU)
+                      tf.keras.layers.ReLU, tf.keras.layers.Rescaling)
 _FOLDABLE_ACTIVATIONS = ("linear", "relu", "relu6")
 # Layers whose int8 kernels use their input's scale and zero point for their output: the range
 # propagates through them, so a fake-quant node after them would only add a requantization.
@@ -121,6 +122,9 @@ def _folds(layer: tf.keras.layers.Layer, follower: tf.keras.layers.Layer) -> boo
         name = tf.keras.activations.serialize(follower.activation)
         if name not in _FOLDABLE_ACTIVATIONS:
             return False
+    if isinstance(follower, tf.keras.layers.Rescaling):
+        # `balance_concat_ranges`' constant scale: a MUL that LCE folds into the convolution.
+        return isinstance(layer, tf.keras.layers.Conv2D)
     if isinstance(layer, tf.keras.layers.BatchNormalization):
         return not isinstance(follower, tf.keras.layers.BatchNormalization)
     return isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense,
@@ -365,6 +369,9 @@ def prepare_int8(
     model = as_float32(model)
     # Sequential models are functional graphs underneath; this gives their functional config.
     functional = tf.keras.Model(model.inputs, model.outputs, name=model.name)
+    # Concatenations share one int8 scale across their inputs: bring binary-conv outputs to
+    # the range of the float features they are concatenated with (exact in float).
+    functional, _ = balance_concat_ranges(functional, representative_x)
     config = _with_fake_quant(functional.get_config(), fake_quant_points(functional))
     prepared = tf.keras.Model.from_config(config)
     for layer in functional.layers:

@@ -91,15 +91,24 @@ def create_model(
 
     Raises:
         UnknownModelError: `name` is not registered.
-        BnnError: a trick cannot apply to this model.
+        BnnError: an override the model does not take, or a trick that cannot apply to it.
     """
     fn = get_model_fn(name)
-    model = fn(
-        input_shape=tuple(input_shape),
-        num_classes=num_classes,
-        include_top=include_top,
-        **overrides,
-    )
+    try:
+        model = fn(
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            include_top=include_top,
+            **overrides,
+        )
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        unknown = str(exc).rsplit("argument", 1)[-1].strip()
+        raise BnnError(
+            f"{name} has no option {unknown}; its options are the keyword arguments of "
+            f"{fn.__module__}.{fn.__name__} and the family builder it calls."
+        ) from None
     if tricks:
         from bnn_keras.tricks import apply_tricks
 

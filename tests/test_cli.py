@@ -44,6 +44,50 @@ def test_train_bad_option_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+SMALL_RESNET = ["--model-option", "stage_filters=[8,8,16,16]", "--model-option", "stem-relu=false"]
+
+
+def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypatch):
+    import json
+
+    import models
+    from bnn_keras import training
+
+    run_dir = tmp_path / "run"
+    result = invoke(["train", "binary-resnet-e18", *SMALL_RESNET, "--dataset", "digits",
+                     "--epochs", "1", "--steps-per-epoch", "1", "--precision", "float32",
+                     "--no-track-flips", "--verbose", "0", "--output", run_dir])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model_options"] == {"stage_filters": [8, 8, 16, 16], "stem_relu": False}
+    expected = models.create_model("binary-resnet-e18", input_shape=(16, 16, 1), num_classes=10,
+                                   stage_filters=[8, 8, 16, 16], stem_relu=False)
+    assert config["params"] == expected.count_params()
+    assert config["params"] != models.create_model(
+        "binary-resnet-e18", input_shape=(16, 16, 1), num_classes=10).count_params()
+
+    # --resume rebuilds the network from the recorded options.
+    rebuilt = {}
+
+    def resume(run, build, **kwargs):
+        rebuilt["params"] = build((16, 16, 1), 10).count_params()
+        raise training.BnnError("stop here")
+
+    monkeypatch.setattr(training, "resume_training", resume)
+    monkeypatch.setattr(training, "read_status", lambda run: {"epochs_completed": 0})
+    _one_line_error(invoke(["train", "--resume", run_dir]))
+    assert rebuilt["params"] == config["params"]
+
+
+def test_train_bad_model_option_is_one_line(tmp_path):
+    line = _one_line_error(invoke(["train", "binary-resnet-e18", "--model-option", "width=3",
+                                   "--dataset", "digits", "--output", tmp_path / "run"]))
+    assert line.startswith("Error: binary-resnet-e18 has no option 'width'; its options are")
+    assert not (tmp_path / "run").exists()
+    result = invoke(["train", "binary-resnet-e18", "--model-option", "width"])
+    assert result.exit_code == 2 and "expected KEY=VALUE, got 'width'" in result.output
+
+
 def test_convert_missing_file(tmp_path):
     line = _one_line_error(invoke(["convert", tmp_path / "missing.keras", "-o", tmp_path / "m.tflite"]))
     assert line == f"Error: No such model file or run folder: {tmp_path / 'missing.keras'}."

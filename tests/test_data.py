@@ -63,6 +63,45 @@ def test_crop_flip_is_reproducible_with_seed_and_changes_images():
     assert all(np.isin(augmented[i], images[i]).all() for i in range(2))
 
 
+@pytest.mark.parametrize("augmentation", ["none", "crop_flip"])
+def test_epoch_stream_resumes_at_any_epoch_with_the_same_batches(augmentation):
+    images = np.arange(20 * 8 * 8 * 1, dtype=np.float32).reshape(20, 8, 8, 1)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.arange(20, dtype=np.int32)))
+    norm = data.Normalization(mean=(0.0,), std=(1.0,))
+
+    def stream(first_epoch, batches):
+        pipeline = data.make_pipeline(ds, batch_size=8, normalization=norm, training=True,
+                                      augmentation=augmentation, seed=5, first_epoch=first_epoch)
+        return [(x.numpy(), y.numpy()) for x, y in pipeline.take(batches)]
+
+    # 20 examples in batches of 8: 3 batches per epoch (8, 8, 4).
+    from_start, from_epoch_2 = stream(0, 9), stream(2, 3)
+    assert [len(y) for _, y in from_start] == [8, 8, 4] * 3
+    for (xa, ya), (xb, yb) in zip(from_start[6:], from_epoch_2):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    orders = [np.concatenate([y for _, y in from_start[e * 3:e * 3 + 3]]) for e in range(3)]
+    assert all(sorted(order) == list(range(20)) for order in orders)  # each epoch: every example
+    assert not np.array_equal(orders[0], orders[1])  # and a new order each epoch
+    if augmentation == "crop_flip":
+        # The same example is augmented differently in two epochs.
+        first, second = (np.concatenate([x for x, _ in from_start[e * 3:e * 3 + 3]])[
+            np.argsort(orders[e])] for e in range(2))
+        assert not np.array_equal(first, second)
+
+
+def test_epoch_stream_takes_steps_per_epoch_batches_of_each_epoch():
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((20, 4, 4, 1), np.float32),
+                                             np.arange(20, dtype=np.int32)))
+    pipeline = data.make_pipeline(ds, batch_size=4, normalization=data.Normalization((0.0,), (1.0,)),
+                                  training=True, seed=1, first_epoch=0, steps_per_epoch=2)
+    labels = [y.numpy() for _, y in pipeline.take(4)]
+    again = data.make_pipeline(ds, batch_size=4, normalization=data.Normalization((0.0,), (1.0,)),
+                               training=True, seed=1, first_epoch=1, steps_per_epoch=2)
+    np.testing.assert_array_equal(np.concatenate(labels[2:]),
+                                  np.concatenate([y.numpy() for _, y in again.take(2)]))
+
+
 def test_unknown_dataset_names_the_known_ones():
     with pytest.raises(BnnError, match="Unknown data set 'imagenet1k'; expected one of: .*digits"):
         data.load_dataset("imagenet1k")

@@ -152,6 +152,30 @@ def test_signal_mid_epoch_keeps_last_epoch_and_resume_finishes(tmp_path, signame
     with pytest.raises(BnnError, match="already finished all its epochs"):
         training.resume_training(run_dir, tiny_bnn, verbose=0)
 
+    # Same batches, same optimizer state: the resumed run ends where an uninterrupted one does.
+    whole = training.train(tiny_config(), tiny_bnn, tmp_path / "whole", verbose=0)
+    assert [r["loss"] for r in _history_rows(run_dir)] == [
+        r["loss"] for r in _history_rows(whole.run_dir)]
+    for resumed, uninterrupted in zip(result.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-6, atol=1e-7)
+
+
+def test_bop_run_resumes_with_its_optimizer_state(tmp_path):
+    """Bop's per-weight momentum and Adam's moments (larq's CaseOptimizer) survive a resume."""
+    import signal
+
+    config = dict(optimizer="bop", track_flips=False)
+    run_dir = tmp_path / "run"
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(tiny_config(**config), tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=1)])
+    resumed = training.resume_training(run_dir, tiny_bnn, verbose=0)
+    whole = training.train(tiny_config(**config), tiny_bnn, tmp_path / "whole", verbose=0)
+    assert [r["loss"] for r in _history_rows(run_dir)] == [
+        r["loss"] for r in _history_rows(whole.run_dir)]
+    for a, b in zip(resumed.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
 
 class PoisonWeightsAt(__import__("tensorflow").keras.callbacks.Callback):
     def __init__(self, epoch):
