@@ -138,10 +138,9 @@ Copy this folder to the Pi, e.g. `scp -r {folder} pi@raspberrypi.local:`.
 
     ./benchmark.sh 1        # 1 thread; ./benchmark.sh 4 for all cores
 
-`benchmark.sh` downloads `lce_benchmark_model_linux_aarch64` from the LCE GitHub release
-https://github.com/larq/compute-engine/releases/tag/{tag} (if that asset name does not exist for
-this release, download the aarch64 `lce_benchmark_model` asset listed there by hand and run
-`LCE_BENCHMARK_MODEL=/path/to/it ./benchmark.sh`). Equivalent command:
+`benchmark.sh` downloads `lce_benchmark_model_aarch64`, the asset LCE's release workflow
+uploads, from https://github.com/larq/compute-engine/releases/tag/{tag} (or set
+`LCE_BENCHMARK_MODEL=/path/to/lce_benchmark_model` to use one you built). Equivalent command:
 
     ./lce_benchmark_model --graph={TFLITE_FILE} --num_threads=1 --num_runs=50 --warmup_runs=5
 

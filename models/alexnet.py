@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from models.common import (
     batch_norm,
+    binary_dense_stack,
     flatten_to_pixel,
     image_input,
     is_small_input,
@@ -65,6 +66,10 @@ def binary_alexnet(
     def pool(layer_name: str) -> tf.keras.layers.Layer:
         return tf.keras.layers.MaxPool2D(3, strides=2, name=layer_name)
 
+    def fc(units: int, kernel_size: int, layer_name: str) -> tf.keras.layers.Layer:
+        return lq.layers.QuantConv2D(units, kernel_size, input_quantizer=input_quantizer,
+                                     name=layer_name, **quant)
+
     inputs = image_input(input_shape)
     small = is_small_input(input_shape)
     # The first layer sees the (float) image: binary weights only, zero padding.
@@ -83,12 +88,10 @@ def binary_alexnet(
         x = bn(f"conv{i}_bn")(x)
 
     if include_top:
-        x = flatten_to_pixel(x, "fc_reshape")
-        for i, units in enumerate((4096, 4096, num_classes), start=6):
-            x = lq.layers.QuantConv2D(
-                units, 1, input_quantizer=input_quantizer, name=f"fc{i}", **quant
-            )(x)
-            x = bn(f"fc{i}_bn")(x)
+        x = binary_dense_stack(
+            flatten_to_pixel(x, "fc_reshape"), (4096, 4096, num_classes), binary_conv=fc,
+            bn=bn, first_index=6,
+        )
         x = softmax(pixel_to_vector(x, "logits"))
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from models.common import (
     batch_norm,
+    binary_dense_stack,
     flatten_to_pixel,
     image_input,
     is_small_input,
@@ -63,6 +64,10 @@ def binarynet(
     def bn(layer_name: str) -> tf.keras.layers.Layer:
         return batch_norm(layer_name, momentum=0.9, epsilon=1e-4, scale=False)
 
+    def fc(units: int, kernel_size: int, layer_name: str) -> tf.keras.layers.Layer:
+        return lq.layers.QuantConv2D(units, kernel_size, input_quantizer=input_quantizer,
+                                     name=layer_name, **quant)
+
     inputs = image_input(input_shape)
     small = is_small_input(input_shape)
     # The first layer sees the (float) image: binary weights only, zero padding.
@@ -83,12 +88,10 @@ def binarynet(
         x = bn(f"conv{i}_bn")(x)
 
     if include_top:
-        x = flatten_to_pixel(x, "fc_reshape")
-        for i, units in enumerate((hidden_units, hidden_units, num_classes), start=7):
-            x = lq.layers.QuantConv2D(
-                units, 1, input_quantizer=input_quantizer, name=f"fc{i}", **quant
-            )(x)
-            x = bn(f"fc{i}_bn")(x)
+        x = binary_dense_stack(
+            flatten_to_pixel(x, "fc_reshape"), (hidden_units, hidden_units, num_classes),
+            binary_conv=fc, bn=bn, first_index=7,
+        )
         x = softmax(pixel_to_vector(x, "logits"))
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 

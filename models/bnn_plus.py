@@ -19,6 +19,7 @@ from bnn_keras import quantizers as bnn_quantizers
 from models.alexnet import ALEXNET_CONVS
 from models.common import (
     batch_norm,
+    binary_dense_stack,
     flatten_to_pixel,
     image_input,
     is_small_input,
@@ -108,10 +109,8 @@ def bnn_plus_alexnet(
         x = bn(f"conv{i}_bn")(x)
 
     if include_top:
-        x = flatten_to_pixel(x, "fc_reshape")
-        for i in (6, 7):
-            x = binary_conv(hidden_units, 1, f"fc{i}")(x)
-            x = bn(f"fc{i}_bn")(x)
+        x = binary_dense_stack(flatten_to_pixel(x, "fc_reshape"), (hidden_units, hidden_units),
+                               binary_conv=binary_conv, bn=bn, first_index=6)
         x = tf.keras.layers.Activation("relu", name="fc7_relu")(x)
         x = pixel_to_vector(x, "fc7_flat")
         x = tf.keras.layers.Dense(num_classes, name="fc8")(x)

@@ -1,6 +1,6 @@
 """Pieces that several model families share: input, stem choice, classifier head."""
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
@@ -58,6 +58,36 @@ def flatten_to_pixel(x: tf.Tensor, name: str) -> tf.Tensor:
     for d in x.shape[1:]:
         size *= int(d)
     return tf.keras.layers.Reshape((1, 1, size), name=name)(x)
+
+
+LayerFactory = Callable[..., tf.keras.layers.Layer]
+
+
+def binary_dense_stack(
+    x: tf.Tensor,
+    units: Sequence[int],
+    *,
+    binary_conv: LayerFactory,
+    bn: LayerFactory,
+    first_index: int,
+    activation: Optional[LayerFactory] = None,
+) -> tf.Tensor:
+    """Binary fully-connected layers `fc{i}` -> `fc{i}_bn` (-> `fc{i}_act`), as 1x1 convolutions.
+
+    Args:
+        x: A (N, 1, 1, C) tensor (see `flatten_to_pixel`).
+        units: Output units of each layer.
+        binary_conv: `binary_conv(filters, kernel_size, layer_name)` giving the family's binary
+            convolution.
+        bn: `bn(layer_name)` giving the family's BatchNormalization.
+        first_index: `i` of the first layer (AlexNet's fully-connected layers are fc6 to fc8).
+        activation: `activation(layer_name)` after each BN, or None.
+    """
+    for i, n in enumerate(units, start=first_index):
+        x = bn(f"fc{i}_bn")(binary_conv(n, 1, f"fc{i}")(x))
+        if activation is not None:
+            x = activation(f"fc{i}_act")(x)
+    return x
 
 
 def pixel_to_vector(x: tf.Tensor, name: str) -> tf.Tensor:

@@ -22,6 +22,7 @@ from bnn_keras import regularizers as bnn_regularizers
 from models.alexnet import ALEXNET_CONVS
 from models.common import (
     batch_norm,
+    binary_dense_stack,
     flatten_to_pixel,
     image_input,
     is_small_input,
@@ -111,10 +112,8 @@ def compact_bnn(
             x = pool(f"conv{i}_pool")(x)
 
     if include_top:
-        x = flatten_to_pixel(x, "fc_reshape")
-        for i in (6, 7):
-            x = binary_conv(hidden_units, 1, f"fc{i}")(x)
-            x = act(f"fc{i}_act")(bn(f"fc{i}_bn")(x))
+        x = binary_dense_stack(flatten_to_pixel(x, "fc_reshape"), (hidden_units, hidden_units),
+                               binary_conv=binary_conv, bn=bn, first_index=6, activation=act)
         x = binary_conv(num_classes, 1, "fc8")(x)
         x = pixel_to_vector(x, "logits")
         # The binary fc8 yields logits of magnitude ~sqrt(fan-in): a learnable scale lets the

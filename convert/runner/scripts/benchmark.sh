@@ -10,7 +10,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 threads="${1:-1}"
 runs="${2:-50}"
 lce_version="${LCE_VERSION:-v0.16.0}"
-asset="${LCE_BENCHMARK_ASSET:-lce_benchmark_model_linux_aarch64}"
+# The asset name LCE's release workflow (.github/workflows/release.yml) uploads.
+asset="${LCE_BENCHMARK_ASSET:-lce_benchmark_model_aarch64}"
 binary="${LCE_BENCHMARK_MODEL:-$here/lce_benchmark_model}"
 
 if [[ "$(uname -m)" != "aarch64" ]]; then
