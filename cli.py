@@ -149,6 +149,8 @@ def _echo_table(rows, headers) -> None:
               help="Side of the square model input [default: the data set's, 16 for digits].")
 @click.option("--steps-per-epoch", type=int, default=None,
               help="Limit each epoch to this many batches (quick experiments).")
+@click.option("--validation-freq", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Evaluate on the test split every N epochs (and after the last one).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for weights, shuffling and augmentation.")
 @click.option("--precision", type=click.Choice(["auto", "mixed_bfloat16", "float32"]),
@@ -177,7 +179,8 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
           input_quantizer: Optional[str], kernel_quantizer: Optional[str],
           regularizer: Optional[str], regularization_factor: float, bases: int,
           activation: Optional[str], scale_output: bool, model_options: Tuple[str, ...],
-          image_size: Optional[int], steps_per_epoch: Optional[int], seed: int, precision: str,
+          image_size: Optional[int], steps_per_epoch: Optional[int], validation_freq: int,
+          seed: int, precision: str,
           augment: Optional[bool], track_flips: bool, flip_every_n_steps: Optional[int],
           flip_warn_threshold: float, tensorboard: bool, output: Optional[str],
           verbose: int) -> None:
@@ -218,7 +221,8 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, recipe=recipe,
             optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, weight_decay=weight_decay, strategy=strategy,
-            tricks=tricks, model_options=overrides, steps_per_epoch=steps_per_epoch, seed=seed, precision=precision,
+            tricks=tricks, model_options=overrides, steps_per_epoch=steps_per_epoch,
+            validation_freq=validation_freq, seed=seed, precision=precision,
             augment=augment, track_flips=track_flips, flip_every_n_steps=flip_every_n_steps,
             flip_warn_threshold=flip_warn_threshold or None, tensorboard=tensorboard,
         )

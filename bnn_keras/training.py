@@ -74,6 +74,8 @@ class TrainConfig:
         model_options: Overrides of the model builder's options (`bnn train --model-option`),
             recorded so that `--resume` rebuilds the same network.
         steps_per_epoch: Limit each epoch to this many batches (quick experiments, tests).
+        validation_freq: Evaluate on the test split every N epochs, and always after the last
+            one (on small models a full test pass costs ~10% of an epoch's time).
         seed: Seeds weights, shuffling and augmentation.
         precision: "auto", "mixed_bfloat16" or "float32", see `bnn_keras.precision`.
         augment: Use the data set's standard augmentation; None means its default.
@@ -102,6 +104,7 @@ class TrainConfig:
     tricks: Dict[str, Any] = dataclasses.field(default_factory=dict)
     model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     steps_per_epoch: Optional[int] = None
+    validation_freq: int = 1
     seed: int = 0
     precision: str = "auto"
     augment: Optional[bool] = None
@@ -128,6 +131,7 @@ class TrainConfig:
             ("image_size", self.image_size, self.image_size is None or self.image_size >= 4),
             ("steps_per_epoch", self.steps_per_epoch,
              self.steps_per_epoch is None or self.steps_per_epoch >= 1),
+            ("validation_freq", self.validation_freq, self.validation_freq >= 1),
         ]
         for name, value, ok in checks:
             if not ok:
@@ -518,6 +522,14 @@ def backup_next_epoch(backup_dir: Path) -> int:
     return saved + 1 if saved >= 0 else 0
 
 
+def validation_epochs(epochs: int, every: int) -> List[int]:
+    """The 1-based epochs `fit` validates after: every `every`-th one and the last.
+
+    Absolute epoch numbers, so a resumed run validates after the same epochs.
+    """
+    return [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
+
+
 def _read_history_column(path: Path, column: str) -> List[float]:
     with open(path, newline="") as f:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
@@ -566,6 +578,7 @@ def _fit_with_signals(model, train_ds, test_ds, config, steps, run_callbacks, ru
             epochs=config.epochs,
             steps_per_epoch=steps,  # the training stream is endless (one epoch after another)
             validation_data=test_ds,
+            validation_freq=validation_epochs(config.epochs, config.validation_freq),
             callbacks=run_callbacks,
             verbose=verbose,
         )

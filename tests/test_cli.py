@@ -56,10 +56,14 @@ def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypa
     run_dir = tmp_path / "run"
     result = invoke(["train", "binary-resnet-e18", *SMALL_RESNET, "--dataset", "digits",
                      "--epochs", "1", "--steps-per-epoch", "1", "--precision", "float32",
-                     "--no-track-flips", "--verbose", "0", "--output", run_dir])
+                     "--validation-freq", "3", "--no-track-flips", "--verbose", "0",
+                     "--output", run_dir])
     assert result.exit_code == 0, result.output
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model_options"] == {"stage_filters": [8, 8, 16, 16], "stem_relu": False}
+    assert config["validation_freq"] == 3
+    with open(run_dir / "history.csv") as f:  # the last epoch is always validated
+        assert "val_accuracy" in f.readline().strip().split(",")
     expected = models.create_model("binary-resnet-e18", input_shape=(16, 16, 1), num_classes=10,
                                    stage_filters=[8, 8, 16, 16], stem_relu=False)
     assert config["params"] == expected.count_params()

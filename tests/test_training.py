@@ -217,3 +217,26 @@ def test_same_seed_gives_the_same_history(tmp_path):
     assert [row["loss"] for row in a] == [row["loss"] for row in b]
     for wa, wb in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_validation_epochs_are_every_nth_and_the_last():
+    assert training.validation_epochs(7, 3) == [3, 6, 7]
+    assert training.validation_epochs(6, 3) == [3, 6]
+    assert training.validation_epochs(3, 1) == [1, 2, 3]
+    assert training.validation_epochs(3, 10) == [3]
+
+
+def test_validation_freq_holds_across_a_resume(tmp_path):
+    """Epoch numbers are absolute: a resumed run validates after the same epochs."""
+    import signal
+
+    run_dir = tmp_path / "run"
+    config = dict(epochs=4, validation_freq=3, track_flips=False)
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(tiny_config(**config), tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=1)])
+    training.resume_training(run_dir, tiny_bnn, verbose=0)
+    validated = [row["epoch"] for row in _history_rows(run_dir) if row.get("val_accuracy")]
+    assert validated == ["3", "4"]
+    with pytest.raises(BnnError, match="validation_freq"):
+        training.resolve_recipe(tiny_config(validation_freq=0))
