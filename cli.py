@@ -155,7 +155,8 @@ def _echo_table(rows, headers) -> None:
               help="Seed for weights, shuffling and augmentation.")
 @click.option("--precision", type=click.Choice(["auto", "mixed_bfloat16", "float32"]),
               default="auto", show_default=True,
-              help="Keras dtype policy; auto = mixed_bfloat16 where the CPU/GPU supports bf16.")
+              help="Keras dtype policy; auto = mixed_bfloat16 where the CPU (AVX512-BF16/AMX) or "
+                   "GPU runs bf16 natively, else float32 (emulated bf16 is ~7x slower).")
 @click.option("--augment/--no-augment", default=None,
               help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
 @click.option("--track-flips/--no-track-flips", default=True, show_default=True,

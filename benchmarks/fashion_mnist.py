@@ -29,13 +29,18 @@ import tensorflow as tf  # noqa: E402
 from bnn_keras import data as data_lib  # noqa: E402
 from bnn_keras.baselines import float_equivalent  # noqa: E402
 from bnn_keras.model_stats import model_summary  # noqa: E402
+from bnn_keras.precision import hardware_summary, native_bf16, resolve_precision  # noqa: E402
 from bnn_keras.training import TrainConfig, train  # noqa: E402
 
-# Chosen by the experiments in benchmarks/README.md: BinaryResNetE18 at half its ImageNet width
-# (114 M MACs at 28x28) for 6 epochs of batch 256 fits the 30-minute budget on this 2-core
-# machine; a quarter-width one trains 2.5x faster per image but saturates near 90.5%.
+# Chosen by the experiments in benchmarks/README.md to fit 30 minutes on 2 cores: BinaryResNetE18
+# at half its ImageNet width (114 M MACs at 28x28), 6 epochs of batch 256 where bfloat16 is
+# native (AMX: ~190 images/s); a quarter-width one trains 2.5x faster but saturates near 90.5%.
+# In float32 on an AVX2-only CPU the half-width network trains at ~65 images/s (2 epochs in
+# 30 minutes) and halving its input in the stem (stem_strides=2, ~150 images/s) reached only
+# 89.5% in 4 epochs, so there the quarter-width one (~180 images/s) trains for 5 epochs.
 DEFAULT_MODEL = "binary-resnet-e18"
-DEFAULT_OPTIONS = {"stage_filters": [32, 64, 128, 256]}
+NATIVE_BF16_DEFAULTS = ({"stage_filters": [32, 64, 128, 256]}, 6)
+FLOAT32_DEFAULTS = ({"stage_filters": [16, 32, 64, 128]}, 5)
 
 
 def ensure_fashion_mnist(folder: str) -> None:
@@ -161,15 +166,18 @@ def finished_run(run_dir: str) -> Dict:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name")
-    parser.add_argument("--options", default=json.dumps(DEFAULT_OPTIONS),
-                        help="model overrides as JSON")
-    parser.add_argument("--epochs", type=int, default=6)
+    default_options, default_epochs = NATIVE_BF16_DEFAULTS if native_bf16() else FLOAT32_DEFAULTS
+    parser.add_argument("--options", default=json.dumps(default_options),
+                        help="model overrides as JSON [default: by native bfloat16 support]")
+    parser.add_argument("--epochs", type=int, default=default_epochs)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam peak rate (cosine decay)")
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--validation-freq", type=int, default=None,
                         help="validate on the test set every N epochs [default: after the last]")
-    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (mixed_bfloat16 where bf16 is native, else float32), "
+                             "mixed_bfloat16 or float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR)
     parser.add_argument("--output", default=f"/tmp/bnn-fashion-mnist-{int(time.time())}",
@@ -191,7 +199,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows.append(run(args, binary=False, budget=rows[0]["wall_time_s"]))
         print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\nFashion-MNIST (real, 60k/10k), 28x28, batch {args.batch_size}, {args.precision}, "
+    print(f"\nFashion-MNIST (real, 60k/10k), 28x28, batch {args.batch_size}, "
+          f"{resolve_precision(args.precision)} on {hardware_summary()}, "
           f"Adam {args.lr} cosine, options {args.options}; float copy: input activation "
           f"{args.input_activation}, trained from scratch for the BNN's wall time\n")
     print("| network | test acc. | wall time | images/s | epochs | binary-MAC fraction | params |")

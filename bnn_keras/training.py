@@ -34,7 +34,9 @@ from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import data as data_lib
 from bnn_keras import distribute, files, recipes
 from bnn_keras.errors import BnnError
-from bnn_keras.precision import as_float32, precision_policy, resolve_precision
+from bnn_keras.precision import (
+    as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
+)
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
@@ -386,6 +388,7 @@ def train(
 
     previous = read_run_config(run_dir) if resume else {}
     precision = previous.get("precision_resolved") or resolve_precision(config.precision)
+    warn_if_emulated_bf16(precision)
     input_shape = input_shape_for(config, splits)
     augment = (splits.augmentation != "none") if config.augment is None else config.augment
     pipeline_options = dict(

@@ -60,7 +60,8 @@ class ConversionReport:
             v = self.verification
             out["verification"] = {
                 "samples": v.samples, "inputs": self.verified_on,
-                "max_abs_diff": v.max_abs_diff, "top1_agreement": v.top1_agreement,
+                "max_abs_diff": v.max_abs_diff, "median_abs_diff": v.median_abs_diff,
+                "top1_agreement": v.top1_agreement,
             }
         return out
 
@@ -81,7 +82,8 @@ class ConversionReport:
         if self.verification is not None:
             v = self.verification
             rows.append(("Keras vs .tflite", f"{v.samples} {self.verified_on}: max |diff| "
-                         f"{v.max_abs_diff:.3g}, top-1 agreement {v.top1_agreement:.2%}"))
+                         f"{v.max_abs_diff:.3g} (median input {v.median_abs_diff:.2g}), top-1 "
+                         f"agreement {v.top1_agreement:.2%}"))
         if self.int8:
             q = self.int8
             line = (f"{q['float32_size_bytes']:,} -> {q['int8_size_bytes']:,} bytes; top-1 "

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras.errors import BnnError
 from models.common import batch_norm, classifier_head, image_input, is_small_input
 from models.registry import register_model
 
@@ -37,6 +38,7 @@ def binary_resnet(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     stem_initializer: str = "he_normal",
+    stem_strides: int = 1,
     stem_relu: bool = True,
     stem_extra_bn: bool = True,
     head_relu: bool = True,
@@ -57,6 +59,9 @@ def binary_resnet(
         bn_momentum: BatchNormalization momentum.
         bn_epsilon: BatchNormalization epsilon.
         stem_initializer: Initializer of the full-precision stem convolution.
+        stem_strides: Strides of the small-input 3x3 stem. 2 halves every feature map, for
+            ~4x fewer MACs (28x28 inputs: stages at 14, 7, 4, 2 instead of 28, 14, 7, 4) with
+            the same parameters; the ImageNet stem always reduces by 4.
         stem_relu: Whether the ImageNet stem has a ReLU (ResNetE yes, Bi-Real Net no).
         stem_extra_bn: Whether a BN follows the stem's max-pool (ResNetE yes, Bi-Real Net no).
         head_relu: Whether a ReLU precedes the global pooling.
@@ -69,11 +74,13 @@ def binary_resnet(
     def bn(layer_name: str) -> tf.keras.layers.Layer:
         return batch_norm(layer_name, momentum=bn_momentum, epsilon=bn_epsilon)
 
+    if stem_strides not in (1, 2):
+        raise BnnError(f"Expected stem_strides 1 or 2, got {stem_strides!r}.")
     inputs = image_input(input_shape)
     if is_small_input(input_shape):
         x = tf.keras.layers.Conv2D(
-            stage_filters[0], 3, padding="same", kernel_initializer=stem_initializer,
-            use_bias=False, name="stem_conv",
+            stage_filters[0], 3, strides=stem_strides, padding="same",
+            kernel_initializer=stem_initializer, use_bias=False, name="stem_conv",
         )(inputs)
     else:
         x = tf.keras.layers.Conv2D(

@@ -123,12 +123,17 @@ def test_convert_reports_size_ops_agreement_and_bundle(digits_convert):
     assert re.search(r"^LceBconv2d / binary convs\s+23 / 23$", result.stdout, re.M)
     assert re.search(r"^ops\s+.*LceBconv2d 23, LceQuantize 23", result.stdout, re.M)
     assert re.search(r"^missed fusions\s+none$", result.stdout, re.M)
-    match = re.search(r"64 digits test images: max \|diff\| ([\d.e+-]+), top-1 agreement "
-                      r"([\d.]+)%", result.output)
+    match = re.search(r"64 digits test images: max \|diff\| ([\d.e+-]+) \(median input "
+                      r"([\d.e+-]+)\), top-1 agreement ([\d.]+)%", result.output)
     assert match, result.output
-    assert float(match.group(2)) >= 99.0
-    # Same weights, float32 on both sides: only summation order differs.
-    assert float(match.group(1)) < 1e-3
+    max_diff, median_diff, agreement = map(float, match.groups())
+    assert agreement >= 99.0
+    # Same weights, float32 on both sides: only summation order differs, so the typical input
+    # agrees to float rounding. An input whose pre-activation lands within rounding of zero
+    # binarizes to the other sign downstream: measured 0.014 on 2 of 64 inputs, where Keras
+    # itself moves by 0.026 when its input is scaled by 1 + 1e-6 noise.
+    assert median_diff < 1e-5
+    assert max_diff < 0.1
     assert re.search(r"^bundle\s+\S+pi \(self-check max", result.stdout, re.M)
 
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras import model_stats
+from bnn_keras.errors import BnnError
 
 ALL_MODELS = models.list_models()
 
@@ -108,6 +109,27 @@ def test_birealnet_uses_approx_sign_and_magnitude_aware_weights():
     assert conv.strides == (2, 2)
     # ResNetE's extra stem BN and head ReLU are absent (the 256-parameter difference at 224).
     assert "head_relu" not in [l.name for l in model.layers]
+
+
+def test_stride_2_stem_halves_every_feature_map_with_the_same_parameters():
+    from bnn_keras.model_stats import model_summary
+
+    options = dict(input_shape=(28, 28, 1), num_classes=10, stage_filters=[32, 64, 128, 256])
+    full = models.create_model("binary-resnet-e18", **options)
+    strided = models.create_model("binary-resnet-e18", stem_strides=2, **options)
+    assert full.get_layer("block1_layer1_conv").output_shape[1:3] == (28, 28)
+    assert strided.get_layer("block1_layer1_conv").output_shape[1:3] == (14, 14)
+    assert strided.get_layer("block4_layer4_conv").output_shape[1:3] == (2, 2)
+    assert strided.count_params() == full.count_params()
+    # Binary MACs per output position of each stage's four 3x3 convs (the first one widens),
+    # times the stage's positions: 28, 14, 7, 4 -> 14, 7, 4, 2 ("same" strides round 7/2 up).
+    per_position = [9 * 4 * 32 * 32, 9 * (32 * 64 + 3 * 64 * 64),
+                    9 * (64 * 128 + 3 * 128 * 128), 9 * (128 * 256 + 3 * 256 * 256)]
+    for model, sides in ((full, (28, 14, 7, 4)), (strided, (14, 7, 4, 2))):
+        expected = sum(m * side * side for m, side in zip(per_position, sides))
+        assert model_summary(model).binary_macs == expected
+    with pytest.raises(BnnError, match="Expected stem_strides 1 or 2, got 3"):
+        models.create_model("binary-resnet-e18", stem_strides=3, **options)
 
 
 def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks():
