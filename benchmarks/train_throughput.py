@@ -17,7 +17,7 @@ Data: the bundled digits set (offline), resized on the fly to the model size wit
 augmentation, so the input pipeline does per-example work as in real training. Prints one
 markdown table. Timings are wall-clock on a possibly shared machine: the load average is printed.
 
-    python benchmarks/train_throughput.py           # ~10-15 min on 2 cores
+    python benchmarks/train_throughput.py           # ~10-15 min on 2 cores with native bf16
     python benchmarks/train_throughput.py --quick   # 32x32 only, ~2-3 min sanity run
 """
 
