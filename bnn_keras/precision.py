@@ -17,23 +17,24 @@ PRECISIONS = ("auto", "mixed_bfloat16", "float32")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text, or "" where there is none (macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_supports_bf16() -> bool:
     """True when /proc/cpuinfo lists a native bfloat16 instruction set."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
+    flags = _cpuinfo().split()
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
 
 
 def hardware_summary() -> str:
     """One line for benchmark tables: CPU model, CPU count and whether bfloat16 is native."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                 if line.startswith("model name")), "unknown CPU")
     return f"{name}, {os.cpu_count()} CPUs, native bfloat16: {'yes' if native_bf16() else 'no'}"
 
 
@@ -71,7 +72,7 @@ def emulated_bf16_warning(policy: str) -> Optional[str]:
 
 
 def warn_if_emulated_bf16(policy: str) -> None:
-    """Warns (once per call) when `policy` would run bfloat16 in emulation."""
+    """Warns (`UserWarning`) when `policy` would run bfloat16 in emulation."""
     message = emulated_bf16_warning(policy)
     if message:
         warnings.warn(message, UserWarning, stacklevel=2)

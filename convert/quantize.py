@@ -81,6 +81,11 @@ class FakeQuant(tf.keras.layers.Layer):
             inputs, self.min_value, self.max_value, num_bits=8, narrow_range=False
         )
 
+    @property
+    def step(self) -> float:
+        """The int8 scale: one of the 255 steps between the bounds (nudging keeps it)."""
+        return (float(self.max_value) - float(self.min_value)) / 255.0
+
     def set_range(self, low: float, high: float) -> None:
         """Sets the bounds, widened to contain 0 (int8 needs an exact zero) and never empty."""
         low, high = min(float(low), 0.0), max(float(high), 0.0)
@@ -421,9 +426,7 @@ def centre_binarization_thresholds(prepared: tf.keras.Model) -> List[str]:
         if not (isinstance(producer, tf.keras.layers.BatchNormalization) and producer.center
                 and consumers and all(is_binary_conv(layer) for layer in consumers)):
             continue
-        # fake_quant_with_min_max_vars nudges min/max so that 0 is a level, keeping the step.
-        scale = (float(fake_quant.max_value) - float(fake_quant.min_value)) / 255.0
-        producer.beta.assign_sub(tf.fill(tf.shape(producer.beta), scale / 2.0))
+        producer.beta.assign_sub(tf.fill(tf.shape(producer.beta), fake_quant.step / 2.0))
         shifted.append(producer.name)
     return shifted
 

@@ -112,8 +112,6 @@ def test_birealnet_uses_approx_sign_and_magnitude_aware_weights():
 
 
 def test_stride_2_stem_halves_every_feature_map_with_the_same_parameters():
-    from bnn_keras.model_stats import model_summary
-
     options = dict(input_shape=(28, 28, 1), num_classes=10, stage_filters=[32, 64, 128, 256])
     full = models.create_model("binary-resnet-e18", **options)
     strided = models.create_model("binary-resnet-e18", stem_strides=2, **options)
@@ -127,7 +125,7 @@ def test_stride_2_stem_halves_every_feature_map_with_the_same_parameters():
                     9 * (64 * 128 + 3 * 128 * 128), 9 * (128 * 256 + 3 * 256 * 256)]
     for model, sides in ((full, (28, 14, 7, 4)), (strided, (14, 7, 4, 2))):
         expected = sum(m * side * side for m, side in zip(per_position, sides))
-        assert model_summary(model).binary_macs == expected
+        assert model_stats.model_summary(model).binary_macs == expected
     with pytest.raises(BnnError, match="Expected stem_strides 1 or 2, got 3"):
         models.create_model("binary-resnet-e18", stem_strides=3, **options)
 

@@ -14,7 +14,7 @@ from bnn_keras import precision
 from convert import converter
 from convert.runtime import LceRuntime
 
-from tests.conftest import tiny_lce_model
+from tests.conftest import invoke, tiny_lce_model
 
 
 @pytest.fixture
@@ -87,8 +87,6 @@ def test_bf16_trained_model_converts_and_agrees_with_its_float32_copy():
 
 
 def test_bnn_train_warns_about_emulated_bf16_in_one_line(no_native_bf16, tmp_path):
-    from tests.conftest import invoke
-
     result = invoke([
         "train", "binary-resnet-e18", "--model-option", "stage_filters=[8,8,8,8]",
         "--dataset", "digits", "--image-size", "8", "--epochs", "1", "--steps-per-epoch", "1",

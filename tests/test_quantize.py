@@ -109,8 +109,7 @@ def test_fake_quant_after_each_fused_chain_not_inside_it(trained):
 
 
 def _int8_step(prepared: tf.keras.Model, name: str) -> float:
-    fake_quant = prepared.get_layer(name + quantize.FAKE_QUANT_SUFFIX)
-    return (float(fake_quant.max_value) - float(fake_quant.min_value)) / 255
+    return prepared.get_layer(name + quantize.FAKE_QUANT_SUFFIX).step
 
 
 # The BatchNorms whose output feeds only a binary convolution: their offset moves by
@@ -221,9 +220,8 @@ def test_int8_signs_of_values_within_half_a_step_of_zero_are_the_float_signs():
     np.testing.assert_allclose(int8_output(prepared), expected, atol=0.5)
 
     # Undo the shift: the 16 negative values round to the zero point and binarize to +1.
-    fake_quant = prepared.get_layer("bn" + quantize.FAKE_QUANT_SUFFIX)
-    int8_step = (float(fake_quant.max_value) - float(fake_quant.min_value)) / 255
-    prepared.get_layer("bn").beta.assign_add(np.full(32, int8_step / 2, np.float32))
+    prepared.get_layer("bn").beta.assign_add(
+        np.full(32, _int8_step(prepared, "bn") / 2, np.float32))
     np.testing.assert_allclose(int8_output(prepared), expected + 2 * 16, atol=0.5)
 
 
