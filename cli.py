@@ -114,8 +114,13 @@ def _echo_table(rows, headers) -> None:
               show_default=True,
               help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
                    "(the options here override single values).")
-@click.option("--optimizer", type=click.Choice(["adam", "bop"]), default=None,
-              help="adam, or bop (larq's Bop for binary weights, Adam for the rest).")
+@click.option("--float-learning-rate", "--float-lr", type=float, default=None,
+              help="Peak SGD learning rate of the float weights with --optimizer adam-sgd "
+                   "[default: the recipe's, 0.1].")
+@click.option("--optimizer", type=click.Choice(["adam", "bop", "adam-sgd"]), default=None,
+              help="adam; bop (larq's Bop for binary weights, Adam for the rest); or adam-sgd "
+                   "(Adam for binary weights, SGD with momentum for the rest, QuickNet's "
+                   "recipe).")
 @click.option("--schedule", type=click.Choice(["constant", "step", "linear", "cosine"]),
               default=None, help="Learning-rate decay [default: the recipe's, constant].")
 @click.option("--warmup-epochs", type=float, default=None, help="Linear learning-rate warm-up.")
@@ -174,7 +179,8 @@ def _echo_table(rows, headers) -> None:
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
           data_dir: Optional[str], manual_dir: Optional[str], epochs: Optional[int], batch_size: Optional[int],
-          learning_rate: Optional[float], recipe: str, optimizer: Optional[str],
+          learning_rate: Optional[float], float_learning_rate: Optional[float], recipe: str,
+          optimizer: Optional[str],
           schedule: Optional[str], warmup_epochs: Optional[float],
           label_smoothing: Optional[float], weight_decay: Optional[float], strategy: str,
           input_quantizer: Optional[str], kernel_quantizer: Optional[str],
@@ -219,7 +225,8 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         config = training.TrainConfig(
             model=model_name, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
             image_size=image_size,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, recipe=recipe,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            float_learning_rate=float_learning_rate, recipe=recipe,
             optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, weight_decay=weight_decay, strategy=strategy,
             tricks=tricks, model_options=overrides, steps_per_epoch=steps_per_epoch,

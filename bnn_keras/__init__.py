@@ -18,4 +18,11 @@ __version__ = "0.1.0"
 __all__ = ["BnnError", "KerasVersionError", "__version__"]
 
 # Importing the plugin modules registers their objects with Keras (package "bnn_keras").
-from bnn_keras import callbacks, layers, quantizers, recipes, regularizers  # noqa: E402,F401
+from bnn_keras import (  # noqa: E402,F401
+    callbacks,
+    initializers,
+    layers,
+    quantizers,
+    recipes,
+    regularizers,
+)

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _PACKAGE = "bnn_keras"
-OPTIMIZERS = ("adam", "bop")
+OPTIMIZERS = ("adam", "bop", "adam-sgd")
 SCHEDULES = ("constant", "step", "linear", "cosine")
 # Weight attributes of Keras/larq layers that hold kernels, with the larq attribute naming the
 # quantizer of each.
@@ -67,8 +67,12 @@ class Recipe:
     """How to train a model: optimizer, schedule, regularization and (optionally) budget.
 
     Attributes:
-        optimizer: "adam" (every weight) or "bop" (Bop for binary kernels, Adam for the rest).
+        optimizer: "adam" (every weight), "bop" (Bop for binary kernels, Adam for the rest) or
+            "adam-sgd" (Adam for binary kernels, SGD with momentum for the rest, as QuickNet).
         learning_rate: Peak Adam learning rate (reached after the warm-up).
+        float_learning_rate: For "adam-sgd": peak SGD learning rate of the full-precision
+            weights, on the same schedule.
+        sgd_momentum: For "adam-sgd": SGD's momentum.
         schedule: "constant", "step" (multiply at epoch boundaries), "linear" (to 0 at the last
             step) or "cosine" (to 0 at the last step).
         warmup_epochs: Epochs of linear warm-up from 0 to `learning_rate` (may be fractional).
@@ -91,6 +95,8 @@ class Recipe:
 
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    float_learning_rate: float = 0.1
+    sgd_momentum: float = 0.9
     schedule: str = "constant"
     warmup_epochs: float = 0.0
     step_epochs: Optional[int] = None
@@ -140,6 +146,8 @@ class Recipe:
             raise BnnError(f"Expected schedule in {SCHEDULES}, got {self.schedule!r}.")
         checks = [
             ("learning_rate > 0", self.learning_rate, self.learning_rate > 0),
+            ("float_learning_rate > 0", self.float_learning_rate, self.float_learning_rate > 0),
+            ("0 <= sgd_momentum < 1", self.sgd_momentum, 0 <= self.sgd_momentum < 1),
             ("warmup_epochs >= 0", self.warmup_epochs, self.warmup_epochs >= 0),
             ("0 <= label_smoothing < 1", self.label_smoothing, 0 <= self.label_smoothing < 1),
             ("weight_decay >= 0", self.weight_decay, self.weight_decay >= 0),
@@ -285,8 +293,13 @@ def _step_plan(recipe: Recipe, epochs: int) -> Tuple[List[int], List[float]]:
     return boundaries, multipliers
 
 
-def build_schedule(recipe: Recipe, *, steps_per_epoch: int, epochs: int) -> WarmupDecay:
+def build_schedule(
+    recipe: Recipe, *, steps_per_epoch: int, epochs: int, peak: Optional[float] = None
+) -> WarmupDecay:
     """The learning-rate schedule of `recipe` for a run of `epochs` x `steps_per_epoch` steps.
+
+    `peak` replaces `recipe.learning_rate` (the SGD side of "adam-sgd" follows the same shape
+    at `float_learning_rate`).
 
     Raises:
         BnnError: an invalid recipe or run length.
@@ -309,7 +322,7 @@ def build_schedule(recipe: Recipe, *, steps_per_epoch: int, epochs: int) -> Warm
         epoch_boundaries, multipliers = _step_plan(recipe, epochs)
         boundaries = [b * steps_per_epoch for b in epoch_boundaries]
     return WarmupDecay(
-        recipe.learning_rate,
+        recipe.learning_rate if peak is None else peak,
         decay=recipe.schedule,
         warmup_steps=warmup,
         total_steps=total,
@@ -395,9 +408,11 @@ def build_optimizer(
 
     "adam" gives `tf.keras.optimizers.Adam`. "bop" gives larq's `CaseOptimizer`: Bop for the
     variables larq marks binary (`var.precision == 1`, i.e. kernels of layers with a 1-bit
-    kernel quantizer) and Adam for all others. larq 0.14's CaseOptimizer and Bop derive from
-    the *legacy* Keras optimizer and reject new-style ones, so the inner Adam is
-    `tf.keras.optimizers.legacy.Adam`. Bop keeps the latent weights at exactly +-1; pair it
+    kernel quantizer) and Adam for all others. "adam-sgd" splits the same way: Adam at
+    `learning_rate` for the binary latent weights, SGD with momentum at `float_learning_rate`
+    for the others, both on the recipe's schedule (larq-zoo's QuickNet recipe). larq 0.14's
+    CaseOptimizer and Bop derive from the *legacy* Keras optimizer and reject new-style ones,
+    so the inner optimizers are `tf.keras.optimizers.legacy` ones. Bop keeps the latent weights at exactly +-1; pair it
     with a kernel quantizer whose pseudo-gradient passes at |w| = 1 (`ste_sign`, identity), not
     with a kernel constraint that clips below 1.
 
@@ -413,7 +428,7 @@ def build_optimizer(
         A Keras optimizer.
 
     Raises:
-        BnnError: invalid recipe, or "bop" for a model without binary kernels.
+        BnnError: invalid recipe, or "bop"/"adam-sgd" for a model without binary kernels.
 
     References:
         - Helwegen et al., Latent Weights Do Not Exist: https://arxiv.org/abs/1906.02107
@@ -423,7 +438,21 @@ def build_optimizer(
         return tf.keras.optimizers.Adam(schedule, epsilon=recipe.adam_epsilon)
     if not binary_kernels(model):
         raise BnnError(
-            f"Model {model.name!r} has no binary kernels for Bop to train; use --optimizer adam."
+            f"Model {model.name!r} has no binary kernels for {recipe.optimizer} to train "
+            "separately; use --optimizer adam."
+        )
+    if recipe.optimizer == "adam-sgd":
+        float_schedule = build_schedule(
+            recipe, steps_per_epoch=steps_per_epoch, epochs=epochs, peak=recipe.float_learning_rate
+        )
+        return lq.optimizers.CaseOptimizer(
+            (
+                lq.optimizers.Bop.is_binary_variable,
+                tf.keras.optimizers.legacy.Adam(schedule, epsilon=recipe.adam_epsilon),
+            ),
+            default_optimizer=tf.keras.optimizers.legacy.SGD(
+                float_schedule, momentum=recipe.sgd_momentum
+            ),
         )
     gamma: Any = recipe.bop_gamma
     if recipe.bop_gamma_step_epochs:
@@ -520,6 +549,17 @@ def loss(recipe: Recipe, *, from_logits: bool = False) -> tf.keras.losses.Loss:
 
 _LARQ_ZOO = "larq-zoo larq_zoo/training/basic_experiments.py"
 
+_QUICKNET = Recipe(
+    # larq-zoo TrainQuickNet (larq_zoo/training/sota_experiments.py): CaseOptimizer with
+    # Adam(1e-2) for binary variables and SGD(0.1, momentum 0.9) for the rest, both cosine
+    # with 5 warm-up epochs, 600 epochs, batch 2048. Its cosine runs 600 epochs *after* the
+    # warm-up (605 in all); ours ends at 0 at the last of the 600 epochs.
+    optimizer="adam-sgd", learning_rate=1e-2, float_learning_rate=0.1, sgd_momentum=0.9,
+    schedule="cosine", warmup_epochs=5, epochs=600, batch_size=2048,
+    source="Larq Compute Engine (arXiv 2011.09398); larq-zoo "
+    "larq_zoo/training/sota_experiments.py TrainQuickNet",
+)
+
 _DENSENET28 = Recipe(
     # larq-zoo TrainBinaryDenseNet28: Adam(4e-3, epsilon=1e-8), x0.1 at epochs 100 and 110,
     # 120 epochs, batch 256. Paper: Back to Simplicity, arXiv 1906.08637.
@@ -530,6 +570,10 @@ _DENSENET28 = Recipe(
 
 PAPER_RECIPES: Dict[str, Recipe] = {
     "binary-densenet28": _DENSENET28,
+    # TrainQuickNetSmall and TrainQuickNetLarge inherit TrainQuickNet's optimizer and budget.
+    "quicknet": _QUICKNET,
+    "quicknet-small": _QUICKNET,
+    "quicknet-large": _QUICKNET,
     # larq-zoo TrainBinaryDenseNet37: as 28 with batch 192.
     "binary-densenet37": _DENSENET28.replace(
         batch_size=192,
@@ -609,7 +653,8 @@ def paper_recipe(model_name: str, *, optimizer: str = "adam") -> Recipe:
 
     Args:
         model_name: Registry name, e.g. "binary-densenet28".
-        optimizer: "adam" for the model paper's recipe, "bop" for the Bop paper's.
+        optimizer: "bop" for the Bop paper's recipe; any other optimizer for the model
+            paper's (the caller overrides its optimizer).
 
     Returns:
         A copy of the recipe (safe to modify).

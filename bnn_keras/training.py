@@ -61,11 +61,15 @@ class TrainConfig:
         image_size: Side of the square model input; None uses the data set's default.
         epochs: Number of epochs; None takes the recipe's, else 10.
         batch_size: Global batch size (split over workers); None takes the recipe's, else 64.
-        learning_rate: Peak learning rate of the float weights' Adam; None takes the recipe's.
+        learning_rate: Peak Adam learning rate (of every weight with "adam", of the float
+            weights with "bop", of the binary weights with "adam-sgd"); None takes the recipe's.
             The BNN papers advise a low rate: a large one flips too many latent signs per step.
+        float_learning_rate: Peak SGD learning rate of the float weights with "adam-sgd";
+            None takes the recipe's (0.1 by default).
         recipe: "default" (Adam, constant rate) or "paper" (the model's published recipe,
             `bnn_keras.recipes.paper_recipe`); the options below override single values.
-        optimizer: "adam", or "bop" (Bop for binary weights, Adam for the rest).
+        optimizer: "adam", "bop" (Bop for binary weights, Adam for the rest) or "adam-sgd"
+            (Adam for binary weights, SGD with momentum for the rest).
         schedule: "constant", "step", "linear" or "cosine" learning-rate decay.
         warmup_epochs: Linear learning-rate warm-up.
         label_smoothing: Label smoothing of the cross-entropy.
@@ -96,6 +100,7 @@ class TrainConfig:
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     learning_rate: Optional[float] = None
+    float_learning_rate: Optional[float] = None
     recipe: str = "default"
     optimizer: Optional[str] = None
     schedule: Optional[str] = None
@@ -130,6 +135,8 @@ class TrainConfig:
             ("batch_size", self.batch_size, self.batch_size is None or self.batch_size >= 1),
             ("learning_rate", self.learning_rate,
              self.learning_rate is None or self.learning_rate > 0),
+            ("float_learning_rate", self.float_learning_rate,
+             self.float_learning_rate is None or self.float_learning_rate > 0),
             ("image_size", self.image_size, self.image_size is None or self.image_size >= 4),
             ("steps_per_epoch", self.steps_per_epoch,
              self.steps_per_epoch is None or self.steps_per_epoch >= 1),
@@ -142,8 +149,8 @@ class TrainConfig:
 
 
 # TrainConfig fields that override single values of the recipe when set.
-_RECIPE_OVERRIDES = ("learning_rate", "optimizer", "schedule", "warmup_epochs",
-                     "label_smoothing", "weight_decay")
+_RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
+                     "warmup_epochs", "label_smoothing", "weight_decay")
 
 
 def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:

@@ -114,8 +114,9 @@ def missed_fusions(data: bytes, *, source: str = "the input") -> List[str]:
 
     LCE fuses BatchNorm, scaling and most activations that follow an LceBconv2d into the op's
     post-multiplier/bias, and a following sign into its binary output. An op that still sits
-    between `LceBconv2d` and `LceQuantize`/`LceBconv2d` was not fused: it costs a float pass
-    over the feature map and a separate quantization.
+    between `LceBconv2d` and `LceQuantize`/`LceBconv2d`, with constants as its other inputs,
+    was not fused: it costs a float pass over the feature map and a separate quantization.
+    An op on two activations (a residual ADD of the conv output and its shortcut) is not counted.
 
     Returns:
         One description per such op, e.g. `"op 12 MUL (LceBconv2d -> MUL -> LceQuantize)"`.
@@ -132,14 +133,21 @@ def missed_fusions(data: bytes, *, source: str = "the input") -> List[str]:
                 producer[int(tensor)] = index
             for tensor in op.inputs if op.inputs is not None else []:
                 consumers[int(tensor)].append(index)
+        graph_inputs = {int(t) for t in (subgraph.inputs if subgraph.inputs is not None else [])}
         for index, op in enumerate(ops):
             name = names[op.opcodeIndex]
             if name in LCE_OPS:
                 continue
+            inputs = [int(t) for t in (op.inputs if op.inputs is not None else []) if t >= 0]
             fed_by_bconv = any(
-                names[ops[producer[int(t)]].opcodeIndex] == "LceBconv2d"
-                for t in (op.inputs if op.inputs is not None else []) if int(t) in producer
+                t in producer and names[ops[producer[t]].opcodeIndex] == "LceBconv2d"
+                for t in inputs
             )
+            # An op on two activations (a residual ADD of the conv output and a shortcut, the
+            # sum of several binary bases) is real work; only an op whose other inputs are
+            # constants could have been fused.
+            if sum(t in producer or t in graph_inputs for t in inputs) > 1:
+                continue
             next_ops = [
                 names[ops[c].opcodeIndex]
                 for t in (op.outputs if op.outputs is not None else []) for c in consumers[int(t)]

@@ -24,6 +24,7 @@ from models import (  # noqa: E402,F401
     compact_bnn,
     densenet,
     dorefanet,
+    quicknet,
     resnet,
     xnornet,
 )

@@ -1,7 +1,8 @@
 """Pieces that several model families share: input, stem choice, classifier head."""
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
@@ -58,6 +59,37 @@ def flatten_to_pixel(x: tf.Tensor, name: str) -> tf.Tensor:
     for d in x.shape[1:]:
         size *= int(d)
     return tf.keras.layers.Reshape((1, 1, size), name=name)(x)
+
+
+def binary_conv3x3(
+    filters: int,
+    *,
+    name: str,
+    input_quantizer: Any,
+    kernel_quantizer: Any,
+    kernel_constraint: Any,
+    strides: int = 1,
+    dilation_rate: int = 1,
+) -> tf.keras.layers.Layer:
+    """A binary 3x3 "same" convolution in the form LCE runs as one fused LceBconv2d.
+
+    Padding with +1 instead of 0 keeps the padded input binary (LCE model-optimization guide);
+    no bias, since a BatchNormalization follows in every family that uses it.
+    """
+    return lq.layers.QuantConv2D(
+        filters,
+        3,
+        strides=strides,
+        dilation_rate=dilation_rate,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer=input_quantizer,
+        kernel_quantizer=kernel_quantizer,
+        kernel_constraint=kernel_constraint,
+        kernel_initializer="glorot_normal",
+        use_bias=False,
+        name=name,
+    )
 
 
 LayerFactory = Callable[..., tf.keras.layers.Layer]

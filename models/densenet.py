@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import larq as lq
 import tensorflow as tf
 
-from models.common import classifier_head, image_input, is_small_input
+from models.common import binary_conv3x3, classifier_head, image_input, is_small_input
 from models.registry import register_model
 
 # Back to Simplicity trains BinaryDenseNet with a gradient-cancelling window of 1.3.
@@ -83,19 +83,12 @@ def binary_densenet(
         for i in range(1, layers_in_block + 1):
             prefix = f"block{b}_layer{i}"
             y = _bn(f"{prefix}_bn")(x)
-            y = lq.layers.QuantConv2D(
+            y = binary_conv3x3(
                 growth_rate,
-                3,
                 dilation_rate=dilation_rate[b - 1],
-                padding="same",
-                # Padding with +1 instead of 0 keeps the padded input binary, which lets LCE
-                # run the convolution as one fused LceBconv2d (LCE model-optimization guide).
-                pad_values=1.0,
                 input_quantizer=input_quantizer,
                 kernel_quantizer=kernel_quantizer,
                 kernel_constraint=kernel_constraint,
-                kernel_initializer="glorot_normal",
-                use_bias=False,
                 name=f"{prefix}_conv",
             )(y)
             x = tf.keras.layers.Concatenate(name=f"{prefix}_concat")([x, y])

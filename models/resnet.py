@@ -16,7 +16,13 @@ import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from models.common import batch_norm, classifier_head, image_input, is_small_input
+from models.common import (
+    batch_norm,
+    binary_conv3x3,
+    classifier_head,
+    image_input,
+    is_small_input,
+)
 from models.registry import register_model
 
 # Back to Simplicity trains BinaryResNetE with a gradient-cancelling window of 1.25.
@@ -109,18 +115,12 @@ def binary_resnet(
                     name=f"{prefix}_shortcut_conv",
                 )(shortcut)
                 shortcut = bn(f"{prefix}_shortcut_bn")(shortcut)
-            x = lq.layers.QuantConv2D(
+            x = binary_conv3x3(
                 filters,
-                3,
                 strides=2 if downsample else 1,
-                padding="same",
-                # +1 padding keeps the padded input binary: one fused LceBconv2d on ARM.
-                pad_values=1.0,
                 input_quantizer=input_quantizer,
                 kernel_quantizer=kernel_quantizer,
                 kernel_constraint=kernel_constraint,
-                kernel_initializer="glorot_normal",
-                use_bias=False,
                 name=f"{prefix}_conv",
             )(x)
             x = bn(f"{prefix}_bn")(x)

@@ -105,3 +105,31 @@ def test_tensor_names_follow_keras_layers(digits_flatbuffer):
     names = {t.name.decode() for t in model.subgraphs[0].tensors}
     assert "block1_layer1_conv/QuantConv2D" in names and "head_dense/MatMul" in names
     assert not any(n.startswith("binary_densenet28/") for n in names)
+
+
+def _binary_conv(name):
+    import larq as lq
+
+    return lq.layers.QuantConv2D(
+        4, 3, padding="same", pad_values=1.0, use_bias=False, input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign", kernel_constraint="weight_clip", name=name,
+    )
+
+
+def test_missed_fusions_flag_an_unfusable_op_but_not_a_residual_add():
+    import larq_compute_engine as lce
+
+    inputs = tf.keras.Input((8, 8, 4))
+    # tanh after a binary conv: LCE fuses ReLU-like clamps only, so TANH stays a float op.
+    x = tf.keras.layers.Activation("tanh", name="tanh")(_binary_conv("bconv1")(inputs))
+    shortcut = x
+    x = tf.keras.layers.BatchNormalization(name="bn")(_binary_conv("bconv2")(x))
+    x = tf.keras.layers.Add(name="residual")([x, shortcut])  # adds two activations
+    x = _binary_conv("bconv3")(x)
+    model = tf.keras.Model(inputs, tf.keras.layers.GlobalAveragePooling2D()(x))
+    data = lce.convert_keras_model(model, target="arm")
+    ops = flatbuffer.op_histogram(data)
+    assert ops["LceBconv2d"] == 3 and ops["TANH"] == 1 and ops["ADD"] == 1
+    missed = flatbuffer.missed_fusions(data)
+    assert len(missed) == 1
+    assert "TANH (LceBconv2d -> TANH -> LceQuantize)" in missed[0]

@@ -29,6 +29,14 @@ ZOO_PARAMS = {
     "dorefanet": 62_403_912,
 }
 
+# larq-zoo's QuickNet tables come from larq's model summary, which folds BatchNormalization's
+# moving statistics into its scale and offset: 2 weights per channel where Keras counts 4.
+QUICKNET_ZOO_SUMMARY_PARAMS = {
+    "quicknet-small": 12_655_688,
+    "quicknet": 13_234_088,
+    "quicknet-large": 23_342_248,
+}
+
 # Layer names Keras generates when a layer is created without a name.
 AUTO_NAME = re.compile(
     r"^(conv2d|quant_conv2d|batch_normalization|activation|add|concatenate|max_pooling2d|"
@@ -44,6 +52,18 @@ def _batch(shape, n=2, seed=0):
 def test_parameter_count_matches_larq_zoo(name, expected):
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     assert model.count_params() == expected
+
+
+@pytest.mark.parametrize("name,expected", sorted(QUICKNET_ZOO_SUMMARY_PARAMS.items()))
+def test_quicknet_parameter_count_matches_larq_zoo_summary(name, expected):
+    model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
+    assert lq.models.ModelProfile(model).weight_count() == expected
+    # The Keras count adds 2 moving statistics per channel of every BN with scale and offset.
+    folded = sum(
+        2 * layer.gamma.shape[0] for layer in model.layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization) and layer.scale
+    )
+    assert model.count_params() == expected + folded
 
 
 # Each test below builds as few models as it can: a build takes 1-10 s on the shared 2 cores.
@@ -87,7 +107,11 @@ def test_imagenet_input_gives_probabilities_with_the_large_stem(name):
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)
     stem = model.layers[1]
-    assert stem.kernel_size[0] >= 7 and stem.strides[0] >= 2
+    if name.startswith("quicknet"):  # 3x3/2 conv, then a 3x3/2 depthwise conv: 224 -> 56
+        assert stem.strides == (2, 2)
+        assert model.get_layer("section1_block1_conv").input_shape[1:3] == (56, 56)
+    else:
+        assert stem.kernel_size[0] >= 7 and stem.strides[0] >= 2
 
 
 def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape():
@@ -128,6 +152,38 @@ def test_stride_2_stem_halves_every_feature_map_with_the_same_parameters():
         assert model_stats.model_summary(model).binary_macs == expected
     with pytest.raises(BnnError, match="Expected stem_strides 1 or 2, got 3"):
         models.create_model("binary-resnet-e18", stem_strides=3, **options)
+
+
+def test_quicknet_blocks_keep_their_shape_and_transitions_blur_pool_in_float():
+    filters = [16, 32, 64, 128]
+    model = models.create_model(
+        "quicknet", input_shape=(28, 28, 1), num_classes=10, section_filters=filters
+    )
+    binary = [l for l in model.layers if model_stats.is_binary_conv(l)]
+    assert len(binary) == 16
+    for layer in binary:  # every binary conv is 3x3, stride 1, as many channels out as in
+        assert layer.kernel_size == (3, 3) and layer.strides == (1, 1)
+        assert layer.input_shape[-1] == layer.filters
+    # conv -> ReLU -> BN -> add: the ReLU sits on the binary path, before BN (LCE fuses both).
+    assert model.get_layer("section2_block3_relu").input is model.get_layer(
+        "section2_block3_conv").output
+    assert model.get_layer("section2_block3_bn").input is model.get_layer(
+        "section2_block3_relu").output
+    # Transitions: max-pool 2 with stride 1, then a fixed binomial blur with stride 2.
+    blur = model.get_layer("section3_transition_blurpool")
+    assert not blur.trainable and blur.strides == (2, 2)
+    kernel = blur.depthwise_kernel.numpy()
+    np.testing.assert_allclose(kernel[:, :, 5, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16.0)
+    assert model.get_layer("section3_transition_conv").kernel_size == (1, 1)
+    # Sections at 28, 14, 7, 3 pixels (28 -> pool 27 -> stride 2 "same" 14 -> 13 -> 7 -> 6 -> 3).
+    sides = [model.get_layer(f"section{s}_block1_conv").output_shape[1] for s in (1, 2, 3, 4)]
+    assert sides == [28, 14, 7, 3]
+    expected = sum(4 * 9 * f * f * side * side for f, side in zip(filters, sides))
+    stats = model_stats.model_summary(model)
+    assert stats.binary_macs == expected
+    assert stats.binary_mac_fraction > 0.95
+    with pytest.raises(BnnError, match="one entry per section"):
+        models.create_model("quicknet", input_shape=(28, 28, 1), section_blocks=[1, 1])
 
 
 def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks():
@@ -232,3 +288,24 @@ def test_save_and_load_reproduces_outputs(name, tmp_path):
     np.testing.assert_allclose(
         loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-7
     )
+
+
+def test_saved_quicknet_loads_with_only_bnn_keras_imported(tmp_path):
+    """`bnn convert` loads a run's model.keras without importing `models`: QuickNet's blur
+    initializer must be a bnn_keras object that Keras finds by its registered name."""
+    import subprocess
+    import sys
+
+    model = models.create_model("quicknet", input_shape=(16, 16, 1), num_classes=10,
+                                section_filters=[8, 16, 16, 16], section_blocks=[1, 1, 1, 1])
+    path = tmp_path / "quicknet.keras"
+    model.save(path)
+    script = (
+        "import sys, bnn_keras, tensorflow as tf\n"
+        "assert 'models' not in sys.modules\n"
+        f"model = tf.keras.models.load_model({str(path)!r})\n"
+        "print(float(model.get_layer('section2_transition_blurpool').depthwise_kernel[1, 1, 0, 0]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) == 0.25  # the centre of the 3x3 binomial kernel

@@ -142,6 +142,29 @@ def test_bop_flips_binary_kernels_and_adam_moves_float_weights():
     np.testing.assert_allclose(moved[mask], -1e-3 * np.sign(g[mask]), rtol=1e-2)
 
 
+def test_adam_sgd_moves_binary_kernels_with_adam_and_float_weights_with_sgd():
+    tf.keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    recipe = recipes.Recipe(
+        optimizer="adam-sgd", learning_rate=1e-3, float_learning_rate=0.05, sgd_momentum=0.9
+    )
+    optimizer = recipes.build_optimizer(recipe, model, steps_per_epoch=1, epochs=1)
+    assert isinstance(optimizer, lq.optimizers.CaseOptimizer)
+    before, grads = _one_step(model, optimizer)
+
+    # Adam's first step on the binary latent weights: -lr * g / (|g| + eps'), i.e. -lr * sign(g).
+    for name in ("bconv/kernel:0", "bdense/kernel:0"):
+        g = grads[name]
+        moved = model.get_layer(name.split("/")[0]).kernel.numpy() - before[name]
+        mask = np.abs(g) > 1e-4
+        np.testing.assert_allclose(moved[mask], -1e-3 * np.sign(g[mask]), rtol=1e-2)
+    # SGD's first step with momentum (velocity starts at 0): -lr * g, on every float weight.
+    for name in ("fp_conv/kernel:0", "bn/gamma:0", "head/kernel:0"):
+        layer_name, weight = name.split("/")
+        moved = getattr(model.get_layer(layer_name), weight.split(":")[0]).numpy() - before[name]
+        np.testing.assert_allclose(moved, -0.05 * grads[name], rtol=1e-4, atol=1e-9)
+
+
 def test_adam_recipe_is_plain_adam_with_the_schedule():
     model = _tiny_model()
     recipe = recipes.Recipe(learning_rate=2e-3, schedule="linear", adam_epsilon=1e-8)
@@ -281,7 +304,24 @@ def test_paper_recipes_name_registered_models_and_build():
     for name, recipe in {**recipes.PAPER_RECIPES}.items():
         assert recipe.source, name
         schedule = recipes.build_schedule(recipe, steps_per_epoch=10, epochs=recipe.epochs)
-        assert float(schedule(tf.constant(0))) == pytest.approx(recipe.learning_rate), name
+        peak_step = int(round(recipe.warmup_epochs * 10))
+        assert float(schedule(tf.constant(peak_step))) == pytest.approx(recipe.learning_rate), name
+
+
+def test_quicknet_recipe_is_larq_zoos_adam_and_sgd_with_warmup():
+    recipe = recipes.paper_recipe("quicknet-small")
+    assert (recipe.optimizer, recipe.learning_rate, recipe.float_learning_rate) == (
+        "adam-sgd", 1e-2, 0.1)
+    assert (recipe.schedule, recipe.warmup_epochs, recipe.epochs, recipe.batch_size) == (
+        "cosine", 5, 600, 2048)
+    optimizer = recipes.build_optimizer(recipe, _tiny_model(), steps_per_epoch=10, epochs=20)
+    binary_opt, float_opt = optimizer.optimizers  # the binary case, then the default
+    # Both rise linearly over the 50 warm-up steps, then follow the cosine to 0 at step 200.
+    for opt, peak in ((binary_opt, 1e-2), (float_opt, 0.1)):
+        schedule = opt._get_hyper("learning_rate")
+        assert float(schedule(tf.constant(25))) == pytest.approx(peak / 2)
+        assert float(schedule(tf.constant(125))) == pytest.approx(peak / 2, rel=1e-5)
+    assert float_opt._get_hyper("momentum") == 0.9
 
 
 def test_binarynet_recipe_decays_exponentially_to_the_papers_final_rate():

@@ -24,6 +24,9 @@ EXPECTED_NAMES = {
     "binarynet",
     "bnn-plus-alexnet",
     "compact-bnn",
+    "quicknet-small",
+    "quicknet",
+    "quicknet-large",
 }
 
 

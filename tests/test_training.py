@@ -160,11 +160,13 @@ def test_signal_mid_epoch_keeps_last_epoch_and_resume_finishes(tmp_path, signame
         np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
-def test_bop_run_resumes_with_its_optimizer_state(tmp_path):
-    """Bop's per-weight momentum and Adam's moments (larq's CaseOptimizer) survive a resume."""
+@pytest.mark.parametrize("optimizer", ["bop", "adam-sgd"])
+def test_split_optimizer_run_resumes_with_its_optimizer_state(tmp_path, optimizer):
+    """Bop's per-weight momentum, Adam's moments and SGD's velocity (larq's CaseOptimizer)
+    survive a resume."""
     import signal
 
-    config = dict(optimizer="bop", track_flips=False)
+    config = dict(optimizer=optimizer, track_flips=False)
     run_dir = tmp_path / "run"
     with pytest.raises(training.TrainingInterruptedError):
         training.train(tiny_config(**config), tiny_bnn, run_dir, verbose=0,

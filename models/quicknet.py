@@ -1,0 +1,161 @@
+"""QuickNet (Bannink et al., "Larq Compute Engine", 2021): a BNN designed for LCE on ARM.
+
+Sections of residual blocks `sign -> binary 3x3 conv -> ReLU -> BN -> add`, where the binary
+convolution never changes shape: the ReLU puts a nonlinearity on the binary path (ResNetE's
+blocks are linear apart from the sign) and LCE fuses conv, ReLU and BN into one LceBconv2d.
+Downsampling happens in full-precision transitions `ReLU -> MaxPool(2, stride 1) -> fixed 3x3
+blur depthwise conv with stride 2 -> 1x1 conv -> BN`, which cost little next to the binary
+convolutions. Parameter counts match larq-zoo's QuickNetSmall, QuickNet and QuickNetLarge as
+larq's model summary counts them (BatchNorm statistics folded into its scale and offset).
+
+References:
+    - [Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art Binarized Neural
+      Networks](https://arxiv.org/abs/2011.09398)
+    - [Making Convolutional Networks Shift-Invariant Again](https://arxiv.org/abs/1904.11486)
+      (the blur pooling of the transitions)
+"""
+
+from typing import Any, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from bnn_keras.errors import BnnError
+from bnn_keras.initializers import BlurKernel
+from models.common import (
+    batch_norm,
+    binary_conv3x3,
+    classifier_head,
+    image_input,
+    is_small_input,
+)
+from models.registry import register_model
+
+# QuickNet trains with SteSign(clip_value=1.25) for inputs and weights, as ResNetE does.
+CLIP_VALUE = 1.25
+
+
+def quicknet(
+    *,
+    section_blocks: Sequence[int] = (4, 4, 4, 4),
+    section_filters: Sequence[int] = (64, 128, 256, 512),
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    include_top: bool = True,
+    input_quantizer: Any = None,
+    kernel_quantizer: Any = None,
+    kernel_constraint: Any = None,
+    name: str = "quicknet",
+) -> tf.keras.Model:
+    """Builds a QuickNet.
+
+    Args:
+        section_blocks: Residual blocks per section (one binary conv each).
+        section_filters: Channels of each section; a transition precedes every section whose
+            width differs from the previous one.
+        input_shape: Input (height, width, channels). ImageNet-sized inputs get QuickNet's stem
+            (3x3/2 conv -> BN -> ReLU -> 3x3/2 depthwise -> BN -> 1x1 conv -> BN, 4x smaller);
+            sides under 50 px get a 3x3 stride-1 conv -> BN, as the other families here.
+        num_classes: Classifier size.
+        include_top: Whether to add ReLU + global pooling + dense + softmax.
+        input_quantizer: Activation quantizer (default `SteSign(clip_value=1.25)`).
+        kernel_quantizer: Weight quantizer (default `SteSign(clip_value=1.25)`).
+        kernel_constraint: Latent weight constraint (default `WeightClip(1.25)`).
+        name: Keras model name.
+
+    Returns:
+        An uncompiled `tf.keras.Model`.
+
+    Raises:
+        BnnError: section lists of different lengths, or an ImageNet stem whose width is not
+            divisible by 4.
+    """
+    quantization = dict(
+        input_quantizer=input_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE),
+        kernel_quantizer=kernel_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE),
+        kernel_constraint=kernel_constraint or lq.constraints.WeightClip(clip_value=CLIP_VALUE),
+    )
+    if len(section_blocks) != len(section_filters):
+        raise BnnError(
+            f"section_blocks {tuple(section_blocks)} and section_filters "
+            f"{tuple(section_filters)} must have one entry per section."
+        )
+
+    inputs = image_input(input_shape)
+    x = _stem(inputs, section_filters[0], small=is_small_input(input_shape))
+    for s, (blocks, filters) in enumerate(zip(section_blocks, section_filters), start=1):
+        if x.shape[-1] != filters:
+            x = _transition(x, filters, prefix=f"section{s}_transition")
+        for b in range(1, blocks + 1):
+            prefix = f"section{s}_block{b}"
+            shortcut = x
+            x = binary_conv3x3(filters, name=f"{prefix}_conv", **quantization)(x)
+            # ReLU before BN: LCE clamps the accumulator, then applies BN's multiplier and bias.
+            x = tf.keras.layers.ReLU(name=f"{prefix}_relu")(x)
+            x = batch_norm(f"{prefix}_bn")(x)
+            x = tf.keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
+
+    if include_top:
+        x = tf.keras.layers.ReLU(name="head_relu")(x)
+        x = classifier_head(x, num_classes)
+    return tf.keras.Model(inputs=inputs, outputs=x, name=name)
+
+
+def _stem(x: tf.Tensor, filters: int, *, small: bool) -> tf.Tensor:
+    if small:
+        x = tf.keras.layers.Conv2D(
+            filters, 3, padding="same", kernel_initializer="he_normal", use_bias=False,
+            name="stem_conv",
+        )(x)
+        return batch_norm("stem_bn")(x)
+    if filters % 4:
+        raise BnnError(f"QuickNet's stem needs section_filters[0] divisible by 4, got {filters}.")
+    x = tf.keras.layers.Conv2D(
+        filters // 4, 3, strides=2, padding="same", kernel_initializer="he_normal",
+        use_bias=False, name="stem_conv",
+    )(x)
+    x = tf.keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = tf.keras.layers.ReLU(name="stem_relu")(x)
+    x = tf.keras.layers.DepthwiseConv2D(
+        3, strides=2, padding="same", use_bias=False, name="stem_depthwise"
+    )(x)
+    x = tf.keras.layers.BatchNormalization(scale=False, center=False, name="stem_depthwise_bn")(x)
+    x = tf.keras.layers.Conv2D(
+        filters, 1, kernel_initializer="he_normal", use_bias=False, name="stem_pointwise"
+    )(x)
+    return tf.keras.layers.BatchNormalization(name="stem_pointwise_bn")(x)
+
+
+def _transition(x: tf.Tensor, filters: int, *, prefix: str) -> tf.Tensor:
+    """Halves the feature map and sets the width, in full precision (ReLU -> blur pool -> 1x1)."""
+    x = tf.keras.layers.ReLU(name=f"{prefix}_relu")(x)
+    # Max-pool densely, then blur and subsample: anti-aliased max pooling (Zhang, 2019).
+    x = tf.keras.layers.MaxPool2D(pool_size=2, strides=1, name=f"{prefix}_pool")(x)
+    x = tf.keras.layers.DepthwiseConv2D(
+        3, strides=2, padding="same", depthwise_initializer=BlurKernel(),
+        use_bias=False, trainable=False, name=f"{prefix}_blurpool",
+    )(x)
+    x = tf.keras.layers.Conv2D(
+        filters, 1, kernel_initializer="glorot_normal", use_bias=False, name=f"{prefix}_conv"
+    )(x)
+    return batch_norm(f"{prefix}_bn")(x)
+
+
+@register_model("quicknet-small")
+def quicknet_small(**kwargs) -> tf.keras.Model:
+    """QuickNetSmall: 12,655,688 parameters at 224x224x3, 1000 classes (larq-zoo: 59.4% top-1)."""
+    kwargs.setdefault("section_filters", (32, 64, 256, 512))
+    return quicknet(name="quicknet_small", **kwargs)
+
+
+@register_model("quicknet")
+def quicknet_medium(**kwargs) -> tf.keras.Model:
+    """QuickNet: 13,234,088 parameters at 224x224x3, 1000 classes (larq-zoo: 63.3% top-1)."""
+    return quicknet(name="quicknet", **kwargs)
+
+
+@register_model("quicknet-large")
+def quicknet_large(**kwargs) -> tf.keras.Model:
+    """QuickNetLarge: 23,342,248 parameters at 224x224x3, 1000 classes (larq-zoo: 66.9% top-1)."""
+    kwargs.setdefault("section_blocks", (6, 8, 12, 6))
+    return quicknet(name="quicknet_large", **kwargs)
