@@ -1,4 +1,5 @@
-"""Pieces that several model families share: input, stem choice, classifier head."""
+"""Pieces that several model families share: input, stem choice, the LCE-friendly binary 3x3
+convolution, binary fully-connected layers and the classifier head."""
 
 from typing import Any, Callable, Optional, Sequence
 

@@ -110,6 +110,8 @@ def _stem(x: tf.Tensor, filters: int, *, small: bool) -> tf.Tensor:
         return batch_norm("stem_bn")(x)
     if filters % 4:
         raise BnnError(f"QuickNet's stem needs section_filters[0] divisible by 4, got {filters}.")
+    # larq-zoo's stem BNs keep Keras' defaults (momentum 0.99, epsilon 1e-3), unlike the
+    # zoo's momentum 0.9 / epsilon 1e-5 of the blocks and transitions (`batch_norm`).
     x = tf.keras.layers.Conv2D(
         filters // 4, 3, strides=2, padding="same", kernel_initializer="he_normal",
         use_bias=False, name="stem_conv",
