@@ -5,6 +5,7 @@ prints. A `BnnError` (bad input the user can fix) becomes one line on stderr and
 any other failure becomes one line and exit code 1. `bnn --debug ...` shows the traceback.
 """
 
+import dataclasses
 import functools
 import json
 import sys
@@ -17,6 +18,7 @@ import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 
 # The import above has run, so TensorFlow resolves to tf-keras from here on.
 from bnn_keras import BnnError  # noqa: E402
+from bnn_keras.errors import storage_error_message  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -36,6 +38,10 @@ class BnnGroup(click.Group):
             if isinstance(exc, BnnError):
                 click.echo(f"Error: {exc}", err=True)
                 ctx.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
+            storage = storage_error_message(exc)  # read-only, permissions, disk full
+            if storage:
+                click.echo(f"Error: {storage}", err=True)
+                ctx.exit(EXIT_USER_ERROR)
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             click.echo(
                 f"Internal error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)",
@@ -92,8 +98,9 @@ def _echo_table(rows, headers) -> None:
 @click.argument("model_name", metavar="MODEL", required=False)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               default=None,
-              help="Continue an interrupted run folder from its last complete epoch "
-                   "(MODEL and the other options come from its config.json).")
+              help="Continue a run folder from its last complete epoch, with MODEL and the "
+                   "options recorded in its config.json (other values are refused); with "
+                   "--epochs N, extend a finished or interrupted run to N epochs.")
 @click.option("--dataset", default="cifar10", show_default=True,
               help="digits (bundled with scikit-learn, offline), mnist, fashion_mnist (IDX files "
                    "in --data-dir are read directly), cifar10, cifar100, imagenette, "
@@ -196,7 +203,9 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
     The run folder holds model.keras, config.json (every option), history.csv, flips.csv and
     flips.png (sign flips per binary layer), status.json, backup/ (the last complete epoch,
     for --resume) and metrics.json (final accuracy, wall time, images/s). Ctrl-C keeps the
-    last complete epoch: continue with `bnn train --resume RUN_DIR`.
+    last complete epoch: continue with `bnn train --resume RUN_DIR`, or train a finished run
+    further with `bnn train --resume RUN_DIR --epochs N`. One process at a time trains in a
+    run folder.
     """
     import models
     from bnn_keras import training
@@ -204,12 +213,16 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
     if resume_dir:
         run_config = training.read_run_config(Path(resume_dir))
         config = training.TrainConfig.from_run_config(run_config)
-        click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, "
-                   f"{training.read_status(Path(resume_dir)).get('epochs_completed', 0)} of "
-                   f"{config.epochs} epochs done")
+        _refuse_resume_changes(click.get_current_context(), config, Path(resume_dir))
+        done = training.run_progress(Path(resume_dir), run_config).epochs_done
+        target = epochs or config.epochs
+        click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, {done} of "
+                   f"{target} epochs done"
+                   + (f" (extended from {config.epochs})" if target != config.epochs else ""))
         build = functools.partial(_build_registered, config.model, config.tricks,
                                   config.model_options)
-        result = training.resume_training(Path(resume_dir), build, verbose=verbose)
+        result = training.resume_training(Path(resume_dir), build, epochs=epochs,
+                                          verbose=verbose)
     else:
         if not model_name:
             raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
@@ -246,6 +259,68 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
     )
 
 
+# `bnn train` options that --resume may be given: --epochs extends or shortens the run (it is
+# recorded), the others only change how this process reports.
+_RESUME_MAY_CHANGE = {"resume_dir", "epochs", "verbose"}
+# Options that set a training trick, and the TrainConfig.tricks key each one records.
+_TRICK_OPTIONS = ("input_quantizer", "kernel_quantizer", "regularizer",
+                  "regularization_factor", "bases", "activation", "scale_output")
+
+
+def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
+    """Refuses `--resume RUN` with MODEL or options that differ from the run's config.json.
+
+    A resumed run must train what it started with, so that it ends where the uninterrupted run
+    would have; an option the user typed that says otherwise is an error, not silently ignored.
+    """
+    from click.core import ParameterSource
+
+    recorded = {
+        "model_name": config.model,
+        "model_options": config.model_options,
+        "flip_warn_threshold": config.flip_warn_threshold,
+        **{name: config.tricks.get(name) for name in _TRICK_OPTIONS},
+        **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+           if f.name not in ("model", "tricks", "model_options", "flip_warn_threshold")},
+    }
+    differences = []
+    for param in ctx.command.params:
+        name = param.name
+        if name in _RESUME_MAY_CHANGE or ctx.get_parameter_source(name) in (
+                None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            continue
+        value = ctx.params[name]
+        if name == "output":
+            if Path(value).resolve() != run_dir.resolve():
+                differences.append(f"--output {value} is not the resumed folder {run_dir}")
+            continue
+        if name == "model_options":
+            value = _parse_model_options(value)
+        elif name == "flip_warn_threshold":
+            value = value or None
+        elif name == "bases" and value == 1 or name == "scale_output" and not value:
+            value = None  # the defaults, which the run records as "no trick"
+        if name not in recorded:
+            differences.append(f"{_option_flag(param)} cannot be given with --resume")
+        elif value != recorded[name]:
+            what = "MODEL" if name == "model_name" else _option_flag(param)
+            differences.append(f"{what} {_shown(value)} (the run has {_shown(recorded[name])})")
+    if differences:
+        raise BnnError(
+            f"--resume {run_dir} continues the run as recorded in its config.json, but "
+            f"{'; '.join(differences)}. Drop those options (only --epochs may change), or start "
+            "a new run with --output."
+        )
+
+
+def _option_flag(param: click.Parameter) -> str:
+    return max(param.opts, key=len) if param.opts else param.name
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
 def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str, Any],
                       input_shape, num_classes):
     import models
@@ -254,8 +329,21 @@ def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str
                                tricks=tricks, **model_options)
 
 
+# A VALUE starting like this (or one of the JSON words) is meant as JSON: a typo in it is an
+# error, not a string (`stage_filters=[16,32` would otherwise reach the model as 8 characters).
+_JSON_START = tuple('[{"-0123456789')
+_JSON_WORDS = ("true", "false", "null")
+
+
 def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
-    """`("stage_filters=[16,32]", "growth_rate=32")` -> keyword arguments (JSON values)."""
+    """`("stage_filters=[16,32]", "growth_rate=32")` -> keyword arguments (JSON values).
+
+    A VALUE that is not JSON and does not look like it (a plain word) stays a string.
+
+    Raises:
+        click.BadParameter: no `=`, or a VALUE that looks like JSON and does not parse; the
+            message gives the JSON error and its column.
+    """
     options = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -264,7 +352,15 @@ def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
                                      param_hint="--model-option")
         try:
             value = json.loads(text)
-        except ValueError:
+        except json.JSONDecodeError as exc:
+            stripped = text.strip()
+            if stripped.startswith(_JSON_START) or stripped.lower() in _JSON_WORDS:
+                hint = (f" (JSON spells it {stripped.lower()})"
+                        if stripped.lower() in _JSON_WORDS else "")
+                raise click.BadParameter(
+                    f"invalid JSON {text!r} at column {exc.colno}: {exc.msg}{hint}",
+                    param_hint=f"--model-option {key.strip()}",
+                ) from None
             value = text
         options[key.strip().replace("-", "_")] = value
     return options
@@ -275,12 +371,24 @@ def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """--threads between 1 and the CPUs available; more only slow LCE's interpreter down."""
+    from convert.runtime import check_threads
+
+    return check_threads(value, option="--threads")
+
+
 @main.command()
 @click.argument("source", metavar="RUN_DIR_OR_MODEL_FILE", type=click.Path())
 @click.option("--target", type=click.Choice(["arm64", "arm", "xcore"]), default="arm64",
               show_default=True, help="LCE target; arm64 and arm both mean LCE's ARM kernels.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the .tflite [default: model.tflite next to the model].")
+@click.option("--output", "-o", type=click.Path(), default=None,
+              help="Where to write the .tflite [default: model.tflite in the run folder, or "
+                   "next to the model file]. Never an input, a link or a device; an existing "
+                   "file only with --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --output (and its .unverified file) and --bundle folder "
+                   "(an earlier bundle or an empty folder only).")
 @click.option("--samples", type=int, default=64, show_default=True,
               help="Inputs to compare Keras and the .tflite on (the run's test images).")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -295,18 +403,49 @@ def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
               help="Training images that calibrate the --int8 ranges.")
 @click.option("--fine-tune-epochs", type=int, default=0, show_default=True,
               help="Quantization-aware fine-tuning epochs for --int8 on those images.")
-@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
-              help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, runner).")
+@click.option("--bundle", "bundle_dir", type=click.Path(), default=None,
+              help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, "
+                   "runner); a new folder, or an earlier bundle with --overwrite.")
+@click.option("--class-names", default=None, metavar="FILE|A,B,...",
+              help="Model file only: one class name per output, as a file (one per line) or a "
+                   "comma-separated list.")
+@click.option("--mean", default=None, metavar="M[,M,M]",
+              help="Model file only: per-channel mean of the training normalization, on raw "
+                   "pixels (one value, or one per channel).")
+@click.option("--std", default=None, metavar="S[,S,S]",
+              help="Model file only: per-channel standard deviation of that normalization.")
+@click.option("--pixel-max", type=float, default=None,
+              help="Model file only: raw pixel maximum training saw [default: 16 for digits, "
+                   "else 255].")
+@click.option("--dataset", default=None,
+              help="Model file only: the data set it was trained on (verification on its test "
+                   "images; `bnn evaluate` then needs no --dataset).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Model file only: where that data set lives.")
+@click.option("--no-metadata", is_flag=True,
+              help="Model file only: convert without the preprocessing metadata (a plain .tflite "
+                   "that `bnn evaluate` and `bnn predict` refuse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def convert(source: str, target: str, output: Optional[str], samples: int,
+def convert(source: str, target: str, output: Optional[str], overwrite: bool, samples: int,
             inputs: Optional[str], min_agreement: float, int8: bool, int8_io: bool,
             calibration_samples: int, fine_tune_epochs: int, bundle_dir: Optional[str],
-            as_json: bool) -> None:
+            class_names: Optional[str], mean: Optional[str], std: Optional[str],
+            pixel_max: Optional[float], dataset: Optional[str], data_dir: Optional[str],
+            no_metadata: bool, as_json: bool) -> None:
     """Convert a trained model to an LCE flatbuffer, verify it, and report on it.
 
     The flatbuffer is run in LCE's interpreter on real inputs and compared with Keras. The
     report gives the size, the op counts, LceBconv2d vs binary layers, the binarized-MAC
     fraction and any float op left between two binary convolutions (a missed fusion).
+
+    A run folder's config.json gives the class names and input normalization stored in the
+    .tflite (for `bnn evaluate` and `bnn predict`). A bare model file needs them as options:
+    --class-names, --mean and --std (and --pixel-max, --dataset where they apply), or
+    --no-metadata for a plain .tflite.
+
+    Outputs are checked before the conversion starts, and replaced only once the .tflite is
+    verified and the bundle has passed its self-check: a refused or failed conversion leaves
+    every existing file as it was.
     """
     from convert.workflow import VerificationFailedError, convert_trained_model
 
@@ -317,7 +456,9 @@ def convert(source: str, target: str, output: Optional[str], samples: int,
             source, output=output, target=target, samples=samples, inputs=inputs,
             min_agreement=min_agreement, int8=int8, int8_io=int8_io,
             calibration_samples=calibration_samples, fine_tune_epochs=fine_tune_epochs,
-            bundle=bundle_dir, verbose=0 if as_json else 1,
+            bundle=bundle_dir, overwrite=overwrite, class_names=class_names, mean=mean,
+            std=std, pixel_max=pixel_max, dataset=dataset, data_dir=data_dir,
+            no_metadata=no_metadata, verbose=0 if as_json else 1,
         )
     except VerificationFailedError as exc:
         _print_report(exc.report, as_json)
@@ -337,7 +478,8 @@ def _print_report(report, as_json: bool) -> None:
 
 @main.command()
 @click.argument("tflite_file", type=click.Path())
-@click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
+@click.option("--threads", type=int, default=1, show_default=True, callback=_threads_option,
+              help="Interpreter threads (1 to the number of CPUs).")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed inferences.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed inferences first.")
 @click.option("--compare-float", "float_model", type=click.Path(), default=None,
@@ -351,16 +493,18 @@ def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
     lce_benchmark_model binary (see `bnn convert --bundle`) for the real latency.
     """
     from convert.isolated import isolated_benchmark
-    from convert.runtime import read_flatbuffer
+    from convert.runtime import is_binary_model, read_flatbuffer
 
     flatbuffer = read_flatbuffer(tflite_file)
+    binary = is_binary_model(flatbuffer, source=tflite_file)
     click.echo(f"Timing {tflite_file}: {warmup} warm-up + {runs} runs, {threads} thread(s) ...")
-    rows = [("binary (LCE)", isolated_benchmark(flatbuffer, threads, runs, warmup))]
+    rows = [("binary (LCE)" if binary else "float",
+             isolated_benchmark(flatbuffer, threads, runs, warmup))]
     if float_model:
         from convert.float_reference import float_flatbuffer
 
-        rows.append(("float", isolated_benchmark(float_flatbuffer(float_model), threads, runs,
-                                                 warmup)))
+        rows.append(("float reference", isolated_benchmark(float_flatbuffer(float_model),
+                                                           threads, runs, warmup)))
     base = rows[0][1].median_ms
     for label, latency in rows:
         ratio = f", {latency.median_ms / base:.2f}x" if len(rows) > 1 else ""
@@ -383,13 +527,14 @@ def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the data set lives (TFDS data_dir).")
 @click.option("--limit", type=int, default=None, help="Only the first N test images.")
-@click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
+@click.option("--threads", type=int, default=1, show_default=True, callback=_threads_option,
+              help="Interpreter threads (1 to the number of CPUs).")
 def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
              limit: Optional[int], threads: int) -> None:
     """Top-1 accuracy of a .tflite on a data set's test split, in LCE's interpreter.
 
     Images are preprocessed as in training (size and normalization are stored in the .tflite
-    by `bnn convert`).
+    by `bnn convert`). A data set whose classes differ from the model's is refused.
     """
     from convert.evaluate import evaluate_flatbuffer
     from convert.runtime import read_flatbuffer
@@ -411,8 +556,14 @@ def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
 @click.argument("tflite_file", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--top-k", type=int, default=3, show_default=True, help="Classes to show per image.")
+@click.option("--threads", type=int, default=1, show_default=True, callback=_threads_option,
+              help="Interpreter threads (1 to the number of CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
-def predict(tflite_file: str, images, top_k: int, as_json: bool) -> None:
+@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+              help="Refuse larger images (read from the file header before decoding, which "
+                   "takes ~13 bytes per pixel).")
+def predict(tflite_file: str, images, top_k: int, threads: int, as_json: bool,
+            max_pixels: int) -> None:
     """Top-k labels for image files (PNG, JPEG, BMP, GIF), preprocessed as in training."""
 
     from convert.evaluate import image_options, predict_images
@@ -424,7 +575,8 @@ def predict(tflite_file: str, images, top_k: int, as_json: bool) -> None:
     if not meta:
         raise BnnError(f"{tflite_file} carries no training preprocessing (bnn metadata); "
                        "convert it from a run folder with `bnn convert RUN_DIR`.")
-    predictions = predict_images(flatbuffer, list(images), top_k=top_k, **image_options(meta))
+    predictions = predict_images(flatbuffer, list(images), top_k=top_k, threads=threads,
+                                 max_pixels=max_pixels, **image_options(meta))
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -442,7 +594,8 @@ def predict(tflite_file: str, images, top_k: int, as_json: bool) -> None:
 @click.argument("pattern", required=False)
 @click.option("--input-shape", default="224,224,3", show_default=True,
               help="Input H,W,C the statistics are computed for.")
-@click.option("--num-classes", type=int, default=1000, show_default=True, help="Classes.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Classes.")
 def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -> None:
     """List registered models (optionally matching a shell PATTERN such as '*densenet*') with
     their parameter count, binarized-MAC fraction and size with 1-bit binary weights."""
@@ -454,20 +607,34 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
     if not names:
         raise BnnError(f"No model matches {pattern!r}; `bnn models` lists them all.")
     shape = _parse_shape(input_shape)
-    rows = []
+    rows, too_small = [], []
     for name in tqdm(names, desc="building", unit="model", file=sys.stderr, leave=False):
-        stats = models.describe(name, input_shape=shape, num_classes=num_classes)
+        try:
+            stats = models.describe(name, input_shape=shape, num_classes=num_classes)
+        except ValueError as exc:
+            if not _is_shape_error(exc):
+                raise
+            too_small.append((name, exc))
+            tf.keras.backend.clear_session()
+            continue
         rows.append((name, f"{stats.total_params:,}", f"{stats.binary_mac_fraction:.1%}",
                      f"{stats.size_bytes / 2**20:.2f} MiB", f"{stats.compression_ratio:.1f}x"))
         tf.keras.backend.clear_session()  # 14 ImageNet-size graphs would pile up in memory
+    if not rows:  # one model, or all of them: say what size works
+        raise _too_small_error(*too_small[0], input_shape, num_classes)
     click.echo(f"Models at {'x'.join(map(str, shape))}, {num_classes} classes:")
     _echo_table(rows, ("model", "params", "binary MACs", "size (1-bit)", "vs float32"))
+    if too_small:
+        click.echo(f"Warning: --input-shape {input_shape} is too small for "
+                   f"{', '.join(name for name, _ in too_small)}; `bnn summary MODEL "
+                   f"--input-shape {input_shape}` names the smallest that works.", err=True)
 
 
 @main.command()
 @click.argument("name", metavar="MODEL")
 @click.option("--input-shape", default="224,224,3", show_default=True, help="Input H,W,C.")
-@click.option("--num-classes", type=int, default=1000, show_default=True, help="Classes.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Classes.")
 def summary(name: str, input_shape: str, num_classes: int) -> None:
     """Per-layer table of MODEL (a registry name, run folder or model file): output shape,
     parameters by precision, MACs, and every layer LCE will not binarize, with the reason."""
@@ -500,9 +667,78 @@ def _model_from(source: str, input_shape: str, num_classes: int):
     if Path(source).exists():
         return load_trained_model(source).model
     if source in models.list_models() or not source.endswith((".keras", ".h5")):
-        return models.create_model(source, input_shape=_parse_shape(input_shape),
-                                   num_classes=num_classes)
+        shape = _parse_shape(input_shape)
+        try:
+            return models.create_model(source, input_shape=shape, num_classes=num_classes)
+        except ValueError as exc:
+            if not _is_shape_error(exc):
+                raise
+            raise _too_small_error(source, exc, input_shape, num_classes) from None
     return load_trained_model(source).model  # raises the missing-file error
+
+
+# How Keras says that a layer's output would have a side <= 0 (pooling, valid convolutions).
+_SHAPE_ERROR_MARKERS = ("Negative dimension size", "increasing the input size",
+                        "zero or negative value in a dimension")
+# Seconds `_smallest_square_side` may spend building the model at other sizes.
+_SMALLEST_SIDE_BUDGET_S = 10.0
+
+
+def _is_shape_error(exc: ValueError) -> bool:
+    return any(marker in str(exc) for marker in _SHAPE_ERROR_MARKERS)
+
+
+def _smallest_square_side(name: str, shape: Tuple[int, int, int],
+                          num_classes: int) -> Optional[int]:
+    """The smallest side S for which MODEL builds at S,S,C, or None if not found in time.
+
+    Building fails fast where the feature maps vanish and takes ~1 s where it works, so a
+    doubling search then a bisection costs a few seconds. Side lengths work from some minimum
+    on (every layer's output grows with its input), which the bisection relies on.
+    """
+    import time
+
+    import models
+    import tensorflow as tf
+
+    deadline = time.monotonic() + _SMALLEST_SIDE_BUDGET_S
+
+    def builds(side: int) -> bool:
+        try:
+            models.create_model(name, input_shape=(side, side, shape[2]),
+                                num_classes=num_classes)
+            return True
+        except ValueError as exc:
+            if not _is_shape_error(exc):
+                raise
+            return False
+        finally:
+            tf.keras.backend.clear_session()
+
+    low = min(shape[:2])  # fails: a square of the shorter side is no larger than the input
+    high = max(2 * low, 2)
+    while not builds(high):
+        low, high = high, 2 * high
+        if high > 4096 or time.monotonic() > deadline:
+            return None
+    while high - low > 1:
+        if time.monotonic() > deadline:
+            return None
+        middle = (low + high) // 2
+        low, high = (low, middle) if builds(middle) else (middle, high)
+    return high
+
+
+def _too_small_error(name: str, exc: ValueError, input_shape: str,
+                     num_classes: int) -> BnnError:
+    """The BnnError for an --input-shape whose feature maps shrink to nothing in MODEL."""
+    shape = _parse_shape(input_shape)
+    keras_says = str(exc).strip().splitlines()[0]
+    side = _smallest_square_side(name, shape, num_classes)
+    works = (f"the smallest that works is --input-shape {side},{side},{shape[2]}" if side
+             else "try a larger one")
+    return BnnError(f"--input-shape {input_shape} is too small for {name}: {works} "
+                    f"(Keras: {keras_says})")
 
 
 @main.command("inspect")
@@ -511,7 +747,7 @@ def _model_from(source: str, input_shape: str, num_classes: int):
               show_default=True, help="The LCE target the checks apply to.")
 @click.option("--input-shape", default="224,224,3", show_default=True,
               help="Input H,W,C when MODEL is a registry name.")
-@click.option("--num-classes", type=int, default=1000, show_default=True,
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Classes when MODEL is a registry name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def inspect_command(source: str, target: str, input_shape: str, num_classes: int,

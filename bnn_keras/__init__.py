@@ -1,15 +1,19 @@
 """bnn_keras: Keras building blocks for binarized neural networks, on top of larq.
 
-Importing this package sets `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported (larq and
-Larq Compute Engine need tf-keras 2.16, not Keras 3) and registers every custom object with
-Keras, so `tf.keras.models.load_model(path)` needs no `custom_objects`.
+Importing this package sets `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported, or re-routes
+a TensorFlow imported before it (larq and Larq Compute Engine need tf-keras 2.16, not Keras 3),
+and registers every custom object with Keras, so `tf.keras.models.load_model(path)` needs no
+`custom_objects`.
 """
 
-from bnn_keras._env import ensure_legacy_keras
+from bnn_keras._env import ensure_legacy_keras, keras_version_error
 
 ensure_legacy_keras()
 
-import larq  # noqa: E402,F401  (registers larq's layers and quantizers with Keras)
+try:
+    import larq  # noqa: E402,F401  (registers larq's layers and quantizers with Keras)
+except AttributeError as exc:  # larq built its classes on Keras 3 stubs
+    raise keras_version_error(f"larq failed on Keras 3: {exc}") from exc
 
 from bnn_keras.errors import BnnError, KerasVersionError  # noqa: E402
 

@@ -2,7 +2,9 @@
 
 larq 0.14 and Larq Compute Engine 0.16 are written against Keras 2. TensorFlow 2.16 resolves
 `tf.keras` to Keras 3 unless `TF_USE_LEGACY_KERAS=1` is set before `tf.keras` is first touched,
-so every package of ours imports this module before it imports TensorFlow.
+so every package of ours imports this module before it imports TensorFlow. A TensorFlow that was
+imported first (`import tensorflow as tf; import bnn_keras`, the notebook order) is re-routed
+too, as long as nothing has used `tf.keras` yet.
 """
 
 import os
@@ -11,8 +13,8 @@ import sys
 from bnn_keras.errors import KerasVersionError
 
 _FIX = (
-    "set TF_USE_LEGACY_KERAS=1 in the environment, or `import bnn_keras` before importing "
-    "tensorflow or keras, so that tf.keras is tf-keras 2.16"
+    "set TF_USE_LEGACY_KERAS=1 in the environment, or `import bnn_keras` before anything uses "
+    "tf.keras (importing tensorflow first is fine), so that tf.keras is tf-keras 2.16"
 )
 
 
@@ -31,6 +33,8 @@ def ensure_legacy_keras() -> None:
     tf_was_imported = "tensorflow" in sys.modules
     import tensorflow as tf  # noqa: E402  (must follow the environment variable)
 
+    if tf_was_imported:
+        _route_tensorflow_keras_to_tf_keras(tf)
     # tf.keras is a lazy loader; touching a class resolves it to tf_keras or Keras 3 for good.
     implementation = tf.keras.layers.Layer.__module__
     if not implementation.startswith("tf_keras"):
@@ -41,6 +45,45 @@ def ensure_legacy_keras() -> None:
             f"tf.keras is Keras {version} ({how}); larq and LCE need Keras 2: {_FIX}."
         )
     _skip_autograph_for_tf_keras()
+
+
+def keras_version_error(how: str) -> KerasVersionError:
+    """Our KerasVersionError, with the one-line fix, for a Keras 3 found some other way."""
+    return KerasVersionError(f"tf.keras is Keras 3 ({how}); larq and LCE need Keras 2: {_FIX}.")
+
+
+def _route_tensorflow_keras_to_tf_keras(tf) -> None:
+    """Makes `import tensorflow.keras.X` find tf-keras when TensorFlow was imported first.
+
+    `import tensorflow` without TF_USE_LEGACY_KERAS puts Keras 3's API folder first on
+    `tensorflow.__path__`, so larq's `from tensorflow.keras.optimizers.legacy import Optimizer`
+    gets a Keras 3 stub (and fails with an AttributeError), even though `tf.keras` itself is
+    still unresolved and will honour the variable. Putting tf-keras' API folder first, as
+    TensorFlow does when the variable is set at its import, lets the notebook order
+    `import tensorflow as tf; import bnn_keras` work.
+
+    Raises:
+        KerasVersionError: a `tensorflow.keras` module was already imported from Keras 3.
+    """
+    bound = sorted(name for name in sys.modules
+                   if name == "tensorflow.keras" or name.startswith("tensorflow.keras."))
+    if bound and not all(_is_tf_keras_module(sys.modules[name]) for name in bound):
+        raise keras_version_error(f"{bound[0]} was imported before bnn_keras")
+    try:
+        from tensorflow.python.tools import module_util
+    except ImportError:  # a TensorFlow without it: leave the path, the check below decides
+        return
+    tf_keras_dir = module_util.get_parent_dir_for_name("tf_keras.api._v2.keras")
+    keras3_dir = module_util.get_parent_dir_for_name("keras.api._v2.keras")
+    path = getattr(tf, "__path__", None)
+    if tf_keras_dir is None or not isinstance(path, list) or path[:1] == [tf_keras_dir]:
+        return
+    path[:] = [tf_keras_dir] + [p for p in path if p not in (tf_keras_dir, keras3_dir)]
+
+
+def _is_tf_keras_module(module) -> bool:
+    origin = getattr(module, "__file__", None) or ""
+    return f"{os.sep}tf_keras{os.sep}" in origin
 
 
 def _skip_autograph_for_tf_keras() -> None:

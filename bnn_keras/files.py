@@ -3,8 +3,13 @@
 import contextlib
 import json
 import os
+import shutil
+import stat
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from bnn_keras.errors import BnnError, storage_error_message
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,3 +56,197 @@ def write_text(path: PathLike, text: str) -> Path:
 def write_json(path: PathLike, obj: Any) -> Path:
     """Writes `obj` as indented JSON to `path` atomically and returns the path."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking output locations before the long work starts
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest folder of `path` (itself excluded) that exists: where a new file would go."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): say "permission denied"
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_writable_folder(folder: PathLike, *, what: str = "--output") -> Path:
+    """Raises `BnnError` unless files can be created in `folder` (or its nearest existing
+    ancestor, where the missing folders would be made).
+
+    Permission bits alone do not tell (root ignores them; a read-only mount does not show in
+    them), so a temporary file is created and removed.
+
+    Returns:
+        The existing folder that was probed.
+    """
+    folder = Path(folder)
+    probe_in = folder if folder.exists() else _existing_ancestor(folder)
+    if not probe_in.is_dir():
+        raise BnnError(f"Cannot write {what} into {folder}: {probe_in} is not a folder.")
+    if not os.access(probe_in, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(probe_in) else "permission denied"
+        raise BnnError(f"Cannot write {what} into {probe_in}: {reason}; choose a writable "
+                       "folder.")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".bnn-write-probe-", dir=probe_in)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BnnError(f"Cannot write {what} into {probe_in}: {reason}; choose a writable "
+                       "folder.") from None
+    return probe_in
+
+
+def _refuse_inputs(resolved: Path, given: Path, reads: Iterable[PathLike], what: str) -> None:
+    for read in reads:
+        read = Path(read)
+        target = read.resolve()
+        same = resolved == target
+        if not same and resolved.exists() and target.exists():
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(resolved, target)
+        if same or (target.is_dir() and _inside(resolved, target)):
+            raise BnnError(f"{what} {given} would overwrite {read}, which this command reads; "
+                           "choose another path.")
+
+
+def check_output_file(
+    path: PathLike,
+    *,
+    reads: Iterable[PathLike] = (),
+    overwrite: bool = False,
+    what: str = "--output",
+) -> Path:
+    """Checks, before any long work, that writing the file `path` destroys nothing.
+
+    Refused: a path that is (or resolves to) one of `reads` or lies inside a folder of `reads`;
+    a symbolic link (replacing it would turn the link into a regular file); an existing path that
+    is not a regular file (folder, device such as /dev/null, FIFO, socket); an existing file
+    unless `overwrite`; and a folder where no file can be created.
+
+    Args:
+        path: The output file.
+        reads: Files and folders the command reads (its inputs).
+        overwrite: Whether an existing regular file may be replaced.
+        what: How the user named the output (e.g. "--output"), for the messages.
+
+    Returns:
+        The output path as given.
+
+    Raises:
+        BnnError: one line naming `what`, the path and what to do.
+    """
+    given = Path(path)
+    if os.path.islink(given):
+        raise BnnError(f"{what} {given} is a symbolic link; bnn does not replace a link with a "
+                       "file: give the path it points to, or another path.")
+    resolved = given.resolve()
+    _refuse_inputs(resolved, given, reads, what)
+    if given.exists():
+        mode = given.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise BnnError(f"{what} {given} is {kind}; give the path of a new or existing file.")
+        if not overwrite:
+            raise BnnError(f"{what} {given} already exists; pass --overwrite to replace it, or "
+                           "choose another path.")
+    check_writable_folder(given.parent, what=what)
+    return given
+
+
+def check_output_folder(
+    path: PathLike,
+    *,
+    reads: Iterable[PathLike] = (),
+    overwrite: bool = False,
+    what: str = "--bundle",
+    replaceable: Optional[Callable[[Path], bool]] = None,
+    kind: str = "folder",
+) -> Path:
+    """Checks, before any long work, that (re)placing the folder `path` destroys nothing.
+
+    Refused: a symbolic link; a folder that holds, or is, one of `reads` (replacing it would
+    delete them); an existing path that is not a folder; an existing folder unless `overwrite`,
+    and even then unless `replaceable(path)` says it is one we wrote (so that a mistyped path
+    never deletes an unrelated folder); and a parent where nothing can be created.
+
+    Args:
+        path: The output folder.
+        reads: Files and folders the command reads or writes elsewhere.
+        overwrite: Whether an existing folder may be replaced.
+        what: How the user named the output (e.g. "--bundle"), for the messages.
+        replaceable: Whether an existing folder may be replaced with `overwrite` (default: any).
+        kind: What the folder is, for the messages (e.g. "bnn bundle").
+
+    Returns:
+        The folder path as given.
+
+    Raises:
+        BnnError: one line naming `what`, the path and what to do.
+    """
+    given = Path(path)
+    if os.path.islink(given):
+        raise BnnError(f"{what} {given} is a symbolic link; bnn does not replace a link with a "
+                       "folder: give the path it points to, or another path.")
+    resolved = given.resolve()
+    for read in reads:
+        if _inside(Path(read).resolve(), resolved):
+            raise BnnError(f"{what} {given} would replace {read}, which this command reads or "
+                           "writes; choose another folder.")
+    if given.exists():
+        if not given.is_dir():
+            raise BnnError(f"{what} {given} exists and is not a folder; choose a new folder.")
+        if not overwrite:
+            raise BnnError(f"{what} {given} already exists; pass --overwrite to replace it, or "
+                           "choose another folder.")
+        if replaceable is not None and not replaceable(given):
+            raise BnnError(f"{what} {given} is not an empty folder or a {kind}; --overwrite "
+                           f"replaces only a {kind}: choose another folder.")
+    check_writable_folder(given.parent, what=what)
+    return given
+
+
+def check_free_space(paths_and_sizes: Iterable[Tuple[PathLike, int]], *,
+                     what: str = "the output") -> None:
+    """Raises `BnnError` when a file system has less free space than the files going there.
+
+    Args:
+        paths_and_sizes: (output path, estimated bytes) pairs; sizes on one file system add up.
+        what: How to name the outputs in the message.
+    """
+    needed: Dict[int, List[Any]] = {}
+    for path, size in paths_and_sizes:
+        folder = _existing_ancestor(Path(path))
+        entry = needed.setdefault(folder.stat().st_dev, [folder, 0])
+        entry[1] += int(size)
+    for folder, size in needed.values():
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise BnnError(f"Not enough free space for {what} in {folder}: {free / 2**20:.1f} MiB "
+                           f"free, about {size / 2**20:.1f} MiB needed; free some space or "
+                           "choose another folder.")
+
+
+@contextlib.contextmanager
+def storage_errors(path: PathLike, *, what: str = "the output") -> Iterator[None]:
+    """Turns a write refused by the storage (full, read-only, permissions) into a `BnnError`
+    naming `path`; other errors pass through unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if storage_error_message(exc) is None:
+            raise
+        raise BnnError(f"Could not write {what} {path}: {exc.strerror}; nothing was replaced. "
+                       "Free some space or choose a writable folder.") from None

@@ -9,22 +9,30 @@ A run folder holds everything needed to continue, convert or evaluate the run la
         history.csv     per-epoch loss/accuracy/flip ratios (rewritten atomically every epoch)
         flips.csv       per-layer sign-flip ratios (`SignFlipTracker`), flips.png at the end
         status.json     running / interrupted / failed / finished, and epochs completed
+                        (a report for people; resuming reads the files themselves)
         backup/         the last complete epoch (weights, optimizer state, epoch counter),
-                        Keras' BackupAndRestore; `resume` continues from it
+                        Keras' BackupAndRestore; `resume` continues an interrupted run from
+                        it, or extends a finished one to more epochs
         metrics.json    final train/test accuracy, wall time and throughput
+        .bnn.lock       held by the process that trains in the folder (`bnn_keras.run_lock`)
+
+A run is finished when model.keras and metrics.json are there for its recorded epochs; both
+are written, with the final status, in one step that Ctrl-C and SIGTERM cannot split.
 
 The model itself comes from a `build_model(input_shape, num_classes)` callable, so this module
 does not depend on any model family (the CLI passes `models.create_model`).
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
-import shutil
-import signal
+import os
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -32,7 +40,7 @@ import tensorflow as tf
 
 from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import data as data_lib
-from bnn_keras import distribute, files, recipes
+from bnn_keras import distribute, files, recipes, run_lock, signals
 from bnn_keras.errors import BnnError
 from bnn_keras.precision import (
     as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
@@ -130,21 +138,28 @@ class TrainConfig:
         """Raises `BnnError` naming the first option that is out of range."""
         if self.recipe not in ("default", "paper"):
             raise BnnError(f"Expected recipe 'default' or 'paper', got {self.recipe!r}.")
+        # (field, value, lowest allowed, whether the lowest is excluded)
         checks = [
-            ("epochs", self.epochs, self.epochs is None or self.epochs >= 1),
-            ("batch_size", self.batch_size, self.batch_size is None or self.batch_size >= 1),
-            ("learning_rate", self.learning_rate,
-             self.learning_rate is None or self.learning_rate > 0),
-            ("float_learning_rate", self.float_learning_rate,
-             self.float_learning_rate is None or self.float_learning_rate > 0),
-            ("image_size", self.image_size, self.image_size is None or self.image_size >= 4),
-            ("steps_per_epoch", self.steps_per_epoch,
-             self.steps_per_epoch is None or self.steps_per_epoch >= 1),
-            ("validation_freq", self.validation_freq, self.validation_freq >= 1),
+            ("epochs", self.epochs, 1, False),
+            ("batch_size", self.batch_size, 1, False),
+            ("learning_rate", self.learning_rate, 0, True),
+            ("float_learning_rate", self.float_learning_rate, 0, True),
+            ("image_size", self.image_size, 4, False),
+            ("steps_per_epoch", self.steps_per_epoch, 1, False),
+            ("validation_freq", self.validation_freq, 1, False),
+            ("warmup_epochs", self.warmup_epochs, 0, False),
+            ("label_smoothing", self.label_smoothing, 0, False),
+            ("weight_decay", self.weight_decay, 0, False),
+            ("flip_every_n_steps", self.flip_every_n_steps, 1, False),
         ]
-        for name, value, ok in checks:
-            if not ok:
-                raise BnnError(f"Expected a positive {name} (image_size >= 4), got {value!r}.")
+        for name, value, lowest, exclusive in checks:
+            if value is None:
+                continue
+            if value < lowest or (exclusive and value == lowest):
+                bound = f"> {lowest}" if exclusive else f">= {lowest}"
+                raise BnnError(f"Expected {name} {bound}, got {value!r}.")
+        if self.label_smoothing is not None and self.label_smoothing >= 1:
+            raise BnnError(f"Expected label_smoothing < 1, got {self.label_smoothing!r}.")
         resolve_precision(self.precision)
 
 
@@ -221,21 +236,24 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
 
 
 class StatusWriter(tf.keras.callbacks.Callback):
-    """Keeps status.json at the number of completed epochs while training runs."""
+    """Keeps status.json at the number of completed epochs while training runs.
 
-    def __init__(self, run_dir: Path, epochs: int):
+    The running status names the process (`pid`), so a status left behind by a process that
+    was killed outright can be told from a live one.
+    """
+
+    def __init__(self, run_dir: Path, epochs: int, completed: int = 0):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.epochs = epochs
-        self.completed = 0
+        self.completed = completed
 
     def on_train_begin(self, logs=None) -> None:
-        self.completed = read_status(self.run_dir).get("epochs_completed", 0)
-        write_status(self.run_dir, "running", self.completed, self.epochs)
+        write_status(self.run_dir, "running", self.completed, self.epochs, pid=os.getpid())
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.completed = epoch + 1
-        write_status(self.run_dir, "running", self.completed, self.epochs)
+        write_status(self.run_dir, "running", self.completed, self.epochs, pid=os.getpid())
 
 
 def write_status(run_dir: Path, state: str, completed: int, epochs: int, **extra) -> None:
@@ -359,9 +377,14 @@ def train(
 ) -> TrainResult:
     """Trains a model and writes the run folder.
 
-    Ctrl-C/SIGTERM and non-finite losses stop training with the last complete epoch kept in
-    RUN_DIR/backup; `resume_training` (`bnn train --resume RUN_DIR`) continues from it and ends
-    with the same number of epochs as an uninterrupted run.
+    The process holds the run folder's lock (`bnn_keras.run_lock`) from start to end, so a
+    second run on the same folder is refused at once. Ctrl-C/SIGTERM and non-finite losses
+    stop training with the last complete epoch kept in RUN_DIR/backup; `resume_training`
+    (`bnn train --resume RUN_DIR`) continues from it and ends with the same number of epochs
+    as an uninterrupted run. Finishing (model.keras, metrics.json, the final status) is one
+    step that Ctrl-C and SIGTERM do not split: they are deferred until it is done. The backup
+    of the last epoch stays in the finished run, so `resume_training(..., epochs=M)` can
+    extend it.
 
     Args:
         config: The run's options.
@@ -370,13 +393,14 @@ def train(
         splits: Pre-loaded data (otherwise `config.dataset` is loaded).
         verbose: Keras `fit` verbosity (1 = progress bar).
         callbacks: Extra Keras callbacks.
-        resume: Continue the interrupted run in `run_dir` (use `resume_training`).
+        resume: Continue the run in `run_dir` (use `resume_training`).
 
     Returns:
         A `TrainResult`.
 
     Raises:
         BnnError: bad options, unavailable data, or a run folder that is already used.
+        RunFolderBusyError: another process is training in `run_dir`.
         TrainingInterruptedError: Ctrl-C or SIGTERM during training.
         NonFiniteLossError: the loss became NaN/inf.
     """
@@ -385,15 +409,26 @@ def train(
     config, recipe = resolve_recipe(config)
     run_dir = Path(run_dir)
     chief = distribute.is_chief(strategy)
-    if chief and not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise BnnError(
-            f"Run folder {run_dir} already exists and is not empty; choose another --output, "
-            f"or continue it with --resume {run_dir}."
-        )
+    if chief and not resume and run_dir.is_dir():
+        _refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
+    # Only the chief writes the run folder, so only the chief owns it.
+    lock = run_lock.RunFolderLock(run_dir, create=not resume) if chief else contextlib.nullcontext()
+    with lock:
+        return _train_locked(config, recipe, strategy, build_model, run_dir, splits=splits,
+                             verbose=verbose, callbacks=callbacks, resume=resume)
+
+
+def _train_locked(config, recipe, strategy, build_model, run_dir, *, splits, verbose, callbacks,
+                  resume):
+    chief = distribute.is_chief(strategy)
+    if chief and not resume:
+        # Again, now that the folder is ours: another run may have started meanwhile.
+        _refuse_used_folder(run_dir, locked_by_us=True)
+    previous = read_run_config(run_dir) if resume else {}
+    start_epoch = _check_resumable(run_dir, previous, config) if resume else 0
     splits = splits or data_lib.load_dataset(config.dataset, config.data_dir,
                                              manual_dir=config.manual_dir)
 
-    previous = read_run_config(run_dir) if resume else {}
     precision = previous.get("precision_resolved") or resolve_precision(config.precision)
     warn_if_emulated_bf16(precision)
     input_shape = input_shape_for(config, splits)
@@ -409,8 +444,7 @@ def train(
     # trains on the batches the uninterrupted run would have seen.
     train_ds = data_lib.make_pipeline(
         splits.train, training=True, augmentation=splits.augmentation if augment else "none",
-        first_epoch=backup_next_epoch(run_dir / BACKUP_DIR) if resume else 0,
-        steps_per_epoch=steps, **pipeline_options,
+        first_epoch=start_epoch, steps_per_epoch=steps, **pipeline_options,
     )
     test_ds = data_lib.make_pipeline(splits.test, **pipeline_options)
 
@@ -429,7 +463,7 @@ def train(
     # Every worker trains and saves (collectives need all of them); only the chief writes the
     # run folder, the others write into a temporary folder of their own.
     out_dir = distribute.output_dir(run_dir, strategy)
-    if not resume and chief:
+    if chief and not resume:
         files.write_json(run_dir / CONFIG_FILE, {
             **dataclasses.asdict(config),
             "recipe_resolved": dataclasses.asdict(recipe),
@@ -446,30 +480,49 @@ def train(
             "workers": distribute.worker_count(strategy),
             "versions": library_versions(),
         })
+    elif chief and config.epochs != previous.get("epochs"):
+        # Extending (or shortening) a run is recorded: the schedule now spans the new total.
+        files.write_json(run_dir / CONFIG_FILE, {
+            **previous,
+            "epochs": config.epochs,
+            "recipe_resolved": dataclasses.asdict(recipe),
+            "epochs_changes": [*previous.get("epochs_changes", []),
+                               {"from": previous.get("epochs"), "to": config.epochs,
+                                "after_epoch": start_epoch}],
+        })
 
     timer = EpochTimer()
-    run_callbacks = [timer, *_run_callbacks(config, out_dir, run_dir / BACKUP_DIR, resume),
+    run_callbacks = [timer, *_run_callbacks(config, out_dir, run_dir / BACKUP_DIR, resume,
+                                            start_epoch),
                      *(callbacks or [])]
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
+    status = next(c for c in run_callbacks if isinstance(c, StatusWriter))
     started = time.perf_counter()
-    history = _fit_with_signals(model, train_ds, test_ds, config, steps, run_callbacks, out_dir,
-                                verbose)
-    fit_seconds = time.perf_counter() - started
-
-    with files.atomic_path(out_dir / MODEL_FILE) as tmp:
-        model.save(tmp)
-    test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    mixed_accuracy = None
-    if precision != "float32":
-        # The deployed model computes in float32 (LCE converts a float32 copy), and in an
-        # undertrained BNN bfloat16 rounding flips enough signs to move accuracy by points:
-        # report the accuracy of the float32 copy, the one `bnn evaluate` reproduces.
-        mixed_accuracy = float(test_accuracy)
-        with strategy.scope():
-            float_model = as_float32(model)
-            float_model.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
-        test_loss, test_accuracy = float_model.evaluate(test_ds, verbose=0)
+    with _stopping_cleanly(out_dir, status, config.epochs):
+        history = model.fit(
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps,  # the training stream is endless (one epoch after another)
+            validation_data=test_ds,
+            validation_freq=validation_epochs(config.epochs, config.validation_freq),
+            callbacks=run_callbacks,
+            verbose=verbose,
+        )
+        fit_seconds = time.perf_counter() - started
+        _test_pause("BNN_TEST_PAUSE_AFTER_FIT")
+        test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
+        mixed_accuracy = None
+        if precision != "float32":
+            # The deployed model computes in float32 (LCE converts a float32 copy), and in an
+            # undertrained BNN bfloat16 rounding flips enough signs to move accuracy by
+            # points: report the accuracy of the float32 copy, the one `bnn evaluate`
+            # reproduces.
+            mixed_accuracy = float(test_accuracy)
+            with strategy.scope():
+                float_model = as_float32(model)
+                float_model.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
+            test_loss, test_accuracy = float_model.evaluate(test_ds, verbose=0)
     epochs_run = len(timer.seconds)
     images_per_epoch = min(steps * config.batch_size, splits.num_train)
     # The first epoch includes tracing and compiling the train step; leave it out when
@@ -492,29 +545,141 @@ def train(
         "epoch_seconds": [round(t, 3) for t in timer.seconds],
         "params": int(model.count_params()),
     }
-    files.write_json(out_dir / METRICS_FILE, metrics)
-    write_status(out_dir, "finished", config.epochs, config.epochs)
-    if chief:
-        # The finished model.keras supersedes the epoch backup (Keras empties it, we remove it).
-        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    _finish_run(model, metrics, out_dir, config.epochs)
     distribute.cleanup_output_dir(out_dir, run_dir, strategy)
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=history.history)
 
 
-def resume_training(
-    run_dir: Path, build_model: BuildModel, **kwargs
-) -> TrainResult:
-    """Continues an interrupted run from its last complete epoch, with its recorded options.
+def _refuse_used_folder(run_dir: Path, *, locked_by_us: bool = False) -> None:
+    if not locked_by_us:
+        run_lock.check_not_busy(run_dir)
+    if not run_lock.is_run_folder_empty(run_dir):
+        raise BnnError(
+            f"Run folder {run_dir} already exists and is not empty; choose another --output, "
+            f"or continue it with --resume {run_dir}."
+        )
 
-    Raises:
-        BnnError: not a run folder, or the run already finished.
+
+def _finish_run(model: tf.keras.Model, metrics: Dict[str, Any], run_dir: Path,
+                epochs: int) -> None:
+    """Writes model.keras, metrics.json and the finished status as one step.
+
+    Ctrl-C and SIGTERM are held back while the three files are written (a run with a model but
+    no metrics, or a status that still says "running", is neither finished nor resumable);
+    one that arrived meanwhile is reported once the run is complete. The epoch backup is kept:
+    it is what `--resume RUN --epochs M` extends the finished run from.
+    """
+    with signals.deferred_signals() as received:
+        _test_pause("BNN_TEST_PAUSE_BEFORE_FINISH")
+        with files.atomic_path(run_dir / MODEL_FILE) as tmp:
+            model.save(tmp)
+        files.write_json(run_dir / METRICS_FILE, metrics)
+        write_status(run_dir, "finished", epochs, epochs)
+    if received:
+        raise TrainingInterruptedError(
+            f"{received[0]} arrived while the finished run was being saved; it was saved "
+            f"first, and {run_dir} is complete ({epochs} epochs)."
+        )
+
+
+def _test_pause(variable: str) -> None:
+    """Sleeps for `$variable` seconds when set: tests widen a phase to signal the run in it.
+
+    The line on stderr tells the test that the phase has been reached.
+    """
+    seconds = os.environ.get(variable)
+    if seconds:
+        sys.stderr.write(f"[bnn test] {variable}: pausing {seconds} s\n")
+        sys.stderr.flush()
+        time.sleep(float(seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunProgress:
+    """How far a run folder got.
+
+    Attributes:
+        epochs_done: Complete epochs (from the epoch backup, else from a finished run's
+            metrics.json, else 0).
+        finished: model.keras and metrics.json are there for the run's recorded epochs.
+        has_backup: The epoch backup (weights, optimizer state, epoch counter) is there.
+    """
+
+    epochs_done: int
+    finished: bool
+    has_backup: bool
+
+
+def run_progress(run_dir: Path, run_config: Optional[Dict[str, Any]] = None) -> RunProgress:
+    """How far the run in `run_dir` got, from its files rather than from status.json.
+
+    status.json is a report for people and can be stale (a process killed with SIGKILL) or
+    deleted; the model, metrics and backup files are what a resume acts on.
     """
     run_dir = Path(run_dir)
-    run_config = read_run_config(run_dir)
-    if read_status(run_dir).get("state") == "finished":
-        raise BnnError(f"Run {run_dir} already finished all its epochs; nothing to resume.")
-    return train(TrainConfig.from_run_config(run_config), build_model, run_dir, resume=True,
-                 **kwargs)
+    run_config = read_run_config(run_dir) if run_config is None else run_config
+    try:
+        finished_epochs = json.loads((run_dir / METRICS_FILE).read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        finished_epochs = None
+    finished = (run_dir / MODEL_FILE).is_file() and finished_epochs is not None and (
+        finished_epochs == run_config.get("epochs"))
+    backup_epoch = backup_next_epoch(run_dir / BACKUP_DIR)
+    has_backup = backup_epoch > 0
+    done = backup_epoch if has_backup else (finished_epochs or 0) if finished else 0
+    return RunProgress(epochs_done=done, finished=finished, has_backup=has_backup)
+
+
+def _check_resumable(run_dir: Path, previous: Dict[str, Any], config: TrainConfig) -> int:
+    """The epoch a resumed run starts at; refuses a finished run or an impossible target."""
+    progress = run_progress(run_dir, previous)
+    recorded = previous.get("epochs")
+    if progress.finished and config.epochs == recorded:
+        raise BnnError(
+            f"Run {run_dir} already finished all its {recorded} epochs; nothing to resume "
+            f"(to train it further, resume it with more epochs)."
+        )
+    if progress.finished and not progress.has_backup:
+        raise BnnError(
+            f"Run {run_dir} finished without keeping its training state (no {BACKUP_DIR}/, "
+            "as written by bnn before 0.2); it cannot be extended. Start a new run."
+        )
+    if config.epochs < progress.epochs_done:
+        raise BnnError(
+            f"Run {run_dir} has {progress.epochs_done} complete epochs; expected epochs >= "
+            f"{progress.epochs_done}, got {config.epochs}."
+        )
+    if read_status(run_dir).get("state") == "running":
+        warnings.warn(
+            f"The process that last trained {run_dir} ended without saying so (status.json "
+            f"still said running); resuming from its last complete epoch, "
+            f"{progress.epochs_done}.",
+            stacklevel=3,
+        )
+    return progress.epochs_done
+
+
+def resume_training(
+    run_dir: Path, build_model: BuildModel, *, epochs: Optional[int] = None, **kwargs
+) -> TrainResult:
+    """Continues a run from its last complete epoch, with its recorded options.
+
+    Args:
+        run_dir: The run folder.
+        build_model: As for `train`.
+        epochs: A new total number of epochs (at least the completed ones): extends a finished
+            or interrupted run; recorded in config.json. None keeps the recorded number.
+        **kwargs: Passed on to `train`.
+
+    Raises:
+        BnnError: not a run folder, the run already finished (and `epochs` does not extend it),
+            or `epochs` is below the completed epochs.
+    """
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_run_config(read_run_config(run_dir))
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    return train(config, build_model, run_dir, resume=True, **kwargs)
 
 
 def backup_next_epoch(backup_dir: Path) -> int:
@@ -545,7 +710,8 @@ def _read_history_column(path: Path, column: str) -> List[float]:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
 
 
-def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool):
+def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool,
+                   start_epoch: int = 0):
     """The run folder's callbacks, in the order their hooks must run.
 
     BackupAndRestore comes first: its on_train_begin restores the last complete epoch before
@@ -554,8 +720,11 @@ def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume:
     """
     # One backup folder for all workers: Keras' BackupAndRestore keeps the chief's checkpoint
     # there and gives the other workers temporary ones (it expects a shared file system).
-    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch")
-    result = [backup, StopOnNonFiniteLoss(), StatusWriter(run_dir, config.epochs)]
+    # Keras deletes the backup when `fit` returns, before the model is saved: a signal in
+    # between would lose the run. The run keeps it (see `_finish_run`).
+    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch",
+                                                 delete_checkpoint=False)
+    result = [backup, StopOnNonFiniteLoss(), StatusWriter(run_dir, config.epochs, start_epoch)]
     if config.tensorboard:
         result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))
     if config.track_flips:
@@ -570,41 +739,22 @@ def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume:
     return result
 
 
-def _fit_with_signals(model, train_ds, test_ds, config, steps, run_callbacks, run_dir, verbose):
-    """`model.fit` where SIGTERM acts like Ctrl-C, and both leave a resumable run folder."""
-
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    # Signal handlers can only be installed from the main thread (not e.g. in a server).
-    import threading
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, raise_interrupt) if in_main_thread else None
-    status = next(c for c in run_callbacks if isinstance(c, StatusWriter))
+@contextlib.contextmanager
+def _stopping_cleanly(run_dir: Path, status: "StatusWriter", epochs: int):
+    """Turns Ctrl-C/SIGTERM and a non-finite loss into a resumable run folder and one error."""
     try:
-        return model.fit(
-            train_ds,
-            epochs=config.epochs,
-            steps_per_epoch=steps,  # the training stream is endless (one epoch after another)
-            validation_data=test_ds,
-            validation_freq=validation_epochs(config.epochs, config.validation_freq),
-            callbacks=run_callbacks,
-            verbose=verbose,
-        )
+        with signals.interrupt_on_sigterm():
+            yield
     except KeyboardInterrupt:
-        write_status(run_dir, "interrupted", status.completed, config.epochs)
+        write_status(run_dir, "interrupted", status.completed, epochs)
         raise TrainingInterruptedError(
             f"Training interrupted after {status.completed} complete epoch(s) of "
-            f"{config.epochs}; continue with: bnn train --resume {run_dir}"
+            f"{epochs}; continue with: bnn train --resume {run_dir}"
         ) from None
     except NonFiniteLossError as exc:
-        write_status(run_dir, "failed", status.completed, config.epochs, reason=str(exc))
+        write_status(run_dir, "failed", status.completed, epochs, reason=str(exc))
         raise NonFiniteLossError(
             f"{exc}; stopped with the last good epoch ({status.completed}) kept in "
             f"{run_dir / BACKUP_DIR} (`bnn train --resume {run_dir}` retries from it; a lower "
             "--learning-rate is the usual fix, in a new run)"
         ) from None
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)

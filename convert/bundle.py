@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from bnn_keras.data import Normalization
 from bnn_keras.errors import BnnError
 from convert.flatbuffer import read_model
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
+from convert.metadata import check_content_digest
 
 BUNDLE_FORMAT = "bnn-raspberry-pi-bundle"
 BUNDLE_VERSION = 1
@@ -193,6 +194,45 @@ def _copy_runner(dest: Path) -> None:
         os.chmod(dest / name, 0o755)
 
 
+def is_replaceable_bundle(folder: Union[str, os.PathLike]) -> bool:
+    """Whether `folder` is empty or a bundle `write_bundle` wrote (its model.json says so), the
+    only folders `overwrite` may replace."""
+    folder = Path(folder)
+    if not any(folder.iterdir()):
+        return True
+    try:
+        return json.loads((folder / MODEL_JSON).read_text()).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_bundle_destination(
+    directory: Union[str, os.PathLike],
+    *,
+    reads: Sequence[Union[str, os.PathLike]] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Checks, before the conversion starts, that a bundle can be written to `directory`.
+
+    Refused: a symbolic link, a path that is not a folder, a folder holding one of `reads`, an
+    existing folder without `overwrite` (with it: anything but an empty folder or an earlier
+    bundle), and a parent folder where nothing can be created.
+
+    Raises:
+        BnnError: one line naming the folder and what to do.
+    """
+    return files.check_output_folder(directory, reads=reads, overwrite=overwrite,
+                                     what="--bundle", replaceable=is_replaceable_bundle,
+                                     kind="bnn bundle")
+
+
+def estimated_size(flatbuffer_size: int, input_shape: Sequence[int], num_outputs: int) -> int:
+    """Bytes a bundle takes: the flatbuffer, the raw test tensors, the runner sources, text."""
+    runner = sum(p.stat().st_size for p in _RUNNER_SOURCE.rglob("*") if p.is_file())
+    tensors = (int(np.prod(input_shape)) + int(num_outputs)) * _RAW_DTYPE.itemsize
+    return int(flatbuffer_size) + tensors + runner + 64 * 1024
+
+
 def write_bundle(
     directory: Union[str, os.PathLike],
     *,
@@ -234,15 +274,46 @@ def write_bundle(
         BnnError: missing metadata, shapes that disagree with the flatbuffer, an existing folder,
             or a flatbuffer whose top-1 class on the sample differs from the Keras model's.
     """
+    return _write_bundle(directory, flatbuffer=flatbuffer, keras_model=keras_model,
+                         run_config=run_config, input_shape=input_shape,
+                         normalization=normalization, class_names=class_names,
+                         sample_input=sample_input, pixel_max=pixel_max, name=name,
+                         overwrite=overwrite, self_check=False)[0]
+
+
+def write_checked_bundle(directory: Union[str, os.PathLike], **options) -> Tuple[Path, CheckResult]:
+    """`write_bundle` (same keyword arguments), self-checked before it replaces anything.
+
+    The folder assembled under its temporary name passes `check_bundle` there before it is
+    renamed into place: a bundle that fails its check never replaces anything.
+
+    Returns:
+        The bundle folder and its passing `CheckResult`.
+
+    Raises:
+        BnnError: as `write_bundle`, or a failed self-check.
+    """
+    return _write_bundle(directory, **options, self_check=True)
+
+
+def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, input_shape=None,
+                  normalization=None, class_names=None, sample_input=None, pixel_max=None,
+                  name=None, overwrite=False, self_check=False):
     from convert.evaluate import DEFAULT_PIXEL_MAX, PIXEL_MAX
 
     final = Path(directory)
+    if final.is_symlink():
+        raise BnnError(f"{final} is a symbolic link; bnn does not replace a link with a folder.")
+    if final.exists() and not final.is_dir():
+        raise BnnError(f"{final} exists and is not a folder; choose a new folder.")
     if final.exists() and not overwrite:
         raise BnnError(f"{final} already exists; choose another folder or pass overwrite.")
     read_model(flatbuffer)
     shape, norm, labels = _metadata(run_config, input_shape, normalization, class_names)
     if pixel_max is None:
-        pixel_max = PIXEL_MAX.get((run_config or {}).get("dataset"), DEFAULT_PIXEL_MAX)
+        dataset = (run_config or {}).get("dataset")
+        pixel_max = (run_config or {}).get("pixel_max",
+                                           PIXEL_MAX.get(dataset, DEFAULT_PIXEL_MAX))
 
     if sample_input is None:
         sample = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
@@ -312,6 +383,12 @@ def write_bundle(
         files.write_json(tmp / MODEL_JSON, meta)
         files.write_text(tmp / "README.md", _readme(meta, final.name))
         _copy_runner(tmp)
+        check = None
+        if self_check:
+            try:
+                check = check_bundle(tmp)
+            except BnnError as exc:  # name the folder the user asked for, not the temporary one
+                raise BnnError(str(exc).replace(str(tmp), str(final))) from None
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"
             os.replace(final, old)
@@ -322,7 +399,7 @@ def write_bundle(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return final, check
 
 
 def _read_raw(path: Path, shape: Sequence[int], what: str, problems: List[str]) -> Optional[np.ndarray]:
@@ -390,6 +467,7 @@ def check_bundle(
 
     data = (folder / TFLITE_FILE).read_bytes()
     read_model(data, source=str(folder / TFLITE_FILE))
+    check_content_digest(data, source=str(folder / TFLITE_FILE))
     actual = np.asarray(isolated_predict(data, x, timeout=timeout), np.float32)
     if actual.size != expected.size:
         raise BnnError(

@@ -9,7 +9,7 @@ normalization), so the numbers match what the model saw during training.
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -24,6 +24,9 @@ Flatbuffer = Union[str, os.PathLike, bytes]
 # 0..255 and are rescaled to this range before the training normalization is applied.
 PIXEL_MAX: Dict[str, float] = {"digits": 16.0}
 DEFAULT_PIXEL_MAX = 255.0
+# Largest image `load_images` decodes by default (`bnn predict --max-pixels`): 40 megapixels
+# cover any camera photo and take ~0.5 GB to decode and resize.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclasses.dataclass
@@ -110,6 +113,7 @@ def load_images(
     normalization: Normalization,
     input_shape: Sequence[int],
     pixel_max: float = DEFAULT_PIXEL_MAX,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Reads image files into a normalized (N, H, W, C) float32 batch.
 
@@ -122,13 +126,17 @@ def load_images(
         normalization: The training normalization (raw pixel scale).
         input_shape: The model's (H, W, C).
         pixel_max: The training images' raw maximum (255, or 16 for digits).
+        max_pixels: Refuse an image with more pixels than this, read from its header before
+            decoding (decoding and resizing in float32 take ~13 bytes per pixel: 1.9 GB for
+            12000x12000); None for no limit.
 
     Raises:
-        BnnError: a missing or undecodable file, or a channel count the model cannot take.
+        BnnError: a missing or undecodable file, an image over `max_pixels`, or a channel count
+            the model cannot take.
     """
     import tensorflow as tf
 
-    from bnn_keras.data import preprocess
+    from bnn_keras.data import image_file_size, preprocess
 
     height, width, channels = (int(d) for d in input_shape)
     if channels not in (1, 3):
@@ -138,6 +146,15 @@ def load_images(
         file = Path(path)
         if not file.is_file():
             raise BnnError(f"No such image file: {file}.")
+        size = image_file_size(file)
+        if size is not None and max_pixels is not None and size[0] * size[1] > max_pixels:
+            width, height = size
+            raise BnnError(
+                f"{file} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), over "
+                f"the limit of {max_pixels / 1e6:g} megapixels that keeps decoding it from "
+                f"taking gigabytes of memory; shrink it, or pass --max-pixels "
+                f"{width * height} to read it anyway."
+            )
         try:
             image = tf.io.decode_image(file.read_bytes(), expand_animations=False)
         except Exception:  # decode errors are InvalidArgumentError with a multi-line message
@@ -167,6 +184,7 @@ def predict_images(
     pixel_max: float = DEFAULT_PIXEL_MAX,
     threads: int = 1,
     timeout: float = DEFAULT_TIMEOUT_S,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
 ) -> List[ImagePrediction]:
     """Top-k classes for each image file, with the training preprocessing.
 
@@ -180,6 +198,7 @@ def predict_images(
         pixel_max: The training images' raw maximum; `image_options(run_config)` picks it.
         threads: Interpreter threads.
         timeout: Seconds before the interpreter child is killed.
+        max_pixels: Largest image accepted, see `load_images`.
 
     Returns:
         One `ImagePrediction` per image, in order.
@@ -192,7 +211,7 @@ def predict_images(
     if not isinstance(normalization, Normalization):
         normalization = Normalization.from_dict(normalization)
     x = load_images(image_paths, normalization=normalization, input_shape=input_shape,
-                    pixel_max=pixel_max)
+                    pixel_max=pixel_max, max_pixels=max_pixels)
     data = _flatbuffer_bytes(flatbuffer)
     scores = dequantize_outputs(
         isolated_predict(data, quantize_inputs(x, data), threads=threads, timeout=timeout), data

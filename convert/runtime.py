@@ -1,6 +1,7 @@
 """Running a flatbuffer with Larq Compute Engine's interpreter: prediction and latency."""
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -12,17 +13,59 @@ from convert.flatbuffer import read_model
 
 
 def read_flatbuffer(path: str) -> bytes:
-    """Reads a .tflite file and checks it against the TFLite schema.
+    """Reads a .tflite file, checks it against the TFLite schema and against the SHA-256 that
+    `bnn convert` stores in its metadata (files without one are accepted).
 
     Raises:
-        BnnError: missing/unreadable file, or bytes that are not a valid TFLite flatbuffer.
+        BnnError: missing/unreadable file, bytes that are not a valid TFLite flatbuffer, or a
+            file whose content no longer matches its recorded hash (damaged on disk or in a copy).
     """
+    from convert.metadata import check_content_digest
+
     file = Path(path)
     if not file.is_file():
         raise BnnError(f"No such .tflite file: {file}.")
-    data = file.read_bytes()
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise BnnError(f"Could not read {file}: {exc.strerror or type(exc).__name__}.") from None
     read_model(data, source=str(file))
+    check_content_digest(data, source=str(file))
     return data
+
+
+def is_binary_model(flatbuffer: bytes, *, source: str = "the input") -> bool:
+    """Whether LCE turned binary convolutions of the model into LceBconv2d ops (a plain TFLite
+    float model, or one without a binary layer, has none)."""
+    from convert.flatbuffer import InvalidFlatbufferError, op_histogram
+
+    try:
+        return op_histogram(flatbuffer, source=source)["LceBconv2d"] > 0
+    except UnicodeDecodeError:  # a custom op name that is not text: damaged on disk
+        raise InvalidFlatbufferError(f"{source} is a damaged TFLite flatbuffer (an op name is "
+                                     "not text); convert the model again.") from None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: int, *, option: str = "--threads") -> int:
+    """`threads`, if between 1 and the CPUs available; more threads than CPUs only slow the
+    interpreter down (and 100000 of them exhaust the machine).
+
+    Raises:
+        BnnError: naming `option` and the allowed range.
+    """
+    cpus = available_cpus()
+    if not 1 <= threads <= cpus:
+        raise BnnError(f"{option} must be between 1 and {cpus} (the CPUs available here), "
+                       f"got {threads}.")
+    return threads
 
 
 class LceRuntime:

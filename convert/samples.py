@@ -1,7 +1,7 @@
 """Inputs to verify a conversion on: real test images when the run's data set is known."""
 
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +35,11 @@ def run_test_split(
     splits = data_lib.load_dataset(
         dataset or run_config["dataset"], data_dir or run_config.get("data_dir")
     )
+    return _split_arrays(splits, run_config, limit, split)
+
+
+def _split_arrays(splits: "data_lib.DataSplits", run_config: Dict[str, Any],
+                  limit: Optional[int], split: str) -> Tuple[np.ndarray, np.ndarray]:
     examples = splits.train if split == "train" else splits.test
     examples = examples.take(limit) if limit is not None else examples
     pipeline = data_lib.make_pipeline(
@@ -98,5 +103,52 @@ def flatbuffer_test_split(
     name = dataset or meta.get("dataset")
     if not name:
         raise BnnError("The .tflite does not name its data set; pass --dataset.")
-    x, y = run_test_split(meta, limit, dataset=name, data_dir=data_dir)
+    if limit is not None and limit < 1:
+        raise BnnError(f"Expected limit >= 1, got {limit}.")
+    splits = data_lib.load_dataset(name, data_dir or meta.get("data_dir"))
+    check_same_classes(meta.get("class_names"), output_count(flatbuffer), splits.class_names,
+                       name)
+    x, y = _split_arrays(splits, meta, limit, "test")
     return x, y, name
+
+
+def output_count(flatbuffer: bytes) -> int:
+    """Values in one example of the model's (first) output: its number of classes."""
+    from convert.flatbuffer import read_model
+
+    subgraph = read_model(flatbuffer).subgraphs[0]
+    if subgraph.outputs is None or not len(subgraph.outputs):
+        raise BnnError("The .tflite has no output tensor; convert the model again.")
+    shape = subgraph.tensors[int(subgraph.outputs[0])].shape
+    return int(np.prod(shape[1:])) if shape is not None and len(shape) > 1 else 1
+
+
+def check_same_classes(model_names: Optional[Sequence[str]], outputs: int,
+                       data_names: Sequence[str], dataset: str) -> None:
+    """Refuses a data set whose classes are not the model's: accuracy on it would be noise.
+
+    Args:
+        model_names: The class names the model was trained with (its metadata), if known.
+        outputs: The model's number of outputs.
+        data_names: The data set's class names, in label order.
+        dataset: The data set's name, for the message.
+
+    Raises:
+        BnnError: the counts differ, or the first names that differ.
+    """
+    data_names = [str(n) for n in data_names]
+    if outputs != len(data_names):
+        raise BnnError(f"The model has {outputs} classes but {dataset} has {len(data_names)}; "
+                       "evaluate it on the data set it was trained for.")
+    if model_names is None:
+        return
+    model_names = [str(n) for n in model_names]
+    if len(model_names) != outputs:
+        raise BnnError(f"The .tflite names {len(model_names)} classes for {outputs} outputs; "
+                       "convert the model again.")
+    differ = [i for i, (a, b) in enumerate(zip(model_names, data_names)) if a != b]
+    if differ:
+        shown = ", ".join(f"{i}: {model_names[i]!r} vs {data_names[i]!r}" for i in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise BnnError(f"The classes of {dataset} differ from the model's ({shown}{more}); "
+                       "evaluate it on the data set it was trained for.")

@@ -1,13 +1,22 @@
-"""The whole `bnn convert` job as one function: load, convert, verify, write, report."""
+"""The whole `bnn convert` job as one function: check outputs, load, convert, verify, write,
+report.
+
+Every output location is checked before the model is even loaded (an input is never an output,
+links and devices are never replaced, an existing file only with `overwrite`, the folders are
+writable), free space once the model's size is known, and the files are replaced only after the
+flatbuffer is verified and the bundle has passed its self-check: a refused or failed conversion
+leaves every file that existed before as it was.
+"""
 
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
+from bnn_keras.training import CONFIG_FILE, MODEL_FILE
 from convert.converter import as_float32, convert_model
 from convert.loading import LoadedModel, load_trained_model
 from convert.metadata import embed_metadata, run_metadata
@@ -16,6 +25,12 @@ from convert.samples import verification_inputs
 from convert.verify import verify_flatbuffer
 
 UNVERIFIED_SUFFIX = ".unverified"
+DEFAULT_OUTPUT = "model.tflite"
+# Options that describe how a bare model file is fed and read; a run folder records them itself.
+MODEL_FILE_OPTIONS = ("--class-names", "--mean", "--std", "--pixel-max", "--dataset",
+                      "--data-dir")
+# Bytes the flatbuffer needs beyond its weights (graph, tensor names, metadata), and a margin.
+_FLATBUFFER_OVERHEAD = 256 * 1024
 
 
 class VerificationFailedError(BnnError):
@@ -26,10 +41,11 @@ class VerificationFailedError(BnnError):
         self.report = report
 
 
-def _inputs(loaded: LoadedModel, samples: int, inputs: Optional[str]):
+def _inputs(loaded: LoadedModel, config: Optional[Dict[str, Any]], samples: int,
+            inputs: Optional[str]):
     """Real test images of the run, else the user's .npy, else random inputs (warned)."""
-    if loaded.run_config and "dataset" in loaded.run_config:
-        return verification_inputs(loaded.model, loaded.run_config, samples)
+    if config and "dataset" in config:
+        return verification_inputs(loaded.model, config, samples)
     if inputs:
         try:
             x = np.load(inputs)
@@ -41,6 +57,146 @@ def _inputs(loaded: LoadedModel, samples: int, inputs: Optional[str]):
                            f"got {x.shape}.")
         return x[:samples].astype(np.float32), None, f"inputs from {inputs}"
     return verification_inputs(loaded.model, None, samples)
+
+
+def parse_class_names(value: Union[str, Sequence[str]]) -> List[str]:
+    """Class names from a list, a file (one name per line) or a comma-separated string.
+
+    Raises:
+        BnnError: no names, or an empty name.
+    """
+    if isinstance(value, str):
+        path = Path(value)
+        if path.is_file():
+            try:
+                names = [line.strip() for line in path.read_text().splitlines()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BnnError(f"Could not read --class-names {path} ({exc}).") from None
+            while names and not names[-1]:
+                names.pop()
+        else:
+            names = [name.strip() for name in value.split(",")]
+    else:
+        names = [str(name) for name in value]
+    if not names or any(not name for name in names):
+        raise BnnError(f"Expected --class-names as a file with one name per line or a comma-"
+                       f"separated list of non-empty names, got {value!r}.")
+    return names
+
+
+def parse_floats(value: Union[str, float, Sequence[float]], option: str) -> List[float]:
+    """Floats from a number, a list or a comma-separated string such as "0.5,0.4,0.3".
+
+    Raises:
+        BnnError: naming `option`, when a value is not a finite number.
+    """
+    items = value.split(",") if isinstance(value, str) else (
+        [value] if isinstance(value, (int, float)) else list(value))
+    try:
+        numbers = [float(item) for item in items]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or not all(np.isfinite(numbers)):
+        raise BnnError(f"Expected {option} as numbers separated by commas (one per input "
+                       f"channel, or one for all), got {value!r}.")
+    return numbers
+
+
+def _run_folder(source: Path) -> bool:
+    return source.is_dir() and (source / MODEL_FILE).is_file()
+
+
+def _default_output(source: Path) -> Path:
+    """model.tflite in the run folder, else next to the model file (or SavedModel folder)."""
+    return (source if _run_folder(source) else source.parent) / DEFAULT_OUTPUT
+
+
+def _read_paths(source: Path) -> List[Path]:
+    """What converting `source` reads, and so must never be written: the model file, or every
+    file and folder a run folder holds except the .tflite files and bundles converting wrote."""
+    from convert.bundle import MODEL_JSON, is_replaceable_bundle
+
+    if source.name == MODEL_FILE and _run_folder(source.parent) and (
+            source.parent / CONFIG_FILE).is_file():
+        source = source.parent  # the model file of a run: protect the whole run
+    if not _run_folder(source):
+        return [source]
+    kept = []
+    for path in source.iterdir():
+        if path.is_file() and path.name.endswith((".tflite", ".tflite" + UNVERIFIED_SUFFIX)):
+            continue
+        if path.is_dir() and (path / MODEL_JSON).is_file() and is_replaceable_bundle(path):
+            continue
+        kept.append(path)
+    return kept
+
+
+def _model_file_metadata(loaded: LoadedModel, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The run metadata of a bare model file, from the user's options; refuses without them."""
+    from convert.evaluate import DEFAULT_PIXEL_MAX, PIXEL_MAX
+
+    names = ("class_names", "mean", "std")
+    missing = [f"--{n.replace('_', '-')}" for n in names if options.get(n) is None]
+    if missing:
+        beside = loaded.path.parent
+        hint = (f" (or convert the run folder {beside} instead)"
+                if (beside / CONFIG_FILE).is_file() and loaded.path.name == MODEL_FILE else "")
+        raise BnnError(
+            f"{loaded.path} is a model file without a run folder, so nothing says how to feed and "
+            f"read it: pass {', '.join(missing)} (and --pixel-max, --dataset if they apply){hint}, "
+            "or --no-metadata for a plain .tflite that `bnn evaluate` and `bnn predict` cannot "
+            "use."
+        )
+    input_shape = [int(d) for d in loaded.model.input_shape[1:]]
+    if len(input_shape) != 3:
+        raise BnnError(f"Expected an image model with (H, W, C) inputs, got input shape "
+                       f"{tuple(loaded.model.input_shape)}; pass --no-metadata to convert it "
+                       "anyway.")
+    channels = input_shape[-1]
+    normalization = {}
+    for key in ("mean", "std"):
+        values = parse_floats(options[key], f"--{key}")
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise BnnError(f"Expected --{key} with 1 or {channels} values (one per input "
+                           f"channel), got {len(values)}.")
+        normalization[key] = values
+    if min(normalization["std"]) <= 0:
+        raise BnnError(f"Expected --std > 0, got {options['std']!r}.")
+    dataset = options.get("dataset")
+    pixel_max = options.get("pixel_max")
+    if pixel_max is None:
+        pixel_max = PIXEL_MAX.get(dataset, DEFAULT_PIXEL_MAX)
+    if not (np.isfinite(pixel_max) and pixel_max > 0):
+        raise BnnError(f"Expected --pixel-max > 0, got {pixel_max}.")
+    class_names = parse_class_names(options["class_names"])
+    meta: Dict[str, Any] = {
+        "input_shape": input_shape, "class_names": class_names, "num_classes": len(class_names),
+        "normalization": normalization, "pixel_max": float(pixel_max),
+    }
+    if dataset:
+        meta["dataset"] = dataset
+    if options.get("data_dir"):
+        meta["data_dir"] = str(options["data_dir"])
+    return meta
+
+
+def _check_classes(loaded: LoadedModel, config: Optional[Dict[str, Any]], where: str) -> None:
+    """Class names (and num_classes) must match the model's outputs, or predict would refuse
+    the .tflite later (or name the wrong classes)."""
+    if not config:
+        return
+    shape = loaded.model.output_shape
+    shape = shape[0] if isinstance(shape, list) else shape
+    outputs = int(shape[-1])
+    names = config.get("class_names")
+    if names is not None and len(names) != outputs:
+        raise BnnError(f"{where} names {len(names)} classes but the model has {outputs} "
+                       "outputs; give one class name per output.")
+    count = config.get("num_classes")
+    if count is not None and int(count) != outputs:
+        raise BnnError(f"{where} says num_classes {count} but the model has {outputs} outputs.")
 
 
 def convert_trained_model(
@@ -56,13 +212,23 @@ def convert_trained_model(
     calibration_samples: int = 256,
     fine_tune_epochs: int = 0,
     bundle: Optional[str] = None,
+    overwrite: bool = False,
+    class_names: Optional[Union[str, Sequence[str]]] = None,
+    mean: Optional[Union[str, float, Sequence[float]]] = None,
+    std: Optional[Union[str, float, Sequence[float]]] = None,
+    pixel_max: Optional[float] = None,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    no_metadata: bool = False,
     verbose: int = 0,
 ) -> ConversionReport:
     """Converts a run folder or model file, verifies the flatbuffer and writes it.
 
     Args:
         source: A run folder (model.keras + config.json) or a Keras model file.
-        output: The .tflite path [default: model.tflite next to the model].
+        output: The .tflite path [default: model.tflite in the run folder, or next to the
+            model file]. Never an input, a link or a non-file; an existing file only with
+            `overwrite`.
         target: "arm64", "arm" or "xcore".
         samples: Number of inputs to compare Keras and the flatbuffer on.
         inputs: A .npy of preprocessed inputs to verify on when the run's data set is unknown.
@@ -74,29 +240,91 @@ def convert_trained_model(
         int8_io: int8 model input and output (needs `int8`).
         calibration_samples: Training images that calibrate the int8 ranges.
         fine_tune_epochs: Quantization-aware fine-tuning epochs on those images (0: none).
-        bundle: Also write a Raspberry Pi bundle folder here and self-check it.
+        bundle: Also write a Raspberry Pi bundle folder here; it is self-checked before it, or
+            `output`, replaces anything.
+        overwrite: Replace an existing `output` (and `.unverified` file) and bundle folder (an
+            earlier bundle or an empty folder only).
+        class_names: For a model file without a run folder: one name per output (a list, a
+            file with one per line, or a comma-separated string).
+        mean: For a model file: the per-channel mean of the training normalization, on raw
+            pixels (one value, or one per channel).
+        std: For a model file: the per-channel standard deviation, likewise.
+        pixel_max: For a model file: the raw pixel maximum training saw [default: the data set's,
+            else 255].
+        dataset: For a model file: the data set it was trained on (verification on its test
+            images, and `bnn evaluate` without --dataset).
+        data_dir: For a model file: where that data set lives.
+        no_metadata: For a model file: convert without the preprocessing metadata (a plain
+            .tflite that `bnn evaluate` and `bnn predict` refuse).
         verbose: 1 shows a progress bar while the flatbuffer runs.
 
     Returns:
         The `ConversionReport`, with `path` (and `bundle`, `bundle_check`) set.
 
     Raises:
-        BnnError: bad source or options.
+        BnnError: bad source or options, an output that would destroy a file or cannot be
+            written, class names that do not match the model's outputs.
         VerificationFailedError: agreement below `min_agreement`; the flatbuffer was written to
-            `<output>.unverified` instead of `output`.
+            `<output>.unverified` instead of `output` (unless that file exists and `overwrite`
+            is off).
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise BnnError(f"Expected min_agreement between 0 and 1, got {min_agreement}.")
     if int8_io and not int8:
         raise BnnError("--int8-io needs --int8: LCE gives a model int8 inputs and outputs only "
                        "when it has quantization ranges (otherwise it quietly keeps float32).")
-    loaded = load_trained_model(source)
-    out_path = Path(output) if output else loaded.path.parent / "model.tflite"
+    file_options = dict(class_names=class_names, mean=mean, std=std, pixel_max=pixel_max,
+                        dataset=dataset, data_dir=data_dir)
+    given = [f"--{k.replace('_', '-')}" for k, v in file_options.items() if v is not None]
+    source_path = Path(source)
+    if _run_folder(source_path) and (given or no_metadata):
+        raise BnnError(f"{', '.join(given) or '--no-metadata'}: for a model file only; the "
+                       f"run folder {source_path} records its preprocessing in {CONFIG_FILE}.")
+    if no_metadata and given:
+        raise BnnError(f"--no-metadata converts without {' '.join(given)}; pass one or the "
+                       "other.")
+    if int8 and not _run_folder(source_path):
+        raise BnnError("--int8 needs a run folder: its training images calibrate the int8 "
+                       "ranges.")
+
+    # Every output location is checked before the model is loaded and converted.
+    out_path = Path(output) if output else _default_output(source_path)
+    reads = _read_paths(source_path)
+    reads += [Path(p) for p in (inputs,) if p]
+    if isinstance(class_names, str) and Path(class_names).is_file():
+        reads.append(Path(class_names))
+    files.check_output_file(out_path, reads=reads, overwrite=overwrite, what="--output")
+    kept = out_path.with_name(out_path.name + UNVERIFIED_SUFFIX)
+    # An existing .unverified file is only left alone (at the end), never a reason to refuse.
+    files.check_output_file(kept, reads=reads, overwrite=True, what="--output")
+    if bundle:
+        from convert.bundle import check_bundle_destination
+
+        check_bundle_destination(bundle, reads=[*reads, out_path, kept], overwrite=overwrite)
     if out_path.suffix != ".tflite":
         warnings.warn(f"{out_path} does not end in .tflite.", stacklevel=2)
-    metadata = run_metadata(loaded.run_config)
+
+    loaded = load_trained_model(source)
+    if loaded.run_config is not None:
+        config: Optional[Dict[str, Any]] = loaded.run_config
+        _check_classes(loaded, config, f"{source_path / CONFIG_FILE}")
+    elif no_metadata:
+        config = None
+    else:
+        config = _model_file_metadata(loaded, file_options)
+        _check_classes(loaded, config, "--class-names")
+    if bundle:
+        from convert.bundle import _metadata as bundle_metadata
+
+        if config is None:
+            raise BnnError("--bundle needs the class names and normalization that --no-metadata "
+                           "leaves out; pass --class-names, --mean and --std instead.")
+        bundle_metadata(config, None, None, None)  # refuses a config without them, now
+    _check_free_space(loaded, out_path, bundle)
+
+    metadata = run_metadata(config)
     float_flatbuffer = embed_metadata(convert_model(loaded.model, target=target), metadata)
-    x, y, where = _inputs(loaded, samples, inputs)
+    x, y, where = _inputs(loaded, config, samples, inputs)
     flatbuffer, int8_report = float_flatbuffer, None
     if int8:
         flatbuffer = _int8(loaded, target, int8_io, calibration_samples, fine_tune_epochs,
@@ -108,29 +336,54 @@ def convert_trained_model(
     )
     report.int8 = int8_report
     if verification.top1_agreement < min_agreement:
-        kept = out_path.with_name(out_path.name + UNVERIFIED_SUFFIX)
-        files.write_bytes(kept, flatbuffer)
+        agreement = (f"The .tflite agrees with Keras on only {verification.top1_agreement:.2%} "
+                     f"of {verification.samples} {where} (--min-agreement {min_agreement:.2%})")
+        if kept.exists() and not overwrite:
+            raise VerificationFailedError(
+                f"{agreement}; it was not kept, since {kept} already exists (pass --overwrite "
+                "to replace it).", report)
+        with files.storage_errors(kept, what="the unverified .tflite"):
+            files.write_bytes(kept, flatbuffer)
         report.path = str(kept)
-        raise VerificationFailedError(
-            f"The .tflite agrees with Keras on only {verification.top1_agreement:.2%} of "
-            f"{verification.samples} {where} (--min-agreement {min_agreement:.2%}); kept it as "
-            f"{kept} for inspection.",
-            report,
-        )
-    files.write_bytes(out_path, flatbuffer)
+        raise VerificationFailedError(f"{agreement}; kept it as {kept} for inspection.", report)
+    with files.storage_errors(out_path, what="--output"):
+        with files.atomic_path(out_path) as partial:
+            partial.write_bytes(flatbuffer)
+            if bundle:
+                # The bundle is written and self-checked before the .tflite replaces `output`
+                # (when this block ends): a refused bundle leaves `output` as it was.
+                report.bundle, report.bundle_check = _write_bundle(bundle, flatbuffer, loaded,
+                                                                   config, overwrite)
     report.path = str(out_path)
-    if bundle:
-        from convert.bundle import check_bundle, write_bundle
+    return report
 
-        bundle_path = write_bundle(
+
+def _check_free_space(loaded: LoadedModel, out_path: Path, bundle: Optional[str]) -> None:
+    """Refuses early when the outputs cannot fit: 4 bytes per parameter (a float32 flatbuffer;
+    binary weights take 32x less) plus the graph, and the bundle's extra files."""
+    from convert.bundle import estimated_size
+
+    size = loaded.model.count_params() * 4 + _FLATBUFFER_OVERHEAD
+    needs = [(out_path, size)]
+    if bundle:
+        shape = loaded.model.output_shape
+        outputs = int(np.prod((shape[0] if isinstance(shape, list) else shape)[1:]))
+        needs.append((Path(bundle), estimated_size(size, loaded.model.input_shape[1:], outputs)))
+    files.check_free_space(needs, what="the .tflite" + (" and the bundle" if bundle else ""))
+
+
+def _write_bundle(bundle: str, flatbuffer: bytes, loaded: LoadedModel,
+                  config: Dict[str, Any], overwrite: bool):
+    """Writes and self-checks the bundle; returns (folder, check summary) for the report."""
+    from convert.bundle import write_checked_bundle
+
+    with files.storage_errors(bundle, what="--bundle"):
+        path, check = write_checked_bundle(
             # The expected output comes from the float32 model the flatbuffer was made from.
             bundle, flatbuffer=flatbuffer, keras_model=as_float32(loaded.model),
-            run_config=loaded.run_config,
+            run_config=config, overwrite=overwrite,
         )
-        check = check_bundle(bundle_path)
-        report.bundle = str(bundle_path)
-        report.bundle_check = f"max |diff| {check.max_abs_diff:.3g} <= {check.atol:.3g}"
-    return report
+    return str(path), f"max |diff| {check.max_abs_diff:.3g} <= {check.atol:.3g}"
 
 
 def _int8(loaded: LoadedModel, target: str, int8_io: bool, calibration_samples: int,

@@ -40,7 +40,7 @@ def test_train_close_match_is_suggested():
 def test_train_bad_option_is_refused_before_any_work(tmp_path):
     line = _one_line_error(invoke(["train", "binary-densenet28", "--epochs", "0",
                                    "--output", tmp_path / "run"]))
-    assert line == "Error: Expected a positive epochs (image_size >= 4), got 0."
+    assert line == "Error: Expected epochs >= 1, got 0."
     assert not (tmp_path / "run").exists()
 
 
@@ -223,7 +223,8 @@ def test_interrupted_training_exits_130_with_the_resume_command(monkeypatch, tmp
 
 def test_resume_of_a_finished_run_is_refused(digits_run):
     line = _one_line_error(invoke(["train", "--resume", digits_run.run_dir]))
-    assert line == f"Error: Run {digits_run.run_dir} already finished all its epochs; nothing to resume."
+    assert line == (f"Error: Run {digits_run.run_dir} already finished all its 2 epochs; nothing "
+                    "to resume (to train it further, resume it with more epochs).")
 
 
 def test_train_without_model_or_resume_is_a_usage_error():
@@ -243,7 +244,7 @@ def test_benchmark_reports_median_and_p90(digits_tflite):
 
 @pytest.mark.parametrize("args, message", [
     (["--runs", "0"], "got threads=1, runs=0, warmup=5."),
-    (["--threads", "0"], "got threads=0, runs=50, warmup=5."),
+    (["--threads", "0"], "--threads must be between 1 and"),
 ])
 def test_benchmark_bad_numbers(digits_tflite, args, message):
     line = _one_line_error(invoke(["benchmark", digits_tflite, *args]))

@@ -14,9 +14,10 @@ from tests.conftest import DIGITS_IMAGE_SIZE
 
 def test_run_folder_holds_model_config_history_metrics(digits_run):
     run_dir = digits_run.run_dir
+    # backup/ stays (the finished run can be extended); the lock went with the process.
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "flips.csv", "flips.png", "history.csv", "metrics.json", "model.keras",
-        "status.json",
+        "backup", "config.json", "flips.csv", "flips.png", "history.csv", "metrics.json",
+        "model.keras", "status.json",
     ]
     config = digits_run.config
     assert config["model"] == "binary-densenet28" and config["dataset"] == "digits"
@@ -63,11 +64,16 @@ def test_existing_run_folder_is_refused(digits_run):
         training.train(config, lambda s, n: None, digits_run.run_dir)
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0)])
-def test_bad_options_name_the_option(field, value):
+@pytest.mark.parametrize("field, value, bound", [
+    ("epochs", 0, ">= 1"), ("batch_size", -1, ">= 1"), ("learning_rate", 0.0, "> 0"),
+    ("image_size", 3, ">= 4"), ("steps_per_epoch", 0, ">= 1"), ("label_smoothing", -0.1, ">= 0"),
+])
+def test_bad_options_name_the_option(field, value, bound):
     config = training.TrainConfig(**{field: value})
-    with pytest.raises(BnnError, match=f"Expected a positive {field}"):
+    with pytest.raises(BnnError) as info:
         config.validate()
+    # Each message names its own option and bound (not another option's, as it once did).
+    assert str(info.value) == f"Expected {field} {bound}, got {value!r}."
 
 
 def test_bad_precision_is_refused():
@@ -149,7 +155,7 @@ def test_signal_mid_epoch_keeps_last_epoch_and_resume_finishes(tmp_path, signame
     with open(run_dir / "flips.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f) if r["kind"] == "epoch"] == ["0", "1", "2"]
     assert (run_dir / "model.keras").is_file()
-    with pytest.raises(BnnError, match="already finished all its epochs"):
+    with pytest.raises(BnnError, match="already finished all its 3 epochs; nothing to resume"):
         training.resume_training(run_dir, tiny_bnn, verbose=0)
 
     # Same batches, same optimizer state: the resumed run ends where an uninterrupted one does.

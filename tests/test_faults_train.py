@@ -1,0 +1,210 @@
+"""Training runs lose nothing: signals at every phase, two writers, and --resume's terms.
+
+Each run is a real `bnn train` process (a signal to a pytest process would hit pytest), on a
+QuickNet small enough to train two epochs in seconds. The test-only variables
+BNN_TEST_PAUSE_AFTER_FIT and BNN_TEST_PAUSE_BEFORE_FINISH widen the two short phases between
+the last epoch and a finished run, and announce them on stderr, so a signal lands in them.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import invoke
+
+TINY_QUICKNET = [
+    "train", "quicknet", "--dataset", "digits", "--model-option", "section_filters=[8,8,16,16]",
+    "--image-size", "8", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16",
+    "--verbose", "0",
+]
+BNN = [sys.executable, "-c", "import cli; cli.main()"]
+
+
+def start_bnn(args, **env):
+    """`bnn ARGS` as a child process with stderr piped (its pause announcements)."""
+    return subprocess.Popen(
+        [*BNN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **{k: str(v) for k, v in env.items()}},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def wait_for_line(process, fragment, timeout=240):
+    """Reads the child's stderr until a line contains `fragment`; returns what was read."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        if fragment in line:
+            return "".join(seen)
+    raise AssertionError(f"never saw {fragment!r}; stderr so far:\n{''.join(seen)}")
+
+
+def finish(process, timeout=240):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def hashes(folder: Path):
+    """sha256 of every file under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def status(run_dir):
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_no_partial_files(run_dir):
+    assert not [p.name for p in run_dir.rglob("*partial*")]
+
+
+def assert_loadable(run_dir):
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(run_dir / "model.keras")
+    assert model.output_shape == (None, 10)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run signalled (SIGTERM) while its final files were being written.
+
+    The signal is held back until model.keras, metrics.json and the finished status are in
+    place, then reported: exit 130 and a complete run. Before, SIGTERM there killed the
+    process with a `.partial` model left and status.json at "running".
+    """
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
+    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_BEFORE_FINISH=3)
+    wait_for_line(process, "BNN_TEST_PAUSE_BEFORE_FINISH")
+    process.send_signal(signal.SIGTERM)
+    code, out, err = finish(process)
+    assert code == 130, err
+    assert "SIGTERM arrived while the finished run was being saved; it was saved first" in err
+    return run_dir
+
+
+def test_signal_during_the_final_save_leaves_a_finished_run(finished_run):
+    assert status(finished_run) == {"state": "finished", "epochs_completed": 2, "epochs": 2}
+    assert metrics(finished_run)["epochs"] == 2
+    assert_no_partial_files(finished_run)
+    assert_loadable(finished_run)
+
+
+def test_resume_of_a_finished_run_changes_nothing_even_without_status(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "status.json").unlink()  # before, this made --resume train from scratch
+    before = hashes(run_dir)
+    result = invoke(["train", "--resume", run_dir])
+    assert result.exit_code == 2, result.output
+    assert "already finished all its 2 epochs; nothing to resume" in result.output
+    assert hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signal_between_last_epoch_and_save_keeps_the_run(tmp_path, signame):
+    """Before, Keras emptied backup/ when fit returned: a signal here lost every epoch."""
+    run_dir = tmp_path / "run"
+    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=5)
+    wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
+    process.send_signal(getattr(signal, signame))
+    code, out, err = finish(process)
+    assert code == 130, err
+    assert "interrupted after 2 complete epoch(s) of 2" in err
+    assert status(run_dir)["state"] == "interrupted"
+    assert (run_dir / "backup" / "chief").is_dir() and not (run_dir / "model.keras").exists()
+    assert_no_partial_files(run_dir)
+
+    result = invoke(["train", "--resume", run_dir])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 epochs done" in result.output
+    assert metrics(run_dir)["epochs"] == 2 and metrics(run_dir)["epochs_this_session"] == 0
+    assert status(run_dir)["state"] == "finished"
+    assert (run_dir / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert_loadable(run_dir)
+
+
+def test_killed_run_leaves_a_stale_status_that_resume_recognises(tmp_path):
+    """SIGKILL cannot be caught: status.json says "running" and a partial file may be left.
+    The lock died with the process, so --resume may take the folder, and says what happened."""
+    run_dir = tmp_path / "run"
+    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=30)
+    wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
+    process.kill()
+    process.wait()
+    assert status(run_dir)["state"] == "running" and status(run_dir)["pid"] == process.pid
+    leftover = run_dir / f".model.partial-{process.pid}.keras"
+    leftover.write_bytes(b"half a model")
+
+    result = invoke(["train", "--resume", run_dir])
+    assert result.exit_code == 0, result.output
+    assert "ended without saying so (status.json still said running)" in result.output
+    assert status(run_dir) == {"state": "finished", "epochs_completed": 2, "epochs": 2}
+    assert_no_partial_files(run_dir)
+    assert_loadable(run_dir)
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=60)
+    try:
+        wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
+        before = hashes(run_dir)
+        for args in ([*TINY_QUICKNET, "-o", run_dir], ["train", "--resume", run_dir]):
+            result = invoke(args)
+            assert result.exit_code == 2, result.output
+            assert (f"Run folder {run_dir} is in use by another bnn process (PID {process.pid})"
+                    in result.output)
+        assert hashes(run_dir) == before
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_resume_refuses_other_model_or_options_and_lists_them(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = hashes(run_dir)
+    result = invoke(["train", "binarynet", "--resume", run_dir, "--lr", "0.5",
+                     "--model-option", "section_filters=[8,8,16,16]"])
+    assert result.exit_code == 2, result.output
+    # Each difference is named; the model option that matches the record is not.
+    assert "MODEL binarynet (the run has quicknet)" in result.output
+    assert "--learning-rate 0.5 (the run has 0.001)" in result.output
+    assert "section_filters" not in result.output
+    assert hashes(run_dir) == before
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    result = invoke(["train", "--resume", run_dir, "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "2 of 3 epochs done (extended from 2)" in result.output
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["epochs"] == 3
+    assert config["epochs_changes"] == [{"from": 2, "to": 3, "after_epoch": 2}]
+    assert metrics(run_dir)["epochs"] == 3 and metrics(run_dir)["epochs_this_session"] == 1
+    assert [line.split(",")[0] for line in
+            (run_dir / "history.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+    assert_loadable(run_dir)
+
+    fewer = invoke(["train", "--resume", run_dir, "--epochs", "1"])
+    assert fewer.exit_code == 2
+    assert "has 3 complete epochs; expected epochs >= 3, got 1" in fewer.output
