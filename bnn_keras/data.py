@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 import tensorflow as tf
 
-from bnn_keras.errors import BnnError
+from bnn_keras.errors import BnnError, first_line
 
 # Images used to estimate the per-channel mean/std of a training split.
 _NORMALIZATION_SAMPLE = 10_000
@@ -447,8 +447,7 @@ def load_tfds(
     except BnnError:
         raise
     except Exception as exc:  # network, DNS, checksum and manual-download errors alike
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise _download_error(name, reason) from None
+        raise _download_error(name, first_line(exc, 160)) from None
     info = builder.info
     test_split = "test" if "test" in info.splits else "validation"
     train = builder.as_dataset(split="train", as_supervised=True)
@@ -555,7 +554,7 @@ def _in_test_split(relative_path: str) -> bool:
 def _tf_reason(exc: Exception) -> str:
     """"Invalid PNG data, size 6210" from TensorFlow's "{{function_node ...}} Invalid PNG data,
     size 6210 [Op:DecodeImage] name: " (the op's own words, without its plumbing)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     text = text.split("}}", 1)[-1] if text.startswith("{{") else text
     return text.split(" [Op:", 1)[0].strip().rstrip(".")
 
@@ -638,6 +637,12 @@ def load_image_folder(path: str) -> DataSplits:
             f"Image folder {root} needs images ({', '.join(IMAGE_EXTENSIONS)}) in one sub-folder "
             "per class, either as train/<class>/ and test/<class>/ or as <class>/ (split "
             f"80/20); found {len(train_files)} training and {len(test_files)} test images."
+        )
+    if len(class_names) < 2:
+        # A one-class "classifier" trains to a constant and reports a meaningless accuracy.
+        raise BnnError(
+            f"Image folder {root} has {len(class_names)} class ({', '.join(class_names)}); a "
+            "classifier needs at least 2 class sub-folders."
         )
 
     first = next(_decoded_images(train_files[:1], _decode_file(0, None, None)))
@@ -741,7 +746,7 @@ def preprocess(
 
 def _crop_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Random crop after 4-pixel-per-32 reflection padding, and random horizontal flip."""
-    height, width = image.shape[0], image.shape[1]
+    height = image.shape[0]
     pad = max(1, height // 8)
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)

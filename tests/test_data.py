@@ -260,6 +260,13 @@ def test_single_folder_is_split_by_path_hash(tmp_path):
         np.testing.assert_array_equal(got, written[key])
 
 
+def test_one_class_folder_is_refused(tmp_path):
+    # Before, it trained to a constant and reported accuracy 0.0000 (issue 13's fault tour).
+    _write_pngs(tmp_path, ["only"], 10)
+    with pytest.raises(BnnError, match="has 1 class \\(only\\); a classifier needs at least 2"):
+        data.load_dataset(f"folder:{tmp_path}")
+
+
 def test_empty_folder_says_what_layout_is_expected(tmp_path):
     with pytest.raises(BnnError, match="one sub-folder per class"):
         data.load_dataset(f"folder:{tmp_path}")

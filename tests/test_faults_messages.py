@@ -461,3 +461,29 @@ def test_image_file_size_reads_headers(tmp_path, fmt):
     assert data.image_file_size(path) == (53, 37)
     (tmp_path / "not.png").write_bytes(b"hello")
     assert data.image_file_size(tmp_path / "not.png") is None
+
+
+def test_offline_error_is_the_only_line_on_stderr(tmp_path):
+    """TFDS' absl warnings ("Variant folder ... has no dataset_info.json") once came first."""
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    env = {**os.environ, "BNN_NETWORK_PROBE": "127.0.0.1:9", "TFDS_DATA_DIR": str(empty)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import cli; cli.main()", "train", "binarynet", "--dataset",
+         "mnist", "--data-dir", str(empty), "--epochs", "1", "-o", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=300,
+        cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: Could not download or prepare the TFDS data set 'mnist' (cannot reach "
+        "127.0.0.1:9"), lines
+
+
+def test_model_option_of_the_wrong_type_is_a_user_error(tmp_path):
+    result = invoke(["train", "quicknet", "--dataset", "digits", "--model-option",
+                     "section_filters=16", "--epochs", "1", "-o", tmp_path / "run"])
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    assert _error_line(result).startswith(
+        "Error: quicknet cannot be built with --model-option section_filters=16: ")
+    assert not (tmp_path / "run").exists()

@@ -208,3 +208,29 @@ def test_resume_with_more_epochs_extends_a_finished_run(finished_run, tmp_path):
     fewer = invoke(["train", "--resume", run_dir, "--epochs", "1"])
     assert fewer.exit_code == 2
     assert "has 3 complete epochs; expected epochs >= 3, got 1" in fewer.output
+
+
+def test_interrupt_before_the_epoch_is_written_retrains_it(tmp_path, monkeypatch):
+    """A signal after the last epoch's backup but before its history row once made --resume
+    skip that epoch (history.csv kept 1 row of 2). The backup is now committed last."""
+    from bnn_keras import training
+    from tests.test_training import tiny_bnn, tiny_config
+
+    write_row = training.HistoryWriter.on_epoch_end
+    interrupted = []
+
+    def interrupt_at_last_epoch(self, epoch, logs=None):
+        if epoch == 1 and not interrupted:
+            interrupted.append(epoch)
+            raise KeyboardInterrupt  # as Ctrl-C arriving just before the row is written
+        write_row(self, epoch, logs)
+
+    monkeypatch.setattr(training.HistoryWriter, "on_epoch_end", interrupt_at_last_epoch)
+    run_dir = tmp_path / "run"
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(tiny_config(epochs=2), tiny_bnn, run_dir, verbose=0)
+    assert training.run_progress(run_dir).epochs_done == 1
+    result = training.resume_training(run_dir, tiny_bnn, verbose=0)
+    assert result.metrics["epochs_this_session"] == 1
+    rows = (run_dir / "history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["1", "2"]
