@@ -18,7 +18,7 @@ import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 
 # The import above has run, so TensorFlow resolves to tf-keras from here on.
 from bnn_keras import BnnError  # noqa: E402
-from bnn_keras.errors import storage_error_message  # noqa: E402
+from bnn_keras.errors import first_line, storage_error_message  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -42,7 +42,7 @@ class BnnGroup(click.Group):
             if storage:
                 click.echo(f"Error: {storage}", err=True)
                 ctx.exit(EXIT_USER_ERROR)
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            message = first_line(exc) if str(exc).strip() else ""
             click.echo(
                 f"Internal error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)",
                 err=True,
@@ -68,13 +68,15 @@ def main(debug: bool) -> None:
 
 
 def _quiet_library_logs() -> None:
-    """One-line warnings of ours; TensorFlow's Python logger only for errors."""
+    """One-line warnings of ours; TensorFlow's (and TFDS' absl) loggers only for errors, so
+    that a failure stays one line on stderr."""
     import logging
     import warnings
 
     import tensorflow as tf
 
     tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
     def show(message, category, filename, lineno, file=None, line=None):
         click.echo(f"Warning: {message}", err=True)
@@ -94,110 +96,103 @@ def _echo_table(rows, headers) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _config_options(config_type: type) -> Callable:
+    """Decorator: one click option (or argument) per field of a config dataclass.
+
+    Help, default, choices and spelling come from the field (`bnn_keras.options.option`), so
+    `bnn train --help` and `TrainConfig` cannot disagree.
+    """
+    from bnn_keras import options
+
+    def decorate(command: Callable) -> Callable:
+        for field in reversed(dataclasses.fields(config_type)):
+            meta = field.metadata
+            kind = meta.get("cli", options.OPTION)
+            if kind == options.NESTED:
+                command = _config_options(meta["nested"])(command)
+            elif kind == options.ARGUMENT:
+                command = click.argument(field.name, metavar=field.name.upper(),
+                                         required=False)(command)
+            else:
+                command = _field_option(field, kind)(command)
+        return command
+
+    return decorate
+
+
+def _field_option(field: dataclasses.Field, kind: str) -> Callable:
+    """The click option of one config field."""
+    from bnn_keras import options
+
+    meta = field.metadata
+    spelled = options.flag(field)
+    value_type = _value_type(field.type)
+    settings: Dict[str, Any] = dict(help=meta["help"], show_default=meta["show_default"])
+    if kind == options.KEY_VALUE:
+        settings.update(multiple=True, metavar=meta["metavar"], show_default=False)
+    elif value_type is bool and meta["negatable"]:
+        spelled = f"{spelled}/--no-{spelled[2:]}"
+        settings["default"] = field.default
+    elif value_type is bool:
+        settings.update(is_flag=True, default=field.default)
+    else:
+        settings["default"] = field.default
+        settings["show_default"] = meta["show_default"] and field.default is not None
+        if meta["choices"]:
+            settings["type"] = click.Choice(meta["choices"])
+        elif meta["existing_folder"]:
+            settings["type"] = click.Path(file_okay=False)
+        else:
+            settings["type"] = value_type
+        if meta["metavar"]:
+            settings["metavar"] = meta["metavar"]
+    return click.option(field.name, spelled, *meta["aliases"], **settings)
+
+
+def _value_type(annotation: Any) -> type:
+    """`Optional[int]` -> int, `bool` -> bool, `Dict[...]` -> dict."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        return args[0]
+    return typing.get_origin(annotation) or annotation
+
+
+def _train_config(model: str, values: Dict[str, Any]):
+    """The TrainConfig of `bnn train`'s parsed options (tricks and --model-option included)."""
+    from bnn_keras import options, training
+
+    fields = {}
+    for field in dataclasses.fields(training.TrainConfig):
+        kind = field.metadata.get("cli")
+        if kind == options.ARGUMENT:
+            fields[field.name] = model
+        elif kind == options.NESTED:
+            nested = field.metadata["nested"]
+            fields[field.name] = nested(**{f.name: values[f.name]
+                                           for f in dataclasses.fields(nested)}).recorded()
+        elif kind == options.KEY_VALUE:
+            fields[field.name] = _parse_model_options(values[field.name])
+        else:
+            value = values[field.name]
+            fields[field.name] = None if field.metadata["zero_means_none"] and not value else value
+    return training.TrainConfig(**fields)
+
+
 @main.command()
-@click.argument("model_name", metavar="MODEL", required=False)
+@_config_options(__import__("bnn_keras.training", fromlist=["TrainConfig"]).TrainConfig)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               default=None,
               help="Continue a run folder from its last complete epoch, with MODEL and the "
                    "options recorded in its config.json (other values are refused); with "
                    "--epochs N, extend a finished or interrupted run to N epochs.")
-@click.option("--dataset", default="cifar10", show_default=True,
-              help="digits (bundled with scikit-learn, offline), mnist, fashion_mnist (IDX files "
-                   "in --data-dir are read directly), cifar10, cifar100, imagenette, "
-                   "imagenet2012 (TFDS), or folder:PATH (one sub-folder of images per class).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
-                   "IDX files such as /usr/share/datasets/fashion-mnist).")
-@click.option("--manual-dir", type=click.Path(file_okay=False), default=None,
-              help="Where manually downloaded archives are (imagenet2012).")
-@click.option("--epochs", type=int, default=None,
-              help="Training epochs [default: the recipe's, else 10].")
-@click.option("--batch-size", type=int, default=None,
-              help="Global batch size, split over workers [default: the recipe's, else 64].")
-@click.option("--learning-rate", "--lr", type=float, default=None,
-              help="Peak Adam learning rate [default: the recipe's, 1e-3 by default]. BNNs want "
-                   "a low one: a high rate flips many latent weight signs per step.")
-@click.option("--recipe", type=click.Choice(["default", "paper"]), default="default",
-              show_default=True,
-              help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
-                   "(the options here override single values).")
-@click.option("--float-learning-rate", "--float-lr", type=float, default=None,
-              help="Peak SGD learning rate of the float weights with --optimizer adam-sgd "
-                   "[default: the recipe's, 0.1].")
-@click.option("--optimizer", type=click.Choice(["adam", "bop", "adam-sgd"]), default=None,
-              help="adam; bop (larq's Bop for binary weights, Adam for the rest); or adam-sgd "
-                   "(Adam for binary weights, SGD with momentum for the rest, QuickNet's "
-                   "recipe).")
-@click.option("--schedule", type=click.Choice(["constant", "step", "linear", "cosine"]),
-              default=None, help="Learning-rate decay [default: the recipe's, constant].")
-@click.option("--warmup-epochs", type=float, default=None, help="Linear learning-rate warm-up.")
-@click.option("--label-smoothing", type=float, default=None, help="Label smoothing, e.g. 0.1.")
-@click.option("--weight-decay", type=float, default=None,
-              help="L2 on full-precision kernels only (binary latent weights never decay).")
-@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi-worker"]),
-              default="auto", show_default=True,
-              help="tf.distribute strategy; multi-worker reads TF_CONFIG (one process per "
-                   "worker, --batch-size is global).")
-@click.option("--input-quantizer", type=click.Choice(["ste_sign", "approx_sign", "sign_swish"]),
-              default=None, help="Activation binarizer of every binary layer (trick).")
-@click.option("--kernel-quantizer", type=click.Choice(["ste_sign", "approx_sign", "sign_swish"]),
-              default=None, help="Weight binarizer of every binary layer (trick).")
-@click.option("--regularizer", type=click.Choice(["bipolar", "bipolar-smooth", "bnn+-l1",
-                                                   "bnn+-l2"]), default=None,
-              help="bipolar: push latent weights to +/-1 (Tang et al.); bnn+-l1/l2: trainable "
-                   "per-channel scale with the BNN+ regularizer.")
-@click.option("--regularization-factor", type=float, default=1e-5, show_default=True,
-              help="Strength of --regularizer.")
-@click.option("--bases", type=int, default=1, show_default=True,
-              help="Binary bases per activation (residual binarization): K binary convs summed.")
-@click.option("--activation", type=click.Choice(["relu", "prelu"]), default=None,
-              help="prelu: replace the model's ReLUs with PReLU (trick).")
-@click.option("--scale-output", is_flag=True,
-              help="Add a learnable scale before the softmax (trick for a binarized last layer).")
-@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
-              help="Override an option of the model's builder (repeatable; VALUE is JSON, "
-                   "else a string), e.g. --model-option stage_filters=[16,32,64,128].")
-@click.option("--image-size", type=int, default=None,
-              help="Side of the square model input [default: the data set's, 16 for digits].")
-@click.option("--steps-per-epoch", type=int, default=None,
-              help="Limit each epoch to this many batches (quick experiments).")
-@click.option("--validation-freq", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Evaluate on the test split every N epochs (and after the last one).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for weights, shuffling and augmentation.")
-@click.option("--precision", type=click.Choice(["auto", "mixed_bfloat16", "float32"]),
-              default="auto", show_default=True,
-              help="Keras dtype policy; auto = mixed_bfloat16 where the CPU (AVX512-BF16/AMX) or "
-                   "GPU runs bf16 natively, else float32 (emulated bf16 is ~7x slower).")
-@click.option("--augment/--no-augment", default=None,
-              help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
-@click.option("--track-flips/--no-track-flips", default=True, show_default=True,
-              help="Record the fraction of latent weights whose sign flips, per binary layer and "
-                   "epoch, into history.csv, flips.csv and flips.png.")
-@click.option("--flip-every-n-steps", type=int, default=None,
-              help="Also record sign flips every N training steps.")
-@click.option("--flip-warn-threshold", type=float, default=0.05, show_default=True,
-              help="Warn when the flip ratio stays above this late in training (a learning rate "
-                   "that is too high); 0 disables the warning.")
-@click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN_DIR/tensorboard.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/MODEL-DATASET].")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
-def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
-          data_dir: Optional[str], manual_dir: Optional[str], epochs: Optional[int], batch_size: Optional[int],
-          learning_rate: Optional[float], float_learning_rate: Optional[float], recipe: str,
-          optimizer: Optional[str],
-          schedule: Optional[str], warmup_epochs: Optional[float],
-          label_smoothing: Optional[float], weight_decay: Optional[float], strategy: str,
-          input_quantizer: Optional[str], kernel_quantizer: Optional[str],
-          regularizer: Optional[str], regularization_factor: float, bases: int,
-          activation: Optional[str], scale_output: bool, model_options: Tuple[str, ...],
-          image_size: Optional[int], steps_per_epoch: Optional[int], validation_freq: int,
-          seed: int, precision: str,
-          augment: Optional[bool], track_flips: bool, flip_every_n_steps: Optional[int],
-          flip_warn_threshold: float, tensorboard: bool, output: Optional[str],
-          verbose: int) -> None:
+def train(model: Optional[str], resume_dir: Optional[str], output: Optional[str], verbose: int,
+          **values: Any) -> None:
     """Train MODEL (a name from `bnn models`) and write a run folder.
 
     The run folder holds model.keras, config.json (every option), history.csv, flips.csv and
@@ -215,6 +210,7 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         config = training.TrainConfig.from_run_config(run_config)
         _refuse_resume_changes(click.get_current_context(), config, Path(resume_dir))
         done = training.run_progress(Path(resume_dir), run_config).epochs_done
+        epochs = values["epochs"]
         target = epochs or config.epochs
         click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, {done} of "
                    f"{target} epochs done"
@@ -224,32 +220,13 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
         result = training.resume_training(Path(resume_dir), build, epochs=epochs,
                                           verbose=verbose)
     else:
-        if not model_name:
+        if not model:
             raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
-        models.get_model_fn(model_name)  # fail fast on a bad name, before loading any data
-        tricks = {key: value for key, value in dict(
-            input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
-            regularizer=regularizer, bases=bases if bases != 1 else None,
-            activation=activation, scale_output=scale_output or None,
-        ).items() if value is not None}
-        if regularizer:
-            tricks["regularization_factor"] = regularization_factor
-        overrides = _parse_model_options(model_options)
-        config = training.TrainConfig(
-            model=model_name, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
-            image_size=image_size,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-            float_learning_rate=float_learning_rate, recipe=recipe,
-            optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, weight_decay=weight_decay, strategy=strategy,
-            tricks=tricks, model_options=overrides, steps_per_epoch=steps_per_epoch,
-            validation_freq=validation_freq, seed=seed, precision=precision,
-            augment=augment, track_flips=track_flips, flip_every_n_steps=flip_every_n_steps,
-            flip_warn_threshold=flip_warn_threshold or None, tensorboard=tensorboard,
-        )
+        models.get_model_fn(model)  # fail fast on a bad name, before loading any data
+        config = _train_config(model, values)
         training.resolve_recipe(config)  # bad options fail here, before any data is loaded
-        run_dir = Path(output or f"runs/{model_name}-{dataset}")
-        build = functools.partial(_build_registered, model_name, tricks, overrides)
+        run_dir = Path(output or f"runs/{model}-{config.dataset}")
+        build = functools.partial(_build_registered, model, config.tricks, config.model_options)
         result = training.train(config, build, run_dir, verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
@@ -262,9 +239,6 @@ def train(model_name: Optional[str], resume_dir: Optional[str], dataset: str,
 # `bnn train` options that --resume may be given: --epochs extends or shortens the run (it is
 # recorded), the others only change how this process reports.
 _RESUME_MAY_CHANGE = {"resume_dir", "epochs", "verbose"}
-# Options that set a training trick, and the TrainConfig.tricks key each one records.
-_TRICK_OPTIONS = ("input_quantizer", "kernel_quantizer", "regularizer",
-                  "regularization_factor", "bases", "activation", "scale_output")
 
 
 def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
@@ -275,42 +249,44 @@ def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
     """
     from click.core import ParameterSource
 
-    recorded = {
-        "model_name": config.model,
-        "model_options": config.model_options,
-        "flip_warn_threshold": config.flip_warn_threshold,
-        **{name: config.tricks.get(name) for name in _TRICK_OPTIONS},
-        **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-           if f.name not in ("model", "tricks", "model_options", "flip_warn_threshold")},
-    }
+    typed = {param.name: param for param in ctx.command.params
+             if param.name not in _RESUME_MAY_CHANGE and ctx.get_parameter_source(param.name)
+             not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    if not typed:
+        return
     differences = []
-    for param in ctx.command.params:
-        name = param.name
-        if name in _RESUME_MAY_CHANGE or ctx.get_parameter_source(name) in (
-                None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
-            continue
-        value = ctx.params[name]
-        if name == "output":
-            if Path(value).resolve() != run_dir.resolve():
-                differences.append(f"--output {value} is not the resumed folder {run_dir}")
-            continue
-        if name == "model_options":
-            value = _parse_model_options(value)
-        elif name == "flip_warn_threshold":
-            value = value or None
-        elif name == "bases" and value == 1 or name == "scale_output" and not value:
-            value = None  # the defaults, which the run records as "no trick"
-        if name not in recorded:
-            differences.append(f"{_option_flag(param)} cannot be given with --resume")
-        elif value != recorded[name]:
-            what = "MODEL" if name == "model_name" else _option_flag(param)
-            differences.append(f"{what} {_shown(value)} (the run has {_shown(recorded[name])})")
+    output = typed.pop("output", None)
+    if output and Path(ctx.params["output"]).resolve() != run_dir.resolve():
+        differences.append(f"--output {ctx.params['output']} is not the resumed folder {run_dir}")
+    # What the typed options would record, against what the run recorded.
+    from bnn_keras.tricks import TRICKS
+
+    wanted = _train_config(ctx.params["model"] or config.model,
+                           {**_recorded_values(config), **{n: ctx.params[n] for n in typed}})
+    for name, param in typed.items():
+        if name in TRICKS:
+            mine, theirs = wanted.tricks.get(name), config.tricks.get(name)
+        else:
+            mine, theirs = getattr(wanted, name), getattr(config, name)
+        if mine != theirs:
+            what = "MODEL" if name == "model" else _option_flag(param)
+            differences.append(f"{what} {_shown(mine)} (the run has {_shown(theirs)})")
     if differences:
         raise BnnError(
             f"--resume {run_dir} continues the run as recorded in its config.json, but "
             f"{'; '.join(differences)}. Drop those options (only --epochs may change), or start "
             "a new run with --output."
         )
+
+
+def _recorded_values(config) -> Dict[str, Any]:
+    """A run's config as `bnn train`'s option values (the inverse of `_train_config`)."""
+    from bnn_keras.tricks import Tricks
+
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values.update(dataclasses.asdict(Tricks.from_recorded(config.tricks)))
+    values["model_options"] = [f"{k}={json.dumps(v)}" for k, v in config.model_options.items()]
+    return values
 
 
 def _option_flag(param: click.Parameter) -> str:
@@ -325,8 +301,16 @@ def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str
                       input_shape, num_classes):
     import models
 
-    return models.create_model(name, input_shape=input_shape, num_classes=num_classes,
-                               tricks=tricks, **model_options)
+    try:
+        return models.create_model(name, input_shape=input_shape, num_classes=num_classes,
+                                   tricks=tricks, **model_options)
+    except (TypeError, ValueError) as exc:
+        if not model_options:
+            raise
+        # A value of the wrong kind (`section_filters=16` for a list) fails inside the builder.
+        given = " ".join(f"{k}={json.dumps(v)}" for k, v in model_options.items())
+        raise BnnError(f"{name} cannot be built with --model-option {given}: "
+                       f"{first_line(exc)}; check the option's type and value.") from None
 
 
 # A VALUE starting like this (or one of the JSON words) is meant as JSON: a typo in it is an
@@ -492,10 +476,11 @@ def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
     uses portable kernels: the numbers are a regression check. On a Raspberry Pi use LCE's
     lce_benchmark_model binary (see `bnn convert --bundle`) for the real latency.
     """
+    from convert.flatbuffer import Flatbuffer
     from convert.isolated import isolated_benchmark
-    from convert.runtime import is_binary_model, read_flatbuffer
+    from convert.runtime import is_binary_model
 
-    flatbuffer = read_flatbuffer(tflite_file)
+    flatbuffer = Flatbuffer.from_file(tflite_file)
     binary = is_binary_model(flatbuffer, source=tflite_file)
     click.echo(f"Timing {tflite_file}: {warmup} warm-up + {runs} runs, {threads} thread(s) ...")
     rows = [("binary (LCE)" if binary else "float",
@@ -537,10 +522,10 @@ def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
     by `bnn convert`). A data set whose classes differ from the model's is refused.
     """
     from convert.evaluate import evaluate_flatbuffer
-    from convert.runtime import read_flatbuffer
+    from convert.flatbuffer import Flatbuffer
     from convert.samples import flatbuffer_test_split
 
-    flatbuffer = read_flatbuffer(tflite_file)
+    flatbuffer = Flatbuffer.from_file(tflite_file)
     x, y, name = flatbuffer_test_split(flatbuffer, dataset=dataset, data_dir=data_dir, limit=limit)
     click.echo(f"Evaluating {tflite_file} on {len(x)} {name} test images ...")
     result = evaluate_flatbuffer(flatbuffer, x, y, threads=threads)
@@ -567,11 +552,10 @@ def predict(tflite_file: str, images, top_k: int, threads: int, as_json: bool,
     """Top-k labels for image files (PNG, JPEG, BMP, GIF), preprocessed as in training."""
 
     from convert.evaluate import image_options, predict_images
-    from convert.metadata import read_metadata
-    from convert.runtime import read_flatbuffer
+    from convert.flatbuffer import Flatbuffer
 
-    flatbuffer = read_flatbuffer(tflite_file)
-    meta = read_metadata(flatbuffer)
+    flatbuffer = Flatbuffer.from_file(tflite_file)
+    meta = flatbuffer.metadata
     if not meta:
         raise BnnError(f"{tflite_file} carries no training preprocessing (bnn metadata); "
                        "convert it from a run folder with `bnn convert RUN_DIR`.")
@@ -733,7 +717,7 @@ def _too_small_error(name: str, exc: ValueError, input_shape: str,
                      num_classes: int) -> BnnError:
     """The BnnError for an --input-shape whose feature maps shrink to nothing in MODEL."""
     shape = _parse_shape(input_shape)
-    keras_says = str(exc).strip().splitlines()[0]
+    keras_says = first_line(exc)
     side = _smallest_square_side(name, shape, num_classes)
     works = (f"the smallest that works is --input-shape {side},{side},{shape[2]}" if side
              else "try a larger one")
@@ -756,7 +740,7 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
     producing fast binary ops, before converting it. Exits 1 when an error is found."""
     import dataclasses
 
-    from convert.inspect import errors, format_findings, inspect_model
+    from convert.lint import errors, format_findings, inspect_model
 
     model = _model_from(source, input_shape, num_classes)
     findings = inspect_model(model, target=target)

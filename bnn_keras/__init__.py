@@ -17,16 +17,30 @@ except AttributeError as exc:  # larq built its classes on Keras 3 stubs
 
 from bnn_keras.errors import BnnError, KerasVersionError  # noqa: E402
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    """The version setup.cfg gives, as installed (one source of truth for it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("bnn")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 __all__ = ["BnnError", "KerasVersionError", "__version__"]
 
-# Importing the plugin modules registers their objects with Keras (package "bnn_keras").
+# Importing the plugin modules registers their objects with Keras (package "bnn_keras"). The
+# training application (bnn_keras.training, data, recipes, tricks, ...) is not imported here:
+# `import bnn_keras` stays as light as `import larq`.
 from bnn_keras import (  # noqa: E402,F401
     callbacks,
     initializers,
     layers,
+    losses,
     quantizers,
-    recipes,
     regularizers,
+    schedules,
 )

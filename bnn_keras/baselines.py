@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras.layers import FloatActivation  # noqa: F401  (re-exported; used below)
+
 # Config keys of larq (and bnn_keras) quantized layers that hold quantizers and constraints.
 _QUANTIZER_KEYS = (
     "input_quantizer", "kernel_quantizer", "depthwise_quantizer", "pointwise_quantizer",
@@ -25,29 +27,6 @@ _REGULARIZER_KEYS = (
 )
 # Layers that need a quantizer object; they get larq's pass-through one instead of None.
 _NEEDS_INPUT_QUANTIZER = ("MultiBaseQuantConv2D",)
-
-
-@tf.keras.utils.register_keras_serializable(package="bnn_keras")
-class FloatActivation(tf.keras.layers.Layer):
-    """A Keras activation in a quantizer slot, for float baselines (`float_equivalent`).
-
-    Args:
-        activation: A Keras activation name, e.g. "relu" or "hard_tanh" (hardtanh is
-            what the straight-through estimator of sign differentiates).
-    """
-
-    precision = 32  # read by larq and model_stats: a float input, not a quantized one
-
-    def __init__(self, activation: str = "relu", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.activation = activation
-        self._fn = tf.keras.activations.get(activation)
-
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return self._fn(inputs)
-
-    def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "activation": self.activation}
 
 
 def _is_quantized(layer_config: Dict[str, Any]) -> bool:

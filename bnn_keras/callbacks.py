@@ -2,11 +2,12 @@
 
 A binary network only changes when a latent weight crosses zero. The fraction of kernel signs
 that flip per epoch is the direct read-out of "is the learning rate right?": if it stays high
-late in training, the network keeps oscillating instead of converging (BNN_NOTES section 3,
-trick 1).
+late in training, the network keeps oscillating instead of converging (Helwegen et al.,
+"Latent Weights Do Not Exist", which reads sign flips as the real optimizer steps of a BNN).
 
 References:
     - BinaryNet: https://arxiv.org/abs/1602.02830
+    - Helwegen et al., Latent Weights Do Not Exist: https://arxiv.org/abs/1906.02107
 """
 
 import csv
@@ -21,35 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 from bnn_keras import files
+from bnn_keras.binary import quantized_kernel_layers
 
-__all__ = ["SignFlipTracker", "binarized_layers"]
+__all__ = ["SignFlipTracker"]
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 TOTAL_KEY = "flip_ratio/total"
-
-
-def binarized_layers(model: tf.keras.Model) -> List[tf.keras.layers.Layer]:
-    """Every layer (nested ones included) with a `kernel` and a non-`None` `kernel_quantizer`.
-
-    Args:
-        model: A Keras model.
-
-    Returns:
-        The layers in tracking order, without duplicates.
-    """
-    found: List[tf.keras.layers.Layer] = []
-    seen = set()
-    for module in [model, *model.submodules]:
-        if not isinstance(module, tf.keras.layers.Layer) or id(module) in seen:
-            continue
-        seen.add(id(module))
-        if getattr(module, "kernel_quantizer", None) is None:
-            continue
-        if isinstance(getattr(module, "kernel", None), tf.Variable):
-            found.append(module)
-    return found
 
 
 def _signs(layer: tf.keras.layers.Layer) -> np.ndarray:
@@ -152,7 +132,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
         return ratios
 
     def _start(self) -> None:
-        self._layers = binarized_layers(self.model)
+        self._layers = quantized_kernel_layers(self.model)
         snapshot = self._snapshot()
         self._epoch_signs = snapshot
         self._step_signs = [s.copy() for s in snapshot]

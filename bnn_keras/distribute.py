@@ -43,7 +43,6 @@ __all__ = [
     "is_chief",
     "make_strategy",
     "output_dir",
-    "scaled_learning_rate",
     "task_info",
     "worker_count",
 ]
@@ -170,40 +169,3 @@ def cleanup_output_dir(
     """Removes a non-chief worker's temporary `output_dir` (never the chief's `run_dir`)."""
     if not is_chief(strategy) and Path(path) != Path(run_dir):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def scaled_learning_rate(
-    learning_rate: float, global_batch: int, reference_batch: Optional[int]
-) -> float:
-    """The linear scaling rule: the learning rate grows with the global batch size.
-
-    `learning_rate * global_batch / reference_batch`, where `reference_batch` is the (global)
-    batch size the learning rate was tuned for, e.g. `Recipe.batch_size` of a paper recipe,
-    and `global_batch` the batch size of this run (the user's batch size is global: the sum
-    over all replicas and workers). Without a reference the rate is returned unchanged. For
-    large scale-ups combine it with a warm-up (Goyal et al.); Adam is less sensitive to the
-    batch size than SGD, so treat the result as a starting point.
-
-    Args:
-        learning_rate: The rate tuned at `reference_batch`.
-        global_batch: This run's global batch size.
-        reference_batch: The batch size `learning_rate` belongs to, or None.
-
-    Returns:
-        The scaled learning rate.
-
-    Raises:
-        BnnError: a non-positive batch size or learning rate.
-
-    References:
-        - Goyal et al., Accurate, Large Minibatch SGD: https://arxiv.org/abs/1706.02677
-    """
-    bad_reference = reference_batch is not None and reference_batch < 1
-    if learning_rate <= 0 or global_batch < 1 or bad_reference:
-        raise BnnError(
-            f"Expected learning_rate > 0 and batch sizes >= 1, got {learning_rate!r}, "
-            f"{global_batch!r}, {reference_batch!r}."
-        )
-    if reference_batch is None:
-        return float(learning_rate)
-    return float(learning_rate) * global_batch / reference_batch

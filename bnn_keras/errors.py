@@ -17,6 +17,18 @@ class KerasVersionError(BnnError, ImportError):
     """`tf.keras` is Keras 3, which larq and Larq Compute Engine do not support."""
 
 
+def first_line(exc: BaseException, limit: Optional[int] = None) -> str:
+    """The first line of an exception's message (TensorFlow's run to many lines), at most
+    `limit` characters; the exception's type name when the message is empty.
+
+    Used where another library's failure becomes one line of ours: the cause is kept, its
+    stack of context is not.
+    """
+    lines = str(exc).strip().splitlines()
+    line = lines[0].strip() if lines else type(exc).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
 # errno values that mean "the storage refuses the write", not a bug, and what to do about each.
 _STORAGE_ERRNOS = {
     errno.EROFS: "choose another output location",

@@ -1,4 +1,4 @@
-"""Binary layers and the training tricks from BNN_NOTES section 3, as Keras layers.
+"""Binary layers and the BNN papers' training tricks, as Keras layers.
 
 - `ScaledQuantConv2D`: binary conv with a trainable BNN+ scale alpha and its regularizer.
 - `MultiBaseQuantConv2D`: residual binarization of the input into K binary bases (ABC-Net).
@@ -378,3 +378,28 @@ def activation(
             shared_axes=list(shared_axes) if shared_axes else None, name=layer_name
         )
     raise ValueError(f"Expected activation 'relu' or 'prelu', got {name!r}.")
+
+
+@tf.keras.utils.register_keras_serializable(package="bnn_keras")
+class FloatActivation(tf.keras.layers.Layer):
+    """A Keras activation in a quantizer slot, for float baselines
+    (`bnn_keras.baselines.float_equivalent`): part of the plugin, so that a float baseline's
+    model file loads after `import bnn_keras` alone.
+
+    Args:
+        activation: A Keras activation name, e.g. "relu" or "hard_tanh" (hardtanh is
+            what the straight-through estimator of sign differentiates).
+    """
+
+    precision = 32  # read by larq and model_stats: a float input, not a quantized one
+
+    def __init__(self, activation: str = "relu", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.activation = activation
+        self._fn = tf.keras.activations.get(activation)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return self._fn(inputs)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "activation": self.activation}

@@ -22,9 +22,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import larq as lq
 import tensorflow as tf
 
-# Layer classes LCE lowers to LceBconv2d when both quantizers are binary. QuantConv2D subclasses
-# (e.g. scaled binary convolutions) qualify too; depthwise/separable/dense ones do not.
-_BCONV_TYPES = (lq.layers.QuantConv2D,)
+from bnn_keras.binary import BINARY_CONV_TYPES, is_binary_conv, quantizer_bits  # noqa: F401
+
 _MAC_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 Shape = Tuple[Optional[int], ...]
@@ -112,26 +111,11 @@ class ModelStats:
         return self.float32_size_bytes / self.size_bytes if self.size_bytes else 1.0
 
 
-def quantizer_bits(quantizer) -> Optional[int]:
-    """A larq quantizer's output precision in bits; None for no quantizer or an unknown one."""
-    if quantizer is None:
-        return None
-    return getattr(quantizer, "precision", None)
-
-
-def is_binary_conv(layer: tf.keras.layers.Layer) -> bool:
-    """True for a larq quantized conv whose input and kernel quantizers are both 1-bit."""
-    return (
-        isinstance(layer, _BCONV_TYPES)
-        and quantizer_bits(getattr(layer, "input_quantizer", None)) == 1
-        and quantizer_bits(getattr(layer, "kernel_quantizer", None)) == 1
-    )
-
-
-def _iter_layers(model: tf.keras.Model) -> Iterator[tf.keras.layers.Layer]:
+def iter_layers(model: tf.keras.Model) -> Iterator[tf.keras.layers.Layer]:
+    """The model's layers in order, nested models replaced by their own layers."""
     for layer in model.layers:
         if isinstance(layer, tf.keras.Model):
-            yield from _iter_layers(layer)
+            yield from iter_layers(layer)
         else:
             yield layer
 
@@ -170,7 +154,7 @@ def _sublayer_bconvs(layer: tf.keras.layers.Layer) -> int:
     return sum(
         1
         for sub in layer._flatten_layers(include_self=False, recursive=True)
-        if isinstance(sub, _BCONV_TYPES)
+        if isinstance(sub, BINARY_CONV_TYPES)
         and quantizer_bits(getattr(sub, "kernel_quantizer", None)) == 1
         and quantizer_bits(getattr(sub, "input_quantizer", None)) in (None, 1)
     )
@@ -262,7 +246,7 @@ def layer_table(model: tf.keras.Model) -> List[LayerStats]:
         raise ValueError(
             "Expected a built model, got an unbuilt one: call it on data or build it first."
         )
-    return [_layer_stats(layer) for layer in _iter_layers(model)]
+    return [_layer_stats(layer) for layer in iter_layers(model)]
 
 
 def model_summary(model: tf.keras.Model) -> ModelStats:

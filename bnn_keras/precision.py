@@ -13,7 +13,8 @@ from bnn_keras.errors import BnnError
 PRECISIONS = ("auto", "mixed_bfloat16", "float32")
 
 # CPU flags that mean bfloat16 matmuls/convolutions run natively (oneDNN uses them); with
-# them, `mixed_bfloat16` trains ~1.5-2x faster than float32 (BNN_NOTES section 6).
+# them, `mixed_bfloat16` trains ~1.5-2x faster than float32 (measured on AMX/AVX512-BF16
+# machines; benchmarks/train_throughput.py).
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -6,9 +6,11 @@ optimizer, `loss` into a loss, and `add_weight_decay` into an L2 penalty on the 
 full-precision kernels only. `PAPER_RECIPES` holds the published recipe of each model that has
 one; every value there cites its source.
 
-Schedules are counted in optimizer steps (`optimizer.iterations`, i.e. updates already applied)
-and are serializable Keras objects (package "bnn_keras"), so a saved model reloads with its
-optimizer state and schedule.
+Schedules (`bnn_keras.schedules.WarmupDecay`) are counted in optimizer steps
+(`optimizer.iterations`, i.e. updates already applied); they and the loss
+(`bnn_keras.losses`) are serializable Keras objects of the plugin, registered by
+`import bnn_keras`, so a saved model reloads with its optimizer state and schedule without
+this module.
 
 References:
     - BinaryNet: https://arxiv.org/abs/1602.02830
@@ -23,14 +25,15 @@ References:
 """
 
 import dataclasses
-import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import larq as lq
 import tensorflow as tf
 
-from bnn_keras import model_stats
+from bnn_keras.binary import binary_kernels, kernel_weights
 from bnn_keras.errors import BnnError
+from bnn_keras.losses import SmoothedSparseCategoricalCrossentropy
+from bnn_keras.schedules import SCHEDULES, WarmupDecay
 
 __all__ = [
     "OPTIMIZERS",
@@ -52,14 +55,6 @@ __all__ = [
 
 _PACKAGE = "bnn_keras"
 OPTIMIZERS = ("adam", "bop", "adam-sgd")
-SCHEDULES = ("constant", "step", "linear", "cosine")
-# Weight attributes of Keras/larq layers that hold kernels, with the larq attribute naming the
-# quantizer of each.
-_KERNELS = (
-    ("kernel", "kernel_quantizer"),
-    ("depthwise_kernel", "depthwise_quantizer"),
-    ("pointwise_kernel", "pointwise_quantizer"),
-)
 
 
 @dataclasses.dataclass
@@ -185,99 +180,6 @@ def default_recipe() -> Recipe:
 # -- schedules -------------------------------------------------------------------------------
 
 
-@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0, then a constant, step, linear or cosine decay.
-
-    With `s` the optimizer step, `W` = `warmup_steps`, `T` = `total_steps` and `lr` the peak:
-
-    - `s < W`: `lr * s / W`
-    - "constant": `lr`
-    - "step": `lr * multipliers[i]`, `i` = number of `boundaries` (absolute steps) <= `s`
-    - "linear": `lr * max(0, 1 - (s - W) / (T - W))`
-    - "cosine": `lr * (1 + cos(pi * min(s - W, T - W) / (T - W))) / 2`
-
-    Step boundaries count from the start of training, as the papers give them ("decay at epoch
-    100"), so a warm-up does not shift them.
-
-    Args:
-        learning_rate: Peak learning rate.
-        decay: "constant", "step", "linear" or "cosine".
-        warmup_steps: Steps of linear warm-up.
-        total_steps: Length of training in steps (required for "linear" and "cosine").
-        boundaries: For "step": increasing step numbers.
-        multipliers: For "step": `len(boundaries) + 1` multipliers of `learning_rate`.
-        name: Optional name.
-    """
-
-    def __init__(
-        self,
-        learning_rate: float,
-        decay: str = "constant",
-        warmup_steps: int = 0,
-        total_steps: Optional[int] = None,
-        boundaries: Sequence[int] = (),
-        multipliers: Optional[Sequence[float]] = None,
-        name: Optional[str] = None,
-    ):
-        super().__init__()
-        if decay not in SCHEDULES:
-            raise ValueError(f"Expected decay in {SCHEDULES}, got {decay!r}.")
-        if decay in ("linear", "cosine") and (total_steps is None or total_steps <= warmup_steps):
-            raise ValueError(
-                f"Expected total_steps > warmup_steps for a {decay} decay, got "
-                f"total_steps={total_steps}, warmup_steps={warmup_steps}."
-            )
-        multipliers = [1.0] * (len(boundaries) + 1) if multipliers is None else list(multipliers)
-        if len(multipliers) != len(boundaries) + 1:
-            raise ValueError(
-                f"Expected {len(boundaries) + 1} multipliers, got {len(multipliers)}."
-            )
-        self.learning_rate = float(learning_rate)
-        self.decay = decay
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = None if total_steps is None else int(total_steps)
-        self.boundaries = [int(b) for b in boundaries]
-        self.multipliers = [float(m) for m in multipliers]
-        self.name = name
-
-    def __call__(self, step):
-        with tf.name_scope(self.name or "WarmupDecay"):
-            step = tf.cast(step, tf.float32)
-            peak = tf.constant(self.learning_rate, tf.float32)
-            if self.decay == "step" and self.boundaries:
-                passed = tf.reduce_sum(
-                    tf.cast(step >= tf.constant(self.boundaries, tf.float32), tf.int32)
-                )
-                decayed = peak * tf.gather(tf.constant(self.multipliers, tf.float32), passed)
-            elif self.decay == "step":
-                decayed = peak * self.multipliers[0]
-            elif self.decay in ("linear", "cosine"):
-                span = float(self.total_steps - self.warmup_steps)
-                progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
-                if self.decay == "linear":
-                    decayed = peak * (1.0 - progress)
-                else:
-                    decayed = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
-            else:
-                decayed = peak
-            if self.warmup_steps <= 0:
-                return decayed
-            warm = peak * step / float(self.warmup_steps)
-            return tf.where(step < self.warmup_steps, warm, decayed)
-
-    def get_config(self) -> Dict[str, Any]:
-        return {
-            "learning_rate": self.learning_rate,
-            "decay": self.decay,
-            "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps,
-            "boundaries": list(self.boundaries),
-            "multipliers": list(self.multipliers),
-            "name": self.name,
-        }
-
-
 def _step_plan(recipe: Recipe, epochs: int) -> Tuple[List[int], List[float]]:
     """Boundaries (in epochs) and multipliers of a "step" recipe."""
     if recipe.step_boundaries is not None:
@@ -334,32 +236,9 @@ def build_schedule(
 # -- which weights are binary ----------------------------------------------------------------
 
 
-def _kernel_weights(model: tf.keras.Model):
-    """(variable, is_binary) for every kernel of every (nested) layer."""
-    seen = set()
-    for layer in model.submodules:
-        if not isinstance(layer, tf.keras.layers.Layer):
-            continue
-        for attribute, quantizer_attribute in _KERNELS:
-            variable = getattr(layer, attribute, None)
-            if not isinstance(variable, tf.Variable) or id(variable) in seen:
-                continue
-            seen.add(id(variable))
-            quantizer = getattr(layer, quantizer_attribute, None)
-            binary = (attribute == "kernel" and model_stats.is_binary_conv(layer)) or (
-                model_stats.quantizer_bits(quantizer) == 1
-            )
-            yield variable, binary
-
-
-def binary_kernels(model: tf.keras.Model) -> List[tf.Variable]:
-    """Latent kernels of layers with a 1-bit kernel quantizer (binary convs, dense, ...)."""
-    return [v for v, binary in _kernel_weights(model) if binary]
-
-
 def decayed_kernels(model: tf.keras.Model) -> List[tf.Variable]:
     """Full-precision kernels: the weights `add_weight_decay` penalizes (no biases or BN)."""
-    return [v for v, binary in _kernel_weights(model) if not binary]
+    return [v for v, binary in kernel_weights(model) if not binary]
 
 
 def add_weight_decay(model: tf.keras.Model, weight_decay: float) -> List[tf.Variable]:
@@ -472,54 +351,6 @@ def build_optimizer(
 
 
 # -- loss ---------------------------------------------------------------------------------------
-
-
-@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class SmoothedSparseCategoricalCrossentropy(tf.keras.losses.Loss):
-    """Cross-entropy of integer labels with label smoothing.
-
-    tf-keras 2.16's `SparseCategoricalCrossentropy` has no `label_smoothing`, so the labels are
-    one-hot encoded (depth = the prediction's last axis) and smoothed like
-    `CategoricalCrossentropy(label_smoothing=eps)`: target = `onehot * (1 - eps) + eps / K`.
-
-    Args:
-        label_smoothing: eps in [0, 1).
-        from_logits: Whether predictions are logits rather than probabilities.
-        reduction: Keras loss reduction.
-        name: Loss name.
-
-    References:
-        - Szegedy et al., Rethinking the Inception Architecture: https://arxiv.org/abs/1512.00567
-    """
-
-    def __init__(
-        self,
-        label_smoothing: float = 0.0,
-        from_logits: bool = False,
-        reduction: str = tf.keras.losses.Reduction.AUTO,
-        name: str = "smoothed_sparse_categorical_crossentropy",
-    ):
-        super().__init__(reduction=reduction, name=name)
-        self.label_smoothing = float(label_smoothing)
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        y_pred = tf.convert_to_tensor(y_pred)
-        labels = tf.cast(y_true, tf.int32)
-        # Keras passes (batch, 1) labels as well as (batch,).
-        if labels.shape.rank is not None and labels.shape.rank == y_pred.shape.rank:
-            labels = tf.squeeze(labels, axis=-1)
-        onehot = tf.one_hot(labels, depth=tf.shape(y_pred)[-1], dtype=y_pred.dtype)
-        return tf.keras.losses.categorical_crossentropy(
-            onehot, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing
-        )
-
-    def get_config(self) -> Dict[str, Any]:
-        return {
-            **super().get_config(),
-            "label_smoothing": self.label_smoothing,
-            "from_logits": self.from_logits,
-        }
 
 
 def loss(recipe: Recipe, *, from_logits: bool = False) -> tf.keras.losses.Loss:

@@ -41,9 +41,11 @@ import tensorflow as tf
 from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import data as data_lib
 from bnn_keras import distribute, files, recipes, run_lock, signals
+from bnn_keras import tricks as tricks_lib
 from bnn_keras.errors import BnnError
+from bnn_keras.options import ARGUMENT, KEY_VALUE, NESTED, option
 from bnn_keras.precision import (
-    as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
+    PRECISIONS, as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
 )
 
 MODEL_FILE = "model.keras"
@@ -61,72 +63,91 @@ BuildModel = Callable[[Tuple[int, int, int], int], tf.keras.Model]
 class TrainConfig:
     """Every option of a training run; written to `config.json`.
 
-    Attributes:
-        model: Registry name of the model (recorded; the builder is passed separately).
-        dataset: Data set name, see `bnn_keras.data.list_datasets()`.
-        data_dir: Where the data set lives or is downloaded to.
-        manual_dir: Where manually downloaded archives are (imagenet2012).
-        image_size: Side of the square model input; None uses the data set's default.
-        epochs: Number of epochs; None takes the recipe's, else 10.
-        batch_size: Global batch size (split over workers); None takes the recipe's, else 64.
-        learning_rate: Peak Adam learning rate (of every weight with "adam", of the float
-            weights with "bop", of the binary weights with "adam-sgd"); None takes the recipe's.
-            The BNN papers advise a low rate: a large one flips too many latent signs per step.
-        float_learning_rate: Peak SGD learning rate of the float weights with "adam-sgd";
-            None takes the recipe's (0.1 by default).
-        recipe: "default" (Adam, constant rate) or "paper" (the model's published recipe,
-            `bnn_keras.recipes.paper_recipe`); the options below override single values.
-        optimizer: "adam", "bop" (Bop for binary weights, Adam for the rest) or "adam-sgd"
-            (Adam for binary weights, SGD with momentum for the rest).
-        schedule: "constant", "step", "linear" or "cosine" learning-rate decay.
-        warmup_epochs: Linear learning-rate warm-up.
-        label_smoothing: Label smoothing of the cross-entropy.
-        weight_decay: L2 on full-precision kernels only (binary latent weights never decay).
-        strategy: "auto", "default", "mirrored" or "multi-worker" (`bnn_keras.distribute`).
-        tricks: Training tricks applied to the model's binary layers, as recorded by the
-            caller (`bnn_keras.tricks.apply_tricks` keywords).
-        model_options: Overrides of the model builder's options (`bnn train --model-option`),
-            recorded so that `--resume` rebuilds the same network.
-        steps_per_epoch: Limit each epoch to this many batches (quick experiments, tests).
-        validation_freq: Evaluate on the test split every N epochs, and always after the last
-            one (on small models a full test pass costs ~10% of an epoch's time).
-        seed: Seeds weights, shuffling and augmentation.
-        precision: "auto", "mixed_bfloat16" or "float32", see `bnn_keras.precision`.
-        augment: Use the data set's standard augmentation; None means its default.
-        track_flips: Track per-layer latent-weight sign flips (`SignFlipTracker`).
-        flip_every_n_steps: Also record flips every N steps (None: per epoch only).
-        flip_warn_threshold: Warn when the flip ratio stays above this late in training
-            (None: never).
-        tensorboard: Write TensorBoard logs to RUN_DIR/tensorboard.
+    Each field carries its help text and choices (`bnn_keras.options.option`); `bnn train`'s
+    options are generated from them, so this class is the one place an option is described.
+    None means "the recipe's value" (or the data set's) for the recipe-dependent fields.
     """
 
-    model: str = "binary-densenet28"
-    dataset: str = "cifar10"
-    data_dir: Optional[str] = None
-    manual_dir: Optional[str] = None
-    image_size: Optional[int] = None
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    learning_rate: Optional[float] = None
-    float_learning_rate: Optional[float] = None
-    recipe: str = "default"
-    optimizer: Optional[str] = None
-    schedule: Optional[str] = None
-    warmup_epochs: Optional[float] = None
-    label_smoothing: Optional[float] = None
-    weight_decay: Optional[float] = None
-    strategy: str = "auto"
-    tricks: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    steps_per_epoch: Optional[int] = None
-    validation_freq: int = 1
-    seed: int = 0
-    precision: str = "auto"
-    augment: Optional[bool] = None
-    track_flips: bool = True
-    flip_every_n_steps: Optional[int] = None
-    flip_warn_threshold: Optional[float] = 0.05
-    tensorboard: bool = False
+    model: str = option(
+        "binary-densenet28", cli=ARGUMENT,
+        help="Registry name of the model (`bnn models` lists them).")
+    dataset: str = option(
+        "cifar10",
+        help="digits (bundled with scikit-learn, offline), mnist, fashion_mnist (IDX files "
+             "in --data-dir are read directly), cifar10, cifar100, imagenette, "
+             "imagenet2012 (TFDS), or folder:PATH (one sub-folder of images per class).")
+    data_dir: Optional[str] = option(
+        existing_folder=True,
+        help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
+             "IDX files such as /usr/share/datasets/fashion-mnist).")
+    manual_dir: Optional[str] = option(
+        existing_folder=True, help="Where manually downloaded archives are (imagenet2012).")
+    image_size: Optional[int] = option(
+        help="Side of the square model input [default: the data set's, 16 for digits].")
+    epochs: Optional[int] = option(help="Training epochs [default: the recipe's, else 10].")
+    batch_size: Optional[int] = option(
+        help="Global batch size, split over workers [default: the recipe's, else 64].")
+    learning_rate: Optional[float] = option(
+        aliases=("--lr",),
+        help="Peak Adam learning rate (of every weight with adam, of the float weights with "
+             "bop, of the binary weights with adam-sgd) [default: the recipe's, 1e-3 by "
+             "default]. BNNs want a low one: a high rate flips many latent weight signs per "
+             "step.")
+    float_learning_rate: Optional[float] = option(
+        aliases=("--float-lr",),
+        help="Peak SGD learning rate of the float weights with --optimizer adam-sgd "
+             "[default: the recipe's, 0.1].")
+    recipe: str = option(
+        "default", choices=("default", "paper"),
+        help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
+             "(the options here override single values).")
+    optimizer: Optional[str] = option(
+        choices=recipes.OPTIMIZERS,
+        help="adam; bop (larq's Bop for binary weights, Adam for the rest); or adam-sgd "
+             "(Adam for binary weights, SGD with momentum for the rest, QuickNet's recipe).")
+    schedule: Optional[str] = option(
+        choices=recipes.SCHEDULES,
+        help="Learning-rate decay [default: the recipe's, constant].")
+    warmup_epochs: Optional[float] = option(help="Linear learning-rate warm-up.")
+    label_smoothing: Optional[float] = option(help="Label smoothing, e.g. 0.1.")
+    weight_decay: Optional[float] = option(
+        help="L2 on full-precision kernels only (binary latent weights never decay).")
+    strategy: str = option(
+        "auto", choices=distribute.STRATEGIES,
+        help="tf.distribute strategy; multi-worker reads TF_CONFIG (one process per worker, "
+             "--batch-size is global).")
+    tricks: Dict[str, Any] = option(
+        cli=NESTED, nested=tricks_lib.Tricks, default_factory=dict,
+        help="Training tricks applied to the model's binary layers "
+             "(`bnn_keras.tricks.Tricks`, as recorded by `Tricks.recorded`).")
+    model_options: Dict[str, Any] = option(
+        cli=KEY_VALUE, spelled="--model-option", metavar="KEY=VALUE", default_factory=dict,
+        help="Override an option of the model's builder (repeatable; VALUE is JSON, else a "
+             "string), e.g. --model-option stage_filters=[16,32,64,128].")
+    steps_per_epoch: Optional[int] = option(
+        help="Limit each epoch to this many batches (quick experiments).")
+    validation_freq: int = option(
+        1, help="Evaluate on the test split every N epochs (and after the last one).")
+    seed: int = option(0, help="Seed for weights, shuffling and augmentation.")
+    precision: str = option(
+        "auto", choices=PRECISIONS,
+        help="Keras dtype policy; auto = mixed_bfloat16 where the CPU (AVX512-BF16/AMX) or GPU "
+             "runs bf16 natively, else float32 (emulated bf16 is ~7x slower).")
+    augment: Optional[bool] = option(
+        negatable=True, show_default=False,
+        help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
+    track_flips: bool = option(
+        True, negatable=True,
+        help="Record the fraction of latent weights whose sign flips, per binary layer and "
+             "epoch, into history.csv, flips.csv and flips.png.")
+    flip_every_n_steps: Optional[int] = option(
+        help="Also record sign flips every N training steps.")
+    flip_warn_threshold: Optional[float] = option(
+        0.05, zero_means_none=True,
+        help="Warn when the flip ratio stays above this late in training (a learning rate "
+             "that is too high); 0 disables the warning.")
+    tensorboard: bool = option(False, show_default=False,
+                               help="Write TensorBoard logs to RUN_DIR/tensorboard.")
 
     @classmethod
     def from_run_config(cls, run_config: Dict[str, Any]) -> "TrainConfig":
@@ -714,17 +735,16 @@ def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume:
                    start_epoch: int = 0):
     """The run folder's callbacks, in the order their hooks must run.
 
-    BackupAndRestore comes first: its on_train_begin restores the last complete epoch before
+    The backup comes first: its on_train_begin restores the last complete epoch before
     SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
-    sees the flip ratios the tracker adds to the epoch logs.
+    sees the flip ratios the tracker adds to the epoch logs. The epoch's backup is committed
+    after both have written their files, and the status after that: an epoch is complete for
+    `--resume` only once everything it writes is on disk.
     """
     # One backup folder for all workers: Keras' BackupAndRestore keeps the chief's checkpoint
     # there and gives the other workers temporary ones (it expects a shared file system).
-    # Keras deletes the backup when `fit` returns, before the model is saved: a signal in
-    # between would lose the run. The run keeps it (see `_finish_run`).
-    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch",
-                                                 delete_checkpoint=False)
-    result = [backup, StopOnNonFiniteLoss(), StatusWriter(run_dir, config.epochs, start_epoch)]
+    backup = EpochBackup(str(backup_dir))
+    result = [backup, StopOnNonFiniteLoss()]
     if config.tensorboard:
         result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))
     if config.track_flips:
@@ -736,7 +756,39 @@ def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume:
             resume=resume,
         ))
     result.append(HistoryWriter(run_dir / HISTORY_FILE, resume=resume))
+    result += [EpochCommit(backup), StatusWriter(run_dir, config.epochs, start_epoch)]
     return result
+
+
+class EpochBackup(tf.keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, saving an epoch only when `EpochCommit` says so, and keeping
+    the backup when `fit` returns.
+
+    Keras saves the backup first thing at the end of an epoch, before history.csv has the
+    epoch's row: a signal in between made `--resume` skip an epoch that history.csv lacks. And
+    Keras deletes the backup when `fit` returns, before the model is saved: a signal then lost
+    the whole run. The run keeps it (see `_finish_run`).
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        pass  # `commit`, called by EpochCommit once the epoch's files are written
+
+    def commit(self, epoch: int) -> None:
+        self._backup(epoch=epoch)
+
+
+class EpochCommit(tf.keras.callbacks.Callback):
+    """Saves the epoch backup after every other run-folder callback has written its files."""
+
+    def __init__(self, backup: EpochBackup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.backup.commit(epoch)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The BNN papers' training tricks as a rewrite of any functional Keras model (BNN_NOTES s. 3).
+"""The BNN papers' training tricks as a rewrite of any functional Keras model.
 
 `apply_tricks` takes a freshly built functional model, rewrites the entries of
 `model.get_config()["layers"]` and rebuilds it with `tf.keras.Model.from_config`, so one set of
@@ -14,7 +14,7 @@ works for every registered model that can take them:
 | `activation="prelu"` | `ReLU` / `Activation("relu")` -> `PReLU` (one slope per channel) |
 | `scale_output=True` | a `LearnableScale` named `output_scale` in front of the final softmax |
 
-A *binary convolution* is a layer `model_stats.is_binary_conv` accepts (a larq `QuantConv2D`,
+A *binary convolution* is a layer `bnn_keras.binary.is_binary_layer` accepts (a larq `QuantConv2D`,
 or subclass, with 1-bit input and kernel quantizers) or a `MultiBaseQuantConv2D` with 1-bit
 quantizers. Layer names are kept, so the graph stays readable and weights load by name;
 layers whose config is unchanged keep their weights, rewritten layers are initialised afresh.
@@ -31,6 +31,7 @@ References:
 """
 
 import copy
+import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
@@ -39,20 +40,55 @@ from bnn_keras import layers as bnn_layers
 from bnn_keras import quantizers as bnn_quantizers
 from bnn_keras import regularizers as bnn_regularizers
 from bnn_keras.errors import BnnError
-from bnn_keras.model_stats import is_binary_conv, quantizer_bits
+from bnn_keras.options import option
+from bnn_keras.binary import is_binary_layer, quantizer_bits
 
-__all__ = ["TRICKS", "OUTPUT_SCALE_NAME", "apply_tricks", "binary_conv_names"]
+__all__ = ["TRICKS", "OUTPUT_SCALE_NAME", "Tricks", "apply_tricks", "binary_conv_names"]
 
-# The keyword arguments of `apply_tricks`, in CLI order; record them in a run's config.json.
-TRICKS: Tuple[str, ...] = (
-    "input_quantizer",
-    "kernel_quantizer",
-    "regularizer",
-    "regularization_factor",
-    "bases",
-    "activation",
-    "scale_output",
-)
+_BINARIZERS = ("ste_sign", "approx_sign", "sign_swish")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tricks:
+    """The keyword arguments of `apply_tricks`, each with its help and choices (`bnn train`'s
+    trick options are generated from these fields)."""
+
+    input_quantizer: Optional[str] = option(
+        choices=_BINARIZERS, help="Activation binarizer of every binary layer (trick).")
+    kernel_quantizer: Optional[str] = option(
+        choices=_BINARIZERS, help="Weight binarizer of every binary layer (trick).")
+    regularizer: Optional[str] = option(
+        choices=("bipolar", "bipolar-smooth", "bnn+-l1", "bnn+-l2"),
+        help="bipolar: push latent weights to +/-1 (Tang et al.); bnn+-l1/l2: trainable "
+             "per-channel scale with the BNN+ regularizer.")
+    regularization_factor: float = option(1e-5, help="Strength of --regularizer.")
+    bases: int = option(
+        1, help="Binary bases per activation (residual binarization): K binary convs summed.")
+    activation: Optional[str] = option(
+        choices=("relu", "prelu"), help="prelu: replace the model's ReLUs with PReLU (trick).")
+    scale_output: bool = option(
+        False, show_default=False,
+        help="Add a learnable scale before the softmax (trick for a binarized last layer).")
+
+    def recorded(self) -> Dict[str, Any]:
+        """The tricks that are on, as a run's config.json records them (defaults left out;
+        the regularization factor only with a regularizer)."""
+        result = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if getattr(self, f.name) != f.default}
+        if self.regularizer:
+            result["regularization_factor"] = self.regularization_factor
+        else:
+            result.pop("regularization_factor", None)
+        return result
+
+    @classmethod
+    def from_recorded(cls, recorded: Dict[str, Any]) -> "Tricks":
+        """The inverse of `recorded` (unknown keys are refused by the dataclass)."""
+        return cls(**recorded)
+
+
+# The keyword arguments of `apply_tricks`, in CLI order; a run's config.json records them.
+TRICKS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Tricks))
 
 OUTPUT_SCALE_NAME = "output_scale"
 
@@ -87,21 +123,9 @@ _MULTI_BASE_ARGS = (
 )
 
 
-def _is_multi_base(layer: tf.keras.layers.Layer) -> bool:
-    return (
-        isinstance(layer, bnn_layers.MultiBaseQuantConv2D)
-        and quantizer_bits(layer.input_quantizer) == 1
-        and quantizer_bits(layer.kernel_quantizer) == 1
-    )
-
-
-def _is_binary(layer: tf.keras.layers.Layer) -> bool:
-    return is_binary_conv(layer) or _is_multi_base(layer)
-
-
 def binary_conv_names(model: tf.keras.Model) -> List[str]:
     """Names of the top-level layers `apply_tricks` treats as binary convolutions, in order."""
-    return [layer.name for layer in model.layers if _is_binary(layer)]
+    return [layer.name for layer in model.layers if is_binary_layer(layer)]
 
 
 def _is_relu(layer: tf.keras.layers.Layer) -> bool:
@@ -465,10 +489,10 @@ def apply_tricks(
 
     source = _to_functional(model)
     name = model.name
-    binary = {layer.name: layer for layer in source.layers if _is_binary(layer)}
+    binary = {layer.name: layer for layer in source.layers if is_binary_layer(layer)}
     relus = {layer.name: layer for layer in source.layers if _is_relu(layer)} if prelu else {}
     for nested in _nested_models(source):
-        if any(_is_binary(layer) for layer in nested.layers) or (
+        if any(is_binary_layer(layer) for layer in nested.layers) or (
             prelu and any(_is_relu(layer) for layer in nested.layers)
         ):
             raise BnnError(
@@ -481,10 +505,10 @@ def apply_tricks(
         (f"--regularizer {regularizer}", regularizer is not None),
         (f"--bases {bases}", bases > 1),
     ]
-    for option, given in binary_options:
+    for flag_text, given in binary_options:
         if given and not binary:
             raise BnnError(
-                f"{option}: model {name} has no binary convolution (a QuantConv2D with 1-bit "
+                f"{flag_text}: model {name} has no binary convolution (a QuantConv2D with 1-bit "
                 "input and kernel quantizers) to rewrite."
             )
     if prelu and not relus:

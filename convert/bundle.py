@@ -28,9 +28,8 @@ import numpy as np
 from bnn_keras import files
 from bnn_keras.data import Normalization
 from bnn_keras.errors import BnnError
-from convert.flatbuffer import read_model
+from convert.flatbuffer import Flatbuffer, FlatbufferLike
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
-from convert.metadata import check_content_digest
 
 BUNDLE_FORMAT = "bnn-raspberry-pi-bundle"
 BUNDLE_VERSION = 1
@@ -236,7 +235,7 @@ def estimated_size(flatbuffer_size: int, input_shape: Sequence[int], num_outputs
 def write_bundle(
     directory: Union[str, os.PathLike],
     *,
-    flatbuffer: bytes,
+    flatbuffer: FlatbufferLike,
     keras_model=None,
     run_config: Optional[Mapping[str, Any]] = None,
     input_shape: Optional[Sequence[int]] = None,
@@ -254,7 +253,7 @@ def write_bundle(
 
     Args:
         directory: The bundle folder to create.
-        flatbuffer: The LCE flatbuffer bytes.
+        flatbuffer: The LCE flatbuffer (a `Flatbuffer` or its bytes).
         keras_model: The Keras model the flatbuffer was converted from: its output on the sample
             is the expected output. None uses LCE's own output (the check then only guards
             against the device disagreeing with LCE on x86).
@@ -308,7 +307,7 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
         raise BnnError(f"{final} exists and is not a folder; choose a new folder.")
     if final.exists() and not overwrite:
         raise BnnError(f"{final} already exists; choose another folder or pass overwrite.")
-    read_model(flatbuffer)
+    flatbuffer = Flatbuffer.wrap(flatbuffer)
     shape, norm, labels = _metadata(run_config, input_shape, normalization, class_names)
     if pixel_max is None:
         dataset = (run_config or {}).get("dataset")
@@ -375,7 +374,7 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        files.write_bytes(tmp / TFLITE_FILE, flatbuffer)
+        files.write_bytes(tmp / TFLITE_FILE, flatbuffer.data)
         files.write_text(tmp / LABELS_FILE, "".join(f"{label}\n" for label in labels))
         files.write_bytes(tmp / TEST_INPUT_FILE, sample.astype(_RAW_DTYPE).tobytes())
         files.write_bytes(tmp / EXPECTED_OUTPUT_FILE, expected.astype(_RAW_DTYPE).tobytes())
@@ -465,10 +464,9 @@ def check_bundle(
     if problems or x is None or expected is None:
         raise BnnError(f"Broken bundle {folder}: {'; '.join(problems)}.")
 
-    data = (folder / TFLITE_FILE).read_bytes()
-    read_model(data, source=str(folder / TFLITE_FILE))
-    check_content_digest(data, source=str(folder / TFLITE_FILE))
-    actual = np.asarray(isolated_predict(data, x, timeout=timeout), np.float32)
+    flatbuffer = Flatbuffer((folder / TFLITE_FILE).read_bytes(), source=str(folder / TFLITE_FILE))
+    flatbuffer.check_content_digest()
+    actual = np.asarray(isolated_predict(flatbuffer, x, timeout=timeout), np.float32)
     if actual.size != expected.size:
         raise BnnError(
             f"Broken bundle {folder}: the model outputs {actual.size} values but "

@@ -1,4 +1,4 @@
-"""Keras model -> TFLite flatbuffer with Larq Compute Engine's converter."""
+"""Keras model -> TFLite flatbuffer with Larq Compute Engine's converter (the only call to it)."""
 
 import warnings
 from typing import Dict
@@ -6,9 +6,9 @@ from typing import Dict
 import larq_compute_engine as lce
 import tensorflow as tf
 
-from bnn_keras.errors import BnnError
+from bnn_keras.errors import BnnError, first_line
 from bnn_keras.precision import as_float32, is_mixed_precision  # noqa: F401  (re-exported)
-from convert.flatbuffer import readable_tensor_names
+from convert.flatbuffer import Flatbuffer
 
 # User-facing target names -> LCE's target strings. LCE has no "arm64": its "arm" target covers
 # 32- and 64-bit ARM (Raspberry Pi 4/5 on a 64-bit OS, phones) alike.
@@ -20,7 +20,8 @@ class ConversionError(BnnError):
     """LCE could not convert the model."""
 
 
-def _validate_options(target: str, inference_input_type: str, inference_output_type: str) -> None:
+def check_options(target: str, inference_input_type: str, inference_output_type: str) -> None:
+    """Raises `BnnError` for an unknown target or I/O type, naming the valid ones."""
     if target not in TARGETS:
         raise BnnError(f"Expected target one of {', '.join(TARGETS)}, got {target!r}.")
     for what, value in (("input", inference_input_type), ("output", inference_output_type)):
@@ -46,37 +47,52 @@ def convert_model(
         inference_output_type: "float32" or "int8" model output.
 
     Returns:
-        The flatbuffer bytes, internal tensors named after their Keras layers.
+        The flatbuffer bytes, internal tensors named after their Keras layers
+        (`convert_to_flatbuffer(...).data`).
 
     Raises:
-        BnnError: an option is invalid.
+        BnnError: an option is invalid, or int8 I/O that LCE did not honour.
         ConversionError: LCE failed to convert the model.
 
     References:
         - [Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art Binarized
           Neural Networks](https://arxiv.org/abs/2011.09398)
     """
-    _validate_options(target, inference_input_type, inference_output_type)
+    return convert_to_flatbuffer(model, target=target, inference_input_type=inference_input_type,
+                                 inference_output_type=inference_output_type).data
+
+
+def convert_to_flatbuffer(
+    model: tf.keras.Model,
+    *,
+    target: str = "arm64",
+    inference_input_type: str = "float32",
+    inference_output_type: str = "float32",
+) -> Flatbuffer:
+    """`convert_model`, returning the parsed `Flatbuffer` to pass along instead of its bytes.
+
+    A model trained in mixed precision is converted through a float32 copy with the same
+    weights (with a warning). The I/O types LCE produced are checked: without quantization
+    ranges LCE quietly keeps float32 I/O when int8 is asked for.
+    """
+    check_options(target, inference_input_type, inference_output_type)
     if is_mixed_precision(model):
         warnings.warn(
             "The model was trained in mixed precision; converting a float32 copy with the same "
             "weights (LCE does not accept bfloat16/float16 layers).",
-            stacklevel=2,
+            stacklevel=3,
         )
         model = as_float32(model)
     try:
-        flatbuffer = lce.convert_keras_model(
+        data = lce.convert_keras_model(
             model,
             target=TARGETS[target],
             inference_input_type=IO_TYPES[inference_input_type],
             inference_output_type=IO_TYPES[inference_output_type],
         )
     except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConversionError(f"LCE could not convert the model: {first_line}") from exc
-    if "int8" in (inference_input_type, inference_output_type):
-        # Without quantization ranges LCE quietly keeps float32 I/O; say so instead.
-        from convert.quantize import check_io_types
-
-        check_io_types(flatbuffer, "int8")
-    return readable_tensor_names(flatbuffer, model.name)
+        raise ConversionError(
+            f"LCE could not convert the model: {first_line(exc, 200)}") from exc
+    flatbuffer = Flatbuffer(data)
+    flatbuffer.check_io_types(inference_input_type, inference_output_type)
+    return flatbuffer.renamed(model.name)

@@ -15,10 +15,11 @@ import numpy as np
 
 from bnn_keras.data import Normalization
 from bnn_keras.errors import BnnError
+from convert.flatbuffer import Flatbuffer
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
-from convert.quantize import dequantize_outputs, quantize_inputs
 
-Flatbuffer = Union[str, os.PathLike, bytes]
+# What the functions below accept as a model: a .tflite path, its bytes, or a `Flatbuffer`.
+FlatbufferSource = Union[str, os.PathLike, bytes, Flatbuffer]
 
 # Raw pixel scale of each data set's training images where it is not 0..255: image files are
 # 0..255 and are rescaled to this range before the training normalization is applied.
@@ -49,15 +50,16 @@ class ImagePrediction:
         }
 
 
-def _flatbuffer_bytes(flatbuffer: Flatbuffer) -> bytes:
-    """The bytes of a flatbuffer given as bytes or a path (validated before use)."""
-    from convert.runtime import read_flatbuffer
-
-    return flatbuffer if isinstance(flatbuffer, bytes) else read_flatbuffer(str(flatbuffer))
+def _predict(flatbuffer: Flatbuffer, x: np.ndarray, threads: int, timeout: float) -> np.ndarray:
+    """Float outputs of the flatbuffer for float inputs, in an isolated interpreter (int8 I/O is
+    quantized and dequantized with the flatbuffer's own scales)."""
+    raw = isolated_predict(flatbuffer, flatbuffer.quantize_inputs(x), threads=threads,
+                           timeout=timeout)
+    return flatbuffer.dequantize_outputs(raw)
 
 
 def evaluate_flatbuffer(
-    flatbuffer: Flatbuffer,
+    flatbuffer: FlatbufferSource,
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -67,7 +69,7 @@ def evaluate_flatbuffer(
     """Top-1 accuracy of a flatbuffer on preprocessed inputs.
 
     Args:
-        flatbuffer: A .tflite path or bytes.
+        flatbuffer: A .tflite path, bytes or `Flatbuffer`.
         x: Normalized inputs (N, H, W, C), as `make_pipeline` produces them.
         y: Integer labels (N,) or one-hot labels (N, classes).
         threads: Interpreter threads.
@@ -85,9 +87,7 @@ def evaluate_flatbuffer(
         raise BnnError(
             f"Expected as many labels as inputs, got {len(labels)} labels for {len(x)} inputs."
         )
-    data = _flatbuffer_bytes(flatbuffer)
-    outputs = dequantize_outputs(
-        isolated_predict(data, quantize_inputs(x, data), threads=threads, timeout=timeout), data)
+    outputs = _predict(Flatbuffer.wrap(flatbuffer), x, threads, timeout)
     predicted = outputs.reshape(len(x), -1).argmax(-1)
     return {"accuracy": float(np.mean(predicted == labels)), "n": int(len(labels))}
 
@@ -174,7 +174,7 @@ def load_images(
 
 
 def predict_images(
-    flatbuffer: Flatbuffer,
+    flatbuffer: FlatbufferSource,
     image_paths: Sequence[Union[str, os.PathLike]],
     *,
     normalization: Union[Normalization, Mapping[str, Sequence[float]]],
@@ -189,7 +189,7 @@ def predict_images(
     """Top-k classes for each image file, with the training preprocessing.
 
     Args:
-        flatbuffer: A .tflite path or bytes.
+        flatbuffer: A .tflite path, bytes or `Flatbuffer`.
         image_paths: PNG/JPEG/BMP/GIF files.
         normalization: The run's normalization (`Normalization` or its dict).
         input_shape: The model's (H, W, C).
@@ -212,10 +212,7 @@ def predict_images(
         normalization = Normalization.from_dict(normalization)
     x = load_images(image_paths, normalization=normalization, input_shape=input_shape,
                     pixel_max=pixel_max, max_pixels=max_pixels)
-    data = _flatbuffer_bytes(flatbuffer)
-    scores = dequantize_outputs(
-        isolated_predict(data, quantize_inputs(x, data), threads=threads, timeout=timeout), data
-    ).reshape(len(x), -1)
+    scores = _predict(Flatbuffer.wrap(flatbuffer), x, threads, timeout).reshape(len(x), -1)
     if scores.shape[1] != len(class_names):
         raise BnnError(
             f"The model has {scores.shape[1]} outputs but {len(class_names)} class names were given."

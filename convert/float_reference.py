@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from convert.converter import as_float32
-from convert.flatbuffer import read_model
+from convert.flatbuffer import Flatbuffer
 
 
 def float_tflite(model: tf.keras.Model) -> bytes:
@@ -21,7 +21,7 @@ def float_tflite(model: tf.keras.Model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(float_model).convert()
 
 
-def float_flatbuffer(source: str) -> bytes:
+def float_flatbuffer(source: str) -> Flatbuffer:
     """A float .tflite given as a file, or made from a run folder / Keras model file.
 
     Raises:
@@ -31,9 +31,7 @@ def float_flatbuffer(source: str) -> bytes:
     if path.suffix == ".tflite":
         if not path.is_file():
             raise BnnError(f"No such .tflite file: {path}.")
-        data = path.read_bytes()
-        read_model(data, source=str(path))
-        return data
+        return Flatbuffer(path.read_bytes(), source=str(path))
     from convert.loading import load_trained_model
 
-    return float_tflite(load_trained_model(source).model)
+    return Flatbuffer(float_tflite(load_trained_model(source).model))

@@ -2,7 +2,7 @@
 
 TFLite's interpreter trusts the flatbuffer it is given: a schema-valid model with a wrong tensor
 shape, buffer size or custom-op option can segfault or abort inside C++. The parent validates
-the bytes against the TFLite schema (`convert.flatbuffer.read_model`, cheap and in Python), then
+the bytes against the TFLite schema (`convert.flatbuffer.Flatbuffer`, in Python), then
 runs LCE's interpreter in a fresh `python -c` child with a timeout. A crash (signal), a timeout or
 an exception in the child becomes a one-line `BnnError`.
 
@@ -20,9 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import TYPE_CHECKING, List, Sequence, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # the child imports this module by path, with NumPy only
+    from convert.flatbuffer import Flatbuffer
 
 # Defaults for the child's wall-clock limit: generous for tiny models on a loaded 2-core machine,
 # small enough that a hung interpreter does not stall a CLI command for long.
@@ -135,38 +138,12 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _validated_bytes(path_or_bytes: Union[str, os.PathLike, bytes]) -> bytes:
-    from convert.flatbuffer import read_model
-    from convert.runtime import read_flatbuffer
+def _validated(flatbuffer):
+    """The `Flatbuffer` of a .tflite path or of bytes (validated against the schema), or the
+    object itself."""
+    from convert.flatbuffer import Flatbuffer
 
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = bytes(path_or_bytes)
-        read_model(data)
-        return data
-    return read_flatbuffer(str(path_or_bytes))
-
-
-def _input_spec(data: bytes):
-    """(shape without batch, numpy dtype) of the model's first input, from the schema."""
-    from convert.flatbuffer import read_model
-    from tensorflow.lite.python import schema_py_generated as schema_fb
-
-    from bnn_keras.errors import BnnError
-
-    model = read_model(data)
-    subgraph = model.subgraphs[0]
-    if subgraph.inputs is None or len(subgraph.inputs) != 1:
-        raise BnnError("Expected a model with exactly one input.")
-    index = int(subgraph.inputs[0])
-    if not 0 <= index < len(subgraph.tensors or []):
-        raise BnnError("The flatbuffer's input tensor index is out of range; convert the model again.")
-    tensor = subgraph.tensors[index]
-    names = {v: k for k, v in vars(schema_fb.TensorType).items() if not k.startswith("_")}
-    dtype = {"FLOAT32": np.float32, "INT8": np.int8, "UINT8": np.uint8}.get(names.get(tensor.type))
-    if dtype is None:
-        raise BnnError(f"Unsupported model input type {names.get(tensor.type, tensor.type)}.")
-    shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
-    return shape[1:], np.dtype(dtype)
+    return Flatbuffer.wrap(flatbuffer)
 
 
 def _run_child(data: bytes, mode: str, workdir: Path, threads: int, runs: int, warmup: int,
@@ -204,7 +181,7 @@ def _run_child(data: bytes, mode: str, workdir: Path, threads: int, runs: int, w
 
 
 def isolated_benchmark(
-    path_or_bytes: Union[str, os.PathLike, bytes],
+    path_or_bytes: Union[str, os.PathLike, bytes, "Flatbuffer"],
     threads: int = 1,
     runs: int = 50,
     warmup: int = 5,
@@ -214,7 +191,8 @@ def isolated_benchmark(
     """Measures single-image latency with LCE's interpreter in a child process.
 
     Args:
-        path_or_bytes: A .tflite path or the flatbuffer bytes (untrusted: validated first).
+        path_or_bytes: A .tflite path, the flatbuffer bytes (untrusted: validated first), or a
+            `Flatbuffer`.
         threads: Interpreter threads.
         runs: Timed inferences.
         warmup: Untimed inferences first.
@@ -235,7 +213,7 @@ def isolated_benchmark(
             f"Expected threads >= 1, runs >= 1 and warmup >= 0, got threads={threads}, "
             f"runs={runs}, warmup={warmup}."
         )
-    data = _validated_bytes(path_or_bytes)
+    data = _validated(path_or_bytes).data
     with tempfile.TemporaryDirectory(prefix="bnn-isolated-") as tmp:
         workdir = Path(tmp)
         _run_child(data, "benchmark", workdir, threads, runs, warmup, timeout)
@@ -244,7 +222,7 @@ def isolated_benchmark(
 
 
 def isolated_predict(
-    flatbuffer: Union[str, os.PathLike, bytes],
+    flatbuffer: Union[str, os.PathLike, bytes, "Flatbuffer"],
     x: np.ndarray,
     *,
     threads: int = 1,
@@ -253,7 +231,8 @@ def isolated_predict(
     """Runs a batch through LCE's interpreter in a child process, one example at a time.
 
     Args:
-        flatbuffer: A .tflite path or the flatbuffer bytes (untrusted: validated first).
+        flatbuffer: A .tflite path, the flatbuffer bytes (untrusted: validated first), or a
+            `Flatbuffer`.
         x: Inputs of shape (N, *model input shape without batch); cast to the model's input type.
         threads: Interpreter threads.
         timeout: Seconds before the child is killed.
@@ -269,8 +248,8 @@ def isolated_predict(
 
     if threads < 1:
         raise BnnError(f"Expected threads >= 1, got {threads}.")
-    data = _validated_bytes(flatbuffer)
-    shape, dtype = _input_spec(data)
+    validated = _validated(flatbuffer)
+    shape, dtype = validated.input_spec()
     x = np.asarray(x)
     if x.shape[1:] != shape or len(x) == 0:
         raise BnnError(
@@ -279,7 +258,7 @@ def isolated_predict(
     with tempfile.TemporaryDirectory(prefix="bnn-isolated-") as tmp:
         workdir = Path(tmp)
         np.save(workdir / _INPUT_FILE, np.ascontiguousarray(x.astype(dtype, copy=False)))
-        _run_child(data, "predict", workdir, threads, 0, 0, timeout)
+        _run_child(validated.data, "predict", workdir, threads, 0, 0, timeout)
         with np.load(workdir / _OUTPUT_FILE) as outputs:
             arrays = [outputs[key] for key in sorted(outputs.files, key=lambda k: int(k.split("_")[1]))]
     if len(arrays) != 1:

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
-from bnn_keras.errors import BnnError
+from bnn_keras.errors import BnnError, first_line
 from bnn_keras.training import CONFIG_FILE, MODEL_FILE
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -53,7 +53,9 @@ def load_trained_model(path: str) -> LoadedModel:
     try:
         model = tf.keras.models.load_model(source, compile=False)
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        # The whole first line: a cut in the middle of it hides the cause (a missing custom
+        # object's name comes last).
+        reason = first_line(exc)
         raise BnnError(f"Could not load {source} as a Keras model ({reason}).") from None
     if not isinstance(model, tf.keras.Model):
         raise BnnError(f"{source} does not hold a Keras model.")

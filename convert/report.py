@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 
 from bnn_keras import model_stats
-from convert.flatbuffer import missed_fusions, op_histogram
+from convert.flatbuffer import Flatbuffer, FlatbufferLike
 from convert.verify import Verification
 
 
@@ -101,15 +101,16 @@ class ConversionReport:
 
 def conversion_report(
     model: tf.keras.Model,
-    flatbuffer: bytes,
+    flatbuffer: FlatbufferLike,
     *,
     target: str,
     verification: Optional[Verification] = None,
     verified_on: str = "",
 ) -> ConversionReport:
     """Builds the report for `flatbuffer`, converted from `model`."""
+    flatbuffer = Flatbuffer.wrap(flatbuffer)
     stats = model_stats.model_summary(model)
-    ops = op_histogram(flatbuffer)
+    ops = flatbuffer.ops
     return ConversionReport(
         target=target,
         size_bytes=len(flatbuffer),
@@ -118,7 +119,7 @@ def conversion_report(
         lce_bconvs=ops.get("LceBconv2d", 0),
         binary_layers=stats.lce_bconvs,
         binary_mac_fraction=stats.binary_mac_fraction,
-        missed_fusions=missed_fusions(flatbuffer),
+        missed_fusions=flatbuffer.missed_fusions(),
         verification=verification,
         verified_on=verified_on,
     )

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from bnn_keras import data as data_lib
 from bnn_keras.errors import BnnError
+from convert.flatbuffer import Flatbuffer, FlatbufferLike
 
 
 def run_test_split(
@@ -78,7 +79,7 @@ def verification_inputs(
 
 
 def flatbuffer_test_split(
-    flatbuffer: bytes,
+    flatbuffer: FlatbufferLike,
     *,
     dataset: Optional[str] = None,
     data_dir: Optional[str] = None,
@@ -86,15 +87,20 @@ def flatbuffer_test_split(
 ) -> Tuple[np.ndarray, np.ndarray, str]:
     """A test split preprocessed as the .tflite's training was, from its embedded metadata.
 
+    Args:
+        flatbuffer: The `Flatbuffer`, or its bytes.
+        dataset: Another data set with the same classes.
+        data_dir: Where that data set lives.
+        limit: At most this many examples.
+
     Returns:
         (images, labels, data set name).
 
     Raises:
         BnnError: the flatbuffer has no bnn metadata, or no data set is known.
     """
-    from convert.metadata import read_metadata
-
-    meta = read_metadata(flatbuffer) or {}
+    flatbuffer = Flatbuffer.wrap(flatbuffer)
+    meta = flatbuffer.metadata or {}
     if "normalization" not in meta or "input_shape" not in meta:
         raise BnnError(
             "The .tflite carries no training preprocessing (bnn metadata); convert it from a "
@@ -106,21 +112,10 @@ def flatbuffer_test_split(
     if limit is not None and limit < 1:
         raise BnnError(f"Expected limit >= 1, got {limit}.")
     splits = data_lib.load_dataset(name, data_dir or meta.get("data_dir"))
-    check_same_classes(meta.get("class_names"), output_count(flatbuffer), splits.class_names,
+    check_same_classes(meta.get("class_names"), flatbuffer.output_count(), splits.class_names,
                        name)
     x, y = _split_arrays(splits, meta, limit, "test")
     return x, y, name
-
-
-def output_count(flatbuffer: bytes) -> int:
-    """Values in one example of the model's (first) output: its number of classes."""
-    from convert.flatbuffer import read_model
-
-    subgraph = read_model(flatbuffer).subgraphs[0]
-    if subgraph.outputs is None or not len(subgraph.outputs):
-        raise BnnError("The .tflite has no output tensor; convert the model again.")
-    shape = subgraph.tensors[int(subgraph.outputs[0])].shape
-    return int(np.prod(shape[1:])) if shape is not None and len(shape) > 1 else 1
 
 
 def check_same_classes(model_names: Optional[Sequence[str]], outputs: int,

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from convert.converter import as_float32
+from convert.flatbuffer import Flatbuffer, FlatbufferLike
 from convert.runtime import LceRuntime
 
 
@@ -33,7 +34,7 @@ class Verification:
 
 
 def verify_flatbuffer(
-    model: tf.keras.Model, flatbuffer: bytes, x: np.ndarray, *, verbose: int = 0
+    model: tf.keras.Model, flatbuffer: FlatbufferLike, x: np.ndarray, *, verbose: int = 0
 ) -> Verification:
     """Runs `model` (Keras) and `flatbuffer` (LCE's interpreter) on `x` and compares them.
 
@@ -46,13 +47,12 @@ def verify_flatbuffer(
     converted): its bfloat16 forward pass is a different computation from the deployed one.
     """
     x = np.asarray(x, np.float32)
+    flatbuffer = Flatbuffer.wrap(flatbuffer)
     model = as_float32(model)
     keras_out = np.asarray(model.predict(x, verbose=0, batch_size=64), np.float32)
-    from convert.quantize import dequantize_outputs, quantize_inputs
-
     # int8-I/O models take and give quantized values; float-I/O ones pass through unchanged.
-    raw = LceRuntime(flatbuffer).predict(quantize_inputs(x, flatbuffer), verbose=verbose)
-    tflite_out = np.asarray(dequantize_outputs(raw, flatbuffer), np.float32)
+    raw = LceRuntime(flatbuffer).predict(flatbuffer.quantize_inputs(x), verbose=verbose)
+    tflite_out = np.asarray(flatbuffer.dequantize_outputs(raw), np.float32)
     keras_out = keras_out.reshape(len(x), -1)
     tflite_out = tflite_out.reshape(len(x), -1)
     agreement = float(np.mean(keras_out.argmax(-1) == tflite_out.argmax(-1)))

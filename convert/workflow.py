@@ -17,9 +17,10 @@ import numpy as np
 from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import CONFIG_FILE, MODEL_FILE
-from convert.converter import as_float32, convert_model
+from convert.converter import as_float32, convert_to_flatbuffer
+from convert.flatbuffer import Flatbuffer
 from convert.loading import LoadedModel, load_trained_model
-from convert.metadata import embed_metadata, run_metadata
+from convert.metadata import run_metadata
 from convert.report import ConversionReport, conversion_report
 from convert.samples import verification_inputs
 from convert.verify import verify_flatbuffer
@@ -235,7 +236,7 @@ def convert_trained_model(
         min_agreement: Lowest acceptable top-1 agreement between Keras and the flatbuffer.
             With `int8` too, Keras is the trained float model: int8 must keep its decisions.
         int8: Run the non-binary layers in int8: fake-quant ranges calibrated on the run's
-            training images (`convert.quantize`); the report compares size and accuracy with
+            training images (`convert.int8`); the report compares size and accuracy with
             the float32 conversion.
         int8_io: int8 model input and output (needs `int8`).
         calibration_samples: Training images that calibrate the int8 ranges.
@@ -323,7 +324,8 @@ def convert_trained_model(
     _check_free_space(loaded, out_path, bundle)
 
     metadata = run_metadata(config)
-    float_flatbuffer = embed_metadata(convert_model(loaded.model, target=target), metadata)
+    # Parsed once here and passed along: verification, the report and the bundle read this object.
+    float_flatbuffer = convert_to_flatbuffer(loaded.model, target=target).with_metadata(metadata)
     x, y, where = _inputs(loaded, config, samples, inputs)
     flatbuffer, int8_report = float_flatbuffer, None
     if int8:
@@ -343,12 +345,12 @@ def convert_trained_model(
                 f"{agreement}; it was not kept, since {kept} already exists (pass --overwrite "
                 "to replace it).", report)
         with files.storage_errors(kept, what="the unverified .tflite"):
-            files.write_bytes(kept, flatbuffer)
+            files.write_bytes(kept, flatbuffer.data)
         report.path = str(kept)
         raise VerificationFailedError(f"{agreement}; kept it as {kept} for inspection.", report)
     with files.storage_errors(out_path, what="--output"):
         with files.atomic_path(out_path) as partial:
-            partial.write_bytes(flatbuffer)
+            partial.write_bytes(flatbuffer.data)
             if bundle:
                 # The bundle is written and self-checked before the .tflite replaces `output`
                 # (when this block ends): a refused bundle leaves `output` as it was.
@@ -372,7 +374,7 @@ def _check_free_space(loaded: LoadedModel, out_path: Path, bundle: Optional[str]
     files.check_free_space(needs, what="the .tflite" + (" and the bundle" if bundle else ""))
 
 
-def _write_bundle(bundle: str, flatbuffer: bytes, loaded: LoadedModel,
+def _write_bundle(bundle: str, flatbuffer: Flatbuffer, loaded: LoadedModel,
                   config: Dict[str, Any], overwrite: bool):
     """Writes and self-checks the bundle; returns (folder, check summary) for the report."""
     from convert.bundle import write_checked_bundle
@@ -387,9 +389,9 @@ def _write_bundle(bundle: str, flatbuffer: bytes, loaded: LoadedModel,
 
 
 def _int8(loaded: LoadedModel, target: str, int8_io: bool, calibration_samples: int,
-          fine_tune_epochs: int, metadata):
+          fine_tune_epochs: int, metadata) -> Flatbuffer:
     """The int8 flatbuffer of the model, with fake-quant ranges calibrated on training images."""
-    from convert.quantize import FineTune, convert_int8, prepare_int8
+    from convert.int8 import FineTune, prepare_int8
     from convert.samples import run_test_split
 
     if not (loaded.run_config and "dataset" in loaded.run_config):
@@ -401,17 +403,18 @@ def _int8(loaded: LoadedModel, target: str, int8_io: bool, calibration_samples: 
     x_cal, y_cal = run_test_split(loaded.run_config, calibration_samples, split="train")
     fine_tune = FineTune(data=(x_cal, y_cal), epochs=fine_tune_epochs) if fine_tune_epochs else None
     prepared = prepare_int8(loaded.model, x_cal, fine_tune=fine_tune)
-    return embed_metadata(convert_int8(prepared, target=target, int8_io=int8_io), metadata)
+    io_type = "int8" if int8_io else "float32"
+    return convert_to_flatbuffer(prepared, target=target, inference_input_type=io_type,
+                                 inference_output_type=io_type).with_metadata(metadata)
 
 
-def _int8_comparison(float_flatbuffer: bytes, int8_flatbuffer: bytes, x, y):
+def _int8_comparison(float_flatbuffer: Flatbuffer, int8_flatbuffer: Flatbuffer, x, y):
     """Size, and accuracy or agreement on the verification inputs, with and without int8."""
-    from convert.quantize import dequantize_outputs, quantize_inputs
     from convert.runtime import LceRuntime
 
-    def predict(fb):
-        raw = LceRuntime(fb).predict(quantize_inputs(x, fb))
-        return np.asarray(dequantize_outputs(raw, fb)).reshape(len(x), -1).argmax(-1)
+    def predict(fb: Flatbuffer):
+        raw = LceRuntime(fb).predict(fb.quantize_inputs(x))
+        return np.asarray(fb.dequantize_outputs(raw)).reshape(len(x), -1).argmax(-1)
 
     float_top1, int8_top1 = predict(float_flatbuffer), predict(int8_flatbuffer)
     comparison = {

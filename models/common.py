@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 
-# BNN_NOTES section 4: below this side length (CIFAR, MNIST-like inputs) a model uses a single
+# Below this side length (CIFAR, MNIST-like inputs) a model uses a single
 # 3x3 stride-1 stem instead of the ImageNet 7x7/2 conv + max-pool, as larq-zoo does.
 SMALL_INPUT_SIDE = 50
 

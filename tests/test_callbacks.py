@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras import layers as bl
-from bnn_keras.callbacks import SignFlipTracker, binarized_layers
+from bnn_keras.binary import quantized_kernel_layers
+from bnn_keras.callbacks import SignFlipTracker
 
 
 def _model():
@@ -29,7 +30,7 @@ def _set_latent(layer, values):
 
 
 def test_finds_every_binarized_kernel_including_nested():
-    names = [layer.name for layer in binarized_layers(_model())]
+    names = [layer.name for layer in quantized_kernel_layers(_model())]
     assert names == ["qconv", "scaled", "multi_base0", "multi_base1"]
 
 

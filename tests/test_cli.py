@@ -17,7 +17,11 @@ def _one_line_error(result, code=2):
 
 def test_version_and_help_list_the_commands():
     result = invoke(["--version"])
-    assert result.exit_code == 0 and result.output.strip() == "bnn, version 0.1.0"
+    from importlib import metadata
+
+    # One source of truth: the version setup.cfg gives, as installed.
+    assert result.exit_code == 0
+    assert result.output.strip() == f"bnn, version {metadata.version('bnn')}"
     result = invoke(["--help"])
     assert result.exit_code == 0
     for command in ("train", "convert", "benchmark", "evaluate", "predict", "inspect", "models",
@@ -266,3 +270,30 @@ def test_internal_errors_are_one_line_with_exit_code_1(monkeypatch, tmp_path):
 def test_int8_io_without_int8_is_refused(digits_run):
     line = _one_line_error(invoke(["convert", digits_run.run_dir, "--int8-io"]))
     assert line.startswith("Error: --int8-io needs --int8")
+
+
+def test_train_options_are_generated_from_train_config():
+    """Every TrainConfig field (and every trick) is one `bnn train` option, and every option
+    but --resume/--output/--verbose is a field: the CLI cannot drift from config.json."""
+    import dataclasses
+
+    import cli
+    from bnn_keras import options, training
+    from bnn_keras.tricks import Tricks
+
+    params = {p.name: p for p in cli.train.params}
+    fields = {f.name: f for f in dataclasses.fields(training.TrainConfig)}
+    nested = {f.name: f for f in dataclasses.fields(Tricks)}
+    expected = (set(fields) - {"tricks"}) | set(nested)
+    assert set(params) - {"resume_dir", "output", "verbose"} == expected
+    for name, field in {**fields, **nested}.items():
+        if name == "tricks" or field.metadata["cli"] == options.ARGUMENT:
+            continue  # (click arguments have no help of their own; MODEL is in the docstring)
+        param = params[name]
+        assert param.help == field.metadata["help"]
+        if field.metadata["choices"]:
+            assert tuple(param.type.choices) == field.metadata["choices"]
+        if field.metadata["cli"] == options.OPTION:
+            assert options.flag(field) in param.opts or options.flag(field).split("/")[0] in (
+                param.opts + param.secondary_opts)
+            assert param.default == field.default

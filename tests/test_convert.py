@@ -93,7 +93,7 @@ def test_binary_densenet28_at_imagenet_size_is_no_larger_than_the_reference():
     data = metadata.embed_metadata(
         converter.convert_model(model, target="arm64"), metadata.run_metadata(None)
     )
-    # larq-zoo's BinaryDenseNet28 converted by LCE 0.16 (BNN_NOTES section 6).
+    # larq-zoo's BinaryDenseNet28 converted by LCE 0.16 (its published .tflite size).
     assert len(data) <= 4_211_448
     ops = flatbuffer.op_histogram(data)
     assert ops["LceBconv2d"] == model_stats.count_binary_convs(model) == 23

@@ -18,17 +18,6 @@ WORKER_SCRIPT = Path(__file__).with_name("_multiworker_worker.py")
 WORKER_TIMEOUT_S = 120
 
 
-def test_scaled_learning_rate_is_linear_in_the_global_batch():
-    assert distribute.scaled_learning_rate(4e-3, 512, 256) == pytest.approx(8e-3)
-    assert distribute.scaled_learning_rate(4e-3, 64, 256) == pytest.approx(1e-3)
-    assert distribute.scaled_learning_rate(4e-3, 64, None) == 4e-3
-
-
-def test_scaled_learning_rate_rejects_bad_batches():
-    with pytest.raises(BnnError, match="batch sizes"):
-        distribute.scaled_learning_rate(1e-3, 0, 256)
-
-
 def test_unknown_strategy_lists_the_known_ones():
     with pytest.raises(BnnError, match="auto, default, mirrored, multi-worker"):
         distribute.make_strategy("horovod")

@@ -114,7 +114,7 @@ def no_conversion(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the conversion started although an output was refused")
 
-    monkeypatch.setattr(convert.workflow, "convert_model", refuse)
+    monkeypatch.setattr(convert.workflow, "convert_to_flatbuffer", refuse)
 
 
 # ---------------------------------------------------------------------------------------------

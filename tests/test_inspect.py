@@ -1,4 +1,4 @@
-"""convert.inspect: each LCE efficiency problem is flagged on a purpose-built model."""
+"""convert.lint: each LCE efficiency problem is flagged on a purpose-built model."""
 
 import bnn_keras  # noqa: F401  (must precede tensorflow)
 import larq as lq
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from convert.inspect import Finding, errors, format_findings, inspect_model
+from convert.lint import Finding, errors, format_findings, inspect_model
 
 BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", use_bias=False)
 

@@ -11,11 +11,13 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras import model_stats
+from bnn_keras.binary import is_binary_conv
 from bnn_keras.errors import BnnError
 
 ALL_MODELS = models.list_models()
 
-# larq-zoo's published parameter counts at 224x224x3 and 1000 classes (BNN_NOTES section 4).
+# larq-zoo's published parameter counts at 224x224x3 and 1000 classes (larq-zoo's
+# documentation and `lq.models.summary`).
 ZOO_PARAMS = {
     "binary-densenet28": 5_150_504,
     "binary-densenet37": 8_734_120,
@@ -83,7 +85,7 @@ def test_small_input_model_is_complete_named_and_lce_friendly(name):
     # LCE-friendly: no binary Dense, +1 padding on every binary "same" conv.
     assert [l.name for l in model.layers if isinstance(l, lq.layers.QuantDense)] == []
     for layer in model.layers:
-        if model_stats.is_binary_conv(layer) and layer.padding == "same":
+        if is_binary_conv(layer) and layer.padding == "same":
             assert layer.pad_values == 1.0, layer.name
     if name != "dorefanet":
         assert model_stats.count_binary_convs(model) > 0
@@ -121,7 +123,7 @@ def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape():
     assert flatten.output_shape == (None, 1, 1, 3 * 3 * 256)
     # The quantizer sits inside the conv, after the reshape: LCE sees quantize -> bconv.
     assert fc6.input is flatten.output
-    assert fc6.kernel_size == (1, 1) and model_stats.is_binary_conv(fc6)
+    assert fc6.kernel_size == (1, 1) and is_binary_conv(fc6)
     assert fc6.kernel.shape == (1, 1, 2304, 4096)
 
 
@@ -159,7 +161,7 @@ def test_quicknet_blocks_keep_their_shape_and_transitions_blur_pool_in_float():
     model = models.create_model(
         "quicknet", input_shape=(28, 28, 1), num_classes=10, section_filters=filters
     )
-    binary = [l for l in model.layers if model_stats.is_binary_conv(l)]
+    binary = [l for l in model.layers if is_binary_conv(l)]
     assert len(binary) == 16
     for layer in binary:  # every binary conv is 3x3, stride 1, as many channels out as in
         assert layer.kernel_size == (3, 3) and layer.strides == (1, 1)

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from convert import converter, flatbuffer, quantize
+from convert import converter, flatbuffer, int8
+from convert.flatbuffer import Flatbuffer
 from convert.runtime import LceRuntime
 from tensorflow.lite.python import schema_py_generated as schema_fb
 
@@ -65,7 +66,7 @@ def trained(digits):
 
 @pytest.fixture(scope="module")
 def prepared(trained, digits):
-    return quantize.prepare_int8(trained, digits[0][:256])
+    return int8.prepare_int8(trained, digits[0][:256])
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,12 @@ def float_fb(trained):
 
 @pytest.fixture(scope="module")
 def int8_fb(prepared):
-    return quantize.convert_int8(prepared)
+    return int8.convert_int8(prepared)
 
 
 @pytest.fixture(scope="module")
 def int8_io_fb(prepared):
-    return quantize.convert_int8(prepared, int8_io=True)
+    return int8.convert_int8(prepared, int8_io=True)
 
 
 def _ops(data: bytes):
@@ -97,19 +98,20 @@ def _ops(data: bytes):
 
 
 def _top1(data: bytes, x: np.ndarray) -> np.ndarray:
-    outputs = LceRuntime(data).predict(quantize.quantize_inputs(x, data))
-    return quantize.dequantize_outputs(outputs, data).reshape(len(x), -1).argmax(-1)
+    fb = Flatbuffer(data)
+    outputs = LceRuntime(fb).predict(fb.quantize_inputs(x))
+    return fb.dequantize_outputs(outputs).reshape(len(x), -1).argmax(-1)
 
 
 def test_fake_quant_after_each_fused_chain_not_inside_it(trained):
     # conv->BN and bconv->BN fold into one op each, so their ranges go after the BN; the
     # softmax's int8 range is fixed by TFLite.
     expected = ["input", "stem_bn", "bn1", "bn2", "pool", "dense"]
-    assert quantize.fake_quant_points(trained) == expected
+    assert int8.fake_quant_points(trained) == expected
 
 
 def _int8_step(prepared: tf.keras.Model, name: str) -> float:
-    return prepared.get_layer(name + quantize.FAKE_QUANT_SUFFIX).step
+    return prepared.get_layer(name + int8.FAKE_QUANT_SUFFIX).step
 
 
 # The BatchNorms whose output feeds only a binary convolution: their offset moves by
@@ -127,16 +129,16 @@ def test_prepared_model_copies_weights_and_calibrates_min_max(trained, prepared,
     x = digits[0][:256]
     stem_bn = tf.keras.Model(trained.input, trained.get_layer("stem_bn").output).predict(
         x, verbose=0)
-    fq = prepared.get_layer("stem_bn" + quantize.FAKE_QUANT_SUFFIX)
+    fq = prepared.get_layer("stem_bn" + int8.FAKE_QUANT_SUFFIX)
     # Float32 min/max of the same batches; only reduction order differs.
     np.testing.assert_allclose(fq.min_value.numpy(), min(stem_bn.min(), 0.0), rtol=1e-5)
     np.testing.assert_allclose(fq.max_value.numpy(), max(stem_bn.max(), 0.0), rtol=1e-5)
-    inputs = prepared.get_layer("input" + quantize.FAKE_QUANT_SUFFIX)
+    inputs = prepared.get_layer("input" + int8.FAKE_QUANT_SUFFIX)
     assert (inputs.min_value.numpy(), inputs.max_value.numpy()) == (0.0, 1.0)
 
 
 def test_fake_quant_rounds_to_256_levels_and_round_trips():
-    layer = quantize.FakeQuant(name="fq")
+    layer = int8.FakeQuant(name="fq")
     layer.build(tf.TensorShape([None, 4]))
     layer.set_range(-1.0, 3.0)
     x = np.linspace(-2.0, 4.0, 601, dtype=np.float32)[None]
@@ -149,7 +151,7 @@ def test_fake_quant_rounds_to_256_levels_and_round_trips():
     inside = (x >= -1.0 + step) & (x <= 3.0 - step)
     assert np.max(np.abs(y - x)[inside]) <= step / 2 + 1e-6
     config = layer.get_config()
-    assert quantize.FakeQuant.from_config(config).get_config() == config
+    assert int8.FakeQuant.from_config(config).get_config() == config
 
 
 def test_prepared_model_saves_and_loads(prepared, digits, tmp_path):
@@ -211,11 +213,11 @@ def test_int8_signs_of_values_within_half_a_step_of_zero_are_the_float_signs():
     assert np.all(expected == 0)  # 16 channels at -1, 16 at +1
 
     def int8_output(prepared_model):
-        data = quantize.convert_int8(prepared_model)
-        outputs = LceRuntime(data).predict(quantize.quantize_inputs(zeros, data))
-        return quantize.dequantize_outputs(outputs, data).reshape(expected.shape)
+        fb = Flatbuffer(int8.convert_int8(prepared_model))
+        outputs = LceRuntime(fb).predict(fb.quantize_inputs(zeros))
+        return fb.dequantize_outputs(outputs).reshape(expected.shape)
 
-    prepared = quantize.prepare_int8(model, calibration)
+    prepared = int8.prepare_int8(model, calibration)
     # The output's own int8 step is ~0.25 (range about +-32): far below one flip's 2.
     np.testing.assert_allclose(int8_output(prepared), expected, atol=0.5)
 
@@ -239,8 +241,8 @@ def test_int8_io_quantization_matches_the_calibrated_ranges(int8_io_fb, prepared
     ops = _ops(int8_io_fb)
     assert ops[0][0] == "CONV_2D" and ops[0][1][0] == "INT8"
     assert ops[-1] == ("SOFTMAX", ["INT8"], ["INT8"])  # no QUANTIZE/DEQUANTIZE at the ends
-    inputs, outputs = quantize.io_quantization(int8_io_fb)
-    fq = prepared.get_layer("input" + quantize.FAKE_QUANT_SUFFIX)
+    inputs, outputs = Flatbuffer(int8_io_fb).io_quantization()
+    fq = prepared.get_layer("input" + int8.FAKE_QUANT_SUFFIX)
     low, high = float(fq.min_value.numpy()), float(fq.max_value.numpy())
     assert inputs.dtype == "int8"
     np.testing.assert_allclose(inputs.scale, (high - low) / 255, rtol=1e-6)
@@ -256,16 +258,16 @@ def test_int8_io_with_helpers_matches_float_io(int8_io_fb, int8_fb, digits):
 
 
 def test_quantize_helpers_against_numpy(int8_io_fb, float_fb):
-    inputs, outputs = quantize.io_quantization(int8_io_fb)
+    inputs, outputs = Flatbuffer(int8_io_fb).io_quantization()
     x = np.array([-1.0, 0.0, 0.25, 1.0, 2.0], np.float32)
-    q = quantize.quantize_inputs(x, int8_io_fb)
+    q = Flatbuffer(int8_io_fb).quantize_inputs(x)
     assert q.dtype == np.int8
     np.testing.assert_array_equal(q, [-128, -128, -64, 127, 127])  # range [0, 1], clipped
-    y = quantize.dequantize_outputs(np.array([-128, 0, 127], np.int8), int8_io_fb)
+    y = Flatbuffer(int8_io_fb).dequantize_outputs(np.array([-128, 0, 127], np.int8))
     np.testing.assert_allclose(y, [0.0, 0.5, 255 / 256])
     # Float-I/O flatbuffers pass data through unchanged.
-    np.testing.assert_array_equal(quantize.quantize_inputs(x, float_fb), x)
-    assert quantize.io_quantization(float_fb)[0].scale is None
+    np.testing.assert_array_equal(Flatbuffer(float_fb).quantize_inputs(x), x)
+    assert Flatbuffer(float_fb).io_quantization()[0].scale is None
 
 
 def test_int8_io_without_ranges_is_refused(trained, float_fb):
@@ -274,25 +276,25 @@ def test_int8_io_without_ranges_is_refused(trained, float_fb):
     with pytest.raises(BnnError, match="LCE produced float32 input and float32 output"):
         converter.convert_model(
             trained, inference_input_type="int8", inference_output_type="int8")
-    assert quantize.io_quantization(float_fb)[0].dtype == "float32"
+    assert Flatbuffer(float_fb).io_quantization()[0].dtype == "float32"
     with pytest.raises(BnnError, match="LCE produced float32 input and float32 output"):
-        quantize.check_io_types(float_fb, "int8")
+        Flatbuffer(float_fb).check_io_types("int8")
     with pytest.raises(BnnError, match="Expected representative_x"):
-        quantize.convert_int8(trained, int8_io=True)
+        int8.convert_int8(trained, int8_io=True)
 
 
 def test_bad_representative_data(trained):
     with pytest.raises(BnnError, match=r"Expected representative_x of shape \(N, 16, 16, 1\)"):
-        quantize.prepare_int8(trained, np.zeros((4, 8, 8, 1)))
+        int8.prepare_int8(trained, np.zeros((4, 8, 8, 1)))
 
 
 def test_fine_tune_moves_weights_and_recalibrates(trained, digits):
     x_train, y_train, x_test, y_test = digits
     before = trained.get_layer("dense").get_weights()[0].copy()
     tf.keras.utils.set_random_seed(0)
-    tuned = quantize.prepare_int8(
+    tuned = int8.prepare_int8(
         trained, x_train[:256],
-        fine_tune=quantize.FineTune((x_train, y_train), epochs=1, learning_rate=1e-4),
+        fine_tune=int8.FineTune((x_train, y_train), epochs=1, learning_rate=1e-4),
     )
     assert not np.array_equal(tuned.get_layer("dense").get_weights()[0],
                               trained.get_layer("dense").get_weights()[0])
@@ -307,7 +309,7 @@ def test_fine_tune_moves_weights_and_recalibrates(trained, digits):
         layer.set_weights(weights)
     probe = tf.keras.Model(twin.input, twin.get_layer("dense").output)
     logits = probe.predict(x_train[:256], verbose=0)
-    fq = tuned.get_layer("dense" + quantize.FAKE_QUANT_SUFFIX)
+    fq = tuned.get_layer("dense" + int8.FAKE_QUANT_SUFFIX)
     np.testing.assert_allclose(fq.max_value.numpy(), max(logits.max(), 0.0), rtol=1e-5)
     accuracy = np.mean(tuned.predict(x_test, verbose=0).argmax(-1) == y_test)
     assert accuracy > 0.6
@@ -318,11 +320,11 @@ def test_binary_densenet28_converts_to_int8_io(digits):
     import models
 
     model = models.create_model("binary-densenet28", input_shape=(16, 16, 1), num_classes=10)
-    prepared = quantize.prepare_int8(model, digits[0][:64])
-    groups = quantize.shared_range_groups(prepared)
+    prepared = int8.prepare_int8(model, digits[0][:64])
+    groups = int8.shared_range_groups(prepared)
     # One shared range per dense block: its input, 6/6/6/5 binary conv outputs and concats.
     assert sorted(len(group) for group in groups) == [11, 13, 13, 13]
-    data = quantize.convert_int8(prepared, int8_io=True)
+    data = int8.convert_int8(prepared, int8_io=True)
     ops = _ops(data)
     names = [name for name, _, _ in ops]
     assert names.count("LceBconv2d") == 23 and names.count("CONV_2D") == 4
@@ -338,4 +340,4 @@ def test_binary_densenet28_converts_to_int8_io(digits):
         if name in int8_ops and name != "LceBconv2d":  # its multipliers are float
             assert "FLOAT32" not in inputs, (name, inputs)
     assert names.count("ADD") == 23  # one per binary conv's BatchNorm
-    assert quantize.io_quantization(data)[0].dtype == "int8"
+    assert Flatbuffer(data).io_quantization()[0].dtype == "int8"

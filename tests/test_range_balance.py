@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from convert import converter, quantize, samples
-from convert.range_balance import RESCALE_SUFFIX, balance_concat_ranges
+from convert import converter, int8, samples
+from convert.int8.range_balance import RESCALE_SUFFIX, balance_concat_ranges
 from convert.runtime import LceRuntime
 
 
@@ -87,9 +87,9 @@ def test_int8_binary_densenet_keeps_the_float_decisions(digits_run):
     x_cal, _ = samples.run_test_split(digits_run.config, 256, split="train")
     x, y = samples.run_test_split(digits_run.config)
     keras_top1 = converter.as_float32(digits_run.model).predict(x, verbose=0).argmax(-1)
-    prepared = quantize.prepare_int8(digits_run.model, x_cal)
+    prepared = int8.prepare_int8(digits_run.model, x_cal)
     assert sum(layer.name.endswith(RESCALE_SUFFIX) for layer in prepared.layers) == 23
-    flatbuffer = quantize.convert_int8(prepared)
+    flatbuffer = int8.convert_int8(prepared)
     int8_top1 = LceRuntime(flatbuffer).predict(x).reshape(len(x), -1).argmax(-1)
     # The shared fixture is trained for 24 steps (~69% test accuracy here), so many inputs are
     # near-ties that int8 rounding may tip: measured 0.944 agreement on an AVX2 machine,

@@ -20,12 +20,13 @@ References:
 """
 
 import dataclasses
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
+from bnn_keras.model_stats import iter_layers
 from convert.converter import TARGETS, is_mixed_precision
 
 SEVERITIES: Tuple[str, ...] = ("error", "warning", "info")
@@ -91,14 +92,6 @@ def _layer_quantizer(layer: tf.keras.layers.Layer):
     if isinstance(layer, tf.keras.layers.Activation) and _bits(layer.activation) is not None:
         return layer.activation
     return None
-
-
-def _walk_layers(model: tf.keras.Model) -> Iterator[tf.keras.layers.Layer]:
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            yield from _walk_layers(layer)
-        else:
-            yield layer
 
 
 def _inbound(layer: tf.keras.layers.Layer) -> List[tf.keras.layers.Layer]:
@@ -254,7 +247,7 @@ def inspect_model(model: tf.keras.Model, *, target: str = "arm64") -> List[Findi
             "the same weights.",
             "nothing to do; outputs may differ slightly from the mixed-precision Keras model",
         ))
-    for layer in _walk_layers(model):
+    for layer in iter_layers(model):
         if isinstance(layer, lq.layers.QuantDense):
             layer_findings = _check_dense(layer)
         elif isinstance(layer, _CONV_TYPES):
