@@ -102,6 +102,12 @@ def _metadata(
     return shape, Normalization.from_dict(normalization).to_dict(), list(class_names)
 
 
+def check_bundle_metadata(run_config: Optional[Mapping[str, Any]]) -> None:
+    """Raises `BnnError`, before any long work, when `run_config` lacks what a bundle records
+    (input shape, normalization, class names)."""
+    _metadata(run_config, None, None, None)
+
+
 def _runner_args(atol: float, normalization: Mapping[str, Sequence[float]], pixel_max: float) -> str:
     def floats(values):
         return ",".join(repr(float(v)) for v in values)

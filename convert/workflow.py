@@ -315,12 +315,12 @@ def convert_trained_model(
         config = _model_file_metadata(loaded, file_options)
         _check_classes(loaded, config, "--class-names")
     if bundle:
-        from convert.bundle import _metadata as bundle_metadata
+        from convert.bundle import check_bundle_metadata
 
         if config is None:
             raise BnnError("--bundle needs the class names and normalization that --no-metadata "
                            "leaves out; pass --class-names, --mean and --std instead.")
-        bundle_metadata(config, None, None, None)  # refuses a config without them, now
+        check_bundle_metadata(config)
     _check_free_space(loaded, out_path, bundle)
 
     metadata = run_metadata(config)
