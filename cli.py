@@ -259,7 +259,7 @@ def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
     if output and Path(ctx.params["output"]).resolve() != run_dir.resolve():
         differences.append(f"--output {ctx.params['output']} is not the resumed folder {run_dir}")
     # What the typed options would record, against what the run recorded.
-    from bnn_keras.tricks import TRICKS
+    from bnn_keras.training.tricks import TRICKS
 
     wanted = _train_config(ctx.params["model"] or config.model,
                            {**_recorded_values(config), **{n: ctx.params[n] for n in typed}})
@@ -281,7 +281,7 @@ def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
 
 def _recorded_values(config) -> Dict[str, Any]:
     """A run's config as `bnn train`'s option values (the inverse of `_train_config`)."""
-    from bnn_keras.tricks import Tricks
+    from bnn_keras.training.tricks import Tricks
 
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     values.update(dataclasses.asdict(Tricks.from_recorded(config.tricks)))

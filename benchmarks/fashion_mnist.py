@@ -2,7 +2,7 @@
 
 Reads the IDX files of Debian's `dataset-fashion-mnist` package (installed with apt-get when
 missing), trains the BNN with `bnn_keras.training.train` (so the run folder is a normal one that
-`bnn convert` / `bnn evaluate` accept), then trains `bnn_keras.baselines.float_equivalent` of
+`bnn convert` / `bnn evaluate` accept), then trains `bnn_keras.training.baselines.float_equivalent` of
 the same network, from scratch, with the same options and stopped when it has used the BNN's
 wall time. Prints one markdown table.
 
@@ -26,10 +26,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import bnn_keras  # noqa: E402,F401  (sets up tf-keras before TensorFlow is used)
 import models  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bnn_keras import data as data_lib  # noqa: E402
-from bnn_keras.baselines import float_equivalent  # noqa: E402
+from bnn_keras.training import data as data_lib# noqa: E402
+from bnn_keras.training.baselines import float_equivalent  # noqa: E402
 from bnn_keras.model_stats import model_summary  # noqa: E402
-from bnn_keras.precision import hardware_summary, resolve_precision  # noqa: E402
+from bnn_keras.training.precision import hardware_summary, resolve_precision  # noqa: E402
 from bnn_keras.training import TrainConfig, train  # noqa: E402
 
 # Chosen by the experiments in benchmarks/README.md to fit 30 minutes on 2 cores in float32

@@ -7,7 +7,7 @@ oneDNN kernel selection and the input pipeline's start-up are excluded):
 - binary, float32, tuned pipeline (the baseline every ratio is relative to)
 - binary, mixed_bfloat16, tuned pipeline
 - binary, float32 / mixed_bfloat16, untuned pipeline (`make_pipeline(..., tuned=False)`)
-- float copy (`bnn_keras.baselines.float_equivalent`), float32 / mixed_bfloat16, tuned
+- float copy (`bnn_keras.training.baselines.float_equivalent`), float32 / mixed_bfloat16, tuned
 
 The mixed_bfloat16 rows are timed only where bfloat16 is native (AVX512-BF16/AMX CPU, or a
 GPU); elsewhere TensorFlow emulates it at a fraction of float32's speed, which is not a policy
@@ -33,9 +33,9 @@ import models  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bnn_keras import data as data_lib  # noqa: E402
-from bnn_keras.baselines import float_equivalent  # noqa: E402
-from bnn_keras.precision import hardware_summary, native_bf16, precision_policy  # noqa: E402
+from bnn_keras.training import data as data_lib# noqa: E402
+from bnn_keras.training.baselines import float_equivalent  # noqa: E402
+from bnn_keras.training.precision import hardware_summary, native_bf16, precision_policy  # noqa: E402
 
 MODEL = "binary-densenet28"
 SIZES = ((32, 64), (96, 16))  # (side, batch size)

@@ -33,7 +33,7 @@ __version__ = _installed_version()
 __all__ = ["BnnError", "KerasVersionError", "__version__"]
 
 # Importing the plugin modules registers their objects with Keras (package "bnn_keras"). The
-# training application (bnn_keras.training, data, recipes, tricks, ...) is not imported here:
+# training application (`bnn_keras.training`: data, recipes, tricks, ...) is not imported here:
 # `import bnn_keras` stays as light as `import larq`.
 from bnn_keras import (  # noqa: E402,F401
     callbacks,
@@ -44,3 +44,14 @@ from bnn_keras import (  # noqa: E402,F401
     regularizers,
     schedules,
 )
+
+# The training application's modules lived here until 0.3.0; their old paths still import.
+from bnn_keras import _moved  # noqa: E402
+
+_moved.install()
+
+
+def __getattr__(name: str):
+    if f"bnn_keras.{name}" in _moved.MOVED_MODULES:  # `bnn_keras.data` without importing it
+        return _moved.import_moved(f"bnn_keras.{name}")
+    raise AttributeError(f"module 'bnn_keras' has no attribute {name!r}")

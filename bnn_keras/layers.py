@@ -383,7 +383,7 @@ def activation(
 @tf.keras.utils.register_keras_serializable(package="bnn_keras")
 class FloatActivation(tf.keras.layers.Layer):
     """A Keras activation in a quantizer slot, for float baselines
-    (`bnn_keras.baselines.float_equivalent`): part of the plugin, so that a float baseline's
+    (`bnn_keras.training.baselines.float_equivalent`): part of the plugin, so that a float baseline's
     model file loads after `import bnn_keras` alone.
 
     Args:

@@ -1,6 +1,6 @@
 """Dataclass fields that carry their own help and choices: one source for a config and its CLI.
 
-A config dataclass (`bnn_keras.training.TrainConfig`, `bnn_keras.tricks.Tricks`) declares each
+A config dataclass (`bnn_keras.training.TrainConfig`, `bnn_keras.training.tricks.Tricks`) declares each
 option once, with `option(...)`: its default, a help text, its choices and command-line
 spelling. The `bnn` command builds its options from these fields, so the CLI, the config and
 config.json cannot drift apart.

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from bnn_keras import files
-from bnn_keras.data import Normalization
+from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
 from convert.flatbuffer import Flatbuffer, FlatbufferLike
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict

@@ -7,7 +7,7 @@ import larq_compute_engine as lce
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError, first_line
-from bnn_keras.precision import as_float32, is_mixed_precision  # noqa: F401  (re-exported)
+from bnn_keras.training.precision import as_float32, is_mixed_precision  # noqa: F401  (re-exported)
 from convert.flatbuffer import Flatbuffer
 
 # User-facing target names -> LCE's target strings. LCE has no "arm64": its "arm" target covers

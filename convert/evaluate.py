@@ -2,7 +2,7 @@
 
 Both run LCE's interpreter in a child process (`convert.isolated`), so a damaged .tflite file
 gives a `BnnError` instead of killing the caller. Images are preprocessed exactly as in training
-(`bnn_keras.data.preprocess`: bilinear resize in raw pixel scale, then the run's per-channel
+(`bnn_keras.training.data.preprocess`: bilinear resize in raw pixel scale, then the run's per-channel
 normalization), so the numbers match what the model saw during training.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from bnn_keras.data import Normalization
+from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
 from convert.flatbuffer import Flatbuffer
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
@@ -136,7 +136,7 @@ def load_images(
     """
     import tensorflow as tf
 
-    from bnn_keras.data import image_file_size, preprocess
+    from bnn_keras.training.data import image_file_size, preprocess
 
     height, width, channels = (int(d) for d in input_shape)
     if channels not in (1, 3):

@@ -15,7 +15,7 @@ def float_tflite(model: tf.keras.Model) -> bytes:
     The binary model's latent weights are used as float weights: latency does not depend on
     their values, and the architecture (shapes, MACs) is exactly the same.
     """
-    from bnn_keras.baselines import float_equivalent
+    from bnn_keras.training.baselines import float_equivalent
 
     float_model = float_equivalent(as_float32(model))
     return tf.lite.TFLiteConverter.from_keras_model(float_model).convert()

@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from bnn_keras import data as data_lib
+from bnn_keras.training import data as data_lib
 from bnn_keras.errors import BnnError
 from convert.flatbuffer import Flatbuffer, FlatbufferLike
 

@@ -83,7 +83,7 @@ def create_model(
         include_top: Whether to include the classifier head.
         weights: None (random initialization) or a path to a weights file to load by name.
         tricks: Training tricks applied to every binary layer after building, as keyword
-            arguments of `bnn_keras.tricks.apply_tricks` (e.g. `{"bases": 2}`).
+            arguments of `bnn_keras.training.tricks.apply_tricks` (e.g. `{"bases": 2}`).
         **overrides: Family-specific options (e.g. `input_quantizer`).
 
     Returns:
@@ -110,7 +110,7 @@ def create_model(
             f"{fn.__module__}.{fn.__name__} and the family builder it calls."
         ) from None
     if tricks:
-        from bnn_keras.tricks import apply_tricks
+        from bnn_keras.training.tricks import apply_tricks
 
         model = apply_tricks(model, **tricks)
     if weights is not None:

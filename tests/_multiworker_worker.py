@@ -15,7 +15,7 @@ STARTED = time.perf_counter()
 from pathlib import Path
 
 import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from bnn_keras import distribute
+from bnn_keras.training import distribute
 
 # Must come before any other TensorFlow op.
 strategy = distribute.make_strategy("multi-worker")
@@ -24,7 +24,7 @@ import larq as lq  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bnn_keras import recipes  # noqa: E402
+from bnn_keras.training import recipes# noqa: E402
 from tensorflow.python.autograph.core import config as autograph_config  # noqa: E402
 
 # TF 2.16 exempts the `keras` package from AutoGraph conversion but not `tf_keras`, so the first

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras import regularizers as bnn_regularizers
-from bnn_keras.baselines import float_equivalent
+from bnn_keras.training.baselines import float_equivalent
 from bnn_keras.layers import MultiBaseQuantConv2D
-from bnn_keras.precision import precision_policy
+from bnn_keras.training.precision import precision_policy
 
 
 def _binary_model() -> tf.keras.Model:

@@ -79,7 +79,7 @@ def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypa
 
     def resume(run, build, **kwargs):
         rebuilt["params"] = build((16, 16, 1), 10).count_params()
-        raise training.BnnError("stop here")
+        raise bnn_keras.BnnError("stop here")
 
     monkeypatch.setattr(training, "resume_training", resume)
     monkeypatch.setattr(training, "read_status", lambda run: {"epochs_completed": 0})
@@ -160,7 +160,7 @@ def test_predict_labels_an_image_file_like_keras(digits_run, digits_tflite, tmp_
     import numpy as np
     import tensorflow as tf
 
-    from bnn_keras import data
+    from bnn_keras.training import data
 
     splits = data.load_digits()
     raw, label = next(iter(splits.test.skip(7)))
@@ -173,7 +173,7 @@ def test_predict_labels_an_image_file_like_keras(digits_run, digits_tflite, tmp_
 
     top = json.loads(result.stdout)[0]["top"]
     assert len(top) == 2 and top[0]["score"] >= top[1]["score"]
-    from bnn_keras.precision import as_float32
+    from bnn_keras.training.precision import as_float32
 
     x = data.preprocess(tf.round(raw * 255 / 16) * 16 / 255, (16, 16), splits.normalization)
     # The .tflite computes what the float32 copy of the (maybe bf16-trained) model computes.
@@ -279,7 +279,7 @@ def test_train_options_are_generated_from_train_config():
 
     import cli
     from bnn_keras import options, training
-    from bnn_keras.tricks import Tricks
+    from bnn_keras.training.tricks import Tricks
 
     params = {p.name: p for p in cli.train.params}
     fields = {f.name: f for f in dataclasses.fields(training.TrainConfig)}

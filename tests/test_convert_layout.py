@@ -118,7 +118,7 @@ def test_public_api_from_the_package():
 
 def test_importing_convert_loads_no_converter_or_data_code():
     code = ("import sys, convert; print(sorted(m for m in sys.modules if m.startswith("
-            "('convert', 'larq_compute_engine', 'bnn_keras.data', 'bnn_keras.training'))))")
+            "('convert', 'larq_compute_engine', 'bnn_keras.training.data', 'bnn_keras.training'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=CONVERT.parent, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

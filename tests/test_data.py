@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnn_keras import data
+from bnn_keras.training import data
 from bnn_keras.errors import BnnError
 
 

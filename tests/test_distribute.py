@@ -1,4 +1,4 @@
-"""Tests of bnn_keras.distribute: strategy choice, roles, LR scaling, and a real two-worker run."""
+"""Tests of bnn_keras.training.distribute: strategy choice, roles, LR scaling, and a real two-worker run."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnn_keras import distribute
+from bnn_keras.training import distribute
 from bnn_keras.errors import BnnError
 
 WORKER_SCRIPT = Path(__file__).with_name("_multiworker_worker.py")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnn_keras.data import Normalization, preprocess
+from bnn_keras.training.data import Normalization, preprocess
 from bnn_keras.errors import BnnError
 from convert.converter import convert_model
 from convert.evaluate import evaluate_flatbuffer, image_options, load_images, predict_images

@@ -70,7 +70,7 @@ def _tiny_digits_model() -> tf.keras.Model:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A run folder (model.keras + config.json) of a tiny model trained 5 epochs on digits."""
-    from bnn_keras import data
+    from bnn_keras.training import data
     from convert.samples import run_test_split
 
     splits = data.load_digits()

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnn_keras import data, files
+from bnn_keras import files
+from bnn_keras.training import data
 from bnn_keras.errors import BnnError, storage_error_message
 from tests.conftest import invoke, tiny_lce_model
 

@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 # Modules of the training application and the data sets, which the plugin must not load.
-TRAINING_APP = ("bnn_keras.training", "bnn_keras.data", "bnn_keras.recipes", "bnn_keras.tricks",
-                "bnn_keras.distribute", "bnn_keras.precision", "bnn_keras.baselines",
-                "tensorflow_datasets", "sklearn", "models", "convert")
+# `bnn_keras.training` covers all of it (data, recipes, tricks, precision, ...).
+TRAINING_APP = ("bnn_keras.training", "tensorflow_datasets", "sklearn", "models", "convert")
 CUSTOM_OBJECTS = ("bnn_keras>SteSign", "bnn_keras>ApproxSign", "bnn_keras>SignSwish",
                   "bnn_keras>ScaledQuantConv2D", "bnn_keras>MultiBaseQuantConv2D",
                   "bnn_keras>LearnableScale", "bnn_keras>FloatActivation",
@@ -28,3 +27,21 @@ def test_import_bnn_keras_loads_no_training_code_and_registers_every_object():
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {"loaded": [], "missing": []}
+
+
+def test_old_import_paths_of_the_training_app_give_the_new_modules_with_a_warning():
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning); import bnn_keras\n"
+        "try:\n    import bnn_keras.data\nexcept DeprecationWarning as w:\n    print(w)\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "import bnn_keras.data, bnn_keras.training.data\n"
+        "print(bnn_keras.data is bnn_keras.training.data, bnn_keras.tricks.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-2:] == [
+        "bnn_keras.data moved to bnn_keras.training.data in bnn 0.3.0; "
+        "import bnn_keras.training.data",
+        "True bnn_keras.training.tricks",
+    ]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnn_keras import precision
+from bnn_keras.training import precision
 from convert import converter
 from convert.runtime import LceRuntime
 

@@ -47,7 +47,7 @@ def _arrays(split):
 
 @pytest.fixture(scope="module")
 def digits():
-    from bnn_keras import data
+    from bnn_keras.training import data
 
     splits = data.load_digits()
     return (*_arrays(splits.train), *_arrays(splits.test))

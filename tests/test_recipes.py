@@ -1,4 +1,4 @@
-"""Tests of bnn_keras.recipes: schedules against their formulas, Bop/Adam updates against NumPy
+"""Tests of bnn_keras.training.recipes: schedules against their formulas, Bop/Adam updates against NumPy
 oracles, weight decay only on full-precision kernels, label smoothing against Keras' one-hot
 loss, and the published recipes."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnn_keras import recipes
+from bnn_keras.training import recipes
 from bnn_keras.errors import BnnError
 from bnn_keras.training import TrainConfig
 

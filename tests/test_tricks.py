@@ -14,7 +14,7 @@ from bnn_keras import model_stats
 from bnn_keras import quantizers as bq
 from bnn_keras import regularizers as br
 from bnn_keras.errors import BnnError
-from bnn_keras.tricks import OUTPUT_SCALE_NAME, TRICKS, apply_tricks, binary_conv_names
+from bnn_keras.training.tricks import OUTPUT_SCALE_NAME, TRICKS, apply_tricks, binary_conv_names
 from convert.flatbuffer import op_histogram
 
 BINARY = ("b1", "b2")

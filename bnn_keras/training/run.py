@@ -14,7 +14,7 @@ A run folder holds everything needed to continue, convert or evaluate the run la
                         Keras' BackupAndRestore; `resume` continues an interrupted run from
                         it, or extends a finished one to more epochs
         metrics.json    final train/test accuracy, wall time and throughput
-        .bnn.lock       held by the process that trains in the folder (`bnn_keras.run_lock`)
+        .bnn.lock       held by the process that trains in the folder (`bnn_keras.training.run_lock`)
 
 A run is finished when model.keras and metrics.json are there for its recorded epochs; both
 are written, with the final status, in one step that Ctrl-C and SIGTERM cannot split.
@@ -39,12 +39,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 
 from bnn_keras import callbacks as callbacks_lib
-from bnn_keras import data as data_lib
-from bnn_keras import distribute, files, recipes, run_lock, signals
-from bnn_keras import tricks as tricks_lib
+from bnn_keras import files
+from bnn_keras.training import data as data_lib
+from bnn_keras.training import distribute, recipes, run_lock, signals
+from bnn_keras.training import tricks as tricks_lib
 from bnn_keras.errors import BnnError
 from bnn_keras.options import ARGUMENT, KEY_VALUE, NESTED, option
-from bnn_keras.precision import (
+from bnn_keras.training.precision import (
     PRECISIONS, as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
 )
 
@@ -119,7 +120,7 @@ class TrainConfig:
     tricks: Dict[str, Any] = option(
         cli=NESTED, nested=tricks_lib.Tricks, default_factory=dict,
         help="Training tricks applied to the model's binary layers "
-             "(`bnn_keras.tricks.Tricks`, as recorded by `Tricks.recorded`).")
+             "(`bnn_keras.training.tricks.Tricks`, as recorded by `Tricks.recorded`).")
     model_options: Dict[str, Any] = option(
         cli=KEY_VALUE, spelled="--model-option", metavar="KEY=VALUE", default_factory=dict,
         help="Override an option of the model's builder (repeatable; VALUE is JSON, else a "
@@ -398,7 +399,7 @@ def train(
 ) -> TrainResult:
     """Trains a model and writes the run folder.
 
-    The process holds the run folder's lock (`bnn_keras.run_lock`) from start to end, so a
+    The process holds the run folder's lock (`bnn_keras.training.run_lock`) from start to end, so a
     second run on the same folder is refused at once. Ctrl-C/SIGTERM and non-finite losses
     stop training with the last complete epoch kept in RUN_DIR/backup; `resume_training`
     (`bnn train --resume RUN_DIR`) continues from it and ends with the same number of epochs

@@ -1,0 +1,41 @@
+"""The training application: from a data set and a registry model to a run folder.
+
+Nothing here is part of the Keras plugin (`import bnn_keras` loads none of it). One module each:
+`run` (train and resume: the run folder, its lock, its callbacks), `data` (data sets, the input
+pipeline and its normalization), `recipes` (optimizers, schedules and losses of the papers),
+`tricks` (training tricks that rewrite a model), `precision` (float32 or mixed bfloat16),
+`distribute` (one or several workers), `baselines` (the float copy of a BNN), `run_lock` and
+`signals` (one writer per folder; Ctrl-C and SIGTERM that never split a write).
+
+The names below are imported from their modules on first use, so `bnn_keras.training.precision`
+can be used without loading the data sets:
+
+    from bnn_keras.training import TrainConfig, train
+"""
+
+import importlib
+from typing import Any, Dict, List
+
+# Public name -> the module that defines it.
+_EXPORTS: Dict[str, str] = dict.fromkeys(
+    ["BACKUP_DIR", "CONFIG_FILE", "HISTORY_FILE", "METRICS_FILE", "MODEL_FILE", "STATUS_FILE",
+     "TENSORBOARD_DIR", "HistoryWriter", "NonFiniteLossError", "RunProgress", "TrainConfig",
+     "TrainResult", "TrainingInterruptedError", "library_versions", "read_run_config",
+     "read_status", "resolve_recipe", "resume_training", "run_progress", "train",
+     "validation_epochs"],
+    "bnn_keras.training.run")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bnn_keras.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted({*globals(), *_EXPORTS})
