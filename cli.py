@@ -36,7 +36,7 @@ class BnnGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             if isinstance(exc, BnnError):
-                click.echo(f"Error: {exc}", err=True)
+                click.echo(f"Error: {self._spelled(ctx, str(exc))}", err=True)
                 ctx.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
             storage = storage_error_message(exc)  # read-only, permissions, disk full
             if storage:
@@ -48,6 +48,30 @@ class BnnGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL_ERROR)
+
+    def _spelled(self, ctx: click.Context, message: str) -> str:
+        """A library message with the fields it names in backticks (`learning_rate`) spelled
+        as the command's options (--learning-rate) and arguments (MODEL).
+
+        The library names `TrainConfig` fields and its functions' parameters; the commands'
+        parameters carry the same names (`bnn train`'s are generated from the fields' metadata,
+        `bnn_keras.options`), so the mapping is read off the invoked command.
+        """
+        from bnn_keras import options
+
+        name = ctx.invoked_subcommand
+        command = self.get_command(ctx, name) if name else None
+        spellings: Dict[str, str] = {}
+        for param in command.params if command else ():
+            if isinstance(param, click.Option):
+                spelled = _option_flag(param)
+                # By its long options too: `bundle` is --bundle although its value is bundle_dir.
+                spellings.update({opt[2:].replace("-", "_"): spelled for opt in param.opts
+                                  if opt.startswith("--")})
+                spellings[param.name] = spelled
+            else:
+                spellings[param.name] = param.human_readable_name
+        return options.spell_fields(message, spellings)
 
 
 @click.group(cls=BnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,11 +211,11 @@ def _train_config(model: str, values: Dict[str, Any]):
               help="Continue a run folder from its last complete epoch, with MODEL and the "
                    "options recorded in its config.json (other values are refused); with "
                    "--epochs N, extend a finished or interrupted run to N epochs.")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+@click.option("--output", "-o", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/MODEL-DATASET].")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
-def train(model: Optional[str], resume_dir: Optional[str], output: Optional[str], verbose: int,
+def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str], verbose: int,
           **values: Any) -> None:
     """Train MODEL (a name from `bnn models`) and write a run folder.
 
@@ -206,10 +230,12 @@ def train(model: Optional[str], resume_dir: Optional[str], output: Optional[str]
     from bnn_keras import training
 
     if resume_dir:
-        run_config = training.read_run_config(Path(resume_dir))
-        config = training.TrainConfig.from_run_config(run_config)
+        # config.json is read once, here; the library trusts this record (and refuses to go on
+        # should the file change before the run folder is locked).
+        record = training.RunRecord.read(resume_dir)
+        config = record.config
         _refuse_resume_changes(click.get_current_context(), config, Path(resume_dir))
-        done = training.run_progress(Path(resume_dir), run_config).epochs_done
+        done = training.run_progress(Path(resume_dir), record).epochs_done
         epochs = values["epochs"]
         target = epochs or config.epochs
         click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, {done} of "
@@ -217,7 +243,7 @@ def train(model: Optional[str], resume_dir: Optional[str], output: Optional[str]
                    + (f" (extended from {config.epochs})" if target != config.epochs else ""))
         build = functools.partial(_build_registered, config.model, config.tricks,
                                   config.model_options)
-        result = training.resume_training(Path(resume_dir), build, epochs=epochs,
+        result = training.resume_training(Path(resume_dir), build, epochs=epochs, record=record,
                                           verbose=verbose)
     else:
         if not model:
@@ -225,9 +251,9 @@ def train(model: Optional[str], resume_dir: Optional[str], output: Optional[str]
         models.get_model_fn(model)  # fail fast on a bad name, before loading any data
         config = _train_config(model, values)
         training.resolve_recipe(config)  # bad options fail here, before any data is loaded
-        run_dir = Path(output or f"runs/{model}-{config.dataset}")
         build = functools.partial(_build_registered, model, config.tricks, config.model_options)
-        result = training.train(config, build, run_dir, verbose=verbose)
+        result = training.train(config, build, Path(run_dir or f"runs/{model}-{config.dataset}"),
+                                verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
     click.echo(
@@ -255,9 +281,9 @@ def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
     if not typed:
         return
     differences = []
-    output = typed.pop("output", None)
-    if output and Path(ctx.params["output"]).resolve() != run_dir.resolve():
-        differences.append(f"--output {ctx.params['output']} is not the resumed folder {run_dir}")
+    output = typed.pop("run_dir", None)
+    if output and Path(ctx.params["run_dir"]).resolve() != run_dir.resolve():
+        differences.append(f"--output {ctx.params['run_dir']} is not the resumed folder {run_dir}")
     # What the typed options would record, against what the run recorded.
     from bnn_keras.training.tricks import TRICKS
 
@@ -300,10 +326,12 @@ def _shown(value: Any) -> str:
 def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str, Any],
                       input_shape, num_classes):
     import models
+    from bnn_keras.training.tricks import apply_tricks
 
     try:
-        return models.create_model(name, input_shape=input_shape, num_classes=num_classes,
-                                   tricks=tricks, **model_options)
+        model = models.create_model(name, input_shape=input_shape, num_classes=num_classes,
+                                    **model_options)
+        return apply_tricks(model, **tricks) if tricks else model
     except (TypeError, ValueError) as exc:
         if not model_options:
             raise

@@ -109,6 +109,13 @@ def check_writable_folder(folder: PathLike, *, what: str = "--output") -> Path:
     return probe_in
 
 
+def _refuse_link(given: Path, what: str, kind: str) -> None:
+    # Replacing a link (os.replace) would turn it into a regular file or folder of its own.
+    if os.path.islink(given):
+        raise BnnError(f"{what} {given} is a symbolic link; bnn does not replace a link with a "
+                       f"{kind}: give the path it points to, or another path.")
+
+
 def _refuse_inputs(resolved: Path, given: Path, reads: Iterable[PathLike], what: str) -> None:
     for read in reads:
         read = Path(read)
@@ -149,9 +156,7 @@ def check_output_file(
         BnnError: one line naming `what`, the path and what to do.
     """
     given = Path(path)
-    if os.path.islink(given):
-        raise BnnError(f"{what} {given} is a symbolic link; bnn does not replace a link with a "
-                       "file: give the path it points to, or another path.")
+    _refuse_link(given, what, "file")
     resolved = given.resolve()
     _refuse_inputs(resolved, given, reads, what)
     if given.exists():
@@ -160,7 +165,7 @@ def check_output_file(
             kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
             raise BnnError(f"{what} {given} is {kind}; give the path of a new or existing file.")
         if not overwrite:
-            raise BnnError(f"{what} {given} already exists; pass --overwrite to replace it, or "
+            raise BnnError(f"{what} {given} already exists; pass `overwrite` to replace it, or "
                            "choose another path.")
     check_writable_folder(given.parent, what=what)
     return given
@@ -197,9 +202,7 @@ def check_output_folder(
         BnnError: one line naming `what`, the path and what to do.
     """
     given = Path(path)
-    if os.path.islink(given):
-        raise BnnError(f"{what} {given} is a symbolic link; bnn does not replace a link with a "
-                       "folder: give the path it points to, or another path.")
+    _refuse_link(given, what, "folder")
     resolved = given.resolve()
     for read in reads:
         if _inside(Path(read).resolve(), resolved):
@@ -209,7 +212,7 @@ def check_output_folder(
         if not given.is_dir():
             raise BnnError(f"{what} {given} exists and is not a folder; choose a new folder.")
         if not overwrite:
-            raise BnnError(f"{what} {given} already exists; pass --overwrite to replace it, or "
+            raise BnnError(f"{what} {given} already exists; pass `overwrite` to replace it, or "
                            "choose another folder.")
         if replaceable is not None and not replaceable(given):
             raise BnnError(f"{what} {given} is not an empty folder or a {kind}; --overwrite "

@@ -4,10 +4,15 @@ A config dataclass (`bnn_keras.training.TrainConfig`, `bnn_keras.training.tricks
 option once, with `option(...)`: its default, a help text, its choices and command-line
 spelling. The `bnn` command builds its options from these fields, so the CLI, the config and
 config.json cannot drift apart.
+
+Library messages name a field (or a function's parameter) the way a Python caller spells it,
+in backticks: "Expected `learning_rate` > 0, got 0.0." A front end swaps in its own spelling
+with `spell_fields`; `bnn` shows the option ("Expected --learning-rate > 0, got 0.0.").
 """
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Tuple
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 # How a field appears on the command line (field metadata "cli"):
 OPTION = "option"          # --name VALUE (or a flag for a bool)
@@ -74,3 +79,22 @@ def flags(config_type: type) -> dict:
         else:
             result[field.name] = flag(field)
     return result
+
+
+# A field named in a library message: a Python identifier in backticks.
+_FIELD_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def spell_fields(message: str, spellings: Mapping[str, str]) -> str:
+    """`message` with each field it names in backticks spelled as `spellings` says.
+
+    Args:
+        message: A library message, e.g. "Expected `batch_size` >= 1, got 0."
+        spellings: {field name: how the reader knows it}, e.g. `{"batch_size": "--batch-size"}`
+            (`flags` gives a config dataclass's command-line spellings). Names not in it, and
+            backticked text that is not a name (`bnn train --resume RUN`), are left as they are.
+
+    Returns:
+        E.g. "Expected --batch-size >= 1, got 0."
+    """
+    return _FIELD_MENTION.sub(lambda m: spellings.get(m.group(1), m.group(0)), message)

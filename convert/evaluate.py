@@ -152,7 +152,7 @@ def load_images(
             raise BnnError(
                 f"{file} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), over "
                 f"the limit of {max_pixels / 1e6:g} megapixels that keeps decoding it from "
-                f"taking gigabytes of memory; shrink it, or pass --max-pixels "
+                f"taking gigabytes of memory; shrink it, or pass `max_pixels` "
                 f"{width * height} to read it anyway."
             )
         try:

@@ -26,6 +26,7 @@ import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
+from bnn_keras.graph import inbound_layers
 from bnn_keras.model_stats import iter_layers
 from convert.converter import TARGETS, is_mixed_precision
 
@@ -94,15 +95,6 @@ def _layer_quantizer(layer: tf.keras.layers.Layer):
     return None
 
 
-def _inbound(layer: tf.keras.layers.Layer) -> List[tf.keras.layers.Layer]:
-    """Layers feeding `layer` in the functional graph (empty for the input or unknown)."""
-    found = []
-    for node in getattr(layer, "_inbound_nodes", []):
-        inbound = node.inbound_layers
-        found.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
-    return found
-
-
 def _kernel_size(layer) -> int:
     size = layer.kernel_size
     return max(size) if isinstance(size, (tuple, list)) else int(size)
@@ -113,7 +105,7 @@ def _separated_quantizer(layer) -> Optional[Tuple[str, List[str]]]:
     between: List[str] = []
     current = layer
     for _ in range(_MAX_WALK):
-        parents = _inbound(current)
+        parents = inbound_layers(current, every_call=True)
         if len(parents) != 1:
             return None
         parent = parents[0]
@@ -159,7 +151,7 @@ def _check_conv(layer, target: str) -> List[Finding]:
                 "reshape/transpose before the quantizer, or give the conv "
                 "input_quantizer='ste_sign' instead of a separate quantizer layer",
             ))
-        elif not any(_layer_quantizer(p) is not None for p in _inbound(layer)):
+        elif not any(_layer_quantizer(p) is not None for p in inbound_layers(layer, every_call=True)):
             findings.append(Finding(
                 name, "float-input", "info",
                 "binary weights but a float input (no input quantizer): runs as a float conv. "

@@ -1,25 +1,36 @@
 """Loading a trained Keras model from a run folder or a model file."""
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError, first_line
-from bnn_keras.training import CONFIG_FILE, MODEL_FILE
+from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE, RunRecord
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A Keras model and, when it came from a run folder, that run's config.json."""
+    """A Keras model and, when it came from a run folder, that run's config.json.
+
+    Attributes:
+        model: The model.
+        path: The model file it was loaded from.
+        record: The run's validated config.json (`RunRecord`), or None for a model file.
+    """
 
     model: tf.keras.Model
     path: Path
-    run_config: Optional[Dict[str, Any]] = None
+    record: Optional[RunRecord] = None
+
+    @property
+    def run_config(self) -> Optional[Dict[str, Any]]:
+        """The run's config.json content (`RunRecord.to_dict`), or None for a model file: the
+        form the .tflite metadata and the bundle share with a model file's options."""
+        return None if self.record is None else self.record.to_dict()
 
 
 def load_trained_model(path: str) -> LoadedModel:
@@ -31,15 +42,11 @@ def load_trained_model(path: str) -> LoadedModel:
     source = Path(path)
     if not source.exists():
         raise BnnError(f"No such model file or run folder: {source}.")
-    run_config = None
+    record = None
     if source.is_dir():
         if (source / MODEL_FILE).is_file():
-            config_path = source / CONFIG_FILE
-            if config_path.is_file():
-                try:
-                    run_config = json.loads(config_path.read_text())
-                except ValueError:
-                    raise BnnError(f"{config_path} is not valid JSON.") from None
+            if (source / CONFIG_FILE).is_file():
+                record = RunRecord.read(source)
             source = source / MODEL_FILE
         elif not (source / "saved_model.pb").is_file():
             raise BnnError(
@@ -59,4 +66,4 @@ def load_trained_model(path: str) -> LoadedModel:
         raise BnnError(f"Could not load {source} as a Keras model ({reason}).") from None
     if not isinstance(model, tf.keras.Model):
         raise BnnError(f"{source} does not hold a Keras model.")
-    return LoadedModel(model=model, path=source, run_config=run_config)
+    return LoadedModel(model=model, path=source, record=record)

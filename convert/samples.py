@@ -1,18 +1,34 @@
 """Inputs to verify a conversion on: real test images when the run's data set is known."""
 
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from bnn_keras.training import data as data_lib
 from bnn_keras.errors import BnnError
+from bnn_keras.training.config import RunRecord
 from convert.flatbuffer import Flatbuffer, FlatbufferLike
+
+# A run's `RunRecord`, or a mapping with the same keys (a .tflite's bnn metadata, a model
+# file's options).
+RunConfig = Union[RunRecord, Mapping[str, Any]]
+
+
+def _preprocessing(run_config: RunConfig) -> Tuple[Optional[str], Optional[str],
+                                                   "data_lib.Normalization", Tuple[int, int]]:
+    """(data set, data dir, normalization, image size) that a run's images were fed with."""
+    if isinstance(run_config, RunRecord):
+        return (run_config.config.dataset, run_config.config.data_dir,
+                run_config.normalization, tuple(run_config.input_shape[:2]))
+    return (run_config.get("dataset"), run_config.get("data_dir"),
+            data_lib.Normalization.from_dict(run_config["normalization"]),
+            tuple(run_config["input_shape"][:2]))
 
 
 def run_test_split(
-    run_config: Dict[str, Any],
+    run_config: RunConfig,
     limit: Optional[int] = None,
     *,
     dataset: Optional[str] = None,
@@ -22,7 +38,7 @@ def run_test_split(
     """The run's test split, preprocessed exactly as in training (size, normalization).
 
     Args:
-        run_config: A run folder's config.json contents (or a .tflite's bnn metadata).
+        run_config: A run folder's `RunRecord` (or a .tflite's bnn metadata).
         limit: At most this many examples (the first ones, in a fixed order).
         dataset: Another data set to take the test split from (same preprocessing).
         data_dir: Where that data set lives.
@@ -33,28 +49,28 @@ def run_test_split(
     """
     if limit is not None and limit < 1:
         raise BnnError(f"Expected limit >= 1, got {limit}.")
-    splits = data_lib.load_dataset(
-        dataset or run_config["dataset"], data_dir or run_config.get("data_dir")
-    )
+    recorded_dataset, recorded_dir, _, _ = _preprocessing(run_config)
+    splits = data_lib.load_dataset(dataset or recorded_dataset, data_dir or recorded_dir)
     return _split_arrays(splits, run_config, limit, split)
 
 
-def _split_arrays(splits: "data_lib.DataSplits", run_config: Dict[str, Any],
+def _split_arrays(splits: "data_lib.DataSplits", run_config: RunConfig,
                   limit: Optional[int], split: str) -> Tuple[np.ndarray, np.ndarray]:
+    _, _, normalization, image_size = _preprocessing(run_config)
     examples = splits.train if split == "train" else splits.test
     examples = examples.take(limit) if limit is not None else examples
     pipeline = data_lib.make_pipeline(
         examples,
         batch_size=128,
-        normalization=data_lib.Normalization.from_dict(run_config["normalization"]),
-        image_size=tuple(run_config["input_shape"][:2]),
+        normalization=normalization,
+        image_size=image_size,
         cache=False,
     )
     return data_lib.to_numpy(pipeline, limit)
 
 
 def verification_inputs(
-    model: tf.keras.Model, run_config: Optional[Dict[str, Any]], samples: int
+    model: tf.keras.Model, run_config: Optional[RunConfig], samples: int
 ) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
     """Up to `samples` inputs for comparing Keras with a flatbuffer, their labels (None for
     random inputs), and what they are.
@@ -65,9 +81,14 @@ def verification_inputs(
     """
     if samples < 1:
         raise BnnError(f"Expected samples >= 1, got {samples}.")
-    if run_config and "dataset" in run_config:
+    dataset = None
+    if isinstance(run_config, RunRecord):
+        dataset = run_config.config.dataset
+    elif run_config:
+        dataset = run_config.get("dataset")
+    if dataset:
         x, y = run_test_split(run_config, samples)
-        return x, y, f"{run_config['dataset']} test images"
+        return x, y, f"{dataset} test images"
     warnings.warn(
         "No run config with a data set: verifying on random inputs. Convert a run folder "
         "to verify on real images.",
@@ -108,7 +129,7 @@ def flatbuffer_test_split(
         )
     name = dataset or meta.get("dataset")
     if not name:
-        raise BnnError("The .tflite does not name its data set; pass --dataset.")
+        raise BnnError("The .tflite does not name its data set; pass `dataset`.")
     if limit is not None and limit < 1:
         raise BnnError(f"Expected limit >= 1, got {limit}.")
     splits = data_lib.load_dataset(name, data_dir or meta.get("data_dir"))

@@ -1,6 +1,9 @@
 """The whole `bnn convert` job as one function: check outputs, load, convert, verify, write,
 report.
 
+Messages name `convert_trained_model`'s parameters in backticks (`bnn_keras.options.
+spell_fields`); `bnn convert` shows its options in their place.
+
 Every output location is checked before the model is even loaded (an input is never an output,
 links and devices are never replaced, an existing file only with `overwrite`, the folders are
 writable), free space once the model's size is known, and the files are replaced only after the
@@ -16,7 +19,7 @@ import numpy as np
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
-from bnn_keras.training import CONFIG_FILE, MODEL_FILE
+from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE
 from convert.converter import as_float32, convert_to_flatbuffer
 from convert.flatbuffer import Flatbuffer
 from convert.loading import LoadedModel, load_trained_model
@@ -27,9 +30,6 @@ from convert.verify import verify_flatbuffer
 
 UNVERIFIED_SUFFIX = ".unverified"
 DEFAULT_OUTPUT = "model.tflite"
-# Options that describe how a bare model file is fed and read; a run folder records them itself.
-MODEL_FILE_OPTIONS = ("--class-names", "--mean", "--std", "--pixel-max", "--dataset",
-                      "--data-dir")
 # Bytes the flatbuffer needs beyond its weights (graph, tensor names, metadata), and a margin.
 _FLATBUFFER_OVERHEAD = 256 * 1024
 
@@ -45,16 +45,18 @@ class VerificationFailedError(BnnError):
 def _inputs(loaded: LoadedModel, config: Optional[Dict[str, Any]], samples: int,
             inputs: Optional[str]):
     """Real test images of the run, else the user's .npy, else random inputs (warned)."""
+    if loaded.record is not None:
+        return verification_inputs(loaded.model, loaded.record, samples)
     if config and "dataset" in config:
         return verification_inputs(loaded.model, config, samples)
     if inputs:
         try:
             x = np.load(inputs)
         except (OSError, ValueError) as exc:
-            raise BnnError(f"Could not read --inputs {inputs} as a .npy array ({exc}).") from None
+            raise BnnError(f"Could not read `inputs` {inputs} as a .npy array ({exc}).") from None
         expected = tuple(loaded.model.input_shape[1:])
         if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise BnnError(f"Expected --inputs of shape (N, {', '.join(map(str, expected))}), "
+            raise BnnError(f"Expected `inputs` of shape (N, {', '.join(map(str, expected))}), "
                            f"got {x.shape}.")
         return x[:samples].astype(np.float32), None, f"inputs from {inputs}"
     return verification_inputs(loaded.model, None, samples)
@@ -72,7 +74,7 @@ def parse_class_names(value: Union[str, Sequence[str]]) -> List[str]:
             try:
                 names = [line.strip() for line in path.read_text().splitlines()]
             except (OSError, UnicodeDecodeError) as exc:
-                raise BnnError(f"Could not read --class-names {path} ({exc}).") from None
+                raise BnnError(f"Could not read `class_names` {path} ({exc}).") from None
             while names and not names[-1]:
                 names.pop()
         else:
@@ -80,7 +82,7 @@ def parse_class_names(value: Union[str, Sequence[str]]) -> List[str]:
     else:
         names = [str(name) for name in value]
     if not names or any(not name for name in names):
-        raise BnnError(f"Expected --class-names as a file with one name per line or a comma-"
+        raise BnnError(f"Expected `class_names` as a file with one name per line or a comma-"
                        f"separated list of non-empty names, got {value!r}.")
     return names
 
@@ -137,40 +139,41 @@ def _model_file_metadata(loaded: LoadedModel, options: Dict[str, Any]) -> Dict[s
     from convert.evaluate import DEFAULT_PIXEL_MAX, PIXEL_MAX
 
     names = ("class_names", "mean", "std")
-    missing = [f"--{n.replace('_', '-')}" for n in names if options.get(n) is None]
+    missing = [f"`{n}`" for n in names if options.get(n) is None]
     if missing:
         beside = loaded.path.parent
         hint = (f" (or convert the run folder {beside} instead)"
                 if (beside / CONFIG_FILE).is_file() and loaded.path.name == MODEL_FILE else "")
         raise BnnError(
             f"{loaded.path} is a model file without a run folder, so nothing says how to feed and "
-            f"read it: pass {', '.join(missing)} (and --pixel-max, --dataset if they apply){hint}, "
-            "or --no-metadata for a plain .tflite that `bnn evaluate` and `bnn predict` cannot "
+            f"read it: pass {', '.join(missing)} (and `pixel_max`, `dataset` if they apply)"
+            f"{hint}, or `no_metadata` for a plain .tflite that `bnn evaluate` and `bnn predict` "
+            "cannot "
             "use."
         )
     input_shape = [int(d) for d in loaded.model.input_shape[1:]]
     if len(input_shape) != 3:
         raise BnnError(f"Expected an image model with (H, W, C) inputs, got input shape "
-                       f"{tuple(loaded.model.input_shape)}; pass --no-metadata to convert it "
+                       f"{tuple(loaded.model.input_shape)}; pass `no_metadata` to convert it "
                        "anyway.")
     channels = input_shape[-1]
     normalization = {}
     for key in ("mean", "std"):
-        values = parse_floats(options[key], f"--{key}")
+        values = parse_floats(options[key], f"`{key}`")
         if len(values) == 1:
             values = values * channels
         if len(values) != channels:
-            raise BnnError(f"Expected --{key} with 1 or {channels} values (one per input "
+            raise BnnError(f"Expected `{key}` with 1 or {channels} values (one per input "
                            f"channel), got {len(values)}.")
         normalization[key] = values
     if min(normalization["std"]) <= 0:
-        raise BnnError(f"Expected --std > 0, got {options['std']!r}.")
+        raise BnnError(f"Expected `std` > 0, got {options['std']!r}.")
     dataset = options.get("dataset")
     pixel_max = options.get("pixel_max")
     if pixel_max is None:
         pixel_max = PIXEL_MAX.get(dataset, DEFAULT_PIXEL_MAX)
     if not (np.isfinite(pixel_max) and pixel_max > 0):
-        raise BnnError(f"Expected --pixel-max > 0, got {pixel_max}.")
+        raise BnnError(f"Expected `pixel_max` > 0, got {pixel_max}.")
     class_names = parse_class_names(options["class_names"])
     meta: Dict[str, Any] = {
         "input_shape": input_shape, "class_names": class_names, "num_classes": len(class_names),
@@ -272,20 +275,20 @@ def convert_trained_model(
     if not 0.0 <= min_agreement <= 1.0:
         raise BnnError(f"Expected min_agreement between 0 and 1, got {min_agreement}.")
     if int8_io and not int8:
-        raise BnnError("--int8-io needs --int8: LCE gives a model int8 inputs and outputs only "
+        raise BnnError("`int8_io` needs `int8`: LCE gives a model int8 inputs and outputs only "
                        "when it has quantization ranges (otherwise it quietly keeps float32).")
     file_options = dict(class_names=class_names, mean=mean, std=std, pixel_max=pixel_max,
                         dataset=dataset, data_dir=data_dir)
-    given = [f"--{k.replace('_', '-')}" for k, v in file_options.items() if v is not None]
+    given = [f"`{k}`" for k, v in file_options.items() if v is not None]
     source_path = Path(source)
     if _run_folder(source_path) and (given or no_metadata):
-        raise BnnError(f"{', '.join(given) or '--no-metadata'}: for a model file only; the "
+        raise BnnError(f"{', '.join(given) or '`no_metadata`'}: for a model file only; the "
                        f"run folder {source_path} records its preprocessing in {CONFIG_FILE}.")
     if no_metadata and given:
-        raise BnnError(f"--no-metadata converts without {' '.join(given)}; pass one or the "
+        raise BnnError(f"`no_metadata` converts without {' '.join(given)}; pass one or the "
                        "other.")
     if int8 and not _run_folder(source_path):
-        raise BnnError("--int8 needs a run folder: its training images calibrate the int8 "
+        raise BnnError("`int8` needs a run folder: its training images calibrate the int8 "
                        "ranges.")
 
     # Every output location is checked before the model is loaded and converted.
@@ -294,10 +297,10 @@ def convert_trained_model(
     reads += [Path(p) for p in (inputs,) if p]
     if isinstance(class_names, str) and Path(class_names).is_file():
         reads.append(Path(class_names))
-    files.check_output_file(out_path, reads=reads, overwrite=overwrite, what="--output")
+    files.check_output_file(out_path, reads=reads, overwrite=overwrite, what="`output`")
     kept = out_path.with_name(out_path.name + UNVERIFIED_SUFFIX)
     # An existing .unverified file is only left alone (at the end), never a reason to refuse.
-    files.check_output_file(kept, reads=reads, overwrite=True, what="--output")
+    files.check_output_file(kept, reads=reads, overwrite=True, what="`output`")
     if bundle:
         from convert.bundle import check_bundle_destination
 
@@ -306,20 +309,20 @@ def convert_trained_model(
         warnings.warn(f"{out_path} does not end in .tflite.", stacklevel=2)
 
     loaded = load_trained_model(source)
-    if loaded.run_config is not None:
+    if loaded.record is not None:
         config: Optional[Dict[str, Any]] = loaded.run_config
         _check_classes(loaded, config, f"{source_path / CONFIG_FILE}")
     elif no_metadata:
         config = None
     else:
         config = _model_file_metadata(loaded, file_options)
-        _check_classes(loaded, config, "--class-names")
+        _check_classes(loaded, config, "`class_names`")
     if bundle:
         from convert.bundle import check_bundle_metadata
 
         if config is None:
-            raise BnnError("--bundle needs the class names and normalization that --no-metadata "
-                           "leaves out; pass --class-names, --mean and --std instead.")
+            raise BnnError("`bundle` needs the class names and normalization that `no_metadata` "
+                           "leaves out; pass `class_names`, `mean` and `std` instead.")
         check_bundle_metadata(config)
     _check_free_space(loaded, out_path, bundle)
 
@@ -339,16 +342,16 @@ def convert_trained_model(
     report.int8 = int8_report
     if verification.top1_agreement < min_agreement:
         agreement = (f"The .tflite agrees with Keras on only {verification.top1_agreement:.2%} "
-                     f"of {verification.samples} {where} (--min-agreement {min_agreement:.2%})")
+                     f"of {verification.samples} {where} (`min_agreement` {min_agreement:.2%})")
         if kept.exists() and not overwrite:
             raise VerificationFailedError(
-                f"{agreement}; it was not kept, since {kept} already exists (pass --overwrite "
+                f"{agreement}; it was not kept, since {kept} already exists (pass `overwrite` "
                 "to replace it).", report)
         with files.storage_errors(kept, what="the unverified .tflite"):
             files.write_bytes(kept, flatbuffer.data)
         report.path = str(kept)
         raise VerificationFailedError(f"{agreement}; kept it as {kept} for inspection.", report)
-    with files.storage_errors(out_path, what="--output"):
+    with files.storage_errors(out_path, what="`output`"):
         with files.atomic_path(out_path) as partial:
             partial.write_bytes(flatbuffer.data)
             if bundle:
@@ -379,7 +382,7 @@ def _write_bundle(bundle: str, flatbuffer: Flatbuffer, loaded: LoadedModel,
     """Writes and self-checks the bundle; returns (folder, check summary) for the report."""
     from convert.bundle import write_checked_bundle
 
-    with files.storage_errors(bundle, what="--bundle"):
+    with files.storage_errors(bundle, what="`bundle`"):
         path, check = write_checked_bundle(
             # The expected output comes from the float32 model the flatbuffer was made from.
             bundle, flatbuffer=flatbuffer, keras_model=as_float32(loaded.model),
@@ -394,13 +397,13 @@ def _int8(loaded: LoadedModel, target: str, int8_io: bool, calibration_samples: 
     from convert.int8 import FineTune, prepare_int8
     from convert.samples import run_test_split
 
-    if not (loaded.run_config and "dataset" in loaded.run_config):
-        raise BnnError("--int8 needs a run folder: its training images calibrate the int8 "
+    if loaded.record is None:
+        raise BnnError("`int8` needs a run folder: its training images calibrate the int8 "
                        "ranges.")
     if calibration_samples < 1 or fine_tune_epochs < 0:
         raise BnnError(f"Expected calibration samples >= 1 and fine-tune epochs >= 0, got "
                        f"{calibration_samples} and {fine_tune_epochs}.")
-    x_cal, y_cal = run_test_split(loaded.run_config, calibration_samples, split="train")
+    x_cal, y_cal = run_test_split(loaded.record, calibration_samples, split="train")
     fine_tune = FineTune(data=(x_cal, y_cal), epochs=fine_tune_epochs) if fine_tune_epochs else None
     prepared = prepare_int8(loaded.model, x_cal, fine_tune=fine_tune)
     io_type = "int8" if int8_io else "float32"

@@ -1,4 +1,6 @@
-"""The BNN model family behind one registry.
+"""The BNN model family behind one registry; each entry carries its paper's training recipe.
+
+models/ imports only the Keras plugin (`bnn_keras`), never the training application.
 
 Example:
     >>> import models
@@ -8,9 +10,12 @@ Example:
 import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 from models.registry import (  # noqa: E402
+    ModelEntry,
+    PaperRecipe,
     UnknownModelError,
     create_model,
     describe,
+    get_entry,
     get_model_fn,
     list_models,
     register_model,
@@ -30,9 +35,12 @@ from models import (  # noqa: E402,F401
 )
 
 __all__ = [
+    "ModelEntry",
+    "PaperRecipe",
     "UnknownModelError",
     "create_model",
     "describe",
+    "get_entry",
     "get_model_fn",
     "list_models",
     "register_model",

@@ -24,7 +24,7 @@ from models.common import (
     pixel_to_vector,
     softmax,
 )
-from models.registry import register_model
+from models.registry import LARQ_ZOO, PaperRecipe, register_model
 
 # (filters, kernel size, max-pool after) of conv2..conv5: the AlexNet layout larq-zoo's
 # BinaryAlexNet uses; BNN+ AlexNet and Compact BNN share it.
@@ -96,7 +96,15 @@ def binary_alexnet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
-@register_model("binary-alexnet")
+@register_model(
+    "binary-alexnet",
+    # larq-zoo TrainBinaryAlexNet: Adam, lr 1e-2 * 0.5 ** (epoch // 10), 150 epochs, batch 512.
+    recipe=PaperRecipe(
+        source=f"BinaryNet AlexNet (arXiv 1602.02830); {LARQ_ZOO} TrainBinaryAlexNet",
+        values=dict(learning_rate=1e-2, schedule="step", step_epochs=10, step_factor=0.5,
+                    epochs=150, batch_size=512),
+    ),
+)
 def binary_alexnet_entry(**kwargs) -> tf.keras.Model:
     """BinaryAlexNet: 61,859,192 parameters at 224x224x3, 1000 classes."""
     return binary_alexnet(**kwargs)

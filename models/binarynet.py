@@ -22,7 +22,7 @@ from models.common import (
     pixel_to_vector,
     softmax,
 )
-from models.registry import register_model
+from models.registry import PaperRecipe, register_model
 
 # (filters, max-pool after) of conv2..conv6; conv1 has 128 filters.
 _CONVS = ((128, True), (256, False), (256, True), (512, False), (512, True))
@@ -96,7 +96,29 @@ def binarynet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
-@register_model("binarynet")
+@register_model(
+    "binarynet",
+    # BinaryNet's reference code (github.com/MatthieuCourbariaux/BinaryNet,
+    # Train-time/cifar10.py): Adam, LR_start 1e-3 decayed every epoch by
+    # (LR_fin / LR_start) ** (1 / num_epochs) with LR_fin 3e-7, 500 epochs, batch 50
+    # (CIFAR-10). The paper trains with a squared hinge loss; ours is cross-entropy.
+    recipe=PaperRecipe(
+        source="BinaryNet (arXiv 1602.02830); MatthieuCourbariaux/BinaryNet "
+        "Train-time/cifar10.py",
+        values=dict(learning_rate=1e-3, schedule="step", step_epochs=1,
+                    step_factor=(3e-7 / 1e-3) ** (1 / 500), epochs=500, batch_size=50),
+    ),
+    # Bop paper, section 5.2 (CIFAR-10 BinaryNet), hparams `bop_sec52` in
+    # github.com/plumerai/rethinking-bnn-optimization bnn_optimization/models/binarynet.py:
+    # threshold 1e-8, gamma 1e-4 decayed x0.1 every 100 epochs (50000 / 50 * 100 steps),
+    # Adam(0.01) for the other weights, batch 50. The epoch count is not in that file: omitted.
+    bop_recipe=PaperRecipe(
+        source="Bop (arXiv 1906.02107) sec. 5.2; plumerai/rethinking-bnn-optimization "
+        "bop_sec52",
+        values=dict(optimizer="bop", learning_rate=1e-2, bop_threshold=1e-8, bop_gamma=1e-4,
+                    bop_gamma_step_epochs=100, bop_gamma_step_factor=0.1, batch_size=50),
+    ),
+)
 def binarynet_entry(**kwargs) -> tf.keras.Model:
     """BinaryNet VGG-small (CIFAR-10 layout)."""
     return binarynet(**kwargs)

@@ -118,6 +118,7 @@ def bnn_plus_alexnet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
+# No recipe: the optimizer settings of BNN+ (arXiv 1812.11800) could not be verified.
 @register_model("bnn-plus-alexnet")
 def bnn_plus_alexnet_entry(**kwargs) -> tf.keras.Model:
     """AlexNet with SignSwish quantizers and BNN+ scales (L1 regularizer, per-channel alpha)."""

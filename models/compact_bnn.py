@@ -123,6 +123,7 @@ def compact_bnn(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
+# No recipe: Tang et al. advise "a low learning rate" but give no value we could verify.
 @register_model("compact-bnn")
 def compact_bnn_entry(**kwargs) -> tf.keras.Model:
     """Compact BNN: PReLU, bipolar regularizer, binary last layer + scale; `bases=K` optional."""

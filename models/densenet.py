@@ -15,7 +15,7 @@ import larq as lq
 import tensorflow as tf
 
 from models.common import binary_conv3x3, classifier_head, image_input, is_small_input
-from models.registry import register_model
+from models.registry import LARQ_ZOO, PaperRecipe, register_model
 
 # Back to Simplicity trains BinaryDenseNet with a gradient-cancelling window of 1.3.
 CLIP_VALUE = 1.3
@@ -113,7 +113,16 @@ def binary_densenet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
-@register_model("binary-densenet28")
+# larq-zoo TrainBinaryDenseNet28: Adam(4e-3, epsilon=1e-8), x0.1 at epochs 100 and 110,
+# 120 epochs, batch 256.
+_DENSENET28_RECIPE = PaperRecipe(
+    source=f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet28",
+    values=dict(learning_rate=4e-3, schedule="step", step_boundaries=(100, 110),
+                step_factor=0.1, adam_epsilon=1e-8, epochs=120, batch_size=256),
+)
+
+
+@register_model("binary-densenet28", recipe=_DENSENET28_RECIPE)
 def binary_densenet28(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet28: 5,150,504 parameters at 224x224x3, 1000 classes."""
     return binary_densenet(
@@ -121,7 +130,14 @@ def binary_densenet28(**kwargs) -> tf.keras.Model:
     )
 
 
-@register_model("binary-densenet37")
+@register_model(
+    "binary-densenet37",
+    # larq-zoo TrainBinaryDenseNet37: as 28 with batch 192.
+    recipe=_DENSENET28_RECIPE.replace(
+        f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet37",
+        batch_size=192,
+    ),
+)
 def binary_densenet37(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet37: 8,734,120 parameters at 224x224x3, 1000 classes."""
     return binary_densenet(
@@ -129,7 +145,14 @@ def binary_densenet37(**kwargs) -> tf.keras.Model:
     )
 
 
-@register_model("binary-densenet37-dilated")
+@register_model(
+    "binary-densenet37-dilated",
+    # larq-zoo TrainBinaryDenseNet37Dilated: 80 epochs, batch 256, x0.1 at 60 and 70.
+    recipe=_DENSENET28_RECIPE.replace(
+        f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet37Dilated",
+        epochs=80, batch_size=256, step_boundaries=(60, 70),
+    ),
+)
 def binary_densenet37_dilated(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet37 with dilated last two blocks instead of pooling (for dense prediction)."""
     return binary_densenet(
@@ -141,7 +164,14 @@ def binary_densenet37_dilated(**kwargs) -> tf.keras.Model:
     )
 
 
-@register_model("binary-densenet45")
+@register_model(
+    "binary-densenet45",
+    # larq-zoo TrainBinaryDenseNet45: lr 8e-3, 125 epochs, batch 384, x0.1 at 80 and 100.
+    recipe=_DENSENET28_RECIPE.replace(
+        f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet45",
+        learning_rate=8e-3, epochs=125, batch_size=384, step_boundaries=(80, 100),
+    ),
+)
 def binary_densenet45(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet45: 13,939,240 parameters at 224x224x3, 1000 classes."""
     return binary_densenet(

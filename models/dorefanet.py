@@ -22,7 +22,7 @@ from models.common import (
     pixel_to_vector,
     softmax,
 )
-from models.registry import register_model
+from models.registry import LARQ_ZOO, PaperRecipe, register_model
 
 # (filters, kernel size, max-pool padding or None) of conv2..conv5.
 _CONVS = ((256, 5, "same"), (384, 3, "same"), (384, 3, None), (256, 3, "valid"))
@@ -97,7 +97,18 @@ def dorefanet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
-@register_model("dorefanet")
+@register_model(
+    "dorefanet",
+    # larq-zoo TrainDoReFaNet: Adam(2e-4, epsilon=1e-5), 90 epochs, batch 256; lr x0.2 at 60,
+    # x0.04 at 75, then from 82 x0.004 and a further x0.1 every 2 epochs.
+    recipe=PaperRecipe(
+        source=f"DoReFa-Net (arXiv 1606.06160); {LARQ_ZOO} TrainDoReFaNet",
+        values=dict(learning_rate=2e-4, schedule="step",
+                    step_boundaries=(60, 75, 82, 84, 86, 88),
+                    step_multipliers=(1.0, 0.2, 0.04, 0.004, 4e-4, 4e-5, 4e-6),
+                    adam_epsilon=1e-5, epochs=90, batch_size=256),
+    ),
+)
 def dorefanet_entry(**kwargs) -> tf.keras.Model:
     """DoReFa-Net (2-bit activations): 62,403,912 parameters at 224x224x3, 1000 classes."""
     return dorefanet(**kwargs)

@@ -23,7 +23,7 @@ from models.common import (
     image_input,
     is_small_input,
 )
-from models.registry import register_model
+from models.registry import LARQ_ZOO, PaperRecipe, register_model
 
 # Back to Simplicity trains BinaryResNetE with a gradient-cancelling window of 1.25.
 RESNET_E_CLIP_VALUE = 1.25
@@ -159,24 +159,43 @@ def _birealnet(stage_blocks: Sequence[int], name: str, **kwargs) -> tf.keras.Mod
     )
 
 
-@register_model("binary-resnet-e18")
+@register_model(
+    "binary-resnet-e18",
+    # larq-zoo TrainBinaryResNetE18: Adam(4e-3, epsilon=1e-8), x0.3 at 70, 90, 110,
+    # 120 epochs, batch 1024.
+    recipe=PaperRecipe(
+        source=f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryResNetE18",
+        values=dict(learning_rate=4e-3, schedule="step", step_boundaries=(70, 90, 110),
+                    step_factor=0.3, adam_epsilon=1e-8, epochs=120, batch_size=1024),
+    ),
+)
 def binary_resnet_e18(**kwargs) -> tf.keras.Model:
     """BinaryResNetE18: 11,699,368 parameters at 224x224x3, 1000 classes."""
     return _resnet_e((2, 2, 2, 2), "binary_resnet_e18", **kwargs)
 
 
+# No recipe: larq-zoo has no training config for BinaryResNetE34.
 @register_model("binary-resnet-e34")
 def binary_resnet_e34(**kwargs) -> tf.keras.Model:
     """BinaryResNetE34: ResNet-34 stage depths (3, 4, 6, 3), one binary conv per shortcut."""
     return _resnet_e((3, 4, 6, 3), "binary_resnet_e34", **kwargs)
 
 
-@register_model("birealnet18")
+@register_model(
+    "birealnet18",
+    # larq-zoo TrainBiRealNet: Adam(5e-3) with PolynomialDecay(power=1) to 0 over 750684 steps
+    # = 300 epochs x 1281167/512 ImageNet steps, i.e. linear to 0 at the end; batch 512.
+    recipe=PaperRecipe(
+        source=f"Bi-Real Net (arXiv 1808.00278); {LARQ_ZOO} TrainBiRealNet",
+        values=dict(learning_rate=5e-3, schedule="linear", epochs=300, batch_size=512),
+    ),
+)
 def birealnet18(**kwargs) -> tf.keras.Model:
     """Bi-Real Net 18: 11,699,112 parameters at 224x224x3, 1000 classes."""
     return _birealnet((2, 2, 2, 2), "birealnet18", **kwargs)
 
 
+# No recipe: larq-zoo has no training config for Bi-Real Net 34.
 @register_model("birealnet34")
 def birealnet34(**kwargs) -> tf.keras.Model:
     """Bi-Real Net 34: ResNet-34 stage depths (3, 4, 6, 3)."""

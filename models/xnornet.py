@@ -15,7 +15,7 @@ import larq as lq
 import tensorflow as tf
 
 from models.common import batch_norm, image_input, is_small_input, softmax
-from models.registry import register_model
+from models.registry import LARQ_ZOO, PaperRecipe, register_model
 
 # (filters, kernel size, max-pool after) of conv2..conv5.
 _CONVS = ((256, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
@@ -97,7 +97,18 @@ def xnornet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
-@register_model("xnornet")
+@register_model(
+    "xnornet",
+    # larq-zoo TrainXNORNet: Adam(1e-3), 100 epochs, batch 1200, lr multiplied by
+    # 1, .5, .1, .05, .01, .005, .001, .0001 from epochs 0, 19, 30, 44, 53, 66, 76, 86.
+    recipe=PaperRecipe(
+        source=f"XNOR-Net (arXiv 1603.05279); {LARQ_ZOO} TrainXNORNet",
+        values=dict(learning_rate=1e-3, schedule="step",
+                    step_boundaries=(19, 30, 44, 53, 66, 76, 86),
+                    step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001),
+                    epochs=100, batch_size=1200),
+    ),
+)
 def xnornet_entry(**kwargs) -> tf.keras.Model:
     """XNOR-Net: 62,396,768 parameters at 224x224x3, 1000 classes."""
     return xnornet(**kwargs)

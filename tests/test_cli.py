@@ -44,7 +44,7 @@ def test_train_close_match_is_suggested():
 def test_train_bad_option_is_refused_before_any_work(tmp_path):
     line = _one_line_error(invoke(["train", "binary-densenet28", "--epochs", "0",
                                    "--output", tmp_path / "run"]))
-    assert line == "Error: Expected epochs >= 1, got 0."
+    assert line == "Error: Expected --epochs >= 1, got 0."  # the library says `epochs`
     assert not (tmp_path / "run").exists()
 
 
@@ -55,7 +55,7 @@ def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypa
     import json
 
     import models
-    from bnn_keras import training
+    from bnn_keras import BnnError, training
 
     run_dir = tmp_path / "run"
     result = invoke(["train", "binary-resnet-e18", *SMALL_RESNET, "--dataset", "digits",
@@ -79,7 +79,7 @@ def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypa
 
     def resume(run, build, **kwargs):
         rebuilt["params"] = build((16, 16, 1), 10).count_params()
-        raise bnn_keras.BnnError("stop here")
+        raise BnnError("stop here")
 
     monkeypatch.setattr(training, "resume_training", resume)
     monkeypatch.setattr(training, "read_status", lambda run: {"epochs_completed": 0})
@@ -274,7 +274,8 @@ def test_int8_io_without_int8_is_refused(digits_run):
 
 def test_train_options_are_generated_from_train_config():
     """Every TrainConfig field (and every trick) is one `bnn train` option, and every option
-    but --resume/--output/--verbose is a field: the CLI cannot drift from config.json."""
+    but --resume/--output/--verbose is a field: the CLI cannot drift from config.json. Library
+    messages name the fields; `bnn train` shows each as the option the field generated."""
     import dataclasses
 
     import cli
@@ -285,7 +286,7 @@ def test_train_options_are_generated_from_train_config():
     fields = {f.name: f for f in dataclasses.fields(training.TrainConfig)}
     nested = {f.name: f for f in dataclasses.fields(Tricks)}
     expected = (set(fields) - {"tricks"}) | set(nested)
-    assert set(params) - {"resume_dir", "output", "verbose"} == expected
+    assert set(params) - {"resume_dir", "run_dir", "verbose"} == expected
     for name, field in {**fields, **nested}.items():
         if name == "tricks" or field.metadata["cli"] == options.ARGUMENT:
             continue  # (click arguments have no help of their own; MODEL is in the docstring)
@@ -297,3 +298,33 @@ def test_train_options_are_generated_from_train_config():
             assert options.flag(field) in param.opts or options.flag(field).split("/")[0] in (
                 param.opts + param.secondary_opts)
             assert param.default == field.default
+
+    # Library messages name the fields (and `train`'s run_dir); the CLI spells its options.
+    import click
+
+    spelled = {name: cli.main._spelled(_train_context(click, cli), f"`{name}`")
+               for name in {**fields, **nested, "run_dir": None}}
+    assert spelled == {**options.flags(training.TrainConfig), "tricks": "`tricks`",
+                       "run_dir": "--output"}
+
+
+def _train_context(click, cli):
+    ctx = click.Context(cli.main)
+    ctx.invoked_subcommand = "train"
+    return ctx
+
+
+def test_library_messages_name_fields_and_the_cli_shows_options():
+    import click
+
+    import cli
+    from bnn_keras.options import spell_fields
+
+    assert spell_fields("Expected `batch_size` >= 1 (`bnn train --resume R`), `other`.",
+                        {"batch_size": "--batch-size"}) == (
+        "Expected --batch-size >= 1 (`bnn train --resume R`), `other`.")
+    ctx = click.Context(cli.main)
+    ctx.invoked_subcommand = "convert"
+    # By the option's name, also where the value's name differs (--bundle fills bundle_dir).
+    assert cli.main._spelled(ctx, "`int8_io` needs `int8`; `bundle`, `source`, `nothing`.") == (
+        "--int8-io needs --int8; --bundle, RUN_DIR_OR_MODEL_FILE, `nothing`.")

@@ -292,9 +292,9 @@ def test_untuned_pipeline_gives_the_same_batches_as_the_tuned_one(digits, traini
 
 
 def test_cache_is_decided_by_the_preprocessed_size(digits):
-    small = data._fits_in_memory(digits.train, (16, 16), data.CACHE_LIMIT_BYTES)
+    small = data.pipeline._fits_in_memory(digits.train, (16, 16), data.CACHE_LIMIT_BYTES)
     # 1,437 images of 224x224x1 float32 is 288 MB: not under a 100 MB limit.
-    large = data._fits_in_memory(digits.train, (224, 224), 100 * 1024**2)
+    large = data.pipeline._fits_in_memory(digits.train, (224, 224), 100 * 1024**2)
     assert small and not large
 
 
@@ -374,3 +374,112 @@ def test_tfds_set_without_test_split_uses_validation(monkeypatch):
     assert splits.image_shape == (None, None, 3) and splits.augmentation == "resized_crop_flip"
     assert float(next(iter(splits.test))[0][0, 0, 0]) == 20.0
     assert splits.normalization.mean == (10.0, 10.0, 10.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The package keeps the one-module API; image folders are checked without decoding every file
+
+
+def test_the_package_exports_every_name_of_the_former_module():
+    from bnn_keras.training.data import images, normalization, pipeline, sources
+
+    # The public names of bnn_keras/training/data.py before it became a package.
+    former = {
+        "AUGMENTATIONS", "CACHE_LIMIT_BYTES", "DEBIAN_FASHION_MNIST_DIR", "DEFAULT_PIXEL_MAX",
+        "DataSplits", "FASHION_MNIST_CLASSES", "FOLDER_PREFIX", "FOLDER_TEST_PERCENT",
+        "IMAGE_EXTENSIONS", "NETWORK_PROBE_ENV", "Normalization", "has_idx_files",
+        "image_file_size", "list_datasets", "load_dataset", "load_digits", "load_idx_folder",
+        "load_image_folder", "load_tfds", "make_pipeline", "network_unreachable_reason",
+        "preprocess", "read_idx", "to_numpy",
+    }
+    assert set(data.__all__) == former
+    assert data.Normalization is normalization.Normalization
+    assert data.load_dataset is sources.load_dataset and data.preprocess is pipeline.preprocess
+    assert data.image_file_size is images.image_file_size
+
+
+def _image_bytes(fmt, size=(13, 9)):
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.RandomState(4).randint(0, 256, (size[1], size[0], 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        tf.io.decode_image(raw, expand_animations=False)
+        return True
+    except tf.errors.InvalidArgumentError:
+        return False
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_looks_complete_agrees_with_the_decoder(tmp_path, fmt):
+    whole = _image_bytes(fmt)
+    cases = {"whole": whole, "cut by 2 bytes": whole[:-2], "cut in half": whole[:len(whole) // 2],
+             "empty": b"", "error page": b"<html>404 Not Found</html>"}
+    if fmt == "PNG":  # its chunks carry a CRC-32: damage inside the image data is found too
+        middle = len(whole) // 2
+        cases["one byte changed"] = whole[:middle] + bytes([whole[middle] ^ 0xFF]) + whole[
+            middle + 1:]
+    for name, raw in cases.items():
+        path = tmp_path / f"{name}.{fmt.lower()}"
+        path.write_bytes(raw)
+        assert data.images.looks_complete(path) == (name == "whole"), name
+        assert _decodes(raw) == (name == "whole"), name
+    assert not data.images.looks_complete(tmp_path / "missing.png")
+
+
+def test_folder_decodes_only_the_normalization_sample_and_files_that_look_damaged(
+        tmp_path, monkeypatch):
+    import zlib
+    from pathlib import Path
+
+    _write_pngs(tmp_path, ["a", "b"], 10)
+    # Bytes after a JPEG's end marker: the file looks damaged, yet decodes, so it is accepted.
+    padded = tmp_path / "b" / "padded.jpg"
+    padded.write_bytes(_image_bytes("JPEG", size=(5, 6)) + b"\0" * 16)
+    decoded = []
+    real = data.images.decoded_images
+
+    def counting(files, decode):
+        decoded.extend(Path(p).name for p, _ in files)
+        return real(files, decode)
+
+    monkeypatch.setattr(data.folder, "decoded_images", counting)
+    monkeypatch.setattr(data.images, "decoded_images", counting)
+    monkeypatch.setattr(data.folder, "NORMALIZATION_SAMPLE_LARGE", 3)
+    splits = data.load_dataset(f"folder:{tmp_path}")
+    first_train = [f"img{i}.png" for i in range(10) if zlib.crc32(f"a/img{i}.png".encode()) % 100
+                   >= 20][:3]
+    # The first training image (for the shape), the normalization sample, the padded JPEG.
+    assert decoded == first_train[:1] + first_train + ["padded.jpg"]
+    assert splits.num_train + splits.num_test == 21
+    everything = [x.numpy() for split in (splits.train, splits.test) for x, _ in split]
+    assert len(everything) == 21 and all(x.shape == (6, 5, 3) for x in everything)
+
+
+@pytest.mark.parametrize("fmt, damage, reason", [
+    ("PNG", lambda b: b[:200] + bytes([b[200] ^ 0xFF]) + b[201:], "Invalid PNG data"),
+    ("JPEG", lambda b: b[:-100], "Invalid JPEG data"),
+    ("BMP", lambda b: b[:-1], "Input size should match"),
+])
+def test_a_damaged_file_after_the_normalization_sample_is_named(tmp_path, monkeypatch, fmt,
+                                                               damage, reason):
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                (tmp_path / split / c / f"{i}.{fmt.lower()}").write_bytes(_image_bytes(fmt))
+    bad = tmp_path / "train" / "dog" / f"1.{fmt.lower()}"
+    bad.write_bytes(damage(bad.read_bytes()))
+    monkeypatch.setattr(data.folder, "NORMALIZATION_SAMPLE_LARGE", 1)
+    with pytest.raises(BnnError) as info:
+        data.load_dataset(f"folder:{tmp_path}")
+    message = str(info.value)
+    assert message.startswith(f"Image file {bad} cannot be decoded (") and reason in message
+    assert "\n" not in message

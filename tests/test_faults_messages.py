@@ -314,7 +314,7 @@ def test_offline_tfds_fails_in_seconds_without_retrying(tmp_path, monkeypatch):
     def no_download(self, *args, **kwargs):
         raise AssertionError("TFDS started its download (and its retries)")
 
-    monkeypatch.setattr(data, "network_unreachable_reason", unreachable)
+    monkeypatch.setattr(data.network, "network_unreachable_reason", unreachable)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
     empty = tmp_path / "tfds"
     empty.mkdir()
@@ -344,7 +344,7 @@ def test_prepared_data_skips_the_probe(tmp_path, monkeypatch):
         raise AssertionError("probed the network for a prepared data set")
 
     monkeypatch.setattr(data, "network_unreachable_reason", must_not_probe)
-    data._prepare(PreparedBuilder(), "mnist", tmp_path)
+    data.tfds._prepare(PreparedBuilder(), "mnist", tmp_path)
     assert PreparedBuilder.prepared_calls == 1
 
 
@@ -364,7 +364,7 @@ def test_probe_connects_once_and_can_be_redirected_or_switched_off(monkeypatch):
     assert data.network_unreachable_reason() is None
     monkeypatch.delenv(data.NETWORK_PROBE_ENV)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert data._probe_address() == ("proxy.internal", 3128)
+    assert data.network._probe_address() == ("proxy.internal", 3128)
 
 
 # ----------------------------------------------------------------------------------------------

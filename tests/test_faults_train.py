@@ -207,7 +207,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(finished_run, tmp_path):
 
     fewer = invoke(["train", "--resume", run_dir, "--epochs", "1"])
     assert fewer.exit_code == 2
-    assert "has 3 complete epochs; expected epochs >= 3, got 1" in fewer.output
+    assert "has 3 complete epochs; expected --epochs >= 3, got 1" in fewer.output
 
 
 def test_interrupt_before_the_epoch_is_written_retrains_it(tmp_path, monkeypatch):

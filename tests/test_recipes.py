@@ -297,15 +297,147 @@ def test_paper_recipe_values_and_unknown_model():
     assert "compact-bnn" in str(error.value)
 
 
-def test_paper_recipes_name_registered_models_and_build():
-    from models import list_models
+def test_every_registered_paper_recipe_builds_a_valid_recipe_and_schedule():
+    import models
 
-    assert set(recipes.PAPER_RECIPES) | set(recipes.BOP_RECIPES) <= set(list_models())
-    for name, recipe in {**recipes.PAPER_RECIPES}.items():
-        assert recipe.source, name
+    for name in models.list_models():
+        entry = models.get_entry(name)
+        for published in (entry.recipe, entry.bop_recipe):
+            if published is None:
+                continue
+            assert published.source, name
+            # Only Recipe fields: a misspelt key in a registry entry fails here, not in a run.
+            assert set(published.values) <= {f.name for f in dataclasses.fields(recipes.Recipe)}
+        if entry.recipe is None:
+            continue
+        recipe = recipes.paper_recipe(name)
+        recipe.validate()
         schedule = recipes.build_schedule(recipe, steps_per_epoch=10, epochs=recipe.epochs)
         peak_step = int(round(recipe.warmup_epochs * 10))
         assert float(schedule(tf.constant(peak_step))) == pytest.approx(recipe.learning_rate), name
+
+
+# What `bnn train MODEL --recipe paper` resolved to before the recipes moved into the registry
+# entries (recorded from bnn_keras.training.recipes.PAPER_RECIPES / BOP_RECIPES at commit
+# 79bbe7c): the values that differ from `Recipe`'s defaults, and the defaults themselves.
+_RECIPE_DEFAULTS = dict(
+    optimizer="adam", learning_rate=1e-3, float_learning_rate=0.1, sgd_momentum=0.9,
+    schedule="constant", warmup_epochs=0.0, step_epochs=None, step_boundaries=None,
+    step_factor=0.1, step_multipliers=None, label_smoothing=0.0, weight_decay=0.0,
+    adam_epsilon=1e-7, bop_threshold=1e-8, bop_gamma=1e-4, bop_gamma_step_epochs=None,
+    bop_gamma_step_factor=0.1, epochs=None, batch_size=None, source="",
+)
+_ZOO = "larq-zoo larq_zoo/training/basic_experiments.py"
+_SIMPLICITY = f"Back to Simplicity (arXiv 1906.08637); {_ZOO}"
+_DENSENET = dict(learning_rate=0.004, schedule="step", adam_epsilon=1e-08)
+_QUICKNET = dict(
+    optimizer="adam-sgd", learning_rate=0.01, schedule="cosine", warmup_epochs=5, epochs=600,
+    batch_size=2048, source="Larq Compute Engine (arXiv 2011.09398); larq-zoo "
+    "larq_zoo/training/sota_experiments.py TrainQuickNet",
+)
+_PUBLISHED = {
+    ("binary-alexnet", "adam"): dict(
+        learning_rate=0.01, schedule="step", step_epochs=10, step_factor=0.5, epochs=150,
+        batch_size=512, source=f"BinaryNet AlexNet (arXiv 1602.02830); {_ZOO} TrainBinaryAlexNet"),
+    ("binary-densenet28", "adam"): dict(
+        _DENSENET, step_boundaries=(100, 110), epochs=120, batch_size=256,
+        source=f"{_SIMPLICITY} TrainBinaryDenseNet28"),
+    ("binary-densenet37", "adam"): dict(
+        _DENSENET, step_boundaries=(100, 110), epochs=120, batch_size=192,
+        source=f"{_SIMPLICITY} TrainBinaryDenseNet37"),
+    ("binary-densenet37-dilated", "adam"): dict(
+        _DENSENET, step_boundaries=(60, 70), epochs=80, batch_size=256,
+        source=f"{_SIMPLICITY} TrainBinaryDenseNet37Dilated"),
+    ("binary-densenet45", "adam"): dict(
+        _DENSENET, learning_rate=0.008, step_boundaries=(80, 100), epochs=125, batch_size=384,
+        source=f"{_SIMPLICITY} TrainBinaryDenseNet45"),
+    ("binary-resnet-e18", "adam"): dict(
+        _DENSENET, step_boundaries=(70, 90, 110), step_factor=0.3, epochs=120, batch_size=1024,
+        source=f"{_SIMPLICITY} TrainBinaryResNetE18"),
+    ("binarynet", "adam"): dict(
+        schedule="step", step_epochs=1, step_factor=0.9839074353050999, epochs=500,
+        batch_size=50,
+        source="BinaryNet (arXiv 1602.02830); MatthieuCourbariaux/BinaryNet Train-time/cifar10.py"),
+    ("binarynet", "bop"): dict(
+        optimizer="bop", learning_rate=0.01, bop_gamma_step_epochs=100, batch_size=50,
+        source="Bop (arXiv 1906.02107) sec. 5.2; plumerai/rethinking-bnn-optimization bop_sec52"),
+    ("birealnet18", "adam"): dict(
+        learning_rate=0.005, schedule="linear", epochs=300, batch_size=512,
+        source=f"Bi-Real Net (arXiv 1808.00278); {_ZOO} TrainBiRealNet"),
+    ("dorefanet", "adam"): dict(
+        learning_rate=0.0002, schedule="step", step_boundaries=(60, 75, 82, 84, 86, 88),
+        step_multipliers=(1.0, 0.2, 0.04, 0.004, 0.0004, 4e-05, 4e-06), adam_epsilon=1e-05,
+        epochs=90, batch_size=256, source=f"DoReFa-Net (arXiv 1606.06160); {_ZOO} TrainDoReFaNet"),
+    ("quicknet", "adam"): _QUICKNET,
+    ("quicknet-large", "adam"): _QUICKNET,
+    ("quicknet-small", "adam"): _QUICKNET,
+    ("xnornet", "adam"): dict(
+        schedule="step", step_boundaries=(19, 30, 44, 53, 66, 76, 86),
+        step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001), epochs=100,
+        batch_size=1200, source=f"XNOR-Net (arXiv 1603.05279); {_ZOO} TrainXNORNet"),
+}
+
+
+def test_paper_recipes_resolve_to_the_values_recorded_before_they_moved_to_the_registry():
+    import models
+
+    for name in models.list_models():
+        for optimizer in recipes.OPTIMIZERS:
+            # Any optimizer but bop starts from the model paper's recipe.
+            expected = _PUBLISHED.get((name, "bop" if optimizer == "bop" else "adam"))
+            if expected is None:
+                with pytest.raises(BnnError, match=f"No published {optimizer} recipe for '{name}'"):
+                    recipes.paper_recipe(name, optimizer=optimizer)
+                continue
+            assert dataclasses.asdict(recipes.paper_recipe(name, optimizer=optimizer)) == {
+                **_RECIPE_DEFAULTS, **expected}, (name, optimizer)
+    assert (set(_PUBLISHED) - {(n, "bop") for n in models.list_models()}) == {
+        (n, "adam") for n in models.list_models() if models.get_entry(n).recipe}
+
+
+def test_paper_recipe_is_a_fresh_recipe_that_leaves_the_registry_entry_unchanged():
+    import models
+
+    recipe = recipes.paper_recipe("binary-densenet28")
+    recipe.learning_rate = 1.0
+    assert recipes.paper_recipe("binary-densenet28").learning_rate == 4e-3
+    assert models.get_entry("binary-densenet28").recipe.values["learning_rate"] == 4e-3
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["binary-densenet28"], dict(_PUBLISHED["binary-densenet28", "adam"])),
+    # The Bop paper gives no epoch count: the run's default of 10.
+    (["binarynet", "--optimizer", "bop"], dict(_PUBLISHED["binarynet", "bop"], epochs=10)),
+    # Single options override the paper's values, the rest stays.
+    (["quicknet", "--lr", "0.02", "--epochs", "7"], dict(_QUICKNET, learning_rate=0.02, epochs=7)),
+])
+def test_bnn_train_recipe_paper_trains_with_the_registry_entrys_recipe(
+    monkeypatch, tmp_path, args, expected
+):
+    from bnn_keras import training
+    from tests.conftest import invoke
+
+    seen = {}
+
+    def train(config, build, run_dir, **kwargs):
+        seen["recipe"] = training.resolve_recipe(config)[1]
+        raise BnnError("stop here")
+
+    monkeypatch.setattr(training, "train", train)
+    result = invoke(["train", *args, "--recipe", "paper", "--output", tmp_path / "run"])
+    assert result.exit_code == 2 and "Error: stop here" in result.output, result.output
+    assert dataclasses.asdict(seen["recipe"]) == {**_RECIPE_DEFAULTS, **expected}
+    assert not (tmp_path / "run").exists()
+
+
+def test_bnn_train_recipe_paper_without_a_published_recipe_is_one_line(tmp_path):
+    from tests.conftest import invoke
+
+    result = invoke(["train", "compact-bnn", "--recipe", "paper", "--output", tmp_path / "run"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: No published adam recipe for 'compact-bnn'; "
+                                    "models with one: binary-alexnet, binary-densenet28, ")
+    assert not (tmp_path / "run").exists()
 
 
 def test_quicknet_recipe_is_larq_zoos_adam_and_sgd_with_warmup():

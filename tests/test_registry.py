@@ -114,3 +114,70 @@ def test_describe_returns_the_stats_of_the_built_model():
     # conv2..conv6 and the three fully-connected layers have binary inputs and weights;
     # conv1 sees the image.
     assert stats.lce_bconvs == 8
+
+
+def test_import_models_loads_the_plugin_but_no_training_code():
+    import json
+    import subprocess
+    import sys
+
+    # models/ sits below the training application (larq-zoo's layout): it may import the
+    # plugin, never `bnn_keras.training` (recipes, tricks, data, ...) or what that loads.
+    app = ("bnn_keras.training", "tensorflow_datasets", "sklearn", "convert")
+    code = (
+        "import json, sys; import models; "
+        f"print(json.dumps(sorted(k for k in sys.modules if any("
+        f"k == m or k.startswith(m + '.') for m in {app!r}))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_entries_carry_their_paper_recipe_as_plain_values():
+    entry = models.get_entry("binary-densenet37")
+    assert entry.name == "binary-densenet37" and entry.fn is models.get_model_fn(entry.name)
+    assert entry.recipe.source.endswith("TrainBinaryDenseNet37")
+    # A sibling's recipe: BinaryDenseNet28's values with its own batch size.
+    assert dict(entry.recipe.values) == {
+        **models.get_entry("binary-densenet28").recipe.values, "batch_size": 192}
+    assert entry.bop_recipe is None
+    assert models.get_entry("binarynet").bop_recipe.values["optimizer"] == "bop"
+    assert models.get_entry("compact-bnn").recipe is None
+    with pytest.raises(TypeError):  # a published fact is read-only
+        entry.recipe.values["batch_size"] = 1
+    with pytest.raises(models.UnknownModelError, match="did you mean binary-densenet28"):
+        models.get_entry("binary-densnet28")
+
+
+def test_register_model_stores_the_recipes_it_is_given():
+    recipe = models.PaperRecipe(source="a test", values={"learning_rate": 0.5, "epochs": 3})
+
+    @models.register_model("test-only-recipe", recipe=recipe)
+    def tiny(**kwargs):
+        raise AssertionError("not built")
+
+    try:
+        assert models.get_entry("test-only-recipe") == models.ModelEntry(
+            "test-only-recipe", tiny, recipe, None)
+    finally:
+        del registry._REGISTRY["test-only-recipe"]
+
+
+def test_create_model_builds_the_papers_model_and_the_cli_applies_tricks_after_it():
+    import cli
+    from bnn_keras import model_stats
+
+    kwargs = dict(input_shape=(16, 16, 1), num_classes=10)
+    plain = models.create_model("binary-densenet28", **kwargs)
+    assert model_stats.count_binary_convs(plain) == 23
+    # Tricks are the training application's, not a create_model option.
+    with pytest.raises(BnnError, match="binary-densenet28 has no option 'tricks'"):
+        models.create_model("binary-densenet28", tricks={"bases": 2}, **kwargs)
+    tricked = cli._build_registered("binary-densenet28", {"bases": 2}, {}, kwargs["input_shape"],
+                                    kwargs["num_classes"])
+    assert model_stats.count_binary_convs(tricked) == 46
+    untricked = cli._build_registered("binary-densenet28", {}, {}, kwargs["input_shape"],
+                                      kwargs["num_classes"])
+    assert untricked.count_params() == plain.count_params()

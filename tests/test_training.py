@@ -72,8 +72,31 @@ def test_bad_options_name_the_option(field, value, bound):
     config = training.TrainConfig(**{field: value})
     with pytest.raises(BnnError) as info:
         config.validate()
-    # Each message names its own option and bound (not another option's, as it once did).
-    assert str(info.value) == f"Expected {field} {bound}, got {value!r}."
+    # Each message names its own field and bound (not another field's, as it once did).
+    assert str(info.value) == f"Expected `{field}` {bound}, got {value!r}."
+
+
+def test_a_bad_config_names_the_field_and_bnn_train_the_option(tmp_path):
+    from tests.conftest import invoke
+
+    with pytest.raises(BnnError) as info:
+        training.train(tiny_config(learning_rate=0.0), tiny_bnn, tmp_path / "run", verbose=0)
+    assert str(info.value) == "Expected `learning_rate` > 0, got 0.0."
+    result = invoke(["train", "binary-densenet28", "--dataset", "digits", "--lr", "0",
+                     "--output", tmp_path / "run"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: Expected --learning-rate > 0, got 0.0."
+    # A used folder: the library names `run_dir`, the CLI its --output.
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    with pytest.raises(BnnError, match="choose another `run_dir`, or continue its run with "
+                                       f"`bnn train --resume {tmp_path / 'used'}`"):
+        training.train(tiny_config(), tiny_bnn, tmp_path / "used", verbose=0)
+    result = invoke(["train", "binary-densenet28", "--dataset", "digits",
+                     "--output", tmp_path / "used"])
+    assert result.exit_code == 2
+    assert "is not empty; choose another --output, or continue its run" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "used" / ".bnn.lock").exists()
 
 
 def test_bad_precision_is_refused():

@@ -314,20 +314,20 @@ def _float_model():
 
 @pytest.mark.parametrize("make,kwargs,message", [
     (tiny, dict(bases=2, regularizer="bnn+-l1"),
-     r"--bases 2 cannot be combined with --regularizer bnn\+-l1"),
+     r"`bases` 2 cannot be combined with `regularizer` bnn\+-l1"),
     (_float_model, dict(bases=2),
-     "--bases 2: model float_net has no binary convolution"),
+     "`bases` 2: model float_net has no binary convolution"),
     (_float_model, dict(input_quantizer="approx_sign"),
-     "--input-quantizer approx_sign: model float_net has no binary convolution"),
-    (_float_model, dict(activation="prelu"), "--activation prelu: model float_net has no ReLU"),
-    (_float_model, dict(scale_output=True), "--scale-output: expected one softmax output"),
-    (tiny, dict(input_quantizer="magic_sign"), "--input-quantizer magic_sign: Expected one of"),
+     "`input_quantizer` approx_sign: model float_net has no binary convolution"),
+    (_float_model, dict(activation="prelu"), "`activation` prelu: model float_net has no ReLU"),
+    (_float_model, dict(scale_output=True), "`scale_output`: expected one softmax output"),
+    (tiny, dict(input_quantizer="magic_sign"), "`input_quantizer` magic_sign: Expected one of"),
     (tiny, dict(kernel_quantizer=lq.quantizers.DoReFaQuantizer(k_bit=2)), "expected a 1-bit"),
-    (tiny, dict(regularizer="bogus"), "--regularizer bogus: Expected a regularizer alias"),
-    (tiny, dict(bases=0), "--bases: expected an integer >= 1"),
+    (tiny, dict(regularizer="bogus"), "`regularizer` bogus: Expected a regularizer alias"),
+    (tiny, dict(bases=0), "`bases`: expected an integer >= 1"),
     (tiny, dict(regularizer="bipolar", regularization_factor="much"),
-     "--regularization-factor: expected a number >= 0"),
-    (tiny, dict(activation="swish"), "--activation: expected 'relu' or 'prelu'"),
+     "`regularization_factor`: expected a number >= 0"),
+    (tiny, dict(activation="swish"), "`activation`: expected 'relu' or 'prelu'"),
 ])
 def test_impossible_combinations_raise_one_clear_error(make, kwargs, message):
     with pytest.raises(BnnError, match=message):

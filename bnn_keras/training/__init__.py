@@ -1,6 +1,7 @@
 """The training application: from a data set and a registry model to a run folder.
 
 Nothing here is part of the Keras plugin (`import bnn_keras` loads none of it). One module each:
+`config` (`TrainConfig`, the options of a run, and `RunRecord`, its folder's config.json),
 `run` (train and resume: the run folder, its lock, its callbacks), `data` (data sets, the input
 pipeline and its normalization), `recipes` (optimizers, schedules and losses of the papers),
 `tricks` (training tricks that rewrite a model), `precision` (float32 or mixed bfloat16),
@@ -17,13 +18,18 @@ import importlib
 from typing import Any, Dict, List
 
 # Public name -> the module that defines it.
-_EXPORTS: Dict[str, str] = dict.fromkeys(
-    ["BACKUP_DIR", "CONFIG_FILE", "HISTORY_FILE", "METRICS_FILE", "MODEL_FILE", "STATUS_FILE",
-     "TENSORBOARD_DIR", "HistoryWriter", "NonFiniteLossError", "RunProgress", "TrainConfig",
-     "TrainResult", "TrainingInterruptedError", "library_versions", "read_run_config",
-     "read_status", "resolve_recipe", "resume_training", "run_progress", "train",
-     "validation_epochs"],
-    "bnn_keras.training.run")
+_EXPORTS: Dict[str, str] = {
+    **dict.fromkeys(
+        ["BACKUP_DIR", "CONFIG_FILE", "FORMAT_VERSION", "HISTORY_FILE", "METRICS_FILE",
+         "MODEL_FILE", "STATUS_FILE", "TENSORBOARD_DIR", "EpochsChange", "RunRecord",
+         "TrainConfig", "read_run_config", "resolve_recipe"],
+        "bnn_keras.training.config"),
+    **dict.fromkeys(
+        ["HistoryWriter", "NonFiniteLossError", "RunProgress", "TrainResult",
+         "TrainingInterruptedError", "library_versions", "read_status", "resume_training",
+         "run_progress", "train", "validation_epochs"],
+        "bnn_keras.training.run"),
+}
 
 __all__ = sorted(_EXPORTS)
 

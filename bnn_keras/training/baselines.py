@@ -7,11 +7,12 @@ the comparison the BNN papers report.
 """
 
 import copy
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras import graph
 from bnn_keras.layers import FloatActivation  # noqa: F401  (re-exported; used below)
 
 # Config keys of larq (and bnn_keras) quantized layers that hold quantizers and constraints.
@@ -64,26 +65,6 @@ def _float_layer_config(
     return layer_config
 
 
-def _copy_weights(source: tf.keras.layers.Layer, target: tf.keras.layers.Layer) -> List[str]:
-    """Copies weights whose shapes match, by position or else by variable name."""
-    src, dst = source.weights, target.weights
-    if not dst:
-        return []
-    if len(src) == len(dst) and all(s.shape == d.shape for s, d in zip(src, dst)):
-        target.set_weights([w.numpy() for w in src])
-        return [w.name for w in dst]
-    # A quantizer with its own weights (e.g. a trainable SignSwish beta) was dropped: match the
-    # remaining weights by their short name (kernel, gamma, ...).
-    by_name = {w.name.split("/")[-1]: w for w in src}
-    copied = []
-    for w in dst:
-        match = by_name.get(w.name.split("/")[-1])
-        if match is not None and match.shape == w.shape:
-            w.assign(match.numpy())
-            copied.append(w.name)
-    return copied
-
-
 def float_equivalent(
     model: tf.keras.Model, *, copy_weights: bool = True, input_activation: Optional[str] = None
 ) -> tf.keras.Model:
@@ -113,22 +94,12 @@ def float_equivalent(
         weights that quantizers themselves carried).
 
     Raises:
-        ValueError: `model` is a subclassed model without a functional config.
+        graph.NotFunctionalError: `model` is a subclassed model (also a `ValueError`).
     """
-    config = model.get_config()
-    if not isinstance(config, dict) or "layers" not in config:
-        raise ValueError(
-            "Expected a functional or Sequential Keras model (with a layer config), got "
-            f"{type(model).__name__}."
-        )
-    config = dict(config)
-    config["layers"] = [
-        _float_layer_config(layer, input_activation) if _is_quantized(layer) else layer
-        for layer in config["layers"]
-    ]
-    cls = type(model) if isinstance(model, tf.keras.Sequential) else tf.keras.Model
-    float_model = cls.from_config(config)
-    if copy_weights:
-        for layer in float_model.layers:
-            _copy_weights(model.get_layer(layer.name), layer)
-    return float_model
+
+    def edit(entry: Dict[str, Any]) -> Dict[str, Any]:
+        return _float_layer_config(entry, input_activation) if _is_quantized(entry) else entry
+
+    # A layer whose quantizer carried weights (SignSwish's beta) keeps the others.
+    return graph.rebuild(model, edit=edit, weights=copy_weights, partial=True,
+                         purpose="the full-precision baseline")

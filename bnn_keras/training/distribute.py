@@ -108,7 +108,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         raise BnnError(
             "The multi-worker strategy needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
             "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' "
-            "on the first machine (index 1 on the second); use --strategy auto to train locally."
+            "on the first machine (index 1 on the second); use `strategy` auto to train locally."
         )
     if _cluster_workers(config) < 1:
         raise BnnError("TF_CONFIG's cluster lists no 'chief' or 'worker' tasks.")

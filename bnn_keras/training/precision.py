@@ -4,10 +4,11 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import tensorflow as tf
 
+from bnn_keras import graph
 from bnn_keras.errors import BnnError
 
 PRECISIONS = ("auto", "mixed_bfloat16", "float32")
@@ -80,7 +81,7 @@ def warn_if_emulated_bf16(policy: str) -> None:
 
 
 @contextlib.contextmanager
-def precision_policy(policy: str) -> Iterator[None]:
+def precision_policy(policy: Union[str, tf.keras.mixed_precision.Policy]) -> Iterator[None]:
     """Sets the global Keras dtype policy for building a model, then restores the old one."""
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(policy)
@@ -115,10 +116,10 @@ def as_float32(model: tf.keras.Model) -> tf.keras.Model:
     LCE refuses models whose layers compute in bfloat16/float16, and the deployed model runs in
     float32 (binary ops aside) anyway. Variables are float32 under mixed precision, so the
     weights carry over exactly.
+
+    Raises:
+        graph.NotFunctionalError: a subclassed mixed-precision model.
     """
     if not is_mixed_precision(model):
         return model
-    config = _float32_policies(model.get_config())
-    float_model = model.__class__.from_config(config)
-    float_model.set_weights(model.get_weights())
-    return float_model
+    return graph.rebuild(model, edit=_float32_policies, purpose="the float32 copy")

@@ -3,8 +3,9 @@
 A `Recipe` is plain data (JSON via `dataclasses.asdict`, back via `Recipe.from_dict`), so a run
 folder can record exactly how a model was trained. `build_optimizer` turns it into a Keras
 optimizer, `loss` into a loss, and `add_weight_decay` into an L2 penalty on the model's
-full-precision kernels only. `PAPER_RECIPES` holds the published recipe of each model that has
-one; every value there cites its source.
+full-precision kernels only. `paper_recipe` turns the published recipe a model's registry entry
+carries (`models.PaperRecipe`, each value citing its source) into a `Recipe`: training sits
+above the models and reads them, the models never import training.
 
 Schedules (`bnn_keras.schedules.WarmupDecay`) are counted in optimizer steps
 (`optimizer.iterations`, i.e. updates already applied); they and the loss
@@ -13,15 +14,10 @@ Schedules (`bnn_keras.schedules.WarmupDecay`) are counted in optimizer steps
 this module.
 
 References:
-    - BinaryNet: https://arxiv.org/abs/1602.02830
-    - XNOR-Net: https://arxiv.org/abs/1603.05279
-    - DoReFa-Net: https://arxiv.org/abs/1606.06160
-    - Bi-Real Net: https://arxiv.org/abs/1808.00278
-    - Back to Simplicity (BinaryDenseNet, BinaryResNetE): https://arxiv.org/abs/1906.08637
     - Bop ("Latent Weights Do Not Exist"): https://arxiv.org/abs/1906.02107
     - Label smoothing: https://arxiv.org/abs/1512.00567
-    - larq-zoo training configs (larq_zoo/training/basic_experiments.py):
-      https://github.com/larq/zoo
+    - The papers of the published recipes: cited where each model registers its recipe
+      (models/*.py), mostly larq-zoo's training configs (https://github.com/larq/zoo).
 """
 
 import dataclasses
@@ -37,8 +33,6 @@ from bnn_keras.schedules import SCHEDULES, WarmupDecay
 
 __all__ = [
     "OPTIMIZERS",
-    "PAPER_RECIPES",
-    "BOP_RECIPES",
     "Recipe",
     "SCHEDULES",
     "SmoothedSparseCategoricalCrossentropy",
@@ -318,7 +312,7 @@ def build_optimizer(
     if not binary_kernels(model):
         raise BnnError(
             f"Model {model.name!r} has no binary kernels for {recipe.optimizer} to train "
-            "separately; use --optimizer adam."
+            "separately; set `optimizer` to adam."
         )
     if recipe.optimizer == "adam-sgd":
         float_schedule = build_schedule(
@@ -370,135 +364,34 @@ def loss(recipe: Recipe, *, from_logits: bool = False) -> tf.keras.losses.Loss:
 
 
 # -- published recipes ---------------------------------------------------------------------------
-#
-# ImageNet recipes; `batch_size` is global. Where the values are larq-zoo's (the recipes that
-# produced larq-zoo's published weights) the comment says so. No recipe is given for models whose
-# paper or reference code we could not check: binary-resnet-e34 and birealnet34 (no larq-zoo
-# training config), bnn-plus-alexnet (BNN+, arXiv 1812.11800: its optimizer settings could not be
-# verified), compact-bnn (Tang et al. AAAI 2017 advise "a low learning rate" but we found no
-# verifiable value).
-
-_LARQ_ZOO = "larq-zoo larq_zoo/training/basic_experiments.py"
-
-_QUICKNET = Recipe(
-    # larq-zoo TrainQuickNet (larq_zoo/training/sota_experiments.py): CaseOptimizer with
-    # Adam(1e-2) for binary variables and SGD(0.1, momentum 0.9) for the rest, both cosine
-    # with 5 warm-up epochs, 600 epochs, batch 2048. Its cosine runs 600 epochs *after* the
-    # warm-up (605 in all); ours ends at 0 at the last of the 600 epochs.
-    optimizer="adam-sgd", learning_rate=1e-2, float_learning_rate=0.1, sgd_momentum=0.9,
-    schedule="cosine", warmup_epochs=5, epochs=600, batch_size=2048,
-    source="Larq Compute Engine (arXiv 2011.09398); larq-zoo "
-    "larq_zoo/training/sota_experiments.py TrainQuickNet",
-)
-
-_DENSENET28 = Recipe(
-    # larq-zoo TrainBinaryDenseNet28: Adam(4e-3, epsilon=1e-8), x0.1 at epochs 100 and 110,
-    # 120 epochs, batch 256. Paper: Back to Simplicity, arXiv 1906.08637.
-    learning_rate=4e-3, schedule="step", step_boundaries=(100, 110), step_factor=0.1,
-    adam_epsilon=1e-8, epochs=120, batch_size=256,
-    source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet28",
-)
-
-PAPER_RECIPES: Dict[str, Recipe] = {
-    "binary-densenet28": _DENSENET28,
-    # TrainQuickNetSmall and TrainQuickNetLarge inherit TrainQuickNet's optimizer and budget.
-    "quicknet": _QUICKNET,
-    "quicknet-small": _QUICKNET,
-    "quicknet-large": _QUICKNET,
-    # larq-zoo TrainBinaryDenseNet37: as 28 with batch 192.
-    "binary-densenet37": _DENSENET28.replace(
-        batch_size=192,
-        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet37",
-    ),
-    # larq-zoo TrainBinaryDenseNet37Dilated: 80 epochs, batch 256, x0.1 at 60 and 70.
-    "binary-densenet37-dilated": _DENSENET28.replace(
-        epochs=80, batch_size=256, step_boundaries=(60, 70),
-        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet37Dilated",
-    ),
-    # larq-zoo TrainBinaryDenseNet45: lr 8e-3, 125 epochs, batch 384, x0.1 at 80 and 100.
-    "binary-densenet45": _DENSENET28.replace(
-        learning_rate=8e-3, epochs=125, batch_size=384, step_boundaries=(80, 100),
-        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryDenseNet45",
-    ),
-    # larq-zoo TrainBinaryResNetE18: Adam(4e-3, epsilon=1e-8), x0.3 at 70, 90, 110,
-    # 120 epochs, batch 1024.
-    "binary-resnet-e18": Recipe(
-        learning_rate=4e-3, schedule="step", step_boundaries=(70, 90, 110), step_factor=0.3,
-        adam_epsilon=1e-8, epochs=120, batch_size=1024,
-        source=f"Back to Simplicity (arXiv 1906.08637); {_LARQ_ZOO} TrainBinaryResNetE18",
-    ),
-    # larq-zoo TrainBiRealNet: Adam(5e-3) with PolynomialDecay(power=1) to 0 over 750684 steps
-    # = 300 epochs x 1281167/512 ImageNet steps, i.e. linear to 0 at the end; batch 512.
-    "birealnet18": Recipe(
-        learning_rate=5e-3, schedule="linear", epochs=300, batch_size=512,
-        source=f"Bi-Real Net (arXiv 1808.00278); {_LARQ_ZOO} TrainBiRealNet",
-    ),
-    # larq-zoo TrainBinaryAlexNet: Adam, lr 1e-2 * 0.5 ** (epoch // 10), 150 epochs, batch 512.
-    "binary-alexnet": Recipe(
-        learning_rate=1e-2, schedule="step", step_epochs=10, step_factor=0.5,
-        epochs=150, batch_size=512,
-        source=f"BinaryNet AlexNet (arXiv 1602.02830); {_LARQ_ZOO} TrainBinaryAlexNet",
-    ),
-    # larq-zoo TrainXNORNet: Adam(1e-3), 100 epochs, batch 1200, lr multiplied by
-    # 1, .5, .1, .05, .01, .005, .001, .0001 from epochs 0, 19, 30, 44, 53, 66, 76, 86.
-    "xnornet": Recipe(
-        learning_rate=1e-3, schedule="step", step_boundaries=(19, 30, 44, 53, 66, 76, 86),
-        step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001),
-        epochs=100, batch_size=1200,
-        source=f"XNOR-Net (arXiv 1603.05279); {_LARQ_ZOO} TrainXNORNet",
-    ),
-    # larq-zoo TrainDoReFaNet: Adam(2e-4, epsilon=1e-5), 90 epochs, batch 256; lr x0.2 at 60,
-    # x0.04 at 75, then from 82 x0.004 and a further x0.1 every 2 epochs.
-    "dorefanet": Recipe(
-        learning_rate=2e-4, schedule="step", step_boundaries=(60, 75, 82, 84, 86, 88),
-        step_multipliers=(1.0, 0.2, 0.04, 0.004, 4e-4, 4e-5, 4e-6),
-        adam_epsilon=1e-5, epochs=90, batch_size=256,
-        source=f"DoReFa-Net (arXiv 1606.06160); {_LARQ_ZOO} TrainDoReFaNet",
-    ),
-    # BinaryNet's reference code (github.com/MatthieuCourbariaux/BinaryNet,
-    # Train-time/cifar10.py): Adam, LR_start 1e-3 decayed every epoch by
-    # (LR_fin / LR_start) ** (1 / num_epochs) with LR_fin 3e-7, 500 epochs, batch 50 (CIFAR-10).
-    # The paper trains with a squared hinge loss; ours is cross-entropy.
-    "binarynet": Recipe(
-        learning_rate=1e-3, schedule="step", step_epochs=1,
-        step_factor=(3e-7 / 1e-3) ** (1 / 500), epochs=500, batch_size=50,
-        source="BinaryNet (arXiv 1602.02830); MatthieuCourbariaux/BinaryNet Train-time/cifar10.py",
-    ),
-}
-
-BOP_RECIPES: Dict[str, Recipe] = {
-    # Bop paper, section 5.2 (CIFAR-10 BinaryNet), hparams `bop_sec52` in
-    # github.com/plumerai/rethinking-bnn-optimization bnn_optimization/models/binarynet.py:
-    # threshold 1e-8, gamma 1e-4 decayed x0.1 every 100 epochs (50000 / 50 * 100 steps),
-    # Adam(0.01) for the other weights, batch 50. The epoch count is not in that file: omitted.
-    "binarynet": Recipe(
-        optimizer="bop", learning_rate=1e-2, bop_threshold=1e-8, bop_gamma=1e-4,
-        bop_gamma_step_epochs=100, bop_gamma_step_factor=0.1, batch_size=50,
-        source="Bop (arXiv 1906.02107) sec. 5.2; plumerai/rethinking-bnn-optimization bop_sec52",
-    ),
-}
 
 
 def paper_recipe(model_name: str, *, optimizer: str = "adam") -> Recipe:
-    """The published training recipe of a registered model.
+    """The published training recipe of a registered model, from its registry entry.
 
     Args:
         model_name: Registry name, e.g. "binary-densenet28".
-        optimizer: "bop" for the Bop paper's recipe; any other optimizer for the model
-            paper's (the caller overrides its optimizer).
+        optimizer: "bop" for the Bop paper's recipe (the entry's `bop_recipe`); any other
+            optimizer for the model paper's (its `recipe`; the caller overrides its optimizer).
 
     Returns:
-        A copy of the recipe (safe to modify).
+        A new `Recipe`: the entry's values over `Recipe`'s defaults, its `source` the entry's.
 
     Raises:
         BnnError: no published recipe for that model; the message lists those that have one.
     """
-    table = BOP_RECIPES if optimizer == "bop" else PAPER_RECIPES
+    # The registry imports every model family; only a paper recipe needs it.
+    import models
+
     if optimizer not in OPTIMIZERS:
         raise BnnError(f"Expected optimizer in {OPTIMIZERS}, got {optimizer!r}.")
+    kind = "bop_recipe" if optimizer == "bop" else "recipe"
+    table = {name: getattr(models.get_entry(name), kind) for name in models.list_models()}
+    table = {name: published for name, published in table.items() if published is not None}
     if model_name not in table:
         raise BnnError(
             f"No published {optimizer} recipe for {model_name!r}; models with one: "
             f"{', '.join(sorted(table))}. Use the default recipe or set the options yourself."
         )
-    return dataclasses.replace(table[model_name])
+    published = table[model_name]
+    return Recipe.from_dict({**published.values, "source": published.source})

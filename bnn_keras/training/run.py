@@ -6,6 +6,7 @@ A run folder holds everything needed to continue, convert or evaluate the run la
         model.keras     the trained model (`tf.keras.models.load_model` after `import bnn_keras`)
         config.json     every option used, the resolved precision, input shape, class names,
                         the input normalization, and library versions
+                        (`bnn_keras.training.config.RunRecord` writes and reads it)
         history.csv     per-epoch loss/accuracy/flip ratios (rewritten atomically every epoch)
         flips.csv       per-layer sign-flip ratios (`SignFlipTracker`), flips.png at the end
         status.json     running / interrupted / failed / finished, and epochs completed
@@ -18,6 +19,10 @@ A run folder holds everything needed to continue, convert or evaluate the run la
 
 A run is finished when model.keras and metrics.json are there for its recorded epochs; both
 are written, with the final status, in one step that Ctrl-C and SIGTERM cannot split.
+
+`train` and `resume_training` go through the same steps, one function each, with the folder
+locked: `_prepare_folder` (an unused folder, or the record and start epoch of the run to
+resume), `_load_data`, `_build`, `_compile`, `_record` (config.json), `_fit` and `_finish`.
 
 The model itself comes from a `build_model(input_shape, num_classes)` callable, so this module
 does not depend on any model family (the CLI passes `models.create_model`).
@@ -42,176 +47,16 @@ from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import files
 from bnn_keras.training import data as data_lib
 from bnn_keras.training import distribute, recipes, run_lock, signals
-from bnn_keras.training import tricks as tricks_lib
 from bnn_keras.errors import BnnError
-from bnn_keras.options import ARGUMENT, KEY_VALUE, NESTED, option
+from bnn_keras.training.config import (
+    BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE, STATUS_FILE, TENSORBOARD_DIR, RunRecord,
+    TrainConfig, resolve_recipe,
+)
 from bnn_keras.training.precision import (
-    PRECISIONS, as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
+    as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
 )
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
-STATUS_FILE = "status.json"
-BACKUP_DIR = "backup"
-TENSORBOARD_DIR = "tensorboard"
-
 BuildModel = Callable[[Tuple[int, int, int], int], tf.keras.Model]
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every option of a training run; written to `config.json`.
-
-    Each field carries its help text and choices (`bnn_keras.options.option`); `bnn train`'s
-    options are generated from them, so this class is the one place an option is described.
-    None means "the recipe's value" (or the data set's) for the recipe-dependent fields.
-    """
-
-    model: str = option(
-        "binary-densenet28", cli=ARGUMENT,
-        help="Registry name of the model (`bnn models` lists them).")
-    dataset: str = option(
-        "cifar10",
-        help="digits (bundled with scikit-learn, offline), mnist, fashion_mnist (IDX files "
-             "in --data-dir are read directly), cifar10, cifar100, imagenette, "
-             "imagenet2012 (TFDS), or folder:PATH (one sub-folder of images per class).")
-    data_dir: Optional[str] = option(
-        existing_folder=True,
-        help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
-             "IDX files such as /usr/share/datasets/fashion-mnist).")
-    manual_dir: Optional[str] = option(
-        existing_folder=True, help="Where manually downloaded archives are (imagenet2012).")
-    image_size: Optional[int] = option(
-        help="Side of the square model input [default: the data set's, 16 for digits].")
-    epochs: Optional[int] = option(help="Training epochs [default: the recipe's, else 10].")
-    batch_size: Optional[int] = option(
-        help="Global batch size, split over workers [default: the recipe's, else 64].")
-    learning_rate: Optional[float] = option(
-        aliases=("--lr",),
-        help="Peak Adam learning rate (of every weight with adam, of the float weights with "
-             "bop, of the binary weights with adam-sgd) [default: the recipe's, 1e-3 by "
-             "default]. BNNs want a low one: a high rate flips many latent weight signs per "
-             "step.")
-    float_learning_rate: Optional[float] = option(
-        aliases=("--float-lr",),
-        help="Peak SGD learning rate of the float weights with --optimizer adam-sgd "
-             "[default: the recipe's, 0.1].")
-    recipe: str = option(
-        "default", choices=("default", "paper"),
-        help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
-             "(the options here override single values).")
-    optimizer: Optional[str] = option(
-        choices=recipes.OPTIMIZERS,
-        help="adam; bop (larq's Bop for binary weights, Adam for the rest); or adam-sgd "
-             "(Adam for binary weights, SGD with momentum for the rest, QuickNet's recipe).")
-    schedule: Optional[str] = option(
-        choices=recipes.SCHEDULES,
-        help="Learning-rate decay [default: the recipe's, constant].")
-    warmup_epochs: Optional[float] = option(help="Linear learning-rate warm-up.")
-    label_smoothing: Optional[float] = option(help="Label smoothing, e.g. 0.1.")
-    weight_decay: Optional[float] = option(
-        help="L2 on full-precision kernels only (binary latent weights never decay).")
-    strategy: str = option(
-        "auto", choices=distribute.STRATEGIES,
-        help="tf.distribute strategy; multi-worker reads TF_CONFIG (one process per worker, "
-             "--batch-size is global).")
-    tricks: Dict[str, Any] = option(
-        cli=NESTED, nested=tricks_lib.Tricks, default_factory=dict,
-        help="Training tricks applied to the model's binary layers "
-             "(`bnn_keras.training.tricks.Tricks`, as recorded by `Tricks.recorded`).")
-    model_options: Dict[str, Any] = option(
-        cli=KEY_VALUE, spelled="--model-option", metavar="KEY=VALUE", default_factory=dict,
-        help="Override an option of the model's builder (repeatable; VALUE is JSON, else a "
-             "string), e.g. --model-option stage_filters=[16,32,64,128].")
-    steps_per_epoch: Optional[int] = option(
-        help="Limit each epoch to this many batches (quick experiments).")
-    validation_freq: int = option(
-        1, help="Evaluate on the test split every N epochs (and after the last one).")
-    seed: int = option(0, help="Seed for weights, shuffling and augmentation.")
-    precision: str = option(
-        "auto", choices=PRECISIONS,
-        help="Keras dtype policy; auto = mixed_bfloat16 where the CPU (AVX512-BF16/AMX) or GPU "
-             "runs bf16 natively, else float32 (emulated bf16 is ~7x slower).")
-    augment: Optional[bool] = option(
-        negatable=True, show_default=False,
-        help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
-    track_flips: bool = option(
-        True, negatable=True,
-        help="Record the fraction of latent weights whose sign flips, per binary layer and "
-             "epoch, into history.csv, flips.csv and flips.png.")
-    flip_every_n_steps: Optional[int] = option(
-        help="Also record sign flips every N training steps.")
-    flip_warn_threshold: Optional[float] = option(
-        0.05, zero_means_none=True,
-        help="Warn when the flip ratio stays above this late in training (a learning rate "
-             "that is too high); 0 disables the warning.")
-    tensorboard: bool = option(False, show_default=False,
-                               help="Write TensorBoard logs to RUN_DIR/tensorboard.")
-
-    @classmethod
-    def from_run_config(cls, run_config: Dict[str, Any]) -> "TrainConfig":
-        """The options of a run, from its config.json (extra recorded keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in run_config.items() if k in names})
-
-    def validate(self) -> None:
-        """Raises `BnnError` naming the first option that is out of range."""
-        if self.recipe not in ("default", "paper"):
-            raise BnnError(f"Expected recipe 'default' or 'paper', got {self.recipe!r}.")
-        # (field, value, lowest allowed, whether the lowest is excluded)
-        checks = [
-            ("epochs", self.epochs, 1, False),
-            ("batch_size", self.batch_size, 1, False),
-            ("learning_rate", self.learning_rate, 0, True),
-            ("float_learning_rate", self.float_learning_rate, 0, True),
-            ("image_size", self.image_size, 4, False),
-            ("steps_per_epoch", self.steps_per_epoch, 1, False),
-            ("validation_freq", self.validation_freq, 1, False),
-            ("warmup_epochs", self.warmup_epochs, 0, False),
-            ("label_smoothing", self.label_smoothing, 0, False),
-            ("weight_decay", self.weight_decay, 0, False),
-            ("flip_every_n_steps", self.flip_every_n_steps, 1, False),
-        ]
-        for name, value, lowest, exclusive in checks:
-            if value is None:
-                continue
-            if value < lowest or (exclusive and value == lowest):
-                bound = f"> {lowest}" if exclusive else f">= {lowest}"
-                raise BnnError(f"Expected {name} {bound}, got {value!r}.")
-        if self.label_smoothing is not None and self.label_smoothing >= 1:
-            raise BnnError(f"Expected label_smoothing < 1, got {self.label_smoothing!r}.")
-        resolve_precision(self.precision)
-
-
-# TrainConfig fields that override single values of the recipe when set.
-_RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
-                     "warmup_epochs", "label_smoothing", "weight_decay")
-
-
-def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
-    """The recipe a run uses and the config with every recipe-dependent value filled in.
-
-    Raises:
-        BnnError: `--recipe paper` for a model without a published recipe, or a bad value.
-    """
-    config.validate()
-    if config.recipe == "paper":
-        base = recipes.paper_recipe(config.model, optimizer=config.optimizer or "adam")
-    else:
-        base = recipes.default_recipe()
-    recipe = base.replace(**{
-        key: getattr(config, key) for key in _RECIPE_OVERRIDES if getattr(config, key) is not None
-    })
-    epochs = config.epochs or recipe.epochs or 10
-    batch_size = config.batch_size or recipe.batch_size or 64
-    recipe = recipe.replace(epochs=epochs, batch_size=batch_size)
-    resolved = dataclasses.replace(
-        config, epochs=epochs, batch_size=batch_size,
-        **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
-    )
-    return resolved, recipe
 
 
 @dataclasses.dataclass
@@ -352,19 +197,6 @@ class HistoryWriter(tf.keras.callbacks.Callback):
         files.write_text(self.path, buffer.getvalue())
 
 
-def read_run_config(run_dir: Path) -> Dict[str, Any]:
-    """The `config.json` of a run folder.
-
-    Raises:
-        BnnError: there is no readable config.json.
-    """
-    path = Path(run_dir) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BnnError(f"{path} is missing or not valid JSON ({exc.__class__.__name__}).") from None
-
-
 def library_versions() -> Dict[str, str]:
     """Versions of the stack, recorded so a run can be reproduced."""
     import larq_compute_engine
@@ -408,6 +240,8 @@ def train(
     of the last epoch stays in the finished run, so `resume_training(..., epochs=M)` can
     extend it.
 
+    Messages name the `TrainConfig` fields in backticks (`bnn_keras.options.spell_fields`).
+
     Args:
         config: The run's options.
         build_model: `build_model(input_shape, num_classes)` returning an uncompiled model.
@@ -426,33 +260,105 @@ def train(
         TrainingInterruptedError: Ctrl-C or SIGTERM during training.
         NonFiniteLossError: the loss became NaN/inf.
     """
+    return _run(config, build_model, Path(run_dir), resume=resume, previous=None, splits=splits,
+                verbose=verbose, callbacks=callbacks)
+
+
+def resume_training(
+    run_dir: Path, build_model: BuildModel, *, epochs: Optional[int] = None,
+    record: Optional[RunRecord] = None, **kwargs
+) -> TrainResult:
+    """Continues a run from its last complete epoch, with its recorded options.
+
+    Args:
+        run_dir: The run folder.
+        build_model: As for `train`.
+        epochs: A new total number of epochs (at least the completed ones): extends a finished
+            or interrupted run; recorded in config.json. None keeps the recorded number.
+        record: The run's `RunRecord`, when the caller has already read it (it is not read
+            again; a config.json that changed since is refused).
+        **kwargs: Passed on to `train`.
+
+    Raises:
+        BnnError: not a run folder, the run already finished (and `epochs` does not extend it),
+            or `epochs` is below the completed epochs.
+    """
+    run_dir = Path(run_dir)
+    record = RunRecord.read(run_dir) if record is None else record
+    config = record.config
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    return _run(config, build_model, run_dir, resume=True, previous=record, **kwargs)
+
+
+@dataclasses.dataclass
+class _Data:
+    """What the data step hands to the others: the splits, the input pipelines and sizes."""
+
+    splits: data_lib.DataSplits
+    input_shape: Tuple[int, int, int]
+    augment: bool
+    steps: int
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+
+
+def _run(config: TrainConfig, build_model: BuildModel, run_dir: Path, *, resume: bool,
+         previous: Optional[RunRecord], splits: Optional[data_lib.DataSplits] = None,
+         verbose: int = 1, callbacks: Optional[List[tf.keras.callbacks.Callback]] = None
+         ) -> TrainResult:
+    """`train` and `resume_training`: the run folder locked, then one step after the other."""
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(config.strategy)
     config, recipe = resolve_recipe(config)
-    run_dir = Path(run_dir)
     chief = distribute.is_chief(strategy)
     if chief and not resume and run_dir.is_dir():
         _refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
     # Only the chief writes the run folder, so only the chief owns it.
     lock = run_lock.RunFolderLock(run_dir, create=not resume) if chief else contextlib.nullcontext()
     with lock:
-        return _train_locked(config, recipe, strategy, build_model, run_dir, splits=splits,
-                             verbose=verbose, callbacks=callbacks, resume=resume)
+        previous, start_epoch = _prepare_folder(run_dir, config, chief, resume, previous)
+        data = _load_data(config, splits, start_epoch)
+        precision = (previous.precision_resolved if previous else None) or resolve_precision(
+            config.precision)
+        warn_if_emulated_bf16(precision)
+        model = _build(config, recipe, strategy, build_model, data, precision)
+        _compile(model, config, recipe, strategy, data.steps)
+        # Every worker trains and saves (collectives need all of them); only the chief writes
+        # the run folder, the others write into a temporary folder of their own.
+        out_dir = distribute.output_dir(run_dir, strategy)
+        if chief:
+            _record(run_dir, config, recipe, previous, start_epoch, data, precision, model,
+                    strategy)
+        fitted = _fit(model, config, recipe, strategy, data, precision, run_dir, out_dir,
+                      resume, start_epoch, verbose, callbacks)
+        metrics = _finish(model, config, data, fitted, out_dir)
+        distribute.cleanup_output_dir(out_dir, run_dir, strategy)
+    return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=fitted.history)
 
 
-def _train_locked(config, recipe, strategy, build_model, run_dir, *, splits, verbose, callbacks,
-                  resume):
-    chief = distribute.is_chief(strategy)
-    if chief and not resume:
-        # Again, now that the folder is ours: another run may have started meanwhile.
-        _refuse_used_folder(run_dir, locked_by_us=True)
-    previous = read_run_config(run_dir) if resume else {}
-    start_epoch = _check_resumable(run_dir, previous, config) if resume else 0
+def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: bool,
+                    previous: Optional[RunRecord]) -> Tuple[Optional[RunRecord], int]:
+    """Step 1, with the folder locked: the record of the run being resumed and the epoch to
+    start at (a new run: None and 0, once its folder is known to be unused)."""
+    if not resume:
+        if chief:
+            # Again, now that the folder is ours: another run may have started meanwhile.
+            _refuse_used_folder(run_dir, locked_by_us=True)
+        return None, 0
+    if previous is None:
+        previous = RunRecord.read(run_dir)
+    else:
+        previous.check_unchanged(run_dir)  # read before the lock was taken
+    return previous, _check_resumable(run_dir, previous, config)
+
+
+def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
+               start_epoch: int) -> _Data:
+    """Step 2: the data set (unless given), the input shape, and the training stream (endless,
+    one epoch after another, from `start_epoch`) and test pipeline."""
     splits = splits or data_lib.load_dataset(config.dataset, config.data_dir,
                                              manual_dir=config.manual_dir)
-
-    precision = previous.get("precision_resolved") or resolve_precision(config.precision)
-    warn_if_emulated_bf16(precision)
     input_shape = input_shape_for(config, splits)
     augment = (splits.augmentation != "none") if config.augment is None else config.augment
     pipeline_options = dict(
@@ -469,12 +375,25 @@ def _train_locked(config, recipe, strategy, build_model, run_dir, *, splits, ver
         first_epoch=start_epoch, steps_per_epoch=steps, **pipeline_options,
     )
     test_ds = data_lib.make_pipeline(splits.test, **pipeline_options)
+    return _Data(splits=splits, input_shape=input_shape, augment=augment, steps=steps,
+                 train=train_ds, test=test_ds)
 
+
+def _build(config: TrainConfig, recipe: recipes.Recipe, strategy, build_model: BuildModel,
+           data: _Data, precision: str) -> tf.keras.Model:
+    """Step 3: the model, seeded, under the run's precision, with the recipe's weight decay."""
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         with precision_policy(precision):
-            model = build_model(input_shape, splits.num_classes)
+            model = build_model(data.input_shape, data.splits.num_classes)
         recipes.add_weight_decay(model, recipe.weight_decay)
+    return model
+
+
+def _compile(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe, strategy,
+             steps: int) -> None:
+    """Step 4: the recipe's optimizer (its schedule spans all `config.epochs`) and loss."""
+    with strategy.scope():
         model.compile(
             optimizer=recipes.build_optimizer(recipe, model, steps_per_epoch=steps,
                                               epochs=config.epochs),
@@ -482,37 +401,51 @@ def _train_locked(config, recipe, strategy, build_model, run_dir, *, splits, ver
             metrics=["accuracy"],
         )
 
-    # Every worker trains and saves (collectives need all of them); only the chief writes the
-    # run folder, the others write into a temporary folder of their own.
-    out_dir = distribute.output_dir(run_dir, strategy)
-    if chief and not resume:
-        files.write_json(run_dir / CONFIG_FILE, {
-            **dataclasses.asdict(config),
-            "recipe_resolved": dataclasses.asdict(recipe),
-            "precision_resolved": precision,
-            "augment_resolved": augment,
-            "input_shape": list(input_shape),
-            "num_classes": splits.num_classes,
-            "class_names": splits.class_names,
-            "normalization": splits.normalization.to_dict(),
-            "pixel_max": getattr(splits, "pixel_max", 255.0),
-            "num_train": splits.num_train,
-            "num_test": splits.num_test,
-            "params": int(model.count_params()),
-            "workers": distribute.worker_count(strategy),
-            "versions": library_versions(),
-        })
-    elif chief and config.epochs != previous.get("epochs"):
-        # Extending (or shortening) a run is recorded: the schedule now spans the new total.
-        files.write_json(run_dir / CONFIG_FILE, {
-            **previous,
-            "epochs": config.epochs,
-            "recipe_resolved": dataclasses.asdict(recipe),
-            "epochs_changes": [*previous.get("epochs_changes", []),
-                               {"from": previous.get("epochs"), "to": config.epochs,
-                                "after_epoch": start_epoch}],
-        })
 
+def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,
+            previous: Optional[RunRecord], start_epoch: int, data: _Data, precision: str,
+            model: tf.keras.Model, strategy) -> None:
+    """Step 5: config.json, for a new run; a resume that changes the total epochs records
+    the change (the schedule now spans the new total)."""
+    if previous is None:
+        splits = data.splits
+        RunRecord(
+            config=config,
+            recipe_resolved=recipe,
+            precision_resolved=precision,
+            augment_resolved=data.augment,
+            input_shape=data.input_shape,
+            num_classes=splits.num_classes,
+            class_names=splits.class_names,
+            normalization=splits.normalization,
+            pixel_max=getattr(splits, "pixel_max", 255.0),
+            num_train=splits.num_train,
+            num_test=splits.num_test,
+            params=int(model.count_params()),
+            workers=distribute.worker_count(strategy),
+            versions=library_versions(),
+        ).write(run_dir)
+    elif config.epochs != previous.config.epochs:
+        previous.with_epochs(config.epochs, recipe, after_epoch=start_epoch).write(run_dir)
+
+
+@dataclasses.dataclass
+class _Fitted:
+    """What `fit` and the final evaluation leave for the metrics."""
+
+    history: Dict[str, List[float]]
+    epoch_seconds: List[float]
+    fit_seconds: float
+    test_loss: float
+    test_accuracy: float
+    mixed_accuracy: Optional[float]
+
+
+def _fit(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe, strategy,
+         data: _Data, precision: str, run_dir: Path, out_dir: Path, resume: bool,
+         start_epoch: int, verbose: int, callbacks) -> _Fitted:
+    """Step 6: `fit` with the run folder's callbacks, then the test accuracy of the float32
+    model; Ctrl-C, SIGTERM and a non-finite loss become a resumable folder and one error."""
     timer = EpochTimer()
     run_callbacks = [timer, *_run_callbacks(config, out_dir, run_dir / BACKUP_DIR, resume,
                                             start_epoch),
@@ -523,17 +456,17 @@ def _train_locked(config, recipe, strategy, build_model, run_dir, *, splits, ver
     started = time.perf_counter()
     with _stopping_cleanly(out_dir, status, config.epochs):
         history = model.fit(
-            train_ds,
+            data.train,
             epochs=config.epochs,
-            steps_per_epoch=steps,  # the training stream is endless (one epoch after another)
-            validation_data=test_ds,
+            steps_per_epoch=data.steps,  # the training stream is endless
+            validation_data=data.test,
             validation_freq=validation_epochs(config.epochs, config.validation_freq),
             callbacks=run_callbacks,
             verbose=verbose,
         )
         fit_seconds = time.perf_counter() - started
         _test_pause("BNN_TEST_PAUSE_AFTER_FIT")
-        test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
+        test_loss, test_accuracy = model.evaluate(data.test, verbose=0)
         mixed_accuracy = None
         if precision != "float32":
             # The deployed model computes in float32 (LCE converts a float32 copy), and in an
@@ -544,32 +477,40 @@ def _train_locked(config, recipe, strategy, build_model, run_dir, *, splits, ver
             with strategy.scope():
                 float_model = as_float32(model)
                 float_model.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
-            test_loss, test_accuracy = float_model.evaluate(test_ds, verbose=0)
-    epochs_run = len(timer.seconds)
-    images_per_epoch = min(steps * config.batch_size, splits.num_train)
+            test_loss, test_accuracy = float_model.evaluate(data.test, verbose=0)
+    return _Fitted(history=history.history, epoch_seconds=timer.seconds,
+                   fit_seconds=fit_seconds, test_loss=float(test_loss),
+                   test_accuracy=float(test_accuracy), mixed_accuracy=mixed_accuracy)
+
+
+def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fitted,
+            out_dir: Path) -> Dict[str, Any]:
+    """Step 7: the metrics, then model.keras, metrics.json and the finished status as one
+    step (`_finish_run`)."""
+    seconds = fitted.epoch_seconds
+    images_per_epoch = min(data.steps * config.batch_size, data.splits.num_train)
     # The first epoch includes tracing and compiling the train step; leave it out when
     # there are later epochs to measure the steady state on.
-    steady = timer.seconds[1:] or timer.seconds
+    steady = seconds[1:] or seconds
     accuracy_history = _read_history_column(out_dir / HISTORY_FILE, "accuracy")
     metrics = {
         # Keras' running mean over the last epoch (with augmentation when it is on).
         "train_accuracy": accuracy_history[-1] if accuracy_history else float("nan"),
         # Of the float32 model (as deployed); under mixed precision the bfloat16 model's is
         # `test_accuracy_mixed_precision` (the val_accuracy Keras reports per epoch).
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
-        "test_accuracy_mixed_precision": mixed_accuracy,
+        "test_accuracy": fitted.test_accuracy,
+        "test_loss": fitted.test_loss,
+        "test_accuracy_mixed_precision": fitted.mixed_accuracy,
         "epochs": config.epochs,
-        "epochs_this_session": epochs_run,
-        "wall_time_s": round(fit_seconds, 3),
+        "epochs_this_session": len(seconds),
+        "wall_time_s": round(fitted.fit_seconds, 3),
         # Steady-state training + validation throughput (first epoch excluded when possible).
         "images_per_s": round(images_per_epoch * len(steady) / sum(steady), 2) if steady else None,
-        "epoch_seconds": [round(t, 3) for t in timer.seconds],
+        "epoch_seconds": [round(t, 3) for t in seconds],
         "params": int(model.count_params()),
     }
     _finish_run(model, metrics, out_dir, config.epochs)
-    distribute.cleanup_output_dir(out_dir, run_dir, strategy)
-    return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=history.history)
+    return metrics
 
 
 def _refuse_used_folder(run_dir: Path, *, locked_by_us: bool = False) -> None:
@@ -577,8 +518,8 @@ def _refuse_used_folder(run_dir: Path, *, locked_by_us: bool = False) -> None:
         run_lock.check_not_busy(run_dir)
     if not run_lock.is_run_folder_empty(run_dir):
         raise BnnError(
-            f"Run folder {run_dir} already exists and is not empty; choose another --output, "
-            f"or continue it with --resume {run_dir}."
+            f"Run folder {run_dir} already exists and is not empty; choose another `run_dir`, "
+            f"or continue its run with `bnn train --resume {run_dir}`."
         )
 
 
@@ -632,30 +573,34 @@ class RunProgress:
     has_backup: bool
 
 
-def run_progress(run_dir: Path, run_config: Optional[Dict[str, Any]] = None) -> RunProgress:
+def run_progress(run_dir: Path, record: Optional[RunRecord] = None) -> RunProgress:
     """How far the run in `run_dir` got, from its files rather than from status.json.
 
     status.json is a report for people and can be stale (a process killed with SIGKILL) or
     deleted; the model, metrics and backup files are what a resume acts on.
+
+    Args:
+        run_dir: The run folder.
+        record: Its `RunRecord`, when already read (otherwise config.json is read).
     """
     run_dir = Path(run_dir)
-    run_config = read_run_config(run_dir) if run_config is None else run_config
+    record = RunRecord.read(run_dir) if record is None else record
     try:
         finished_epochs = json.loads((run_dir / METRICS_FILE).read_text()).get("epochs")
     except (OSError, ValueError, AttributeError):
         finished_epochs = None
     finished = (run_dir / MODEL_FILE).is_file() and finished_epochs is not None and (
-        finished_epochs == run_config.get("epochs"))
+        finished_epochs == record.config.epochs)
     backup_epoch = backup_next_epoch(run_dir / BACKUP_DIR)
     has_backup = backup_epoch > 0
     done = backup_epoch if has_backup else (finished_epochs or 0) if finished else 0
     return RunProgress(epochs_done=done, finished=finished, has_backup=has_backup)
 
 
-def _check_resumable(run_dir: Path, previous: Dict[str, Any], config: TrainConfig) -> int:
+def _check_resumable(run_dir: Path, previous: RunRecord, config: TrainConfig) -> int:
     """The epoch a resumed run starts at; refuses a finished run or an impossible target."""
     progress = run_progress(run_dir, previous)
-    recorded = previous.get("epochs")
+    recorded = previous.config.epochs
     if progress.finished and config.epochs == recorded:
         raise BnnError(
             f"Run {run_dir} already finished all its {recorded} epochs; nothing to resume "
@@ -668,7 +613,7 @@ def _check_resumable(run_dir: Path, previous: Dict[str, Any], config: TrainConfi
         )
     if config.epochs < progress.epochs_done:
         raise BnnError(
-            f"Run {run_dir} has {progress.epochs_done} complete epochs; expected epochs >= "
+            f"Run {run_dir} has {progress.epochs_done} complete epochs; expected `epochs` >= "
             f"{progress.epochs_done}, got {config.epochs}."
         )
     if read_status(run_dir).get("state") == "running":
@@ -679,29 +624,6 @@ def _check_resumable(run_dir: Path, previous: Dict[str, Any], config: TrainConfi
             stacklevel=3,
         )
     return progress.epochs_done
-
-
-def resume_training(
-    run_dir: Path, build_model: BuildModel, *, epochs: Optional[int] = None, **kwargs
-) -> TrainResult:
-    """Continues a run from its last complete epoch, with its recorded options.
-
-    Args:
-        run_dir: The run folder.
-        build_model: As for `train`.
-        epochs: A new total number of epochs (at least the completed ones): extends a finished
-            or interrupted run; recorded in config.json. None keeps the recorded number.
-        **kwargs: Passed on to `train`.
-
-    Raises:
-        BnnError: not a run folder, the run already finished (and `epochs` does not extend it),
-            or `epochs` is below the completed epochs.
-    """
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_run_config(read_run_config(run_dir))
-    if epochs is not None:
-        config = dataclasses.replace(config, epochs=epochs)
-    return train(config, build_model, run_dir, resume=True, **kwargs)
 
 
 def backup_next_epoch(backup_dir: Path) -> int:
@@ -809,5 +731,5 @@ def _stopping_cleanly(run_dir: Path, status: "StatusWriter", epochs: int):
         raise NonFiniteLossError(
             f"{exc}; stopped with the last good epoch ({status.completed}) kept in "
             f"{run_dir / BACKUP_DIR} (`bnn train --resume {run_dir}` retries from it; a lower "
-            "--learning-rate is the usual fix, in a new run)"
+            "`learning_rate` is the usual fix, in a new run)"
         ) from None

@@ -1,7 +1,7 @@
 """The BNN papers' training tricks as a rewrite of any functional Keras model.
 
 `apply_tricks` takes a freshly built functional model, rewrites the entries of
-`model.get_config()["layers"]` and rebuilds it with `tf.keras.Model.from_config`, so one set of
+`model.get_config()["layers"]` and rebuilds it (`bnn_keras.graph`), so one set of
 options (`bnn train MODEL --input-quantizer approx_sign --regularizer bipolar --bases 2 ...`)
 works for every registered model that can take them:
 
@@ -36,12 +36,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
+from bnn_keras import graph
 from bnn_keras import layers as bnn_layers
 from bnn_keras import quantizers as bnn_quantizers
 from bnn_keras import regularizers as bnn_regularizers
 from bnn_keras.errors import BnnError
 from bnn_keras.options import option
 from bnn_keras.binary import is_binary_layer, quantizer_bits
+from bnn_keras.training.precision import precision_policy
 
 __all__ = ["TRICKS", "OUTPUT_SCALE_NAME", "Tricks", "apply_tricks", "binary_conv_names"]
 
@@ -162,19 +164,14 @@ def _nested_models(model: tf.keras.Model) -> List[tf.keras.Model]:
     return [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
 
 
-def _entry(cls: type, config: Dict[str, Any], old: Dict[str, Any]) -> Dict[str, Any]:
-    """The functional-config entry of a `cls` layer built from `config`, wired like `old`."""
+def _build(cls: type, config: Dict[str, Any]) -> tf.keras.layers.Layer:
+    """A `cls` layer built from `config` (which names it)."""
     try:
-        layer = cls.from_config(config)
+        return cls.from_config(config)
     except (TypeError, ValueError) as error:
         raise BnnError(
-            f"Cannot rewrite layer {old['config']['name']!r} into {cls.__name__}: {error}"
+            f"Cannot rewrite layer {config['name']!r} into {cls.__name__}: {error}"
         ) from error
-    entry = tf.keras.layers.serialize(layer)
-    entry.pop("build_config", None)  # built again when the rebuilt model calls it
-    entry["name"] = old["name"]
-    entry["inbound_nodes"] = copy.deepcopy(old["inbound_nodes"])
-    return entry
 
 
 def _quantizer_config(identifier: Any, option: str, dtype: Any) -> Dict[str, Any]:
@@ -182,10 +179,10 @@ def _quantizer_config(identifier: Any, option: str, dtype: Any) -> Dict[str, Any
     try:
         quantizer = bnn_quantizers.get(identifier)
     except ValueError as error:
-        raise BnnError(f"--{option} {identifier}: {error}") from error
+        raise BnnError(f"`{option}` {identifier}: {error}") from error
     if quantizer_bits(quantizer) != 1:
         raise BnnError(
-            f"--{option} {identifier}: expected a 1-bit quantizer (ste_sign, approx_sign, "
+            f"`{option}` {identifier}: expected a 1-bit quantizer (ste_sign, approx_sign, "
             f"sign_swish), got one with precision {quantizer_bits(quantizer)}."
         )
     config = tf.keras.utils.serialize_keras_object(quantizer)
@@ -210,44 +207,29 @@ def _resolve_regularizer(regularizer: Any, factor: float) -> Any:
     try:
         resolved = bnn_regularizers.get(regularizer, factor=factor)
     except ValueError as error:
-        raise BnnError(f"--regularizer {regularizer}: {error}") from error
+        raise BnnError(f"`regularizer` {regularizer}: {error}") from error
     if not callable(resolved) and not isinstance(resolved, bnn_regularizers.BnnPlusRegularizer):
-        raise BnnError(f"--regularizer {regularizer}: expected a regularizer, got {resolved!r}.")
+        raise BnnError(f"`regularizer` {regularizer}: expected a regularizer, got {resolved!r}.")
     return resolved
 
 
 def _validate(
-    model: tf.keras.Model,
     bases: int,
     activation: Optional[str],
     regularization_factor: float,
 ) -> None:
     if not isinstance(bases, int) or isinstance(bases, bool) or bases < 1:
-        raise BnnError(f"--bases: expected an integer >= 1, got {bases!r}.")
+        raise BnnError(f"`bases`: expected an integer >= 1, got {bases!r}.")
     if activation not in _ACTIVATIONS:
-        raise BnnError(f"--activation: expected 'relu' or 'prelu', got {activation!r}.")
+        raise BnnError(f"`activation`: expected 'relu' or 'prelu', got {activation!r}.")
     try:
         factor_ok = float(regularization_factor) >= 0.0
     except (TypeError, ValueError):
         factor_ok = False
     if not factor_ok:
         raise BnnError(
-            f"--regularization-factor: expected a number >= 0, got {regularization_factor!r}."
+            f"`regularization_factor`: expected a number >= 0, got {regularization_factor!r}."
         )
-    if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
-        raise BnnError(
-            f"Model {getattr(model, 'name', model)!r} is not a functional Keras model: the "
-            "training tricks rewrite a functional model's layer graph; build it with "
-            "tf.keras.Model(inputs, outputs)."
-        )
-
-
-def _to_functional(model: tf.keras.Model) -> tf.keras.Model:
-    """A Sequential model as the equivalent functional model over the same layers."""
-    if not isinstance(model, tf.keras.Sequential):
-        return model
-    # A Sequential config lists layers without their wiring; a functional view has it.
-    return tf.keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def _rewrite_binary_conv(
@@ -260,16 +242,16 @@ def _rewrite_binary_conv(
     regularizer_option: Any,
     bases: int,
     model_name: str,
-) -> Dict[str, Any]:
+) -> tf.keras.layers.Layer:
     config = copy.deepcopy(entry["config"])
     name = config["name"]
     if input_quantizer is not None:
         config["input_quantizer"] = _quantizer_config(
-            input_quantizer, "input-quantizer", _old_quantizer_dtype(config, "input_quantizer")
+            input_quantizer, "input_quantizer", _old_quantizer_dtype(config, "input_quantizer")
         )
     if kernel_quantizer is not None:
         config["kernel_quantizer"] = _quantizer_config(
-            kernel_quantizer, "kernel-quantizer", _old_quantizer_dtype(config, "kernel_quantizer")
+            kernel_quantizer, "kernel_quantizer", _old_quantizer_dtype(config, "kernel_quantizer")
         )
 
     bnn_plus = isinstance(regularizer, bnn_regularizers.BnnPlusRegularizer)
@@ -281,13 +263,13 @@ def _rewrite_binary_conv(
     if isinstance(layer, bnn_layers.MultiBaseQuantConv2D):
         if bnn_plus:
             raise BnnError(
-                f"--regularizer {regularizer_option}: layer {name!r} of model {model_name} has "
+                f"`regularizer` {regularizer_option}: layer {name!r} of model {model_name} has "
                 f"{layer.bases} binary bases; the BNN+ scale needs a single-base convolution "
-                "(use --regularizer bipolar)."
+                "(use `regularizer` bipolar)."
             )
         if bases > 1:
             config["bases"] = bases
-        return _entry(bnn_layers.MultiBaseQuantConv2D, config, entry)
+        return _build(bnn_layers.MultiBaseQuantConv2D, config)
 
     if bnn_plus:
         # BNN+ regularizes alpha against |w|: it replaces any kernel regularizer.
@@ -296,12 +278,12 @@ def _rewrite_binary_conv(
             config["scale"] = "per_channel"
         config["scale_regularizer"] = tf.keras.utils.serialize_keras_object(regularizer)
         config["regularization_factor"] = regularizer.factor
-        return _entry(bnn_layers.ScaledQuantConv2D, config, entry)
+        return _build(bnn_layers.ScaledQuantConv2D, config)
 
     if bases > 1:
         if isinstance(layer, bnn_layers.ScaledQuantConv2D) and layer.scale is not None:
             raise BnnError(
-                f"--bases {bases}: layer {name!r} of model {model_name} is a BNN+ scaled "
+                f"`bases` {bases}: layer {name!r} of model {model_name} is a BNN+ scaled "
                 "binary convolution; multiple bases do not carry a BNN+ scale alpha."
             )
         unsupported = {
@@ -315,17 +297,17 @@ def _rewrite_binary_conv(
             unsupported["bias_initializer"] = config["bias_initializer"]
         if unsupported:
             raise BnnError(
-                f"--bases {bases}: layer {name!r} of model {model_name} uses "
+                f"`bases` {bases}: layer {name!r} of model {model_name} uses "
                 f"{unsupported}, which MultiBaseQuantConv2D does not support."
             )
         multi = {key: config[key] for key in _MULTI_BASE_ARGS if key in config}
         multi["bases"] = bases
-        return _entry(bnn_layers.MultiBaseQuantConv2D, multi, entry)
+        return _build(bnn_layers.MultiBaseQuantConv2D, multi)
 
-    return _entry(type(layer), config, entry)
+    return _build(type(layer), config)
 
 
-def _prelu_entry(entry: Dict[str, Any], layer: tf.keras.layers.Layer) -> Dict[str, Any]:
+def _prelu(entry: Dict[str, Any], layer: tf.keras.layers.Layer) -> tf.keras.layers.PReLU:
     rank = len(layer.get_output_at(0).shape)
     # One slope per channel, shared over the spatial axes (Bi-Real Net, Tang et al.).
     shared_axes = list(range(1, rank - 1)) or None
@@ -335,7 +317,7 @@ def _prelu_entry(entry: Dict[str, Any], layer: tf.keras.layers.Layer) -> Dict[st
         "trainable": entry["config"].get("trainable", True),
         "dtype": copy.deepcopy(entry["config"].get("dtype")),
     }
-    return _entry(tf.keras.layers.PReLU, config, entry)
+    return _build(tf.keras.layers.PReLU, config)
 
 
 def _insert_output_scale(config: Dict[str, Any], model: tf.keras.Model) -> None:
@@ -343,7 +325,7 @@ def _insert_output_scale(config: Dict[str, Any], model: tf.keras.Model) -> None:
     names = {layer.name for layer in model.layers}
     if OUTPUT_SCALE_NAME in names:
         raise BnnError(
-            f"--scale-output: model {model.name} already has a layer named {OUTPUT_SCALE_NAME!r}."
+            f"`scale_output`: model {model.name} already has a layer named {OUTPUT_SCALE_NAME!r}."
         )
     output_names = [item[0] for item in config["output_layers"]]
     softmax = [
@@ -352,62 +334,41 @@ def _insert_output_scale(config: Dict[str, Any], model: tf.keras.Model) -> None:
     ]
     if len(softmax) != 1:
         raise BnnError(
-            f"--scale-output: expected one softmax output in model {model.name}, found "
+            f"`scale_output`: expected one softmax output in model {model.name}, found "
             f"{len(softmax)} (outputs: {', '.join(output_names)}); the scale goes in front of "
             "the softmax."
         )
     softmax_name = softmax[0]
     softmax_layer = model.get_layer(softmax_name)
-    index = next(i for i, e in enumerate(config["layers"]) if e["name"] == softmax_name)
-    entry = config["layers"][index]
+    entry = next(e for e in config["layers"] if e["name"] == softmax_name)
 
     if _is_softmax_layer(softmax_layer):
         producers = {node[0] for call in entry["inbound_nodes"] for node in call}
         for producer in producers:
             if isinstance(model.get_layer(producer), bnn_layers.LearnableScale):
                 raise BnnError(
-                    f"--scale-output: model {model.name} already scales its logits "
+                    f"`scale_output`: model {model.name} already scales its logits "
                     f"(LearnableScale {producer!r} feeds the softmax {softmax_name!r})."
                 )
         dtype = _producer_dtype(config, producers) or entry["config"].get("dtype")
-        scale = _entry(
-            bnn_layers.LearnableScale,
-            {"name": OUTPUT_SCALE_NAME, "dtype": copy.deepcopy(dtype)},
-            {"config": {"name": OUTPUT_SCALE_NAME}, "name": OUTPUT_SCALE_NAME,
-             "inbound_nodes": entry["inbound_nodes"]},
-        )
-        entry["inbound_nodes"] = [
-            [[OUTPUT_SCALE_NAME, i, 0, {}]] for i in range(len(entry["inbound_nodes"]))
-        ]
-        config["layers"].insert(index, scale)
+        graph.insert_before(config, softmax_name, _build(
+            bnn_layers.LearnableScale, {"name": OUTPUT_SCALE_NAME, "dtype": copy.deepcopy(dtype)}))
         return
 
     # A Dense/conv with a built-in softmax: split it into logits -> scale -> softmax, the new
     # softmax taking over the model output (kept in float32 as models/common.py does).
-    calls = len(entry["inbound_nodes"])
     entry["config"]["activation"] = "linear"
-    scale = _entry(
-        bnn_layers.LearnableScale,
-        {"name": OUTPUT_SCALE_NAME, "dtype": copy.deepcopy(entry["config"].get("dtype"))},
-        {"config": {"name": OUTPUT_SCALE_NAME}, "name": OUTPUT_SCALE_NAME,
-         "inbound_nodes": [[[softmax_name, i, 0, {}]] for i in range(calls)]},
-    )
     new_softmax_name = f"{softmax_name}_softmax"
     if new_softmax_name in names:
         raise BnnError(
-            f"--scale-output: model {model.name} already has a layer named {new_softmax_name!r}."
+            f"`scale_output`: model {model.name} already has a layer named {new_softmax_name!r}."
         )
-    new_softmax = _entry(
+    graph.insert_after(config, softmax_name, _build(
+        bnn_layers.LearnableScale,
+        {"name": OUTPUT_SCALE_NAME, "dtype": copy.deepcopy(entry["config"].get("dtype"))}))
+    graph.insert_after(config, OUTPUT_SCALE_NAME, _build(
         tf.keras.layers.Activation,
-        {"name": new_softmax_name, "activation": "softmax", "dtype": "float32"},
-        {"config": {"name": new_softmax_name}, "name": new_softmax_name,
-         "inbound_nodes": [[[OUTPUT_SCALE_NAME, i, 0, {}]] for i in range(calls)]},
-    )
-    config["layers"][index + 1:index + 1] = [scale, new_softmax]
-    config["output_layers"] = [
-        [new_softmax_name, item[1], item[2]] if item[0] == softmax_name else item
-        for item in config["output_layers"]
-    ]
+        {"name": new_softmax_name, "activation": "softmax", "dtype": "float32"}))
 
 
 def _producer_dtype(config: Dict[str, Any], producers: set) -> Any:
@@ -469,7 +430,8 @@ def apply_tricks(
         - Tang, Hua, Wang, "How to Train a Compact Binary Neural Network with High
           Accuracy?", AAAI 2017.
     """
-    _validate(model, bases, activation, regularization_factor)
+    _validate(bases, activation, regularization_factor)
+    source = graph.functional(model, purpose="the training tricks")
     prelu = activation == "prelu"
     if (
         input_quantizer is None and kernel_quantizer is None and regularizer is None
@@ -482,12 +444,11 @@ def apply_tricks(
     )
     if isinstance(resolved_regularizer, bnn_regularizers.BnnPlusRegularizer) and bases > 1:
         raise BnnError(
-            f"--bases {bases} cannot be combined with --regularizer {regularizer}: the BNN+ "
-            "scale alpha belongs to a single binary kernel; use --regularizer bipolar with "
+            f"`bases` {bases} cannot be combined with `regularizer` {regularizer}: the BNN+ "
+            "scale alpha belongs to a single binary kernel; use `regularizer` bipolar with "
             "multiple bases."
         )
 
-    source = _to_functional(model)
     name = model.name
     binary = {layer.name: layer for layer in source.layers if is_binary_layer(layer)}
     relus = {layer.name: layer for layer in source.layers if _is_relu(layer)} if prelu else {}
@@ -500,10 +461,10 @@ def apply_tricks(
                 "cannot rewrite: build the model as one flat functional graph."
             )
     binary_options = [
-        (f"--input-quantizer {input_quantizer}", input_quantizer is not None),
-        (f"--kernel-quantizer {kernel_quantizer}", kernel_quantizer is not None),
-        (f"--regularizer {regularizer}", regularizer is not None),
-        (f"--bases {bases}", bases > 1),
+        (f"`input_quantizer` {input_quantizer}", input_quantizer is not None),
+        (f"`kernel_quantizer` {kernel_quantizer}", kernel_quantizer is not None),
+        (f"`regularizer` {regularizer}", regularizer is not None),
+        (f"`bases` {bases}", bases > 1),
     ]
     for flag_text, given in binary_options:
         if given and not binary:
@@ -514,19 +475,19 @@ def apply_tricks(
     if prelu and not relus:
         has_prelu = any(isinstance(layer, tf.keras.layers.PReLU) for layer in source.layers)
         raise BnnError(
-            f"--activation prelu: model {name} has no ReLU to replace"
+            f"`activation` prelu: model {name} has no ReLU to replace"
             + (" (it already uses PReLU)." if has_prelu else ".")
         )
 
     config = source.get_config()
     changed = set()
-    for i, entry in enumerate(config["layers"]):
+    for entry in list(config["layers"]):
         layer_name = entry["config"]["name"]
         if layer_name in binary and (
             input_quantizer is not None or kernel_quantizer is not None
             or regularizer is not None or bases > 1
         ):
-            config["layers"][i] = _rewrite_binary_conv(
+            graph.replace_layer(config, _rewrite_binary_conv(
                 entry,
                 binary[layer_name],
                 input_quantizer=input_quantizer,
@@ -535,30 +496,16 @@ def apply_tricks(
                 regularizer_option=regularizer,
                 bases=bases,
                 model_name=name,
-            )
+            ))
             changed.add(layer_name)
         elif layer_name in relus:
-            config["layers"][i] = _prelu_entry(entry, relus[layer_name])
+            graph.replace_layer(config, _prelu(entry, relus[layer_name]))
             changed.add(layer_name)
     if scale_output:
         _insert_output_scale(config, source)
 
     # Layers deserialized without a dtype entry would take the global policy: rebuild under
     # the policy the model was built with, whatever the caller's global policy is now.
-    previous = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(source.dtype_policy)
-    try:
-        rebuilt = tf.keras.Model.from_config(config)
-    finally:
-        tf.keras.mixed_precision.set_global_policy(previous)
-
-    for layer in source.layers:
-        if layer.name in changed or not layer.weights:
-            continue
-        target = rebuilt.get_layer(layer.name)
-        old = layer.get_weights()
-        new = target.get_weights()
-        # Keeps a seeded model's untouched layers bit-identical to the model passed in.
-        if len(old) == len(new) and all(a.shape == b.shape for a, b in zip(old, new)):
-            target.set_weights(old)
-    return rebuilt
+    # Untouched layers keep their weights, so a seeded model's stay bit-identical.
+    with precision_policy(source.dtype_policy):
+        return graph.rebuild(source, config, fresh=changed, purpose="the training tricks")

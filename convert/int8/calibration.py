@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from convert.int8.fake_quant import FakeQuant, inbound_layers, shared_range_groups
+from bnn_keras.graph import inbound_layers
+from convert.int8.fake_quant import FakeQuant, shared_range_groups
 
 
 @dataclasses.dataclass

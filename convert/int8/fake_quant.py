@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from bnn_keras import graph
 from bnn_keras.errors import BnnError
 
 FAKE_QUANT_SUFFIX = "_fq"
@@ -87,23 +88,6 @@ def _folds(layer: tf.keras.layers.Layer, follower: tf.keras.layers.Layer) -> boo
                               tf.keras.layers.DepthwiseConv2D))
 
 
-def _consumers(config: Dict[str, Any]) -> Dict[str, List[str]]:
-    """Layer name -> names of the layers that take its output (functional config)."""
-    consumers: Dict[str, List[str]] = {layer["name"]: [] for layer in config["layers"]}
-    for layer in config["layers"]:
-        for node in layer["inbound_nodes"]:
-            for inbound in _node_inputs(node):
-                consumers[inbound[0]].append(layer["name"])
-    return consumers
-
-
-def _node_inputs(node: Any) -> List[list]:
-    """The `[layer_name, node_index, tensor_index, kwargs]` entries of one inbound node."""
-    if isinstance(node, dict):  # Keras 3-style nodes; tf-keras writes lists
-        raise BnnError("Expected a tf-keras functional model config; got Keras 3 nodes.")
-    return list(node)
-
-
 def fake_quant_points(model: tf.keras.Model) -> List[str]:
     """Names of the layers whose output gets a fake-quant node.
 
@@ -113,7 +97,7 @@ def fake_quant_points(model: tf.keras.Model) -> List[str]:
     fixes its int8 output range to [0, 1) itself).
     """
     by_name = {layer.name: layer for layer in model.layers}
-    consumers = _consumers(model.get_config())
+    consumers = graph.consumers(model.get_config())
     points = []
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.InputLayer):
@@ -148,36 +132,9 @@ def with_fake_quant(config: Dict[str, Any], points: Sequence[str]) -> Dict[str, 
     if shared:
         raise BnnError(f"Expected each layer called once, but {', '.join(shared)} is shared; "
                        "int8 preparation handles plain functional models only.")
-
-    def redirect(entry: list) -> list:
-        if entry[0] in renamed:
-            return [renamed[entry[0]], 0, entry[2], *entry[3:]]
-        return entry
-
-    layers = []
-    for layer in config["layers"]:
-        layer = dict(layer)
-        layer["inbound_nodes"] = [
-            [redirect(list(entry)) for entry in _node_inputs(node)]
-            for node in layer["inbound_nodes"]
-        ]
-        layers.append(layer)
-        if layer["name"] in renamed:
-            layers.append({
-                "class_name": "bnn_keras>FakeQuant",
-                "config": {"name": renamed[layer["name"]], "trainable": True, "dtype": "float32"},
-                "name": renamed[layer["name"]],
-                "inbound_nodes": [[[layer["name"], 0, 0, {}]]],
-            })
-    config["layers"] = layers
-    config["output_layers"] = [redirect(list(entry)) for entry in config["output_layers"]]
+    for point, fq_name in renamed.items():
+        graph.insert_after(config, point, FakeQuant(name=fq_name, dtype="float32"))
     return config
-
-
-def inbound_layers(layer: tf.keras.layers.Layer) -> List[tf.keras.layers.Layer]:
-    """The layers feeding `layer`'s first call in the functional graph."""
-    inbound = layer.inbound_nodes[0].inbound_layers
-    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
 def _range_source(layer: tf.keras.layers.Layer) -> Optional["FakeQuant"]:
@@ -185,7 +142,7 @@ def _range_source(layer: tf.keras.layers.Layer) -> Optional["FakeQuant"]:
     while not isinstance(layer, FakeQuant):
         if not isinstance(layer, _SAME_SCALE):
             return None
-        layer = inbound_layers(layer)[0]
+        layer = graph.inbound_layers(layer)[0]
     return layer
 
 
@@ -209,7 +166,7 @@ def shared_range_groups(model: tf.keras.Model) -> List[List[str]]:
     for layer in model.layers:
         if not isinstance(layer, tf.keras.layers.Concatenate):
             continue
-        members = [_range_source(inbound) for inbound in inbound_layers(layer)]
+        members = [_range_source(inbound) for inbound in graph.inbound_layers(layer)]
         members += [consumer for consumer in (node.outbound_layer for node in layer.outbound_nodes)
                     if isinstance(consumer, FakeQuant)]
         names = [member.name for member in members if member is not None]

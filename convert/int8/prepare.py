@@ -6,6 +6,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from bnn_keras import graph
 from bnn_keras.errors import BnnError
 from convert.converter import as_float32, check_options, convert_to_flatbuffer
 from convert.int8.calibration import FineTune, calibrate_from, fine_tune_in_place
@@ -53,24 +54,17 @@ def prepare_int8(
                        f"got {representative_x.shape}.")
     if len(representative_x) == 0:
         raise BnnError("Expected at least one representative input.")
-    model = as_float32(model)
-    # Sequential models are functional graphs underneath; this gives their functional config.
-    functional = tf.keras.Model(model.inputs, model.outputs, name=model.name)
+    functional = graph.functional(as_float32(model), purpose="int8 preparation")
     # Concatenations share one int8 scale across their inputs: bring binary-conv outputs to
     # the range of the float features they are concatenated with (exact in float).
     functional, _ = balance_concat_ranges(functional, representative_x)
     config = with_fake_quant(functional.get_config(), fake_quant_points(functional))
-    prepared = tf.keras.Model.from_config(config)
-    for layer in functional.layers:
-        if layer.weights:
-            prepared.get_layer(layer.name).set_weights(layer.get_weights())
+    prepared = graph.rebuild(functional, config)
     calibrate_from(functional, prepared, representative_x)
     if fine_tune is not None:
         fine_tune_in_place(prepared, fine_tune)
-        twin = tf.keras.Model.from_config(functional.get_config())
-        for layer in twin.layers:
-            if layer.weights:
-                layer.set_weights(prepared.get_layer(layer.name).get_weights())
+        # The float model with the fine-tuned weights: the ranges its tensors now span.
+        twin = graph.rebuild(functional, copy_from=prepared)
         calibrate_from(twin, prepared, representative_x)
     centre_binarization_thresholds(prepared)
     return prepared

@@ -21,12 +21,13 @@ This is the cross-layer equalization idea of Nagel et al. applied to concatenati
   https://arxiv.org/abs/1906.04721)
 """
 
-import copy
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from bnn_keras import graph
 
 RESCALE_SUFFIX = "_range_scale"
 
@@ -54,11 +55,6 @@ class RangeBalance:
     skipped: Optional[str] = None
 
 
-def _inbound_names(layer_config: Dict[str, Any]) -> List[str]:
-    nodes = layer_config["inbound_nodes"]
-    return [entry[0] for entry in nodes[0]] if nodes else []
-
-
 def _commutes(layer: tf.keras.layers.Layer) -> bool:
     if isinstance(layer, tf.keras.layers.Activation):
         return tf.keras.activations.serialize(layer.activation) in ("relu", "linear")
@@ -74,14 +70,9 @@ def _absorbs(layer: tf.keras.layers.Layer) -> bool:
 
 def _candidates(model: tf.keras.Model) -> List[str]:
     """Convolutions whose only consumer is a channel concatenation."""
-    config = model.get_config()
-    consumers: Dict[str, List[str]] = {layer["name"]: [] for layer in config["layers"]}
-    for layer in config["layers"]:
-        for name in _inbound_names(layer):
-            consumers[name].append(layer["name"])
     by_name = {layer.name: layer for layer in model.layers}
     return [
-        name for name, users in consumers.items()
+        name for name, users in graph.consumers(model.get_config()).items()
         if isinstance(by_name[name], tf.keras.layers.Conv2D) and len(users) == 1
         and isinstance(by_name[users[0]], tf.keras.layers.Concatenate)
         and _commutes(by_name[users[0]])
@@ -114,8 +105,7 @@ def _channel_scales(model: tf.keras.Model, scales: Dict[str, float]
     for layer in model.layers:
         if layer.name in carried:
             continue
-        inbound = [node_layer.name for node_layer in tf.nest.flatten(
-            layer.inbound_nodes[0].inbound_layers)] if layer.inbound_nodes else []
+        inbound = [node_layer.name for node_layer in graph.inbound_layers(layer)]
         if not any(name in carried for name in inbound):
             continue
         if len(layer.inbound_nodes) > 1:
@@ -130,33 +120,6 @@ def _channel_scales(model: tf.keras.Model, scales: Dict[str, float]
             return None, (f"scaled channels reach {layer.name} ({type(layer).__name__}), "
                           "which does not commute with a per-channel scale")
     return absorbing, None
-
-
-def _with_rescaling(config: Dict[str, Any], scales: Dict[str, float]) -> Dict[str, Any]:
-    """A functional config with a `Rescaling(scale)` layer after each layer in `scales`."""
-    config = copy.deepcopy(config)
-    renamed = {name: name + RESCALE_SUFFIX for name in scales}
-    layers = []
-    for layer in config["layers"]:
-        for node in layer["inbound_nodes"]:
-            for entry in node:
-                if entry[0] in renamed:
-                    entry[0], entry[1] = renamed[entry[0]], 0
-        layers.append(layer)
-        if layer["name"] in renamed:
-            layers.append({
-                "class_name": "Rescaling",
-                "config": {"name": renamed[layer["name"]], "trainable": False,
-                           "dtype": "float32", "scale": float(scales[layer["name"]]),
-                           "offset": 0.0},
-                "name": renamed[layer["name"]],
-                "inbound_nodes": [[[layer["name"], 0, 0, {}]]],
-            })
-    config["layers"] = layers
-    for entry in config["output_layers"]:
-        if entry[0] in renamed:
-            entry[0], entry[1] = renamed[entry[0]], 0
-    return config
 
 
 def balance_concat_ranges(
@@ -187,13 +150,12 @@ def balance_concat_ranges(
     group_of: Dict[str, str] = {}
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.Concatenate):
-            inbound = [node_layer.name for node_layer in tf.nest.flatten(
-                layer.inbound_nodes[0].inbound_layers)]
+            inbound = [node_layer.name for node_layer in graph.inbound_layers(layer)]
             chained = [group_of[name] for name in inbound if name in group_of]
             group_of[layer.name] = chained[0] if chained else layer.name
     members: Dict[str, List[str]] = {}
     for name, group in group_of.items():
-        for inbound in tf.nest.flatten(by_name[name].inbound_nodes[0].inbound_layers):
+        for inbound in graph.inbound_layers(by_name[name]):
             if inbound.name not in group_of:
                 members.setdefault(group, []).append(inbound.name)
 
@@ -217,10 +179,12 @@ def balance_concat_ranges(
     if absorbing is None:
         return model, RangeBalance({}, [], skipped=reason)
 
-    balanced = tf.keras.Model.from_config(_with_rescaling(model.get_config(), scales))
-    for layer in model.layers:
-        if layer.weights:
-            balanced.get_layer(layer.name).set_weights(layer.get_weights())
+    config = model.get_config()
+    for name, factor in scales.items():
+        graph.insert_after(config, name, tf.keras.layers.Rescaling(
+            float(factor), offset=0.0, name=name + RESCALE_SUFFIX, trainable=False,
+            dtype="float32"))
+    balanced = graph.rebuild(model, config, purpose="range balancing")
     for name, factors in absorbing.items():
         _absorb_into_batch_norm(balanced.get_layer(name), factors)
     return balanced, RangeBalance(scales, sorted(absorbing))

@@ -4,8 +4,9 @@ from typing import List
 
 import tensorflow as tf
 
+from bnn_keras.graph import inbound_layers
 from bnn_keras.model_stats import is_binary_conv
-from convert.int8.fake_quant import FakeQuant, inbound_layers
+from convert.int8.fake_quant import FakeQuant
 
 
 def centre_binarization_thresholds(prepared: tf.keras.Model) -> List[str]:

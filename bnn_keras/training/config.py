@@ -1,0 +1,512 @@
+"""What a run is asked to do (`TrainConfig`) and what its folder records (`RunRecord`).
+
+`TrainConfig` holds every option of a training run; each field carries its help text and
+choices, and `bnn train`'s options are generated from them. `RunRecord` is the run folder's
+config.json: the options plus what the run resolved and measured (the recipe, the precision,
+the input shape and normalization, the class names, the library versions). config.json is
+written and read only through `RunRecord`, which validates it once, so the rest of the code
+reads typed fields instead of dictionary keys.
+
+config.json layouts (`format_version`):
+    1   bnn 0.1 and 0.2: the same keys as 2, without `format_version`.
+    2   bnn 0.3: adds `format_version`. Every key of version 1 is still written, so bnn 0.2
+        reads these files too.
+
+The file names of a run folder live here as well, so that a reader of run folders (`convert`)
+needs this module and not the training loop.
+"""
+
+import dataclasses
+import json
+import os
+import typing
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+from bnn_keras import files
+from bnn_keras.errors import BnnError
+from bnn_keras.options import ARGUMENT, KEY_VALUE, NESTED, option
+from bnn_keras.training import distribute, recipes
+from bnn_keras.training import tricks as tricks_lib
+from bnn_keras.training.data import Normalization
+from bnn_keras.training.precision import PRECISIONS, resolve_precision
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+STATUS_FILE = "status.json"
+BACKUP_DIR = "backup"
+TENSORBOARD_DIR = "tensorboard"
+
+# The config.json layout `RunRecord.write` writes; see the module docstring.
+FORMAT_VERSION = 2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of a training run; written to `config.json`.
+
+    Each field carries its help text and choices (`bnn_keras.options.option`); `bnn train`'s
+    options are generated from them, so this class is the one place an option is described.
+    None means "the recipe's value" (or the data set's) for the recipe-dependent fields.
+    """
+
+    model: str = option(
+        "binary-densenet28", cli=ARGUMENT,
+        help="Registry name of the model (`bnn models` lists them).")
+    dataset: str = option(
+        "cifar10",
+        help="digits (bundled with scikit-learn, offline), mnist, fashion_mnist (IDX files "
+             "in --data-dir are read directly), cifar10, cifar100, imagenette, "
+             "imagenet2012 (TFDS), or folder:PATH (one sub-folder of images per class).")
+    data_dir: Optional[str] = option(
+        existing_folder=True,
+        help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
+             "IDX files such as /usr/share/datasets/fashion-mnist).")
+    manual_dir: Optional[str] = option(
+        existing_folder=True, help="Where manually downloaded archives are (imagenet2012).")
+    image_size: Optional[int] = option(
+        help="Side of the square model input [default: the data set's, 16 for digits].")
+    epochs: Optional[int] = option(help="Training epochs [default: the recipe's, else 10].")
+    batch_size: Optional[int] = option(
+        help="Global batch size, split over workers [default: the recipe's, else 64].")
+    learning_rate: Optional[float] = option(
+        aliases=("--lr",),
+        help="Peak Adam learning rate (of every weight with adam, of the float weights with "
+             "bop, of the binary weights with adam-sgd) [default: the recipe's, 1e-3 by "
+             "default]. BNNs want a low one: a high rate flips many latent weight signs per "
+             "step.")
+    float_learning_rate: Optional[float] = option(
+        aliases=("--float-lr",),
+        help="Peak SGD learning rate of the float weights with --optimizer adam-sgd "
+             "[default: the recipe's, 0.1].")
+    recipe: str = option(
+        "default", choices=("default", "paper"),
+        help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
+             "(the options here override single values).")
+    optimizer: Optional[str] = option(
+        choices=recipes.OPTIMIZERS,
+        help="adam; bop (larq's Bop for binary weights, Adam for the rest); or adam-sgd "
+             "(Adam for binary weights, SGD with momentum for the rest, QuickNet's recipe).")
+    schedule: Optional[str] = option(
+        choices=recipes.SCHEDULES,
+        help="Learning-rate decay [default: the recipe's, constant].")
+    warmup_epochs: Optional[float] = option(help="Linear learning-rate warm-up.")
+    label_smoothing: Optional[float] = option(help="Label smoothing, e.g. 0.1.")
+    weight_decay: Optional[float] = option(
+        help="L2 on full-precision kernels only (binary latent weights never decay).")
+    strategy: str = option(
+        "auto", choices=distribute.STRATEGIES,
+        help="tf.distribute strategy; multi-worker reads TF_CONFIG (one process per worker, "
+             "--batch-size is global).")
+    tricks: Dict[str, Any] = option(
+        cli=NESTED, nested=tricks_lib.Tricks, default_factory=dict,
+        help="Training tricks applied to the model's binary layers "
+             "(`bnn_keras.training.tricks.Tricks`, as recorded by `Tricks.recorded`).")
+    model_options: Dict[str, Any] = option(
+        cli=KEY_VALUE, spelled="--model-option", metavar="KEY=VALUE", default_factory=dict,
+        help="Override an option of the model's builder (repeatable; VALUE is JSON, else a "
+             "string), e.g. --model-option stage_filters=[16,32,64,128].")
+    steps_per_epoch: Optional[int] = option(
+        help="Limit each epoch to this many batches (quick experiments).")
+    validation_freq: int = option(
+        1, help="Evaluate on the test split every N epochs (and after the last one).")
+    seed: int = option(0, help="Seed for weights, shuffling and augmentation.")
+    precision: str = option(
+        "auto", choices=PRECISIONS,
+        help="Keras dtype policy; auto = mixed_bfloat16 where the CPU (AVX512-BF16/AMX) or GPU "
+             "runs bf16 natively, else float32 (emulated bf16 is ~7x slower).")
+    augment: Optional[bool] = option(
+        negatable=True, show_default=False,
+        help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
+    track_flips: bool = option(
+        True, negatable=True,
+        help="Record the fraction of latent weights whose sign flips, per binary layer and "
+             "epoch, into history.csv, flips.csv and flips.png.")
+    flip_every_n_steps: Optional[int] = option(
+        help="Also record sign flips every N training steps.")
+    flip_warn_threshold: Optional[float] = option(
+        0.05, zero_means_none=True,
+        help="Warn when the flip ratio stays above this late in training (a learning rate "
+             "that is too high); 0 disables the warning.")
+    tensorboard: bool = option(False, show_default=False,
+                               help="Write TensorBoard logs to RUN_DIR/tensorboard.")
+
+    def validate(self) -> None:
+        """Raises `BnnError` naming the first option that is out of range.
+
+        The message names the field in backticks (`bnn_keras.options.spell_fields`), so that
+        `bnn train` can show its option instead.
+        """
+        if self.recipe not in ("default", "paper"):
+            raise BnnError(f"Expected `recipe` 'default' or 'paper', got {self.recipe!r}.")
+        # (field, value, lowest allowed, whether the lowest is excluded)
+        checks = [
+            ("epochs", self.epochs, 1, False),
+            ("batch_size", self.batch_size, 1, False),
+            ("learning_rate", self.learning_rate, 0, True),
+            ("float_learning_rate", self.float_learning_rate, 0, True),
+            ("image_size", self.image_size, 4, False),
+            ("steps_per_epoch", self.steps_per_epoch, 1, False),
+            ("validation_freq", self.validation_freq, 1, False),
+            ("warmup_epochs", self.warmup_epochs, 0, False),
+            ("label_smoothing", self.label_smoothing, 0, False),
+            ("weight_decay", self.weight_decay, 0, False),
+            ("flip_every_n_steps", self.flip_every_n_steps, 1, False),
+        ]
+        for name, value, lowest, exclusive in checks:
+            if value is None:
+                continue
+            if value < lowest or (exclusive and value == lowest):
+                bound = f"> {lowest}" if exclusive else f">= {lowest}"
+                raise BnnError(f"Expected `{name}` {bound}, got {value!r}.")
+        if self.label_smoothing is not None and self.label_smoothing >= 1:
+            raise BnnError(f"Expected `label_smoothing` < 1, got {self.label_smoothing!r}.")
+        resolve_precision(self.precision)
+
+
+# TrainConfig fields that override single values of the recipe when set.
+_RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
+                     "warmup_epochs", "label_smoothing", "weight_decay")
+
+
+def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
+    """The recipe a run uses and the config with every recipe-dependent value filled in.
+
+    Raises:
+        BnnError: `recipe="paper"` for a model without a published recipe, or a bad value.
+    """
+    config.validate()
+    if config.recipe == "paper":
+        base = recipes.paper_recipe(config.model, optimizer=config.optimizer or "adam")
+    else:
+        base = recipes.default_recipe()
+    recipe = base.replace(**{
+        key: getattr(config, key) for key in _RECIPE_OVERRIDES if getattr(config, key) is not None
+    })
+    epochs = config.epochs or recipe.epochs or 10
+    batch_size = config.batch_size or recipe.batch_size or 64
+    recipe = recipe.replace(epochs=epochs, batch_size=batch_size)
+    resolved = dataclasses.replace(
+        config, epochs=epochs, batch_size=batch_size,
+        **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
+    )
+    return resolved, recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochsChange:
+    """A resume that changed a run's total epochs (recorded as {"from", "to", "after_epoch"}).
+
+    Attributes:
+        old: The total before (None when the record did not say).
+        new: The total after.
+        after_epoch: Complete epochs when it changed.
+    """
+
+    old: Optional[int]
+    new: int
+    after_epoch: int
+
+    def to_dict(self) -> Dict[str, Optional[int]]:
+        return {"from": self.old, "to": self.new, "after_epoch": self.after_epoch}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "EpochsChange":
+        if set(values) != {"from", "to", "after_epoch"}:
+            raise ValueError("an object with from, to and after_epoch")
+        return cls(old=values["from"], new=values["to"], after_epoch=values["after_epoch"])
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """A run folder's config.json: the run's options and what it resolved and measured.
+
+    Read it with `RunRecord.read(run_dir)` and write it with `write(run_dir)`; `to_dict` is
+    the file's content. The options are the flat `TrainConfig` keys of the file (a missing
+    one takes its default, as bnn has always read them).
+
+    Attributes:
+        config: The run's options, recipe-dependent values resolved.
+        input_shape: The model input (height, width, channels).
+        num_classes: Model outputs.
+        class_names: One name per output.
+        normalization: Per-channel mean and standard deviation on raw pixels.
+        pixel_max: The raw pixel maximum (16 for digits, 255 otherwise); None if not recorded.
+        recipe_resolved: The recipe the run trained with.
+        precision_resolved: "float32" or "mixed_bfloat16" (what `precision="auto"` became).
+        augment_resolved: Whether the training images were augmented.
+        num_train: Training examples.
+        num_test: Test examples.
+        params: Model parameters.
+        workers: tf.distribute workers.
+        versions: Library versions the run trained with.
+        epochs_changes: Resumes that changed the total epochs, oldest first.
+        extra: Keys this version does not know, kept as they were and written back.
+        format_version: The layout of the file this record was read from (1: bnn 0.1/0.2);
+            `write` always writes `FORMAT_VERSION`.
+    """
+
+    config: TrainConfig
+    input_shape: Tuple[int, int, int]
+    num_classes: int
+    class_names: List[str]
+    normalization: Normalization
+    pixel_max: Optional[float] = None
+    recipe_resolved: Optional[recipes.Recipe] = None
+    precision_resolved: Optional[str] = None
+    augment_resolved: Optional[bool] = None
+    num_train: Optional[int] = None
+    num_test: Optional[int] = None
+    params: Optional[int] = None
+    workers: Optional[int] = None
+    versions: Optional[Dict[str, str]] = None
+    epochs_changes: List[EpochsChange] = dataclasses.field(default_factory=list)
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, run_dir: Union[str, os.PathLike]) -> "RunRecord":
+        """The config.json of `run_dir`, validated.
+
+        Raises:
+            BnnError: one line naming the file and what is wrong with it: missing, not JSON,
+                a newer layout, a missing field or a field of the wrong type.
+        """
+        path = Path(run_dir) / CONFIG_FILE
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise BnnError(f"{path} does not exist: {run_dir} is not a run folder written by "
+                           "`bnn train`.") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BnnError(f"{path} cannot be read ({exc.__class__.__name__}).") from None
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BnnError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                           f"{exc.colno}); restore it, or start a new run.") from None
+        record = cls.from_dict(values, source=str(path))
+        record._stamp = _stamp(path)
+        return record
+
+    @classmethod
+    def from_dict(cls, values: Any, *, source: str = CONFIG_FILE) -> "RunRecord":
+        """A record from config.json's content (`source` names the file in messages).
+
+        Raises:
+            BnnError: as `read`.
+        """
+        if not isinstance(values, dict):
+            raise BnnError(f"{source} does not hold a JSON object.")
+        version = values.get("format_version", 1)
+        if not _matches(version, int) or version < 1:
+            raise BnnError(f"{source}: expected field 'format_version' to be an integer >= 1, "
+                           f"got {version!r}.")
+        if version > FORMAT_VERSION:
+            raise BnnError(f"{source} has format_version {version}, newer than this bnn reads "
+                           f"(up to {FORMAT_VERSION}); upgrade bnn to use this run folder.")
+        missing = [name for name in _REQUIRED if name not in values]
+        if missing:
+            raise BnnError(f"{source}: missing field {missing[0]!r}; it is not a config.json "
+                           "written by `bnn train`.")
+
+        options = {}
+        for field in dataclasses.fields(TrainConfig):
+            if field.name in values:
+                options[field.name] = _field(source, field.name, values[field.name], field.type)
+        _field(source, "tricks", options.get("tricks", {}), Dict[str, Any], _tricks)
+        facts: Dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name in values and field.name not in _NOT_IN_FILE:
+                facts[field.name] = _field(source, field.name, values[field.name],
+                                           _JSON_TYPES.get(field.name, field.type),
+                                           _PARSERS.get(field.name))
+        known = {"format_version", *options, *facts}
+        extra = {k: v for k, v in values.items() if k not in known}
+        return cls(config=TrainConfig(**options), extra=extra, format_version=version, **facts)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """config.json's content: the options, then what the run recorded (unrecorded facts,
+        and an empty `epochs_changes`, are left out as bnn 0.1/0.2 left them out)."""
+        values = {**self.extra, **dataclasses.asdict(self.config)}
+        for field in dataclasses.fields(self):
+            if field.name in _NOT_IN_FILE:
+                continue
+            value = getattr(self, field.name)
+            if value is None or (field.name == "epochs_changes" and not value):
+                continue
+            values[field.name] = _FORMATTERS.get(field.name, _plain)(value)
+        values["format_version"] = FORMAT_VERSION
+        return values
+
+    def write(self, run_dir: Union[str, os.PathLike]) -> Path:
+        """Writes config.json into `run_dir` atomically; returns its path."""
+        path = files.write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+        self._stamp = _stamp(path)
+        return path
+
+    def with_epochs(self, epochs: int, recipe: recipes.Recipe, after_epoch: int) -> "RunRecord":
+        """The record of the run extended (or shortened) to `epochs` after `after_epoch`
+        complete epochs: its schedule now spans the new total."""
+        return dataclasses.replace(
+            self, config=dataclasses.replace(self.config, epochs=epochs), recipe_resolved=recipe,
+            epochs_changes=[*self.epochs_changes,
+                            EpochsChange(old=self.config.epochs, new=epochs,
+                                         after_epoch=after_epoch)],
+        )
+
+    def check_unchanged(self, run_dir: Union[str, os.PathLike]) -> None:
+        """Refuses to go on when config.json changed since this record was read or written
+        (another process extended the run meanwhile): decisions made on it would be stale.
+
+        Raises:
+            BnnError: the file's size, modification time or inode differ.
+        """
+        stamp = getattr(self, "_stamp", None)
+        path = Path(run_dir) / CONFIG_FILE
+        if stamp is not None and _stamp(path) != stamp:
+            raise BnnError(f"{path} changed while this command was starting (did another "
+                           "process resume the run?); run the command again.")
+
+
+def read_run_config(run_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Deprecated since bnn 0.3 (kept for one release): `RunRecord.read(run_dir).to_dict()`."""
+    warnings.warn("read_run_config is deprecated; use RunRecord.read(run_dir)",
+                  DeprecationWarning, stacklevel=2)
+    return RunRecord.read(run_dir).to_dict()
+
+
+# Fields bnn 0.1 already wrote in every config.json, and which readers cannot do without.
+_REQUIRED = ("model", "dataset", "input_shape", "num_classes", "class_names", "normalization")
+# RunRecord attributes that are not keys of the file.
+_NOT_IN_FILE = ("config", "extra", "format_version")
+
+
+def _shape(values: List[int]) -> Tuple[int, int, int]:
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError("a list of 3 positive integers (height, width, channels)")
+    return tuple(values)
+
+
+def _normalization(values: Dict[str, List[float]]) -> Normalization:
+    if set(values) != {"mean", "std"} or not values["mean"] or (
+            len(values["mean"]) != len(values["std"])):
+        raise ValueError("an object with lists mean and std of the same length")
+    return Normalization.from_dict(values)
+
+
+def _epochs_changes(values: List[Dict[str, Optional[int]]]) -> List[EpochsChange]:
+    return [EpochsChange.from_dict(item) for item in values]
+
+
+def _tricks(values: Dict[str, Any]) -> tricks_lib.Tricks:
+    try:
+        return tricks_lib.Tricks.from_recorded(values)
+    except TypeError:
+        names = ", ".join(tricks_lib.TRICKS)
+        raise ValueError(f"an object with some of {names}") from None
+
+
+def _recipe(values: Optional[Dict[str, Any]]) -> Optional[recipes.Recipe]:
+    if values is None:
+        return None
+    try:
+        return recipes.Recipe.from_dict(values)
+    except BnnError as exc:
+        raise ValueError(f"a recipe ({exc})") from None
+
+
+# How a field looks in the file when that differs from its type in RunRecord, how it is read
+# (a parser raises ValueError saying what it expected), and how it is written.
+_JSON_TYPES: Dict[str, Any] = {
+    "input_shape": List[int],
+    "normalization": Dict[str, List[float]],
+    "recipe_resolved": Optional[Dict[str, Any]],
+    "epochs_changes": List[Dict[str, Optional[int]]],
+}
+_PARSERS: Dict[str, Callable[[Any], Any]] = {
+    "input_shape": _shape,
+    "normalization": _normalization,
+    "recipe_resolved": _recipe,
+    "epochs_changes": _epochs_changes,
+}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+_FORMATTERS: Dict[str, Callable[[Any], Any]] = {
+    "normalization": lambda n: n.to_dict(),
+    "recipe_resolved": dataclasses.asdict,
+    "epochs_changes": lambda changes: [change.to_dict() for change in changes],
+}
+
+
+def _field(source: str, name: str, value: Any, annotation: Any,
+           parse: Optional[Callable[[Any], Any]] = None) -> Any:
+    """`value` of field `name` checked against `annotation` (and parsed), or a BnnError."""
+    expected = _described(annotation)
+    if _matches(value, annotation):
+        if parse is None:
+            return value
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            expected = str(exc) if isinstance(exc, ValueError) else expected
+    raise BnnError(f"{source}: expected field {name!r} to be {expected}, got "
+                   f"{_shown(value)}.")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a type annotation (Optional, int, float, str, bool, Any,
+    Dict[str, X], List[X])."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin is Union:
+        return any(_matches(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _matches(v, args[1]) for k, v in value.items())
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    raise TypeError(f"no JSON check for {annotation!r}")  # a field type this module forgot
+
+
+def _described(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return " or ".join(_described(arg) for arg in args)
+    if origin is dict:
+        return "an object"
+    if origin is list:
+        return f"a list of {_described(args[0]).split(' ', 1)[-1]}s"
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
+            str: "a string"}.get(annotation, str(annotation))
+
+
+def _stamp(path: Path) -> Optional[Tuple[int, int, int]]:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ino
