@@ -15,10 +15,10 @@ LCE's converter nor the data sets:
     report = convert_trained_model("runs/digits", output="model.tflite")
 """
 
-import importlib
-from typing import Any, Dict, List
+from typing import Dict
 
 import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from bnn_keras._lazy import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS: Dict[str, str] = {
@@ -42,15 +42,4 @@ _EXPORTS: Dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'convert' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports("convert", _EXPORTS, globals())

@@ -19,6 +19,10 @@ from click.testing import CliRunner  # noqa: E402
 
 import bnn_keras  # noqa: E402,F401
 
+# The repository, and the files that earlier versions of bnn wrote (tests/fixtures/vX.Y).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
 DIGITS_IMAGE_SIZE = 16
 TRAIN_ARGS = [
     "train", "binary-densenet28", "--dataset", "digits", "--image-size", str(DIGITS_IMAGE_SIZE),

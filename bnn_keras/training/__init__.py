@@ -14,8 +14,9 @@ can be used without loading the data sets:
     from bnn_keras.training import TrainConfig, train
 """
 
-import importlib
-from typing import Any, Dict, List
+from typing import Dict
+
+from bnn_keras._lazy import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS: Dict[str, str] = {
@@ -33,15 +34,4 @@ _EXPORTS: Dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bnn_keras.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports("bnn_keras.training", _EXPORTS, globals())

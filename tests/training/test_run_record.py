@@ -17,9 +17,8 @@ from bnn_keras.errors import BnnError
 from bnn_keras.training.config import FORMAT_VERSION, EpochsChange, RunRecord
 from bnn_keras.training.data import Normalization
 from bnn_keras.training.recipes import Recipe
-from tests.conftest import invoke
+from tests.conftest import FIXTURES, invoke
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OLD_RUNS = [FIXTURES / version / run for version in ("v0.1", "v0.2")
             for run in ("finished_run", "interrupted_run")]
 

@@ -1,4 +1,4 @@
-"""One worker of the two-process MultiWorkerMirroredStrategy test (run by test_distribute.py).
+"""One worker of the two-process MultiWorkerMirroredStrategy test (test_distribute.py, beside it).
 
 Usage: TF_CONFIG=... python _multiworker_worker.py RUN_DIR WEIGHTS_NPZ [OPTIMIZER]
 

@@ -3,20 +3,20 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO_ROOT
 
 
 def test_from_python_example_runs(tmp_path):
-    readme = (ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     section = readme[readme.index("## From Python"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=900, env={"PYTHONPATH": str(ROOT),
+                            text=True, timeout=900, env={"PYTHONPATH": str(REPO_ROOT),
                                                          **_environment()})
     assert result.returncode == 0, result.stderr[-3000:]
     # The report's agreement line, then the Flatbuffer's own reading of the written file.
+    assert "3 (16, 16, 1) " in result.stdout  # the run's record: epochs, input shape, params
     assert "top-1 agreement 100.00%" in result.stdout
     assert "23 ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']" in result.stdout
     assert (tmp_path / "model.tflite").is_file() and (tmp_path / "runs" / "digits").is_dir()

@@ -24,7 +24,7 @@ import tensorflow as tf
 from bnn_keras import files
 from bnn_keras.training import data
 from bnn_keras.errors import BnnError, storage_error_message
-from tests.conftest import invoke, tiny_lce_model
+from tests.conftest import REPO_ROOT, invoke, tiny_lce_model
 
 EXIT_USER_ERROR = 2
 
@@ -374,7 +374,7 @@ def test_probe_connects_once_and_can_be_redirected_or_switched_off(monkeypatch):
 def _python(code: str):
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=environment, timeout=300, cwd=Path(__file__).parent.parent)
+                          env=environment, timeout=300, cwd=REPO_ROOT)
 
 
 def test_tensorflow_imported_first_then_bnn_keras_works():
@@ -473,7 +473,7 @@ def test_offline_error_is_the_only_line_on_stderr(tmp_path):
         [sys.executable, "-c", "import cli; cli.main()", "train", "binarynet", "--dataset",
          "mnist", "--data-dir", str(empty), "--epochs", "1", "-o", str(tmp_path / "run")],
         capture_output=True, text=True, env=env, timeout=300,
-        cwd=Path(__file__).resolve().parents[1])
+        cwd=REPO_ROOT)
     assert result.returncode == EXIT_USER_ERROR, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(

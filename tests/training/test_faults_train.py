@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import invoke
+from tests.conftest import REPO_ROOT, invoke
 
 TINY_QUICKNET = [
     "train", "quicknet", "--dataset", "digits", "--model-option", "section_filters=[8,8,16,16]",
@@ -33,7 +33,7 @@ def start_bnn(args, **env):
     return subprocess.Popen(
         [*BNN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **{k: str(v) for k, v in env.items()}},
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO_ROOT,
     )
 
 

@@ -12,9 +12,9 @@ from typing import Dict, List, Set
 
 import pytest
 
-from conftest import invoke, tiny_lce_model
+from tests.conftest import REPO_ROOT, invoke, tiny_lce_model
 
-CONVERT = Path(__file__).resolve().parent.parent / "convert"
+CONVERT = REPO_ROOT / "convert"
 
 
 def _module_name(path: Path) -> str:
