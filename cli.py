@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import click
 
@@ -613,6 +613,7 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
     their parameter count, binarized-MAC fraction and size with 1-bit binary weights."""
     import models
     import tensorflow as tf
+    from models.input_size import input_too_small_error, is_input_too_small
     from tqdm import tqdm
 
     names = models.list_models(pattern)
@@ -624,7 +625,7 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
         try:
             stats = models.describe(name, input_shape=shape, num_classes=num_classes)
         except ValueError as exc:
-            if not _is_shape_error(exc):
+            if not is_input_too_small(exc):
                 raise
             too_small.append((name, exc))
             tf.keras.backend.clear_session()
@@ -633,7 +634,7 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
                      f"{stats.size_bytes / 2**20:.2f} MiB", f"{stats.compression_ratio:.1f}x"))
         tf.keras.backend.clear_session()  # 14 ImageNet-size graphs would pile up in memory
     if not rows:  # one model, or all of them: say what size works
-        raise _too_small_error(*too_small[0], input_shape, num_classes)
+        raise input_too_small_error(*too_small[0], shape, num_classes)
     click.echo(f"Models at {'x'.join(map(str, shape))}, {num_classes} classes:")
     _echo_table(rows, ("model", "params", "binary MACs", "size (1-bit)", "vs float32"))
     if too_small:
@@ -675,6 +676,7 @@ def _model_from(source: str, input_shape: str, num_classes: int):
     """A Keras model from a run folder, a model file, or a registry name."""
     import models
     from convert.loading import load_trained_model
+    from models.input_size import input_too_small_error, is_input_too_small
 
     if Path(source).exists():
         return load_trained_model(source).model
@@ -683,74 +685,10 @@ def _model_from(source: str, input_shape: str, num_classes: int):
         try:
             return models.create_model(source, input_shape=shape, num_classes=num_classes)
         except ValueError as exc:
-            if not _is_shape_error(exc):
+            if not is_input_too_small(exc):
                 raise
-            raise _too_small_error(source, exc, input_shape, num_classes) from None
+            raise input_too_small_error(source, exc, shape, num_classes) from None
     return load_trained_model(source).model  # raises the missing-file error
-
-
-# How Keras says that a layer's output would have a side <= 0 (pooling, valid convolutions).
-_SHAPE_ERROR_MARKERS = ("Negative dimension size", "increasing the input size",
-                        "zero or negative value in a dimension")
-# Seconds `_smallest_square_side` may spend building the model at other sizes.
-_SMALLEST_SIDE_BUDGET_S = 10.0
-
-
-def _is_shape_error(exc: ValueError) -> bool:
-    return any(marker in str(exc) for marker in _SHAPE_ERROR_MARKERS)
-
-
-def _smallest_square_side(name: str, shape: Tuple[int, int, int],
-                          num_classes: int) -> Optional[int]:
-    """The smallest side S for which MODEL builds at S,S,C, or None if not found in time.
-
-    Building fails fast where the feature maps vanish and takes ~1 s where it works, so a
-    doubling search then a bisection costs a few seconds. Side lengths work from some minimum
-    on (every layer's output grows with its input), which the bisection relies on.
-    """
-    import time
-
-    import models
-    import tensorflow as tf
-
-    deadline = time.monotonic() + _SMALLEST_SIDE_BUDGET_S
-
-    def builds(side: int) -> bool:
-        try:
-            models.create_model(name, input_shape=(side, side, shape[2]),
-                                num_classes=num_classes)
-            return True
-        except ValueError as exc:
-            if not _is_shape_error(exc):
-                raise
-            return False
-        finally:
-            tf.keras.backend.clear_session()
-
-    low = min(shape[:2])  # fails: a square of the shorter side is no larger than the input
-    high = max(2 * low, 2)
-    while not builds(high):
-        low, high = high, 2 * high
-        if high > 4096 or time.monotonic() > deadline:
-            return None
-    while high - low > 1:
-        if time.monotonic() > deadline:
-            return None
-        middle = (low + high) // 2
-        low, high = (low, middle) if builds(middle) else (middle, high)
-    return high
-
-
-def _too_small_error(name: str, exc: ValueError, input_shape: str,
-                     num_classes: int) -> BnnError:
-    """The BnnError for an --input-shape whose feature maps shrink to nothing in MODEL."""
-    shape = _parse_shape(input_shape)
-    keras_says = first_line(exc)
-    side = _smallest_square_side(name, shape, num_classes)
-    works = (f"the smallest that works is --input-shape {side},{side},{shape[2]}" if side
-             else "try a larger one")
-    return BnnError(f"--input-shape {input_shape} is too small for {name}: {works} "
-                    f"(Keras: {keras_says})")
 
 
 @main.command("inspect")

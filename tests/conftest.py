@@ -100,3 +100,31 @@ def digits_tflite(digits_convert) -> Path:
 @pytest.fixture(scope="session")
 def digits_flatbuffer(digits_tflite) -> bytes:
     return digits_tflite.read_bytes()
+
+
+def tiny_bnn(input_shape, num_classes):
+    """A stem conv and one binary conv: a BNN that trains a few steps in a second."""
+    import larq as lq
+    import tensorflow as tf
+
+    inputs = tf.keras.Input(input_shape)
+    x = tf.keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = tf.keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = lq.layers.QuantConv2D(16, 3, padding="same", pad_values=1.0, use_bias=False,
+                              input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                              kernel_constraint="weight_clip", name="bconv")(x)
+    x = tf.keras.layers.BatchNormalization(name="bconv_bn")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    x = tf.keras.layers.Dense(num_classes, name="dense")(x)
+    outputs = tf.keras.layers.Activation("softmax", dtype="float32")(x)
+    return tf.keras.Model(inputs, outputs)
+
+
+def tiny_config(**overrides):
+    """A TrainConfig for `tiny_bnn` on 8x8 digits: 3 epochs of 4 steps."""
+    options = dict(model="tiny", dataset="digits", image_size=8, epochs=3, steps_per_epoch=4,
+                   batch_size=16, learning_rate=1e-2, precision="float32", seed=0)
+    options.update(overrides)
+    from bnn_keras import training
+
+    return training.TrainConfig(**options)

@@ -2,7 +2,9 @@
 
 Nothing here is part of the Keras plugin (`import bnn_keras` loads none of it). One module each:
 `config` (`TrainConfig`, the options of a run, and `RunRecord`, its folder's config.json),
-`run` (train and resume: the run folder, its lock, its callbacks), `data` (data sets, the input
+`run` (train and resume as small steps, with the folder locked), `run_callbacks` (the Keras
+callbacks that keep the folder complete and resumable), `progress` (how far a folder got, read
+from its files), `data` (data sets, the input
 pipeline and its normalization), `recipes` (optimizers, schedules and losses of the papers),
 `tricks` (training tricks that rewrite a model), `precision` (float32 or mixed bfloat16),
 `distribute` (one or several workers), `baselines` (the float copy of a BNN), `run_lock` and
@@ -26,10 +28,15 @@ _EXPORTS: Dict[str, str] = {
          "TrainConfig", "read_run_config", "resolve_recipe"],
         "bnn_keras.training.config"),
     **dict.fromkeys(
-        ["HistoryWriter", "NonFiniteLossError", "RunProgress", "TrainResult",
-         "TrainingInterruptedError", "library_versions", "read_status", "resume_training",
-         "run_progress", "train", "validation_epochs"],
+        ["TrainResult", "TrainingInterruptedError", "library_versions", "resume_training",
+         "train", "validation_epochs"],
         "bnn_keras.training.run"),
+    **dict.fromkeys(
+        ["HistoryWriter", "NonFiniteLossError", "StatusWriter", "read_status",
+         "run_folder_callbacks", "write_status"],
+        "bnn_keras.training.run_callbacks"),
+    **dict.fromkeys(["RunProgress", "check_resumable", "run_progress"],
+                    "bnn_keras.training.progress"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,29 +31,28 @@ does not depend on any model family (the CLI passes `models.create_model`).
 import contextlib
 import csv
 import dataclasses
-import io
-import json
-import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from bnn_keras import callbacks as callbacks_lib
 from bnn_keras import files
+from bnn_keras.errors import BnnError
 from bnn_keras.training import data as data_lib
 from bnn_keras.training import distribute, recipes, run_lock, signals
-from bnn_keras.errors import BnnError
 from bnn_keras.training.config import (
-    BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE, STATUS_FILE, TENSORBOARD_DIR, RunRecord,
-    TrainConfig, resolve_recipe,
+    BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RunRecord, TrainConfig, resolve_recipe,
 )
 from bnn_keras.training.precision import (
     as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
+)
+from bnn_keras.training.progress import check_resumable
+from bnn_keras.training.run_callbacks import (
+    CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter, run_folder_callbacks,
+    write_status,
 )
 
 BuildModel = Callable[[Tuple[int, int, int], int], tf.keras.Model]
@@ -73,128 +72,6 @@ class TrainingInterruptedError(BnnError):
     """Ctrl-C or SIGTERM during `fit`; the last complete epoch is kept for `--resume`."""
 
     exit_code = 130  # the shell's convention for SIGINT
-
-
-class NonFiniteLossError(BnnError):
-    """The loss became NaN or infinite; training stopped before saving that state."""
-
-
-class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
-    """Raises `NonFiniteLossError` at the first non-finite batch loss.
-
-    Unlike Keras' TerminateOnNaN, which lets the epoch finish (so BackupAndRestore would then
-    save the NaN weights as the newest checkpoint), raising leaves the last good epoch as the
-    newest checkpoint.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(
-                f"The loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
-            )
-
-
-class StatusWriter(tf.keras.callbacks.Callback):
-    """Keeps status.json at the number of completed epochs while training runs.
-
-    The running status names the process (`pid`), so a status left behind by a process that
-    was killed outright can be told from a live one.
-    """
-
-    def __init__(self, run_dir: Path, epochs: int, completed: int = 0):
-        super().__init__()
-        self.run_dir = Path(run_dir)
-        self.epochs = epochs
-        self.completed = completed
-
-    def on_train_begin(self, logs=None) -> None:
-        write_status(self.run_dir, "running", self.completed, self.epochs, pid=os.getpid())
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.completed = epoch + 1
-        write_status(self.run_dir, "running", self.completed, self.epochs, pid=os.getpid())
-
-
-def write_status(run_dir: Path, state: str, completed: int, epochs: int, **extra) -> None:
-    """Writes status.json: `state` is running, interrupted, failed or finished."""
-    files.write_json(Path(run_dir) / STATUS_FILE,
-                     {"state": state, "epochs_completed": completed, "epochs": epochs, **extra})
-
-
-def read_status(run_dir: Path) -> Dict[str, Any]:
-    """status.json of a run folder ({} when there is none)."""
-    try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-class EpochTimer(tf.keras.callbacks.Callback):
-    """Wall time of each epoch, to report throughput without the first epoch's graph tracing."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds: List[float] = []
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
-
-
-class CompactProgbar(tf.keras.callbacks.ProgbarLogger):
-    """Keras' progress bar without the per-layer flip ratios (they stay in the logs, so
-    History and history.csv keep them; the bar shows only their total)."""
-
-    @staticmethod
-    def _compact(logs):
-        return {k: v for k, v in (logs or {}).items()
-                if not k.startswith("flip_ratio/") or k == callbacks_lib.TOTAL_KEY}
-
-    def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, self._compact(logs))
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, self._compact(logs))
-
-
-class HistoryWriter(tf.keras.callbacks.Callback):
-    """Rewrites `history.csv` atomically after every epoch, so it is never half-written.
-
-    A resumed run starts from the rows already in the file; rows of epochs trained again are
-    replaced, so the file always holds one row per completed epoch.
-    """
-
-    def __init__(self, path: Path, resume: bool = False):
-        super().__init__()
-        self.path = Path(path)
-        self.rows: List[Dict[str, float]] = []
-        if resume and self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [{k: float(v) for k, v in row.items() if v not in (None, "")}
-                             for row in csv.DictReader(f)]
-
-    def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
-        self.rows = [row for row in self.rows if row["epoch"] <= epoch]
-        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(
-            {k: int(v) if k == "epoch" else v for k, v in row.items()} for row in self.rows
-        )
-        files.write_text(self.path, buffer.getvalue())
 
 
 def library_versions() -> Dict[str, str]:
@@ -350,7 +227,7 @@ def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: boo
         previous = RunRecord.read(run_dir)
     else:
         previous.check_unchanged(run_dir)  # read before the lock was taken
-    return previous, _check_resumable(run_dir, previous, config)
+    return previous, check_resumable(run_dir, previous, config)
 
 
 def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
@@ -447,8 +324,8 @@ def _fit(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe, str
     """Step 6: `fit` with the run folder's callbacks, then the test accuracy of the float32
     model; Ctrl-C, SIGTERM and a non-finite loss become a resumable folder and one error."""
     timer = EpochTimer()
-    run_callbacks = [timer, *_run_callbacks(config, out_dir, run_dir / BACKUP_DIR, resume,
-                                            start_epoch),
+    run_callbacks = [timer, *run_folder_callbacks(config, out_dir, run_dir / BACKUP_DIR,
+                                                  resume, start_epoch),
                      *(callbacks or [])]
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
@@ -557,90 +434,6 @@ def _test_pause(variable: str) -> None:
         time.sleep(float(seconds))
 
 
-@dataclasses.dataclass(frozen=True)
-class RunProgress:
-    """How far a run folder got.
-
-    Attributes:
-        epochs_done: Complete epochs (from the epoch backup, else from a finished run's
-            metrics.json, else 0).
-        finished: model.keras and metrics.json are there for the run's recorded epochs.
-        has_backup: The epoch backup (weights, optimizer state, epoch counter) is there.
-    """
-
-    epochs_done: int
-    finished: bool
-    has_backup: bool
-
-
-def run_progress(run_dir: Path, record: Optional[RunRecord] = None) -> RunProgress:
-    """How far the run in `run_dir` got, from its files rather than from status.json.
-
-    status.json is a report for people and can be stale (a process killed with SIGKILL) or
-    deleted; the model, metrics and backup files are what a resume acts on.
-
-    Args:
-        run_dir: The run folder.
-        record: Its `RunRecord`, when already read (otherwise config.json is read).
-    """
-    run_dir = Path(run_dir)
-    record = RunRecord.read(run_dir) if record is None else record
-    try:
-        finished_epochs = json.loads((run_dir / METRICS_FILE).read_text()).get("epochs")
-    except (OSError, ValueError, AttributeError):
-        finished_epochs = None
-    finished = (run_dir / MODEL_FILE).is_file() and finished_epochs is not None and (
-        finished_epochs == record.config.epochs)
-    backup_epoch = backup_next_epoch(run_dir / BACKUP_DIR)
-    has_backup = backup_epoch > 0
-    done = backup_epoch if has_backup else (finished_epochs or 0) if finished else 0
-    return RunProgress(epochs_done=done, finished=finished, has_backup=has_backup)
-
-
-def _check_resumable(run_dir: Path, previous: RunRecord, config: TrainConfig) -> int:
-    """The epoch a resumed run starts at; refuses a finished run or an impossible target."""
-    progress = run_progress(run_dir, previous)
-    recorded = previous.config.epochs
-    if progress.finished and config.epochs == recorded:
-        raise BnnError(
-            f"Run {run_dir} already finished all its {recorded} epochs; nothing to resume "
-            f"(to train it further, resume it with more epochs)."
-        )
-    if progress.finished and not progress.has_backup:
-        raise BnnError(
-            f"Run {run_dir} finished without keeping its training state (no {BACKUP_DIR}/, "
-            "as written by bnn before 0.2); it cannot be extended. Start a new run."
-        )
-    if config.epochs < progress.epochs_done:
-        raise BnnError(
-            f"Run {run_dir} has {progress.epochs_done} complete epochs; expected `epochs` >= "
-            f"{progress.epochs_done}, got {config.epochs}."
-        )
-    if read_status(run_dir).get("state") == "running":
-        warnings.warn(
-            f"The process that last trained {run_dir} ended without saying so (status.json "
-            f"still said running); resuming from its last complete epoch, "
-            f"{progress.epochs_done}.",
-            stacklevel=3,
-        )
-    return progress.epochs_done
-
-
-def backup_next_epoch(backup_dir: Path) -> int:
-    """The epoch a run resumes at: one after the last one in its `BackupAndRestore` backup.
-
-    Read from the checkpoint itself (the counter Keras restores), so the data pipeline starts
-    at the very epoch `fit` does; 0 when there is no backup.
-    """
-    latest = tf.train.latest_checkpoint(str(Path(backup_dir) / "chief"))
-    if latest is None:
-        return 0
-    saved = int(tf.train.load_checkpoint(latest).get_tensor(
-        "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
-    ))
-    return saved + 1 if saved >= 0 else 0
-
-
 def validation_epochs(epochs: int, every: int) -> List[int]:
     """The 1-based epochs `fit` validates after: every `every`-th one and the last.
 
@@ -652,66 +445,6 @@ def validation_epochs(epochs: int, every: int) -> List[int]:
 def _read_history_column(path: Path, column: str) -> List[float]:
     with open(path, newline="") as f:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
-
-
-def _run_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool,
-                   start_epoch: int = 0):
-    """The run folder's callbacks, in the order their hooks must run.
-
-    The backup comes first: its on_train_begin restores the last complete epoch before
-    SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
-    sees the flip ratios the tracker adds to the epoch logs. The epoch's backup is committed
-    after both have written their files, and the status after that: an epoch is complete for
-    `--resume` only once everything it writes is on disk.
-    """
-    # One backup folder for all workers: Keras' BackupAndRestore keeps the chief's checkpoint
-    # there and gives the other workers temporary ones (it expects a shared file system).
-    backup = EpochBackup(str(backup_dir))
-    result = [backup, StopOnNonFiniteLoss()]
-    if config.tensorboard:
-        result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))
-    if config.track_flips:
-        result.append(callbacks_lib.SignFlipTracker(
-            run_dir,
-            log_dir=str(run_dir / TENSORBOARD_DIR) if config.tensorboard else None,
-            every_n_steps=config.flip_every_n_steps,
-            warn_threshold=config.flip_warn_threshold,
-            resume=resume,
-        ))
-    result.append(HistoryWriter(run_dir / HISTORY_FILE, resume=resume))
-    result += [EpochCommit(backup), StatusWriter(run_dir, config.epochs, start_epoch)]
-    return result
-
-
-class EpochBackup(tf.keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, saving an epoch only when `EpochCommit` says so, and keeping
-    the backup when `fit` returns.
-
-    Keras saves the backup first thing at the end of an epoch, before history.csv has the
-    epoch's row: a signal in between made `--resume` skip an epoch that history.csv lacks. And
-    Keras deletes the backup when `fit` returns, before the model is saved: a signal then lost
-    the whole run. The run keeps it (see `_finish_run`).
-    """
-
-    def __init__(self, backup_dir: str):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        pass  # `commit`, called by EpochCommit once the epoch's files are written
-
-    def commit(self, epoch: int) -> None:
-        self._backup(epoch=epoch)
-
-
-class EpochCommit(tf.keras.callbacks.Callback):
-    """Saves the epoch backup after every other run-folder callback has written its files."""
-
-    def __init__(self, backup: EpochBackup):
-        super().__init__()
-        self.backup = backup
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.backup.commit(epoch)
 
 
 @contextlib.contextmanager

@@ -214,7 +214,7 @@ def test_interrupt_before_the_epoch_is_written_retrains_it(tmp_path, monkeypatch
     """A signal after the last epoch's backup but before its history row once made --resume
     skip that epoch (history.csv kept 1 row of 2). The backup is now committed last."""
     from bnn_keras import training
-    from tests.test_training import tiny_bnn, tiny_config
+    from tests.conftest import tiny_bnn, tiny_config
 
     write_row = training.HistoryWriter.on_epoch_end
     interrupted = []

@@ -9,7 +9,7 @@ import pytest
 
 from bnn_keras import training
 from bnn_keras.errors import BnnError
-from tests.conftest import DIGITS_IMAGE_SIZE
+from tests.conftest import DIGITS_IMAGE_SIZE, tiny_bnn, tiny_config
 
 
 def test_run_folder_holds_model_config_history_metrics(digits_run):
@@ -107,30 +107,6 @@ def test_bad_precision_is_refused():
 # --------------------------------------------------------------------------------------------
 # Runs that lose nothing: interrupts, resume, NaN, seeds (a tiny model keeps these fast).
 # --------------------------------------------------------------------------------------------
-
-
-def tiny_bnn(input_shape, num_classes):
-    import larq as lq
-    import tensorflow as tf
-
-    inputs = tf.keras.Input(input_shape)
-    x = tf.keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
-    x = tf.keras.layers.BatchNormalization(name="stem_bn")(x)
-    x = lq.layers.QuantConv2D(16, 3, padding="same", pad_values=1.0, use_bias=False,
-                              input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                              kernel_constraint="weight_clip", name="bconv")(x)
-    x = tf.keras.layers.BatchNormalization(name="bconv_bn")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    x = tf.keras.layers.Dense(num_classes, name="dense")(x)
-    outputs = tf.keras.layers.Activation("softmax", dtype="float32")(x)
-    return tf.keras.Model(inputs, outputs)
-
-
-def tiny_config(**overrides):
-    options = dict(model="tiny", dataset="digits", image_size=8, epochs=3, steps_per_epoch=4,
-                   batch_size=16, learning_rate=1e-2, precision="float32", seed=0)
-    options.update(overrides)
-    return training.TrainConfig(**options)
 
 
 class SignalAt(__import__("tensorflow").keras.callbacks.Callback):

@@ -171,7 +171,7 @@ def test_a_record_that_changed_before_the_lock_is_refused(run):
 
 
 def test_a_new_run_writes_the_current_layout(tmp_path):
-    from tests.test_training import tiny_bnn, tiny_config
+    from tests.conftest import tiny_bnn, tiny_config
 
     result = training.train(tiny_config(epochs=1, steps_per_epoch=2, track_flips=False),
                             tiny_bnn, tmp_path / "run", verbose=0)
