@@ -119,8 +119,9 @@ def test_tfds_download_failure_says_so_and_names_offline_options(monkeypatch):
         data.load_dataset("cifar10")
     message = str(info.value)
     assert "Could not download or prepare the TFDS data set 'cifar10'" in message
-    assert "Failed to resolve" in message and "--dataset digits" in message
-    assert "--data-dir" in message and "\n" not in message
+    # The library names the fields; `bnn train` spells them --dataset and --data-dir.
+    assert "Failed to resolve" in message and "`dataset` digits" in message
+    assert "`data_dir`" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------------------------------------
