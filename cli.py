@@ -383,6 +383,27 @@ def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+custom_objects_option = click.option(
+    "--custom-objects", "custom_objects", multiple=True, metavar="MODULE[:DICT]",
+    help="Model file only: a module whose import registers the model's custom Keras objects, "
+         "MODULE:DICT naming a dict of them, or a .py file (repeatable; the current folder "
+         "is searched).")
+
+
+def _use_custom_objects(specs: Sequence[str]) -> None:
+    """Imports the --custom-objects modules and makes their dicts known to Keras until the
+    command ends: loading the model, and every later rebuild of its layers from their config
+    (the lint's and the converter's rewrites), may need them."""
+    if not specs:
+        return
+    import tensorflow as tf
+
+    from convert.loading import import_custom_objects
+
+    objects = import_custom_objects(specs)
+    click.get_current_context().with_resource(tf.keras.utils.custom_object_scope(objects))
+
+
 def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> int:
     """--threads between 1 and the CPUs available; more only slow LCE's interpreter down."""
     from convert.runtime import check_threads
@@ -438,12 +459,13 @@ def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> i
               help="Model file only: convert without the preprocessing metadata (a plain .tflite "
                    "that `bnn evaluate` and `bnn predict` refuse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@custom_objects_option
 def convert(source: str, target: str, output: Optional[str], overwrite: bool, samples: int,
             inputs: Optional[str], min_agreement: float, int8: bool, int8_io: bool,
             calibration_samples: int, fine_tune_epochs: int, bundle_dir: Optional[str],
             class_names: Optional[str], mean: Optional[str], std: Optional[str],
             pixel_max: Optional[float], dataset: Optional[str], data_dir: Optional[str],
-            no_metadata: bool, as_json: bool) -> None:
+            no_metadata: bool, as_json: bool, custom_objects: Sequence[str] = ()) -> None:
     """Convert a trained model to an LCE flatbuffer, verify it, and report on it.
 
     The flatbuffer is run in LCE's interpreter on real inputs and compared with Keras. The
@@ -461,6 +483,7 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
     """
     from convert.workflow import VerificationFailedError, convert_trained_model
 
+    _use_custom_objects(custom_objects)
     if not as_json:
         click.echo(f"Converting {source} for target {target} ...")
     try:
@@ -610,7 +633,8 @@ def predict(tflite_file: str, images, top_k: int, threads: int, as_json: bool,
               help="Classes.")
 def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -> None:
     """List registered models (optionally matching a shell PATTERN such as '*densenet*') with
-    their parameter count, binarized-MAC fraction and size with 1-bit binary weights."""
+    their parameter count, binarized-MAC fraction, size with 1-bit binary weights and how they
+    differ from larq-zoo's definition (`--model-option variant=larq-zoo` builds the zoo's)."""
     import models
     import tensorflow as tf
     from models.input_size import input_too_small_error, is_input_too_small
@@ -630,13 +654,23 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
             too_small.append((name, exc))
             tf.keras.backend.clear_session()
             continue
+        zoo = models.get_entry(name).zoo
         rows.append((name, f"{stats.total_params:,}", f"{stats.binary_mac_fraction:.1%}",
-                     f"{stats.size_bytes / 2**20:.2f} MiB", f"{stats.compression_ratio:.1f}x"))
+                     f"{stats.size_bytes / 2**20:.2f} MiB", f"{stats.compression_ratio:.1f}x",
+                     zoo.summary if zoo else "-"))
         tf.keras.backend.clear_session()  # 14 ImageNet-size graphs would pile up in memory
     if not rows:  # one model, or all of them: say what size works
         raise input_too_small_error(*too_small[0], shape, num_classes)
     click.echo(f"Models at {'x'.join(map(str, shape))}, {num_classes} classes:")
-    _echo_table(rows, ("model", "params", "binary MACs", "size (1-bit)", "vs float32"))
+    _echo_table(rows, ("model", "params", "binary MACs", "size (1-bit)", "vs float32",
+                       "vs larq-zoo"))
+    if any(row[-1] != "-" for row in rows):
+        click.echo("vs larq-zoo: how the default differs from larq-zoo 2.4.0 (binary convs "
+                   "padded with +1 so LCE needs no padding correction; 'small-input stem': "
+                   "a 3x3 stem under 50 px where the zoo keeps its ImageNet stem; '-': no "
+                   "larq-zoo variant registered). --model-option variant=larq-zoo builds the "
+                   "zoo's function, and a larq-zoo weights .h5 given to "
+                   "models.create_model(..., weights=FILE) selects it.")
     if too_small:
         click.echo(f"Warning: --input-shape {input_shape} is too small for "
                    f"{', '.join(name for name, _ in too_small)}; `bnn summary MODEL "
@@ -648,11 +682,14 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
 @click.option("--input-shape", default="224,224,3", show_default=True, help="Input H,W,C.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Classes.")
-def summary(name: str, input_shape: str, num_classes: int) -> None:
+@custom_objects_option
+def summary(name: str, input_shape: str, num_classes: int,
+            custom_objects: Sequence[str] = ()) -> None:
     """Per-layer table of MODEL (a registry name, run folder or model file): output shape,
     parameters by precision, MACs, and every layer LCE will not binarize, with the reason."""
     from bnn_keras import model_stats
 
+    _use_custom_objects(custom_objects)
     model = _model_from(name, input_shape, num_classes)
     click.echo(model_stats.format_table(model_stats.model_summary(model)))
 
@@ -700,14 +737,16 @@ def _model_from(source: str, input_shape: str, num_classes: int):
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Classes when MODEL is a registry name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@custom_objects_option
 def inspect_command(source: str, target: str, input_shape: str, num_classes: int,
-                    as_json: bool) -> None:
+                    as_json: bool, custom_objects: Sequence[str] = ()) -> None:
     """Check MODEL (run folder, model file or registry name) for what stops LCE from
     producing fast binary ops, before converting it. Exits 1 when an error is found."""
     import dataclasses
 
     from convert.lint import errors, format_findings, inspect_model
 
+    _use_custom_objects(custom_objects)
     model = _model_from(source, input_shape, num_classes)
     findings = inspect_model(model, target=target)
     if as_json:

@@ -9,22 +9,42 @@ A MAC is one multiply-accumulate of a convolution or dense layer (larq's convent
 size x output pixels). A *binary convolution* is a larq quantized convolution whose input
 quantizer and kernel quantizer both have a precision of 1 bit.
 
+LCE only binarizes a convolution whose quantized kernel the converter has folded into a
+constant, and TensorFlow's MLIR constant folder refuses ops whose operands exceed 2**30 bits
+(`kOperandsSizeThreshold` in tensorflow/compiler/mlir/tensorflow/transforms/constant_fold.cc).
+Measured with larq-compute-engine 0.16 on single 1x1 layers (4096 or 8193 filters): a `ste_sign`
+kernel folds while it has fewer than 2**25 weights; a `MagnitudeAwareSign` kernel is folded by a
+multiply with its per-channel scale, so it folds while weights + filters <= 2**25. Above that
+the layer runs as a float CONV_2D and its kernel stays float32: once for `ste_sign`, twice
+(W and |W|: sign and scale are computed at run time) for `MagnitudeAwareSign` kernels of
+2**25 weights or more. `lce_kernel_folds` is that rule; `ModelStats.lce_size_bytes` predicts
+the flatbuffer.
+
 References:
     - larq's `larq.models.summary`: https://docs.larq.dev/larq/api/models/
     - LCE model optimization guide: https://docs.larq.dev/compute-engine/model_optimization_guide/
+    - LCE's bconv pattern (needs a constant binary filter): larq/compute-engine,
+      larq_compute_engine/mlir/transforms/prepare_patterns_common.td
 """
 
 import dataclasses
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 # bnn_keras/__init__.py has already set TF_USE_LEGACY_KERAS by the time this module runs.
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras.graph import inbound_layers
 from bnn_keras.binary import BINARY_CONV_TYPES, is_binary_conv, quantizer_bits  # noqa: F401
 
 _MAC_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+# TensorFlow's MLIR constant folder skips an op whose operands exceed this many bits.
+FOLD_LIMIT_BITS = 2**30
+# Flatbuffer bytes besides the weights (the file's fixed tables), measured on LCE conversions;
+# the per-op tables are of the order of the per-channel constants counted with the weights.
+_FLATBUFFER_BASE_BYTES = 1_500
 
 Shape = Tuple[Optional[int], ...]
 
@@ -47,6 +67,9 @@ class LayerStats:
         lce_bconvs: How many LceBconv2d ops LCE will emit for this layer.
         lce_note: Why a quantized layer will not become LceBconv2d, or what slows it down;
             "" when there is nothing to say.
+        lce_bytes: Bytes of this layer's weights in the LCE flatbuffer (bitpacked kernels at
+            1 bit per weight with input channels padded to 32, unfolded kernels at 32 bit, once
+            or twice, BatchNorm as a scale and an offset).
     """
 
     name: str
@@ -60,6 +83,7 @@ class LayerStats:
     kernel_bits: Optional[int]
     lce_bconvs: int
     lce_note: str
+    lce_bytes: int = 0
 
     @property
     def float_params(self) -> int:
@@ -87,6 +111,8 @@ class ModelStats:
         total_macs: Multiply-accumulates per example.
         binary_macs: Binary multiply-accumulates per example.
         lce_bconvs: LceBconv2d ops expected after LCE conversion.
+        lce_size_bytes: Predicted size of the LCE flatbuffer (weights as LCE stores them plus
+            the file's own tables).
     """
 
     name: str
@@ -99,6 +125,7 @@ class ModelStats:
     total_macs: int
     binary_macs: int
     lce_bconvs: int
+    lce_size_bytes: int = 0
 
     @property
     def binary_mac_fraction(self) -> float:
@@ -160,12 +187,122 @@ def _sublayer_bconvs(layer: tf.keras.layers.Layer) -> int:
     )
 
 
+def is_scaled_sign(quantizer) -> bool:
+    """Whether a kernel quantizer multiplies sign(W) by a per-channel scale (larq's
+    `MagnitudeAwareSign`, or a string/config naming it)."""
+    if isinstance(quantizer, lq.quantizers.MagnitudeAwareSign):
+        return True
+    return isinstance(quantizer, str) and quantizer.lower() in (
+        "magnitude_aware_sign", "magnitudeawaresign")
+
+
+def _kernel(layer: tf.keras.layers.Layer) -> Optional[tf.Variable]:
+    return getattr(layer, "kernel", None) if hasattr(layer, "kernel_quantizer") else None
+
+
+def lce_kernel_folds(layer: tf.keras.layers.Layer) -> bool:
+    """Whether LCE's converter can fold this layer's quantized kernel into a constant.
+
+    A `ste_sign`-style kernel folds while its weights (plus the scalar of larq's sign) fit in
+    `FOLD_LIMIT_BITS` at 32 bit; a `MagnitudeAwareSign` kernel also needs room for its
+    per-channel scale. A layer without a quantized kernel folds trivially.
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        False when the kernel is too large: the layer then runs as a float op and keeps its
+        latent float32 kernel (see the module docstring).
+    """
+    kernel = _kernel(layer)
+    if kernel is None or quantizer_bits(getattr(layer, "kernel_quantizer", None)) is None:
+        return True
+    count = _weight_count(kernel)
+    extra = int(kernel.shape[-1]) if is_scaled_sign(layer.kernel_quantizer) else 1
+    return 32 * (count + extra) <= FOLD_LIMIT_BITS
+
+
+def max_foldable_filters(layer: tf.keras.layers.Layer) -> int:
+    """The most filters a layer with this kernel's other dimensions can have and still fold."""
+    kernel = _kernel(layer)
+    per_filter = _weight_count(kernel) // int(kernel.shape[-1])
+    extra = 1 if is_scaled_sign(layer.kernel_quantizer) else 0
+    limit = FOLD_LIMIT_BITS // 32 - (0 if extra else 1)
+    return limit // (per_filter + extra)
+
+
+def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any) -> int:
+    """Fewest equal parts, split along the output channels, in which such a kernel folds.
+
+    A layer too large for LCE (see `lce_kernel_folds`) computes the same function as that many
+    layers of `filters / parts` filters each, concatenated: each part then becomes an
+    LceBconv2d. Per-channel scales (`MagnitudeAwareSign`) are unchanged by the split.
+
+    Args:
+        kernel_shape: The whole kernel's shape, output channels last.
+        kernel_quantizer: Its quantizer (only whether it is a scaled sign matters).
+
+    Returns:
+        1 when the kernel folds whole, else the smallest divisor of the filter count that
+        makes every part fold.
+    """
+    filters = int(kernel_shape[-1])
+    per_filter = math.prod(int(d) for d in kernel_shape[:-1])
+    scaled = is_scaled_sign(kernel_quantizer)
+    for parts in range(1, filters + 1):
+        part = filters // parts
+        if filters % parts == 0 and 32 * (per_filter * part + (part if scaled else 1)) <= (
+                FOLD_LIMIT_BITS):
+            return parts
+    raise ValueError(f"A single filter of {per_filter:,} weights is too large for LCE to fold.")
+
+
+def _packed_bytes(shape: Sequence[int]) -> int:
+    """LCE bitpacks a binary kernel along its input channels into 32-bit words."""
+    *spatial, in_channels, out_channels = (int(d) for d in shape)
+    return 4 * math.prod(spatial) * -(-in_channels // 32) * out_channels
+
+
+def _lce_bytes(layer: tf.keras.layers.Layer, lce_bconvs: int, folds: bool) -> int:
+    if not layer.weights:
+        return 0
+    if isinstance(layer, tf.keras.layers.BatchNormalization):
+        # Folded into the conv before it (whose bias or bconv multiplier is counted there), or
+        # a MUL and an ADD by per-channel constants.
+        parents = inbound_layers(layer)
+        if len(parents) == 1 and isinstance(parents[0], tf.keras.layers.Conv2D):
+            return 0
+        return 2 * 4 * _weight_count(layer.moving_mean)
+    total = 0
+    scaled = is_scaled_sign(getattr(layer, "kernel_quantizer", None))
+    for weight in layer.weights:
+        count = _weight_count(weight)
+        if lce_bconvs and _weight_bits(weight) == 1:
+            # Bitpacked, plus the post-activation multiplier and bias of each output channel.
+            total += _packed_bytes(weight.shape.as_list()) + 8 * int(weight.shape[-1])
+        elif _short_name(weight) in _MAC_WEIGHT_NAMES and not folds:
+            total += 4 * count * (2 if scaled and 32 * count >= FOLD_LIMIT_BITS else 1)
+        else:
+            total += 4 * count
+    kernel = getattr(layer, "kernel", None)
+    if not lce_bconvs and kernel is not None and getattr(layer, "bias", None) is None:
+        total += 4 * int(kernel.shape[-1])  # TFLite's CONV_2D / FULLY_CONNECTED carry a bias
+    return total
+
+
 def _lce_note(
     layer: tf.keras.layers.Layer,
     input_bits: Optional[int],
     kernel_bits: Optional[int],
     binary: bool,
 ) -> str:
+    if binary and not lce_kernel_folds(layer):
+        copies = "W and |W| as two float32 copies" if (
+            is_scaled_sign(layer.kernel_quantizer)
+            and 32 * _weight_count(layer.kernel) >= FOLD_LIMIT_BITS) else "a float32 kernel"
+        return (f"kernel of {_weight_count(layer.kernel):,} weights is too large for LCE to fold: "
+                f"runs as a float conv with {copies}; split it into convs of at most "
+                f"{max_foldable_filters(layer):,} filters")
     if binary:
         notes = []
         if getattr(layer, "padding", None) == "same" and getattr(layer, "pad_values", 0.0) == 0.0:
@@ -214,7 +351,8 @@ def _layer_stats(layer: tf.keras.layers.Layer) -> LayerStats:
             if bits == 1 and input_bits == 1:
                 binary_macs += count * pixels
     binary = is_binary_conv(layer)
-    lce_bconvs = 1 if binary else _sublayer_bconvs(layer)
+    folds = lce_kernel_folds(layer)
+    lce_bconvs = (1 if folds else 0) if binary else _sublayer_bconvs(layer)
     return LayerStats(
         name=layer.name,
         layer_type=type(layer).__name__,
@@ -227,6 +365,7 @@ def _layer_stats(layer: tf.keras.layers.Layer) -> LayerStats:
         kernel_bits=kernel_bits,
         lce_bconvs=lce_bconvs,
         lce_note=_lce_note(layer, input_bits, kernel_bits, binary or lce_bconvs > 0),
+        lce_bytes=_lce_bytes(layer, lce_bconvs, folds),
     )
 
 
@@ -272,6 +411,7 @@ def model_summary(model: tf.keras.Model) -> ModelStats:
         total_macs=sum(s.macs for s in layers),
         binary_macs=sum(s.binary_macs for s in layers),
         lce_bconvs=sum(s.lce_bconvs for s in layers),
+        lce_size_bytes=_FLATBUFFER_BASE_BYTES + sum(s.lce_bytes for s in layers),
     )
 
 
@@ -349,5 +489,6 @@ def format_table(stats: Union[ModelStats, Sequence[LayerStats]], *, notes: bool 
             f"{stats.compression_ratio:.2f}x smaller)",
             f"MACs: {stats.total_macs:,} ({stats.binary_mac_fraction:.1%} binary)",
             f"Expected LceBconv2d ops: {stats.lce_bconvs}",
+            f"Predicted LCE flatbuffer: {_fmt_bytes(stats.lce_size_bytes)}",
         ]
     return "\n".join(out)

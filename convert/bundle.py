@@ -8,8 +8,10 @@ Layout of a bundle folder:
     test_input.bin          one normalized input, raw little-endian float32 (shape in model.json)
     expected_output.bin     the Keras model's output for it, raw little-endian float32
     runner_args.txt         bnn_runner's arguments for the self-check, one per line
+    expected_latency.txt    latency expected on a Raspberry Pi 4B, for run.sh/benchmark.sh
+                            (only when the Keras model was given: it is scaled by its MACs)
     runner/                 bnn_runner.cc + CMakeLists.txt (compiled on the device)
-    build.sh run.sh benchmark.sh
+    build.sh run.sh benchmark.sh pi.sh (the functions the scripts share)
     README.md               steps on the device
 
 `check_bundle` runs the same self-check as `run.sh` on this machine with LCE's interpreter
@@ -26,21 +28,26 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from bnn_keras import files
+from bnn_keras.model_stats import model_summary
 from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
 from convert.flatbuffer import Flatbuffer, FlatbufferLike
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
 
 BUNDLE_FORMAT = "bnn-raspberry-pi-bundle"
-BUNDLE_VERSION = 1
+# 2: adds pi.sh (asset choice by `uname -m`, glibc check, latency report) and expected_latency.txt.
+BUNDLE_VERSION = 2
 TFLITE_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 MODEL_JSON = "model.json"
 TEST_INPUT_FILE = "test_input.bin"
 EXPECTED_OUTPUT_FILE = "expected_output.bin"
 RUNNER_ARGS_FILE = "runner_args.txt"
+EXPECTED_LATENCY_FILE = "expected_latency.txt"
 RUNNER_DIR = "runner"
 SCRIPTS = ("build.sh", "run.sh", "benchmark.sh")
+# Sourced by run.sh and benchmark.sh since bundle format 2.
+SHELL_LIBRARY = "pi.sh"
 REQUIRED_FILES = (TFLITE_FILE, LABELS_FILE, MODEL_JSON, TEST_INPUT_FILE, EXPECTED_OUTPUT_FILE)
 
 _RUNNER_SOURCE = Path(__file__).resolve().parent / "runner"
@@ -49,6 +56,59 @@ _RAW_DTYPE = np.dtype("<f4")
 # Absolute tolerance floor, relative to the output's magnitude: float32 sums in another order
 # (ARM kernels vs Keras) differ by a few ulps per accumulation.
 _ATOL_FLOOR = 1e-3
+
+# LCE's published latencies of larq-zoo's QuickNets on a Raspberry Pi 4B at 1.5 GHz, 64-bit OS,
+# LCE's benchmark tool (https://github.com/larq/compute-engine README, "Performance": 1 thread and
+# 4 threads, RPi 4B measured 2022-04-20), beside each model's MACs at 224x224x3 and 1000 classes as
+# `bnn_keras.model_stats` counts them (bnn's quicknet-small, quicknet, quicknet-large, which have
+# larq-zoo's parameter counts). LCE publishes no Raspberry Pi 3 figures.
+# (model, MACs, ms with 1 thread, ms with 4 threads)
+LCE_PI4_LATENCY_REFERENCE = (
+    ("QuickNetSmall", 1_171_996_160, 27.7, 12.1),
+    ("QuickNet", 1_879_339_776, 45.0, 20.8),
+    ("QuickNetLarge", 3_729_027_840, 77.0, 31.7),
+)
+# run.sh/benchmark.sh warn when the measured latency is this many times the expected one: far
+# beyond the spread of the reference (20.6-23.9 ms per GMAC with 1 thread), as a build without
+# release flags can be (LCE issue 383: a self-built LCE ran QuickNet in ~800 ms on a Pi 3B+).
+LATENCY_WARN_FACTOR = 3.0
+# ... and only above this latency: below it the per-invoke overhead, which MACs do not predict,
+# dominates.
+LATENCY_WARN_FLOOR_MS = 1.0
+
+
+def expected_latency_ms(macs: int) -> Dict[str, float]:
+    """Latency expected on a Raspberry Pi 4B (64-bit OS, LCE release build) for a model of `macs`
+    multiply-accumulates, scaled from `LCE_PI4_LATENCY_REFERENCE` (total ms over total MACs).
+
+    The scale is QuickNet's: mostly binary MACs. A model whose MACs are mostly float runs slower
+    per MAC, so its estimate is optimistic.
+
+    Returns:
+        {"pi4_threads1_ms": ..., "pi4_threads4_ms": ...}.
+    """
+    if macs < 0:
+        raise BnnError(f"Expected a MAC count >= 0, got {macs}.")
+    total_macs = sum(ref[1] for ref in LCE_PI4_LATENCY_REFERENCE)
+    return {
+        f"pi4_threads{threads}_ms": macs * sum(ref[column] for ref in LCE_PI4_LATENCY_REFERENCE)
+        / total_macs
+        for threads, column in ((1, 2), (4, 3))
+    }
+
+
+def _expected_latency_text(macs: int) -> str:
+    expected = expected_latency_ms(macs)
+    return "".join([
+        "# Latency expected for model.tflite on a Raspberry Pi 4B (1.5 GHz, 64-bit OS,\n",
+        "# LCE release build): LCE's published QuickNet latencies (larq/compute-engine\n",
+        "# README) scaled by the model's MACs. run.sh and benchmark.sh read it.\n",
+        "# LCE publishes no Raspberry Pi 3 figures.\n",
+        f"macs={macs}\n",
+        *(f"{key}={value:.4g}\n" for key, value in expected.items()),
+        f"warn_factor={LATENCY_WARN_FACTOR:g}\n",
+        f"warn_floor_ms={LATENCY_WARN_FLOOR_MS:g}\n",
+    ])
 
 
 @dataclasses.dataclass
@@ -124,6 +184,27 @@ def _runner_args(atol: float, normalization: Mapping[str, Sequence[float]], pixe
     ]) + "\n"
 
 
+def _latency_readme(meta: Mapping[str, Any]) -> str:
+    expected = meta.get("expected_latency")
+    if not expected:
+        return ""
+    tiny = ("" if expected["pi4_threads1_ms"] >= LATENCY_WARN_FLOOR_MS else
+            f"\nBelow {LATENCY_WARN_FLOOR_MS:g} ms the interpreter's per-invoke overhead, which "
+            "MACs do not predict, dominates: no warning is given there.\n")
+    return f"""
+## Expected latency
+
+On a Raspberry Pi 4B (1.5 GHz, 64-bit OS, LCE release build) this model should take about
+{expected["pi4_threads1_ms"]:.3g} ms with 1 thread and {expected["pi4_threads4_ms"]:.3g} ms with 4:
+LCE's published QuickNet latencies scaled by this model's {expected["macs"]:,} MACs
+(`{EXPECTED_LATENCY_FILE}`). LCE publishes no Raspberry Pi 3 figures, so none is given for it.
+`benchmark.sh` and `run.sh` print the measured latency beside this one and, on a Pi 4 or 5, warn
+when it is {LATENCY_WARN_FACTOR:g} times slower or more: a build without LCE's release flags, a
+32-bit OS or a throttled CPU (`vcgencmd get_throttled`) usually explains it. The estimate assumes
+mostly binary MACs as in QuickNet; a model with mostly float layers runs slower per MAC.
+{tiny}"""
+
+
 def _readme(meta: Mapping[str, Any], folder: str) -> str:
     shape = "x".join(str(d) for d in meta["input"]["shape"])
     height, width = meta["input"]["shape"][1:3]
@@ -135,8 +216,20 @@ def _readme(meta: Mapping[str, Any], folder: str) -> str:
 (normalized: see `{MODEL_JSON}`), {len(meta["class_names"])} classes (`{LABELS_FILE}`).
 It uses LCE's custom ops (LceBconv2d, LceQuantize, ...), so plain TensorFlow Lite cannot run it:
 use LCE's `lce_benchmark_model` or the C++ runner in `{RUNNER_DIR}/`, both built with LCE's kernels.
-The optimized binary kernels are for 64-bit ARM: use a Raspberry Pi 4 or 5 with a **64-bit OS**
-(Raspberry Pi OS 64-bit, Ubuntu arm64). Check with `uname -m`, which must print `aarch64`.
+
+## 64-bit or 32-bit OS
+
+`uname -m` on the Pi tells which OS runs; the scripts choose by it:
+
+| `uname -m` | OS | LCE release binary | LCE build flags (`build.sh`) | `bnn convert` |
+| --- | --- | --- | --- | --- |
+| `aarch64` | 64-bit (Raspberry Pi OS 64-bit, Ubuntu arm64) | `lce_benchmark_model_aarch64` | `aarch64` | `--target arm64` |
+| `armv7l` | 32-bit (Raspberry Pi OS 32-bit, Raspbian) | `lce_benchmark_model_aarch32` | `rpi3` (`-march=armv7-a -mfpu=neon-vfpv4`) | `--target arm` |
+
+Both targets select LCE's `arm` converter target, so this flatbuffer runs on either OS. LCE's
+optimized binary kernels are written for 64-bit ARM: on a Raspberry Pi 3, 4 or 5, a 64-bit OS is
+the fast choice. Other machines (`armv6l`: the Pi 1 and the first Pi Zero) have no LCE release
+binary.
 
 Copy this folder to the Pi, e.g. `scp -r {folder} pi@raspberrypi.local:`.
 
@@ -144,16 +237,24 @@ Copy this folder to the Pi, e.g. `scp -r {folder} pi@raspberrypi.local:`.
 
     ./benchmark.sh 1        # 1 thread; ./benchmark.sh 4 for all cores
 
-`benchmark.sh` downloads `lce_benchmark_model_aarch64`, the asset LCE's release workflow
-uploads, from https://github.com/larq/compute-engine/releases/tag/{tag} (or set
+`benchmark.sh` downloads the asset for `uname -m` (above) from
+https://github.com/larq/compute-engine/releases/tag/{tag} (or set
 `LCE_BENCHMARK_MODEL=/path/to/lce_benchmark_model` to use one you built). Equivalent command:
 
-    ./lce_benchmark_model --graph={TFLITE_FILE} --num_threads=1 --num_runs=50 --warmup_runs=5
+    ./lce_benchmark_model_aarch64 --graph={TFLITE_FILE} --num_threads=1 --num_runs=50 --warmup_runs=5
 
+Before running it, `benchmark.sh` compares the glibc the binary needs (its `GLIBC_x.y` symbol
+versions) with this system's (`getconf GNU_LIBC_VERSION`). LCE's release binaries need a newer
+glibc than older images have (Raspberry Pi OS 10 "buster" has 2.28; LCE issue 770); there it stops
+and says so: build the runner on the device (section 2), which measures the latency too.
+{_latency_readme(meta)}
 ## 2. Build and run the C++ runner (self-check)
 
 The runner is compiled on the device against LCE's source tree (TensorFlow Lite + LCE kernels,
-built with CMake; expect 30-60 minutes on a Pi 4, and about 1 GB of RAM per compile job):
+built with CMake; expect 30-60 minutes on a Pi 4, and about 1 GB of RAM per compile job), with the
+release flags of LCE's own ARM builds for `uname -m` (-O3, -DNDEBUG and its `aarch64` or `rpi3`
+flags; see `{RUNNER_DIR}/CMakeLists.txt`). A build without them can be many times slower:
+`run.sh` warns when the latency is far above the expected one.
 
     sudo apt-get install -y build-essential cmake git
     ./build.sh                 # clones LCE {tag} with its TensorFlow submodule, builds build/bnn_runner
@@ -183,6 +284,8 @@ and applies the training normalization from `{RUNNER_ARGS_FILE}`.
   tensors: `{TEST_INPUT_FILE}` / `{EXPECTED_OUTPUT_FILE}` are raw little-endian float32 arrays
   in C order with the shapes given in `{MODEL_JSON}`.
 - `{RUNNER_ARGS_FILE}`: the runner's arguments for the self-check, one per line.
+- `{SHELL_LIBRARY}`: the functions `run.sh` and `benchmark.sh` share (asset choice, glibc check,
+  latency report).
 - `{RUNNER_DIR}/bnn_runner.cc`, `{RUNNER_DIR}/CMakeLists.txt`: the runner (TFLite C++ API +
   `compute_engine::tflite::RegisterLCECustomOps`).
 """
@@ -194,9 +297,9 @@ def _copy_runner(dest: Path) -> None:
     (dest / RUNNER_DIR).mkdir()
     for name in ("bnn_runner.cc", "CMakeLists.txt"):
         shutil.copyfile(_RUNNER_SOURCE / name, dest / RUNNER_DIR / name)
-    for name in SCRIPTS:
+    for name in (*SCRIPTS, SHELL_LIBRARY):
         shutil.copyfile(_RUNNER_SOURCE / "scripts" / name, dest / name)
-        os.chmod(dest / name, 0o755)
+        os.chmod(dest / name, 0o755 if name in SCRIPTS else 0o644)
 
 
 def is_replaceable_bundle(folder: Union[str, os.PathLike]) -> bool:
@@ -373,6 +476,12 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
     for key in ("dataset", "model"):
         if run_config and key in run_config:
             meta[key] = run_config[key]
+    macs = model_summary(keras_model).total_macs if keras_model is not None else None
+    if macs is not None:
+        meta["expected_latency"] = {
+            **expected_latency_ms(macs), "macs": macs, "file": EXPECTED_LATENCY_FILE,
+            "source": "LCE's published Raspberry Pi 4B QuickNet latencies, scaled by MACs",
+        }
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
@@ -385,6 +494,8 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
         files.write_bytes(tmp / TEST_INPUT_FILE, sample.astype(_RAW_DTYPE).tobytes())
         files.write_bytes(tmp / EXPECTED_OUTPUT_FILE, expected.astype(_RAW_DTYPE).tobytes())
         files.write_text(tmp / RUNNER_ARGS_FILE, _runner_args(atol, norm, float(pixel_max)))
+        if macs is not None:
+            files.write_text(tmp / EXPECTED_LATENCY_FILE, _expected_latency_text(macs))
         files.write_json(tmp / MODEL_JSON, meta)
         files.write_text(tmp / "README.md", _readme(meta, final.name))
         _copy_runner(tmp)
@@ -453,6 +564,10 @@ def check_bundle(
                 meta = {}
         except ValueError:
             problems.append(f"{MODEL_JSON} is not valid JSON")
+    # Bundles of format 1 predate pi.sh; their scripts do not source it.
+    version = meta.get("format_version", 1)
+    if isinstance(version, int) and version >= 2 and not (folder / SHELL_LIBRARY).is_file():
+        problems.append(f"missing {SHELL_LIBRARY}")
     x = expected = None
     try:
         if meta and TEST_INPUT_FILE not in missing:

@@ -5,8 +5,9 @@ reports each pattern from LCE's model-optimization guide that it can detect, nam
 the fix. Severities:
 
 - "error": a layer meant to be binary will not run as an LCE binary op (binary Dense, multi-bit
-  activations, a reshape/transpose between a standalone quantizer and its conv), or will not
-  convert for the chosen target (zero padding on xcore).
+  activations, a reshape/transpose between a standalone quantizer and its conv, a kernel too
+  large for LCE's converter to fold), or will not convert for the chosen target (zero padding
+  on xcore).
 - "warning": the layer becomes an LCE binary op but slower than it could be (zero padding on
   ARM, input channels not a multiple of 32, output channels not a multiple of 8).
 - "info": worth knowing, nothing is lost (a float32 copy of a mixed-precision model is converted;
@@ -27,7 +28,13 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from bnn_keras.graph import inbound_layers
-from bnn_keras.model_stats import iter_layers
+from bnn_keras.model_stats import (
+    FOLD_LIMIT_BITS,
+    is_scaled_sign,
+    iter_layers,
+    lce_fold_parts,
+    lce_kernel_folds,
+)
 from convert.converter import TARGETS, is_mixed_precision
 
 SEVERITIES: Tuple[str, ...] = ("error", "warning", "info")
@@ -191,6 +198,49 @@ def _check_conv(layer, target: str) -> List[Finding]:
     return findings
 
 
+def _check_kernel_size(layer) -> List[Finding]:
+    """A quantized kernel too large for LCE's converter to fold into a constant.
+
+    LCE binarizes only a constant binary filter; TensorFlow's constant folding skips ops whose
+    operands exceed 2**30 bits, so such a kernel stays a float32 tensor (twice with
+    MagnitudeAwareSign: the latent W and its sign) and the layer runs in float.
+    """
+    if _bits(getattr(layer, "kernel_quantizer", None)) != 1 or lce_kernel_folds(layer):
+        return []
+    shape = [int(d) for d in layer.kernel.shape]
+    count = 1
+    for d in shape:
+        count *= d
+    scaled = is_scaled_sign(layer.kernel_quantizer)
+    twice = scaled and 32 * count >= FOLD_LIMIT_BITS
+    parts = lce_fold_parts(shape, layer.kernel_quantizer)
+    stored = "as two float32 copies (W and |W|)" if twice else "as float32"
+    return [Finding(
+        layer.name, "kernel-too-large", "error",
+        f"kernel of {count:,} weights{' with MagnitudeAwareSign' if scaled else ''} is too large "
+        f"for LCE's converter to fold (limit {FOLD_LIMIT_BITS // 32:,} weights"
+        f"{' + filters' if scaled else ''}): it is stored {stored} and the layer runs in float.",
+        f"split it along its output channels into {parts} layers of {shape[-1] // parts} filters "
+        "and Concatenate them (same function and parameters; per-channel scales are unchanged)",
+    )]
+
+
+def _check_magnitude_aware(layer) -> List[Finding]:
+    """MagnitudeAwareSign on a layer that LCE will not binarize anyway: a float layer."""
+    if not is_scaled_sign(getattr(layer, "kernel_quantizer", None)):
+        return []
+    input_bits = _bits(getattr(layer, "input_quantizer", None))
+    if (isinstance(layer, _CONV_TYPES) and input_bits == 1) or not lce_kernel_folds(layer):
+        return []  # binarized, or reported as kernel-too-large
+    return [Finding(
+        layer.name, "magnitude-aware-float", "info",
+        "MagnitudeAwareSign kernel on a layer LCE runs in float: it is stored as float32 "
+        "sign(W) * mean|W|, 32 bits per weight.",
+        "give it a 1-bit input quantizer (and make it a QuantConv2D) to binarize it, or expect "
+        "a float layer",
+    )]
+
+
 def _check_dense(layer) -> List[Finding]:
     input_bits = _bits(getattr(layer, "input_quantizer", None))
     kernel_bits = _bits(getattr(layer, "kernel_quantizer", None))
@@ -246,6 +296,8 @@ def inspect_model(model: tf.keras.Model, *, target: str = "arm64") -> List[Findi
             layer_findings = _check_conv(layer, target)
         else:
             layer_findings = _check_standalone_quantizer(layer)
+        if isinstance(layer, (lq.layers.QuantDense, *_CONV_TYPES)):
+            layer_findings += _check_kernel_size(layer) + _check_magnitude_aware(layer)
         findings.extend(sorted(layer_findings, key=lambda f: SEVERITIES.index(f.severity)))
     return findings
 

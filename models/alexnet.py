@@ -16,15 +16,18 @@ import larq as lq
 import tensorflow as tf
 
 from models.common import (
+    PAD_DIFFERENCE,
+    ZOO_STEM_DIFFERENCE,
     batch_norm,
     binary_dense_stack,
+    binary_pad_value,
     flatten_to_pixel,
     image_input,
-    is_small_input,
     pixel_to_vector,
     softmax,
+    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, PaperRecipe, register_model
+from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
 # (filters, kernel size, max-pool after) of conv2..conv5: the AlexNet layout larq-zoo's
 # BinaryAlexNet uses; BNN+ AlexNet and Compact BNN share it.
@@ -39,6 +42,7 @@ def binary_alexnet(
     input_quantizer: Any = "ste_sign",
     kernel_quantizer: Any = "ste_sign",
     kernel_constraint: Any = "weight_clip",
+    variant: str = "bnn",
     name: str = "binary_alexnet",
 ) -> tf.keras.Model:
     """Builds BinaryAlexNet.
@@ -51,6 +55,10 @@ def binary_alexnet(
         input_quantizer: Activation quantizer (all layers but the first).
         kernel_quantizer: Weight quantizer (all layers).
         kernel_constraint: Latent weight constraint.
+        variant: "bnn" pads conv2..conv5 with +1 (LCE-friendly), "larq-zoo" with 0 and keeps
+            the 11x11/4 stem at every size, as larq-zoo does (its weights give its outputs only
+            then; its fully-connected layers are `QuantDense`, here 1x1 convolutions with the
+            same weights).
         name: Keras model name.
 
     Returns:
@@ -71,7 +79,8 @@ def binary_alexnet(
                                      name=layer_name, **quant)
 
     inputs = image_input(input_shape)
-    small = is_small_input(input_shape)
+    small = uses_small_stem(input_shape, variant, zoo_has_small_stem=False)
+    pad_values = binary_pad_value(variant)
     # The first layer sees the (float) image: binary weights only, zero padding.
     x = lq.layers.QuantConv2D(
         64, 3 if small else 11, strides=1 if small else 4, padding="same", input_quantizer=None,
@@ -80,7 +89,7 @@ def binary_alexnet(
     x = bn("conv1_bn")(pool("conv1_pool")(x))
     for i, (filters, kernel_size, pooled) in enumerate(ALEXNET_CONVS, start=2):
         x = lq.layers.QuantConv2D(
-            filters, kernel_size, padding="same", pad_values=1.0,
+            filters, kernel_size, padding="same", pad_values=pad_values,
             input_quantizer=input_quantizer, name=f"conv{i}", **quant,
         )(x)
         if pooled:
@@ -103,6 +112,10 @@ def binary_alexnet(
         source=f"BinaryNet AlexNet (arXiv 1602.02830); {LARQ_ZOO} TrainBinaryAlexNet",
         values=dict(learning_rate=1e-2, schedule="step", step_epochs=10, step_factor=0.5,
                     epochs=150, batch_size=512),
+    ),
+    zoo=ZooVariant(
+        f"{LARQ_ZOO_VERSION} larq_zoo/literature/binary_alex_net.py BinaryAlexNet",
+        "pad_values 1 (zoo: 0); small-input stem", (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE),
     ),
 )
 def binary_alexnet_entry(**kwargs) -> tf.keras.Model:

@@ -12,6 +12,45 @@ from bnn_keras.errors import BnnError
 # 3x3 stride-1 stem instead of the ImageNet 7x7/2 conv + max-pool, as larq-zoo does.
 SMALL_INPUT_SIDE = 50
 
+# "bnn" pads binary convolutions with +1 so that the padded input stays binary and LCE needs no
+# padding correction (LCE model-optimization guide); "larq-zoo" computes larq-zoo 2.4.0's
+# function (zero padding, its stems), the one its published weights were trained for.
+VARIANTS = ("bnn", "larq-zoo")
+ZOO_VARIANT = "larq-zoo"
+
+
+# `ZooVariant.differences` sentences shared by several families.
+PAD_DIFFERENCE = ("binary 3x3 convolutions pad with +1 (pad_values=1, so LCE needs no padding "
+                  "correction); larq-zoo pads them with 0")
+ZOO_STEM_DIFFERENCE = ("inputs under 50 px get a 3x3 stride-1 stem; larq-zoo keeps its ImageNet "
+                       "stem at every size")
+
+
+def binary_pad_value(variant: str) -> float:
+    """The `pad_values` of a binary "same" convolution in `variant` (see `VARIANTS`).
+
+    Raises:
+        BnnError: an unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise BnnError(f"Unknown `variant` {variant!r}; expected one of: {', '.join(VARIANTS)}.")
+    return 0.0 if variant == ZOO_VARIANT else 1.0
+
+
+def uses_small_stem(input_shape: Sequence[int], variant: str, zoo_has_small_stem: bool) -> bool:
+    """Whether a model gets the 3x3 stride-1 stem of small inputs.
+
+    Args:
+        input_shape: Input (height, width, channels).
+        variant: See `VARIANTS`.
+        zoo_has_small_stem: Whether larq-zoo's definition has one (its DenseNets and ResNetE do,
+            for a height under 50; Bi-Real Net, BinaryAlexNet and XNOR-Net always use the
+            ImageNet stem).
+    """
+    if variant == ZOO_VARIANT:
+        return zoo_has_small_stem and input_shape[0] < SMALL_INPUT_SIDE
+    return is_small_input(input_shape)
+
 
 def image_input(input_shape: Sequence[int]) -> tf.keras.layers.Layer:
     """A named Keras input for images of `input_shape` (height, width, channels).
@@ -71,11 +110,13 @@ def binary_conv3x3(
     kernel_constraint: Any,
     strides: int = 1,
     dilation_rate: int = 1,
+    pad_values: float = 1.0,
 ) -> tf.keras.layers.Layer:
     """A binary 3x3 "same" convolution in the form LCE runs as one fused LceBconv2d.
 
     Padding with +1 instead of 0 keeps the padded input binary (LCE model-optimization guide);
-    no bias, since a BatchNormalization follows in every family that uses it.
+    `pad_values=0` is larq-zoo's (see `binary_pad_value`). No bias, since a BatchNormalization
+    follows in every family that uses it.
     """
     return lq.layers.QuantConv2D(
         filters,
@@ -83,7 +124,7 @@ def binary_conv3x3(
         strides=strides,
         dilation_rate=dilation_rate,
         padding="same",
-        pad_values=1.0,
+        pad_values=pad_values,
         input_quantizer=input_quantizer,
         kernel_quantizer=kernel_quantizer,
         kernel_constraint=kernel_constraint,

@@ -14,8 +14,15 @@ from typing import Any, Optional, Sequence
 import larq as lq
 import tensorflow as tf
 
-from models.common import binary_conv3x3, classifier_head, image_input, is_small_input
-from models.registry import LARQ_ZOO, PaperRecipe, register_model
+from models.common import (
+    PAD_DIFFERENCE,
+    binary_conv3x3,
+    binary_pad_value,
+    classifier_head,
+    image_input,
+    uses_small_stem,
+)
+from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
 # Back to Simplicity trains BinaryDenseNet with a gradient-cancelling window of 1.3.
 CLIP_VALUE = 1.3
@@ -38,6 +45,7 @@ def binary_densenet(
     input_quantizer: Any = None,
     kernel_quantizer: Any = None,
     kernel_constraint: Any = None,
+    variant: str = "bnn",
     name: str = "binary_densenet",
 ) -> tf.keras.Model:
     """Builds a BinaryDenseNet.
@@ -54,6 +62,8 @@ def binary_densenet(
         input_quantizer: Activation quantizer (default `SteSign(clip_value=1.3)`).
         kernel_quantizer: Weight quantizer (default `SteSign(clip_value=1.3)`).
         kernel_constraint: Latent weight constraint (default `WeightClip(1.3)`).
+        variant: "bnn" pads the binary convolutions with +1 (LCE-friendly), "larq-zoo" with
+            0 as larq-zoo does (its weights give its outputs only then).
         name: Keras model name.
 
     Returns:
@@ -63,9 +73,10 @@ def binary_densenet(
     input_quantizer = input_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE)
     kernel_quantizer = kernel_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE)
     kernel_constraint = kernel_constraint or lq.constraints.WeightClip(clip_value=CLIP_VALUE)
+    pad_values = binary_pad_value(variant)
 
     inputs = image_input(input_shape)
-    if is_small_input(input_shape):
+    if uses_small_stem(input_shape, variant, zoo_has_small_stem=True):
         x = tf.keras.layers.Conv2D(
             initial_filters, 3, padding="same", kernel_initializer="he_normal",
             use_bias=False, name="stem_conv",
@@ -89,6 +100,7 @@ def binary_densenet(
                 input_quantizer=input_quantizer,
                 kernel_quantizer=kernel_quantizer,
                 kernel_constraint=kernel_constraint,
+                pad_values=pad_values,
                 name=f"{prefix}_conv",
             )(y)
             x = tf.keras.layers.Concatenate(name=f"{prefix}_concat")([x, y])
@@ -113,6 +125,11 @@ def binary_densenet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
+def _zoo(function: str) -> ZooVariant:
+    return ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/densenet.py {function}",
+                      "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,))
+
+
 # larq-zoo TrainBinaryDenseNet28: Adam(4e-3, epsilon=1e-8), x0.1 at epochs 100 and 110,
 # 120 epochs, batch 256.
 _DENSENET28_RECIPE = PaperRecipe(
@@ -122,7 +139,7 @@ _DENSENET28_RECIPE = PaperRecipe(
 )
 
 
-@register_model("binary-densenet28", recipe=_DENSENET28_RECIPE)
+@register_model("binary-densenet28", recipe=_DENSENET28_RECIPE, zoo=_zoo("BinaryDenseNet28"))
 def binary_densenet28(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet28: 5,150,504 parameters at 224x224x3, 1000 classes."""
     return binary_densenet(
@@ -137,6 +154,7 @@ def binary_densenet28(**kwargs) -> tf.keras.Model:
         f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet37",
         batch_size=192,
     ),
+    zoo=_zoo("BinaryDenseNet37"),
 )
 def binary_densenet37(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet37: 8,734,120 parameters at 224x224x3, 1000 classes."""
@@ -152,6 +170,7 @@ def binary_densenet37(**kwargs) -> tf.keras.Model:
         f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet37Dilated",
         epochs=80, batch_size=256, step_boundaries=(60, 70),
     ),
+    zoo=_zoo("BinaryDenseNet37Dilated"),
 )
 def binary_densenet37_dilated(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet37 with dilated last two blocks instead of pooling (for dense prediction)."""
@@ -171,6 +190,7 @@ def binary_densenet37_dilated(**kwargs) -> tf.keras.Model:
         f"Back to Simplicity (arXiv 1906.08637); {LARQ_ZOO} TrainBinaryDenseNet45",
         learning_rate=8e-3, epochs=125, batch_size=384, step_boundaries=(80, 100),
     ),
+    zoo=_zoo("BinaryDenseNet45"),
 )
 def binary_densenet45(**kwargs) -> tf.keras.Model:
     """BinaryDenseNet45: 13,939,240 parameters at 224x224x3, 1000 classes."""

@@ -9,7 +9,7 @@ References:
       Gradients](https://arxiv.org/abs/1606.06160)
 """
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import larq as lq
 import tensorflow as tf
@@ -23,6 +23,7 @@ from models.common import (
     softmax,
 )
 from models.registry import LARQ_ZOO, PaperRecipe, register_model
+from models.xnornet import split_quant_conv
 
 # (filters, kernel size, max-pool padding or None) of conv2..conv5.
 _CONVS = ((256, 5, "same"), (384, 3, "same"), (384, 3, None), (256, 3, "valid"))
@@ -37,6 +38,7 @@ def dorefanet(
     input_quantizer: Any = None,
     kernel_quantizer: Any = None,
     kernel_constraint: Any = None,
+    fc6_parts: Optional[int] = None,
     name: str = "dorefanet",
 ) -> tf.keras.Model:
     """Builds DoReFa-Net.
@@ -50,6 +52,9 @@ def dorefanet(
         input_quantizer: Activation quantizer (default `DoReFaQuantizer(k_bit=activations_k_bit)`).
         kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=None)`).
         kernel_constraint: Latent weight constraint (none: the weight gradient is not clipped).
+        fc6_parts: Compute fc6 as this many 1x1 convs over the output channels, concatenated
+            (same function and parameters with per-channel scales). None: as few as LCE's
+            converter folds, i.e. 2 at 224 px, else 1.
         name: Keras model name.
 
     Returns:
@@ -86,9 +91,12 @@ def dorefanet(
 
     if include_top:
         x = flatten_to_pixel(x, "fc_reshape")
-        for i in (6, 7):
-            x = lq.layers.QuantConv2D(4096, 1, name=f"fc{i}", **quant)(x)
-            x = bn(f"fc{i}_bn")(x)
+        # fc6's 9216x4096 kernel at 224 px is too large for LCE's converter to fold: whole,
+        # it would stay float32 twice (W and |W|); in parts, once.
+        x = split_quant_conv(x, 4096, 1, "fc6", fc6_parts, **quant)
+        x = bn("fc6_bn")(x)
+        x = lq.layers.QuantConv2D(4096, 1, name="fc7", **quant)(x)
+        x = bn("fc7_bn")(x)
         # clip(x, 0, 1) as a serializable built-in layer.
         x = tf.keras.layers.ReLU(max_value=1.0, name="fc7_clip")(x)
         x = pixel_to_vector(x, "fc7_flat")

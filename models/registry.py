@@ -2,7 +2,9 @@
 
 An entry function is a thin, data-only call into a family builder, registered with
 `@register_model("binary-densenet28", recipe=...)`; the entry carries the model's published
-training recipe as plain values (`PaperRecipe`), as timm's entries carry their configs.
+training recipe as plain values (`PaperRecipe`), as timm's entries carry their configs, and,
+for models whose default differs from larq-zoo's definition, how it differs (`ZooVariant`:
+`variant="larq-zoo"` builds the zoo's function, and a zoo weights file selects it).
 `create_model` forwards the Keras-applications keywords (`input_shape`, `num_classes`,
 `include_top`, `weights`) and any family-specific overrides. models/ imports only the Keras
 plugin: the training application (`bnn_keras.training`) sits above it, reads the recipes from
@@ -12,13 +14,17 @@ here and applies training tricks to the built models.
 import dataclasses
 import difflib
 import fnmatch
+import functools
+import os
 import types
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from bnn_keras import model_stats
 from bnn_keras.errors import BnnError
+from models import weights_file
+from models.common import ZOO_VARIANT
 
 # The file of larq-zoo's training configurations, which most published recipes come from.
 LARQ_ZOO = "larq-zoo larq_zoo/training/basic_experiments.py"
@@ -52,6 +58,26 @@ class PaperRecipe:
         return PaperRecipe(source, {**self.values, **changes})
 
 
+# The larq-zoo release whose definitions the registry models were compared with.
+LARQ_ZOO_VERSION = "larq-zoo 2.4.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooVariant:
+    """How a model's default differs from larq-zoo's definition, and that `variant="larq-zoo"`
+    builds the zoo's function (the one its published weights were trained for).
+
+    Attributes:
+        source: The larq-zoo definition compared with.
+        summary: The differences in a few words (a `bnn models` column).
+        differences: One sentence per difference of the default ("bnn") variant.
+    """
+
+    source: str
+    summary: str
+    differences: Tuple[str, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """One registered model.
@@ -62,12 +88,15 @@ class ModelEntry:
         recipe: The model paper's training recipe, None where none could be verified.
         bop_recipe: The Bop paper's recipe for this model (Helwegen et al.,
             https://arxiv.org/abs/1906.02107), None where it gives none.
+        zoo: Set when the entry takes `variant="larq-zoo"`: how the default differs from
+            larq-zoo. None for models without that option.
     """
 
     name: str
     fn: Callable[..., tf.keras.Model]
     recipe: Optional[PaperRecipe] = None
     bop_recipe: Optional[PaperRecipe] = None
+    zoo: Optional[ZooVariant] = None
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
@@ -85,6 +114,7 @@ def register_model(
     *,
     recipe: Optional[PaperRecipe] = None,
     bop_recipe: Optional[PaperRecipe] = None,
+    zoo: Optional[ZooVariant] = None,
 ) -> Callable:
     """Decorator that registers a model entry function under `name`.
 
@@ -92,6 +122,7 @@ def register_model(
         name: The registry key.
         recipe: The model paper's training recipe, if one could be verified.
         bop_recipe: The Bop paper's recipe for this model, if it gives one.
+        zoo: How the model differs from larq-zoo, when it takes `variant="larq-zoo"`.
 
     Raises:
         ValueError: `name` is already registered.
@@ -100,7 +131,7 @@ def register_model(
     def decorator(fn: Callable[..., tf.keras.Model]) -> Callable[..., tf.keras.Model]:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is registered twice.")
-        _REGISTRY[name] = ModelEntry(name, fn, recipe, bop_recipe)
+        _REGISTRY[name] = ModelEntry(name, fn, recipe, bop_recipe, zoo)
         fn.model_name = name
         return fn
 
@@ -158,20 +189,51 @@ def create_model(
         input_shape: Input (height, width, channels).
         num_classes: Size of the classifier output.
         include_top: Whether to include the classifier head.
-        weights: None (random initialization) or a path to a weights file to load by name.
-        **overrides: Family-specific options (e.g. `input_quantizer`).
+        weights: None (random initialization) or a path to a weights file. A Keras HDF5
+            weights file whose weighted layers carry other names than this model's (a larq-zoo
+            release file, or a zoo model's `save_weights`) is loaded by layer order, and for an
+            entry with a larq-zoo variant selects `variant="larq-zoo"` unless `variant` is
+            given; any other file is loaded by Keras's `load_weights`.
+        **overrides: Family-specific options (e.g. `input_quantizer`, `variant`).
 
     Returns:
         A `tf.keras.Model`.
 
     Raises:
         UnknownModelError: `name` is not registered.
-        BnnError: an override the model does not take.
+        BnnError: an override the model does not take; a weights file that does not exist or
+            does not fit the model (the message names the first layer that differs).
     """
-    fn = get_model_fn(name)
+    entry = get_entry(name)
+    if weights is not None and not os.path.isfile(weights):
+        raise BnnError(f"Weights file {weights} does not exist; give the path of a .h5 file.")
+    build = functools.partial(_build, entry, tuple(input_shape), num_classes, include_top)
+    model = build(overrides)
+    if weights is None:
+        return model
+    file_layers = weights_file.read_h5_layers(weights)
+    if file_layers is None:  # a TF checkpoint or another format: Keras's own loading
+        model.load_weights(weights)
+        return model
+    variant = overrides.get("variant", "bnn")
+    if (entry.zoo is not None and "variant" not in overrides
+            and weights_file.is_foreign(file_layers, model)):
+        # None of the file's layers has one of our names: larq-zoo's file, whose weights give
+        # the zoo's outputs only with the zoo's padding (and stems).
+        variant = ZOO_VARIANT
+        model = build({**overrides, "variant": variant})
+    label = f"{name} (variant {variant})" if entry.zoo is not None else name
+    weights_file.load_by_layer_order(model, weights, label, file_layers)
+    return model
+
+
+def _build(entry: ModelEntry, input_shape, num_classes: int, include_top: bool,
+           overrides: Mapping[str, Any]) -> tf.keras.Model:
+    fn = entry.fn
+    name = entry.name
     try:
         model = fn(
-            input_shape=tuple(input_shape),
+            input_shape=input_shape,
             num_classes=num_classes,
             include_top=include_top,
             **overrides,
@@ -184,8 +246,6 @@ def create_model(
             f"{name} has no option {unknown}; its options are the keyword arguments of "
             f"{fn.__module__}.{fn.__name__} and the family builder it calls."
         ) from None
-    if weights is not None:
-        model.load_weights(weights)
     return model
 
 

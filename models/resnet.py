@@ -17,13 +17,16 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from models.common import (
+    PAD_DIFFERENCE,
+    ZOO_STEM_DIFFERENCE,
     batch_norm,
     binary_conv3x3,
+    binary_pad_value,
     classifier_head,
     image_input,
-    is_small_input,
+    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, PaperRecipe, register_model
+from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
 # Back to Simplicity trains BinaryResNetE with a gradient-cancelling window of 1.25.
 RESNET_E_CLIP_VALUE = 1.25
@@ -48,6 +51,8 @@ def binary_resnet(
     stem_relu: bool = True,
     stem_extra_bn: bool = True,
     head_relu: bool = True,
+    variant: str = "bnn",
+    zoo_has_small_stem: bool = True,
     name: str = "binary_resnet",
 ) -> tf.keras.Model:
     """Builds a binary ResNet with a shortcut around every binary convolution.
@@ -71,6 +76,11 @@ def binary_resnet(
         stem_relu: Whether the ImageNet stem has a ReLU (ResNetE yes, Bi-Real Net no).
         stem_extra_bn: Whether a BN follows the stem's max-pool (ResNetE yes, Bi-Real Net no).
         head_relu: Whether a ReLU precedes the global pooling.
+        variant: "bnn" pads the binary convolutions with +1 (LCE-friendly), "larq-zoo" with
+            0 and uses the zoo's stem rule, as larq-zoo does (its weights give its outputs only
+            then).
+        zoo_has_small_stem: Whether larq-zoo's definition has a small-input stem (ResNetE
+            yes, Bi-Real Net no), for `variant="larq-zoo"`.
         name: Keras model name.
 
     Returns:
@@ -82,8 +92,9 @@ def binary_resnet(
 
     if stem_strides not in (1, 2):
         raise BnnError(f"Expected stem_strides 1 or 2, got {stem_strides!r}.")
+    pad_values = binary_pad_value(variant)
     inputs = image_input(input_shape)
-    if is_small_input(input_shape):
+    if uses_small_stem(input_shape, variant, zoo_has_small_stem):
         x = tf.keras.layers.Conv2D(
             stage_filters[0], 3, strides=stem_strides, padding="same",
             kernel_initializer=stem_initializer, use_bias=False, name="stem_conv",
@@ -121,6 +132,7 @@ def binary_resnet(
                 input_quantizer=input_quantizer,
                 kernel_quantizer=kernel_quantizer,
                 kernel_constraint=kernel_constraint,
+                pad_values=pad_values,
                 name=f"{prefix}_conv",
             )(x)
             x = bn(f"{prefix}_bn")(x)
@@ -154,9 +166,21 @@ def _birealnet(stage_blocks: Sequence[int], name: str, **kwargs) -> tf.keras.Mod
         stem_relu=False,
         stem_extra_bn=False,
         head_relu=False,
+        zoo_has_small_stem=False,
         name=name,
         **kwargs,
     )
+
+
+_ZOO_RESNET_E = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/resnet_e.py BinaryResNetE18",
+    "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,),
+)
+_ZOO_BIREALNET = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/birealnet.py BiRealNet",
+    "pad_values 1 (zoo: 0); small-input stem",
+    (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE),
+)
 
 
 @register_model(
@@ -168,6 +192,7 @@ def _birealnet(stage_blocks: Sequence[int], name: str, **kwargs) -> tf.keras.Mod
         values=dict(learning_rate=4e-3, schedule="step", step_boundaries=(70, 90, 110),
                     step_factor=0.3, adam_epsilon=1e-8, epochs=120, batch_size=1024),
     ),
+    zoo=_ZOO_RESNET_E,
 )
 def binary_resnet_e18(**kwargs) -> tf.keras.Model:
     """BinaryResNetE18: 11,699,368 parameters at 224x224x3, 1000 classes."""
@@ -189,6 +214,7 @@ def binary_resnet_e34(**kwargs) -> tf.keras.Model:
         source=f"Bi-Real Net (arXiv 1808.00278); {LARQ_ZOO} TrainBiRealNet",
         values=dict(learning_rate=5e-3, schedule="linear", epochs=300, batch_size=512),
     ),
+    zoo=_ZOO_BIREALNET,
 )
 def birealnet18(**kwargs) -> tf.keras.Model:
     """Bi-Real Net 18: 11,699,112 parameters at 224x224x3, 1000 classes."""

@@ -2,6 +2,9 @@
 
 The first and last layers stay full precision; binary weights carry a per-output-channel scale
 `mean|W|` (larq's `MagnitudeAwareSign`, which LCE folds into the LceBconv2d post-multiplier).
+At 224 px fc6's kernel (6x6x256x4096) is too large for LCE's converter to fold, so fc6 is
+computed as two 2048-filter halves, concatenated: the same function and parameters, and
+LceBconv2d ops instead of a float conv that stores the kernel twice.
 Parameter count matches larq-zoo's definition.
 
 References:
@@ -9,13 +12,22 @@ References:
       https://arxiv.org/abs/1603.05279)
 """
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import larq as lq
 import tensorflow as tf
 
-from models.common import batch_norm, image_input, is_small_input, softmax
-from models.registry import LARQ_ZOO, PaperRecipe, register_model
+from bnn_keras.errors import BnnError
+from bnn_keras.model_stats import lce_fold_parts
+from models.common import (
+    PAD_DIFFERENCE,
+    batch_norm,
+    binary_pad_value,
+    image_input,
+    is_small_input,
+    softmax,
+)
+from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
 # (filters, kernel size, max-pool after) of conv2..conv5.
 _CONVS = ((256, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
@@ -30,6 +42,8 @@ def xnornet(
     kernel_quantizer: Any = None,
     kernel_constraint: Any = "weight_clip",
     weight_decay: float = 5e-7,
+    fc6_parts: Optional[int] = None,
+    variant: str = "bnn",
     name: str = "xnornet",
 ) -> tf.keras.Model:
     """Builds XNOR-Net.
@@ -43,6 +57,12 @@ def xnornet(
         kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=1.0)`).
         kernel_constraint: Latent weight constraint.
         weight_decay: L2 factor on every kernel.
+        fc6_parts: Compute fc6 as this many convs of 4096 / `fc6_parts` filters, concatenated
+            (same function and parameters: the scales are per output channel). None: as few
+            as LCE binarizes, i.e. 2 at 224 px (a 6x6x256x4096 kernel exceeds what LCE's
+            converter folds, and would stay float32 twice), else 1; 1 for variant "larq-zoo".
+        variant: "bnn" pads conv2..conv5 with +1 (LCE-friendly), "larq-zoo" with 0 as larq-zoo
+            does.
         name: Keras model name.
 
     Returns:
@@ -74,14 +94,19 @@ def xnornet(
     x = bn("conv1_pool_bn")(pool("conv1_pool")(x))
     for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
         x = lq.layers.QuantConv2D(
-            filters, kernel_size, padding="same", pad_values=1.0, name=f"conv{i}", **quant
+            filters, kernel_size, padding="same", pad_values=binary_pad_value(variant),
+            name=f"conv{i}", **quant,
         )(x)
         if pooled:
             x = pool(f"conv{i}_pool")(x)
         x = bn(f"conv{i}_bn")(x)
     # fc6 is a "valid" conv whose kernel covers the whole feature map (6x6 at 224 px), so it is
     # a dense layer on the flattened map for any input size.
-    x = lq.layers.QuantConv2D(4096, tuple(x.shape[1:3]), padding="valid", name="fc6", **quant)(x)
+    # Split only as LCE needs it; the zoo variant keeps the zoo's single fc6 (its weights load
+    # layer by layer), which LCE then converts to a float conv.
+    x = split_quant_conv(x, 4096, tuple(x.shape[1:3]), "fc6",
+                         1 if fc6_parts is None and variant != "bnn" else fc6_parts,
+                         padding="valid", **quant)
     x = bn("fc6_bn")(x)
 
     if include_top:
@@ -97,6 +122,57 @@ def xnornet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
+def split_quant_conv(
+    x: tf.Tensor, filters: int, kernel_size: Any, name: str, parts: Optional[int], **kwargs: Any
+) -> tf.Tensor:
+    """A `QuantConv2D` computed as `parts` convs over the output channels, concatenated.
+
+    The same function as one layer for kernel quantizers that work per output channel (a sign,
+    `MagnitudeAwareSign`); a quantizer with one scale for the whole kernel would scale each part
+    by its own.
+
+    Args:
+        x: Input tensor.
+        filters: Output channels of the whole layer.
+        kernel_size: As for `QuantConv2D`.
+        name: Name of the whole layer; the parts are `{name}_1`, `{name}_2`, ... and their
+            concatenation is `name`.
+        parts: How many parts (must divide `filters`); None: `lce_fold_parts` of the kernel.
+        **kwargs: Other `QuantConv2D` arguments (no `kernel_initializer`: the parts keep the
+            whole layer's Glorot-uniform range).
+
+    Returns:
+        The layer's output.
+
+    Raises:
+        BnnError: `parts` does not divide `filters`.
+    """
+    kernel_size = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (
+        kernel_size, kernel_size)
+    kernel_shape = (*kernel_size, int(x.shape[-1]), filters)
+    if parts is None:
+        parts = lce_fold_parts(kernel_shape, kwargs.get("kernel_quantizer"))
+    if parts == 1:
+        return lq.layers.QuantConv2D(filters, kernel_size, name=name, **kwargs)(x)
+    if parts < 1 or filters % parts:
+        raise BnnError(f"Expected `{name}_parts` to divide {filters}, got {parts}.")
+    receptive = kernel_size[0] * kernel_size[1]
+    fan_in = receptive * int(x.shape[-1])
+    # Glorot-uniform of the whole layer: scale the parts' fan_avg back to the whole one's.
+    scale = (fan_in + receptive * filters // parts) / (fan_in + receptive * filters)
+    outputs = [
+        lq.layers.QuantConv2D(
+            filters // parts, kernel_size, name=f"{name}_{i}",
+            # One instance per part: a reused unseeded initializer repeats its values.
+            kernel_initializer=tf.keras.initializers.VarianceScaling(
+                scale=scale, mode="fan_avg", distribution="uniform"),
+            **kwargs,
+        )(x)
+        for i in range(1, parts + 1)
+    ]
+    return tf.keras.layers.Concatenate(name=name)(outputs)
+
+
 @register_model(
     "xnornet",
     # larq-zoo TrainXNORNet: Adam(1e-3), 100 epochs, batch 1200, lr multiplied by
@@ -108,6 +184,8 @@ def xnornet(
                     step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001),
                     epochs=100, batch_size=1200),
     ),
+    zoo=ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/xnornet.py XNORNet",
+                   "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,)),
 )
 def xnornet_entry(**kwargs) -> tf.keras.Model:
     """XNOR-Net: 62,396,768 parameters at 224x224x3, 1000 classes."""

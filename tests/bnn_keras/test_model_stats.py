@@ -85,6 +85,46 @@ def test_model_summary_totals(mixed):
     assert stats.lce_bconvs == model_stats.count_binary_convs(mixed) == 1
 
 
+def test_lce_bytes_store_weights_as_lce_does(mixed):
+    rows = {s.name: s.lce_bytes for s in model_stats.layer_table(mixed)}
+    # Float conv with a folded binary kernel: 108 float32 + a 4-channel TFLite bias.
+    assert rows["first"] == 4 * 108 + 4 * 4
+    # BatchNorm right after a conv folds into it.
+    assert rows["bn"] == 0
+    # LceBconv2d: 3x3 x ceil(4/32) words x 8 filters, multiplier + bias, and the Keras bias.
+    assert rows["bconv"] == 4 * 9 * 1 * 8 + 8 * 8 + 4 * 8
+    assert rows["dorefa"] == 4 * 64 + 4 * 8
+    assert rows["bdense"] == 4 * 40 + 4 * 5
+    assert rows["head"] == 4 * 12
+    assert rows["pool"] == rows["input"] == 0
+    assert model_stats.model_summary(mixed).lce_size_bytes == 1500 + 448 + 384 + 288 + 180 + 48
+
+
+def test_fold_parts_follow_the_constant_folding_limit():
+    scaled = lq.quantizers.MagnitudeAwareSign()
+    # XNOR-Net's fc6 at 224 px: 37.7 M weights, more than 2**25.
+    assert model_stats.lce_fold_parts((6, 6, 256, 4096), scaled) == 2
+    assert model_stats.lce_fold_parts((1, 1, 8192, 4096), "ste_sign") == 2  # exactly 2**25
+    assert model_stats.lce_fold_parts((1, 1, 8191, 4096), "ste_sign") == 1
+    # weights + filters = 2**25 still folds with a scale; one more input channel does not.
+    assert model_stats.lce_fold_parts((1, 1, 8191, 4096), scaled) == 1
+    assert model_stats.lce_fold_parts((1, 1, 8192, 4096), scaled) == 2
+    assert model_stats.lce_fold_parts((3, 3, 64, 64), None) == 1
+
+
+def test_kernel_too_large_to_fold_is_not_counted_as_bconv():
+    inputs = tf.keras.Input((1, 1, 8192))
+    outputs = lq.layers.QuantConv2D(
+        4096, 1, input_quantizer="ste_sign", kernel_quantizer=lq.quantizers.MagnitudeAwareSign(),
+        kernel_constraint="weight_clip", use_bias=False, name="fc",
+    )(inputs)
+    (fc,) = [s for s in model_stats.layer_table(tf.keras.Model(inputs, outputs)) if s.name == "fc"]
+    assert fc.lce_bconvs == 0 and not fc.binarized
+    assert "too large for LCE to fold" in fc.lce_note and "two float32 copies" in fc.lce_note
+    assert "at most 4,095 filters" in fc.lce_note  # 2**25 // (8192 weights + 1 scale)
+    assert fc.lce_bytes == 2 * 4 * 2**25 + 4 * 4096
+
+
 def test_one_padding_and_32_channels_leave_no_note_and_nested_models_are_flattened():
     inner_in = tf.keras.Input((6, 6, 32))
     inner_out = lq.layers.QuantConv2D(
@@ -119,14 +159,15 @@ def test_multi_base_layer_counts_one_bconv_per_base():
 def test_format_table_lists_layers_totals_and_summary(mixed):
     text = model_stats.format_table(model_stats.model_summary(mixed))
     lines = text.splitlines()
-    # header, rule, 8 layers, rule, total, blank, then the 5 summary lines.
-    assert len(lines) == 2 + 8 + 2 + 1 + 5
+    # header, rule, 8 layers, rule, total, blank, then the 6 summary lines.
+    assert len(lines) == 2 + 8 + 2 + 1 + 6
     assert lines[0].startswith("Layer") and "LCE note" in lines[0]
     assert lines[5].split()[:4] == ["bconv", "QuantConv2D", "1", "1"]
     assert lines[11].split()[:3] == ["Total", "536", "500"]
     assert "Total params: 536 (500 binary, 36 float)" in text
     assert "Expected LceBconv2d ops: 1" in text
     assert "MACs: 29,490 (62.6% binary)" in text  # 18472 / 29490 = 0.6264
+    assert lines[-1] == "Predicted LCE flatbuffer: 2.78 KiB"  # 2848 bytes
     without_notes = model_stats.format_table(model_stats.layer_table(mixed), notes=False)
     assert "LCE note" not in without_notes and "Model:" not in without_notes
 

@@ -328,3 +328,38 @@ def test_library_messages_name_fields_and_the_cli_shows_options():
     # By the option's name, also where the value's name differs (--bundle fills bundle_dir).
     assert cli.main._spelled(ctx, "`int8_io` needs `int8`; `bundle`, `source`, `nothing`.") == (
         "--int8-io needs --int8; --bundle, RUN_DIR_OR_MODEL_FILE, `nothing`.")
+
+
+def test_convert_zoo_style_files_subclass_and_custom_objects(tmp_path):
+    """A larq-zoo-shaped model file converts: the DenseNet-like subclass that cannot be imported
+    by its functional graph, QuickNet's blur-pool initializer given with --custom-objects."""
+    import numpy as np
+
+    from tests.convert.test_loading import (OBJECTS_MODULE, _dense_net_like,
+                                            _quicknet_transition_like)
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("f4"))
+    _dense_net_like().save(tmp_path / "dense.h5")
+    _quicknet_transition_like().save(tmp_path / "quick.keras")
+    (tmp_path / "objs.py").write_text(OBJECTS_MODULE.replace("@REGISTER", "# dict form"))
+    common = ["--inputs", str(tmp_path / "x.npy"), "--no-metadata"]
+    result = invoke(["convert", str(tmp_path / "dense.h5"), "-o", str(tmp_path / "d.tflite"),
+                     *common])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"LceBconv2d / binary convs\s+1 / 1", result.output)
+    quick = str(tmp_path / "quick.keras")
+    line = _one_line_error(invoke(["convert", quick, "-o", str(tmp_path / "q.tflite"), *common]))
+    assert line.startswith(f"Error: Could not load {quick} as a Keras model (Unknown "
+                           f"initializer: 'blurpool_initializer'); pass the module that "
+                           f"defines 'blurpool_initializer' with --custom-objects")
+    assert not (tmp_path / "q.tflite").exists()
+    result = invoke(["convert", quick, "-o", str(tmp_path / "q.tflite"), *common,
+                     "--custom-objects", f"{tmp_path / 'objs.py'}:OBJECTS"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"top-1 agreement 100\.00%", result.output)
+    assert (tmp_path / "q.tflite").stat().st_size > 0
+    # An import error is one line that names the module, before any work starts.
+    line = _one_line_error(invoke(["convert", quick, "--custom-objects", "objs_not_here:X"]))
+    assert line.startswith("Error: --custom-objects module 'objs_not_here' could not be "
+                           "imported (ModuleNotFoundError: No module named 'objs_not_here')")
+    assert "Converting" not in invoke(["convert", quick, "--custom-objects", "nope_x"]).output

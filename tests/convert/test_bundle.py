@@ -61,8 +61,8 @@ def test_bundle_contents(good_bundle, model_and_flatbuffer):
     args = (good_bundle / "runner_args.txt").read_text().splitlines()
     assert "--model=model.tflite" in args and "--mean=4.5" in args and "--pixel_max=16.0" in args
     assert f"--atol={meta['expected_output']['atol']!r}" in args
-    for name in ("README.md", "build.sh", "run.sh", "benchmark.sh", "runner/bnn_runner.cc",
-                 "runner/CMakeLists.txt"):
+    for name in ("README.md", "build.sh", "run.sh", "benchmark.sh", "pi.sh", "expected_latency.txt",
+                 "runner/bnn_runner.cc", "runner/CMakeLists.txt"):
         assert (good_bundle / name).is_file(), name
     assert (good_bundle / "run.sh").stat().st_mode & 0o111
     assert not list(good_bundle.parent.glob(".tiny.partial-*"))
@@ -139,7 +139,7 @@ def test_missing_metadata_and_bad_shapes(tmp_path, model_and_flatbuffer):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-@pytest.mark.parametrize("script", ["build.sh", "run.sh", "benchmark.sh"])
+@pytest.mark.parametrize("script", ["build.sh", "run.sh", "benchmark.sh", "pi.sh"])
 def test_scripts_pass_bash_n_and_shellcheck(script):
     path = RUNNER_DIR / "scripts" / script
     result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
@@ -150,7 +150,9 @@ def test_scripts_pass_bash_n_and_shellcheck(script):
     shellcheck = str(beside_python) if beside_python.exists() else shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (pip install -e '.[test]' brings it)")
-    result = subprocess.run([shellcheck, "-s", "bash", str(path)], capture_output=True, text=True)
+    # -x follows run.sh's and benchmark.sh's `source pi.sh`.
+    result = subprocess.run([shellcheck, "-x", "-s", "bash", str(path)], capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stdout
 
 
@@ -200,3 +202,207 @@ def test_run_sh_without_runner_says_build_first(bundle_copy):
     result = subprocess.run(["bash", str(bundle_copy / "run.sh")], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "run ./build.sh first" in result.stderr
+
+
+# --- 32-bit Pi, old Pi OS, slow builds: pi.sh, benchmark.sh, the expected latency ---------------
+
+def _fake_tools(tmp_path, **tools) -> str:
+    """A PATH whose first folder holds fake commands (name -> bash body), then the system's."""
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir(exist_ok=True)
+    for name, body in tools.items():
+        (fake_bin / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+    return f"{fake_bin}:/usr/bin:/bin"
+
+
+def _pi_sh(call: str, path: str, **env) -> subprocess.CompletedProcess:
+    script = f'source "{RUNNER_DIR / "scripts" / "pi.sh"}"; {call}'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env={"PATH": path, **env})
+
+
+@pytest.mark.parametrize("machine, asset", [
+    ("aarch64", "lce_benchmark_model_aarch64"),
+    ("armv7l", "lce_benchmark_model_aarch32"),
+    ("armv8l", "lce_benchmark_model_aarch32"),  # 32-bit OS on a 64-bit CPU
+])
+def test_asset_follows_uname(tmp_path, machine, asset):
+    result = _pi_sh("lce_asset", _fake_tools(tmp_path, uname=f"echo {machine}"))
+    assert result.returncode == 0 and result.stdout == f"{asset}\n", result.stderr
+
+
+def test_unknown_machine_is_one_line_error(tmp_path):
+    result = _pi_sh("lce_asset", _fake_tools(tmp_path, uname="echo armv6l"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "'armv6l' (uname -m)" in result.stderr and "LCE_BENCHMARK_MODEL" in result.stderr
+
+
+def _fake_binary(tmp_path, glibc_versions, output="") -> Path:
+    """An executable whose bytes hold GLIBC_x.y version names, as an ELF's .dynstr does."""
+    binary = tmp_path / "lce_benchmark_model_aarch64"
+    names = " ".join(f"GLIBC_{v}" for v in glibc_versions)
+    binary.write_text(f"#!/usr/bin/env bash\n# {names} GLIBC_PRIVATE\nprintf '%s\\n' '{output}'\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_binary_glibc_is_the_highest_version(tmp_path):
+    binary = _fake_binary(tmp_path, ["2.17", "2.34", "2.4", "2.29"])
+    result = _pi_sh(f'binary_glibc "{binary}"', "/usr/bin:/bin")
+    assert result.stdout == "2.34\n"  # version order, not text order ("2.4" < "2.29")
+    static = tmp_path / "static"
+    static.write_bytes(b"\x7fELF no versions")
+    assert _pi_sh(f'binary_glibc "{static}"', "/usr/bin:/bin").stdout == ""
+
+
+@pytest.mark.parametrize("getconf, ldd, device", [
+    ("echo glibc 2.28", "exit 1", "2.28"),
+    ("exit 1", "echo 'ldd (Debian GLIBC 2.36-9+rpt2+deb12u4) 2.36'", "2.36"),  # no getconf
+    ("exit 1", "echo 'musl libc (aarch64)'", ""),  # not glibc: nothing to compare
+])
+def test_device_glibc(tmp_path, getconf, ldd, device):
+    result = _pi_sh("device_glibc", _fake_tools(tmp_path, getconf=getconf, ldd=ldd))
+    assert result.stdout.strip() == device
+
+
+@pytest.mark.parametrize("device, ok", [("2.28", False), ("2.31", False), ("2.34", True),
+                                         ("2.36", True)])
+def test_check_glibc(tmp_path, device, ok):
+    binary = _fake_binary(tmp_path, ["2.17", "2.29", "2.34"])
+    path = _fake_tools(tmp_path, getconf=f"echo glibc {device}", ldd="exit 1")
+    result = _pi_sh(f'check_glibc "{binary}"', path)
+    if ok:
+        assert result.returncode == 0 and result.stderr == ""
+    else:
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert f"needs glibc 2.34 but this system has {device}" in result.stderr
+        assert "./build.sh" in result.stderr
+
+
+def test_benchmark_sh_stops_on_old_glibc(bundle_copy, tmp_path):
+    binary = _fake_binary(bundle_copy, ["2.34"], output="must not run")
+    env = {"PATH": _fake_tools(tmp_path, uname="echo aarch64", getconf="echo glibc 2.28",
+                               curl="exit 99")}
+    result = subprocess.run(["bash", str(bundle_copy / "benchmark.sh")], capture_output=True,
+                            text=True, env=env)
+    assert binary.name == "lce_benchmark_model_aarch64"  # found beside the script: no download
+    assert result.returncode == 2 and "must not run" not in result.stdout
+    assert "needs glibc 2.34 but this system has 2.28" in result.stderr
+
+
+def test_benchmark_sh_downloads_the_32_bit_asset(bundle_copy, tmp_path):
+    # curl records the URL it was asked for and fails: the error names the release page.
+    log = tmp_path / "curl.log"
+    env = {"PATH": _fake_tools(tmp_path, uname="echo armv7l", curl=f'echo "$@" > "{log}"; exit 22')}
+    result = subprocess.run(["bash", str(bundle_copy / "benchmark.sh")], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 2 and "download failed" in result.stderr
+    assert "releases/download/v0.16.0/lce_benchmark_model_aarch32" in log.read_text()
+
+
+def test_expected_latency_scales_lce_reference_by_macs():
+    # Each QuickNet's MACs give back LCE's published Pi 4B latency to within the references'
+    # spread (1 thread: 20.6-23.9 ms per GMAC; 4 threads: 8.5-11.1).
+    for name, macs, threads1_ms, threads4_ms in bundle_lib.LCE_PI4_LATENCY_REFERENCE:
+        estimate = bundle_lib.expected_latency_ms(macs)
+        assert estimate["pi4_threads1_ms"] == pytest.approx(threads1_ms, rel=0.1), name
+        assert estimate["pi4_threads4_ms"] == pytest.approx(threads4_ms, rel=0.2), name
+    quicknet = bundle_lib.expected_latency_ms(1_879_339_776)
+    assert quicknet["pi4_threads1_ms"] == pytest.approx(41.5, abs=0.1)  # 149.7 ms / 6.78 GMAC
+    half = bundle_lib.expected_latency_ms(1_879_339_776 // 2)
+    assert half["pi4_threads1_ms"] == pytest.approx(quicknet["pi4_threads1_ms"] / 2, rel=1e-6)
+    assert bundle_lib.expected_latency_ms(0) == {"pi4_threads1_ms": 0.0, "pi4_threads4_ms": 0.0}
+    with pytest.raises(BnnError, match="MAC count >= 0"):
+        bundle_lib.expected_latency_ms(-1)
+
+
+def test_bundle_records_expected_latency(good_bundle, model_and_flatbuffer):
+    from bnn_keras.model_stats import model_summary
+
+    macs = model_summary(model_and_flatbuffer[0]).total_macs
+    meta = json.loads((good_bundle / "model.json").read_text())
+    expected = bundle_lib.expected_latency_ms(macs)
+    assert meta["expected_latency"]["macs"] == macs > 0
+    assert meta["expected_latency"]["pi4_threads1_ms"] == pytest.approx(expected["pi4_threads1_ms"])
+    lines = (good_bundle / "expected_latency.txt").read_text().splitlines()
+    assert f"macs={macs}" in lines and "warn_factor=3" in lines
+    assert f"pi4_threads1_ms={expected['pi4_threads1_ms']:.4g}" in lines
+    readme = (good_bundle / "README.md").read_text()
+    assert "lce_benchmark_model_aarch32" in readme and "`--target arm`" in readme
+    assert "`--target arm64`" in readme and "## Expected latency" in readme
+
+
+def _with_expected(bundle: Path, threads1_ms: float, threads4_ms: float) -> None:
+    (bundle / "expected_latency.txt").write_text(
+        f"macs=1\npi4_threads1_ms={threads1_ms}\npi4_threads4_ms={threads4_ms}\n"
+        f"warn_factor={bundle_lib.LATENCY_WARN_FACTOR:g}\n"
+        f"warn_floor_ms={bundle_lib.LATENCY_WARN_FLOOR_MS:g}\n")
+
+
+@pytest.mark.parametrize("measured_ms, threads, board, warned", [
+    (150.0, 1, "Raspberry Pi 4 Model B Rev 1.4", True),    # 3.3x the 1-thread 45 ms
+    (120.0, 1, "Raspberry Pi 4 Model B Rev 1.4", False),   # 2.7x
+    (70.0, 4, "Raspberry Pi 4 Model B Rev 1.4", True),     # 3.4x the 4-thread 20.8 ms
+    (800.0, 1, "Raspberry Pi 3 Model B Plus Rev 1.3", False),  # LCE has no Pi 3 figure
+])
+def test_benchmark_sh_reports_latency_and_warns(bundle_copy, tmp_path, measured_ms, threads, board,
+                                                 warned):
+    _with_expected(bundle_copy, 45.0, 20.8)
+    timing = ("Inference timings in us: Init: 1, First inference: 2, "
+              f"Inference (avg): {measured_ms * 1000:g}")
+    _fake_binary(bundle_copy, ["2.17"], output=timing)
+    env = {"PATH": _fake_tools(tmp_path, uname="echo aarch64", getconf="echo glibc 2.36"),
+           "BNN_DEVICE_MODEL": board}
+    result = subprocess.run(["bash", str(bundle_copy / "benchmark.sh"), str(threads)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    expected = 45.0 if threads == 1 else 20.8
+    assert f"latency: measured {measured_ms:.3f} ms, expected about {expected} ms" in result.stdout
+    assert ("warning:" in result.stderr) == warned, result.stderr
+    if warned:
+        assert "x slower than expected" in result.stderr and "./build.sh" in result.stderr
+
+
+@pytest.mark.parametrize("measured_ms, warned", [(0.9, False), (2.0, True)])
+def test_no_warning_under_the_floor(bundle_copy, tmp_path, measured_ms, warned):
+    # A tiny model's MAC estimate (0.01 ms) is far below the per-invoke overhead: only latencies
+    # above the 1 ms floor are held to it.
+    _with_expected(bundle_copy, 0.01, 0.005)
+    _fake_binary(bundle_copy, ["2.17"], output=f"Inference (avg): {measured_ms * 1000:g}")
+    env = {"PATH": _fake_tools(tmp_path, uname="echo aarch64", getconf="echo glibc 2.36"),
+           "BNN_DEVICE_MODEL": "Raspberry Pi 5 Model B Rev 1.0"}
+    result = subprocess.run(["bash", str(bundle_copy / "benchmark.sh")], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0 and ("warning:" in result.stderr) == warned, result.stderr
+
+
+def test_run_sh_reports_runner_latency_on_32_bit(bundle_copy, tmp_path):
+    _with_expected(bundle_copy, 45.0, 20.8)
+    fake = tmp_path / "fake_runner"
+    fake.write_text("#!/usr/bin/env bash\necho 'latency over 50 runs, 1 thread(s): min 190.000 ms, "
+                    "median 200.000 ms, mean 201.000 ms'\nexit 1\n")
+    fake.chmod(0o755)
+    env = {"PATH": _fake_tools(tmp_path, uname="echo armv7l"), "BNN_RUNNER": str(fake),
+           "BNN_DEVICE_MODEL": "Raspberry Pi 4 Model B Rev 1.1"}
+    result = subprocess.run(["bash", str(bundle_copy / "run.sh")], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 1  # the runner's exit code (a failed self-check) is kept
+    assert "latency: measured 200.000 ms, expected about 45.0 ms" in result.stdout
+    assert "4.4x slower than expected on armv7l" in result.stderr and "64-bit" in result.stderr
+
+
+def test_cmake_uses_lce_release_flags():
+    cmake = (RUNNER_DIR / "CMakeLists.txt").read_text()
+    # LCE's release workflow: -c opt --copt=-O3; .bazelrc configs aarch64 and rpi3.
+    for flag in ("-O3 -DNDEBUG", "-march=armv8-a", "-march=armv7-a -mfpu=neon-vfpv4",
+                 "-funsafe-math-optimizations", "-ftree-vectorize", "-fomit-frame-pointer"):
+        assert flag in cmake, flag
+    assert cmake.index("LCE_RELEASE_FLAGS") < cmake.index("add_subdirectory(")
+
+
+def test_format_2_bundle_needs_pi_sh(bundle_copy):
+    (bundle_copy / "pi.sh").unlink()
+    with pytest.raises(BnnError, match=r"Broken bundle .*missing pi.sh"):
+        check_bundle(bundle_copy)

@@ -130,3 +130,41 @@ def test_registry_densenet_is_clean():
     assert errors(findings) == []
     warnings = {f.code for f in findings if f.severity == "warning"}
     assert warnings <= {"input-channels", "output-channels"}
+
+
+def test_kernel_too_large_for_lce_to_fold_is_an_error_with_the_split_as_fix():
+    # 8192 x 4096 = 2**25 weights: 2**30 bits, over TensorFlow's constant-folding limit.
+    model = _model(lq.layers.QuantConv2D(4096, 1, name="fc", **BINARY), input_shape=(1, 1, 8192))
+    (finding,) = inspect_model(model)
+    assert (finding.layer, finding.code, finding.severity) == ("fc", "kernel-too-large", "error")
+    assert "33,554,432 weights" in finding.message and "stored as float32" in finding.message
+    assert finding.fix.startswith("split it along its output channels into 2 layers of 2048")
+    # 32 input channels fewer fold, and are clean.
+    smaller = _model(lq.layers.QuantConv2D(4096, 1, name="fc", **BINARY), input_shape=(1, 1, 8160))
+    assert inspect_model(smaller) == []
+
+
+def test_magnitude_aware_sign_on_a_float_layer_is_reported():
+    scaled = dict(kernel_quantizer=lq.quantizers.MagnitudeAwareSign(), use_bias=False)
+    model = _model(
+        lq.layers.QuantConv2D(32, 1, name="binary", input_quantizer="ste_sign", **scaled),
+        lq.layers.QuantConv2D(32, 1, name="dorefa",
+                              input_quantizer=lq.quantizers.DoReFaQuantizer(k_bit=2), **scaled),
+    )
+    assert _codes(inspect_model(model)) == {
+        ("dorefa", "multibit-activation", "error"),
+        ("dorefa", "magnitude-aware-float", "info"),
+    }
+
+
+@pytest.mark.slow
+def test_xnornet_fc6_is_split_at_224_and_flagged_when_whole():
+    import models
+
+    whole = models.create_model("xnornet", input_shape=(224, 224, 3), num_classes=1000,
+                                fc6_parts=1)
+    assert _codes(inspect_model(whole)) == {("fc6", "kernel-too-large", "error")}
+    assert "two float32 copies" in inspect_model(whole)[0].message
+    split = models.create_model("xnornet", input_shape=(224, 224, 3), num_classes=1000)
+    assert inspect_model(split) == []
+    assert split.count_params() == whole.count_params() == 62_396_768

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds bnn_runner on the device (Raspberry Pi 4/5 on a 64-bit OS) against Larq Compute Engine.
+# Builds bnn_runner on the device against Larq Compute Engine, with the release flags of LCE's own
+# ARM builds (runner/CMakeLists.txt): its `aarch64` flags on a 64-bit OS (uname -m aarch64), its
+# `rpi3` flags (-march=armv7-a -mfpu=neon-vfpv4) on a 32-bit one (armv7l), both -O3 -DNDEBUG.
 #
 # usage: ./build.sh [LCE_SOURCE_DIR]
 # Without an argument, LCE (tag $LCE_VERSION, default v0.16.0) is cloned next to this script with
@@ -10,6 +12,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 lce_version="${LCE_VERSION:-v0.16.0}"
 lce_dir="${1:-${LCE_SOURCE_DIR:-$here/compute-engine}}"
 jobs="${JOBS:-$(nproc)}"
+
+case "$(uname -m)" in
+  aarch64 | arm64) echo "Building for 64-bit ARM (LCE's aarch64 release flags)" ;;
+  armv7l | armv7 | armhf | armv8l) echo "Building for 32-bit ARM (LCE's rpi3 release flags)" ;;
+  *) echo "warning: $(uname -m) is not ARM; building without LCE's ARM flags" >&2 ;;
+esac
 
 for tool in git cmake c++ make; do
   if ! command -v "$tool" >/dev/null 2>&1; then

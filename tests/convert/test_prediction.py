@@ -1,0 +1,131 @@
+"""`bnn summary`/`bnn inspect` predictions (bnn_keras.model_stats) against real LCE conversions.
+
+The fold rule (`lce_kernel_folds`) is checked at its boundary on single 1x1 layers, and every
+registry model's predicted LceBconv2d count and flatbuffer size against its conversion.
+"""
+
+import bnn_keras  # noqa: F401  (must precede tensorflow)
+import larq as lq
+import pytest
+import tensorflow as tf
+
+import models
+from bnn_keras import model_stats
+from convert.converter import convert_to_flatbuffer
+from convert.lint import inspect_model
+
+# 2**25 weights: 2**30 bits at float32, TensorFlow's constant-folding limit.
+LIMIT = 2**25
+
+
+def _one_layer(in_channels: int, filters: int, kernel_quantizer) -> tf.keras.Model:
+    inputs = tf.keras.Input((1, 1, in_channels))
+    outputs = lq.layers.QuantConv2D(
+        filters, 1, input_quantizer="ste_sign", kernel_quantizer=kernel_quantizer,
+        kernel_constraint="weight_clip", use_bias=False, name="big",
+    )(inputs)
+    return tf.keras.Model(inputs, outputs)
+
+
+def _magnitude_aware():
+    return lq.quantizers.MagnitudeAwareSign(clip_value=1.0)
+
+
+@pytest.mark.parametrize("in_channels, filters, quantizer, folds", [
+    (8191, 4096, "ste_sign", True),          # 2**25 - 4096 weights
+    (8192, 4096, "ste_sign", False),         # 2**25 weights
+    (4095, 8193, "ste_sign", True),          # weights < 2**25 < weights + filters
+    (4095, 8193, "magnitude_aware", False),  # the scale's filters push it over
+    (8191, 4096, "magnitude_aware", True),   # weights + filters == 2**25
+])
+def test_fold_rule_at_its_boundary(in_channels, filters, quantizer, folds):
+    quantizer = _magnitude_aware() if quantizer == "magnitude_aware" else quantizer
+    model = _one_layer(in_channels, filters, quantizer)
+    layer = model.get_layer("big")
+    assert model_stats.lce_kernel_folds(layer) is folds
+    stats = model_stats.model_summary(model)
+    assert stats.lce_bconvs == (1 if folds else 0)
+    codes = {f.code for f in inspect_model(model)}
+    assert ("kernel-too-large" in codes) is (not folds)
+
+
+def test_unfolded_magnitude_aware_kernel_is_stored_twice():
+    """Measured: 2**25 MagnitudeAwareSign weights stay as two float32 tensors, no LceBconv2d."""
+    model = _one_layer(8192, 4096, _magnitude_aware())
+    stats = model_stats.model_summary(model)
+    flatbuffer = convert_to_flatbuffer(model)
+    assert flatbuffer.ops.get("LceBconv2d", 0) == stats.lce_bconvs == 0
+    assert 8 * LIMIT < len(flatbuffer.data) < 8 * LIMIT * 1.01
+    assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) < 0.01
+    finding = next(f for f in inspect_model(model) if f.code == "kernel-too-large")
+    assert "two float32 copies" in finding.message
+    assert "2 layers of 2048 filters" in finding.fix
+
+
+def test_split_layer_folds_into_bconvs_and_shrinks():
+    """The fix `inspect` proposes: the same layer as two halves, concatenated."""
+    inputs = tf.keras.Input((1, 1, 8192))
+    halves = [lq.layers.QuantConv2D(2048, 1, input_quantizer="ste_sign",
+                                    kernel_quantizer=_magnitude_aware(), use_bias=False)(inputs)
+              for _ in range(2)]
+    model = tf.keras.Model(inputs, tf.keras.layers.Concatenate()(halves))
+    stats = model_stats.model_summary(model)
+    flatbuffer = convert_to_flatbuffer(model)
+    assert flatbuffer.ops.get("LceBconv2d", 0) == stats.lce_bconvs == 2
+    assert len(flatbuffer.data) < LIMIT // 7  # 1 bit per weight plus per-channel constants
+    assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) < 0.05
+    assert inspect_model(model) == []
+
+
+# Conversions at 32x32 take 7-15 s for these, 15-35 s for the deeper siblings (marked slow).
+_DEEP = {"binary-densenet37", "binary-densenet37-dilated", "binary-densenet45",
+         "binary-resnet-e34", "birealnet34", "quicknet-large", "quicknet-small",
+         "bnn-plus-alexnet", "compact-bnn", "binary-densenet28", "birealnet18"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n for n in models.list_models()
+])
+def test_prediction_matches_conversion_at_small_input(name):
+    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=10)
+    stats = model_stats.model_summary(model)
+    flatbuffer = convert_to_flatbuffer(model)
+    assert stats.lce_bconvs == flatbuffer.ops.get("LceBconv2d", 0)
+    assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["xnornet", "dorefanet"])
+def test_fc6_is_folded_at_imagenet_size(name):
+    """At 224 px fc6 is split in two so that LCE folds it (xnornet: into 2 LceBconv2d)."""
+    model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
+    stats = model_stats.model_summary(model)
+    flatbuffer = convert_to_flatbuffer(model)
+    assert stats.lce_bconvs == flatbuffer.ops.get("LceBconv2d", 0)
+    assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) <= 0.05
+    # xnornet: at most larq-zoo's xnornet (170,185,552 bytes). dorefanet's 2-bit activations
+    # keep every conv float, but fc6 is stored once instead of twice (400,572,728 bytes).
+    limit = 170_185_552 if name == "xnornet" else 260_000_000
+    assert len(flatbuffer.data) <= limit
+
+
+@pytest.mark.parametrize("name", ["xnornet", "dorefanet"])
+def test_split_fc6_is_the_same_function_and_parameters(name):
+    import numpy as np
+
+    from bnn_keras.errors import BnnError
+
+    whole = models.create_model(name, input_shape=(32, 32, 3), num_classes=10, fc6_parts=1)
+    split = models.create_model(name, input_shape=(32, 32, 3), num_classes=10, fc6_parts=2)
+    assert split.count_params() == whole.count_params()
+    kernel = whole.get_layer("fc6").kernel.numpy()
+    for layer in whole.layers:
+        if layer.name != "fc6":
+            split.get_layer(layer.name).set_weights(layer.get_weights())
+    split.get_layer("fc6_1").set_weights([kernel[..., :2048]])
+    split.get_layer("fc6_2").set_weights([kernel[..., 2048:]])
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(split(x, training=False), whole(x, training=False),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(BnnError, match="Expected `fc6_parts` to divide 4096, got 3"):
+        models.create_model(name, input_shape=(32, 32, 3), num_classes=10, fc6_parts=3)
