@@ -10,15 +10,15 @@ size x output pixels). A *binary convolution* is a larq quantized convolution wh
 quantizer and kernel quantizer both have a precision of 1 bit.
 
 LCE only binarizes a convolution whose quantized kernel the converter has folded into a
-constant, and TensorFlow's MLIR constant folder refuses ops whose operands exceed 2**30 bits
-(`kOperandsSizeThreshold` in tensorflow/compiler/mlir/tensorflow/transforms/constant_fold.cc).
-Measured with larq-compute-engine 0.16 on single 1x1 layers (4096 or 8193 filters): a `ste_sign`
-kernel folds while it has fewer than 2**25 weights; a `MagnitudeAwareSign` kernel is folded by a
-multiply with its per-channel scale, so it folds while weights + filters <= 2**25. Above that
-the layer runs as a float CONV_2D and its kernel stays float32: once for `ste_sign`, twice
-(W and |W|: sign and scale are computed at run time) for `MagnitudeAwareSign` kernels of
-2**25 weights or more. `lce_kernel_folds` is that rule; `ModelStats.lce_size_bytes` predicts
-the flatbuffer.
+constant. Measured with larq-compute-engine 0.16 on single 1x1 layers and whole registry models
+(`tests/convert/test_prediction.py` converts each case): a `MagnitudeAwareSign` kernel is folded
+by a multiply with its per-channel scale, and folds while weights + filters <= 2**25 (32-bit
+operands of 2**30 bits, TensorFlow's MLIR constant folder's `kOperandsSizeThreshold` in
+tensorflow/compiler/mlir/tensorflow/transforms/constant_fold.cc); above that the layer runs as a
+float CONV_2D and stores its kernel twice (W and |W|: sign and scale are computed at run time).
+A plain sign (`ste_sign`) kernel folded at every size converted, 8184x4096 to 16384x4096
+(2**26 weights), except at exactly 2**25 weights (8192x4096), where it stays one float32 copy.
+`lce_kernel_folds` is that rule; `ModelStats.lce_size_bytes` predicts the flatbuffer.
 
 References:
     - larq's `larq.models.summary`: https://docs.larq.dev/larq/api/models/
@@ -42,6 +42,8 @@ _MAC_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 # TensorFlow's MLIR constant folder skips an op whose operands exceed this many bits.
 FOLD_LIMIT_BITS = 2**30
+# The one plain-sign kernel size LCE 0.16 was seen not to fold (module docstring).
+_UNFOLDED_SIGN_WEIGHTS = FOLD_LIMIT_BITS // 32
 # Flatbuffer bytes besides the weights (the file's fixed tables), measured on LCE conversions;
 # the per-op tables are of the order of the per-channel constants counted with the weights.
 _FLATBUFFER_BASE_BYTES = 1_500
@@ -200,12 +202,18 @@ def _kernel(layer: tf.keras.layers.Layer) -> Optional[tf.Variable]:
     return getattr(layer, "kernel", None) if hasattr(layer, "kernel_quantizer") else None
 
 
+def _folds(weights: int, filters: int, scaled: bool) -> bool:
+    if scaled:  # the per-channel scale is folded with the kernel
+        return 32 * (weights + filters) <= FOLD_LIMIT_BITS
+    return weights != _UNFOLDED_SIGN_WEIGHTS
+
+
 def lce_kernel_folds(layer: tf.keras.layers.Layer) -> bool:
     """Whether LCE's converter can fold this layer's quantized kernel into a constant.
 
-    A `ste_sign`-style kernel folds while its weights (plus the scalar of larq's sign) fit in
-    `FOLD_LIMIT_BITS` at 32 bit; a `MagnitudeAwareSign` kernel also needs room for its
-    per-channel scale. A layer without a quantized kernel folds trivially.
+    A `MagnitudeAwareSign` kernel folds while weights + filters <= 2**25; a plain sign kernel
+    at every size but exactly 2**25 weights (see the module docstring). A layer without a
+    quantized kernel folds trivially.
 
     Args:
         layer: A Keras layer.
@@ -217,18 +225,8 @@ def lce_kernel_folds(layer: tf.keras.layers.Layer) -> bool:
     kernel = _kernel(layer)
     if kernel is None or quantizer_bits(getattr(layer, "kernel_quantizer", None)) is None:
         return True
-    count = _weight_count(kernel)
-    extra = int(kernel.shape[-1]) if is_scaled_sign(layer.kernel_quantizer) else 1
-    return 32 * (count + extra) <= FOLD_LIMIT_BITS
-
-
-def max_foldable_filters(layer: tf.keras.layers.Layer) -> int:
-    """The most filters a layer with this kernel's other dimensions can have and still fold."""
-    kernel = _kernel(layer)
-    per_filter = _weight_count(kernel) // int(kernel.shape[-1])
-    extra = 1 if is_scaled_sign(layer.kernel_quantizer) else 0
-    limit = FOLD_LIMIT_BITS // 32 - (0 if extra else 1)
-    return limit // (per_filter + extra)
+    return _folds(_weight_count(kernel), int(kernel.shape[-1]),
+                  is_scaled_sign(layer.kernel_quantizer))
 
 
 def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any) -> int:
@@ -250,9 +248,8 @@ def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any) -> int:
     per_filter = math.prod(int(d) for d in kernel_shape[:-1])
     scaled = is_scaled_sign(kernel_quantizer)
     for parts in range(1, filters + 1):
-        part = filters // parts
-        if filters % parts == 0 and 32 * (per_filter * part + (part if scaled else 1)) <= (
-                FOLD_LIMIT_BITS):
+        if filters % parts == 0 and _folds(per_filter * (filters // parts), filters // parts,
+                                           scaled):
             return parts
     raise ValueError(f"A single filter of {per_filter:,} weights is too large for LCE to fold.")
 
@@ -300,9 +297,11 @@ def _lce_note(
         copies = "W and |W| as two float32 copies" if (
             is_scaled_sign(layer.kernel_quantizer)
             and 32 * _weight_count(layer.kernel) >= FOLD_LIMIT_BITS) else "a float32 kernel"
+        shape = layer.kernel.shape.as_list()
+        parts = lce_fold_parts(shape, layer.kernel_quantizer)
         return (f"kernel of {_weight_count(layer.kernel):,} weights is too large for LCE to fold: "
-                f"runs as a float conv with {copies}; split it into convs of at most "
-                f"{max_foldable_filters(layer):,} filters")
+                f"runs as a float conv with {copies}; split it into {parts} convs of "
+                f"{shape[-1] // parts:,} filters")
     if binary:
         notes = []
         if getattr(layer, "padding", None) == "same" and getattr(layer, "pad_values", 0.0) == 0.0:

@@ -201,9 +201,10 @@ def _check_conv(layer, target: str) -> List[Finding]:
 def _check_kernel_size(layer) -> List[Finding]:
     """A quantized kernel too large for LCE's converter to fold into a constant.
 
-    LCE binarizes only a constant binary filter; TensorFlow's constant folding skips ops whose
-    operands exceed 2**30 bits, so such a kernel stays a float32 tensor (twice with
-    MagnitudeAwareSign: the latent W and its sign) and the layer runs in float.
+    LCE binarizes only a constant binary filter, and its converter leaves some kernels unfolded
+    (`bnn_keras.model_stats.lce_kernel_folds` has the measured rule): such a kernel stays a
+    float32 tensor (twice with MagnitudeAwareSign: the latent W and |W|) and the layer runs in
+    float.
     """
     if _bits(getattr(layer, "kernel_quantizer", None)) != 1 or lce_kernel_folds(layer):
         return []
@@ -218,8 +219,10 @@ def _check_kernel_size(layer) -> List[Finding]:
     return [Finding(
         layer.name, "kernel-too-large", "error",
         f"kernel of {count:,} weights{' with MagnitudeAwareSign' if scaled else ''} is too large "
-        f"for LCE's converter to fold (limit {FOLD_LIMIT_BITS // 32:,} weights"
-        f"{' + filters' if scaled else ''}): it is stored {stored} and the layer runs in float.",
+        f"for LCE's converter to fold ("
+        + (f"limit {FOLD_LIMIT_BITS // 32:,} weights + filters" if scaled
+           else "LCE 0.16 leaves a sign kernel of exactly 2**25 weights unfolded")
+        + f"): it is stored {stored} and the layer runs in float.",
         f"split it along its output channels into {parts} layers of {shape[-1] // parts} filters "
         "and Concatenate them (same function and parameters; per-channel scales are unchanged)",
     )]

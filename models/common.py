@@ -7,6 +7,7 @@ import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
+from bnn_keras.model_stats import lce_fold_parts
 
 # Below this side length (CIFAR, MNIST-like inputs) a model uses a single
 # 3x3 stride-1 stem instead of the ImageNet 7x7/2 conv + max-pool, as larq-zoo does.
@@ -172,3 +173,54 @@ def pixel_to_vector(x: tf.Tensor, name: str) -> tf.Tensor:
 def softmax(x: tf.Tensor) -> tf.Tensor:
     """The output softmax, kept in float32 under mixed precision."""
     return tf.keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)
+
+
+def split_quant_conv(
+    x: tf.Tensor, filters: int, kernel_size: Any, name: str, parts: Optional[int], **kwargs: Any
+) -> tf.Tensor:
+    """A `QuantConv2D` computed as `parts` convs over the output channels, concatenated.
+
+    The same function as one layer for kernel quantizers that work per output channel (a sign,
+    `MagnitudeAwareSign`); a quantizer with one scale for the whole kernel would scale each part
+    by its own.
+
+    Args:
+        x: Input tensor.
+        filters: Output channels of the whole layer.
+        kernel_size: As for `QuantConv2D`.
+        name: Name of the whole layer; the parts are `{name}_1`, `{name}_2`, ... and their
+            concatenation is `name`.
+        parts: How many parts (must divide `filters`); None: `lce_fold_parts` of the kernel.
+        **kwargs: Other `QuantConv2D` arguments (no `kernel_initializer`: the parts keep the
+            whole layer's Glorot-uniform range).
+
+    Returns:
+        The layer's output.
+
+    Raises:
+        BnnError: `parts` does not divide `filters`.
+    """
+    kernel_size = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (
+        kernel_size, kernel_size)
+    kernel_shape = (*kernel_size, int(x.shape[-1]), filters)
+    if parts is None:
+        parts = lce_fold_parts(kernel_shape, kwargs.get("kernel_quantizer"))
+    if parts == 1:
+        return lq.layers.QuantConv2D(filters, kernel_size, name=name, **kwargs)(x)
+    if parts < 1 or filters % parts:
+        raise BnnError(f"Expected `{name}_parts` to divide {filters}, got {parts}.")
+    receptive = kernel_size[0] * kernel_size[1]
+    fan_in = receptive * int(x.shape[-1])
+    # Glorot-uniform of the whole layer: scale the parts' fan_avg back to the whole one's.
+    scale = (fan_in + receptive * filters // parts) / (fan_in + receptive * filters)
+    outputs = [
+        lq.layers.QuantConv2D(
+            filters // parts, kernel_size, name=f"{name}_{i}",
+            # One instance per part: a reused unseeded initializer repeats its values.
+            kernel_initializer=tf.keras.initializers.VarianceScaling(
+                scale=scale, mode="fan_avg", distribution="uniform"),
+            **kwargs,
+        )(x)
+        for i in range(1, parts + 1)
+    ]
+    return tf.keras.layers.Concatenate(name=name)(outputs)

@@ -21,9 +21,9 @@ from models.common import (
     is_small_input,
     pixel_to_vector,
     softmax,
+    split_quant_conv,
 )
 from models.registry import LARQ_ZOO, PaperRecipe, register_model
-from models.xnornet import split_quant_conv
 
 # (filters, kernel size, max-pool padding or None) of conv2..conv5.
 _CONVS = ((256, 5, "same"), (384, 3, "same"), (384, 3, None), (256, 3, "valid"))

@@ -17,8 +17,6 @@ from typing import Any, Optional, Sequence
 import larq as lq
 import tensorflow as tf
 
-from bnn_keras.errors import BnnError
-from bnn_keras.model_stats import lce_fold_parts
 from models.common import (
     PAD_DIFFERENCE,
     batch_norm,
@@ -26,6 +24,7 @@ from models.common import (
     image_input,
     is_small_input,
     softmax,
+    split_quant_conv,
 )
 from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
@@ -120,57 +119,6 @@ def xnornet(
         )(x)
         x = softmax(x)
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
-
-
-def split_quant_conv(
-    x: tf.Tensor, filters: int, kernel_size: Any, name: str, parts: Optional[int], **kwargs: Any
-) -> tf.Tensor:
-    """A `QuantConv2D` computed as `parts` convs over the output channels, concatenated.
-
-    The same function as one layer for kernel quantizers that work per output channel (a sign,
-    `MagnitudeAwareSign`); a quantizer with one scale for the whole kernel would scale each part
-    by its own.
-
-    Args:
-        x: Input tensor.
-        filters: Output channels of the whole layer.
-        kernel_size: As for `QuantConv2D`.
-        name: Name of the whole layer; the parts are `{name}_1`, `{name}_2`, ... and their
-            concatenation is `name`.
-        parts: How many parts (must divide `filters`); None: `lce_fold_parts` of the kernel.
-        **kwargs: Other `QuantConv2D` arguments (no `kernel_initializer`: the parts keep the
-            whole layer's Glorot-uniform range).
-
-    Returns:
-        The layer's output.
-
-    Raises:
-        BnnError: `parts` does not divide `filters`.
-    """
-    kernel_size = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (
-        kernel_size, kernel_size)
-    kernel_shape = (*kernel_size, int(x.shape[-1]), filters)
-    if parts is None:
-        parts = lce_fold_parts(kernel_shape, kwargs.get("kernel_quantizer"))
-    if parts == 1:
-        return lq.layers.QuantConv2D(filters, kernel_size, name=name, **kwargs)(x)
-    if parts < 1 or filters % parts:
-        raise BnnError(f"Expected `{name}_parts` to divide {filters}, got {parts}.")
-    receptive = kernel_size[0] * kernel_size[1]
-    fan_in = receptive * int(x.shape[-1])
-    # Glorot-uniform of the whole layer: scale the parts' fan_avg back to the whole one's.
-    scale = (fan_in + receptive * filters // parts) / (fan_in + receptive * filters)
-    outputs = [
-        lq.layers.QuantConv2D(
-            filters // parts, kernel_size, name=f"{name}_{i}",
-            # One instance per part: a reused unseeded initializer repeats its values.
-            kernel_initializer=tf.keras.initializers.VarianceScaling(
-                scale=scale, mode="fan_avg", distribution="uniform"),
-            **kwargs,
-        )(x)
-        for i in range(1, parts + 1)
-    ]
-    return tf.keras.layers.Concatenate(name=name)(outputs)
 
 
 @register_model(

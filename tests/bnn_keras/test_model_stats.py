@@ -106,6 +106,8 @@ def test_fold_parts_follow_the_constant_folding_limit():
     assert model_stats.lce_fold_parts((6, 6, 256, 4096), scaled) == 2
     assert model_stats.lce_fold_parts((1, 1, 8192, 4096), "ste_sign") == 2  # exactly 2**25
     assert model_stats.lce_fold_parts((1, 1, 8191, 4096), "ste_sign") == 1
+    # A plain sign kernel above 2**25 weights folds (BinaryAlexNet's 9216x4096 fc6 at 224 px).
+    assert model_stats.lce_fold_parts((1, 1, 9216, 4096), "ste_sign") == 1
     # weights + filters = 2**25 still folds with a scale; one more input channel does not.
     assert model_stats.lce_fold_parts((1, 1, 8191, 4096), scaled) == 1
     assert model_stats.lce_fold_parts((1, 1, 8192, 4096), scaled) == 2
@@ -121,7 +123,7 @@ def test_kernel_too_large_to_fold_is_not_counted_as_bconv():
     (fc,) = [s for s in model_stats.layer_table(tf.keras.Model(inputs, outputs)) if s.name == "fc"]
     assert fc.lce_bconvs == 0 and not fc.binarized
     assert "too large for LCE to fold" in fc.lce_note and "two float32 copies" in fc.lce_note
-    assert "at most 4,095 filters" in fc.lce_note  # 2**25 // (8192 weights + 1 scale)
+    assert "split it into 2 convs of 2,048 filters" in fc.lce_note  # 2048 * 8193 <= 2**25
     assert fc.lce_bytes == 2 * 4 * 2**25 + 4 * 4096
 
 

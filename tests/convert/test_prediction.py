@@ -37,14 +37,18 @@ def _magnitude_aware():
     (4095, 8193, "ste_sign", True),          # weights < 2**25 < weights + filters
     (4095, 8193, "magnitude_aware", False),  # the scale's filters push it over
     (8191, 4096, "magnitude_aware", True),   # weights + filters == 2**25
+    (9216, 4096, "ste_sign", True),          # a plain sign folds above 2**25 (AlexNet's fc6)
+    (9216, 4096, "magnitude_aware", False),  # a scaled one does not (XNOR-Net's fc6)
 ])
 def test_fold_rule_at_its_boundary(in_channels, filters, quantizer, folds):
+    """The rule agrees with LCE's converter itself on each case."""
     quantizer = _magnitude_aware() if quantizer == "magnitude_aware" else quantizer
     model = _one_layer(in_channels, filters, quantizer)
     layer = model.get_layer("big")
     assert model_stats.lce_kernel_folds(layer) is folds
     stats = model_stats.model_summary(model)
     assert stats.lce_bconvs == (1 if folds else 0)
+    assert convert_to_flatbuffer(model).ops.get("LceBconv2d", 0) == stats.lce_bconvs
     codes = {f.code for f in inspect_model(model)}
     assert ("kernel-too-large" in codes) is (not folds)
 
@@ -95,9 +99,10 @@ def test_prediction_matches_conversion_at_small_input(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["xnornet", "dorefanet"])
+@pytest.mark.parametrize("name", ["xnornet", "dorefanet", "binary-alexnet"])
 def test_fc6_is_folded_at_imagenet_size(name):
-    """At 224 px fc6 is split in two so that LCE folds it (xnornet: into 2 LceBconv2d)."""
+    """At 224 px LCE folds fc6: split in two for XNOR-Net and DoReFa-Net (MagnitudeAwareSign-
+    style scales; xnornet: into 2 LceBconv2d), whole for BinaryAlexNet (a plain sign)."""
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     stats = model_stats.model_summary(model)
     flatbuffer = convert_to_flatbuffer(model)
@@ -105,7 +110,9 @@ def test_fc6_is_folded_at_imagenet_size(name):
     assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) <= 0.05
     # xnornet: at most larq-zoo's xnornet (170,185,552 bytes). dorefanet's 2-bit activations
     # keep every conv float, but fc6 is stored once instead of twice (400,572,728 bytes).
-    limit = 170_185_552 if name == "xnornet" else 260_000_000
+    # binary-alexnet: 7,875,140 bytes measured, 8 LceBconv2d.
+    limit = {"xnornet": 170_185_552, "dorefanet": 260_000_000,
+             "binary-alexnet": 8_000_000}[name]
     assert len(flatbuffer.data) <= limit
 
 
