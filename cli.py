@@ -716,7 +716,12 @@ def _model_from(source: str, input_shape: str, num_classes: int):
     from models.input_size import input_too_small_error, is_input_too_small
 
     if Path(source).exists():
-        return load_trained_model(source).model
+        loaded = load_trained_model(source)
+        if loaded.rebuilt_classes:  # say that the file's own class was not used
+            click.echo(f"Note: {source}'s {', '.join(loaded.rebuilt_classes)} (a tf.keras.Model "
+                       "subclass that cannot be imported here) was loaded as its functional "
+                       "graph, with the file's weights.", err=True)
+        return loaded.model
     if source in models.list_models() or not source.endswith((".keras", ".h5")):
         shape = _parse_shape(input_shape)
         try:

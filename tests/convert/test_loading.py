@@ -246,6 +246,9 @@ def test_cli_custom_objects_for_inspect_summary_and_convert(zoo_files):
     result = invoke(["summary", str(folder / "dense.h5")])
     assert result.exit_code == 0, result.output
     assert "bconv" in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Note: {folder / 'dense.h5'}'s ZooDenseNet (a tf.keras.Model subclass that cannot be "
+        "imported here) was loaded as its functional graph, with the file's weights.")
     result = invoke(["convert", quick, "--custom-objects", "no_such_zoo_module",
                      "-o", str(folder / "quick.tflite")])
     assert result.exit_code == 2, result.output
