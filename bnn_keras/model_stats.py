@@ -229,6 +229,12 @@ def lce_kernel_folds(layer: tf.keras.layers.Layer) -> bool:
                   is_scaled_sign(layer.kernel_quantizer))
 
 
+def unfolded_kernel_copies(weights: int, kernel_quantizer: Any) -> int:
+    """How many float32 copies of a kernel LCE did not fold the flatbuffer stores: two (W and
+    |W|) for a `MagnitudeAwareSign` kernel of 2**25 weights or more, else one."""
+    return 2 if is_scaled_sign(kernel_quantizer) and 32 * weights >= FOLD_LIMIT_BITS else 1
+
+
 def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any) -> int:
     """Fewest equal parts, split along the output channels, in which such a kernel folds.
 
@@ -271,14 +277,14 @@ def _lce_bytes(layer: tf.keras.layers.Layer, lce_bconvs: int, folds: bool) -> in
             return 0
         return 2 * 4 * _weight_count(layer.moving_mean)
     total = 0
-    scaled = is_scaled_sign(getattr(layer, "kernel_quantizer", None))
     for weight in layer.weights:
         count = _weight_count(weight)
         if lce_bconvs and _weight_bits(weight) == 1:
             # Bitpacked, plus the post-activation multiplier and bias of each output channel.
             total += _packed_bytes(weight.shape.as_list()) + 8 * int(weight.shape[-1])
         elif _short_name(weight) in _MAC_WEIGHT_NAMES and not folds:
-            total += 4 * count * (2 if scaled and 32 * count >= FOLD_LIMIT_BITS else 1)
+            total += 4 * count * unfolded_kernel_copies(
+                count, getattr(layer, "kernel_quantizer", None))
         else:
             total += 4 * count
     kernel = getattr(layer, "kernel", None)
@@ -294,9 +300,8 @@ def _lce_note(
     binary: bool,
 ) -> str:
     if binary and not lce_kernel_folds(layer):
-        copies = "W and |W| as two float32 copies" if (
-            is_scaled_sign(layer.kernel_quantizer)
-            and 32 * _weight_count(layer.kernel) >= FOLD_LIMIT_BITS) else "a float32 kernel"
+        copies = "W and |W| as two float32 copies" if unfolded_kernel_copies(
+            _weight_count(layer.kernel), layer.kernel_quantizer) == 2 else "a float32 kernel"
         shape = layer.kernel.shape.as_list()
         parts = lce_fold_parts(shape, layer.kernel_quantizer)
         return (f"kernel of {_weight_count(layer.kernel):,} weights is too large for LCE to fold: "

@@ -21,6 +21,7 @@ References:
 """
 
 import dataclasses
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import larq as lq
@@ -34,6 +35,7 @@ from bnn_keras.model_stats import (
     iter_layers,
     lce_fold_parts,
     lce_kernel_folds,
+    unfolded_kernel_copies,
 )
 from convert.converter import TARGETS, is_mixed_precision
 
@@ -209,13 +211,11 @@ def _check_kernel_size(layer) -> List[Finding]:
     if _bits(getattr(layer, "kernel_quantizer", None)) != 1 or lce_kernel_folds(layer):
         return []
     shape = [int(d) for d in layer.kernel.shape]
-    count = 1
-    for d in shape:
-        count *= d
+    count = math.prod(shape)
     scaled = is_scaled_sign(layer.kernel_quantizer)
-    twice = scaled and 32 * count >= FOLD_LIMIT_BITS
     parts = lce_fold_parts(shape, layer.kernel_quantizer)
-    stored = "as two float32 copies (W and |W|)" if twice else "as float32"
+    stored = ("as two float32 copies (W and |W|)"
+              if unfolded_kernel_copies(count, layer.kernel_quantizer) == 2 else "as float32")
     return [Finding(
         layer.name, "kernel-too-large", "error",
         f"kernel of {count:,} weights{' with MagnitudeAwareSign' if scaled else ''} is too large "
