@@ -16,6 +16,8 @@ by a multiply with its per-channel scale, and folds while weights + filters <= 2
 operands of 2**30 bits, TensorFlow's MLIR constant folder's `kOperandsSizeThreshold` in
 tensorflow/compiler/mlir/tensorflow/transforms/constant_fold.cc); above that the layer runs as a
 float CONV_2D and stores its kernel twice (W and |W|: sign and scale are computed at run time).
+A BNN+ scale (`ScaledQuantConv2D`, alpha * sign(W)) folds the same way with its scale count
+(filters per channel, 1 per layer): weights + scales <= 2**25, one float32 copy above.
 A plain sign (`ste_sign`) kernel folded at every size converted, 8184x4096 to 16384x4096
 (2**26 weights), except at exactly 2**25 weights (8192x4096), where it stays one float32 copy.
 `lce_kernel_folds` is that rule; `ModelStats.lce_size_bytes` predicts the flatbuffer.
@@ -202,18 +204,39 @@ def _kernel(layer: tf.keras.layers.Layer) -> Optional[tf.Variable]:
     return getattr(layer, "kernel", None) if hasattr(layer, "kernel_quantizer") else None
 
 
-def _folds(weights: int, filters: int, scaled: bool) -> bool:
-    if scaled:  # the per-channel scale is folded with the kernel
-        return 32 * (weights + filters) <= FOLD_LIMIT_BITS
+def _folds(weights: int, scales: int) -> bool:
+    if scales:  # the scale is multiplied onto the sign before folding
+        return 32 * (weights + scales) <= FOLD_LIMIT_BITS
     return weights != _UNFOLDED_SIGN_WEIGHTS
+
+
+def kernel_scale_count(layer: tf.keras.layers.Layer) -> int:
+    """How many scale values multiply a layer's binary kernel (part of what LCE must fold).
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        The filter count for a `MagnitudeAwareSign` kernel or a per-channel BNN+ scale
+        (`bnn_keras.layers.ScaledQuantConv2D`), 1 for a per-layer BNN+ scale, 0 otherwise.
+    """
+    kernel = _kernel(layer)
+    if kernel is None:
+        return 0
+    if is_scaled_sign(getattr(layer, "kernel_quantizer", None)):
+        return int(kernel.shape[-1])
+    scale = getattr(layer, "scale", None)  # ScaledQuantConv2D's option (a string)
+    if scale == "per_channel":
+        return int(kernel.shape[-1])
+    return 1 if scale == "per_layer" else 0
 
 
 def lce_kernel_folds(layer: tf.keras.layers.Layer) -> bool:
     """Whether LCE's converter can fold this layer's quantized kernel into a constant.
 
-    A `MagnitudeAwareSign` kernel folds while weights + filters <= 2**25; a plain sign kernel
-    at every size but exactly 2**25 weights (see the module docstring). A layer without a
-    quantized kernel folds trivially.
+    A scaled kernel (`MagnitudeAwareSign`, a BNN+ scale) folds while weights + scales <= 2**25
+    (`kernel_scale_count`); a plain sign kernel at every size but exactly 2**25 weights (see the
+    module docstring). A layer without a quantized kernel folds trivially.
 
     Args:
         layer: A Keras layer.
@@ -225,8 +248,7 @@ def lce_kernel_folds(layer: tf.keras.layers.Layer) -> bool:
     kernel = _kernel(layer)
     if kernel is None or quantizer_bits(getattr(layer, "kernel_quantizer", None)) is None:
         return True
-    return _folds(_weight_count(kernel), int(kernel.shape[-1]),
-                  is_scaled_sign(layer.kernel_quantizer))
+    return _folds(_weight_count(kernel), kernel_scale_count(layer))
 
 
 def unfolded_kernel_copies(weights: int, kernel_quantizer: Any) -> int:
@@ -235,16 +257,20 @@ def unfolded_kernel_copies(weights: int, kernel_quantizer: Any) -> int:
     return 2 if is_scaled_sign(kernel_quantizer) and 32 * weights >= FOLD_LIMIT_BITS else 1
 
 
-def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any) -> int:
+def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any = None, *,
+                   scale: Optional[str] = None) -> int:
     """Fewest equal parts, split along the output channels, in which such a kernel folds.
 
     A layer too large for LCE (see `lce_kernel_folds`) computes the same function as that many
     layers of `filters / parts` filters each, concatenated: each part then becomes an
-    LceBconv2d. Per-channel scales (`MagnitudeAwareSign`) are unchanged by the split.
+    LceBconv2d. Per-channel scales (`MagnitudeAwareSign`, a per-channel BNN+ scale) are
+    unchanged by the split; a per-layer one would become one scale per part.
 
     Args:
         kernel_shape: The whole kernel's shape, output channels last.
-        kernel_quantizer: Its quantizer (only whether it is a scaled sign matters).
+        kernel_quantizer: Its quantizer (only whether it is a `MagnitudeAwareSign` matters).
+        scale: A BNN+ scale of the layer (`ScaledQuantConv2D`): "per_channel", "per_layer" or
+            None.
 
     Returns:
         1 when the kernel folds whole, else the smallest divisor of the filter count that
@@ -252,12 +278,19 @@ def lce_fold_parts(kernel_shape: Sequence[int], kernel_quantizer: Any) -> int:
     """
     filters = int(kernel_shape[-1])
     per_filter = math.prod(int(d) for d in kernel_shape[:-1])
-    scaled = is_scaled_sign(kernel_quantizer)
+    per_channel = is_scaled_sign(kernel_quantizer) or scale == "per_channel"
     for parts in range(1, filters + 1):
-        if filters % parts == 0 and _folds(per_filter * (filters // parts), filters // parts,
-                                           scaled):
+        scales = filters // parts if per_channel else (1 if scale == "per_layer" else 0)
+        if filters % parts == 0 and _folds(per_filter * (filters // parts), scales):
             return parts
     raise ValueError(f"A single filter of {per_filter:,} weights is too large for LCE to fold.")
+
+
+def layer_fold_parts(layer: tf.keras.layers.Layer) -> int:
+    """`lce_fold_parts` of a layer's kernel, with its quantizer and BNN+ scale."""
+    scale = getattr(layer, "scale", None)
+    return lce_fold_parts(layer.kernel.shape.as_list(), getattr(layer, "kernel_quantizer", None),
+                          scale=scale if isinstance(scale, str) else None)
 
 
 def _packed_bytes(shape: Sequence[int]) -> int:
@@ -303,7 +336,7 @@ def _lce_note(
         copies = "W and |W| as two float32 copies" if unfolded_kernel_copies(
             _weight_count(layer.kernel), layer.kernel_quantizer) == 2 else "a float32 kernel"
         shape = layer.kernel.shape.as_list()
-        parts = lce_fold_parts(shape, layer.kernel_quantizer)
+        parts = layer_fold_parts(layer)
         return (f"kernel of {_weight_count(layer.kernel):,} weights is too large for LCE to fold: "
                 f"runs as a float conv with {copies}; split it into {parts} convs of "
                 f"{shape[-1] // parts:,} filters")

@@ -8,7 +8,7 @@ Layout of a bundle folder:
     test_input.bin          one normalized input, raw little-endian float32 (shape in model.json)
     expected_output.bin     the Keras model's output for it, raw little-endian float32
     runner_args.txt         bnn_runner's arguments for the self-check, one per line
-    expected_latency.txt    latency expected on a Raspberry Pi 4B, for run.sh/benchmark.sh
+    expected_latency.txt    latency expected on a Raspberry Pi 4B and 3B+, for run.sh/benchmark.sh
                             (only when the Keras model was given: it is scaled by its MACs)
     runner/                 bnn_runner.cc + CMakeLists.txt (compiled on the device)
     build.sh run.sh benchmark.sh pi.sh (the functions the scripts share)
@@ -61,16 +61,37 @@ _ATOL_FLOOR = 1e-3
 # LCE's benchmark tool (https://github.com/larq/compute-engine README, "Performance": 1 thread and
 # 4 threads, RPi 4B measured 2022-04-20), beside each model's MACs at 224x224x3 and 1000 classes as
 # `bnn_keras.model_stats` counts them (bnn's quicknet-small, quicknet, quicknet-large, which have
-# larq-zoo's parameter counts). LCE publishes no Raspberry Pi 3 figures.
+# larq-zoo's parameter counts).
 # (model, MACs, ms with 1 thread, ms with 4 threads)
 LCE_PI4_LATENCY_REFERENCE = (
     ("QuickNetSmall", 1_171_996_160, 27.7, 12.1),
     ("QuickNet", 1_879_339_776, 45.0, 20.8),
     ("QuickNetLarge", 3_729_027_840, 77.0, 31.7),
 )
+# LCE publishes no Raspberry Pi 3 figures. The Pi 3 estimate is the Pi 4 one times how much slower
+# a Pi 3B+ (Cortex-A53, 1.4 GHz) is than a Pi 4B (Cortex-A72, 1.5 GHz) on the same NEON
+# inference benchmark: ncnn's benchncnn with 4 threads, both boards in ncnn's
+# benchmark/README.md (https://github.com/Tencent/ncnn). (model, Pi 3B+ ms, Pi 4B ms)
+PI3_VS_PI4_REFERENCE = (
+    ("squeezenet", 108.96, 58.73),
+    ("mobilenet", 152.31, 86.01),
+    ("mobilenet_v2", 194.50, 75.84),
+    ("shufflenet", 91.75, 37.98),
+    ("googlenet", 303.24, 176.24),
+    ("resnet18", 416.54, 233.89),
+    ("alexnet", 276.13, 183.05),
+    ("vgg16", 1902.28, 988.65),
+    ("squeezenet-ssd", 315.28, 190.40),
+    ("mobilenet-ssd", 263.85, 180.52),
+    ("mobilenet-yolo", 639.87, 435.26),
+)
+# The median ratio (1.77; the models spread from 1.46 to 2.56): an estimate of the CPU, not an LCE
+# measurement, so the Pi 3 figure is rougher than the Pi 4 one.
+PI3_SLOWDOWN = float(np.median([pi3 / pi4 for _, pi3, pi4 in PI3_VS_PI4_REFERENCE]))
 # run.sh/benchmark.sh warn when the measured latency is this many times the expected one: far
-# beyond the spread of the reference (20.6-23.9 ms per GMAC with 1 thread), as a build without
-# release flags can be (LCE issue 383: a self-built LCE ran QuickNet in ~800 ms on a Pi 3B+).
+# beyond the spread of the reference (20.6-23.9 ms per GMAC with 1 thread) and of the Pi 3 ratio, as
+# a build without release flags can be (LCE issue 383: a self-built LCE ran QuickNet in ~800 ms on a
+# Pi 3B+, where this estimate gives 73 ms).
 LATENCY_WARN_FACTOR = 3.0
 # ... and only above this latency: below it the per-invoke overhead, which MACs do not predict,
 # dominates.
@@ -78,22 +99,27 @@ LATENCY_WARN_FLOOR_MS = 1.0
 
 
 def expected_latency_ms(macs: int) -> Dict[str, float]:
-    """Latency expected on a Raspberry Pi 4B (64-bit OS, LCE release build) for a model of `macs`
-    multiply-accumulates, scaled from `LCE_PI4_LATENCY_REFERENCE` (total ms over total MACs).
+    """Latency expected on a Raspberry Pi 4B and 3B+ (64-bit OS, LCE release build) for a model of
+    `macs` multiply-accumulates.
 
-    The scale is QuickNet's: mostly binary MACs. A model whose MACs are mostly float runs slower
-    per MAC, so its estimate is optimistic.
+    The Pi 4B figure scales `LCE_PI4_LATENCY_REFERENCE` (total ms over total MACs); the Pi 3B+
+    figure is that times `PI3_SLOWDOWN`. The scale is QuickNet's: mostly binary MACs. A model whose
+    MACs are mostly float runs slower per MAC, so its estimate is optimistic.
 
     Returns:
-        {"pi4_threads1_ms": ..., "pi4_threads4_ms": ...}.
+        {"pi4_threads1_ms": ..., "pi4_threads4_ms": ..., "pi3_threads1_ms": ...,
+        "pi3_threads4_ms": ...}.
     """
     if macs < 0:
         raise BnnError(f"Expected a MAC count >= 0, got {macs}.")
     total_macs = sum(ref[1] for ref in LCE_PI4_LATENCY_REFERENCE)
-    return {
-        f"pi4_threads{threads}_ms": macs * sum(ref[column] for ref in LCE_PI4_LATENCY_REFERENCE)
-        / total_macs
+    pi4 = {
+        threads: macs * sum(ref[column] for ref in LCE_PI4_LATENCY_REFERENCE) / total_macs
         for threads, column in ((1, 2), (4, 3))
+    }
+    return {
+        **{f"pi4_threads{threads}_ms": ms for threads, ms in pi4.items()},
+        **{f"pi3_threads{threads}_ms": ms * PI3_SLOWDOWN for threads, ms in pi4.items()},
     }
 
 
@@ -103,7 +129,8 @@ def _expected_latency_text(macs: int) -> str:
         "# Latency expected for model.tflite on a Raspberry Pi 4B (1.5 GHz, 64-bit OS,\n",
         "# LCE release build): LCE's published QuickNet latencies (larq/compute-engine\n",
         "# README) scaled by the model's MACs. run.sh and benchmark.sh read it.\n",
-        "# LCE publishes no Raspberry Pi 3 figures.\n",
+        "# LCE publishes no Raspberry Pi 3 figures: the pi3 lines are the Pi 4B ones times\n",
+        f"# {PI3_SLOWDOWN:.2f}, a Pi 3B+'s slowdown on ncnn's CPU benchmark (rougher).\n",
         f"macs={macs}\n",
         *(f"{key}={value:.4g}\n" for key, value in expected.items()),
         f"warn_factor={LATENCY_WARN_FACTOR:g}\n",
@@ -191,17 +218,24 @@ def _latency_readme(meta: Mapping[str, Any]) -> str:
     tiny = ("" if expected["pi4_threads1_ms"] >= LATENCY_WARN_FLOOR_MS else
             f"\nBelow {LATENCY_WARN_FLOOR_MS:g} ms the interpreter's per-invoke overhead, which "
             "MACs do not predict, dominates: no warning is given there.\n")
+    pi3 = ("" if "pi3_threads1_ms" not in expected else
+           f"""On a Raspberry Pi 3B+ (64-bit OS) expect about {expected["pi3_threads1_ms"]:.3g} ms with 1
+thread and {expected["pi3_threads4_ms"]:.3g} ms with 4. LCE publishes no Pi 3 figures: this is the Pi 4B
+estimate times {PI3_SLOWDOWN:.2f}, the median slowdown of a Pi 3B+ against a Pi 4B on ncnn's CPU
+inference benchmark (1.46-2.56 over its models), so it is rougher than the Pi 4B figure.
+""")
     return f"""
 ## Expected latency
 
 On a Raspberry Pi 4B (1.5 GHz, 64-bit OS, LCE release build) this model should take about
 {expected["pi4_threads1_ms"]:.3g} ms with 1 thread and {expected["pi4_threads4_ms"]:.3g} ms with 4:
 LCE's published QuickNet latencies scaled by this model's {expected["macs"]:,} MACs
-(`{EXPECTED_LATENCY_FILE}`). LCE publishes no Raspberry Pi 3 figures, so none is given for it.
-`benchmark.sh` and `run.sh` print the measured latency beside this one and, on a Pi 4 or 5, warn
-when it is {LATENCY_WARN_FACTOR:g} times slower or more: a build without LCE's release flags, a
-32-bit OS or a throttled CPU (`vcgencmd get_throttled`) usually explains it. The estimate assumes
-mostly binary MACs as in QuickNet; a model with mostly float layers runs slower per MAC.
+(`{EXPECTED_LATENCY_FILE}`).
+{pi3}`benchmark.sh` and `run.sh` print the measured latency beside the estimate for the board (Pi 3
+or Pi 4; a Pi 5 is held to the Pi 4 figure) and warn when it is {LATENCY_WARN_FACTOR:g} times slower or
+more: a build without LCE's release flags, a 32-bit OS or a throttled CPU
+(`vcgencmd get_throttled`) usually explains it. The estimate assumes mostly binary MACs as in
+QuickNet; a model with mostly float layers runs slower per MAC.
 {tiny}"""
 
 

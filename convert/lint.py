@@ -33,7 +33,8 @@ from bnn_keras.model_stats import (
     FOLD_LIMIT_BITS,
     is_scaled_sign,
     iter_layers,
-    lce_fold_parts,
+    kernel_scale_count,
+    layer_fold_parts,
     lce_kernel_folds,
     unfolded_kernel_copies,
 )
@@ -212,19 +213,23 @@ def _check_kernel_size(layer) -> List[Finding]:
         return []
     shape = [int(d) for d in layer.kernel.shape]
     count = math.prod(shape)
+    scales = kernel_scale_count(layer)
     scaled = is_scaled_sign(layer.kernel_quantizer)
-    parts = lce_fold_parts(shape, layer.kernel_quantizer)
+    parts = layer_fold_parts(layer)
     stored = ("as two float32 copies (W and |W|)"
               if unfolded_kernel_copies(count, layer.kernel_quantizer) == 2 else "as float32")
+    per_layer = getattr(layer, "scale", None) == "per_layer"
     return [Finding(
         layer.name, "kernel-too-large", "error",
         f"kernel of {count:,} weights{' with MagnitudeAwareSign' if scaled else ''} is too large "
         f"for LCE's converter to fold ("
-        + (f"limit {FOLD_LIMIT_BITS // 32:,} weights + filters" if scaled
+        + (f"limit {FOLD_LIMIT_BITS // 32:,} weights + scales" if scales
            else "LCE 0.16 leaves a sign kernel of exactly 2**25 weights unfolded")
         + f"): it is stored {stored} and the layer runs in float.",
         f"split it along its output channels into {parts} layers of {shape[-1] // parts} filters "
-        "and Concatenate them (same function and parameters; per-channel scales are unchanged)",
+        "and Concatenate them (same parameters; "
+        + ("each part then has its own per-layer scale)" if per_layer
+           else "same function: per-channel scales are unchanged)"),
     )]
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from bnn_keras import layers as bnn_layers
 from bnn_keras import quantizers as bnn_quantizers
+from bnn_keras.model_stats import lce_fold_parts
 from models.alexnet import ALEXNET_CONVS
 from models.common import (
     batch_norm,
@@ -25,6 +26,7 @@ from models.common import (
     is_small_input,
     pixel_to_vector,
     softmax,
+    split_quant_conv,
 )
 from models.registry import register_model
 
@@ -44,6 +46,7 @@ def bnn_plus_alexnet(
     scale_regularizer: Any = "bnn+-l1",
     regularization_factor: float = 1e-5,
     hidden_units: int = 4096,
+    fc6_parts: Optional[int] = None,
     name: str = "bnn_plus_alexnet",
 ) -> tf.keras.Model:
     """Builds a BNN+ AlexNet.
@@ -63,6 +66,11 @@ def bnn_plus_alexnet(
         scale_regularizer: `"bnn+-l1"` (Manhattan), `"bnn+-l2"` (Euclidean) or None.
         regularization_factor: lambda of the BNN+ regularizer.
         hidden_units: Units of fc6 and fc7.
+        fc6_parts: Compute fc6 as this many 1x1 convs over its output units, concatenated (the
+            same function and parameters with a per-channel or no scale; each part has its own
+            SignSwish, so a trainable beta is learned per part). None: as few as LCE's converter
+            folds (fc6's 9216x4096 kernel at 224 px is too large whole: 2 parts), never a split
+            with `scale="per_layer"`, whose parts would each learn their own alpha.
         name: Keras model name.
 
     Returns:
@@ -109,8 +117,13 @@ def bnn_plus_alexnet(
         x = bn(f"conv{i}_bn")(x)
 
     if include_top:
-        x = binary_dense_stack(flatten_to_pixel(x, "fc_reshape"), (hidden_units, hidden_units),
-                               binary_conv=binary_conv, bn=bn, first_index=6)
+        x = flatten_to_pixel(x, "fc_reshape")
+        if fc6_parts is None:
+            fc6_parts = 1 if scale == "per_layer" else lce_fold_parts(
+                (1, 1, int(x.shape[-1]), hidden_units), scale=scale)
+        x = bn("fc6_bn")(split_quant_conv(x, hidden_units, 1, "fc6", fc6_parts,
+                                          make_layer=binary_conv))
+        x = binary_dense_stack(x, (hidden_units,), binary_conv=binary_conv, bn=bn, first_index=7)
         x = tf.keras.layers.Activation("relu", name="fc7_relu")(x)
         x = pixel_to_vector(x, "fc7_flat")
         x = tf.keras.layers.Dense(num_classes, name="fc8")(x)

@@ -176,13 +176,14 @@ def softmax(x: tf.Tensor) -> tf.Tensor:
 
 
 def split_quant_conv(
-    x: tf.Tensor, filters: int, kernel_size: Any, name: str, parts: Optional[int], **kwargs: Any
+    x: tf.Tensor, filters: int, kernel_size: Any, name: str, parts: Optional[int], *,
+    make_layer: Optional[LayerFactory] = None, **kwargs: Any
 ) -> tf.Tensor:
     """A `QuantConv2D` computed as `parts` convs over the output channels, concatenated.
 
     The same function as one layer for kernel quantizers that work per output channel (a sign,
-    `MagnitudeAwareSign`); a quantizer with one scale for the whole kernel would scale each part
-    by its own.
+    `MagnitudeAwareSign`, a per-channel BNN+ scale); a quantizer with one scale for the whole
+    kernel would scale each part by its own.
 
     Args:
         x: Input tensor.
@@ -191,6 +192,9 @@ def split_quant_conv(
         name: Name of the whole layer; the parts are `{name}_1`, `{name}_2`, ... and their
             concatenation is `name`.
         parts: How many parts (must divide `filters`); None: `lce_fold_parts` of the kernel.
+        make_layer: `make_layer(filters, kernel_size, layer_name, **kwargs)` giving each part
+            (a family's binary conv, e.g. with fresh quantizers per layer); default
+            `QuantConv2D`. With it, give `parts`: only the quantizer in `kwargs` is known here.
         **kwargs: Other `QuantConv2D` arguments (no `kernel_initializer`: the parts keep the
             whole layer's Glorot-uniform range).
 
@@ -203,10 +207,13 @@ def split_quant_conv(
     kernel_size = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (
         kernel_size, kernel_size)
     kernel_shape = (*kernel_size, int(x.shape[-1]), filters)
+    if make_layer is None:
+        def make_layer(n, size, layer_name, **layer_kwargs):
+            return lq.layers.QuantConv2D(n, size, name=layer_name, **layer_kwargs)
     if parts is None:
         parts = lce_fold_parts(kernel_shape, kwargs.get("kernel_quantizer"))
     if parts == 1:
-        return lq.layers.QuantConv2D(filters, kernel_size, name=name, **kwargs)(x)
+        return make_layer(filters, kernel_size, name, **kwargs)(x)
     if parts < 1 or filters % parts:
         raise BnnError(f"Expected `{name}_parts` to divide {filters}, got {parts}.")
     receptive = kernel_size[0] * kernel_size[1]
@@ -214,8 +221,8 @@ def split_quant_conv(
     # Glorot-uniform of the whole layer: scale the parts' fan_avg back to the whole one's.
     scale = (fan_in + receptive * filters // parts) / (fan_in + receptive * filters)
     outputs = [
-        lq.layers.QuantConv2D(
-            filters // parts, kernel_size, name=f"{name}_{i}",
+        make_layer(
+            filters // parts, kernel_size, f"{name}_{i}",
             # One instance per part: a reused unseeded initializer repeats its values.
             kernel_initializer=tf.keras.initializers.VarianceScaling(
                 scale=scale, mode="fan_avg", distribution="uniform"),

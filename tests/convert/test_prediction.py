@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import models
 from bnn_keras import model_stats
+from bnn_keras.layers import ScaledQuantConv2D
 from convert.converter import convert_to_flatbuffer
 from convert.lint import inspect_model
 
@@ -20,11 +21,16 @@ LIMIT = 2**25
 
 def _one_layer(in_channels: int, filters: int, kernel_quantizer) -> tf.keras.Model:
     inputs = tf.keras.Input((1, 1, in_channels))
-    outputs = lq.layers.QuantConv2D(
-        filters, 1, input_quantizer="ste_sign", kernel_quantizer=kernel_quantizer,
-        kernel_constraint="weight_clip", use_bias=False, name="big",
-    )(inputs)
-    return tf.keras.Model(inputs, outputs)
+    if kernel_quantizer in ("per_channel", "per_layer"):  # a BNN+ scale: alpha * sign(W)
+        layer = ScaledQuantConv2D(filters, 1, scale=kernel_quantizer, input_quantizer="ste_sign",
+                                  kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+                                  use_bias=False, name="big")
+    else:
+        layer = lq.layers.QuantConv2D(
+            filters, 1, input_quantizer="ste_sign", kernel_quantizer=kernel_quantizer,
+            kernel_constraint="weight_clip", use_bias=False, name="big",
+        )
+    return tf.keras.Model(inputs, layer(inputs))
 
 
 def _magnitude_aware():
@@ -39,6 +45,10 @@ def _magnitude_aware():
     (8191, 4096, "magnitude_aware", True),   # weights + filters == 2**25
     (9216, 4096, "ste_sign", True),          # a plain sign folds above 2**25 (AlexNet's fc6)
     (9216, 4096, "magnitude_aware", False),  # a scaled one does not (XNOR-Net's fc6)
+    # BNN+ scales count as MagnitudeAwareSign's: weights + scales <= 2**25.
+    (8191, 4096, "per_channel", True),       # weights + filters == 2**25
+    (4095, 8193, "per_channel", False),
+    (9216, 4096, "per_layer", False),        # one scale, but weights > 2**25 (BNN+ AlexNet's fc6)
 ])
 def test_fold_rule_at_its_boundary(in_channels, filters, quantizer, folds):
     """The rule agrees with LCE's converter itself on each case."""
@@ -99,10 +109,12 @@ def test_prediction_matches_conversion_at_small_input(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["xnornet", "dorefanet", "binary-alexnet"])
+@pytest.mark.parametrize("name", ["xnornet", "dorefanet", "binary-alexnet", "bnn-plus-alexnet",
+                                  "compact-bnn"])
 def test_fc6_is_folded_at_imagenet_size(name):
-    """At 224 px LCE folds fc6: split in two for XNOR-Net and DoReFa-Net (MagnitudeAwareSign-
-    style scales; xnornet: into 2 LceBconv2d), whole for BinaryAlexNet (a plain sign)."""
+    """At 224 px LCE folds fc6: split in two for XNOR-Net, DoReFa-Net and BNN+ AlexNet
+    (per-channel scales; into 2 LceBconv2d where the input is binary too), whole for
+    BinaryAlexNet and CompactBNN (a plain sign)."""
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     stats = model_stats.model_summary(model)
     flatbuffer = convert_to_flatbuffer(model)
