@@ -1,0 +1,157 @@
+"""bnn_keras.distillation: the losses against their formulas, and a teacher that helps."""
+
+import bnn_keras  # noqa: F401  (must precede tensorflow)
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnn_keras.distillation import (
+    DistillSettings,
+    classifier_logits,
+    distillation_model,
+    soft_target_loss,
+)
+from bnn_keras.errors import BnnError
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_soft_target_loss_is_t_squared_kl_of_the_tempered_softmaxes():
+    rng = np.random.default_rng(0)
+    t, s = rng.normal(0, 3, (5, 7)), rng.normal(0, 3, (5, 7))
+    for temperature in (1.0, 4.0):
+        p, q = _softmax(t / temperature), _softmax(s / temperature)
+        expected = temperature**2 * (p * np.log(p / q)).sum(axis=-1)
+        got = soft_target_loss(tf.constant(t, tf.float32), tf.constant(s, tf.float32),
+                               temperature).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # Zero when the student matches the teacher, at any temperature.
+    np.testing.assert_allclose(soft_target_loss(tf.constant(t, tf.float32),
+                                                tf.constant(t, tf.float32), 3.0), 0, atol=1e-5)
+
+
+def test_soft_target_gradient_is_the_difference_of_the_softmaxes():
+    # d/ds [T^2 KL(p_T || q_T)] = T (q_T - p_T) (Hinton et al., 2015, eq. 2).
+    rng = np.random.default_rng(1)
+    t = tf.constant(rng.normal(0, 2, (3, 5)), tf.float32)
+    s = tf.Variable(rng.normal(0, 2, (3, 5)), dtype=tf.float32)
+    temperature = 2.5
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(soft_target_loss(t, s, temperature))
+    expected = temperature * (_softmax(s.numpy() / temperature) - _softmax(t.numpy() / temperature))
+    np.testing.assert_allclose(tape.gradient(loss, s).numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_settings_defaults_and_one_line_errors():
+    assert DistillSettings.for_loss("kl") == DistillSettings("kl", 0.5, 4.0)
+    assert DistillSettings.for_loss("kl", weight=0.9, temperature=2).hard_label_weight == \
+        pytest.approx(0.1)
+    assert DistillSettings.for_loss("distribution") == DistillSettings("distribution", 1.0, 1.0)
+    for kwargs, message in [
+        (dict(loss="mse"), "Unknown `distill_loss` 'mse'; expected one of: kl, distribution."),
+        (dict(loss="kl", weight=0.0), "Expected `distill_weight` in (0, 1], got 0.0."),
+        (dict(loss="kl", temperature=-1.0), "Expected `distill_temperature` > 0, got -1.0."),
+    ]:
+        loss = kwargs.pop("loss")
+        with pytest.raises(BnnError) as err:
+            DistillSettings.for_loss(loss, **kwargs)
+        assert str(err.value) == message
+    with pytest.raises(BnnError, match="drop `distill_weight` and `distill_temperature`"):
+        DistillSettings.for_loss("distribution", temperature=4.0)
+
+
+def _mlp(num_classes=10, *, binary=False, softmax_layer=True, seed=0, name=None):
+    tf.keras.utils.set_random_seed(seed)
+    inputs = tf.keras.Input((64,))
+    if binary:
+        x = lq.layers.QuantDense(128, kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+                                 use_bias=False)(inputs)
+        x = tf.keras.layers.BatchNormalization()(x)
+        x = lq.layers.QuantDense(num_classes, input_quantizer="ste_sign",
+                                 kernel_quantizer="ste_sign", kernel_constraint="weight_clip")(x)
+        x = tf.keras.layers.BatchNormalization()(x)
+    else:
+        x = tf.keras.layers.Dense(64, activation="relu")(inputs)
+        x = tf.keras.layers.Dense(num_classes, activation=None if softmax_layer else "softmax")(x)
+    if softmax_layer:
+        x = tf.keras.layers.Activation("softmax", dtype="float32")(x)
+    return tf.keras.Model(inputs, x, name=name)
+
+
+def test_logits_of_a_softmax_layer_and_log_probabilities_of_a_softmax_head():
+    x = np.random.default_rng(2).normal(size=(4, 64)).astype("float32")
+    model = _mlp()
+    logits = classifier_logits(model)(x).numpy()
+    np.testing.assert_allclose(_softmax(logits), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    head = _mlp(softmax_layer=False)
+    log_p = classifier_logits(head, role="teacher")(x).numpy()
+    np.testing.assert_allclose(_softmax(log_p), head(x).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(BnnError, match="does not end in a softmax layer"):
+        classifier_logits(head, role="student")
+
+
+def test_a_teacher_that_does_not_fit_is_refused():
+    with pytest.raises(BnnError, match="The teacher has 5 classes, the student 10"):
+        distillation_model(_mlp(10), _mlp(5), DistillSettings())
+
+
+def _noisy_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype("float32")
+    y = digits.target.astype("int64")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    train, test = order[:1200], order[1200:]
+    noisy = y[train].copy()
+    flip = rng.random(len(noisy)) < 0.6  # 60% of the training labels are wrong
+    noisy[flip] = (noisy[flip] + rng.integers(1, 10, flip.sum())) % 10
+    return x[train], y[train], noisy, x[test], y[test]
+
+
+def test_a_teacher_beats_wrong_labels():
+    """A small fixed task: the BNN student sees 60%-wrong labels; a float teacher trained on the
+    right ones (the distribution loss ignores labels) brings it far above the student alone."""
+    x, clean, noisy, x_test, y_test = _noisy_digits()
+    teacher = _mlp(name="teacher")
+    teacher.compile(tf.keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+    teacher.fit(x, clean, epochs=20, batch_size=64, verbose=0)
+    assert teacher.evaluate(x_test, y_test, verbose=0)[1] > 0.9
+
+    def student_accuracy(with_teacher: bool) -> float:
+        student = _mlp(binary=True, seed=1, name="student")
+        fitted = (distillation_model(student, teacher, DistillSettings.for_loss("distribution"))
+                  if with_teacher else student)
+        fitted.compile(tf.keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                       loss_weights=[0.0] if with_teacher else None, metrics=["accuracy"])
+        fitted.fit(x, noisy, epochs=15, batch_size=64, verbose=0)
+        # The student itself (the layers trained in place), evaluated on clean test labels.
+        student.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return student.evaluate(x_test, y_test, verbose=0)[1]
+
+    alone, taught = student_accuracy(False), student_accuracy(True)
+    assert taught > 0.85 and taught > alone + 0.15, (alone, taught)
+
+
+def test_the_teacher_is_frozen_and_skipped_in_evaluation():
+    x = np.random.default_rng(3).normal(size=(32, 64)).astype("float32")
+    y = np.arange(32) % 10
+    teacher, student = _mlp(name="teacher"), _mlp(seed=1, name="student")
+    before = [w.copy() for w in teacher.get_weights()]
+    fitted = distillation_model(student, teacher, DistillSettings.for_loss("kl"))
+    assert [w.name for w in fitted.trainable_weights] == \
+        [w.name for w in student.trainable_weights]
+    fitted.compile(tf.keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                   loss_weights=[0.5])
+    fitted.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for a, b in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Evaluation: only the labels' loss (x its weight), no distillation term.
+    hard = tf.keras.losses.SparseCategoricalCrossentropy()(y, student(x)).numpy()
+    assert fitted.evaluate(x, y, verbose=0, batch_size=32) == pytest.approx(0.5 * hard, rel=1e-4)
