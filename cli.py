@@ -6,7 +6,6 @@ any other failure becomes one line and exit code 1. `bnn --debug ...` shows the 
 """
 
 import dataclasses
-import functools
 import json
 import sys
 from pathlib import Path
@@ -225,6 +224,11 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
     last complete epoch: continue with `bnn train --resume RUN_DIR`, or train a finished run
     further with `bnn train --resume RUN_DIR --epochs N`. One process at a time trains in a
     run folder.
+
+    With --weights FILE (a larq-zoo .h5, or a weights file of this model) the model starts from
+    that file: it must fit the model at this input size and number of classes (checked before
+    the run folder is made), and config.json records its path, sha256 and the model variant
+    it selected, so --resume needs only the run folder.
     """
     import models
     from bnn_keras import training
@@ -241,9 +245,8 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
         click.echo(f"Resuming {resume_dir}: {config.model} on {config.dataset}, {done} of "
                    f"{target} epochs done"
                    + (f" (extended from {config.epochs})" if target != config.epochs else ""))
-        build = functools.partial(_build_registered, config.model, config.tricks,
-                                  config.model_options)
-        result = training.resume_training(Path(resume_dir), build, epochs=epochs, record=record,
+        # The registry model as recorded (the variant a weights file selected included).
+        result = training.resume_training(Path(resume_dir), None, epochs=epochs, record=record,
                                           verbose=verbose)
     else:
         if not model:
@@ -251,8 +254,8 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
         models.get_model_fn(model)  # fail fast on a bad name, before loading any data
         config = _train_config(model, values)
         training.resolve_recipe(config)  # bad options fail here, before any data is loaded
-        build = functools.partial(_build_registered, model, config.tricks, config.model_options)
-        result = training.train(config, build, Path(run_dir or f"runs/{model}-{config.dataset}"),
+        # None: the registry model, with --model-option, --weights and the tricks.
+        result = training.train(config, None, Path(run_dir or f"runs/{model}-{config.dataset}"),
                                 verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
@@ -325,20 +328,12 @@ def _shown(value: Any) -> str:
 
 def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str, Any],
                       input_shape, num_classes):
-    import models
-    from bnn_keras.training.tricks import apply_tricks
+    """The registry model `bnn train` builds (`bnn_keras.training.run.registry_model`)."""
+    from bnn_keras import training
+    from bnn_keras.training.run import registry_model
 
-    try:
-        model = models.create_model(name, input_shape=input_shape, num_classes=num_classes,
-                                    **model_options)
-        return apply_tricks(model, **tricks) if tricks else model
-    except (TypeError, ValueError) as exc:
-        if not model_options:
-            raise
-        # A value of the wrong kind (`section_filters=16` for a list) fails inside the builder.
-        given = " ".join(f"{k}={json.dumps(v)}" for k, v in model_options.items())
-        raise BnnError(f"{name} cannot be built with --model-option {given}: "
-                       f"{first_line(exc)}; check the option's type and value.") from None
+    config = training.TrainConfig(model=name, tricks=tricks, model_options=model_options)
+    return registry_model(config, input_shape, num_classes)[0]
 
 
 # A VALUE starting like this (or one of the JSON words) is meant as JSON: a typo in it is an
@@ -486,6 +481,7 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
     _use_custom_objects(custom_objects)
     if not as_json:
         click.echo(f"Converting {source} for target {target} ...")
+    rebuilt = _rebuilt_on_loading(source)  # the conversion loads the model itself
     try:
         report = convert_trained_model(
             source, output=output, target=target, samples=samples, inputs=inputs,
@@ -496,8 +492,10 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
             no_metadata=no_metadata, verbose=0 if as_json else 1,
         )
     except VerificationFailedError as exc:
+        _note_rebuilt(source, rebuilt)
         _print_report(exc.report, as_json)
         raise
+    _note_rebuilt(source, rebuilt)  # once the model loaded: a failure says why instead
     _print_report(report, as_json)
 
 
@@ -667,10 +665,12 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
     if any(row[-1] != "-" for row in rows):
         click.echo("vs larq-zoo: how the default differs from larq-zoo 2.4.0 (binary convs "
                    "padded with +1 so LCE needs no padding correction; 'small-input stem': "
-                   "a 3x3 stem under 50 px where the zoo keeps its ImageNet stem; '-': no "
-                   "larq-zoo variant registered). --model-option variant=larq-zoo builds the "
-                   "zoo's function, and a larq-zoo weights .h5 given to "
-                   "models.create_model(..., weights=FILE) selects it.")
+                   "a 3x3 stem under 50 px where the zoo keeps its ImageNet stem; 'weight "
+                   "scale per channel': DoReFa-Net's binary weights scaled per output channel "
+                   "where the zoo uses one scale per layer; '-': no larq-zoo variant "
+                   "registered). --model-option variant=larq-zoo builds the zoo's function, "
+                   "and a larq-zoo weights .h5 given to models.create_model(..., weights=FILE) "
+                   "or to bnn train --weights selects it.")
     if too_small:
         click.echo(f"Warning: --input-shape {input_shape} is too small for "
                    f"{', '.join(name for name, _ in too_small)}; `bnn summary MODEL "
@@ -709,6 +709,29 @@ def _parse_shape(text: str):
     return shape
 
 
+def _note_rebuilt(source: str, rebuilt_classes: Sequence[str]) -> None:
+    """Says on stderr that a model file's own class was not used: its subclass, which cannot
+    be imported here, was loaded as its functional graph (`LoadedModel.rebuilt_classes`)."""
+    if rebuilt_classes:
+        click.echo(f"Note: {source}'s {', '.join(rebuilt_classes)} (a tf.keras.Model "
+                   "subclass that cannot be imported here) was loaded as its functional "
+                   "graph, with the file's weights.", err=True)
+
+
+def _rebuilt_on_loading(source: str) -> Sequence[str]:
+    """The subclasses `convert.loading.load_trained_model` will load as functional graphs
+    from the model file `source`, read from the file's saved config without loading it
+    (`bnn convert` loads the model inside the conversion): those whose config is a
+    functional graph and whose class neither imports nor is a custom object."""
+    from convert import loading
+
+    path = Path(source)
+    if not path.is_file():
+        return ()  # a run folder's model.keras is bnn's own functional model
+    config = loading._saved_model_config(path)
+    return sorted(loading._unimportable_functional_subclasses(config, {})) if config else ()
+
+
 def _model_from(source: str, input_shape: str, num_classes: int):
     """A Keras model from a run folder, a model file, or a registry name."""
     import models
@@ -717,10 +740,7 @@ def _model_from(source: str, input_shape: str, num_classes: int):
 
     if Path(source).exists():
         loaded = load_trained_model(source)
-        if loaded.rebuilt_classes:  # say that the file's own class was not used
-            click.echo(f"Note: {source}'s {', '.join(loaded.rebuilt_classes)} (a tf.keras.Model "
-                       "subclass that cannot be imported here) was loaded as its functional "
-                       "graph, with the file's weights.", err=True)
+        _note_rebuilt(source, loaded.rebuilt_classes)
         return loaded.model
     if source in models.list_models() or not source.endswith((".keras", ".h5")):
         shape = _parse_shape(input_shape)

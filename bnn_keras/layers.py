@@ -4,6 +4,8 @@
 - `MultiBaseQuantConv2D`: residual binarization of the input into K binary bases (ABC-Net).
 - `LearnableScale`: a learnable scalar or per-unit scale (e.g. before the softmax).
 - `activation("relu" | "prelu")`: lets a model family switch ReLU to PReLU.
+- `RSign`: sign with a learnable per-channel threshold, as a conv's input quantizer (ReActNet).
+- `RPReLU`: PReLU between two learnable per-channel shifts (ReActNet).
 
 All layers stay convertible with Larq Compute Engine: a per-channel `+/-alpha` kernel is folded
 into the `LceBconv2d` post-multiplier, and K binary bases become K `LceBconv2d` plus `ADD`s.
@@ -17,7 +19,8 @@ import tensorflow as tf
 from bnn_keras import quantizers as bnn_quantizers
 from bnn_keras import regularizers as bnn_regularizers
 
-__all__ = ["LearnableScale", "MultiBaseQuantConv2D", "ScaledQuantConv2D", "activation"]
+__all__ = ["LearnableScale", "LearnedRescale", "MultiBaseQuantConv2D", "RPReLU", "RSign",
+           "ScaledQuantConv2D", "activation"]
 
 _PACKAGE = "bnn_keras"
 _SCALES = ("per_channel", "per_layer", None)
@@ -403,3 +406,178 @@ class FloatActivation(tf.keras.layers.Layer):
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "activation": self.activation}
+
+
+# RSign's pseudo-gradients: the quantizer functions of `bnn_keras.quantizers` (sign forward).
+_RSIGN_GRADIENTS = ("ste_sign", "approx_sign")
+
+
+def _channels(input_shape: tf.TensorShape, layer: str) -> int:
+    channels = tf.TensorShape(input_shape)[-1]
+    if channels is None:
+        raise ValueError(f"{layer} needs a known last (channel) dimension, got {input_shape}.")
+    return int(channels)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class RSign(lq.quantizers.Quantizer):
+    """ReActNet's RSign: `sign(x - alpha_c)`, a binarizer with a learnable per-channel threshold.
+
+    A larq quantizer (a Keras layer), meant as a `QuantConv2D`'s `input_quantizer`: the conv is
+    then a binary conv as any other (1-bit input and kernel). `alpha` (`threshold`, one value
+    per channel of the last axis, initialised to `threshold_initializer`, zeros by default)
+    is created on the first call. The forward pass is `sign(x - alpha)` with zero mapped to +1,
+    i.e. a subtraction followed by the sign pattern LCE turns into `LceQuantize`; the
+    subtraction is one float op in the converted graph unless TFLite merges it into the op
+    that produced `x` (a BatchNorm, a bias, an earlier constant add such as RPReLU's `zeta`).
+    The backward pass is the pseudo-gradient of the sign at `z = x - alpha`: `dq/dx = g(z)`
+    and `dq/dalpha_c = -sum over the other axes of g(z)`, with `g` the straight-through
+    estimator (`1` for `|z| <= clip_value`) or Bi-Real Net's ApproxSign (`2 - 2|z|` for
+    `|z| <= 1`, what ReActNet's code trains with).
+
+    Args:
+        pseudo_gradient: `"ste_sign"` or `"approx_sign"`.
+        clip_value: For `"ste_sign"`: the window of the straight-through estimator.
+        threshold_initializer: Initializer of alpha.
+        **kwargs: Keras layer arguments (`name`, `dtype`, ...).
+
+    Raises:
+        ValueError: an unknown `pseudo_gradient`.
+
+    References:
+        - ReActNet: https://arxiv.org/abs/2003.03488 (RSign)
+    """
+
+    precision = 1
+
+    def __init__(
+        self,
+        pseudo_gradient: str = "ste_sign",
+        clip_value: Optional[float] = 1.0,
+        threshold_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
+        if pseudo_gradient not in _RSIGN_GRADIENTS:
+            raise ValueError(
+                f"Expected pseudo_gradient in {_RSIGN_GRADIENTS}, got {pseudo_gradient!r}.")
+        self.pseudo_gradient = pseudo_gradient
+        self.clip_value = clip_value
+        self.threshold_initializer = tf.keras.initializers.get(threshold_initializer)
+        self.threshold: Optional[tf.Variable] = None
+        super().__init__(**kwargs)
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        self.threshold = self.add_weight(
+            name="threshold",
+            shape=(_channels(input_shape, "RSign"),),
+            initializer=self.threshold_initializer,
+            trainable=True,
+        )
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        shifted = inputs - tf.cast(self.threshold, inputs.dtype)
+        if self.pseudo_gradient == "approx_sign":
+            return bnn_quantizers.approx_sign(shifted)
+        return bnn_quantizers.ste_sign(shifted, clip_value=self.clip_value)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            **super().get_config(),
+            "pseudo_gradient": self.pseudo_gradient,
+            "clip_value": self.clip_value,
+            "threshold_initializer": tf.keras.initializers.serialize(self.threshold_initializer),
+        }
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class RPReLU(tf.keras.layers.Layer):
+    """ReActNet's RPReLU: `f(x) = PReLU_beta(x - gamma) + zeta`, all three per channel.
+
+    `PReLU_beta(y) = y` for `y > 0`, `beta * y` otherwise; `gamma` (input shift), `beta` (slope)
+    and `zeta` (output shift) have one value per channel of the last axis. The PReLU part is
+    written as Keras's `PReLU` computes it (`relu(y) - beta * relu(-y)`), the pattern TFLite
+    converts to one `PRELU` op; the shifts are constant `ADD`s (or fold into neighbouring ones).
+
+    Args:
+        slope_initializer: Initializer of beta (0.25, PyTorch's `nn.PReLU` default that
+            ReActNet's code keeps).
+        shift_initializer: Initializer of gamma and zeta (zeros: a plain PReLU at start).
+        **kwargs: Keras layer arguments (`name`, `dtype`, ...).
+
+    References:
+        - ReActNet: https://arxiv.org/abs/2003.03488 (RPReLU)
+    """
+
+    def __init__(self, slope_initializer: Any = tf.keras.initializers.Constant(0.25),
+                 shift_initializer: Any = "zeros", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slope_initializer = tf.keras.initializers.get(slope_initializer)
+        self.shift_initializer = tf.keras.initializers.get(shift_initializer)
+        self.gamma: Optional[tf.Variable] = None
+        self.beta: Optional[tf.Variable] = None
+        self.zeta: Optional[tf.Variable] = None
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        shape = (_channels(input_shape, "RPReLU"),)
+        self.gamma = self.add_weight(name="gamma", shape=shape,
+                                     initializer=self.shift_initializer, trainable=True)
+        self.beta = self.add_weight(name="beta", shape=shape,
+                                    initializer=self.slope_initializer, trainable=True)
+        self.zeta = self.add_weight(name="zeta", shape=shape,
+                                    initializer=self.shift_initializer, trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        dtype = inputs.dtype
+        shifted = inputs - tf.cast(self.gamma, dtype)
+        # Keras's PReLU term for term, with the slope shaped as Keras's (1, ..., 1, C): TFLite
+        # fuses exactly `relu(y) + -beta * relu(-y)` into one PRELU op (a (C,) slope stays
+        # RELU, NEG, MUL and ADD ops, measured with LCE 0.16).
+        slope = tf.reshape(tf.cast(self.beta, dtype), [1] * (inputs.shape.rank - 2) + [-1])
+        prelu = tf.nn.relu(shifted) + -slope * tf.nn.relu(-shifted)
+        return prelu + tf.cast(self.zeta, dtype)
+
+    def compute_output_shape(self, input_shape: tf.TensorShape) -> tf.TensorShape:
+        return tf.TensorShape(input_shape)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            **super().get_config(),
+            "slope_initializer": tf.keras.initializers.serialize(self.slope_initializer),
+            "shift_initializer": tf.keras.initializers.serialize(self.shift_initializer),
+        }
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class LearnedRescale(tf.keras.layers.Layer):
+    """Multiplies its input by learned scales `a_h * b_w * c_c`, one factor per row, column and
+    channel (XNOR-Net++'s scaling, the Strong Baseline's, larq-zoo's `LearnedRescaleLayer`).
+
+    The weights are `scale_h` (H, 1, 1), `scale_w` (1, W, 1) and `scale_c` (1, 1, C), initialised
+    to 1, so the layer depends on the spatial size of its input.
+    """
+
+    def build(self, input_shape) -> None:
+        height, width, channels = (int(d) for d in input_shape[1:])
+        for name, shape in (("scale_h", (height, 1, 1)), ("scale_w", (1, width, 1)),
+                            ("scale_c", (1, 1, channels))):
+            setattr(self, name, self.add_weight(name=name, shape=shape, initializer="ones",
+                                                trainable=True))
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        # One factor at a time, the first on the map seen as (N, H, W * C). LCE 0.16 fuses a
+        # multiplication by a constant that directly follows an LceBconv2d into the op's
+        # per-channel multiplier whatever the constant's shape, and its interpreter then rejects
+        # the flatbuffer ("NumDimensions(post_activation_multiplier) != 1"); after a reshape the
+        # multiplication stays an op of its own. Three factors rather than their product
+        # (larq-zoo's, equal to float rounding), so that the converter does not fold them into
+        # an H x W x C constant: the flatbuffer stores H + W + C scales, as the layer has.
+        shape = tf.shape(inputs)
+        height, width, channels = inputs.shape[1:]
+        x = tf.reshape(inputs, (shape[0], height, width * channels)) * self.scale_h[..., 0]
+        return tf.reshape(x, shape) * self.scale_w * self.scale_c
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -34,6 +34,7 @@ from larq.quantizers import Quantizer
 
 __all__ = [
     "ApproxSign",
+    "LayerScaledSign",
     "SignSwish",
     "SteSign",
     "approx_sign",
@@ -267,6 +268,35 @@ class SignSwish(Quantizer):
             "beta": self.beta,
             "trainable_beta": self.trainable_beta,
         }
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class LayerScaledSign(Quantizer):
+    """Weight quantizer `sign(W) * mean(|W|)` with one mean over the whole kernel (DoReFa-Net).
+
+    DoReFa-Net's 1-bit weights, `sign(r) * E(|r|)` (Zhou et al., 2016), as larq-zoo's DoReFaNet
+    computes them (`magnitude_aware_sign_unclipped`): the scale is a constant of the backward
+    pass and the pseudo-gradient is the identity. larq's `MagnitudeAwareSign` takes one mean per
+    output channel instead, which gives other outputs wherever a BatchNorm with fixed
+    statistics follows.
+
+    Args:
+        **kwargs: Keras layer arguments (`name`, `dtype`, ...).
+
+    References:
+        - DoReFa-Net: https://arxiv.org/abs/1606.06160
+    """
+
+    precision = 1
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        scale = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs)))
+
+        @tf.custom_gradient
+        def _scaled_sign(x):
+            return sign(x) * scale, lambda dy: dy
+
+        return _scaled_sign(inputs)
 
 
 _ALIASES: Dict[str, Callable[[], Quantizer]] = {

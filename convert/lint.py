@@ -9,7 +9,8 @@ the fix. Severities:
   large for LCE's converter to fold), or will not convert for the chosen target (zero padding
   on xcore).
 - "warning": the layer becomes an LCE binary op but slower than it could be (zero padding on
-  ARM, input channels not a multiple of 32, output channels not a multiple of 8).
+  ARM, input channels not a multiple of 32, output channels not a multiple of 8, an RSign
+  threshold that no conv or BatchNorm before it absorbs, left as a float SUB).
 - "info": worth knowing, nothing is lost (a float32 copy of a mixed-precision model is converted;
   a conv with binary weights but float input runs as a float conv).
 
@@ -22,13 +23,14 @@ References:
 
 import dataclasses
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from bnn_keras.graph import inbound_layers
+from bnn_keras.layers import RSign
 from bnn_keras.model_stats import (
     FOLD_LIMIT_BITS,
     is_scaled_sign,
@@ -182,6 +184,7 @@ def _check_conv(layer, target: str) -> List[Finding]:
                "LCE adds a zero-padding correction pass and cannot fuse the output binarization."),
             "set pad_values=1.0 on this layer (and retrain or fine-tune)",
         ))
+        findings += _check_zero_padding_small_map(layer, pad_values)
     if kernel_shape is not None:
         in_channels, out_channels = int(kernel_shape[-2]), int(kernel_shape[-1])
         if in_channels % 32:
@@ -199,6 +202,32 @@ def _check_conv(layer, target: str) -> List[Finding]:
                 "use a multiple of 8 filters",
             ))
     return findings
+
+
+def _check_zero_padding_small_map(layer, pad_values: float) -> List[Finding]:
+    """A zero-padded binary conv whose input is smaller than its kernel.
+
+    LCE 0.16 computes such a conv wrongly (measured with its interpreter on single 'same'
+    layers: 3x3 kernels on 1x1 and 2x2 maps, 5x5 on up to 4x4, 7x7 on up to 6x6, off by 34-204
+    where the outputs are sums of +-1; exact from the kernel's size up, and with
+    pad_values=1.0 at every size). Typical of ImageNet models run at small inputs, whose last
+    stage then sees a 1x1 or 2x2 map.
+    """
+    try:
+        height, width = (layer.input_shape[1], layer.input_shape[2])
+    except (AttributeError, RuntimeError, IndexError, TypeError):
+        return []  # a layer called more than once, or no 4-D input
+    kernel_h, kernel_w = layer.kernel_size
+    if height is None or width is None or (height >= kernel_h and width >= kernel_w):
+        return []
+    return [Finding(
+        layer.name, "zero-padding-small-map", "error",
+        f"'same' padding with pad_values={pad_values:g} on a {height}x{width} input, smaller than "
+        f"the {kernel_h}x{kernel_w} kernel: LCE 0.16 computes such a binary conv wrongly "
+        "(the converted model's outputs differ from Keras').",
+        "use a larger input (each side at least the kernel's at this layer), or "
+        "pad_values=1.0 (and retrain or fine-tune)",
+    )]
 
 
 def _check_kernel_size(layer) -> List[Finding]:
@@ -273,6 +302,69 @@ def _check_standalone_quantizer(layer) -> List[Finding]:
     )]
 
 
+# Layers whose output TFLite merges a following per-channel constant subtraction into (measured
+# with LCE 0.16, with and without a bias: a float conv or depthwise conv, whose bias takes it,
+# and a binary conv, whose output thresholds take it; QuantConv2D is a Conv2D). A BatchNorm
+# takes it only when it folds into such a conv itself: a BatchNorm after anything else becomes
+# MUL and ADD, and TFLite does not merge a constant SUB into that ADD (nor into RPReLU's).
+_ABSORBING_TYPES = (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D)
+
+
+def _absorbs_threshold(layer, consumer_counts: Dict[str, int]) -> bool:
+    if isinstance(layer, _ABSORBING_TYPES):
+        return True
+    if not isinstance(layer, tf.keras.layers.BatchNormalization):
+        return False
+    parents = inbound_layers(layer, every_call=True)
+    return (len(parents) == 1 and isinstance(parents[0], _ABSORBING_TYPES)
+            and consumer_counts.get(parents[0].name, 0) == 1)
+
+
+def _consumer_counts(model: tf.keras.Model) -> Dict[str, int]:
+    """Layer name -> how many calls of the model's layers read its output."""
+    counts: Dict[str, int] = {}
+    for layer in model.layers:
+        for parent in inbound_layers(layer, every_call=True):
+            counts[parent.name] = counts.get(parent.name, 0) + 1
+    return counts
+
+
+def _check_rsign(layer, consumer_counts: Dict[str, int]) -> List[Finding]:
+    """An RSign threshold that nothing before it can absorb: a float SUB stays in the graph.
+
+    LCE's `LceQuantize` has no threshold, so `sign(x - alpha)` converts to `SUB` then
+    `LceQuantize` unless TFLite merges the subtraction into the op producing x: a conv, or a
+    BatchNorm right after a conv, whose output feeds only this conv. After anything else (the
+    model input, a pooling, a PReLU or RPReLU, an Add, a Concatenate, a BatchNorm that does
+    not follow a conv) the SUB stays (measured).
+    When the unshifted x feeds other layers too (a shortcut, as in ReActNet), one SUB is needed
+    whatever the producer, so nothing is reported.
+    """
+    if not isinstance(getattr(layer, "input_quantizer", None), RSign):
+        return []
+    parents = inbound_layers(layer, every_call=True)
+    while len(parents) == 1 and isinstance(parents[0], _IDENTITY_LAYERS):
+        parents = inbound_layers(parents[0], every_call=True)
+    if len(parents) != 1:
+        return []
+    parent = parents[0]
+    if consumer_counts.get(parent.name, 0) > 1:
+        return []
+    if _absorbs_threshold(parent, consumer_counts):
+        return []
+    source = ("the model input" if isinstance(parent, tf.keras.layers.InputLayer)
+              else f"'{parent.name}' ({type(parent).__name__})")
+    return [Finding(
+        layer.name, "rsign-unfolded", "warning",
+        f"the RSign threshold follows {source}, which cannot absorb it (only a conv, or a "
+        "BatchNorm right after a conv, can): "
+        "LCE's quantize has no threshold, so the converted graph keeps a float SUB over the "
+        "whole input before the LceQuantize.",
+        "compute this conv's input with a conv (and BatchNormalization) right before it, or "
+        "use input_quantizer='ste_sign' here",
+    )]
+
+
 def inspect_model(model: tf.keras.Model, *, target: str = "arm64") -> List[Finding]:
     """Checks a Keras model for patterns that keep LCE from emitting fast binary ops.
 
@@ -297,6 +389,7 @@ def inspect_model(model: tf.keras.Model, *, target: str = "arm64") -> List[Findi
             "the same weights.",
             "nothing to do; outputs may differ slightly from the mixed-precision Keras model",
         ))
+    consumer_counts = _consumer_counts(model)
     for layer in iter_layers(model):
         if isinstance(layer, lq.layers.QuantDense):
             layer_findings = _check_dense(layer)
@@ -306,6 +399,7 @@ def inspect_model(model: tf.keras.Model, *, target: str = "arm64") -> List[Findi
             layer_findings = _check_standalone_quantizer(layer)
         if isinstance(layer, (lq.layers.QuantDense, *_CONV_TYPES)):
             layer_findings += _check_kernel_size(layer) + _check_magnitude_aware(layer)
+            layer_findings += _check_rsign(layer, consumer_counts)
         findings.extend(sorted(layer_findings, key=lambda f: SEVERITIES.index(f.severity)))
     return findings
 

@@ -29,7 +29,10 @@ from models import (  # noqa: E402,F401
     compact_bnn,
     densenet,
     dorefanet,
+    meliusnet,
     quicknet,
+    reactnet,
+    real_to_binary,
     resnet,
     xnornet,
 )

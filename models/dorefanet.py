@@ -2,7 +2,9 @@
 
 The first and last layers stay full precision. LCE does not accelerate multi-bit activations,
 so this model converts to float convolutions; it is here as an accuracy reference. Parameter
-count matches larq-zoo's definition.
+count matches larq-zoo's definition. The default scales the binary weights per output channel
+(larq's `MagnitudeAwareSign`), so that fc6 can be computed in parts; `variant="larq-zoo"`
+scales them by one mean|W| per layer, as DoReFa-Net and larq-zoo do.
 
 References:
     - [DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks with Low Bitwidth
@@ -14,16 +16,20 @@ from typing import Any, Optional, Sequence
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras.quantizers import LayerScaledSign
 from models.common import (
+    ZOO_STEM_DIFFERENCE,
+    ZOO_VARIANT,
     batch_norm,
+    binary_pad_value,
     flatten_to_pixel,
     image_input,
-    is_small_input,
     pixel_to_vector,
     softmax,
     split_quant_conv,
+    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, PaperRecipe, register_model
+from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
 # (filters, kernel size, max-pool padding or None) of conv2..conv5.
 _CONVS = ((256, 5, "same"), (384, 3, "same"), (384, 3, None), (256, 3, "valid"))
@@ -39,32 +45,41 @@ def dorefanet(
     kernel_quantizer: Any = None,
     kernel_constraint: Any = None,
     fc6_parts: Optional[int] = None,
+    variant: str = "bnn",
     name: str = "dorefanet",
 ) -> tf.keras.Model:
     """Builds DoReFa-Net.
 
     Args:
         input_shape: Input (height, width, channels); sides under 50 px replace the 12x12/4 stem
-            by a 3x3/1 one.
+            by a 3x3/1 one (not in variant "larq-zoo").
         num_classes: Classifier size.
         include_top: Whether to add the fc6/fc7 quantized layers, the float classifier and softmax.
         activations_k_bit: Bits of the activation quantizer.
         input_quantizer: Activation quantizer (default `DoReFaQuantizer(k_bit=activations_k_bit)`).
-        kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=None)`).
+        kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=None)`;
+            `LayerScaledSign()` in variant "larq-zoo").
         kernel_constraint: Latent weight constraint (none: the weight gradient is not clipped).
         fc6_parts: Compute fc6 as this many 1x1 convs over the output channels, concatenated
             (same function and parameters with per-channel scales). None: as few as LCE's
-            converter folds, i.e. 2 at 224 px, else 1.
+            converter folds, i.e. 2 at 224 px, else 1; 1 in variant "larq-zoo".
+        variant: "bnn" (per-channel weight scales, fc6 in parts for LCE) or "larq-zoo"
+            (larq-zoo's function: one scale per layer, one fc6, the 12x12/4 stem at every size).
         name: Keras model name.
 
     Returns:
         An uncompiled `tf.keras.Model`.
     """
+    binary_pad_value(variant)  # rejects an unknown variant; DoReFa pads with 0 in both
+    zoo = variant == ZOO_VARIANT
     input_quantizer = input_quantizer or lq.quantizers.DoReFaQuantizer(k_bit=activations_k_bit)
-    # DoReFa scales sign(W) by one per-layer mean|W|; larq's per-channel MagnitudeAwareSign gives
-    # the same outputs here because every quantized layer is followed by a per-channel BN that
-    # normalizes any positive per-channel scale away. clip_value=None = identity gradient.
-    kernel_quantizer = kernel_quantizer or lq.quantizers.MagnitudeAwareSign(clip_value=None)
+    # DoReFa scales sign(W) by one per-layer mean|W|. A per-channel scale trains as well, since
+    # every quantized layer feeds a per-channel BN, and lets LCE's fc6 be split into parts; but
+    # with the BN's fixed statistics at inference the two give other outputs, so the zoo's
+    # weights need the zoo's per-layer scale. clip_value=None = identity gradient, as the zoo's.
+    if kernel_quantizer is None:
+        kernel_quantizer = (LayerScaledSign() if zoo
+                            else lq.quantizers.MagnitudeAwareSign(clip_value=None))
     quant = dict(
         input_quantizer=input_quantizer,
         kernel_quantizer=kernel_quantizer,
@@ -76,7 +91,7 @@ def dorefanet(
         return batch_norm(layer_name, momentum=0.9, epsilon=1e-4, scale=False)
 
     inputs = image_input(input_shape)
-    if is_small_input(input_shape):
+    if uses_small_stem(input_shape, variant, zoo_has_small_stem=False):
         x = tf.keras.layers.Conv2D(96, 3, padding="same", name="conv1")(inputs)
     else:
         x = tf.keras.layers.Conv2D(96, 12, strides=4, padding="valid", name="conv1")(inputs)
@@ -92,8 +107,10 @@ def dorefanet(
     if include_top:
         x = flatten_to_pixel(x, "fc_reshape")
         # fc6's 9216x4096 kernel at 224 px is too large for LCE's converter to fold: whole,
-        # it would stay float32 twice (W and |W|); in parts, once.
-        x = split_quant_conv(x, 4096, 1, "fc6", fc6_parts, **quant)
+        # it would stay float32 twice (W and |W|); in parts, once. The zoo variant keeps one
+        # layer: its scale is the mean over the whole kernel, and its weights load by layer.
+        x = split_quant_conv(x, 4096, 1, "fc6", 1 if fc6_parts is None and zoo else fc6_parts,
+                             **quant)
         x = bn("fc6_bn")(x)
         x = lq.layers.QuantConv2D(4096, 1, name="fc7", **quant)(x)
         x = bn("fc7_bn")(x)
@@ -115,6 +132,13 @@ def dorefanet(
                     step_boundaries=(60, 75, 82, 84, 86, 88),
                     step_multipliers=(1.0, 0.2, 0.04, 0.004, 4e-4, 4e-5, 4e-6),
                     adam_epsilon=1e-5, epochs=90, batch_size=256),
+    ),
+    zoo=ZooVariant(
+        f"{LARQ_ZOO_VERSION} larq_zoo/literature/dorefanet.py DoReFaNet",
+        "weight scale per channel (zoo: per layer); small-input stem",
+        ("binary weights are scaled by mean|W| per output channel (MagnitudeAwareSign, so that "
+         "fc6 can be split for LCE); larq-zoo scales them by one mean|W| per layer, and its "
+         "BatchNorm statistics hold only for that scale", ZOO_STEM_DIFFERENCE),
     ),
 )
 def dorefanet_entry(**kwargs) -> tf.keras.Model:

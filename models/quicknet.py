@@ -6,7 +6,10 @@ blocks are linear apart from the sign) and LCE fuses conv, ReLU and BN into one 
 Downsampling happens in full-precision transitions `ReLU -> MaxPool(2, stride 1) -> fixed 3x3
 blur depthwise conv with stride 2 -> 1x1 conv -> BN`, which cost little next to the binary
 convolutions. Parameter counts match larq-zoo's QuickNetSmall, QuickNet and QuickNetLarge as
-larq's model summary counts them (BatchNorm statistics folded into its scale and offset).
+larq's model summary counts them (BatchNorm statistics folded into its scale and offset). From
+50 px up the default computes larq-zoo's function (its layers in its order, binary convolutions
+padded with +1 as the zoo's); under 50 px it has a 3x3 stem where `variant="larq-zoo"` keeps
+the zoo's stem.
 
 References:
     - [Larq Compute Engine: Design, Benchmark, and Deploy State-of-the-Art Binarized Neural
@@ -23,13 +26,15 @@ import tensorflow as tf
 from bnn_keras.errors import BnnError
 from bnn_keras.initializers import BlurKernel
 from models.common import (
+    ZOO_STEM_DIFFERENCE,
     batch_norm,
     binary_conv3x3,
+    binary_pad_value,
     classifier_head,
     image_input,
-    is_small_input,
+    uses_small_stem,
 )
-from models.registry import PaperRecipe, register_model
+from models.registry import LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
 # QuickNet trains with SteSign(clip_value=1.25) for inputs and weights, as ResNetE does.
 CLIP_VALUE = 1.25
@@ -45,6 +50,7 @@ def quicknet(
     input_quantizer: Any = None,
     kernel_quantizer: Any = None,
     kernel_constraint: Any = None,
+    variant: str = "bnn",
     name: str = "quicknet",
 ) -> tf.keras.Model:
     """Builds a QuickNet.
@@ -61,6 +67,8 @@ def quicknet(
         input_quantizer: Activation quantizer (default `SteSign(clip_value=1.25)`).
         kernel_quantizer: Weight quantizer (default `SteSign(clip_value=1.25)`).
         kernel_constraint: Latent weight constraint (default `WeightClip(1.25)`).
+        variant: "bnn" or "larq-zoo"; they differ only under 50 px, where "larq-zoo" keeps
+            QuickNet's stem as larq-zoo does.
         name: Keras model name.
 
     Returns:
@@ -81,8 +89,10 @@ def quicknet(
             f"{tuple(section_filters)} must have one entry per section."
         )
 
+    binary_pad_value(variant)  # rejects an unknown variant; both pad with +1, as larq-zoo
     inputs = image_input(input_shape)
-    x = _stem(inputs, section_filters[0], small=is_small_input(input_shape))
+    x = _stem(inputs, section_filters[0],
+              small=uses_small_stem(input_shape, variant, zoo_has_small_stem=False))
     for s, (blocks, filters) in enumerate(zip(section_blocks, section_filters), start=1):
         if x.shape[-1] != filters:
             x = _transition(x, filters, prefix=f"section{s}_transition")
@@ -157,20 +167,25 @@ _RECIPE = PaperRecipe(
 )
 
 
-@register_model("quicknet-small", recipe=_RECIPE)
+def _zoo(function: str) -> ZooVariant:
+    return ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/sota/quicknet.py {function}",
+                      "small-input stem", (ZOO_STEM_DIFFERENCE,))
+
+
+@register_model("quicknet-small", recipe=_RECIPE, zoo=_zoo("QuickNetSmall"))
 def quicknet_small(**kwargs) -> tf.keras.Model:
     """QuickNetSmall: 12,655,688 parameters at 224x224x3, 1000 classes (larq-zoo: 59.4% top-1)."""
     kwargs.setdefault("section_filters", (32, 64, 256, 512))
     return quicknet(name="quicknet_small", **kwargs)
 
 
-@register_model("quicknet", recipe=_RECIPE)
+@register_model("quicknet", recipe=_RECIPE, zoo=_zoo("QuickNet"))
 def quicknet_medium(**kwargs) -> tf.keras.Model:
     """QuickNet: 13,234,088 parameters at 224x224x3, 1000 classes (larq-zoo: 63.3% top-1)."""
     return quicknet(name="quicknet", **kwargs)
 
 
-@register_model("quicknet-large", recipe=_RECIPE)
+@register_model("quicknet-large", recipe=_RECIPE, zoo=_zoo("QuickNetLarge"))
 def quicknet_large(**kwargs) -> tf.keras.Model:
     """QuickNetLarge: 23,342,248 parameters at 224x224x3, 1000 classes (larq-zoo: 66.9% top-1)."""
     kwargs.setdefault("section_blocks", (6, 8, 12, 6))

@@ -5,7 +5,10 @@ The first and last layers stay full precision; binary weights carry a per-output
 At 224 px fc6's kernel (6x6x256x4096) is too large for LCE's converter to fold, so fc6 is
 computed as two 2048-filter halves, concatenated: the same function and parameters, and
 LceBconv2d ops instead of a float conv that stores the kernel twice.
-Parameter count matches larq-zoo's definition.
+Parameter count matches larq-zoo's definition. larq-zoo's `xnor_weight_scale` clips the kernel
+to [-1, 1] before taking sign and per-channel mean|W|: the same values as `MagnitudeAwareSign`
+for every kernel the `WeightClip(1)` constraint of both lets through, so the zoo variant keeps
+`MagnitudeAwareSign` (its backward pass differs: larq-zoo also differentiates through the mean).
 
 References:
     - [XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks](
@@ -19,12 +22,14 @@ import tensorflow as tf
 
 from models.common import (
     PAD_DIFFERENCE,
+    ZOO_STEM_DIFFERENCE,
+    ZOO_VARIANT,
     batch_norm,
     binary_pad_value,
     image_input,
-    is_small_input,
     softmax,
     split_quant_conv,
+    uses_small_stem,
 )
 from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
 
@@ -49,7 +54,7 @@ def xnornet(
 
     Args:
         input_shape: Input (height, width, channels); sides under 50 px replace the 11x11/4 stem
-            by a 3x3/1 one.
+            by a 3x3/1 one (not in variant "larq-zoo", which, as larq-zoo, needs 217 px or more).
         num_classes: Classifier size.
         include_top: Whether to add the binary fc7, the float classifier and softmax.
         input_quantizer: Activation quantizer of the binary layers.
@@ -61,7 +66,7 @@ def xnornet(
             as LCE binarizes, i.e. 2 at 224 px (a 6x6x256x4096 kernel exceeds what LCE's
             converter folds, and would stay float32 twice), else 1; 1 for variant "larq-zoo".
         variant: "bnn" pads conv2..conv5 with +1 (LCE-friendly), "larq-zoo" with 0 as larq-zoo
-            does.
+            does, keeps the 11x11/4 stem at every size and gives fc6 larq-zoo's 6x6 kernel.
         name: Keras model name.
 
     Returns:
@@ -83,7 +88,7 @@ def xnornet(
         return tf.keras.layers.MaxPool2D(3, strides=2, name=layer_name)
 
     inputs = image_input(input_shape)
-    small = is_small_input(input_shape)
+    small = uses_small_stem(input_shape, variant, zoo_has_small_stem=False)
     x = tf.keras.layers.Conv2D(
         96, 3 if small else 11, strides=1 if small else 4, padding="same", use_bias=False,
         kernel_regularizer=tf.keras.regularizers.l2(weight_decay), name="conv1",
@@ -100,10 +105,12 @@ def xnornet(
             x = pool(f"conv{i}_pool")(x)
         x = bn(f"conv{i}_bn")(x)
     # fc6 is a "valid" conv whose kernel covers the whole feature map (6x6 at 224 px), so it is
-    # a dense layer on the flattened map for any input size.
+    # a dense layer on the flattened map for any input size. larq-zoo's kernel is 6x6 at every
+    # size (the whole map from 217 to 248 px; under 217 px the map is smaller than it).
     # Split only as LCE needs it; the zoo variant keeps the zoo's single fc6 (its weights load
     # layer by layer), which LCE then converts to a float conv.
-    x = split_quant_conv(x, 4096, tuple(x.shape[1:3]), "fc6",
+    fc6_kernel = (6, 6) if variant == ZOO_VARIANT else tuple(x.shape[1:3])
+    x = split_quant_conv(x, 4096, fc6_kernel, "fc6",
                          1 if fc6_parts is None and variant != "bnn" else fc6_parts,
                          padding="valid", **quant)
     x = bn("fc6_bn")(x)
@@ -133,7 +140,10 @@ def xnornet(
                     epochs=100, batch_size=1200),
     ),
     zoo=ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/xnornet.py XNORNet",
-                   "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,)),
+                   "pad_values 1 (zoo: 0); small-input stem",
+                   (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE,
+                    "fc6's kernel covers the whole feature map at every input size; larq-zoo's "
+                    "is 6x6 (the whole map from 217 to 248 px)")),
 )
 def xnornet_entry(**kwargs) -> tf.keras.Model:
     """XNOR-Net: 62,396,768 parameters at 224x224x3, 1000 classes."""

@@ -11,6 +11,11 @@ config.json layouts (`format_version`):
     1   bnn 0.1 and 0.2: the same keys as 2, without `format_version`.
     2   bnn 0.3: adds `format_version`. Every key of version 1 is still written, so bnn 0.2
         reads these files too.
+    3   adds `weights` (the file the run started from), `weights_sha256` and `model_variant`
+        (the variant the model was built as). Written only by runs that started from a
+        weights file, which every other run still writes as version 2: a bnn that reads up to
+        version 2 would resume such a run with its default variant, another function with
+        the same weights, so it must refuse the file instead.
 
 The file names of a run folder live here as well, so that a reader of run folders (`convert`)
 needs this module and not the training loop.
@@ -40,8 +45,13 @@ STATUS_FILE = "status.json"
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
 
-# The config.json layout `RunRecord.write` writes; see the module docstring.
-FORMAT_VERSION = 2
+# The newest config.json layout, the one a run from a weights file writes; see the module
+# docstring.
+FORMAT_VERSION = 3
+# The layout of a run that did not start from a weights file.
+_PLAIN_FORMAT_VERSION = 2
+# RunRecord fields (and the TrainConfig field `weights`) that layout 3 adds.
+_WEIGHTS_FIELDS = ("weights", "weights_sha256", "model_variant")
 
 
 @dataclasses.dataclass
@@ -109,6 +119,13 @@ class TrainConfig:
         cli=KEY_VALUE, spelled="--model-option", metavar="KEY=VALUE", default_factory=dict,
         help="Override an option of the model's builder (repeatable; VALUE is JSON, else a "
              "string), e.g. --model-option stage_filters=[16,32,64,128].")
+    weights: Optional[str] = option(
+        metavar="FILE",
+        help="Fine-tune from this weights file: a larq-zoo .h5 (its release file or a zoo "
+             "model's save_weights; builds the zoo variant of the model) or a Keras weights or "
+             "model file of this model. It must fit the model at this input size and number "
+             "of classes; it is checked before the run folder is made, and recorded with its "
+             "sha256 (--resume does not need it).")
     steps_per_epoch: Optional[int] = option(
         help="Limit each epoch to this many batches (quick experiments).")
     validation_freq: int = option(
@@ -243,10 +260,14 @@ class RunRecord:
         params: Model parameters.
         workers: tf.distribute workers.
         versions: Library versions the run trained with.
+        weights_sha256: The sha256 of `config.weights`, the file the run started from.
+        model_variant: The variant the registry built the model as when it started from a
+            weights file (e.g. "larq-zoo", chosen by a larq-zoo file); a resume builds the
+            same one. None for models without variants.
         epochs_changes: Resumes that changed the total epochs, oldest first.
         extra: Keys this version does not know, kept as they were and written back.
         format_version: The layout of the file this record was read from (1: bnn 0.1/0.2);
-            `write` always writes `FORMAT_VERSION`.
+            `write` writes 3 for a run from a weights file and 2 for any other.
     """
 
     config: TrainConfig
@@ -263,6 +284,8 @@ class RunRecord:
     params: Optional[int] = None
     workers: Optional[int] = None
     versions: Optional[Dict[str, str]] = None
+    weights_sha256: Optional[str] = None
+    model_variant: Optional[str] = None
     epochs_changes: List[EpochsChange] = dataclasses.field(default_factory=list)
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -326,12 +349,20 @@ class RunRecord:
                                            _PARSERS.get(field.name))
         known = {"format_version", *options, *facts}
         extra = {k: v for k, v in values.items() if k not in known}
+        if (options.get("weights") is None) != (facts.get("weights_sha256") is None):
+            given, missing = (("weights", "weights_sha256") if options.get("weights")
+                              else ("weights_sha256", "weights"))
+            raise BnnError(f"{source}: field {given!r} without {missing!r}; a run from a "
+                           "weights file records both.")
         return cls(config=TrainConfig(**options), extra=extra, format_version=version, **facts)
 
     def to_dict(self) -> Dict[str, Any]:
         """config.json's content: the options, then what the run recorded (unrecorded facts,
-        and an empty `epochs_changes`, are left out as bnn 0.1/0.2 left them out)."""
+        and an empty `epochs_changes`, are left out as bnn 0.1/0.2 left them out; so is
+        `weights` when the run did not start from a file)."""
         values = {**self.extra, **dataclasses.asdict(self.config)}
+        if values.get("weights") is None:
+            values.pop("weights", None)
         for field in dataclasses.fields(self):
             if field.name in _NOT_IN_FILE:
                 continue
@@ -339,7 +370,8 @@ class RunRecord:
             if value is None or (field.name == "epochs_changes" and not value):
                 continue
             values[field.name] = _FORMATTERS.get(field.name, _plain)(value)
-        values["format_version"] = FORMAT_VERSION
+        from_file = any(values.get(name) is not None for name in _WEIGHTS_FIELDS)
+        values["format_version"] = FORMAT_VERSION if from_file else _PLAIN_FORMAT_VERSION
         return values
 
     def write(self, run_dir: Union[str, os.PathLike]) -> Path:
@@ -398,6 +430,14 @@ def _normalization(values: Dict[str, List[float]]) -> Normalization:
     return Normalization.from_dict(values)
 
 
+def _sha256(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("64 lowercase hexadecimal digits (a sha256)")
+    return value
+
+
 def _epochs_changes(values: List[Dict[str, Optional[int]]]) -> List[EpochsChange]:
     return [EpochsChange.from_dict(item) for item in values]
 
@@ -432,6 +472,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "normalization": _normalization,
     "recipe_resolved": _recipe,
     "epochs_changes": _epochs_changes,
+    "weights_sha256": _sha256,
 }
 
 

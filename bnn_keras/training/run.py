@@ -20,17 +20,22 @@ A run folder holds everything needed to continue, convert or evaluate the run la
 A run is finished when model.keras and metrics.json are there for its recorded epochs; both
 are written, with the final status, in one step that Ctrl-C and SIGTERM cannot split.
 
-`train` and `resume_training` go through the same steps, one function each, with the folder
-locked: `_prepare_folder` (an unused folder, or the record and start epoch of the run to
-resume), `_load_data`, `_build`, `_compile`, `_record` (config.json), `_fit` and `_finish`.
+`train` and `resume_training` go through the same steps, one function each:
+`_prepare_folder` (an unused folder, or the record and start epoch of the run to resume),
+`_load_data`, `_build`, `_compile`, `_record` (config.json), `_fit` and `_finish`. A resume
+takes the folder's lock first; a new run loads its data and builds its model before it creates
+the folder, so that a data set, model option or weights file that is refused leaves nothing.
 
-The model itself comes from a `build_model(input_shape, num_classes)` callable, so this module
-does not depend on any model family (the CLI passes `models.create_model`).
+The model comes from a `build_model(input_shape, num_classes)` callable, or, when none is
+given, from the registry (`registry_model`: `models.create_model` with the config's model
+options and weights file, then its training tricks).
 """
 
 import contextlib
 import csv
 import dataclasses
+import hashlib
+import json
 import os
 import sys
 import time
@@ -40,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 
 from bnn_keras import files
-from bnn_keras.errors import BnnError
+from bnn_keras.errors import BnnError, first_line
 from bnn_keras.training import data as data_lib
 from bnn_keras.training import distribute, recipes, run_lock, signals
 from bnn_keras.training.config import (
@@ -98,7 +103,7 @@ def input_shape_for(config: TrainConfig, splits: data_lib.DataSplits) -> Tuple[i
 
 def train(
     config: TrainConfig,
-    build_model: BuildModel,
+    build_model: Optional[BuildModel],
     run_dir: Path,
     *,
     splits: Optional[data_lib.DataSplits] = None,
@@ -119,9 +124,16 @@ def train(
 
     Messages name the `TrainConfig` fields in backticks (`bnn_keras.options.spell_fields`).
 
+    With `config.weights`, the run starts from that weights file (`registry_model`); the
+    file is checked against the model before the run folder is created, and its sha256 and
+    the variant it selected are recorded, so a resume rebuilds that model and continues from
+    the run's own epoch backup without the file.
+
     Args:
         config: The run's options.
-        build_model: `build_model(input_shape, num_classes)` returning an uncompiled model.
+        build_model: `build_model(input_shape, num_classes)` returning an uncompiled model,
+            or None for the registry model `config.model` (`registry_model`; the only choice
+            with `config.weights`).
         run_dir: Folder to create (must be new or empty), or to continue when `resume`.
         splits: Pre-loaded data (otherwise `config.dataset` is loaded).
         verbose: Keras `fit` verbosity (1 = progress bar).
@@ -132,7 +144,8 @@ def train(
         A `TrainResult`.
 
     Raises:
-        BnnError: bad options, unavailable data, or a run folder that is already used.
+        BnnError: bad options, unavailable data, a weights file that does not fit the model,
+            or a run folder that is already used.
         RunFolderBusyError: another process is training in `run_dir`.
         TrainingInterruptedError: Ctrl-C or SIGTERM during training.
         NonFiniteLossError: the loss became NaN/inf.
@@ -142,14 +155,15 @@ def train(
 
 
 def resume_training(
-    run_dir: Path, build_model: BuildModel, *, epochs: Optional[int] = None,
+    run_dir: Path, build_model: Optional[BuildModel] = None, *, epochs: Optional[int] = None,
     record: Optional[RunRecord] = None, **kwargs
 ) -> TrainResult:
     """Continues a run from its last complete epoch, with its recorded options.
 
     Args:
         run_dir: The run folder.
-        build_model: As for `train`.
+        build_model: As for `train` (None: the registry model the run recorded, as the
+            variant it was built as).
         epochs: A new total number of epochs (at least the completed ones): extends a finished
             or interrupted run; recorded in config.json. None keeps the recorded number.
         record: The run's `RunRecord`, when the caller has already read it (it is not read
@@ -180,38 +194,255 @@ class _Data:
     test: tf.data.Dataset
 
 
-def _run(config: TrainConfig, build_model: BuildModel, run_dir: Path, *, resume: bool,
-         previous: Optional[RunRecord], splits: Optional[data_lib.DataSplits] = None,
-         verbose: int = 1, callbacks: Optional[List[tf.keras.callbacks.Callback]] = None
-         ) -> TrainResult:
-    """`train` and `resume_training`: the run folder locked, then one step after the other."""
+def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, *,
+         resume: bool, previous: Optional[RunRecord],
+         splits: Optional[data_lib.DataSplits] = None, verbose: int = 1,
+         callbacks: Optional[List[tf.keras.callbacks.Callback]] = None) -> TrainResult:
+    """`train` and `resume_training`: one step after the other, the run folder locked from
+    `_prepare_folder` on (a new run takes it once its data and model are there)."""
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(config.strategy)
     config, recipe = resolve_recipe(config)
+    start = _Start.of(config, build_model, resume)
     chief = distribute.is_chief(strategy)
     if chief and not resume and run_dir.is_dir():
         _refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
+    if not resume:
+        # Before the folder exists: a data set, model or weights file refused here leaves
+        # nothing behind.
+        data, precision, built = _data_and_model(config, recipe, strategy, build_model, start,
+                                                 splits, None, 0)
     # Only the chief writes the run folder, so only the chief owns it.
     lock = run_lock.RunFolderLock(run_dir, create=not resume) if chief else contextlib.nullcontext()
     with lock:
         previous, start_epoch = _prepare_folder(run_dir, config, chief, resume, previous)
-        data = _load_data(config, splits, start_epoch)
-        precision = (previous.precision_resolved if previous else None) or resolve_precision(
-            config.precision)
-        warn_if_emulated_bf16(precision)
-        model = _build(config, recipe, strategy, build_model, data, precision)
+        if resume:
+            start = _Start.resumed(previous, start_epoch, build_model, run_dir)
+            data, precision, built = _data_and_model(config, recipe, strategy, build_model,
+                                                     start, splits, previous, start_epoch)
+        model = built.model
         _compile(model, config, recipe, strategy, data.steps)
         # Every worker trains and saves (collectives need all of them); only the chief writes
         # the run folder, the others write into a temporary folder of their own.
         out_dir = distribute.output_dir(run_dir, strategy)
         if chief:
-            _record(run_dir, config, recipe, previous, start_epoch, data, precision, model,
-                    strategy)
+            _record(run_dir, config, recipe, previous, start_epoch, data, precision, built,
+                    start, strategy)
         fitted = _fit(model, config, recipe, strategy, data, precision, run_dir, out_dir,
                       resume, start_epoch, verbose, callbacks)
         metrics = _finish(model, config, data, fitted, out_dir)
         distribute.cleanup_output_dir(out_dir, run_dir, strategy)
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=fitted.history)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """What the model starts from: a weights file (`weights`, its `sha256`), or the variant
+    a run from one was built as (`variant`, when resuming from its epoch backup)."""
+
+    weights: Optional[str] = None
+    sha256: Optional[str] = None
+    variant: Optional[str] = None
+
+    @classmethod
+    def of(cls, config: TrainConfig, build_model: Optional[BuildModel],
+           resume: bool) -> "_Start":
+        """A new run's start: `config.weights`, checked to exist and hashed before any long
+        work (whether it fits the model is known once the data set gives the input)."""
+        if resume or config.weights is None:
+            return cls()
+        if build_model is not None:
+            raise BnnError(
+                "`weights` is loaded into the registry model `model` (build_model=None); a "
+                "build_model of your own loads its weights itself, with `weights` unset.")
+        return cls(weights=config.weights, sha256=weights_sha256(config.weights))
+
+    @classmethod
+    def resumed(cls, previous: RunRecord, start_epoch: int,
+                build_model: Optional[BuildModel], run_dir: Path) -> "_Start":
+        """A resumed run's start: the recorded variant, and the weights file again only when
+        no epoch completed (the epoch backup restores everything else)."""
+        weights = previous.config.weights
+        if weights is None or build_model is not None:
+            return cls()
+        if start_epoch > 0:
+            return cls(variant=previous.model_variant)
+        try:
+            digest = weights_sha256(weights)
+        except BnnError:
+            digest = None
+        if digest != previous.weights_sha256:
+            what = "no longer exists" if digest is None else "has changed since (sha256)"
+            raise BnnError(
+                f"Run {run_dir} has no complete epoch to continue from and started from "
+                f"`weights` {weights}, which {what}; start a new run.")
+        return cls(weights=weights, sha256=digest, variant=previous.model_variant)
+
+
+def weights_sha256(path: str) -> str:
+    """The sha256 of the file `path` (hex).
+
+    Raises:
+        BnnError: the file does not exist or cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise BnnError(f"`weights` {path} does not exist; give the path of a weights file "
+                       "(.h5).") from None
+    except OSError as exc:
+        raise BnnError(f"`weights` {path} cannot be read ({exc.strerror or exc}).") from None
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class _Built:
+    """The model, and the registry variant it was built as (None when not known)."""
+
+    model: tf.keras.Model
+    variant: Optional[str] = None
+
+
+def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
+                    build_model: Optional[BuildModel], start: _Start,
+                    splits: Optional[data_lib.DataSplits], previous: Optional[RunRecord],
+                    start_epoch: int) -> Tuple["_Data", str, _Built]:
+    """Steps 2 and 3: the data, the precision and the model."""
+    data = _load_data(config, splits, start_epoch)
+    precision = (previous.precision_resolved if previous else None) or resolve_precision(
+        config.precision)
+    warn_if_emulated_bf16(precision)
+    if build_model is None:
+        variants: List[Optional[str]] = []
+
+        def build_model(input_shape, num_classes):  # noqa: F811  (the registry's)
+            model, variant = registry_model(config, input_shape, num_classes,
+                                            weights=start.weights, variant=start.variant)
+            variants.append(variant)
+            return model
+
+        model = _build(config, recipe, strategy, build_model, data, precision)
+        return data, precision, _Built(model, variants[-1])
+    return data, precision, _Built(_build(config, recipe, strategy, build_model, data,
+                                          precision))
+
+
+def registry_model(config: TrainConfig, input_shape: Tuple[int, int, int], num_classes: int,
+                   *, weights: Optional[str] = None, variant: Optional[str] = None
+                   ) -> Tuple[tf.keras.Model, Optional[str]]:
+    """The registry model `config.model` with `config.model_options`, the weights file
+    `weights` (`models.create_model(..., weights=)`), then `config.tricks`.
+
+    The loaded weights survive the tricks: a layer a trick rewrites gets the file's weights
+    back when its weights keep their shapes (other quantizers, the bipolar regularizer);
+    tricks that change a loaded layer's weights (`bases` > 1, a BNN+ `regularizer`) are
+    refused with the file.
+
+    Args:
+        config: The run's options (`model`, `model_options`, `tricks`).
+        input_shape: The model input.
+        num_classes: The classifier outputs.
+        weights: A weights file to start from (usually `config.weights`).
+        variant: The registry variant to build (a resumed run's), overriding the one a
+            larq-zoo weights file selects.
+
+    Returns:
+        The uncompiled model and the variant it was built as (None for a model without
+        variants).
+
+    Raises:
+        BnnError: an unknown model, a model option it does not take, a weights file that does
+            not fit (one line naming the first layer that differs), or a trick that would
+            discard the loaded weights.
+    """
+    import models
+    from bnn_keras.training.tricks import apply_tricks
+
+    name = config.model
+    options = dict(config.model_options)
+    if variant is not None:
+        options["variant"] = variant
+    try:
+        model = models.create_model(name, input_shape=input_shape, num_classes=num_classes,
+                                    weights=weights, **options)
+    except (TypeError, ValueError) as exc:
+        raise _build_error(name, options, weights, exc, input_shape, num_classes) from None
+    chosen = _built_variant(name, options, weights, model)
+    if not config.tricks:
+        return model, chosen
+    tricked = apply_tricks(model, **config.tricks)
+    if weights is not None:
+        _keep_loaded_weights(model, tricked, config.tricks, weights)
+    return tricked, chosen
+
+
+def _build_error(name: str, options: Dict[str, Any], weights: Optional[str], exc: Exception,
+                 input_shape, num_classes: int) -> Exception:
+    """The one-line error of a registry model that failed to build or to load `weights`."""
+    import models
+
+    if weights is not None and isinstance(exc, ValueError):
+        try:  # the build alone works: Keras's own loading refused the file
+            models.create_model(name, input_shape=input_shape, num_classes=num_classes,
+                                **options)
+        except (TypeError, ValueError):
+            pass
+        else:
+            return BnnError(f"`weights` {weights} does not fit {name}: {first_line(exc)}; "
+                            "give a weights file of this model at this input size and number "
+                            "of classes.")
+    if not options:
+        return exc
+    # A value of the wrong kind (`section_filters=16` for a list) fails inside the builder.
+    given = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
+    return BnnError(f"{name} cannot be built with `model_options` {given}: "
+                    f"{first_line(exc)}; check the option's type and value.")
+
+
+def _built_variant(name: str, options: Dict[str, Any], weights: Optional[str],
+                   model: tf.keras.Model) -> Optional[str]:
+    """The variant `models.create_model` built: the one asked for, else the larq-zoo variant
+    when a weights file of larq-zoo's (no layer name of ours) selected it, else the default."""
+    import models
+    from models import weights_file
+    from models.common import ZOO_VARIANT
+
+    entry = models.get_entry(name)
+    if "variant" in options:
+        return options["variant"]
+    if entry.zoo is None:
+        return None
+    if weights is not None:
+        file_layers = weights_file.read_h5_layers(weights)
+        if file_layers is not None and weights_file.is_foreign(file_layers, model):
+            return ZOO_VARIANT
+    return "bnn"
+
+
+def _keep_loaded_weights(loaded: tf.keras.Model, tricked: tf.keras.Model,
+                         tricks: Dict[str, Any], weights: str) -> None:
+    """Gives the layers `apply_tricks` rebuilt (freshly initialised) the weights `loaded`
+    had from the file; refuses a trick that changed a loaded layer's weights."""
+    rebuilt = {layer.name: layer for layer in tricked.layers}
+    for layer in loaded.layers:
+        if not layer.weights:
+            continue
+        new = rebuilt.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if new is None or [tuple(w.shape) for w in new.weights] != shapes:
+            on = ", ".join(f"`{k}` {_shown_trick(v)}" for k, v in tricks.items())
+            raise BnnError(
+                f"`weights` {weights} cannot be combined with {on}: the tricks rebuild layer "
+                f"{layer.name!r} with other weights than the file's, which would be lost; "
+                "drop those tricks (or `weights`).")
+        new.set_weights(layer.get_weights())
+
+
+def _shown_trick(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
 
 
 def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: bool,
@@ -281,9 +512,10 @@ def _compile(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe,
 
 def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,
             previous: Optional[RunRecord], start_epoch: int, data: _Data, precision: str,
-            model: tf.keras.Model, strategy) -> None:
-    """Step 5: config.json, for a new run; a resume that changes the total epochs records
-    the change (the schedule now spans the new total)."""
+            built: _Built, start: _Start, strategy) -> None:
+    """Step 5: config.json, for a new run (with the weights file it started from, its sha256
+    and the variant built); a resume that changes the total epochs records the change (the
+    schedule now spans the new total)."""
     if previous is None:
         splits = data.splits
         RunRecord(
@@ -298,9 +530,11 @@ def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,
             pixel_max=getattr(splits, "pixel_max", 255.0),
             num_train=splits.num_train,
             num_test=splits.num_test,
-            params=int(model.count_params()),
+            params=int(built.model.count_params()),
             workers=distribute.worker_count(strategy),
             versions=library_versions(),
+            weights_sha256=start.sha256,
+            model_variant=built.variant if start.weights else None,
         ).write(run_dir)
     elif config.epochs != previous.config.epochs:
         previous.with_epochs(config.epochs, recipe, after_epoch=start_epoch).write(run_dir)

@@ -11,7 +11,9 @@ CUSTOM_OBJECTS = ("bnn_keras>SteSign", "bnn_keras>ApproxSign", "bnn_keras>SignSw
                   "bnn_keras>ScaledQuantConv2D", "bnn_keras>MultiBaseQuantConv2D",
                   "bnn_keras>LearnableScale", "bnn_keras>FloatActivation",
                   "bnn_keras>WarmupDecay", "bnn_keras>SmoothedSparseCategoricalCrossentropy",
-                  "bnn_keras>Bipolar", "bnn_keras>BlurKernel", "bnn_keras>SignFlipTracker")
+                  "bnn_keras>Bipolar", "bnn_keras>BlurKernel", "bnn_keras>SignFlipTracker",
+                  "bnn_keras>RSign", "bnn_keras>RPReLU", "bnn_keras>LearnedRescale",
+                  "bnn_keras>LayerScaledSign")
 
 
 def test_import_bnn_keras_loads_no_training_code_and_registers_every_object():

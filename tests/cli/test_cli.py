@@ -74,11 +74,15 @@ def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypa
     assert config["params"] != models.create_model(
         "binary-resnet-e18", input_shape=(16, 16, 1), num_classes=10).count_params()
 
-    # --resume rebuilds the network from the recorded options.
+    # --resume rebuilds the network from the recorded options (the registry model of the
+    # record the CLI read: build_model None).
+    from bnn_keras.training.run import registry_model
+
     rebuilt = {}
 
-    def resume(run, build, **kwargs):
-        rebuilt["params"] = build((16, 16, 1), 10).count_params()
+    def resume(run, build, record=None, **kwargs):
+        assert build is None
+        rebuilt["params"] = registry_model(record.config, (16, 16, 1), 10)[0].count_params()
         raise BnnError("stop here")
 
     monkeypatch.setattr(training, "resume_training", resume)

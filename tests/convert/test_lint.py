@@ -29,6 +29,30 @@ def test_clean_binary_conv_has_no_findings():
     assert format_findings([]).startswith("No problems found")
 
 
+@pytest.mark.parametrize("side, kernel, wrong", [(2, 3, True), (3, 3, False), (4, 5, True),
+                                                 (5, 5, False)])
+def test_zero_padding_on_a_map_smaller_than_the_kernel_is_an_error(side, kernel, wrong):
+    """LCE 0.16 computes these wrongly: the finding, and the conversion itself, agree."""
+    import numpy as np
+
+    from convert.converter import convert_model
+    from convert.runtime import LceRuntime
+
+    model = _model(lq.layers.QuantConv2D(64, kernel, padding="same", name="zp", **BINARY),
+                   input_shape=(side, side, 64))
+    codes = _codes(inspect_model(model))
+    assert (("zp", "zero-padding-small-map", "error") in codes) is wrong
+    assert ("zp", "zero-padding", "warning") in codes
+    x = np.random.default_rng(0).normal(size=(2, side, side, 64)).astype("float32")
+    got = LceRuntime(convert_model(model)).predict(x)
+    assert bool(np.abs(got - model.predict(x, verbose=0)).max() > 1.0) is wrong
+    # +1 padding is exact at every size.
+    padded = _model(lq.layers.QuantConv2D(64, kernel, padding="same", pad_values=1.0, **BINARY),
+                    input_shape=(side, side, 64))
+    np.testing.assert_allclose(LceRuntime(convert_model(padded)).predict(x),
+                               padded.predict(x, verbose=0), atol=1e-4)
+
+
 def test_zero_padding_is_warning_on_arm_error_on_xcore():
     model = _model(lq.layers.QuantConv2D(32, 3, padding="same", name="zp", **BINARY))
     assert _codes(inspect_model(model)) == {("zp", "zero-padding", "warning")}

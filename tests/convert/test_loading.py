@@ -257,6 +257,24 @@ def test_cli_custom_objects_for_inspect_summary_and_convert(zoo_files):
     assert not (folder / "quick.tflite").exists()
 
 
+def test_cli_convert_notes_a_subclass_loaded_as_its_functional_graph(zoo_files):
+    """`bnn convert` prints the note `bnn inspect`/`bnn summary` print, once the model loaded."""
+    folder = zoo_files["folder"]
+    note = (f"Note: {folder / 'dense.h5'}'s ZooDenseNet (a tf.keras.Model subclass that cannot "
+            "be imported here) was loaded as its functional graph, with the file's weights.")
+    result = invoke(["convert", str(folder / "dense.h5"), "--no-metadata",
+                     "-o", str(folder / "dense.tflite")])
+    assert result.exit_code == 0, result.output
+    assert note in result.stderr.splitlines()
+    assert (folder / "dense.tflite").is_file()
+    # A functional model file (and a run folder) gets no note.
+    result = invoke(["convert", str(folder / "quick.h5"), "--no-metadata", "--custom-objects",
+                     f"{folder / 'zoo_objects_dict.py'}:OBJECTS",
+                     "-o", str(folder / "quick_h5.tflite")])
+    assert result.exit_code == 0, result.output
+    assert "Note:" not in result.stderr
+
+
 def test_bnn_custom_objects_module_registers_from_the_current_folder(zoo_files):
     """The installed `bnn` script, run where the user's module is: plain MODULE form."""
     folder = zoo_files["folder"]

@@ -94,7 +94,7 @@ def test_split_layer_folds_into_bconvs_and_shrinks():
 # Conversions at 32x32 take 7-15 s for these, 15-35 s for the deeper siblings (marked slow).
 _DEEP = {"binary-densenet37", "binary-densenet37-dilated", "binary-densenet45",
          "binary-resnet-e34", "birealnet34", "quicknet-large", "quicknet-small",
-         "bnn-plus-alexnet", "compact-bnn", "binary-densenet28", "birealnet18"}
+         "bnn-plus-alexnet", "compact-bnn", "binary-densenet28", "birealnet18", "meliusnet22"}
 
 
 @pytest.mark.parametrize("name", [

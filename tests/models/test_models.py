@@ -33,10 +33,12 @@ ZOO_PARAMS = {
 
 # larq-zoo's QuickNet tables come from larq's model summary, which folds BatchNormalization's
 # moving statistics into its scale and offset: 2 weights per channel where Keras counts 4.
-QUICKNET_ZOO_SUMMARY_PARAMS = {
+# larq's summary count (BatchNorm moving statistics left out), as larq-zoo's tables give it.
+ZOO_SUMMARY_PARAMS = {
     "quicknet-small": 12_655_688,
     "quicknet": 13_234_088,
     "quicknet-large": 23_342_248,
+    "meliusnet22": 6_944_584,
 }
 
 # Layer names Keras generates when a layer is created without a name.
@@ -56,8 +58,8 @@ def test_parameter_count_matches_larq_zoo(name, expected):
     assert model.count_params() == expected
 
 
-@pytest.mark.parametrize("name,expected", sorted(QUICKNET_ZOO_SUMMARY_PARAMS.items()))
-def test_quicknet_parameter_count_matches_larq_zoo_summary(name, expected):
+@pytest.mark.parametrize("name,expected", sorted(ZOO_SUMMARY_PARAMS.items()))
+def test_parameter_count_matches_larq_zoo_summary(name, expected):
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     assert lq.models.ModelProfile(model).weight_count() == expected
     # The Keras count adds 2 moving statistics per channel of every BN with scale and offset.
@@ -112,6 +114,12 @@ def test_imagenet_input_gives_probabilities_with_the_large_stem(name):
     if name.startswith("quicknet"):  # 3x3/2 conv, then a 3x3/2 depthwise conv: 224 -> 56
         assert stem.strides == (2, 2)
         assert model.get_layer("section1_block1_conv").input_shape[1:3] == (56, 56)
+    elif name == "reactnet-a":  # 3x3/2 conv + BN: 224 -> 112, the first block keeps it
+        assert stem.strides == (2, 2)
+        assert model.get_layer("block1_conv3x3").input_shape[1:3] == (112, 112)
+    elif name == "meliusnet22":  # 3x3/2 conv, grouped 3x3 convs, then a 2x2 max-pool: 224 -> 56
+        assert stem.strides == (2, 2)
+        assert model.get_layer("section1_block1_dense_bn").input_shape[1:3] == (56, 56)
     else:
         assert stem.kernel_size[0] >= 7 and stem.strides[0] >= 2
 

@@ -1,10 +1,10 @@
 """The larq-zoo variants: a zoo-shaped weights file loads by layer order into the zoo's function.
 
-larq-zoo cannot be installed beside bnn (its protobuf pin), so each reference below is
-transcribed from larq-zoo 2.4.0's public definition (larq_zoo/literature/densenet.py,
-resnet_e.py, birealnet.py, binary_alex_net.py): the same layers, created in the same order, with
-Keras's automatic names as in the zoo's files. Its weights are random, its BatchNorm statistics
-too, and saved with `save_weights(".h5")` as the zoo's release files are.
+larq-zoo cannot be installed beside bnn (its protobuf pin), so the references
+(`tests.models.zoo_reference`) are transcribed from larq-zoo 2.4.0's public definitions: the
+same layers, created in the same order, with Keras's automatic names as in the zoo's files.
+Their weights are random, their BatchNorm statistics too, and saved with `save_weights(".h5")`
+as the zoo's release files are.
 """
 
 import re
@@ -16,200 +16,31 @@ import tensorflow as tf
 
 import models
 from bnn_keras.errors import BnnError
+from bnn_keras.quantizers import LayerScaledSign
 from tests.conftest import invoke
-
-L = tf.keras.layers
-
-
-def _global_pool(x):
-    # larq_zoo.core.utils.global_pool: AveragePooling2D over the whole map, then Flatten.
-    x = L.AveragePooling2D(pool_size=x.shape[1:3])(x)
-    return L.Flatten()(x)
-
-
-def zoo_binary_densenet(input_shape, num_classes, *, reduction, dilation, blocks):
-    """larq-zoo BinaryDenseNetFactory.build."""
-    inp = L.Input(shape=input_shape)
-    if input_shape[0] < 50:
-        x = L.Conv2D(64, 3, padding="same", kernel_initializer="he_normal", use_bias=False)(inp)
-    else:
-        x = L.Conv2D(64, 7, strides=2, padding="same", use_bias=False)(inp)
-        x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-        x = L.Activation("relu")(x)
-        x = L.MaxPool2D(3, strides=2, padding="same")(x)
-    for block, n in enumerate(blocks):
-        for _ in range(n):
-            y = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-            y = lq.layers.QuantConv2D(
-                64, 3, dilation_rate=dilation[block],
-                input_quantizer=lq.quantizers.SteSign(clip_value=1.3),
-                kernel_quantizer=lq.quantizers.SteSign(clip_value=1.3),
-                kernel_constraint=lq.constraints.WeightClip(clip_value=1.3),
-                padding="same", use_bias=False,
-            )(y)
-            x = L.concatenate([x, y])
-        if block < len(blocks) - 1:
-            x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-            if dilation[block + 1] == 1:
-                x = L.MaxPooling2D(2, strides=2)(x)
-            x = L.Activation("relu")(x)
-            x = L.Conv2D(round(x.shape[-1] // reduction[block] / 32) * 32, 1, use_bias=False)(x)
-    x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-    x = L.Activation("relu")(x)
-    x = L.Dense(num_classes)(_global_pool(x))
-    x = L.Activation("softmax", dtype="float32")(x)
-    return tf.keras.Model(inp, x, name="binary_densenet")
-
-
-def zoo_binary_densenet28(input_shape, num_classes):
-    """larq-zoo BinaryDenseNet28Factory."""
-    return zoo_binary_densenet(input_shape, num_classes, reduction=(2.7, 2.7, 2.2),
-                               dilation=(1, 1, 1, 1), blocks=(6, 6, 6, 5))
-
-
-def zoo_binary_densenet37_dilated(input_shape, num_classes):
-    """larq-zoo BinaryDenseNet37DilatedFactory: no pooling before the dilated blocks."""
-    return zoo_binary_densenet(input_shape, num_classes, reduction=(3.3, 3.3, 4),
-                               dilation=(1, 1, 2, 4), blocks=(6, 8, 12, 6))
-
-
-def zoo_binary_resnet_e18(input_shape, num_classes):
-    """larq-zoo BinaryResNetE18Factory.build (num_layers 18)."""
-    quant = dict(
-        input_quantizer=lq.quantizers.SteSign(clip_value=1.25),
-        kernel_quantizer=lq.quantizers.SteSign(clip_value=1.25),
-        kernel_constraint=lq.constraints.WeightClip(clip_value=1.25),
-    )
-
-    def residual_block(x, filters, strides):
-        if x.shape[-1] != filters:
-            residual = L.AvgPool2D(pool_size=2, strides=2)(x)
-            residual = L.Conv2D(filters, 1, use_bias=False)(residual)
-            residual = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(residual)
-        else:
-            residual = x
-        x = lq.layers.QuantConv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                                  **quant)(x)
-        x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-        return L.add([x, residual])
-
-    inp = L.Input(shape=input_shape)
-    if input_shape[0] < 50:
-        x = L.Conv2D(64, 3, padding="same", use_bias=False)(inp)
-    else:
-        x = L.Conv2D(64, 7, strides=2, padding="same", use_bias=False)(inp)
-        x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-        x = L.Activation("relu")(x)
-        x = L.MaxPool2D(3, strides=2, padding="same")(x)
-        x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-    for block, (layers, filters) in enumerate(zip([2, 2, 2, 2], [64, 128, 256, 512])):
-        for layer in range(layers * 2):
-            x = residual_block(x, filters, strides=1 if block == 0 or layer != 0 else 2)
-    x = L.Activation("relu")(x)
-    x = L.Dense(num_classes)(_global_pool(x))
-    x = L.Activation("softmax", dtype="float32")(x)
-    return tf.keras.Model(inp, x, name="binary_resnet_e_18")
-
-
-def zoo_birealnet(input_shape, num_classes):
-    """larq-zoo BiRealNetFactory.build: the 7x7/2 stem at every input size."""
-    quant = dict(input_quantizer="approx_sign", kernel_quantizer="magnitude_aware_sign",
-                 kernel_constraint="weight_clip")
-
-    def residual_block(x, double_filters=False, filters=None):
-        in_filters = x.shape[-1]
-        out_filters = filters or in_filters if not double_filters else 2 * in_filters
-        shortcut = x
-        if in_filters != out_filters:
-            shortcut = L.AvgPool2D(2, strides=2, padding="same")(shortcut)
-            shortcut = L.Conv2D(out_filters, (1, 1), use_bias=False)(shortcut)
-            shortcut = L.BatchNormalization(momentum=0.8)(shortcut)
-        x = lq.layers.QuantConv2D(out_filters, (3, 3),
-                                  strides=1 if out_filters == in_filters else 2,
-                                  padding="same", use_bias=False, **quant)(x)
-        x = L.BatchNormalization(momentum=0.8)(x)
-        return L.add([x, shortcut])
-
-    inp = L.Input(shape=input_shape)
-    out = L.Conv2D(64, (7, 7), strides=2, padding="same", use_bias=False)(inp)
-    out = L.BatchNormalization(momentum=0.8)(out)
-    out = L.MaxPool2D((3, 3), strides=2, padding="same")(out)
-    out = residual_block(out, filters=64)
-    for _ in range(3):
-        out = residual_block(out)
-    for _ in range(3):
-        out = residual_block(out, double_filters=True)
-        for _ in range(3):
-            out = residual_block(out)
-    out = L.Dense(num_classes)(_global_pool(out))
-    out = L.Activation("softmax", dtype="float32")(out)
-    return tf.keras.Model(inp, out, name="birealnet18")
-
-
-def zoo_binary_alexnet(input_shape, num_classes):
-    """larq-zoo BinaryAlexNetFactory.build (inflation_ratio 1): 11x11/4 stem, QuantDense head."""
-    quant = dict(kernel_quantizer="ste_sign", kernel_constraint="weight_clip", use_bias=False)
-
-    def conv_block(x, features, kernel_size, strides=1, pool=False, first_layer=False):
-        x = lq.layers.QuantConv2D(features, kernel_size=kernel_size, strides=strides,
-                                  padding="same",
-                                  input_quantizer=None if first_layer else "ste_sign", **quant)(x)
-        if pool:
-            x = L.MaxPool2D(pool_size=3, strides=2)(x)
-        return L.BatchNormalization(scale=False, momentum=0.9)(x)
-
-    def dense_block(x, units):
-        x = lq.layers.QuantDense(units, input_quantizer="ste_sign", **quant)(x)
-        return L.BatchNormalization(scale=False, momentum=0.9)(x)
-
-    inp = L.Input(shape=input_shape)
-    out = conv_block(inp, 64, 11, strides=4, pool=True, first_layer=True)
-    out = conv_block(out, 192, 5, pool=True)
-    out = conv_block(out, 384, 3)
-    out = conv_block(out, 384, 3)
-    out = conv_block(out, 256, 3, pool=True)
-    out = L.Flatten()(out)
-    out = dense_block(out, 4096)
-    out = dense_block(out, 4096)
-    out = dense_block(out, num_classes)
-    out = L.Activation("softmax", dtype="float32")(out)
-    return tf.keras.Model(inp, out, name="binary_alexnet")
-
-
-def _randomize(model, seed=0):
-    """Random weights and BatchNorm statistics, so that every loaded value matters."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            values = {"gamma": rng.uniform(0.5, 1.5), "beta": rng.normal(0, 0.2),
-                      "moving_mean": rng.normal(0, 0.2), "moving_variance": rng.uniform(0.5, 2)}
-            layer.set_weights([
-                np.broadcast_to(values[w.name.split("/")[-1].split(":")[0]], w.shape)
-                * rng.uniform(0.8, 1.2, size=w.shape)
-                for w in layer.weights
-            ])
-        elif layer.weights:
-            # 1/sqrt(fan-in) keeps the logits near 1-100, where float32 rounding is under 1e-4.
-            layer.set_weights([rng.normal(0, 1 / np.sqrt(np.prod(w.shape[:-1]) or 1), w.shape)
-                               for w in layer.weights])
-
-
-def _logits(model, x):
-    # The input of the final softmax.
-    return tf.keras.Model(model.inputs, model.layers[-2].output)(x, training=False).numpy()
-
-
-def _zoo_file(tmp_path, builder, input_shape, num_classes, name="zoo.h5"):
-    reference = builder(input_shape, num_classes)
-    _randomize(reference)
-    path = str(tmp_path / name)
-    reference.save_weights(path)
-    return reference, path
-
+from tests.models.zoo_reference import (
+    _logits,
+    _randomize,
+    _zoo_file,
+    zoo_binary_alexnet,
+    zoo_binary_densenet28,
+    zoo_binary_densenet37,
+    zoo_binary_densenet37_dilated,
+    zoo_binary_densenet45,
+    zoo_binary_resnet_e18,
+    zoo_birealnet,
+    zoo_dorefanet,
+    zoo_quicknet,
+    zoo_quicknet_large,
+    zoo_quicknet_small,
+    zoo_xnornet,
+)
 
 CASES = {
     "binary-densenet28": (zoo_binary_densenet28, (32, 32, 3)),
+    "binary-densenet37": (zoo_binary_densenet37, (16, 16, 3)),
     "binary-densenet37-dilated": (zoo_binary_densenet37_dilated, (16, 16, 3)),
+    "binary-densenet45": (zoo_binary_densenet45, (16, 16, 3)),
     "binary-resnet-e18": (zoo_binary_resnet_e18, (32, 32, 3)),
     # 32 px: the zoo keeps its 7x7/2 stem where bnn's default uses a 3x3 stem.
     "birealnet18": (zoo_birealnet, (32, 32, 3)),
@@ -228,7 +59,9 @@ def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, name):
     model = models.create_model(name, input_shape=shape, num_classes=10, weights=path)
     got = _logits(model, x)
     assert np.abs(expected).max() > 1.0  # logits large enough for the comparison to mean much
+    assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
     assert np.abs(got - expected).max() < 1e-4
+    assert model.count_params() == reference.count_params()
     # The variant was chosen from the file: the zoo's zero padding in every binary 3x3 conv.
     binary = [layer for layer in model.layers if isinstance(layer, lq.layers.QuantConv2D)
               and layer.input_quantizer is not None and layer.kernel_size != (1, 1)]
@@ -243,6 +76,116 @@ def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, name):
         assert all(layer.pad_values == 1.0 for layer in default.layers
                    if isinstance(layer, lq.layers.QuantConv2D) and layer.kernel_size == (3, 3))
         assert np.abs(_logits(default, x) - expected).max() > 0.1
+
+
+def test_dorefanet_zoo_variant_scales_the_weights_per_layer(tmp_path):
+    # 64 px: the zoo keeps its 12x12/4 stem at every size (bnn's default has a 3x3 one under
+    # 50 px), and its three max-pools need 48 px or more.
+    shape = (64, 64, 3)
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    reference, path = _zoo_file(tmp_path, zoo_dorefanet, shape, 10, calibrate=x)
+    expected = _logits(reference, x)
+
+    model = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path)
+    assert np.abs(expected).max() > 1.0
+    # The logits depend on the input: the 2-bit activations are not all rounded to 0.
+    assert np.abs(expected - expected[:1]).max() > 0.1
+    assert np.abs(_logits(model, x) - expected).max() < 1e-4
+    assert model.count_params() == reference.count_params()
+    assert isinstance(model.get_layer("fc6").kernel_quantizer, LayerScaledSign)
+    # The quantizer is a registered Keras object: a saved zoo-variant model loads again.
+    again = lq.layers.QuantConv2D.from_config(model.get_layer("fc7").get_config())
+    assert isinstance(again.kernel_quantizer, LayerScaledSign)
+
+    # The default's per-channel scales load the same file and give other outputs: the zoo's
+    # BatchNorm statistics hold only for its per-layer scale.
+    default = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path,
+                                  variant="bnn")
+    assert isinstance(default.get_layer("fc7").kernel_quantizer,
+                      lq.quantizers.MagnitudeAwareSign)
+    assert np.abs(_logits(default, x) - expected).max() > 0.1
+
+
+def test_layer_scaled_sign_is_one_mean_for_the_whole_kernel():
+    kernel = tf.constant([[0.5, -2.0], [0.0, 1.5]])
+    np.testing.assert_allclose(LayerScaledSign()(kernel).numpy(), [[1.0, -1.0], [1.0, 1.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        out = LayerScaledSign()(kernel)
+    # The identity as pseudo-gradient, the scale held constant (larq-zoo's DoReFaNet).
+    np.testing.assert_array_equal(tape.gradient(out, kernel).numpy(), np.ones((2, 2)))
+
+
+def test_xnornet_zoo_variant_gives_the_zoos_outputs(tmp_path):
+    # The zoo's fc6 has a 6x6 kernel at every size, so its XNOR-Net takes 217 px or more.
+    shape = (224, 224, 3)
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    # Random statistics would make conv2's input all positive (ReLU -> max-pool -> BN): one
+    # sign everywhere, and logits that do not depend on the input.
+    reference, path = _zoo_file(tmp_path, zoo_xnornet, shape, 10, calibrate=x)
+    expected = _logits(reference, x)
+
+    model = models.create_model("xnornet", input_shape=shape, num_classes=10, weights=path)
+    assert np.abs(expected).max() > 1.0
+    assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
+    assert np.abs(_logits(model, x) - expected).max() < 1e-4
+    assert model.count_params() == reference.count_params()
+    assert model.get_layer("fc6").kernel_size == (6, 6)
+    assert {layer.pad_values for layer in model.layers
+            if isinstance(layer, lq.layers.QuantConv2D) and layer.padding == "same"} == {0.0}
+    # larq-zoo's xnor_weight_scale clips the kernel to [-1, 1] before its sign and per-channel
+    # mean; WeightClip(1) keeps every trained kernel there, where MagnitudeAwareSign is equal.
+    kernel = model.get_layer("conv3").kernel.latent_variable
+    assert float(tf.reduce_max(tf.abs(kernel))) <= 1.0
+    zoo_conv3 = [layer for layer in reference.layers
+                 if isinstance(layer, lq.layers.QuantConv2D)][1]
+    np.testing.assert_allclose(model.get_layer("conv3").kernel_quantizer(kernel).numpy(),
+                               zoo_conv3.kernel_quantizer(kernel).numpy(), rtol=1e-6)
+
+
+def test_xnornet_zoo_variant_keeps_the_zoo_stem_at_every_size():
+    small = models.create_model("xnornet", input_shape=(40, 40, 3), num_classes=10)
+    assert small.get_layer("conv1").kernel_size == (3, 3)
+    # As the zoo's: 11x11/4 stem, three 3/2 max-pools and a 6x6 fc6 need 217 px.
+    for side in (40, 128):
+        with pytest.raises(ValueError):
+            models.create_model("xnornet", input_shape=(side, side, 3), num_classes=10,
+                                variant="larq-zoo")
+
+
+QUICKNETS = {"quicknet-small": zoo_quicknet_small, "quicknet": zoo_quicknet,
+             "quicknet-large": zoo_quicknet_large}
+
+
+@pytest.mark.parametrize("name", sorted(QUICKNETS))
+def test_quicknet_zoo_weights_give_the_zoos_outputs(tmp_path, name):
+    # 32 px: the zoo keeps QuickNet's stem at every size, bnn's default has a 3x3 one under 50.
+    shape = (32, 32, 3)
+    reference, path = _zoo_file(tmp_path, QUICKNETS[name], shape, 10)
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    expected = _logits(reference, x)
+
+    model = models.create_model(name, input_shape=shape, num_classes=10, weights=path)
+    assert np.abs(expected).max() > 1.0
+    assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
+    assert np.abs(_logits(model, x) - expected).max() < 1e-4
+    assert model.count_params() == reference.count_params()
+    assert model.get_layer("stem_depthwise") is not None
+    # Binary convolutions pad with +1 in larq-zoo's QuickNet too.
+    assert {layer.pad_values for layer in model.layers
+            if isinstance(layer, lq.layers.QuantConv2D) and layer.input_quantizer} == {1.0}
+
+
+def test_quicknet_default_is_the_zoos_function_from_50_px(tmp_path):
+    shape = (64, 64, 3)
+    reference, path = _zoo_file(tmp_path, zoo_quicknet_small, shape, 10)
+    x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
+    expected = _logits(reference, x)
+    default = models.create_model("quicknet-small", input_shape=shape, num_classes=10,
+                                  weights=path, variant="bnn")
+    assert np.abs(expected).max() > 1.0
+    assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
+    assert np.abs(_logits(default, x) - expected).max() < 1e-4
 
 
 def test_a_zoo_full_model_h5_loads_too(tmp_path):
@@ -322,11 +265,20 @@ def test_a_missing_weights_file_is_a_bnn_error(tmp_path):
 def test_registry_entries_say_how_they_differ_from_the_zoo():
     for name in ("binary-densenet28", "binary-densenet37", "binary-densenet37-dilated",
                  "binary-densenet45", "binary-resnet-e18", "birealnet18", "binary-alexnet",
-                 "xnornet"):
+                 "xnornet", "meliusnet22"):
         zoo = models.get_entry(name).zoo
         assert zoo is not None and zoo.source.startswith("larq-zoo 2.4.0 larq_zoo/")
         assert "pad" in zoo.differences[0]
     assert models.get_entry("binarynet").zoo is None
+    dorefa = models.get_entry("dorefanet").zoo
+    assert dorefa.source == "larq-zoo 2.4.0 larq_zoo/literature/dorefanet.py DoReFaNet"
+    assert "per output channel" in dorefa.differences[0]
+    assert "one mean|W| per layer" in dorefa.differences[0]
+    for name, function in (("quicknet-small", "QuickNetSmall"), ("quicknet", "QuickNet"),
+                           ("quicknet-large", "QuickNetLarge")):
+        zoo = models.get_entry(name).zoo
+        assert zoo.source == f"larq-zoo 2.4.0 larq_zoo/sota/quicknet.py {function}"
+        assert zoo.summary == "small-input stem" and len(zoo.differences) == 1
 
 
 def test_bnn_models_says_which_models_differ_from_the_zoo():
@@ -338,3 +290,9 @@ def test_bnn_models_says_which_models_differ_from_the_zoo():
     assert rows["birealnet18"].endswith("pad_values 1 (zoo: 0); small-input stem")
     assert rows["binary-resnet-e34"].endswith(" -")  # larq-zoo publishes only ResNetE18
     assert "--model-option variant=larq-zoo builds the zoo's function" in result.stdout
+
+    result = invoke(["models", "quicknet*", "--input-shape", "32,32,3", "--num-classes", "10"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    for name in ("quicknet-small", "quicknet", "quicknet-large"):
+        assert rows[name].endswith(" small-input stem"), rows[name]

@@ -52,8 +52,9 @@ def test_old_config_files_read_as_version_1_and_write_back_every_key(run_dir, tm
     old = (run_dir / "config.json").read_text()
     record.write(tmp_path)
     new = (tmp_path / "config.json").read_text()
-    # The same file plus one line: what a 0.2 reader finds is unchanged.
-    assert json.loads(new) == {**json.loads(old), "format_version": FORMAT_VERSION}
+    # The same file plus one line: what a 0.2 reader finds is unchanged (layout 2: the run
+    # did not start from a weights file).
+    assert json.loads(new) == {**json.loads(old), "format_version": 2}
     assert [line for line in new.splitlines() if "format_version" not in line] == \
         old.splitlines()
     assert RunRecord.read(tmp_path) == dataclasses.replace(record, format_version=2)
@@ -102,8 +103,10 @@ def _edit(run: Path, **changes) -> None:
                                          "from, to and after_epoch"),
     (dict(num_classes=KeyError), "missing field 'num_classes'; it is not a config.json written "
                                  "by `bnn train`."),
-    (dict(format_version=3), "has format_version 3, newer than this bnn reads (up to 2); "
-                             "upgrade bnn to use this run folder."),
+    (dict(format_version=FORMAT_VERSION + 1), f"has format_version {FORMAT_VERSION + 1}, "
+                                              f"newer than this bnn reads (up to "
+                                              f"{FORMAT_VERSION}); upgrade bnn to use this "
+                                              "run folder."),
     (dict(format_version="2"), "expected field 'format_version' to be an integer >= 1"),
 ])
 def test_a_bad_field_is_one_line_naming_the_file_and_the_field(run, changes, message):
@@ -176,11 +179,12 @@ def test_a_new_run_writes_the_current_layout(tmp_path):
     result = training.train(tiny_config(epochs=1, steps_per_epoch=2, track_flips=False),
                             tiny_bnn, tmp_path / "run", verbose=0)
     written = json.loads((result.run_dir / "config.json").read_text())
-    assert written["format_version"] == FORMAT_VERSION
+    # Layout 2: only a run from a weights file needs 3 (tests/training/test_train_weights.py).
+    assert written["format_version"] == 2
     # Every key bnn 0.2 wrote, so that it can read this run folder.
     old = json.loads((FIXTURES / "v0.2" / "finished_run" / "config.json").read_text())
     assert set(written) == set(old) | {"format_version"}
     record = RunRecord.read(result.run_dir)
-    assert record.format_version == FORMAT_VERSION and record.params == written["params"]
+    assert record.format_version == 2 and record.params == written["params"]
     assert record.to_dict() == written
     assert training.run_progress(result.run_dir, record).finished
