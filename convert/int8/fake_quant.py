@@ -71,6 +71,14 @@ class FakeQuant(tf.keras.layers.Layer):
         self.max_value.assign(high)
 
 
+def _fused_relu(layer: tf.keras.layers.ReLU) -> bool:
+    """A Keras ReLU that TFLite fuses as RELU or RELU6 (`ReLU(max_value=1.0)`, DoReFa-Net's
+    clip to [0, 1], converts to MINIMUM + RELU, ops of their own)."""
+    max_value = None if layer.max_value is None else float(layer.max_value)
+    return (max_value in (None, 6.0) and float(layer.negative_slope) == 0.0
+            and float(layer.threshold) == 0.0)
+
+
 def _folds(layer: tf.keras.layers.Layer, follower: tf.keras.layers.Layer) -> bool:
     """Whether TFLite/LCE fuses `follower` into `layer` (conv+BN, conv+ReLU, BN+ReLU)."""
     if not isinstance(follower, _FOLDING_FOLLOWERS):
@@ -79,6 +87,8 @@ def _folds(layer: tf.keras.layers.Layer, follower: tf.keras.layers.Layer) -> boo
         name = tf.keras.activations.serialize(follower.activation)
         if name not in _FOLDABLE_ACTIVATIONS:
             return False
+    if isinstance(follower, tf.keras.layers.ReLU) and not _fused_relu(follower):
+        return False
     if isinstance(follower, tf.keras.layers.Rescaling):
         # `balance_concat_ranges`' constant scale: a MUL that LCE folds into the convolution.
         return isinstance(layer, tf.keras.layers.Conv2D)

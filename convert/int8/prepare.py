@@ -11,6 +11,7 @@ from bnn_keras.errors import BnnError
 from convert.converter import as_float32, check_options, convert_to_flatbuffer
 from convert.int8.calibration import FineTune, calibrate_from, fine_tune_in_place
 from convert.int8.fake_quant import FakeQuant, fake_quant_points, with_fake_quant
+from convert.int8.multibit import clip_ranges_to_quantizers, unfold_multibit_convs
 from convert.int8.range_balance import balance_concat_ranges
 from convert.int8.thresholds import centre_binarization_thresholds
 
@@ -55,17 +56,22 @@ def prepare_int8(
     if len(representative_x) == 0:
         raise BnnError("Expected at least one representative input.")
     functional = graph.functional(as_float32(model), purpose="int8 preparation")
+    # Multi-bit convs (DoReFa's 2-bit activations) run in float in LCE: as a quantizer layer and
+    # a plain conv with the quantized kernel they become int8 convs (exact per-channel weights).
+    functional, _ = unfold_multibit_convs(functional)
     # Concatenations share one int8 scale across their inputs: bring binary-conv outputs to
     # the range of the float features they are concatenated with (exact in float).
     functional, _ = balance_concat_ranges(functional, representative_x)
     config = with_fake_quant(functional.get_config(), fake_quant_points(functional))
     prepared = graph.rebuild(functional, config)
     calibrate_from(functional, prepared, representative_x)
+    clip_ranges_to_quantizers(prepared)
     if fine_tune is not None:
         fine_tune_in_place(prepared, fine_tune)
         # The float model with the fine-tuned weights: the ranges its tensors now span.
         twin = graph.rebuild(functional, copy_from=prepared)
         calibrate_from(twin, prepared, representative_x)
+        clip_ranges_to_quantizers(prepared)
     centre_binarization_thresholds(prepared)
     return prepared
 
