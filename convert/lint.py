@@ -142,7 +142,8 @@ def _check_conv(layer, target: str) -> List[Finding]:
             name, "multibit-activation", "error",
             f"{input_bits}-bit input quantizer: LCE accelerates 1-bit activations only, so this "
             "conv runs in float.",
-            "use a 1-bit input quantizer (e.g. 'ste_sign') or accept a float layer here",
+            "use a 1-bit input quantizer (e.g. 'ste_sign'), or convert with --int8, which runs "
+            "it as an int8 conv with int8 weights",
         ))
     if kernel_bits is not None and kernel_bits > 1:
         findings.append(Finding(
