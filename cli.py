@@ -214,8 +214,12 @@ def _train_config(model: str, values: Dict[str, Any]):
               help="Run folder to create [default: runs/MODEL-DATASET].")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
               help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+@click.option("--custom-objects", "custom_objects", multiple=True, metavar="MODULE[:DICT]",
+              help="For a --teacher model file with custom layers: a module whose import "
+                   "registers them, MODULE:DICT naming a dict of them, or a .py file "
+                   "(repeatable; give it again with --resume).")
 def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str], verbose: int,
-          **values: Any) -> None:
+          custom_objects: Sequence[str], **values: Any) -> None:
     """Train MODEL (a name from `bnn models`) and write a run folder.
 
     The run folder holds model.keras, config.json (every option), history.csv, flips.csv and
@@ -229,9 +233,18 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
     that file: it must fit the model at this input size and number of classes (checked before
     the run folder is made), and config.json records its path, sha256 and the model variant
     it selected, so --resume needs only the run folder.
+
+    With --float, MODEL's float copy is trained instead (its quantizers removed, --input-activation
+    where the input quantizers were). With --teacher RUN_DIR|MODEL_FILE (e.g. a --float run),
+    MODEL learns from that frozen classifier too (--distill-loss kl or distribution,
+    --distill-weight, --distill-temperature); the run folder's model.keras is MODEL alone.
+    history.csv and metrics.json record each epoch's wall time and the run's time at its end
+    (resumes included); the last line printed is the time to the best test accuracy.
     """
     import models
     from bnn_keras import training
+
+    _use_custom_objects(custom_objects)
 
     if resume_dir:
         # config.json is read once, here; the library trusts this record (and refuses to go on
@@ -263,11 +276,16 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
         f"train accuracy {m['train_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
         f"{m['wall_time_s']:.1f} s  {m['images_per_s'] or 0:.1f} images/s"
     )
+    if m.get("best_test_accuracy") is not None:
+        when = (f", {m['time_to_best_s']:.1f} s into the run"
+                if m.get("time_to_best_s") is not None else "")
+        click.echo(f"best test accuracy {m['best_test_accuracy']:.4f} at epoch "
+                   f"{m['best_epoch']}{when}")
 
 
 # `bnn train` options that --resume may be given: --epochs extends or shortens the run (it is
 # recorded), the others only change how this process reports.
-_RESUME_MAY_CHANGE = {"resume_dir", "epochs", "verbose"}
+_RESUME_MAY_CHANGE = {"resume_dir", "epochs", "verbose", "custom_objects"}
 
 
 def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:

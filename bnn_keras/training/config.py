@@ -16,6 +16,11 @@ config.json layouts (`format_version`):
         weights file, which every other run still writes as version 2: a bnn that reads up to
         version 2 would resume such a run with its default variant, another function with
         the same weights, so it must refuse the file instead.
+    4   adds `teacher` (the run folder or model file a run distils from), `teacher_sha256`
+        (of its model file), `distill_loss`, `distill_weight` and `distill_temperature`, and
+        `float_copy` and `input_activation` (a run of the float copy of the model). Written
+        only by runs that use them (others write 3 or 2 as before): a bnn that reads up to
+        version 3 would resume such a run without its teacher, or as the binary model.
 
 The file names of a run folder live here as well, so that a reader of run folders (`convert`)
 needs this module and not the training loop.
@@ -45,13 +50,22 @@ STATUS_FILE = "status.json"
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
 
-# The newest config.json layout, the one a run from a weights file writes; see the module
-# docstring.
-FORMAT_VERSION = 3
+# The newest config.json layout, the one a distilled or float-copy run writes; see the
+# module docstring.
+FORMAT_VERSION = 4
+# The layout of a run from a weights file that uses none of layout 4's fields.
+_WEIGHTS_FORMAT_VERSION = 3
 # The layout of a run that did not start from a weights file.
 _PLAIN_FORMAT_VERSION = 2
 # RunRecord fields (and the TrainConfig field `weights`) that layout 3 adds.
 _WEIGHTS_FIELDS = ("weights", "weights_sha256", "model_variant")
+# TrainConfig and RunRecord fields that layout 4 adds; left out of config.json when unused
+# (None, or False for `float_copy`).
+_LAYOUT_4_FIELDS = ("teacher", "teacher_sha256", "distill_loss", "distill_weight",
+                    "distill_temperature", "float_copy", "input_activation")
+# The float copy's activation where the BNN had input quantizers, unless `input_activation`
+# says otherwise (the papers' full-precision counterparts use ReLU; see `float_equivalent`).
+DEFAULT_INPUT_ACTIVATION = "relu"
 
 
 @dataclasses.dataclass
@@ -126,6 +140,30 @@ class TrainConfig:
              "model file of this model. It must fit the model at this input size and number "
              "of classes; it is checked before the run folder is made, and recorded with its "
              "sha256 (--resume does not need it).")
+    float_copy: bool = option(
+        False, spelled="--float", show_default=False,
+        help="Train the float copy of MODEL (`bnn_keras.training.baselines.float_equivalent`: "
+             "the same layers without quantizers, from scratch), e.g. as a teacher for "
+             "--teacher.")
+    input_activation: Optional[str] = option(
+        help="With --float: the Keras activation put where the BNN had input quantizers, or "
+             "none [default: relu].")
+    teacher: Optional[str] = option(
+        metavar="RUN_DIR|MODEL_FILE",
+        help="Distil from this classifier: a run folder of `bnn train` (trained on the same "
+             "data set, image size and classes) or a Keras model file (.keras, .h5). It is "
+             "frozen, checked before the run folder is made and recorded with its sha256; "
+             "--resume needs the same file.")
+    distill_loss: Optional[str] = option(
+        choices=("kl", "distribution"),
+        help="With --teacher: kl (Hinton's soft targets mixed with the labels) or "
+             "distribution (ReActNet's: the teacher's softmax only) [default: kl].")
+    distill_weight: Optional[float] = option(
+        help="With --teacher: share of the distillation term in the loss, in (0, 1] "
+             "[default: 0.5 for kl, 1 for distribution].")
+    distill_temperature: Optional[float] = option(
+        help="With --teacher: softmax temperature of the distillation term [default: 4 for "
+             "kl, 1 for distribution].")
     steps_per_epoch: Optional[int] = option(
         help="Limit each epoch to this many batches (quick experiments).")
     validation_freq: int = option(
@@ -181,7 +219,54 @@ class TrainConfig:
                 raise BnnError(f"Expected `{name}` {bound}, got {value!r}.")
         if self.label_smoothing is not None and self.label_smoothing >= 1:
             raise BnnError(f"Expected `label_smoothing` < 1, got {self.label_smoothing!r}.")
+        if self.teacher is None:
+            for name in ("distill_loss", "distill_weight", "distill_temperature"):
+                if getattr(self, name) is not None:
+                    raise BnnError(f"`{name}` applies to distillation; give a `teacher` too, "
+                                   f"or drop `{name}`.")
+        else:
+            self.distill_settings()  # a loss, weight or temperature out of range
+        if self.float_copy and self.weights is not None:
+            raise BnnError("`weights` loads into the binary model, and `float_copy` trains a "
+                           "freshly initialised float copy of it; drop one of them.")
+        if self.input_activation is not None:
+            if not self.float_copy:
+                raise BnnError("`input_activation` applies to the float copy; give "
+                               "`float_copy` too, or drop `input_activation`.")
+            self.float_input_activation()
         resolve_precision(self.precision)
+
+    def distill_settings(self):
+        """The `DistillSettings` of `distill_loss`, `distill_weight` and `distill_temperature`
+        (their defaults where None); None without a `teacher`.
+
+        Raises:
+            BnnError: a value out of range (naming the field).
+        """
+        if self.teacher is None:
+            return None
+        from bnn_keras.distillation import DistillSettings
+
+        return DistillSettings.for_loss(self.distill_loss or "kl", weight=self.distill_weight,
+                                        temperature=self.distill_temperature)
+
+    def float_input_activation(self) -> Optional[str]:
+        """The float copy's input activation: a Keras activation name, or None for none.
+
+        Raises:
+            BnnError: a name Keras does not know.
+        """
+        name = self.input_activation or DEFAULT_INPUT_ACTIVATION
+        if name.lower() == "none":
+            return None
+        import tensorflow as tf
+
+        try:
+            tf.keras.activations.get(name)
+        except ValueError:
+            raise BnnError(f"Unknown `input_activation` {name!r}; give a Keras activation name "
+                           "(relu, tanh, ...) or none.") from None
+        return name
 
 
 # TrainConfig fields that override single values of the recipe when set.
@@ -210,6 +295,13 @@ def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
         config, epochs=epochs, batch_size=batch_size,
         **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
     )
+    distill = config.distill_settings()
+    if distill is not None:
+        resolved = dataclasses.replace(resolved, distill_loss=distill.loss,
+                                       distill_weight=distill.weight,
+                                       distill_temperature=distill.temperature)
+    if config.float_copy and config.input_activation is None:
+        resolved = dataclasses.replace(resolved, input_activation=DEFAULT_INPUT_ACTIVATION)
     return resolved, recipe
 
 
@@ -264,10 +356,13 @@ class RunRecord:
         model_variant: The variant the registry built the model as when it started from a
             weights file (e.g. "larq-zoo", chosen by a larq-zoo file); a resume builds the
             same one. None for models without variants.
+        teacher_sha256: The sha256 of the teacher's model file (`config.teacher`, or its
+            model.keras when it is a run folder); a resume refuses another file.
         epochs_changes: Resumes that changed the total epochs, oldest first.
         extra: Keys this version does not know, kept as they were and written back.
         format_version: The layout of the file this record was read from (1: bnn 0.1/0.2);
-            `write` writes 3 for a run from a weights file and 2 for any other.
+            `write` writes 4 for a distilled or float-copy run, 3 for another run
+            from a weights file and 2 for any other.
     """
 
     config: TrainConfig
@@ -286,6 +381,7 @@ class RunRecord:
     versions: Optional[Dict[str, str]] = None
     weights_sha256: Optional[str] = None
     model_variant: Optional[str] = None
+    teacher_sha256: Optional[str] = None
     epochs_changes: List[EpochsChange] = dataclasses.field(default_factory=list)
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -354,6 +450,11 @@ class RunRecord:
                               else ("weights_sha256", "weights"))
             raise BnnError(f"{source}: field {given!r} without {missing!r}; a run from a "
                            "weights file records both.")
+        if (options.get("teacher") is None) != (facts.get("teacher_sha256") is None):
+            given, missing = (("teacher", "teacher_sha256") if options.get("teacher")
+                              else ("teacher_sha256", "teacher"))
+            raise BnnError(f"{source}: field {given!r} without {missing!r}; a distilled run "
+                           "records both.")
         return cls(config=TrainConfig(**options), extra=extra, format_version=version, **facts)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -363,6 +464,9 @@ class RunRecord:
         values = {**self.extra, **dataclasses.asdict(self.config)}
         if values.get("weights") is None:
             values.pop("weights", None)
+        for name in _LAYOUT_4_FIELDS:
+            if values.get(name) in (None, False):
+                values.pop(name, None)
         for field in dataclasses.fields(self):
             if field.name in _NOT_IN_FILE:
                 continue
@@ -371,7 +475,11 @@ class RunRecord:
                 continue
             values[field.name] = _FORMATTERS.get(field.name, _plain)(value)
         from_file = any(values.get(name) is not None for name in _WEIGHTS_FIELDS)
-        values["format_version"] = FORMAT_VERSION if from_file else _PLAIN_FORMAT_VERSION
+        if any(values.get(name) not in (None, False) for name in _LAYOUT_4_FIELDS):
+            values["format_version"] = FORMAT_VERSION
+        else:
+            values["format_version"] = (_WEIGHTS_FORMAT_VERSION if from_file
+                                        else _PLAIN_FORMAT_VERSION)
         return values
 
     def write(self, run_dir: Union[str, os.PathLike]) -> Path:
@@ -473,6 +581,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "recipe_resolved": _recipe,
     "epochs_changes": _epochs_changes,
     "weights_sha256": _sha256,
+    "teacher_sha256": _sha256,
 }
 
 

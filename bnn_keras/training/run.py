@@ -28,7 +28,19 @@ the folder, so that a data set, model option or weights file that is refused lea
 
 The model comes from a `build_model(input_shape, num_classes)` callable, or, when none is
 given, from the registry (`registry_model`: `models.create_model` with the config's model
-options and weights file, then its training tricks).
+options and weights file, then its training tricks); with `float_copy`, its float copy
+(`bnn_keras.training.baselines.float_equivalent`) is trained instead.
+
+With `teacher`, the model is the student of `bnn_keras.distillation`: `fit` trains
+`distillation_model(student, teacher)`, which holds the frozen teacher (so the epoch backup
+holds it too), while the run folder's model.keras, the sign-flip tracker and the test accuracy
+are the student's. The teacher is a run folder (whose data must be the student's) or a model
+file, checked before the run folder is created and recorded with its file's sha256; a resume
+loads it again and refuses a file that changed.
+
+history.csv and metrics.json carry each epoch's wall time and the run's wall time at its end
+(earlier sessions of a resumed run included), and metrics.json the time the run took to
+reach its best test accuracy.
 """
 
 import contextlib
@@ -56,8 +68,8 @@ from bnn_keras.training.precision import (
 )
 from bnn_keras.training.progress import check_resumable
 from bnn_keras.training.run_callbacks import (
-    CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter, run_folder_callbacks,
-    write_status,
+    RUN_TIME_KEY, CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter,
+    run_folder_callbacks, run_time_at, write_status,
 )
 
 BuildModel = Callable[[Tuple[int, int, int], int], tf.keras.Model]
@@ -124,6 +136,12 @@ def train(
 
     Messages name the `TrainConfig` fields in backticks (`bnn_keras.options.spell_fields`).
 
+    With `config.teacher`, the model is distilled from that run folder or model file
+    (`bnn_keras.distillation`); the teacher is checked against the data and the model before
+    the run folder is created, its sha256 is recorded, and a resume needs the same file. The
+    returned model, model.keras and the flip tracker are the student's. With
+    `config.float_copy`, the model's float copy is trained instead.
+
     With `config.weights`, the run starts from that weights file (`registry_model`); the
     file is checked against the model before the run folder is created, and its sha256 and
     the variant it selected are recorded, so a resume rebuilds that model and continues from
@@ -144,8 +162,8 @@ def train(
         A `TrainResult`.
 
     Raises:
-        BnnError: bad options, unavailable data, a weights file that does not fit the model,
-            or a run folder that is already used.
+        BnnError: bad options, unavailable data, a weights file or teacher that does not fit
+            the model or data, or a run folder that is already used.
         RunFolderBusyError: another process is training in `run_dir`.
         TrainingInterruptedError: Ctrl-C or SIGTERM during training.
         NonFiniteLossError: the loss became NaN/inf.
@@ -204,6 +222,7 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
     strategy = distribute.make_strategy(config.strategy)
     config, recipe = resolve_recipe(config)
     start = _Start.of(config, build_model, resume)
+    teacher = None if resume else _Teacher.of(config)
     chief = distribute.is_chief(strategy)
     if chief and not resume and run_dir.is_dir():
         _refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
@@ -211,24 +230,26 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
         # Before the folder exists: a data set, model or weights file refused here leaves
         # nothing behind.
         data, precision, built = _data_and_model(config, recipe, strategy, build_model, start,
-                                                 splits, None, 0)
+                                                 splits, None, 0, teacher)
     # Only the chief writes the run folder, so only the chief owns it.
     lock = run_lock.RunFolderLock(run_dir, create=not resume) if chief else contextlib.nullcontext()
     with lock:
         previous, start_epoch = _prepare_folder(run_dir, config, chief, resume, previous)
         if resume:
             start = _Start.resumed(previous, start_epoch, build_model, run_dir)
+            teacher = _Teacher.resumed(previous, run_dir)
             data, precision, built = _data_and_model(config, recipe, strategy, build_model,
-                                                     start, splits, previous, start_epoch)
+                                                     start, splits, previous, start_epoch,
+                                                     teacher)
         model = built.model
-        _compile(model, config, recipe, strategy, data.steps)
+        _compile(built, config, recipe, strategy, data.steps)
         # Every worker trains and saves (collectives need all of them); only the chief writes
         # the run folder, the others write into a temporary folder of their own.
         out_dir = distribute.output_dir(run_dir, strategy)
         if chief:
             _record(run_dir, config, recipe, previous, start_epoch, data, precision, built,
-                    start, strategy)
-        fitted = _fit(model, config, recipe, strategy, data, precision, run_dir, out_dir,
+                    start, strategy, teacher)
+        fitted = _fit(built, config, recipe, strategy, data, precision, run_dir, out_dir,
                       resume, start_epoch, verbose, callbacks)
         metrics = _finish(model, config, data, fitted, out_dir)
         distribute.cleanup_output_dir(out_dir, run_dir, strategy)
@@ -298,23 +319,185 @@ def weights_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Teacher:
+    """The classifier a run distils from (`config.teacher`): a run folder of `bnn train` (with
+    its `record`) or a model file; `model_file` is the file loaded, `sha256` its hash."""
+
+    path: str
+    model_file: Path
+    sha256: str
+    record: Optional[RunRecord] = None
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Optional["_Teacher"]:
+        """The teacher of a new run, found and hashed before any long work; None without one.
+
+        Raises:
+            BnnError: no such file or folder, a folder that is not a finished run, or an
+                unreadable file.
+        """
+        if config.teacher is None:
+            return None
+        path = Path(config.teacher)
+        record = None
+        if path.is_dir():
+            record = RunRecord.read(path)
+            model_file = path / MODEL_FILE
+            if not model_file.is_file():
+                raise BnnError(f"`teacher` {path} has no {MODEL_FILE} (its run has not "
+                               "finished); finish it first, or give a model file.")
+        elif path.is_file():
+            model_file = path
+        else:
+            raise BnnError(f"`teacher` {path} does not exist; give a run folder of bnn train or "
+                           "a Keras model file (.keras, .h5).")
+        try:
+            digest = _file_sha256(model_file)
+        except OSError as exc:
+            raise BnnError(f"`teacher` {model_file} cannot be read "
+                           f"({exc.strerror or exc}).") from None
+        return cls(config.teacher, model_file, digest, record)
+
+    @classmethod
+    def resumed(cls, previous: RunRecord, run_dir: Path) -> Optional["_Teacher"]:
+        """The recorded teacher of a resumed run, which must be the very file it started with.
+
+        Raises:
+            BnnError: the teacher's model file is gone or changed (sha256).
+        """
+        if previous.config.teacher is None:
+            return None
+        try:
+            teacher = cls.of(previous.config)
+        except BnnError:
+            teacher = None
+        if teacher is None or teacher.sha256 != previous.teacher_sha256:
+            what = "is no longer there" if teacher is None else "has changed since (sha256)"
+            raise BnnError(f"Run {run_dir} distils from `teacher` {previous.config.teacher}, "
+                           f"whose model file {what}; restore it to resume the run, or start "
+                           "a new run.")
+        return teacher
+
+    def check_fits(self, data: "_Data") -> None:
+        """Refuses a teacher run trained on other inputs or classes than the student's data.
+
+        Raises:
+            BnnError: one line naming the first of input shape, number of classes, class
+                names and normalization that differs.
+        """
+        if self.record is None:
+            return  # a model file: `distillation_model` checks its shapes
+        splits, theirs = data.splits, self.record
+        differences = [
+            ("input shape", tuple(theirs.input_shape), tuple(data.input_shape)),
+            ("number of classes", theirs.num_classes, splits.num_classes),
+            ("class names", list(theirs.class_names), list(splits.class_names)),
+            ("normalization", theirs.normalization.to_dict(), splits.normalization.to_dict()),
+        ]
+        for what, teacher_value, student_value in differences:
+            if not _same(teacher_value, student_value):
+                raise BnnError(
+                    f"`teacher` {self.path} does not fit this run: its {what} is "
+                    f"{_brief(teacher_value)}, the student's is {_brief(student_value)}; give "
+                    "a teacher trained on the same data set, `image_size` and classes.")
+
+    def load(self, precision: str) -> tf.keras.Model:
+        """The teacher model (float32 when the student trains in float32).
+
+        Raises:
+            BnnError: the file is not a Keras model this process can load.
+        """
+        try:
+            model = tf.keras.models.load_model(self.model_file, compile=False)
+        except Exception as exc:  # Keras raises ValueError, OSError, TypeError, ImportError...
+            reason = first_line(exc)
+            reason = reason if len(reason) <= 200 else reason[:197] + "..."  # a layer's config
+            raise BnnError(f"`teacher` {self.model_file} cannot be loaded as a Keras model: "
+                           f"{reason}; give a .keras or .h5 model file whose custom layers "
+                           "are registered.") from None
+        if precision == "float32":
+            # A teacher saved under mixed_bfloat16 would compute in emulated bfloat16.
+            from bnn_keras.graph import NotFunctionalError
+
+            try:
+                model = as_float32(model)
+            except NotFunctionalError:
+                pass
+        return model
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, numbers to float32 precision (a normalization read back from config.json)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and (
+            abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b)))
+    return a == b
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    text = str(value) if isinstance(value, (tuple, int)) else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclasses.dataclass
 class _Built:
-    """The model, and the registry variant it was built as (None when not known)."""
+    """The model, the registry variant it was built as (None when not known), and the
+    model `fit` trains when that is another one (the distillation model around the student)."""
 
     model: tf.keras.Model
     variant: Optional[str] = None
+    fit_model: Optional[tf.keras.Model] = None
+    distill: Any = None  # the DistillSettings of a distilled run
+
+    @property
+    def fitted(self) -> tf.keras.Model:
+        return self.fit_model if self.fit_model is not None else self.model
 
 
 def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
                     build_model: Optional[BuildModel], start: _Start,
                     splits: Optional[data_lib.DataSplits], previous: Optional[RunRecord],
-                    start_epoch: int) -> Tuple["_Data", str, _Built]:
-    """Steps 2 and 3: the data, the precision and the model."""
+                    start_epoch: int, teacher: Optional[_Teacher] = None
+                    ) -> Tuple["_Data", str, _Built]:
+    """Steps 2 and 3: the data, the precision and the model (the student, with the model
+    that distils it from `teacher`)."""
     data = _load_data(config, splits, start_epoch)
+    if teacher is not None:
+        teacher.check_fits(data)  # before the student is built: a wrong teacher fails fast
     precision = (previous.precision_resolved if previous else None) or resolve_precision(
         config.precision)
     warn_if_emulated_bf16(precision)
+    data, precision, built = _data_and_student(config, recipe, strategy, build_model, start,
+                                               data, precision)
+    if teacher is None:
+        return data, precision, built
+    from bnn_keras.distillation import distillation_model
+
+    settings = config.distill_settings()
+    with strategy.scope():
+        # Outside the precision policy: the distillation term computes in float32.
+        built.fit_model = distillation_model(built.model, teacher.load(precision), settings)
+    built.distill = settings
+    return data, precision, built
+
+
+def _data_and_student(config: TrainConfig, recipe: recipes.Recipe, strategy,
+                      build_model: Optional[BuildModel], start: _Start, data: "_Data",
+                      precision: str) -> Tuple["_Data", str, _Built]:
+    """Step 3 without a teacher: the model."""
     if build_model is None:
         variants: List[Optional[str]] = []
 
@@ -494,25 +677,48 @@ def _build(config: TrainConfig, recipe: recipes.Recipe, strategy, build_model: B
     with strategy.scope():
         with precision_policy(precision):
             model = build_model(data.input_shape, data.splits.num_classes)
+            if config.float_copy:
+                model = _float_copy(model, config)
         recipes.add_weight_decay(model, recipe.weight_decay)
     return model
 
 
-def _compile(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe, strategy,
+def _float_copy(model: tf.keras.Model, config: TrainConfig) -> tf.keras.Model:
+    """The float copy of `model`, freshly initialised (`float_equivalent`), with the
+    config's input activation where the BNN had input quantizers."""
+    from bnn_keras.graph import NotFunctionalError
+    from bnn_keras.training.baselines import float_equivalent
+
+    try:
+        return float_equivalent(model, copy_weights=False,
+                                input_activation=config.float_input_activation())
+    except NotFunctionalError as exc:
+        raise BnnError(f"`float_copy` rebuilds a functional model; {first_line(exc)}") from None
+
+
+def _compile(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
              steps: int) -> None:
-    """Step 4: the recipe's optimizer (its schedule spans all `config.epochs`) and loss."""
+    """Step 4: the recipe's optimizer (its schedule spans all `config.epochs`) and loss; a
+    distilled run weighs the labels' loss by `1 - distill_weight` (the distillation term adds
+    the rest)."""
     with strategy.scope():
-        model.compile(
-            optimizer=recipes.build_optimizer(recipe, model, steps_per_epoch=steps,
+        built.fitted.compile(
+            # The student's binary kernels (the teacher's are frozen, and not trained).
+            optimizer=recipes.build_optimizer(recipe, built.model, steps_per_epoch=steps,
                                               epochs=config.epochs),
             loss=recipes.loss(recipe),
-            metrics=["accuracy"],
+            loss_weights=None if built.distill is None else [built.distill.hard_label_weight],
+            # A distilled run's loss is (1 - weight) x the labels' cross-entropy (+ the term
+            # while training): the cross-entropy itself is logged as a metric too.
+            metrics=["accuracy"] if built.distill is None else [
+                "accuracy", tf.keras.metrics.SparseCategoricalCrossentropy(name="crossentropy")],
         )
 
 
 def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,
             previous: Optional[RunRecord], start_epoch: int, data: _Data, precision: str,
-            built: _Built, start: _Start, strategy) -> None:
+            built: _Built, start: _Start, strategy,
+            teacher: Optional[_Teacher] = None) -> None:
     """Step 5: config.json, for a new run (with the weights file it started from, its sha256
     and the variant built); a resume that changes the total epochs records the change (the
     schedule now spans the new total)."""
@@ -535,6 +741,7 @@ def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,
             versions=library_versions(),
             weights_sha256=start.sha256,
             model_variant=built.variant if start.weights else None,
+            teacher_sha256=teacher.sha256 if teacher is not None else None,
         ).write(run_dir)
     elif config.epochs != previous.config.epochs:
         previous.with_epochs(config.epochs, recipe, after_epoch=start_epoch).write(run_dir)
@@ -552,14 +759,18 @@ class _Fitted:
     mixed_accuracy: Optional[float]
 
 
-def _fit(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe, strategy,
+def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
          data: _Data, precision: str, run_dir: Path, out_dir: Path, resume: bool,
          start_epoch: int, verbose: int, callbacks) -> _Fitted:
     """Step 6: `fit` with the run folder's callbacks, then the test accuracy of the float32
-    model; Ctrl-C, SIGTERM and a non-finite loss become a resumable folder and one error."""
-    timer = EpochTimer()
+    model (the student of a distilled run); Ctrl-C, SIGTERM and a non-finite loss become a
+    resumable folder and one error."""
+    model = built.fitted
+    # The run time goes on from where the resumed run's history.csv ends.
+    timer = EpochTimer(start_seconds=run_time_at(run_dir / HISTORY_FILE, start_epoch))
+    tracked = built.model if built.fit_model is not None else None
     run_callbacks = [timer, *run_folder_callbacks(config, out_dir, run_dir / BACKUP_DIR,
-                                                  resume, start_epoch),
+                                                  resume, start_epoch, tracked_model=tracked),
                      *(callbacks or [])]
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
@@ -577,6 +788,11 @@ def _fit(model: tf.keras.Model, config: TrainConfig, recipe: recipes.Recipe, str
         )
         fit_seconds = time.perf_counter() - started
         _test_pause("BNN_TEST_PAUSE_AFTER_FIT")
+        if built.fit_model is not None:
+            # The student's own loss: the distilled model's weighs the labels' loss down.
+            model = built.model
+            with strategy.scope():
+                model.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
         test_loss, test_accuracy = model.evaluate(data.test, verbose=0)
         mixed_accuracy = None
         if precision != "float32":
@@ -604,6 +820,7 @@ def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fi
     # there are later epochs to measure the steady state on.
     steady = seconds[1:] or seconds
     accuracy_history = _read_history_column(out_dir / HISTORY_FILE, "accuracy")
+    rows = _read_history(out_dir / HISTORY_FILE)
     metrics = {
         # Keras' running mean over the last epoch (with augmentation when it is on).
         "train_accuracy": accuracy_history[-1] if accuracy_history else float("nan"),
@@ -618,6 +835,11 @@ def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fi
         # Steady-state training + validation throughput (first epoch excluded when possible).
         "images_per_s": round(images_per_epoch * len(steady) / sum(steady), 2) if steady else None,
         "epoch_seconds": [round(t, 3) for t in seconds],
+        # The run's wall time at the end of each of its epochs, earlier sessions included
+        # (None for epochs a bnn that did not record it trained).
+        "run_time_s": [None if row.get(RUN_TIME_KEY) is None else round(row[RUN_TIME_KEY], 3)
+                       for row in rows],
+        **time_to_best_accuracy(rows),
         "params": int(model.count_params()),
     }
     _finish_run(model, metrics, out_dir, config.epochs)
@@ -679,6 +901,32 @@ def validation_epochs(epochs: int, every: int) -> List[int]:
 def _read_history_column(path: Path, column: str) -> List[float]:
     with open(path, newline="") as f:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
+
+
+def _read_history(path: Path) -> List[Dict[str, float]]:
+    """history.csv's rows, the empty cells left out."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in (None, "")}
+                for row in csv.DictReader(f)]
+
+
+def time_to_best_accuracy(rows: List[Dict[str, float]]) -> Dict[str, Any]:
+    """When a run first reached its best test accuracy, from history.csv's rows.
+
+    The accuracy is `val_accuracy`, the test split evaluated after the epochs
+    `validation_freq` picks (under mixed precision, the bfloat16 model's).
+
+    Returns:
+        `best_test_accuracy`, its first `best_epoch` and `time_to_best_s` (the run time
+        then; None when not recorded), all None without any validated epoch.
+    """
+    validated = [row for row in rows if "val_accuracy" in row]
+    if not validated:
+        return {"best_test_accuracy": None, "best_epoch": None, "time_to_best_s": None}
+    best = max(validated, key=lambda row: (row["val_accuracy"], -row["epoch"]))
+    seconds = best.get(RUN_TIME_KEY)
+    return {"best_test_accuracy": best["val_accuracy"], "best_epoch": int(best["epoch"]),
+            "time_to_best_s": None if seconds is None else round(seconds, 3)}
 
 
 @contextlib.contextmanager

@@ -91,19 +91,63 @@ def read_status(run_dir: Path) -> Dict[str, Any]:
 
 
 
-class EpochTimer(tf.keras.callbacks.Callback):
-    """Wall time of each epoch, to report throughput without the first epoch's graph tracing."""
+# history.csv columns (and epoch log keys) of `EpochTimer`: the epoch's wall time, and the
+# run's wall time at the epoch's end.
+EPOCH_TIME_KEY = "epoch_time_s"
+RUN_TIME_KEY = "run_time_s"
 
-    def __init__(self):
+
+class EpochTimer(tf.keras.callbacks.Callback):
+    """Wall time of each epoch, to report throughput without the first epoch's graph tracing,
+    and the run's wall time at the end of each epoch, to plot accuracy against time.
+
+    `seconds` holds this session's epochs. Each epoch's logs get `epoch_time_s` (its wall
+    time, validation included) and `run_time_s`: seconds of training since the run started,
+    counted from `fit`'s start (restoring the epoch backup and tracing included) and, for a
+    resumed run, added to `start_seconds`, the run time its earlier sessions reached (the time
+    between sessions is not counted). Put it before `HistoryWriter`, which then records both.
+
+    Args:
+        start_seconds: The run time at the epoch `fit` starts from (0 for a new run); None
+            when unknown (a run folder of a bnn that did not record it): no `run_time_s`.
+    """
+
+    def __init__(self, start_seconds: Optional[float] = 0.0):
         super().__init__()
         self.seconds: List[float] = []
+        self.start_seconds = start_seconds
         self._started = 0.0
+        self._train_started = 0.0
+
+    def on_train_begin(self, logs=None) -> None:
+        self._train_started = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
+        now = time.perf_counter()
+        self.seconds.append(now - self._started)
+        if logs is not None:
+            logs[EPOCH_TIME_KEY] = self.seconds[-1]
+            if self.start_seconds is not None:
+                logs[RUN_TIME_KEY] = self.start_seconds + (now - self._train_started)
+
+
+def run_time_at(history_path: Path, epoch: int) -> Optional[float]:
+    """The run time (`run_time_s`) recorded in history.csv at the end of `epoch` (1-based;
+    0 for epoch 0), or None when the file does not have it."""
+    if epoch == 0:
+        return 0.0
+    try:
+        with open(history_path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("epoch") and int(float(row["epoch"])) == epoch:
+                    value = row.get(RUN_TIME_KEY)
+                    return float(value) if value not in (None, "") else None
+    except OSError:
+        return None
+    return None
 
 
 
@@ -114,7 +158,8 @@ class CompactProgbar(tf.keras.callbacks.ProgbarLogger):
     @staticmethod
     def _compact(logs):
         return {k: v for k, v in (logs or {}).items()
-                if not k.startswith("flip_ratio/") or k == callbacks_lib.TOTAL_KEY}
+                if (not k.startswith("flip_ratio/") or k == callbacks_lib.TOTAL_KEY)
+                and k not in (EPOCH_TIME_KEY, RUN_TIME_KEY)}
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, self._compact(logs))
@@ -155,8 +200,12 @@ class HistoryWriter(tf.keras.callbacks.Callback):
 
 
 def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool,
-                   start_epoch: int = 0):
+                   start_epoch: int = 0, *, tracked_model: Optional[tf.keras.Model] = None):
     """The run folder's callbacks, in the order their hooks must run.
+
+    `tracked_model` is the model whose binary layers the sign-flip tracker follows, when it
+    is not the fitted one (a distilled run fits a model that also holds the frozen teacher:
+    only the student's layers are tracked).
 
     The backup comes first: its on_train_begin restores the last complete epoch before
     SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
@@ -171,7 +220,9 @@ def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, r
     if config.tensorboard:
         result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))
     if config.track_flips:
-        result.append(callbacks_lib.SignFlipTracker(
+        tracker = (callbacks_lib.SignFlipTracker if tracked_model is None
+                   else _tracking(tracked_model))
+        result.append(tracker(
             run_dir,
             log_dir=str(run_dir / TENSORBOARD_DIR) if config.tensorboard else None,
             every_n_steps=config.flip_every_n_steps,
@@ -182,6 +233,17 @@ def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, r
     result += [EpochCommit(backup), StatusWriter(run_dir, config.epochs, start_epoch)]
     return result
 
+
+
+def _tracking(model: tf.keras.Model) -> type:
+    """A `SignFlipTracker` class that follows `model`'s binary layers whatever model `fit`
+    hands it."""
+
+    class StudentFlipTracker(callbacks_lib.SignFlipTracker):
+        def set_model(self, fitted: tf.keras.Model) -> None:
+            super().set_model(model)
+
+    return StudentFlipTracker
 
 
 class EpochBackup(tf.keras.callbacks.BackupAndRestore):

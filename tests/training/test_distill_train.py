@@ -1,0 +1,275 @@
+"""Training runs with a teacher (`TrainConfig.teacher`), float-copy runs (`float_copy`) and the
+run time each epoch records (history.csv, metrics.json).
+
+The teacher here is the float copy of `tiny_bnn` trained two epochs on 8x8 digits: a run folder
+whose layer names are the student's own (the frozen teacher lives inside the distillation
+layer, so they do not clash).
+"""
+
+import csv
+import hashlib
+import json
+import shutil
+import signal
+import warnings
+from pathlib import Path
+
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnn_keras import training
+from bnn_keras.binary import binary_kernels
+from bnn_keras.errors import BnnError
+from bnn_keras.layers import FloatActivation
+from bnn_keras.training.config import RunRecord
+from tests.conftest import tiny_bnn, tiny_config
+from tests.training.test_run import SignalAt
+
+def _rows(run_dir: Path):
+    with open(run_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hashes(folder: Path):
+    return {str(p): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory) -> Path:
+    """The float copy of tiny_bnn, 2 epochs of 4 steps on 8x8 digits."""
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    training.train(tiny_config(epochs=2, float_copy=True), tiny_bnn, run_dir, verbose=0)
+    return run_dir
+
+
+def test_a_float_copy_run_records_it_and_has_no_quantizers(teacher_run):
+    record = RunRecord.read(teacher_run)
+    assert record.config.float_copy and record.config.input_activation == "relu"
+    assert record.format_version == 4 and record.teacher_sha256 is None
+    written = json.loads((teacher_run / "config.json").read_text())
+    assert written["float_copy"] is True and "teacher" not in written
+    model = tf.keras.models.load_model(teacher_run / "model.keras")
+    bconv = model.get_layer("bconv")
+    assert bconv.kernel_quantizer is None and bconv.kernel_constraint is None
+    assert isinstance(bconv.input_quantizer, FloatActivation)  # relu where sign was
+    assert binary_kernels(model) == []
+    assert all(getattr(layer, "kernel_quantizer", None) is None for layer in model.layers)
+
+
+def test_float_copy_options_are_checked():
+    with pytest.raises(BnnError, match=r"^`input_activation` applies to the float copy"):
+        tiny_config(input_activation="tanh").validate()
+    with pytest.raises(BnnError, match=r"^Unknown `input_activation` 'bogus'"):
+        tiny_config(float_copy=True, input_activation="bogus").validate()
+    with pytest.raises(BnnError, match=r"^`distill_weight` applies to distillation; give a "
+                                       r"`teacher` too"):
+        tiny_config(distill_weight=0.3).validate()
+    resolved, _ = training.resolve_recipe(tiny_config(float_copy=True, input_activation="none"))
+    assert resolved.input_activation == "none"
+
+
+class _FirstBatch(tf.keras.callbacks.Callback):
+    """The student's weights when training begins, and the first batch's loss."""
+
+    weights = loss = None
+
+    def on_train_begin(self, logs=None):
+        self.weights = [layer.get_weights() for layer in self.model.layers
+                        if layer.weights and layer.name != "distillation"]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0 and self.loss is None:
+            self.loss = float(logs["loss"])
+
+
+def _first_batch(config):
+    from bnn_keras.training.run import _load_data
+
+    resolved, _ = training.resolve_recipe(config)
+    images, labels = next(iter(_load_data(resolved, None, 0).train))
+    return images, labels.numpy()
+
+
+def _student_probabilities(weights, images):
+    student = tiny_bnn((8, 8, 1), 10)
+    for layer, values in zip([l for l in student.layers if l.weights], weights):
+        layer.set_weights(values)
+    # As in fit: BatchNorm on the batch's statistics.
+    return student(images, training=True).numpy().astype("float64")
+
+
+def test_the_distillation_loss_is_trained_and_equals_its_formula(teacher_run, tmp_path):
+    config = tiny_config(epochs=1, steps_per_epoch=1, teacher=str(teacher_run),
+                         distill_loss="distribution", track_flips=False)
+    first = _FirstBatch()
+    result = training.train(config, tiny_bnn, tmp_path / "taught", verbose=0, callbacks=[first])
+    images, labels = _first_batch(config)
+    p_student = _student_probabilities(first.weights, images)
+    teacher = tf.keras.models.load_model(teacher_run / "model.keras")
+    p_teacher = teacher(images, training=False).numpy().astype("float64")
+    # ReActNet's loss: KL(teacher || student), labels weighted 0.
+    expected = np.mean(np.sum(p_teacher * (np.log(p_teacher) - np.log(p_student)), axis=-1))
+    assert first.loss == pytest.approx(expected, rel=1e-4)
+
+    # The same run without the teacher starts from the same weights and trains on the labels.
+    plain = _FirstBatch()
+    training.train(tiny_config(epochs=1, steps_per_epoch=1, track_flips=False), tiny_bnn,
+                   tmp_path / "plain", verbose=0, callbacks=[plain])
+    for a, b in zip(plain.weights, first.weights):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    cross_entropy = -np.mean(np.log(p_student[np.arange(len(labels)), labels]))
+    assert plain.loss == pytest.approx(cross_entropy, rel=1e-4)
+    assert abs(plain.loss - first.loss) > 0.05
+
+    record = RunRecord.read(result.run_dir)
+    assert record.config.teacher == str(teacher_run)
+    assert record.teacher_sha256 == _sha256(teacher_run / "model.keras")
+    assert (record.config.distill_loss, record.config.distill_weight,
+            record.config.distill_temperature) == ("distribution", 1.0, 1.0)
+    # model.keras is the student alone, as tiny_bnn builds it.
+    saved = tf.keras.models.load_model(result.run_dir / "model.keras")
+    assert [layer.name for layer in saved.layers] == [l.name for l in result.model.layers]
+    assert "distillation" not in [layer.name for layer in saved.layers]
+    assert saved.count_params() == tiny_bnn((8, 8, 1), 10).count_params()
+    # The test loss is the student's cross-entropy, not the labels' loss weighted by 0; the
+    # history logs that cross-entropy beside the weighted loss (0 here).
+    assert result.metrics["test_loss"] > 0.1
+    row = _rows(result.run_dir)[-1]
+    assert float(row["val_loss"]) == 0.0
+    assert float(row["val_crossentropy"]) == pytest.approx(result.metrics["test_loss"], rel=1e-4)
+
+
+def _binary_teacher_file(folder: Path) -> Path:
+    """A BNN classifier file whose binary layer is named teacher_bconv."""
+    inputs = tf.keras.Input((8, 8, 1))
+    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer="ste_sign", use_bias=False,
+                              name="teacher_bconv")(inputs)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    outputs = tf.keras.layers.Dense(10, activation="softmax", name="teacher_head")(x)
+    path = folder / "teacher.keras"
+    tf.keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_flips_time_and_resume_of_a_distilled_run(tmp_path):
+    """A binary teacher file: the flip tracker sees only the student's binary layer; an
+    interrupted run resumes with the same teacher file and ends where an uninterrupted one
+    does; a changed teacher file is refused, and history.csv's run time carries on."""
+    teacher = _binary_teacher_file(tmp_path)
+    config = tiny_config(teacher=str(teacher), distill_weight=0.7, distill_temperature=2.0)
+    run_dir = tmp_path / "run"
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(config, tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=2)])
+    first_rows = _rows(run_dir)
+    assert [r["epoch"] for r in first_rows] == ["1"]
+
+    original = teacher.read_bytes()
+    teacher.write_bytes(original + b"\0")
+    before = _hashes(run_dir)
+    with pytest.raises(BnnError) as err:
+        training.resume_training(run_dir, tiny_bnn, verbose=0)
+    assert str(err.value) == (
+        f"Run {run_dir} distils from `teacher` {teacher}, whose model file has changed since "
+        "(sha256); restore it to resume the run, or start a new run.")
+    assert _hashes(run_dir) == before
+    teacher.write_bytes(original)
+
+    resumed = training.resume_training(run_dir, tiny_bnn, verbose=0)
+    whole = training.train(config, tiny_bnn, tmp_path / "whole", verbose=0)
+    rows, whole_rows = _rows(run_dir), _rows(whole.run_dir)
+    assert [r["loss"] for r in rows] == [r["loss"] for r in whole_rows]
+    for a, b in zip(resumed.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert len(resumed.model.get_weights()) == len(tiny_bnn((8, 8, 1), 10).get_weights())
+
+    with open(run_dir / "flips.csv", newline="") as f:
+        columns = csv.DictReader(f).fieldnames
+    assert [c for c in columns if c.startswith("flip_ratio/")] == [
+        "flip_ratio/total", "flip_ratio/bconv"]
+
+    # Run time: the first session's row is kept, the resumed epochs continue from it.
+    assert rows[0]["run_time_s"] == first_rows[0]["run_time_s"]
+    times = [float(r["run_time_s"]) for r in rows]
+    epoch_times = [float(r["epoch_time_s"]) for r in rows]
+    assert times == sorted(times) and times[0] > 0
+    assert all(times[i] - times[i - 1] >= epoch_times[i] for i in range(1, 3))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run_time_s"] == [round(t, 3) for t in times]
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    best = int(np.argmax(accuracies))
+    assert metrics["best_test_accuracy"] == accuracies[best]
+    assert metrics["best_epoch"] == best + 1
+    assert metrics["time_to_best_s"] == round(times[best], 3)
+
+
+def test_a_teacher_run_on_other_data_is_refused_before_the_folder_exists(teacher_run,
+                                                                        tmp_path):
+    run_dir = tmp_path / "runs" / "student"
+    with pytest.raises(BnnError) as err:
+        training.train(tiny_config(image_size=10, teacher=str(teacher_run)), tiny_bnn,
+                       run_dir, verbose=0)
+    assert str(err.value) == (
+        f"`teacher` {teacher_run} does not fit this run: its input shape is (8, 8, 1), the "
+        "student's is (10, 10, 1); give a teacher trained on the same data set, `image_size` "
+        "and classes.")
+    assert not run_dir.parent.exists()
+
+
+def test_a_distilled_run_in_mixed_precision(teacher_run, tmp_path):
+    config = tiny_config(epochs=1, steps_per_epoch=1, teacher=str(teacher_run),
+                         precision="mixed_bfloat16", track_flips=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emulated bfloat16 on this CPU
+        result = training.train(config, tiny_bnn, tmp_path / "bf16", verbose=0)
+    metrics = result.metrics
+    assert metrics["test_accuracy_mixed_precision"] is not None
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
+    saved = tf.keras.models.load_model(result.run_dir / "model.keras")
+    assert "distillation" not in [layer.name for layer in saved.layers]
+
+
+def test_a_run_folder_of_an_older_bnn_resumes_without_a_run_time(tmp_path):
+    """history.csv without run_time_s (bnn before this change): the resumed epochs record
+    their epoch time but no run time, which would be wrong."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(tiny_config(track_flips=False), tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=1)])
+    rows = _rows(run_dir)
+    with open(run_dir / "history.csv", "w", newline="") as f:
+        columns = [c for c in rows[0] if c != "run_time_s"]
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    result = training.resume_training(run_dir, tiny_bnn, verbose=0)
+    rows = _rows(run_dir)
+    assert [r.get("run_time_s") or None for r in rows] == [None, None, None]
+    assert all(float(r["epoch_time_s"]) > 0 for r in rows[1:])
+    assert result.metrics["run_time_s"] == [None, None, None]
+    assert result.metrics["time_to_best_s"] is None
+    assert result.metrics["best_epoch"] in (1, 2, 3)
+    shutil.rmtree(run_dir)
+
+
+def test_a_teacher_h5_file(tmp_path):
+    """A Keras HDF5 model file of any classifier (a Dense softmax head: its log-probabilities
+    stand for its logits)."""
+    path = tmp_path / "teacher.h5"
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    tf.keras.Model(inputs, tf.keras.layers.Dense(10, activation="softmax")(x)).save(path)
+    config = tiny_config(epochs=1, steps_per_epoch=1, teacher=str(path), track_flips=False)
+    result = training.train(config, tiny_bnn, tmp_path / "run", verbose=0)
+    record = RunRecord.read(result.run_dir)
+    assert record.config.teacher == str(path) and record.teacher_sha256 == _sha256(path)
+    assert record.config.distill_loss == "kl" and record.config.distill_weight == 0.5
