@@ -215,16 +215,34 @@ def create_model(
     if file_layers is None:  # a TF checkpoint or another format: Keras's own loading
         model.load_weights(weights)
         return model
-    variant = overrides.get("variant", "bnn")
-    if (entry.zoo is not None and "variant" not in overrides
-            and weights_file.is_foreign(file_layers, model)):
-        # None of the file's layers has one of our names: larq-zoo's file, whose weights give
-        # the zoo's outputs only with the zoo's padding (and stems).
-        variant = ZOO_VARIANT
+    variant = weights_variant(entry, overrides, file_layers, model)
+    if variant == ZOO_VARIANT and "variant" not in overrides:
         model = build({**overrides, "variant": variant})
     label = f"{name} (variant {variant})" if entry.zoo is not None else name
     weights_file.load_by_layer_order(model, weights, label, file_layers)
     return model
+
+
+def weights_variant(entry: ModelEntry, overrides: Mapping[str, Any],
+                    file_layers: Optional[Any], model: tf.keras.Model) -> Optional[str]:
+    """The variant `create_model` builds for a weights file: the one asked for in `overrides`,
+    else larq-zoo's when none of the file's layers has one of `model`'s names (larq-zoo's file,
+    whose weights give the zoo's outputs only with the zoo's padding and stems), else the
+    default; None for an entry without variants.
+
+    Args:
+        entry: The registry entry.
+        overrides: The options `create_model` was given.
+        file_layers: `weights_file.read_h5_layers` of the file, or None (no file, or not HDF5).
+        model: The model built with `overrides` (whose layer names are ours).
+    """
+    if "variant" in overrides:
+        return overrides["variant"]
+    if entry.zoo is None:
+        return None
+    if file_layers is not None and weights_file.is_foreign(file_layers, model):
+        return ZOO_VARIANT
+    return "bnn"
 
 
 def _build(entry: ModelEntry, input_shape, num_classes: int, include_top: bool,

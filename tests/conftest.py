@@ -128,3 +128,17 @@ def tiny_config(**overrides):
     from bnn_keras import training
 
     return training.TrainConfig(**options)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_keras_graph_per_module():
+    """Frees what a test module's models leave in Keras's global graph: without this the
+    functional models that ~650 tests build (several at 224x224) grow one pytest process past
+    24 GB. A session fixture's models keep working: they hold their own variables."""
+    yield
+    import gc
+
+    import tensorflow as tf
+
+    tf.keras.backend.clear_session()
+    gc.collect()

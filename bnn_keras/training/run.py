@@ -27,16 +27,16 @@ takes the folder's lock first; a new run loads its data and builds its model bef
 the folder, so that a data set, model option or weights file that is refused leaves nothing.
 
 The model comes from a `build_model(input_shape, num_classes)` callable, or, when none is
-given, from the registry (`registry_model`: `models.create_model` with the config's model
-options and weights file, then its training tricks); with `float_copy`, its float copy
-(`bnn_keras.training.baselines.float_equivalent`) is trained instead.
+given, from the registry (`starting_point.registry_model`: `models.create_model` with the
+config's model options and weights file, then its training tricks); with `float_copy`, its
+float copy (`bnn_keras.training.baselines.float_equivalent`) is trained instead.
 
 With `teacher`, the model is the student of `bnn_keras.distillation`: `fit` trains
 `distillation_model(student, teacher)`, which holds the frozen teacher (so the epoch backup
 holds it too), while the run folder's model.keras, the sign-flip tracker and the test accuracy
-are the student's. The teacher is a run folder (whose data must be the student's) or a model
-file, checked before the run folder is created and recorded with its file's sha256; a resume
-loads it again and refuses a file that changed.
+are the student's. The teacher (`starting_point.Teacher`) is a run folder (whose data must be
+the student's) or a model file, checked before the run folder is created and recorded with its
+file's sha256; a resume loads it again and refuses a file that changed.
 
 history.csv and metrics.json carry each epoch's wall time and the run's wall time at its end
 (earlier sessions of a resumed run included), and metrics.json the time the run took to
@@ -46,13 +46,11 @@ reach its best test accuracy.
 import contextlib
 import csv
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -67,12 +65,12 @@ from bnn_keras.training.precision import (
     as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
 )
 from bnn_keras.training.progress import check_resumable
+from bnn_keras.training.starting_point import BuildModel, Start, Teacher, registry_model
 from bnn_keras.training.run_callbacks import (
     RUN_TIME_KEY, CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter,
     run_folder_callbacks, run_time_at, write_status,
 )
 
-BuildModel = Callable[[Tuple[int, int, int], int], tf.keras.Model]
 
 
 @dataclasses.dataclass
@@ -221,8 +219,8 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(config.strategy)
     config, recipe = resolve_recipe(config)
-    start = _Start.of(config, build_model, resume)
-    teacher = None if resume else _Teacher.of(config)
+    start = Start.of(config, build_model, resume)
+    teacher = None if resume else Teacher.of(config)
     chief = distribute.is_chief(strategy)
     if chief and not resume and run_dir.is_dir():
         _refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
@@ -236,8 +234,8 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
     with lock:
         previous, start_epoch = _prepare_folder(run_dir, config, chief, resume, previous)
         if resume:
-            start = _Start.resumed(previous, start_epoch, build_model, run_dir)
-            teacher = _Teacher.resumed(previous, run_dir)
+            start = Start.resumed(previous, start_epoch, build_model, run_dir)
+            teacher = Teacher.resumed(previous, run_dir)
             data, precision, built = _data_and_model(config, recipe, strategy, build_model,
                                                      start, splits, previous, start_epoch,
                                                      teacher)
@@ -256,202 +254,6 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=fitted.history)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Start:
-    """What the model starts from: a weights file (`weights`, its `sha256`), or the variant
-    a run from one was built as (`variant`, when resuming from its epoch backup)."""
-
-    weights: Optional[str] = None
-    sha256: Optional[str] = None
-    variant: Optional[str] = None
-
-    @classmethod
-    def of(cls, config: TrainConfig, build_model: Optional[BuildModel],
-           resume: bool) -> "_Start":
-        """A new run's start: `config.weights`, checked to exist and hashed before any long
-        work (whether it fits the model is known once the data set gives the input)."""
-        if resume or config.weights is None:
-            return cls()
-        if build_model is not None:
-            raise BnnError(
-                "`weights` is loaded into the registry model `model` (build_model=None); a "
-                "build_model of your own loads its weights itself, with `weights` unset.")
-        return cls(weights=config.weights, sha256=weights_sha256(config.weights))
-
-    @classmethod
-    def resumed(cls, previous: RunRecord, start_epoch: int,
-                build_model: Optional[BuildModel], run_dir: Path) -> "_Start":
-        """A resumed run's start: the recorded variant, and the weights file again only when
-        no epoch completed (the epoch backup restores everything else)."""
-        weights = previous.config.weights
-        if weights is None or build_model is not None:
-            return cls()
-        if start_epoch > 0:
-            return cls(variant=previous.model_variant)
-        try:
-            digest = weights_sha256(weights)
-        except BnnError:
-            digest = None
-        if digest != previous.weights_sha256:
-            what = "no longer exists" if digest is None else "has changed since (sha256)"
-            raise BnnError(
-                f"Run {run_dir} has no complete epoch to continue from and started from "
-                f"`weights` {weights}, which {what}; start a new run.")
-        return cls(weights=weights, sha256=digest, variant=previous.model_variant)
-
-
-def weights_sha256(path: str) -> str:
-    """The sha256 of the file `path` (hex).
-
-    Raises:
-        BnnError: the file does not exist or cannot be read.
-    """
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise BnnError(f"`weights` {path} does not exist; give the path of a weights file "
-                       "(.h5).") from None
-    except OSError as exc:
-        raise BnnError(f"`weights` {path} cannot be read ({exc.strerror or exc}).") from None
-    return digest.hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Teacher:
-    """The classifier a run distils from (`config.teacher`): a run folder of `bnn train` (with
-    its `record`) or a model file; `model_file` is the file loaded, `sha256` its hash."""
-
-    path: str
-    model_file: Path
-    sha256: str
-    record: Optional[RunRecord] = None
-
-    @classmethod
-    def of(cls, config: TrainConfig) -> Optional["_Teacher"]:
-        """The teacher of a new run, found and hashed before any long work; None without one.
-
-        Raises:
-            BnnError: no such file or folder, a folder that is not a finished run, or an
-                unreadable file.
-        """
-        if config.teacher is None:
-            return None
-        path = Path(config.teacher)
-        record = None
-        if path.is_dir():
-            record = RunRecord.read(path)
-            model_file = path / MODEL_FILE
-            if not model_file.is_file():
-                raise BnnError(f"`teacher` {path} has no {MODEL_FILE} (its run has not "
-                               "finished); finish it first, or give a model file.")
-        elif path.is_file():
-            model_file = path
-        else:
-            raise BnnError(f"`teacher` {path} does not exist; give a run folder of bnn train or "
-                           "a Keras model file (.keras, .h5).")
-        try:
-            digest = _file_sha256(model_file)
-        except OSError as exc:
-            raise BnnError(f"`teacher` {model_file} cannot be read "
-                           f"({exc.strerror or exc}).") from None
-        return cls(config.teacher, model_file, digest, record)
-
-    @classmethod
-    def resumed(cls, previous: RunRecord, run_dir: Path) -> Optional["_Teacher"]:
-        """The recorded teacher of a resumed run, which must be the very file it started with.
-
-        Raises:
-            BnnError: the teacher's model file is gone or changed (sha256).
-        """
-        if previous.config.teacher is None:
-            return None
-        try:
-            teacher = cls.of(previous.config)
-        except BnnError:
-            teacher = None
-        if teacher is None or teacher.sha256 != previous.teacher_sha256:
-            what = "is no longer there" if teacher is None else "has changed since (sha256)"
-            raise BnnError(f"Run {run_dir} distils from `teacher` {previous.config.teacher}, "
-                           f"whose model file {what}; restore it to resume the run, or start "
-                           "a new run.")
-        return teacher
-
-    def check_fits(self, data: "_Data") -> None:
-        """Refuses a teacher run trained on other inputs or classes than the student's data.
-
-        Raises:
-            BnnError: one line naming the first of input shape, number of classes, class
-                names and normalization that differs.
-        """
-        if self.record is None:
-            return  # a model file: `distillation_model` checks its shapes
-        splits, theirs = data.splits, self.record
-        differences = [
-            ("input shape", tuple(theirs.input_shape), tuple(data.input_shape)),
-            ("number of classes", theirs.num_classes, splits.num_classes),
-            ("class names", list(theirs.class_names), list(splits.class_names)),
-            ("normalization", theirs.normalization.to_dict(), splits.normalization.to_dict()),
-        ]
-        for what, teacher_value, student_value in differences:
-            if not _same(teacher_value, student_value):
-                raise BnnError(
-                    f"`teacher` {self.path} does not fit this run: its {what} is "
-                    f"{_brief(teacher_value)}, the student's is {_brief(student_value)}; give "
-                    "a teacher trained on the same data set, `image_size` and classes.")
-
-    def load(self, precision: str) -> tf.keras.Model:
-        """The teacher model (float32 when the student trains in float32).
-
-        Raises:
-            BnnError: the file is not a Keras model this process can load.
-        """
-        try:
-            model = tf.keras.models.load_model(self.model_file, compile=False)
-        except Exception as exc:  # Keras raises ValueError, OSError, TypeError, ImportError...
-            reason = first_line(exc)
-            reason = reason if len(reason) <= 200 else reason[:197] + "..."  # a layer's config
-            raise BnnError(f"`teacher` {self.model_file} cannot be loaded as a Keras model: "
-                           f"{reason}; give a .keras or .h5 model file whose custom layers "
-                           "are registered.") from None
-        if precision == "float32":
-            # A teacher saved under mixed_bfloat16 would compute in emulated bfloat16.
-            from bnn_keras.graph import NotFunctionalError
-
-            try:
-                model = as_float32(model)
-            except NotFunctionalError:
-                pass
-        return model
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, numbers to float32 precision (a normalization read back from config.json)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and (
-            abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b)))
-    return a == b
-
-
-def _brief(value: Any, limit: int = 80) -> str:
-    text = str(value) if isinstance(value, (tuple, int)) else json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @dataclasses.dataclass
 class _Built:
     """The model, the registry variant it was built as (None when not known), and the
@@ -468,9 +270,9 @@ class _Built:
 
 
 def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
-                    build_model: Optional[BuildModel], start: _Start,
+                    build_model: Optional[BuildModel], start: Start,
                     splits: Optional[data_lib.DataSplits], previous: Optional[RunRecord],
-                    start_epoch: int, teacher: Optional[_Teacher] = None
+                    start_epoch: int, teacher: Optional[Teacher] = None
                     ) -> Tuple["_Data", str, _Built]:
     """Steps 2 and 3: the data, the precision and the model (the student, with the model
     that distils it from `teacher`)."""
@@ -495,7 +297,7 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
 
 
 def _data_and_student(config: TrainConfig, recipe: recipes.Recipe, strategy,
-                      build_model: Optional[BuildModel], start: _Start, data: "_Data",
+                      build_model: Optional[BuildModel], start: Start, data: "_Data",
                       precision: str) -> Tuple["_Data", str, _Built]:
     """Step 3 without a teacher: the model."""
     if build_model is None:
@@ -511,121 +313,6 @@ def _data_and_student(config: TrainConfig, recipe: recipes.Recipe, strategy,
         return data, precision, _Built(model, variants[-1])
     return data, precision, _Built(_build(config, recipe, strategy, build_model, data,
                                           precision))
-
-
-def registry_model(config: TrainConfig, input_shape: Tuple[int, int, int], num_classes: int,
-                   *, weights: Optional[str] = None, variant: Optional[str] = None
-                   ) -> Tuple[tf.keras.Model, Optional[str]]:
-    """The registry model `config.model` with `config.model_options`, the weights file
-    `weights` (`models.create_model(..., weights=)`), then `config.tricks`.
-
-    The loaded weights survive the tricks: a layer a trick rewrites gets the file's weights
-    back when its weights keep their shapes (other quantizers, the bipolar regularizer);
-    tricks that change a loaded layer's weights (`bases` > 1, a BNN+ `regularizer`) are
-    refused with the file.
-
-    Args:
-        config: The run's options (`model`, `model_options`, `tricks`).
-        input_shape: The model input.
-        num_classes: The classifier outputs.
-        weights: A weights file to start from (usually `config.weights`).
-        variant: The registry variant to build (a resumed run's), overriding the one a
-            larq-zoo weights file selects.
-
-    Returns:
-        The uncompiled model and the variant it was built as (None for a model without
-        variants).
-
-    Raises:
-        BnnError: an unknown model, a model option it does not take, a weights file that does
-            not fit (one line naming the first layer that differs), or a trick that would
-            discard the loaded weights.
-    """
-    import models
-    from bnn_keras.training.tricks import apply_tricks
-
-    name = config.model
-    options = dict(config.model_options)
-    if variant is not None:
-        options["variant"] = variant
-    try:
-        model = models.create_model(name, input_shape=input_shape, num_classes=num_classes,
-                                    weights=weights, **options)
-    except (TypeError, ValueError) as exc:
-        raise _build_error(name, options, weights, exc, input_shape, num_classes) from None
-    chosen = _built_variant(name, options, weights, model)
-    if not config.tricks:
-        return model, chosen
-    tricked = apply_tricks(model, **config.tricks)
-    if weights is not None:
-        _keep_loaded_weights(model, tricked, config.tricks, weights)
-    return tricked, chosen
-
-
-def _build_error(name: str, options: Dict[str, Any], weights: Optional[str], exc: Exception,
-                 input_shape, num_classes: int) -> Exception:
-    """The one-line error of a registry model that failed to build or to load `weights`."""
-    import models
-
-    if weights is not None and isinstance(exc, ValueError):
-        try:  # the build alone works: Keras's own loading refused the file
-            models.create_model(name, input_shape=input_shape, num_classes=num_classes,
-                                **options)
-        except (TypeError, ValueError):
-            pass
-        else:
-            return BnnError(f"`weights` {weights} does not fit {name}: {first_line(exc)}; "
-                            "give a weights file of this model at this input size and number "
-                            "of classes.")
-    if not options:
-        return exc
-    # A value of the wrong kind (`section_filters=16` for a list) fails inside the builder.
-    given = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
-    return BnnError(f"{name} cannot be built with `model_options` {given}: "
-                    f"{first_line(exc)}; check the option's type and value.")
-
-
-def _built_variant(name: str, options: Dict[str, Any], weights: Optional[str],
-                   model: tf.keras.Model) -> Optional[str]:
-    """The variant `models.create_model` built: the one asked for, else the larq-zoo variant
-    when a weights file of larq-zoo's (no layer name of ours) selected it, else the default."""
-    import models
-    from models import weights_file
-    from models.common import ZOO_VARIANT
-
-    entry = models.get_entry(name)
-    if "variant" in options:
-        return options["variant"]
-    if entry.zoo is None:
-        return None
-    if weights is not None:
-        file_layers = weights_file.read_h5_layers(weights)
-        if file_layers is not None and weights_file.is_foreign(file_layers, model):
-            return ZOO_VARIANT
-    return "bnn"
-
-
-def _keep_loaded_weights(loaded: tf.keras.Model, tricked: tf.keras.Model,
-                         tricks: Dict[str, Any], weights: str) -> None:
-    """Gives the layers `apply_tricks` rebuilt (freshly initialised) the weights `loaded`
-    had from the file; refuses a trick that changed a loaded layer's weights."""
-    rebuilt = {layer.name: layer for layer in tricked.layers}
-    for layer in loaded.layers:
-        if not layer.weights:
-            continue
-        new = rebuilt.get(layer.name)
-        shapes = [tuple(w.shape) for w in layer.weights]
-        if new is None or [tuple(w.shape) for w in new.weights] != shapes:
-            on = ", ".join(f"`{k}` {_shown_trick(v)}" for k, v in tricks.items())
-            raise BnnError(
-                f"`weights` {weights} cannot be combined with {on}: the tricks rebuild layer "
-                f"{layer.name!r} with other weights than the file's, which would be lost; "
-                "drop those tricks (or `weights`).")
-        new.set_weights(layer.get_weights())
-
-
-def _shown_trick(value: Any) -> str:
-    return json.dumps(value) if not isinstance(value, str) else value
 
 
 def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: bool,
@@ -717,8 +404,8 @@ def _compile(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strateg
 
 def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,
             previous: Optional[RunRecord], start_epoch: int, data: _Data, precision: str,
-            built: _Built, start: _Start, strategy,
-            teacher: Optional[_Teacher] = None) -> None:
+            built: _Built, start: Start, strategy,
+            teacher: Optional[Teacher] = None) -> None:
     """Step 5: config.json, for a new run (with the weights file it started from, its sha256
     and the variant built); a resume that changes the total epochs records the change (the
     schedule now spans the new total)."""
