@@ -74,17 +74,13 @@ def weights_sha256(path: str) -> str:
     Raises:
         BnnError: the file does not exist or cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(Path(path))
     except FileNotFoundError:
         raise BnnError(f"`weights` {path} does not exist; give the path of a weights file "
                        "(.h5).") from None
     except OSError as exc:
         raise BnnError(f"`weights` {path} cannot be read ({exc.strerror or exc}).") from None
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +192,7 @@ class Teacher:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of the file `path` (hex), read in 1 MiB blocks; OSError as open() raises."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
