@@ -240,13 +240,34 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
     --distill-weight, --distill-temperature); the run folder's model.keras is MODEL alone.
     history.csv and metrics.json record each epoch's wall time and the run's time at its end
     (resumes included); the last line printed is the time to the best test accuracy.
+
+    With --recipe paper, a model whose paper trains in stages (reactnet-a, real-to-binary-net,
+    strong-baseline-net) trains every stage in order as one run: each a run folder
+    RUN_DIR/stages/N-NAME, starting from or distilled from earlier stages as the paper does
+    (ReActNet's from --teacher, if given), with the options given here applied to every
+    stage; RUN_DIR/stages.json records the plan, and RUN_DIR gets the final stage's
+    model.keras, config.json, metrics.json and history.csv. `bnn train --resume RUN_DIR`
+    continues the interrupted stage, then the remaining ones.
     """
     import models
     from bnn_keras import training
+    from bnn_keras.training import stages
 
     _use_custom_objects(custom_objects)
 
-    if resume_dir:
+    if resume_dir and stages.staged_run_of_stage(resume_dir) is not None:
+        whole = stages.staged_run_of_stage(resume_dir)
+        raise BnnError(f"{resume_dir} is a stage of the staged run {whole}; continue the run "
+                       f"with `bnn train --resume {whole}`.")
+    if resume_dir and stages.is_staged_run(resume_dir):
+        plan = stages.StagedPlan.read(resume_dir)
+        if values["epochs"] is not None:
+            raise BnnError(f"--epochs applies to every stage of the staged run {resume_dir} "
+                           "and cannot change once it has started; resume it without --epochs.")
+        _refuse_resume_changes(click.get_current_context(), plan.options, Path(resume_dir))
+        result = stages.resume_staged(Path(resume_dir), verbose=verbose,
+                                      report=_spelled_echo(click.get_current_context()))
+    elif resume_dir:
         # config.json is read once, here; the library trusts this record (and refuses to go on
         # should the file change before the run folder is locked).
         record = training.RunRecord.read(resume_dir)
@@ -266,10 +287,15 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
             raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
         models.get_model_fn(model)  # fail fast on a bad name, before loading any data
         config = _train_config(model, values)
-        training.resolve_recipe(config)  # bad options fail here, before any data is loaded
-        # None: the registry model, with --model-option, --weights and the tricks.
-        result = training.train(config, None, Path(run_dir or f"runs/{model}-{config.dataset}"),
-                                verbose=verbose)
+        output = Path(run_dir or f"runs/{model}-{config.dataset}")
+        if config.recipe == "paper" and stages.staged_recipe(model) is not None:
+            # Options are checked for every stage before any data is loaded.
+            result = stages.train_staged(config, output, verbose=verbose,
+                                         report=_spelled_echo(click.get_current_context()))
+        else:
+            training.resolve_recipe(config)  # bad options fail here, before any data is loaded
+            # None: the registry model, with --model-option, --weights and the tricks.
+            result = training.train(config, None, output, verbose=verbose)
     m = result.metrics
     click.echo(f"Run folder: {result.run_dir}")
     click.echo(
@@ -281,6 +307,12 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
                 if m.get("time_to_best_s") is not None else "")
         click.echo(f"best test accuracy {m['best_test_accuracy']:.4f} at epoch "
                    f"{m['best_epoch']}{when}")
+
+
+def _spelled_echo(ctx: click.Context) -> Callable[[str], None]:
+    """click.echo for library lines that name options in backticks (spelled as flags, as
+    `BnnGroup` spells errors; `ctx` is the command's, its parent the group's)."""
+    return lambda line: click.echo(main._spelled(ctx.parent or ctx, line))
 
 
 # `bnn train` options that --resume may be given: --epochs extends or shortens the run (it is
@@ -499,7 +531,6 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
     _use_custom_objects(custom_objects)
     if not as_json:
         click.echo(f"Converting {source} for target {target} ...")
-    rebuilt = _rebuilt_on_loading(source)  # the conversion loads the model itself
     try:
         report = convert_trained_model(
             source, output=output, target=target, samples=samples, inputs=inputs,
@@ -510,10 +541,10 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
             no_metadata=no_metadata, verbose=0 if as_json else 1,
         )
     except VerificationFailedError as exc:
-        _note_rebuilt(source, rebuilt)
+        _note_rebuilt(source, exc.report.rebuilt_classes)
         _print_report(exc.report, as_json)
         raise
-    _note_rebuilt(source, rebuilt)  # once the model loaded: a failure says why instead
+    _note_rebuilt(source, report.rebuilt_classes)  # once converted: a failure says why instead
     _print_report(report, as_json)
 
 
@@ -734,20 +765,6 @@ def _note_rebuilt(source: str, rebuilt_classes: Sequence[str]) -> None:
         click.echo(f"Note: {source}'s {', '.join(rebuilt_classes)} (a tf.keras.Model "
                    "subclass that cannot be imported here) was loaded as its functional "
                    "graph, with the file's weights.", err=True)
-
-
-def _rebuilt_on_loading(source: str) -> Sequence[str]:
-    """The subclasses `convert.loading.load_trained_model` will load as functional graphs
-    from the model file `source`, read from the file's saved config without loading it
-    (`bnn convert` loads the model inside the conversion): those whose config is a
-    functional graph and whose class neither imports nor is a custom object."""
-    from convert import loading
-
-    path = Path(source)
-    if not path.is_file():
-        return ()  # a run folder's model.keras is bnn's own functional model
-    config = loading._saved_model_config(path)
-    return sorted(loading._unimportable_functional_subclasses(config, {})) if config else ()
 
 
 def _model_from(source: str, input_shape: str, num_classes: int):

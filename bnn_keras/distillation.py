@@ -15,6 +15,18 @@ Two losses:
 - `"distribution"`: ReActNet's distributional loss, `KL(softmax(t) || softmax(s))` alone (weight 1,
   temperature 1: the student learns the teacher's distribution, the labels are not used).
 
+Beside either loss, Real-to-Binary's attention matching (`attention_weight` > 0): the student's
+feature maps at the named layers (`attention_layers`, e.g. `block_2_out`..`block_9_out` of
+`real-to-binary-net`) learn where the teacher's, at the same layers, put their energy. As
+larq-zoo's `AttentionMatchingLossLayer` (larq_zoo/training/knowledge_distillation/
+knowledge_distillation.py), which trained the zoo's Real-to-Binary stages with weight 30: the
+attention map of a feature map `A` (batch, H, W, C) is `Q = mean_c(A**2)` flattened to H*W values
+and divided by its largest, and the term is
+`attention_weight * mean over examples and layers of mean_p (Q_s[p] - Q_t[p])**2`.
+(The paper, Section 4.2, writes Zagoruyko & Komodakis's attention transfer: maps divided by
+their L2 norm, the norms of the differences summed over the layers; the zoo's form is the one
+its weight 30 was tuned for.) Both are scale invariant: a student map proportional to the teacher's costs 0.
+
 Logits are the input of the classifier's final softmax (every registry model ends with one). A
 teacher without a separate softmax layer (e.g. a `Dense(..., activation="softmax")` head) gives
 log-probabilities instead, which differ from its logits by a per-example constant that softmax
@@ -26,10 +38,13 @@ References:
       Activation Functions](https://arxiv.org/abs/2003.03488)
     - [Training Binary Neural Networks with Real-to-Binary
       Convolutions](https://arxiv.org/abs/2003.11535)
+    - [Paying More Attention to Attention: Improving the Performance of Convolutional Neural
+      Networks via Attention Transfer](https://arxiv.org/abs/1612.03928)
 """
 
 import dataclasses
-from typing import Optional, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -39,6 +54,9 @@ DISTILL_LOSSES: Tuple[str, ...] = ("kl", "distribution")
 
 # log(0) guard for a teacher that gives probabilities only.
 _LOG_EPSILON = 1e-20
+# The attention-matching weight of larq-zoo's Real-to-Binary stages (TrainR2BBFP, TrainR2BBAN
+# in larq_zoo/training/multi_stage_experiments.py), for the zoo's form of the term.
+DEFAULT_ATTENTION_WEIGHT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,24 +68,40 @@ class DistillSettings:
         weight: Share of the distillation term in the loss, in (0, 1]; the labels'
             cross-entropy gets `1 - weight`.
         temperature: Softmax temperature T > 0 of both teacher and student in the term.
+        attention_weight: Weight (>= 0) of the attention-matching term, added to the loss
+            (0: no attention matching).
+        attention_layers: The layers (by name, in both student and teacher, with the same
+            spatial size) whose feature maps the attention term matches.
     """
 
     loss: str = "kl"
     weight: float = 0.5
     temperature: float = 4.0
+    attention_weight: float = 0.0
+    attention_layers: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # A list (or a comma-separated string) of names becomes the tuple a frozen class needs.
+        layers = self.attention_layers
+        if isinstance(layers, str):
+            layers = [name.strip() for name in layers.split(",")]
+        object.__setattr__(self, "attention_layers", tuple(layers))
 
     @classmethod
     def for_loss(cls, loss: str, *, weight: Optional[float] = None,
-                 temperature: Optional[float] = None) -> "DistillSettings":
+                 temperature: Optional[float] = None, attention_weight: Optional[float] = None,
+                 attention_layers: Sequence[str] = ()) -> "DistillSettings":
         """The settings of `loss`, its defaults where `weight`/`temperature` are None.
 
         "kl" defaults to weight 0.5 and T = 4 (soft and hard targets equally, a temperature in
         the range Hinton et al. found best for small students); "distribution" is weight 1 and
-        T = 1 by its definition, and refuses others.
+        T = 1 by its definition, and refuses others. With `attention_layers`, the attention
+        weight defaults to larq-zoo's 30 (`DEFAULT_ATTENTION_WEIGHT`); without, to 0.
 
         Raises:
-            BnnError: an unknown loss, a weight outside (0, 1], a temperature <= 0, or a
-                "distribution" loss with another weight or temperature.
+            BnnError: an unknown loss, a weight outside (0, 1], a temperature <= 0, a
+                "distribution" loss with another weight or temperature, an attention weight
+                < 0, or one > 0 without layers.
         """
         if loss not in DISTILL_LOSSES:
             raise BnnError(f"Unknown `distill_loss` {loss!r}; expected one of: "
@@ -82,6 +116,11 @@ class DistillSettings:
         else:
             settings = cls("kl", 0.5 if weight is None else float(weight),
                            4.0 if temperature is None else float(temperature))
+        layers = tuple(attention_layers)
+        if attention_weight is None:
+            attention_weight = DEFAULT_ATTENTION_WEIGHT if layers else 0.0
+        settings = dataclasses.replace(settings, attention_weight=float(attention_weight),
+                                       attention_layers=layers)
         settings.validate()
         return settings
 
@@ -91,6 +130,17 @@ class DistillSettings:
             raise BnnError(f"Expected `distill_weight` in (0, 1], got {self.weight}.")
         if not self.temperature > 0.0:
             raise BnnError(f"Expected `distill_temperature` > 0, got {self.temperature}.")
+        if not (self.attention_weight >= 0.0 and math.isfinite(self.attention_weight)):
+            raise BnnError(f"Expected `distill_attention_weight` >= 0, got "
+                           f"{self.attention_weight}.")
+        if any(not isinstance(name, str) or not name for name in self.attention_layers):
+            shown = ",".join(map(str, self.attention_layers))
+            raise BnnError(f"Expected `distill_attention_layers` to be layer names separated "
+                           f"by commas, got {shown!r}.")
+        if self.attention_weight > 0.0 and not self.attention_layers:
+            raise BnnError("Attention matching needs the layers whose feature maps it matches; "
+                           "give `distill_attention_layers` too (e.g. block_2_out,block_3_out), "
+                           "or drop `distill_attention_weight`.")
 
     @property
     def hard_label_weight(self) -> float:
@@ -116,6 +166,80 @@ def soft_target_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
     kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - tf.nn.log_softmax(s, axis=-1)),
                        axis=-1)
     return temperature ** 2 * kl
+
+
+def attention_map(features: tf.Tensor) -> tf.Tensor:
+    """The spatial attention of feature maps, as larq-zoo's Real-to-Binary training has it.
+
+    `Q = mean_c(A**2)` over the channels of `A` (Zagoruyko & Komodakis's attention with p = 2,
+    averaged), flattened and divided by its largest value (an all-zero map gives zeros).
+
+    Args:
+        features: (batch, H, W, C) feature maps.
+
+    Returns:
+        A (batch, H * W) float32 tensor with values in [0, 1].
+    """
+    a = tf.cast(features, tf.float32)
+    area = tf.reduce_mean(tf.square(a), axis=-1)
+    vector = tf.reshape(area, (tf.shape(a)[0], -1))
+    return tf.math.divide_no_nan(vector, tf.reduce_max(vector, axis=-1, keepdims=True))
+
+
+def attention_loss(teacher_features: Sequence[tf.Tensor],
+                   student_features: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Real-to-Binary's attention-matching loss per example (larq-zoo's form, unweighted).
+
+    The mean over the layers of `mean_p (Q_s[p] - Q_t[p])**2`, `Q = attention_map(A)` of
+    the student's and the teacher's feature maps at each layer (no gradient to the teacher).
+
+    Args:
+        teacher_features: One (batch, H, W, C_t) tensor per matched layer.
+        student_features: The student's (batch, H, W, C_s) tensors at the same layers (the
+            same H and W; the channels may differ).
+
+    Returns:
+        A (batch,) float32 tensor.
+    """
+    per_layer = [
+        tf.reduce_mean(tf.square(attention_map(s) - tf.stop_gradient(attention_map(t))),
+                       axis=-1)
+        for t, s in zip(teacher_features, student_features)
+    ]
+    return tf.reduce_mean(tf.stack(per_layer, axis=-1), axis=-1)
+
+
+@tf.keras.utils.register_keras_serializable(package="bnn_keras")
+class AttentionMatching(tf.keras.layers.Layer):
+    """`weight` x the batch mean of `attention_loss(teacher_features, student_features)`.
+
+    Called on `[teacher_features, student_features]` (two lists of feature maps, in the order
+    of `layers`), it returns that scalar loss; `DistillationTerm` adds it while training. It
+    holds no teacher: it is serialized by its weight and layer names alone. It computes in
+    float32 whatever the dtype policy.
+
+    Args:
+        weight: The factor of the loss (>= 0).
+        layers: The names of the matched layers (recorded; the caller picks their outputs).
+    """
+
+    def __init__(self, weight: float, layers: Sequence[str] = (), **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+        self.layer_names = tuple(layers)
+
+    def call(self, inputs):
+        teacher_features, student_features = inputs
+        teacher_features, student_features = list(teacher_features), list(student_features)
+        if len(teacher_features) != len(student_features) or not teacher_features:
+            raise ValueError(f"AttentionMatching needs as many teacher as student feature maps "
+                             f"(at least one), got {len(teacher_features)} and "
+                             f"{len(student_features)}.")
+        return self.weight * tf.reduce_mean(attention_loss(teacher_features, student_features))
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight, "layers": list(self.layer_names)}
 
 
 def _final_softmax(model: tf.keras.Model) -> Optional[tf.keras.layers.Layer]:
@@ -160,8 +284,12 @@ def classifier_logits(model: tf.keras.Model, *, role: str = "student") -> tf.ker
 class DistillationTerm(tf.keras.layers.Layer):
     """Identity on the student's logits that, while training, adds the distillation loss.
 
-    Holds the teacher (frozen: `trainable=False`, run with `training=False`), so that the
-    term is part of the fitted model and its checkpoints. Not serializable: save the student.
+    Called on `[images, student_logits, *student_features]`. Holds the teacher (frozen:
+    `trainable=False`, run with `training=False`), so that the term is part of the fitted
+    model and its checkpoints. With attention matching, the teacher model outputs its logits
+    and then its feature maps at `settings.attention_layers` (one teacher pass for both terms),
+    and `student_features` are the student's at the same layers. Not serializable: save the
+    student.
     """
 
     def __init__(self, teacher_logits: tf.keras.Model, settings: DistillSettings, **kwargs):
@@ -169,13 +297,24 @@ class DistillationTerm(tf.keras.layers.Layer):
         self.teacher_logits = teacher_logits
         self.teacher_logits.trainable = False
         self.settings = settings
+        self.attention = None
+        if settings.attention_weight > 0:
+            self.attention = AttentionMatching(settings.attention_weight,
+                                               settings.attention_layers,
+                                               name="attention_matching")
 
     def call(self, inputs, training=None):
-        images, student_logits = inputs
+        images, student_logits, *student_features = inputs
         if training:  # a Python bool in Keras fit/evaluate: no teacher pass when evaluating
-            teacher = tf.stop_gradient(self.teacher_logits(images, training=False))
+            outputs = self.teacher_logits(images, training=False)
+            teacher_features: List[tf.Tensor] = []
+            if self.attention is not None:
+                outputs, *teacher_features = outputs
+            teacher = tf.stop_gradient(outputs)
             term = soft_target_loss(teacher, student_logits, self.settings.temperature)
             self.add_loss(self.settings.weight * tf.reduce_mean(term))
+            if self.attention is not None:
+                self.add_loss(self.attention([teacher_features, student_features]))
         return student_logits
 
     def get_config(self):
@@ -194,14 +333,15 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
         student: A functional classifier ending in a softmax layer (trained in place: its
             layers are the returned model's).
         teacher: A classifier with the student's input shape and number of classes (frozen).
-        settings: The loss, weight and temperature.
+        settings: The loss, weight and temperature, and the attention matching.
 
     Returns:
         A functional model with the student's inputs and output probabilities.
 
     Raises:
-        BnnError: the teacher does not fit the student (input shape or classes), or either is
-            not a single-output classifier as `classifier_logits` needs.
+        BnnError: the teacher does not fit the student (input shape or classes), either is
+            not a single-output classifier as `classifier_logits` needs, or an attention layer
+            is missing from either, is not a (batch, H, W, C) feature map or differs in H, W.
     """
     settings.validate()
     student_logits = classifier_logits(student, role="student")
@@ -215,8 +355,57 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
     if classes[0] != classes[1]:
         raise BnnError(f"The teacher has {classes[1]} classes, the student {classes[0]}; "
                        "distil from a teacher trained on the same classes.")
+    student_features, teacher_features = _attention_features(student, teacher, settings)
+    if teacher_features:
+        # One teacher pass gives the logits and the feature maps.
+        teacher_logits = tf.keras.Model(teacher.inputs,
+                                        [teacher_logits.outputs[0], *teacher_features],
+                                        name=f"{teacher.name}_logits_and_features")
     images = student.inputs[0]
     logits = DistillationTerm(teacher_logits, settings, name="distillation")(
-        [images, student_logits.outputs[0]])
+        [images, student_logits.outputs[0], *student_features])
     probabilities = _final_softmax(student)(logits)
     return tf.keras.Model(student.inputs, probabilities, name=f"{student.name}_distilled")
+
+
+def _attention_features(student: tf.keras.Model, teacher: tf.keras.Model,
+                        settings: DistillSettings) -> Tuple[List[tf.Tensor], List[tf.Tensor]]:
+    """The student's and the teacher's outputs at `settings.attention_layers` (none when the
+    attention weight is 0), checked to be feature maps of the same spatial size."""
+    if settings.attention_weight <= 0:
+        return [], []
+    student_features, teacher_features = [], []
+    for name in settings.attention_layers:
+        pair = [_layer_output(model, role, name)
+                for model, role in ((student, "student"), (teacher, "teacher"))]
+        shapes = [tuple(tensor.shape) for tensor in pair]
+        for role, shape in zip(("student", "teacher"), shapes):
+            if len(shape) != 4:
+                raise BnnError(
+                    f"Layer {name!r} of the {role} outputs shape {shape[1:]}, not feature "
+                    "maps (height, width, channels); give `distill_attention_layers` of "
+                    "convolutional blocks.")
+        if shapes[0][1:3] != shapes[1][1:3]:
+            (sh, sw), (th, tw) = shapes[0][1:3], shapes[1][1:3]
+            raise BnnError(
+                f"Layer {name!r} outputs {sh}x{sw} feature maps in the student and {th}x{tw} "
+                "in the teacher; attention matching needs the same spatial size at each of "
+                "`distill_attention_layers`.")
+        student_features.append(pair[0])
+        teacher_features.append(pair[1])
+    return student_features, teacher_features
+
+
+def _layer_output(model: tf.keras.Model, role: str, name: str) -> tf.Tensor:
+    """The output of `model`'s layer `name` in its functional graph, or a BnnError."""
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        raise BnnError(f"The {role} {model.name!r} has no layer {name!r} to match attention "
+                       "at; give `distill_attention_layers` that both the student and the "
+                       "teacher have (`bnn summary` lists a model's layers).") from None
+    try:
+        return layer.output
+    except AttributeError:  # a layer called more than once has no single output
+        raise BnnError(f"Layer {name!r} of the {role} {model.name!r} is used more than once; "
+                       "give `distill_attention_layers` with one output each.") from None

@@ -1,7 +1,7 @@
 """The conversion report: what the flatbuffer holds and how faithful it is."""
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -30,6 +30,8 @@ class ConversionReport:
         bundle: The Raspberry Pi bundle folder, when one was written.
         bundle_check: The bundle's self-check result.
         int8: With `--int8`: sizes and accuracy of the float32 and int8 conversions.
+        rebuilt_classes: Model subclasses of a model file that could not be imported and were
+            converted from their functional graph (`convert.loading.LoadedModel`).
     """
 
     target: str
@@ -46,6 +48,7 @@ class ConversionReport:
     bundle: Optional[str] = None
     bundle_check: Optional[str] = None
     int8: Optional[Dict[str, Any]] = None
+    rebuilt_classes: Tuple[str, ...] = ()
 
     @property
     def compression_ratio(self) -> float:

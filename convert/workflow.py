@@ -340,6 +340,7 @@ def convert_trained_model(
         loaded.model, flatbuffer, target=target, verification=verification, verified_on=where
     )
     report.int8 = int8_report
+    report.rebuilt_classes = tuple(loaded.rebuilt_classes)
     if verification.top1_agreement < min_agreement:
         agreement = (f"The .tflite agrees with Keras on only {verification.top1_agreement:.2%} "
                      f"of {verification.samples} {where} (`min_agreement` {min_agreement:.2%})")

@@ -29,9 +29,10 @@ are `RSign` with ApproxSign's pseudo-gradient (the official `BinaryActivation`).
 Training: the paper trains in two steps, binary activations with float weights first, then
 both binary starting from the first step's weights, with the distributional loss against a
 float teacher (torchvision's ResNet-34 in the official step-1 `train.py`). `bnn train --recipe
-paper` applies one step of it (the values of the official code's 256-epoch setting, step 1's
-weight decay); the two-step schedule is not built yet (`kernel_quantizer=None` builds the first
-step's model).
+paper` trains both steps as one run (`STAGED_RECIPE`; `bnn_keras.training.stages`):
+`kernel_quantizer=None` builds the first step's model, and the second starts from its weights.
+The distributional loss needs a float teacher, `bnn train --teacher`; without one both steps
+learn from the labels.
 
 References:
     - [ReActNet: Towards Precise Binary Neural Network with Generalized Activation
@@ -48,7 +49,7 @@ import tensorflow as tf
 from bnn_keras.errors import BnnError
 from bnn_keras.layers import RPReLU, RSign
 from models.common import batch_norm, classifier_head, image_input, is_small_input
-from models.registry import PaperRecipe, register_model
+from models.registry import USER_TEACHER, PaperRecipe, RecipeStage, StagedRecipe, register_model
 
 # The official code's `stage_out_channel`: the stem's width, then each block's output width.
 STAGE_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
@@ -152,18 +153,37 @@ def _block(x: tf.Tensor, width: int, *, strides: int, weights, prefix: str) -> t
 
 # The official code's 256-epoch setting (mobilenet/1_step1/run.sh, train.py): Adam, learning
 # rate 5e-4 decayed linearly to 0 (per epoch there, per step here), 256 epochs, batch 256,
-# weight decay 1e-5 on the conv kernels in step 1 (0 in step 2; `Recipe.weight_decay` decays
-# only float kernels: here the stem and the classifier). Its loss is the distributional loss
-# alone (no labels), which `bnn train` takes as a distillation option, not a recipe value.
-_RECIPE = PaperRecipe(
-    source="ReActNet (arXiv 2003.03488); github.com/liuzechun/ReActNet mobilenet/1_step1/run.sh "
-    "(256-epoch setting) and train.py",
+# weight decay 1e-5 on the conv kernels in step 1 (`Recipe.weight_decay` decays only float
+# kernels: in step 1 the binary convs' real-valued ones too, in step 2 the stem and the
+# classifier). Its loss is the distributional loss alone (no labels), a distillation option of
+# the stage rather than a recipe value.
+_CODE = "github.com/liuzechun/ReActNet"
+_STEP1 = PaperRecipe(
+    source=f"ReActNet (arXiv 2003.03488); {_CODE} mobilenet/1_step1/run.sh (256-epoch "
+    "setting) and train.py",
     values=dict(optimizer="adam", learning_rate=5e-4, schedule="linear", epochs=256,
                 batch_size=256, weight_decay=1e-5),
 )
+# Step 2 (mobilenet/2_step2/run.sh, train.py): the same, from step 1's checkpoint, with binary
+# weights and weight decay 0.
+_STEP2 = _STEP1.replace(
+    f"ReActNet (arXiv 2003.03488); {_CODE} mobilenet/2_step2/run.sh (256-epoch setting, "
+    "weight decay 0) and train.py", weight_decay=0.0)
+# Both steps learn from a float teacher's softmax alone (the official train.py's
+# DistributionLoss against torchvision's ResNet-34); here the classifier given with --teacher.
+_DISTRIBUTION = {"distill_loss": "distribution"}
+STAGED_RECIPE = StagedRecipe(
+    source=f"ReActNet (arXiv 2003.03488) Section 4.1 two-step training; {_CODE} mobilenet/",
+    stages=(
+        RecipeStage("step1", {"kernel_quantizer": None}, _STEP1, teacher=USER_TEACHER,
+                    train_options=_DISTRIBUTION),
+        RecipeStage("step2", {}, _STEP2, start_from="step1", teacher=USER_TEACHER,
+                    train_options=_DISTRIBUTION),
+    ),
+)
 
 
-@register_model("reactnet-a", recipe=_RECIPE)
+@register_model("reactnet-a", staged=STAGED_RECIPE)
 def reactnet_a(**kwargs) -> tf.keras.Model:
     """ReActNet-A: 29,365,480 parameters at 224x224x3, 1000 classes (paper: 69.4% top-1)."""
     return reactnet(**kwargs)

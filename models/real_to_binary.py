@@ -10,13 +10,15 @@ input, squeeze-and-excite style: global average pool of the convolution's (real-
 -> dense C/8 + ReLU -> dense C_out + sigmoid -> multiply (Section 4.3). LCE runs the binary
 convolution as an LceBconv2d with float output; the scaling branch stays a float computation.
 
-Training is staged, each stage initialised from the previous one and distilled from a teacher
-(Section 4.4, larq-zoo `TrainR2B`). The registry entries' `stage` option builds each stage's
-model: `real-to-binary-net` with stage "resnet18" (the real-valued teacher), "float" (tanh
-activations, real weights), "ban" (binary activations, real weights) and "bnn" (the default,
-binary activations and weights); `strong-baseline-net` with "ban", then "bnn". Every stage of
-one family but the teacher has the same weighted layers under the same names, so a stage's
-weights load into the next by name.
+Training is staged, each stage distilled from the one before (Section 4.4, larq-zoo `TrainR2B`;
+larq-zoo initialises only the binary stage from the previous one's weights, the others
+afresh); `bnn train --recipe paper` trains the stages in order as one run
+(`R2B_STAGED_RECIPE`, `BASELINE_STAGED_RECIPE`). The registry entries' `stage` option builds
+each stage's model: `real-to-binary-net` with stage "resnet18" (the real-valued teacher),
+"float" (tanh activations, real weights), "ban" (binary activations, real weights) and "bnn"
+(the default, binary activations and weights); `strong-baseline-net` with "ban", then "bnn".
+Every stage of one family but the teacher has the same weighted layers under the same names,
+so a stage's weights load into the next by name.
 
 Layer names are larq-zoo's without its per-stage prefix (`block_2a_conv2d`, `block_2_out`,
 where the zoo writes `r2b_bnn_block_2a_conv2d`); the block outputs are the zoo's attention
@@ -51,7 +53,14 @@ from models.common import (
     image_input,
     uses_small_stem,
 )
-from models.registry import LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.registry import (
+    LARQ_ZOO_VERSION,
+    PaperRecipe,
+    RecipeStage,
+    StagedRecipe,
+    ZooVariant,
+    register_model,
+)
 
 # Activations and weights of each training stage (larq-zoo's RealToBinNet{FP,BAN,BNN} and
 # StrongBaselineNet{BAN,BNN}): "float" has tanh activations and real weights, "ban" binary
@@ -290,21 +299,93 @@ _ZOO_TRAINING = "larq-zoo larq_zoo/training/multi_stage_experiments.py"
 
 
 
+# larq-zoo TrainR2B (multi_stage_experiments.py), stage by stage. bnn writes a distilled
+# loss as (1 - w) x cross-entropy + w x T**2 KL (`bnn_keras.distillation`, the zoo's output
+# matching term at w) + the attention term; the zoo's is the sum with weights. The zoo's
+# CE + 3 KD + 30 AT + l2(1e-5) is 4 x (0.25 CE + 0.75 KD + 7.5 AT + l2(2.5e-6)): the same
+# Adam steps (Adam's update does not depend on the loss's scale, up to its epsilon), so
+# w = 0.75, attention weight 7.5 and weight decay 2.5e-6 here; and CE + 0.8 KD is
+# 1.8 x (CE / 1.8 + (0.8 / 1.8) KD).
+_R2B_SOURCE = f"{_PAPER} Section 4.4; {_ZOO_TRAINING} TrainR2B"
+# The zoo's matching volumes, as `TrainConfig.distill_attention_layers` spells them.
+_BLOCK_OUTPUTS = ",".join(f"block_{b}_out" for b in range(2, 10))
+_STEP_SCHEDULE = dict(schedule="step", warmup_epochs=5, step_boundaries=(40, 60, 70))
+# TrainR2BBFP: Adam(1e-3) on R2BStepSchedule (5 warm-up epochs, x0.3 at epochs 40, 60, 70),
+# 75 epochs, batch 256, l2(1e-5) on the real-valued kernels (RealToBinNetFPFactory).
+_R2B_FLOAT = PaperRecipe(
+    f"{_PAPER}; {_ZOO_TRAINING} TrainR2BBFP, {_ZOO_FILE} RealToBinNetFPFactory",
+    dict(optimizer="adam", learning_rate=1e-3, step_factor=0.3, epochs=75, batch_size=256,
+         weight_decay=1e-5 / 4, **_STEP_SCHEDULE))
+_R2B_MATCHING = dict(distill_loss="kl", distill_weight=3.0 / 4, distill_temperature=1.0,
+                     distill_attention_weight=30.0 / 4, distill_attention_layers=_BLOCK_OUTPUTS)
+R2B_STAGED_RECIPE = StagedRecipe(
+    source=_R2B_SOURCE,
+    stages=(
+        # TrainFPResnet18: SGD (momentum 0) at 0.1, cosine decay after 5 warm-up epochs, 100
+        # epochs, batch 512, no regularizer.
+        RecipeStage(
+            "resnet18", {"stage": "resnet18"},
+            PaperRecipe(f"{_PAPER}; {_ZOO_TRAINING} TrainFPResnet18",
+                        dict(optimizer="adam", learning_rate=1e-3, schedule="cosine",
+                             warmup_epochs=5, epochs=100, batch_size=512)),
+            note="larq-zoo trains this teacher with SGD (momentum 0) at 0.1; bnn's recipes "
+                 "have SGD only beside binary weights (adam-sgd), so it trains with Adam at "
+                 "the 1e-3 of the zoo's other float stages."),
+        # TrainR2BBFP: distils from the ResNet-18 (CE 1, output matching 3 at T 1, attention
+        # matching 30 on block_2_out..block_9_out); freshly initialised (no
+        # initialize_student_weights_from).
+        RecipeStage("float", {"stage": "float"}, _R2B_FLOAT, teacher="resnet18",
+                    train_options=_R2B_MATCHING),
+        # TrainR2BBAN: the same at 1e-3 with the float stage as teacher; the zoo initialises
+        # it afresh too (RealToBinNetBANFactory: l2(1e-5) on the real-valued kernels).
+        RecipeStage("ban", {"stage": "ban"},
+                    _R2B_FLOAT.replace(f"{_PAPER}; {_ZOO_TRAINING} TrainR2BBAN, {_ZOO_FILE} "
+                                       "RealToBinNetBANFactory"),
+                    teacher="float", train_options=_R2B_MATCHING),
+        # TrainR2BBNNAlternative (from TrainR2BBNN): Adam(2e-4) with 10 epochs of linear
+        # warm-up, then cosine decay to 0; 75 epochs, batch 256; no regularizer; starts from
+        # the "ban" stage's weights and distils from it (CE 1, output matching 0.8 at T 1,
+        # no attention matching).
+        RecipeStage(
+            "bnn", {"stage": "bnn"},
+            PaperRecipe(f"{_PAPER}; {_ZOO_TRAINING} TrainR2BBNNAlternative",
+                        dict(learning_rate=2e-4, schedule="cosine", warmup_epochs=10,
+                             epochs=75, batch_size=256)),
+            start_from="ban", teacher="ban",
+            train_options=dict(distill_loss="kl", distill_weight=0.8 / 1.8,
+                               distill_temperature=1.0)),
+    ),
+)
+
+# larq-zoo TrainR2BStrongBaseline: two stages from the labels alone (no teacher).
+_BASELINE_BAN = PaperRecipe(
+    f"{_PAPER}; {_ZOO_TRAINING} TrainR2BStrongBaselineBAN, {_ZOO_FILE} "
+    "StrongBaselineNetBANFactory",
+    dict(optimizer="adam", learning_rate=1e-3, step_factor=0.1, epochs=75, batch_size=256,
+         weight_decay=1e-5, **_STEP_SCHEDULE))
+BASELINE_STAGED_RECIPE = StagedRecipe(
+    source=f"{_PAPER} Section 4.1; {_ZOO_TRAINING} TrainR2BStrongBaseline",
+    stages=(
+        # TrainR2BStrongBaselineBAN: Adam(1e-3), 5 warm-up epochs, x0.1 at epochs 40, 60 and
+        # 70, 75 epochs, l2(1e-5) on the kernels. The zoo's batch_size there is 8, a debugging
+        # value; the paper's is 256.
+        RecipeStage("ban", {"stage": "ban"}, _BASELINE_BAN),
+        # TrainR2BStrongBaselineBNN: the same at 2e-4 without a regularizer, from the "ban"
+        # stage's weights (initialize_student_weights_from "baseline_ban").
+        RecipeStage("bnn", {"stage": "bnn"},
+                    PaperRecipe(f"{_PAPER}; {_ZOO_TRAINING} TrainR2BStrongBaselineBNN",
+                                dict(learning_rate=2e-4, step_factor=0.1, epochs=75,
+                                     batch_size=256, **_STEP_SCHEDULE)),
+                    start_from="ban"),
+    ),
+)
+
+
 @register_model(
     "real-to-binary-net",
-    # larq-zoo TrainR2B's last stage, TrainR2BBNNAlternative (from TrainR2BBNN): Adam(2e-4)
-    # with 10 epochs of linear warm-up, then cosine decay to 0; 75 epochs, batch 256; no weight
-    # decay on the binary network (the zoo's RealToBinNetBNN has no regularizer). Its
-    # distillation from the "ban" stage (output matching, weight 0.8, temperature 1, beside the
-    # classification loss) is not part of the recipe. The earlier stages (TrainR2BBFP,
-    # TrainR2BBAN): Adam(1e-3), 5 warm-up epochs, x0.3 at epochs 40, 60 and 70, 75 epochs,
-    # batch 256, l2(1e-5) on real-valued kernels, attention matching (weight 30) on
-    # block_2_out..block_9_out and output matching (weight 3) with their teacher.
-    recipe=PaperRecipe(
-        source=f"{_PAPER}; {_ZOO_TRAINING} TrainR2BBNNAlternative",
-        values=dict(learning_rate=2e-4, schedule="cosine", warmup_epochs=10, epochs=75,
-                    batch_size=256),
-    ),
+    # `recipe` is the last stage's (TrainR2BBNNAlternative); the earlier stages and their
+    # distillation are the staged recipe's.
+    staged=R2B_STAGED_RECIPE,
     zoo=ZooVariant(f"{_ZOO_FILE} RealToBinaryNet (RealToBinNetBNNFactory; stages "
                    "ResNet18FPFactory, RealToBinNetFPFactory, RealToBinNetBANFactory)",
                    *_ZOO_DIFFERENCES),
@@ -325,15 +406,8 @@ def real_to_binary_net_entry(*, stage: str = "bnn", **kwargs) -> tf.keras.Model:
 
 @register_model(
     "strong-baseline-net",
-    # larq-zoo TrainR2BStrongBaselineBNN (its stage 1, initialised from the "ban" stage):
-    # Adam(2e-4), 5 warm-up epochs, x0.1 at epochs 40, 60 and 70, 75 epochs, no regularizer.
-    # The zoo's batch_size there is 8, a debugging value; the paper's is 256. Its stage 0
-    # (TrainR2BStrongBaselineBAN): the same at 1e-3, with l2(1e-5) on the kernels.
-    recipe=PaperRecipe(
-        source=f"{_PAPER}; {_ZOO_TRAINING} TrainR2BStrongBaselineBNN",
-        values=dict(learning_rate=2e-4, schedule="step", warmup_epochs=5,
-                    step_boundaries=(40, 60, 70), step_factor=0.1, epochs=75, batch_size=256),
-    ),
+    # `recipe` is the last stage's (TrainR2BStrongBaselineBNN).
+    staged=BASELINE_STAGED_RECIPE,
     zoo=ZooVariant(f"{_ZOO_FILE} StrongBaselineNetBNNFactory (stage StrongBaselineNetBANFactory)",
                    *_ZOO_DIFFERENCES),
 )

@@ -58,6 +58,77 @@ class PaperRecipe:
         return PaperRecipe(source, {**self.values, **changes})
 
 
+# `RecipeStage.teacher` for a stage that distils from the classifier the user gives
+# (`bnn train --teacher`), when one is given.
+USER_TEACHER = "--teacher"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeStage:
+    """One stage of a staged training recipe (`StagedRecipe`): plain values.
+
+    Attributes:
+        name: The stage's name (also its run folder's, after its number: `1-step1`).
+        model_options: Options of the registry entry that build this stage's model (e.g.
+            `{"kernel_quantizer": None}` for real weights, `{"stage": "ban"}`).
+        recipe: The stage's `PaperRecipe` (the same keys as a single-stage recipe), citing
+            its source.
+        start_from: The earlier stage whose trained weights this stage starts from (the
+            stages' weighted layers carry the same names), or None (fresh initialisation).
+        teacher: The earlier stage this stage distils from, `USER_TEACHER` (the classifier
+            given with `bnn train --teacher`, if any), or None (labels only).
+        train_options: Other `TrainConfig` fields -> value for this stage (the distillation
+            settings: `distill_loss`, `distill_weight`, `distill_temperature`, ...).
+        note: What in these values differs from the source, and why (empty when nothing).
+    """
+
+    name: str
+    model_options: Mapping[str, Any]
+    recipe: "PaperRecipe"
+    start_from: Optional[str] = None
+    teacher: Optional[str] = None
+    train_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("model_options", "train_options"):
+            object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedRecipe:
+    """A paper's training in stages, each a run of its own (`bnn train MODEL --recipe paper`
+    trains them in order as one run; `bnn_keras.training.stages`).
+
+    Attributes:
+        source: The paper and the code the stages come from.
+        stages: The stages in training order; each `start_from` and stage `teacher` names an
+            earlier one.
+    """
+
+    source: str
+    stages: Tuple[RecipeStage, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        seen: List[str] = []
+        for stage in self.stages:
+            if stage.name in seen or stage.name == USER_TEACHER:
+                raise ValueError(f"Stage name {stage.name!r} is used twice or reserved.")
+            if stage.start_from not in (None, *seen) or (
+                    stage.teacher not in (None, USER_TEACHER, *seen)):
+                raise ValueError(f"Stage {stage.name!r} starts from or distils from a stage "
+                                 "that is not an earlier one.")
+            seen.append(stage.name)
+        if not self.stages:
+            raise ValueError("A staged recipe needs at least one stage.")
+
+    @property
+    def final(self) -> RecipeStage:
+        """The last stage: the one whose model the run delivers."""
+        return self.stages[-1]
+
+
 # The larq-zoo release whose definitions the registry models were compared with.
 LARQ_ZOO_VERSION = "larq-zoo 2.4.0"
 
@@ -90,6 +161,8 @@ class ModelEntry:
             https://arxiv.org/abs/1906.02107), None where it gives none.
         zoo: Set when the entry takes `variant="larq-zoo"`: how the default differs from
             larq-zoo. None for models without that option.
+        staged: The paper's staged training, where it trains in stages; `recipe` is then
+            its final stage's.
     """
 
     name: str
@@ -97,6 +170,7 @@ class ModelEntry:
     recipe: Optional[PaperRecipe] = None
     bop_recipe: Optional[PaperRecipe] = None
     zoo: Optional[ZooVariant] = None
+    staged: Optional[StagedRecipe] = None
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
@@ -115,23 +189,30 @@ def register_model(
     recipe: Optional[PaperRecipe] = None,
     bop_recipe: Optional[PaperRecipe] = None,
     zoo: Optional[ZooVariant] = None,
+    staged: Optional[StagedRecipe] = None,
 ) -> Callable:
     """Decorator that registers a model entry function under `name`.
 
     Args:
         name: The registry key.
-        recipe: The model paper's training recipe, if one could be verified.
+        recipe: The model paper's training recipe, if one could be verified; with `staged`,
+            None (it is the final stage's).
         bop_recipe: The Bop paper's recipe for this model, if it gives one.
         zoo: How the model differs from larq-zoo, when it takes `variant="larq-zoo"`.
+        staged: The paper's training in stages, where it has them.
 
     Raises:
-        ValueError: `name` is already registered.
+        ValueError: `name` is already registered, or both `recipe` and `staged` are given.
     """
+    if staged is not None:
+        if recipe is not None:
+            raise ValueError(f"Model {name!r}: a staged recipe's `recipe` is its final stage's.")
+        recipe = staged.final.recipe
 
     def decorator(fn: Callable[..., tf.keras.Model]) -> Callable[..., tf.keras.Model]:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is registered twice.")
-        _REGISTRY[name] = ModelEntry(name, fn, recipe, bop_recipe, zoo)
+        _REGISTRY[name] = ModelEntry(name, fn, recipe, bop_recipe, zoo, staged)
         fn.model_name = name
         return fn
 

@@ -102,6 +102,21 @@ def digits_flatbuffer(digits_tflite) -> bytes:
     return digits_tflite.read_bytes()
 
 
+# `bnn train` options of a tiny run: 8x8 digits, 1 epoch of 2 steps, float32.
+TINY_TRAIN_OPTIONS = ("--dataset", "digits", "--image-size", "8", "--epochs", "1",
+                      "--steps-per-epoch", "2", "--batch-size", "16", "--precision", "float32",
+                      "--verbose", "0")
+
+
+@pytest.fixture(scope="session")
+def float_binarynet_run(tmp_path_factory) -> Path:
+    """`bnn train binarynet --float` with `TINY_TRAIN_OPTIONS`: a teacher for distillation."""
+    run_dir = tmp_path_factory.mktemp("float") / "binarynet"
+    result = invoke(["train", "binarynet", "--float", *TINY_TRAIN_OPTIONS, "-o", run_dir])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
 def tiny_bnn(input_shape, num_classes):
     """A stem conv and one binary conv: a BNN that trains a few steps in a second."""
     import larq as lq

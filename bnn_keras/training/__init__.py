@@ -6,7 +6,8 @@ Nothing here is part of the Keras plugin (`import bnn_keras` loads none of it). 
 callbacks that keep the folder complete and resumable), `progress` (how far a folder got, read
 from its files), `data` (data sets, the input
 pipeline and its normalization), `recipes` (optimizers, schedules and losses of the papers),
-`tricks` (training tricks that rewrite a model), `precision` (float32 or mixed bfloat16),
+`stages` (a paper's staged recipe trained as one run), `tricks` (training tricks that rewrite a
+model), `precision` (float32 or mixed bfloat16),
 `distribute` (one or several workers), `baselines` (the float copy of a BNN), `run_lock` and
 `signals` (one writer per folder; Ctrl-C and SIGTERM that never split a write).
 
@@ -37,6 +38,9 @@ _EXPORTS: Dict[str, str] = {
         "bnn_keras.training.run_callbacks"),
     **dict.fromkeys(["RunProgress", "check_resumable", "run_progress"],
                     "bnn_keras.training.progress"),
+    **dict.fromkeys(["STAGES_FILE", "StagedPlan", "StagedResult", "plan_stages",
+                     "resume_staged", "train_staged"],
+                    "bnn_keras.training.stages"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,9 +18,11 @@ config.json layouts (`format_version`):
         the same weights, so it must refuse the file instead.
     4   adds `teacher` (the run folder or model file a run distils from), `teacher_sha256`
         (of its model file), `distill_loss`, `distill_weight` and `distill_temperature`, and
-        `float_copy` and `input_activation` (a run of the float copy of the model). Written
-        only by runs that use them (others write 3 or 2 as before): a bnn that reads up to
-        version 3 would resume such a run without its teacher, or as the binary model.
+        `float_copy` and `input_activation` (a run of the float copy of the model), and
+        `distill_attention_weight` and `distill_attention_layers` (Real-to-Binary's attention
+        matching). Written only by runs that use them (others write 3 or 2 as before): a bnn
+        that reads up to version 3 would resume such a run without its teacher, or as the
+        binary model.
 
 The file names of a run folder live here as well, so that a reader of run folders (`convert`)
 needs this module and not the training loop.
@@ -62,7 +64,8 @@ _WEIGHTS_FIELDS = ("weights", "weights_sha256", "model_variant")
 # TrainConfig and RunRecord fields that layout 4 adds; left out of config.json when unused
 # (None, or False for `float_copy`).
 _LAYOUT_4_FIELDS = ("teacher", "teacher_sha256", "distill_loss", "distill_weight",
-                    "distill_temperature", "float_copy", "input_activation")
+                    "distill_temperature", "distill_attention_weight",
+                    "distill_attention_layers", "float_copy", "input_activation")
 # The float copy's activation where the BNN had input quantizers, unless `input_activation`
 # says otherwise (the papers' full-precision counterparts use ReLU; see `float_equivalent`).
 DEFAULT_INPUT_ACTIVATION = "relu"
@@ -109,7 +112,9 @@ class TrainConfig:
     recipe: str = option(
         "default", choices=("default", "paper"),
         help="paper: the optimizer, schedule, epochs and batch size of the model's paper "
-             "(the options here override single values).")
+             "(the options here override single values); where the paper trains in stages "
+             "(reactnet-a, real-to-binary-net, strong-baseline-net), every stage in order, "
+             "as one run.")
     optimizer: Optional[str] = option(
         choices=recipes.OPTIMIZERS,
         help="adam; bop (larq's Bop for binary weights, Adam for the rest); or adam-sgd "
@@ -164,6 +169,15 @@ class TrainConfig:
     distill_temperature: Optional[float] = option(
         help="With --teacher: softmax temperature of the distillation term [default: 4 for "
              "kl, 1 for distribution].")
+    distill_attention_weight: Optional[float] = option(
+        help="With --teacher: weight of Real-to-Binary's attention matching (the student's "
+             "feature maps at --distill-attention-layers learn where the teacher's are "
+             "active; larq-zoo's form, added to the loss) [default: 30 with layers, else 0].")
+    distill_attention_layers: Optional[str] = option(
+        aliases=("--distill-attention-layer",), metavar="NAME[,NAME...]",
+        help="With --teacher: the layers, in both student and teacher with the same spatial "
+             "size, whose attention is matched, e.g. block_2_out,block_3_out for "
+             "real-to-binary-net (`bnn summary MODEL` lists the layers).")
     steps_per_epoch: Optional[int] = option(
         help="Limit each epoch to this many batches (quick experiments).")
     validation_freq: int = option(
@@ -189,6 +203,16 @@ class TrainConfig:
     tensorboard: bool = option(False, show_default=False,
                                help="Write TensorBoard logs to RUN_DIR/tensorboard.")
 
+    def __post_init__(self):
+        # The CLI gives `distill_attention_layers` as one comma-separated string, and config.json
+        # records it so (without spaces, so that --resume compares names); a Python caller's
+        # list of names becomes that string.
+        layers = self.distill_attention_layers
+        if isinstance(layers, str):
+            layers = layers.split(",")
+        if layers is not None:
+            self.distill_attention_layers = ",".join(str(name).strip() for name in layers)
+
     def validate(self) -> None:
         """Raises `BnnError` naming the first option that is out of range.
 
@@ -210,6 +234,8 @@ class TrainConfig:
             ("label_smoothing", self.label_smoothing, 0, False),
             ("weight_decay", self.weight_decay, 0, False),
             ("flip_every_n_steps", self.flip_every_n_steps, 1, False),
+            # 0 would be no attention matching: leave the option out for that.
+            ("distill_attention_weight", self.distill_attention_weight, 0, True),
         ]
         for name, value, lowest, exclusive in checks:
             if value is None:
@@ -220,12 +246,13 @@ class TrainConfig:
         if self.label_smoothing is not None and self.label_smoothing >= 1:
             raise BnnError(f"Expected `label_smoothing` < 1, got {self.label_smoothing!r}.")
         if self.teacher is None:
-            for name in ("distill_loss", "distill_weight", "distill_temperature"):
+            for name in ("distill_loss", "distill_weight", "distill_temperature",
+                         "distill_attention_weight", "distill_attention_layers"):
                 if getattr(self, name) is not None:
                     raise BnnError(f"`{name}` applies to distillation; give a `teacher` too, "
                                    f"or drop `{name}`.")
         else:
-            self.distill_settings()  # a loss, weight or temperature out of range
+            self.distill_settings()  # a loss, weight, temperature or attention out of range
         if self.float_copy and self.weights is not None:
             raise BnnError("`weights` loads into the binary model, and `float_copy` trains a "
                            "freshly initialised float copy of it; drop one of them.")
@@ -237,8 +264,9 @@ class TrainConfig:
         resolve_precision(self.precision)
 
     def distill_settings(self):
-        """The `DistillSettings` of `distill_loss`, `distill_weight` and `distill_temperature`
-        (their defaults where None); None without a `teacher`.
+        """The `DistillSettings` of `distill_loss`, `distill_weight`, `distill_temperature`,
+        `distill_attention_weight` and `distill_attention_layers` (a comma-separated list) (their
+        defaults where None); None without a `teacher`.
 
         Raises:
             BnnError: a value out of range (naming the field).
@@ -247,8 +275,12 @@ class TrainConfig:
             return None
         from bnn_keras.distillation import DistillSettings
 
-        return DistillSettings.for_loss(self.distill_loss or "kl", weight=self.distill_weight,
-                                        temperature=self.distill_temperature)
+        layers = self.distill_attention_layers
+        layers = () if layers is None else [name.strip() for name in layers.split(",")]
+        return DistillSettings.for_loss(
+            self.distill_loss or "kl", weight=self.distill_weight,
+            temperature=self.distill_temperature, attention_weight=self.distill_attention_weight,
+            attention_layers=layers)
 
     def float_input_activation(self) -> Optional[str]:
         """The float copy's input activation: a Keras activation name, or None for none.
@@ -300,6 +332,10 @@ def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
         resolved = dataclasses.replace(resolved, distill_loss=distill.loss,
                                        distill_weight=distill.weight,
                                        distill_temperature=distill.temperature)
+        if distill.attention_layers:
+            resolved = dataclasses.replace(
+                resolved, distill_attention_weight=distill.attention_weight,
+                distill_attention_layers=",".join(distill.attention_layers))
     if config.float_copy and config.input_activation is None:
         resolved = dataclasses.replace(resolved, input_activation=DEFAULT_INPUT_ACTIVATION)
     return resolved, recipe

@@ -120,6 +120,7 @@ def train(
     verbose: int = 1,
     callbacks: Optional[List[tf.keras.callbacks.Callback]] = None,
     resume: bool = False,
+    recipe: Optional[recipes.Recipe] = None,
 ) -> TrainResult:
     """Trains a model and writes the run folder.
 
@@ -155,6 +156,10 @@ def train(
         verbose: Keras `fit` verbosity (1 = progress bar).
         callbacks: Extra Keras callbacks.
         resume: Continue the run in `run_dir` (use `resume_training`).
+        recipe: The recipe to train with instead of the one `config.recipe` resolves to (a
+            stage of a staged recipe, `bnn_keras.training.stages`, whose step boundaries and
+            factors no option holds); its epochs and batch size become `config`'s. A resume
+            is given the same recipe again.
 
     Returns:
         A `TrainResult`.
@@ -167,7 +172,7 @@ def train(
         NonFiniteLossError: the loss became NaN/inf.
     """
     return _run(config, build_model, Path(run_dir), resume=resume, previous=None, splits=splits,
-                verbose=verbose, callbacks=callbacks)
+                verbose=verbose, callbacks=callbacks, fixed_recipe=recipe)
 
 
 def resume_training(
@@ -195,7 +200,8 @@ def resume_training(
     config = record.config
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
-    return _run(config, build_model, run_dir, resume=True, previous=record, **kwargs)
+    return _run(config, build_model, run_dir, resume=True, previous=record,
+                fixed_recipe=kwargs.pop("recipe", None), **kwargs)
 
 
 @dataclasses.dataclass
@@ -213,17 +219,20 @@ class _Data:
 def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, *,
          resume: bool, previous: Optional[RunRecord],
          splits: Optional[data_lib.DataSplits] = None, verbose: int = 1,
-         callbacks: Optional[List[tf.keras.callbacks.Callback]] = None) -> TrainResult:
+         callbacks: Optional[List[tf.keras.callbacks.Callback]] = None,
+         fixed_recipe: Optional[recipes.Recipe] = None) -> TrainResult:
     """`train` and `resume_training`: one step after the other, the run folder locked from
     `_prepare_folder` on (a new run takes it once its data and model are there)."""
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(config.strategy)
     config, recipe = resolve_recipe(config)
+    if fixed_recipe is not None:
+        recipe = fixed_recipe.replace(epochs=config.epochs, batch_size=config.batch_size)
     start = Start.of(config, build_model, resume)
     teacher = None if resume else Teacher.of(config)
     chief = distribute.is_chief(strategy)
     if chief and not resume and run_dir.is_dir():
-        _refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
+        run_lock.refuse_used_folder(run_dir)  # before the lock file is added to someone's folder
     if not resume:
         # Before the folder exists: a data set, model or weights file refused here leaves
         # nothing behind.
@@ -322,7 +331,7 @@ def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: boo
     if not resume:
         if chief:
             # Again, now that the folder is ours: another run may have started meanwhile.
-            _refuse_used_folder(run_dir, locked_by_us=True)
+            run_lock.refuse_used_folder(run_dir, locked_by_us=True)
         return None, 0
     if previous is None:
         previous = RunRecord.read(run_dir)
@@ -531,16 +540,6 @@ def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fi
     }
     _finish_run(model, metrics, out_dir, config.epochs)
     return metrics
-
-
-def _refuse_used_folder(run_dir: Path, *, locked_by_us: bool = False) -> None:
-    if not locked_by_us:
-        run_lock.check_not_busy(run_dir)
-    if not run_lock.is_run_folder_empty(run_dir):
-        raise BnnError(
-            f"Run folder {run_dir} already exists and is not empty; choose another `run_dir`, "
-            f"or continue its run with `bnn train --resume {run_dir}`."
-        )
 
 
 def _finish_run(model: tf.keras.Model, metrics: Dict[str, Any], run_dir: Path,

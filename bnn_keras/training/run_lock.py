@@ -157,3 +157,23 @@ def _same_file(fd: int, path: Path) -> bool:
 def is_run_folder_empty(run_dir: Union[str, os.PathLike]) -> bool:
     """True when `run_dir` holds nothing but (possibly) our lock file."""
     return all(p.name == LOCK_FILE for p in Path(run_dir).iterdir())
+
+
+def refuse_used_folder(run_dir: Union[str, os.PathLike], *, locked_by_us: bool = False) -> None:
+    """Refuses a run folder that another process holds or that is not empty (a new run's).
+
+    Args:
+        run_dir: The folder a new run would write (it exists).
+        locked_by_us: This process holds its lock already (only the lock file may be there).
+
+    Raises:
+        RunFolderBusyError: another process holds it.
+        BnnError: it holds files: the message points to `bnn train --resume`.
+    """
+    if not locked_by_us:
+        check_not_busy(run_dir)
+    if not is_run_folder_empty(run_dir):
+        raise BnnError(
+            f"Run folder {run_dir} already exists and is not empty; choose another `run_dir`, "
+            f"or continue its run with `bnn train --resume {run_dir}`."
+        )

@@ -7,7 +7,10 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras.distillation import (
+    AttentionMatching,
     DistillSettings,
+    attention_loss,
+    attention_map,
     classifier_logits,
     distillation_model,
     soft_target_loss,
@@ -155,3 +158,151 @@ def test_the_teacher_is_frozen_and_skipped_in_evaluation():
     # Evaluation: only the labels' loss (x its weight), no distillation term.
     hard = tf.keras.losses.SparseCategoricalCrossentropy()(y, student(x)).numpy()
     assert fitted.evaluate(x, y, verbose=0, batch_size=32) == pytest.approx(0.5 * hard, rel=1e-4)
+
+
+# Real-to-Binary's attention matching (larq-zoo's AttentionMatchingLossLayer).
+
+def _np_attention_map(a):
+    q = (a.astype("float64") ** 2).mean(axis=-1).reshape(len(a), -1)
+    return q / q.max(axis=-1, keepdims=True)
+
+
+def test_attention_map_and_loss_are_the_zoo_formula():
+    rng = np.random.default_rng(4)
+    teacher = [rng.normal(size=(3, 4, 4, 5)), rng.normal(size=(3, 2, 2, 6))]
+    student = [rng.normal(size=(3, 4, 4, 2)), rng.normal(size=(3, 2, 2, 6))]
+    as_tf = [[tf.constant(a, tf.float32) for a in maps] for maps in (teacher, student)]
+    q = attention_map(as_tf[0][0]).numpy()
+    assert q.shape == (3, 16)
+    np.testing.assert_allclose(q, _np_attention_map(teacher[0]), rtol=1e-5)
+    np.testing.assert_allclose(q.max(axis=-1), 1.0)
+    # Per example: the mean over layers of the mean squared difference of the maps.
+    expected = np.mean([((_np_attention_map(s) - _np_attention_map(t)) ** 2).mean(axis=-1)
+                        for t, s in zip(teacher, student)], axis=0)
+    got = attention_loss(*as_tf).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    layer = AttentionMatching(30.0, ["a", "b"])
+    assert float(layer(as_tf)) == pytest.approx(30.0 * expected.mean(), rel=1e-5)
+    # An all-zero map (a dead ReLU block) is all zeros, not NaN.
+    np.testing.assert_array_equal(attention_map(tf.zeros((2, 3, 3, 4))).numpy(), 0.0)
+
+
+def test_attention_loss_is_scale_invariant_and_pulls_the_student_to_the_teacher():
+    rng = np.random.default_rng(5)
+    t = tf.constant(rng.normal(size=(4, 6, 6, 8)), tf.float32)
+    # Proportional feature maps (any scale, any sign) have the same attention: no loss.
+    for scale in (0.01, 1.0, -7.0):
+        np.testing.assert_allclose(attention_loss([t], [scale * t]).numpy(), 0.0, atol=1e-10)
+    s = tf.Variable(rng.normal(size=(4, 6, 6, 8)), dtype=tf.float32)
+    before = attention_loss([t], [s]).numpy()
+    assert (before > 1e-3).all()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(attention_loss([t], [s]))
+    gradient = tape.gradient(loss, s)
+    s.assign_sub(1.0 * gradient)  # one SGD step lowers it, for every example
+    assert (attention_loss([t], [s]).numpy() < before).all()
+    # No gradient reaches the teacher's maps.
+    teacher = tf.Variable(t)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(attention_loss([teacher], [s]))
+    assert tape.gradient(loss, teacher) is None
+
+
+def test_attention_matching_config_round_trip():
+    layer = AttentionMatching(12.5, ("block_2_out", "block_3_out"), name="att")
+    config = layer.get_config()
+    assert (config["weight"], config["layers"], config["name"]) == (
+        12.5, ["block_2_out", "block_3_out"], "att")
+    again = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+    assert type(again) is AttentionMatching and again.get_config() == config
+    maps = [[tf.ones((2, 3, 3, 4))], [tf.random.normal((2, 3, 3, 4), seed=1)]]
+    assert float(again(maps)) == pytest.approx(float(layer(maps)))
+
+
+def test_attention_settings():
+    settings = DistillSettings.for_loss("kl", attention_layers=["block_2_out", "block_3_out"])
+    assert (settings.attention_weight, settings.attention_layers) == (
+        30.0, ("block_2_out", "block_3_out"))
+    assert DistillSettings.for_loss("distribution", attention_weight=3.0,
+                                    attention_layers=("x",)).attention_weight == 3.0
+    assert DistillSettings.for_loss("kl").attention_weight == 0.0
+    assert DistillSettings(attention_weight=1.0, attention_layers="a, b").attention_layers == \
+        ("a", "b")
+    for kwargs, message in [
+        (dict(attention_weight=-1.0, attention_layers=["x"]),
+         "Expected `distill_attention_weight` >= 0, got -1.0."),
+        (dict(attention_weight=30.0),
+         "Attention matching needs the layers whose feature maps it matches; give "
+         "`distill_attention_layers` too (e.g. block_2_out,block_3_out), or drop "
+         "`distill_attention_weight`."),
+        (dict(attention_layers=["a", ""]),
+         "Expected `distill_attention_layers` to be layer names separated by commas, got 'a,'."),
+    ]:
+        with pytest.raises(BnnError) as err:
+            DistillSettings.for_loss("kl", **kwargs)
+        assert str(err.value) == message
+
+
+def _cnn(seed, name, *, pool=False, filters=6):
+    """conv1 (8x8) -> conv2 (8x8, or 4x4 with `pool`) -> GAP -> dense -> softmax."""
+    tf.keras.utils.set_random_seed(seed)
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
+    if pool:
+        x = tf.keras.layers.MaxPool2D(name="pool")(x)
+    x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv2")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = tf.keras.layers.Dense(10, name="dense")(x)
+    return tf.keras.Model(inputs, tf.keras.layers.Activation("softmax")(x), name=name)
+
+
+def test_attention_term_is_added_while_training_only():
+    """The fitted model's losses are the soft targets plus the attention term at the named
+    layers (the teacher's maps from its own layers of those names); evaluation adds none."""
+    x = np.random.default_rng(6).normal(size=(8, 8, 8, 1)).astype("float32")
+    student, teacher = _cnn(0, "student", filters=3), _cnn(1, "teacher")
+    settings = DistillSettings.for_loss("kl", attention_weight=7.0,
+                                        attention_layers=["conv2", "conv1"])
+    fitted = distillation_model(student, teacher, settings)
+    fitted(x, training=True)
+    soft, attention = [float(v) for v in fitted.losses]
+
+    def outputs(model, names):
+        return tf.keras.Model(model.inputs, [model.get_layer(n).output for n in names])(x)
+
+    t_logits, *t_maps = outputs(teacher, ["dense", "conv2", "conv1"])
+    s_logits, *s_maps = outputs(student, ["dense", "conv2", "conv1"])
+    expected_soft = 0.5 * np.mean(soft_target_loss(t_logits, s_logits, 4.0).numpy())
+    expected = 7.0 * np.mean([((_np_attention_map(s.numpy()) - _np_attention_map(t.numpy()))
+                               ** 2).mean(axis=-1) for t, s in zip(t_maps, s_maps)])
+    assert soft == pytest.approx(expected_soft, rel=1e-4)
+    assert attention == pytest.approx(expected, rel=1e-4)
+    fitted(x, training=False)
+    assert fitted.losses == []
+    # The student's own layers, and nothing else, are trained.
+    assert [w.name for w in fitted.trainable_weights] == \
+        [w.name for w in student.trainable_weights]
+
+
+def test_attention_layers_that_do_not_fit_are_refused():
+    student = _cnn(0, "student")
+
+    def refused(teacher, *layers):
+        with pytest.raises(BnnError) as err:
+            distillation_model(student, teacher, DistillSettings.for_loss(
+                "kl", attention_layers=layers))
+        return str(err.value)
+
+    assert refused(_cnn(1, "teacher"), "conv1", "conv9") == (
+        "The student 'student' has no layer 'conv9' to match attention at; give "
+        "`distill_attention_layers` that both the student and the teacher have (`bnn summary` "
+        "lists a model's layers).")
+    assert refused(_cnn(1, "teacher", pool=True), "pool").startswith(
+        "The student 'student' has no layer 'pool'")
+    assert refused(_cnn(1, "teacher", pool=True), "conv1", "conv2") == (
+        "Layer 'conv2' outputs 8x8 feature maps in the student and 4x4 in the teacher; "
+        "attention matching needs the same spatial size at each of "
+        "`distill_attention_layers`.")
+    assert refused(_cnn(1, "teacher"), "gap") == (
+        "Layer 'gap' of the student outputs shape (6,), not feature maps (height, width, "
+        "channels); give `distill_attention_layers` of convolutional blocks.")

@@ -12,10 +12,9 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras.binary import quantized_kernel_layers
+from tests.conftest import TINY_TRAIN_OPTIONS as SMALL
 from tests.conftest import invoke
 
-SMALL = ("--dataset", "digits", "--image-size", "8", "--epochs", "1", "--steps-per-epoch", "2",
-         "--batch-size", "16", "--precision", "float32", "--verbose", "0")
 BINARYNET_LAYERS = [
     "input", "conv1", "conv1_bn", "conv2", "conv2_pool", "conv2_bn", "conv3", "conv3_bn",
     "conv4", "conv4_pool", "conv4_bn", "conv5", "conv5_bn", "conv6", "conv6_pool", "conv6_bn",
@@ -28,12 +27,8 @@ def _hashes(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def float_run(tmp_path_factory) -> Path:
-    """`bnn train binarynet --float` on 8x8 digits, 1 epoch of 2 steps."""
-    run_dir = tmp_path_factory.mktemp("float") / "teacher"
-    result = invoke(["train", "binarynet", "--float", *SMALL, "-o", run_dir])
-    assert result.exit_code == 0, result.output
-    return run_dir
+def float_run(float_binarynet_run) -> Path:
+    return float_binarynet_run
 
 
 def test_float_run(float_run):

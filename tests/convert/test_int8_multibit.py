@@ -15,7 +15,7 @@ from convert.int8.multibit import (
     unfold_multibit_convs,
 )
 from convert.runtime import LceRuntime
-from tests.convert.test_int8 import TENSOR_TYPES, _arrays
+from tests.convert.test_int8 import TENSOR_TYPES
 
 
 def dorefa_model() -> tf.keras.Model:
@@ -36,13 +36,6 @@ def dorefa_model() -> tf.keras.Model:
     outputs = tf.keras.layers.Activation("softmax", name="predictions")(x)
     return tf.keras.Model(inputs, outputs, name="tiny_dorefa")
 
-
-@pytest.fixture(scope="module")
-def digits():
-    from bnn_keras.training import data
-
-    splits = data.load_digits()
-    return (*_arrays(splits.train), *_arrays(splits.test))
 
 
 @pytest.fixture(scope="module")

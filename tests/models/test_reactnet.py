@@ -89,9 +89,16 @@ def test_bad_widths_are_refused(widths, message):
 
 
 def test_recipe_holds_the_official_256_epoch_setting():
-    values = dict(models.get_entry("reactnet-a").recipe.values)
-    assert values == dict(optimizer="adam", learning_rate=5e-4, schedule="linear", epochs=256,
-                          batch_size=256, weight_decay=1e-5)
+    entry = models.get_entry("reactnet-a")
+    step1, step2 = entry.staged.stages
+    official = dict(optimizer="adam", learning_rate=5e-4, schedule="linear", epochs=256,
+                    batch_size=256)
+    assert dict(step1.recipe.values) == {**official, "weight_decay": 1e-5}
+    assert dict(step2.recipe.values) == {**official, "weight_decay": 0.0}
+    assert dict(step1.model_options) == {"kernel_quantizer": None}
+    assert step2.start_from == "step1"
+    # The single-stage recipe is the final step's.
+    assert dict(entry.recipe.values) == dict(step2.recipe.values)
 
 
 def test_conversion_keeps_one_bconv_per_binary_conv_and_agrees_with_keras():

@@ -9,6 +9,7 @@ layer, so they do not clash).
 import csv
 import hashlib
 import json
+import re
 import shutil
 import signal
 import warnings
@@ -273,3 +274,94 @@ def test_a_teacher_h5_file(tmp_path):
     record = RunRecord.read(result.run_dir)
     assert record.config.teacher == str(path) and record.teacher_sha256 == _sha256(path)
     assert record.config.distill_loss == "kl" and record.config.distill_weight == 0.5
+
+
+# Real-to-Binary's attention matching from `bnn train`: a registry student and its float copy.
+
+from tests.conftest import TINY_TRAIN_OPTIONS as CLI_SMALL  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def float_binarynet(float_binarynet_run) -> Path:
+    return float_binarynet_run
+
+
+def test_attention_matching_run_records_its_layers(float_binarynet, tmp_path):
+    from tests.conftest import invoke
+
+    run_dir = tmp_path / "student"
+    result = invoke(["train", "binarynet", "--teacher", float_binarynet,
+                     "--distill-attention-weight", "30", "--distill-attention-layer",
+                     "conv2_bn, conv4_bn", *CLI_SMALL, "-o", run_dir])
+    assert result.exit_code == 0, result.output
+    written = json.loads((run_dir / "config.json").read_text())
+    assert written["format_version"] == 4
+    assert (written["distill_attention_weight"], written["distill_attention_layers"]) == (
+        30.0, "conv2_bn,conv4_bn")
+    settings = RunRecord.read(run_dir).config.distill_settings()
+    assert (settings.loss, settings.attention_weight, settings.attention_layers) == (
+        "kl", 30.0, ("conv2_bn", "conv4_bn"))
+    # model.keras is the student alone.
+    saved = tf.keras.models.load_model(run_dir / "model.keras")
+    teacher = tf.keras.models.load_model(float_binarynet / "model.keras")
+    assert [layer.name for layer in saved.layers] == [layer.name for layer in teacher.layers]
+    assert saved.count_params() == teacher.count_params()
+    # --resume keeps the recorded layers: other ones are refused.
+    other = invoke(["train", "--resume", run_dir, "--distill-attention-layers", "conv2_bn",
+                    "--epochs", "2"])
+    assert other.exit_code == 2
+    assert "--distill-attention-layers conv2_bn (the run has conv2_bn,conv4_bn)" in other.stderr
+
+
+def test_attention_matching_options_are_refused_before_the_folder_exists(
+        float_binarynet, teacher_run, tmp_path):
+    from tests.conftest import invoke
+
+    run_dir = tmp_path / "runs" / "student"
+
+    def refused(*args):
+        result = invoke(["train", "binarynet", *args, *CLI_SMALL, "-o", run_dir])
+        assert result.exit_code == 2, result.output
+        assert not run_dir.parent.exists()
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+    assert refused("--distill-attention-layer", "conv2_bn") == (
+        "Error: --distill-attention-layers applies to distillation; give a --teacher too, or "
+        "drop --distill-attention-layers.")
+    assert refused("--teacher", float_binarynet, "--distill-attention-weight", "0") == (
+        "Error: Expected --distill-attention-weight > 0, got 0.0.")
+    assert refused("--teacher", float_binarynet, "--distill-attention-weight", "5") == (
+        "Error: Attention matching needs the layers whose feature maps it matches; give "
+        "--distill-attention-layers too (e.g. block_2_out,block_3_out), or drop "
+        "--distill-attention-weight.")
+    assert refused("--teacher", float_binarynet, "--distill-attention-layer", "conv2_bnn") == (
+        "Error: The student 'binarynet' has no layer 'conv2_bnn' to match attention at; give "
+        "--distill-attention-layers that both the student and the teacher have (`bnn summary` "
+        "lists a model's layers).")
+    # A teacher (tiny_bnn's float copy) without the student's layer.
+    line = refused("--teacher", teacher_run, "--distill-attention-layer", "conv2_bn")
+    assert re.fullmatch(r"Error: The teacher '\w+' has no layer 'conv2_bn' to match attention "
+                        r"at; give --distill-attention-layers that both .*", line), line
+    assert refused("--teacher", float_binarynet, "--distill-attention-layer",
+                   "conv2_bn,logits") == (
+        "Error: Layer 'logits' of the student outputs shape (10,), not feature maps (height, "
+        "width, channels); give --distill-attention-layers of convolutional blocks.")
+
+
+def test_attention_options_resolve_to_what_config_json_records():
+    # A Python caller's list is the CLI's comma-separated string; the weight defaults to the
+    # zoo's 30 with layers, and is recorded resolved.
+    config = tiny_config(teacher="teacher.keras",
+                         distill_attention_layers=["block_2_out", "block_3_out"])
+    assert config.distill_attention_layers == "block_2_out,block_3_out"
+    assert tiny_config(distill_attention_layers=" a, b").distill_attention_layers == "a,b"
+    resolved, _ = training.resolve_recipe(config)
+    assert (resolved.distill_attention_weight, resolved.distill_attention_layers) == (
+        30.0, "block_2_out,block_3_out")
+    plain, _ = training.resolve_recipe(tiny_config(teacher="teacher.keras"))
+    assert (plain.distill_attention_weight, plain.distill_attention_layers) == (None, None)
+    assert plain.distill_settings().attention_weight == 0.0
+    with pytest.raises(BnnError, match=r"^`distill_attention_layers` applies to distillation"):
+        tiny_config(distill_attention_layers="block_2_out").validate()

@@ -376,9 +376,9 @@ _PUBLISHED = {
         step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001), epochs=100,
         batch_size=1200, source=f"XNOR-Net (arXiv 1603.05279); {_ZOO} TrainXNORNet"),
     ("reactnet-a", "adam"): dict(
-        learning_rate=0.0005, schedule="linear", weight_decay=1e-05, epochs=256, batch_size=256,
-        source="ReActNet (arXiv 2003.03488); github.com/liuzechun/ReActNet mobilenet/1_step1/"
-        "run.sh (256-epoch setting) and train.py"),
+        learning_rate=0.0005, schedule="linear", weight_decay=0.0, epochs=256, batch_size=256,
+        source="ReActNet (arXiv 2003.03488); github.com/liuzechun/ReActNet mobilenet/2_step2/"
+        "run.sh (256-epoch setting, weight decay 0) and train.py"),
     ("real-to-binary-net", "adam"): dict(
         learning_rate=0.0002, schedule="cosine", warmup_epochs=10, epochs=75, batch_size=256,
         source="Real-to-Binary Convolutions (arXiv 2003.11535); larq-zoo "
