@@ -1,17 +1,36 @@
-"""Fashion-MNIST benchmark: a registered BNN on the real data vs its float twin, same time budget.
+"""Fashion-MNIST benchmark: test accuracy per CPU-minute of BNNs, their float copies and
+distilled students, under the same wall-time budget.
 
 Reads the IDX files of Debian's `dataset-fashion-mnist` package (installed with apt-get when
-missing), trains the BNN with `bnn_keras.training.train` (so the run folder is a normal one that
-`bnn convert` / `bnn evaluate` accept), then trains `bnn_keras.training.baselines.float_equivalent` of
-the same network, from scratch, with the same options and stopped when it has used the BNN's
-wall time. Prints one markdown table.
+missing) and trains each row with `bnn_keras.training.train` (so every run folder is a normal
+one that `bnn convert` / `bnn evaluate` accept), stopped when the row has used its budget of
+wall time; its learning rate decays to 0 over that time (cosine). Each binary row is then
+converted with Larq Compute Engine, and its flatbuffer is checked: LceBconv2d ops against the
+model's binary convolutions, and top-1 agreement with Keras on the 10,000 test images.
 
-    python benchmarks/fashion_mnist.py                       # the issue-5 configuration
-    python benchmarks/fashion_mnist.py --epochs 1 --no-float  # a quick look
-    python benchmarks/fashion_mnist.py --bnn-run DIR/bnn --output DIR2  # float side only
+Budgets are minutes on the project's reference machine (2 cores, AVX2 only, float32), where
+today's default network (QuickNet at section filters 16-128, batch 256, float32) trains at
+`REFERENCE_IMAGES_PER_S` images/s. The script first measures that network's steady-state
+images/s here and scales every budget by reference / measured, so a 15-minute budget is the
+same amount of computation on any machine of this kind; the table shows both clocks.
+
+A curve of test accuracy against minutes is drawn for each run (`--png`): the weights are
+copied at eight points of the budget and evaluated on the test set after the run, off the clock.
+
+    python benchmarks/fashion_mnist.py --budget 15 --rows quicknet,quicknet-float,resnete
+    python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-kd --teacher TEACHER.keras --seeds 0,1
+    python benchmarks/fashion_mnist.py --budget 1 --rows quicknet --seeds 0   # a quick look
+
+References:
+    - QuickNet: Bannink et al., "Larq Compute Engine" (arXiv 2011.09398).
+    - ReActNet: Liu et al., ECCV 2020 (arXiv 2003.03488).
+    - Binary ResNetE18: Bethge et al., "Back to Simplicity" (arXiv 1906.08637).
+    - Knowledge distillation: Hinton et al., "Distilling the Knowledge in a Neural Network"
+      (arXiv 1503.02531).
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -19,26 +38,77 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import bnn_keras  # noqa: E402,F401  (sets up tf-keras before TensorFlow is used)
+from bnn_keras import files  # noqa: E402  (first: bnn_keras sets up tf-keras for TensorFlow)
 import models  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bnn_keras.training import data as data_lib# noqa: E402
-from bnn_keras.training.baselines import float_equivalent  # noqa: E402
-from bnn_keras.model_stats import model_summary  # noqa: E402
-from bnn_keras.training.precision import hardware_summary, resolve_precision  # noqa: E402
+from bnn_keras.model_stats import count_binary_convs, model_summary  # noqa: E402
 from bnn_keras.training import TrainConfig, train  # noqa: E402
+from bnn_keras.training import data as data_lib  # noqa: E402
+from bnn_keras.training.config import RunRecord  # noqa: E402
+from bnn_keras.training.precision import hardware_summary  # noqa: E402
 
-# Chosen by the experiments in benchmarks/README.md to fit 30 minutes on 2 cores in float32
-# (AVX2, no native bfloat16): QuickNet at a quarter of its ImageNet width (27 M MACs at 28x28,
-# ~300 images/s there) for 8 epochs of batch 256. Its ReLU on every binary path learns more per
-# epoch than BinaryResNetE18 of the same cost, which saturates near 90.5% at that width.
-DEFAULT_MODEL = "quicknet"
-DEFAULT_OPTIONS = {"section_filters": [16, 32, 64, 128]}
-DEFAULT_EPOCHS = 8
+# images/s of the default network (below) on the slower of the two AVX2-only 2-core machines
+# this project measured it on (float32, batch 256): the machine the budgets are set for.
+REFERENCE_IMAGES_PER_S = 184.0
+DEFAULT_NETWORK = ("quicknet", {"section_filters": [16, 32, 64, 128]})
+DEFAULT_BATCH = 256
+# Target of a row: (budget in reference minutes, test accuracy), for the "target" column.
+TARGETS = ((15.0, 0.92), (30.0, 0.93))
+SNAPSHOTS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One configuration of the table.
+
+    Attributes:
+        model: Registry name.
+        options: Model builder overrides.
+        float_copy: Train the float copy (`bnn train --float`) instead of the BNN.
+        distill: Distil from `--teacher` (Hinton's soft targets, `--distill-*`).
+        about: A few words for the table.
+    """
+
+    model: str
+    options: Dict[str, Any]
+    float_copy: bool = False
+    distill: bool = False
+    about: str = ""
+
+
+_QUICKNET = {"section_filters": [16, 32, 64, 128]}
+# Twice the width and half the depth: 1.8x the cost of 16-128 here, 4x the parameters per conv.
+_QUICKNET_WIDE = {"section_filters": [32, 64, 128, 256], "section_blocks": [2, 2, 2, 2]}
+# 24-192 at half the depth: about the cost of 16-128 here, 2.25x the parameters per conv.
+_QUICKNET_24 = {"section_filters": [24, 48, 96, 192], "section_blocks": [2, 2, 2, 2]}
+_RESNETE = {"stage_filters": [16, 32, 64, 128]}
+# ReActNet-A's 14 widths at a quarter (stem 8 ... 256): the cost of the two rows above here.
+_REACTNET = {"widths": [8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256]}
+ROWS = {
+    "quicknet": Row("quicknet", _QUICKNET, about="QuickNet 16-128 (today's default)"),
+    "quicknet-float": Row("quicknet", _QUICKNET, float_copy=True, about="its float copy"),
+    "quicknet-kd": Row("quicknet", _QUICKNET, distill=True, about="QuickNet 16-128, distilled"),
+    "quicknet-wide": Row("quicknet", _QUICKNET_WIDE,
+                         about="QuickNet 32-256, 2 blocks per section"),
+    "quicknet-wide-kd": Row("quicknet", _QUICKNET_WIDE, distill=True,
+                            about="QuickNet 32-256, 2 blocks per section, distilled"),
+    "quicknet-24": Row("quicknet", _QUICKNET_24, about="QuickNet 24-192, 2 blocks per section"),
+    "quicknet-24-float": Row("quicknet", _QUICKNET_24, float_copy=True,
+                             about="QuickNet 24-192, 2 blocks per section, float copy"),
+    "quicknet-24-kd": Row("quicknet", _QUICKNET_24, distill=True,
+                          about="QuickNet 24-192, 2 blocks per section, distilled"),
+    "resnete": Row("binary-resnet-e18", _RESNETE, about="Binary ResNetE18 16-128"),
+    "resnete-kd": Row("binary-resnet-e18", _RESNETE, distill=True,
+                      about="Binary ResNetE18 16-128, distilled"),
+    "reactnet": Row("reactnet-a", _REACTNET, about="ReActNet-A at a quarter width"),
+    "reactnet-kd": Row("reactnet-a", _REACTNET, distill=True,
+                       about="ReActNet-A at a quarter width, distilled"),
+}
 
 
 def ensure_fashion_mnist(folder: str) -> None:
@@ -59,11 +129,38 @@ def ensure_fashion_mnist(folder: str) -> None:
                  "pass --data-dir.")
 
 
-class TimeCosineDecay(tf.keras.callbacks.Callback):
-    """Cosine decay of the learning rate to 0 over `seconds` of wall time (the float baseline).
+def steady_images_per_second(model_name: str, options: Dict[str, Any], batch_size: int, *,
+                             warmup: int = 5, steps: int = 50) -> float:
+    """Images/s of `fit` steps after warm-up (tracing excluded), float32, on cached random data.
 
-    The BNN uses TrainConfig's per-step cosine schedule; the float copy runs until the BNN's
-    wall time is used up, so its rate decays over that time instead of over a step count.
+    Only the convolutions' cost matters here, so random 28x28x1 images measure it as well as
+    the real ones.
+    """
+    tf.keras.backend.clear_session()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    x = rng.random((batch_size * 4, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, batch_size * 4)
+    model = models.create_model(model_name, input_shape=(28, 28, 1), num_classes=10, **options)
+    model.compile(tf.keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
+    marks: List[float] = []
+
+    class Clock(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch in (warmup - 1, warmup + steps - 1):
+                marks.append(time.perf_counter())
+
+    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[Clock()])
+    tf.keras.backend.clear_session()
+    return steps * batch_size / (marks[1] - marks[0])
+
+
+class TimeCosineDecay(tf.keras.callbacks.Callback):
+    """Cosine decay of the learning rate to 0 over `seconds` of wall time.
+
+    A run stopped by a time budget does not know its step count in advance, so its rate
+    decays over the time instead.
     """
 
     def __init__(self, base_rate: float, seconds: float):
@@ -81,12 +178,15 @@ class TimeCosineDecay(tf.keras.callbacks.Callback):
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
-    """Stops `fit` once `seconds` of training have passed, and counts the images trained on."""
+    """Stops `fit` once `seconds` of training have passed; counts the images trained on and
+    copies the weights at `snapshots` evenly spaced times (for the accuracy-vs-time curve)."""
 
-    def __init__(self, seconds: Optional[float], batch_size: int):
+    def __init__(self, seconds: float, batch_size: int, snapshots: int = SNAPSHOTS):
         super().__init__()
         self.seconds, self.batch_size = seconds, batch_size
-        self.started = 0.0
+        self.marks = [seconds * (i + 1) / snapshots for i in range(snapshots - 1)]
+        self.snapshots: List[tuple] = []  # (seconds, images, weights)
+        self.started = self.elapsed = 0.0
         self.images = 0
 
     def on_train_begin(self, logs=None):
@@ -94,122 +194,253 @@ class TimeBudget(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.images += self.batch_size
-        if self.seconds is not None and time.perf_counter() - self.started >= self.seconds:
+        self.elapsed = time.perf_counter() - self.started
+        if self.marks and self.elapsed >= self.marks[0]:
+            self.marks.pop(0)
+            # Copying ~1 M floats takes milliseconds; the evaluation happens after the run.
+            self.snapshots.append((self.elapsed, self.images, self.model.get_weights()))
+        if self.elapsed >= self.seconds:
             self.model.stop_training = True
 
 
-def run(args: argparse.Namespace, *, binary: bool, budget: Optional[float]) -> Dict:
-    options = json.loads(args.options)
-    # Under a time budget, epochs is only an upper bound: the budget stops the run.
-    epochs = args.epochs if budget is None else args.epochs * 20
-    config = TrainConfig(
-        model=args.model, model_options=options, dataset="fashion_mnist",
-        data_dir=args.data_dir, image_size=28, epochs=epochs, batch_size=args.batch_size,
-        learning_rate=args.lr, schedule="cosine" if budget is None else "constant",
-        steps_per_epoch=args.steps_per_epoch, seed=args.seed, precision=args.precision,
-        augment=False,
-        # Validation in fit is monitoring only (the test accuracy is measured once at the end)
-        # and a pass over the 10k test images costs ~10% of an epoch: by default only after
-        # the last epoch, which a time-budgeted run never reaches.
-        validation_freq=args.validation_freq or epochs,
-    )
-    splits = data_lib.load_dataset("fashion_mnist", args.data_dir)
+def test_arrays(splits: data_lib.DataSplits, run_dir: Path):
+    """The test split normalized as the run normalized it: (x, y) arrays."""
+    normalization = RunRecord.read(run_dir).normalization
+    images, labels = zip(*[(x, y) for x, y in splits.test.as_numpy_iterator()])
+    return normalization.apply(np.stack(images)).astype(np.float32), np.asarray(labels)
 
-    def build(input_shape, num_classes):
-        model = models.create_model(
-            args.model, input_shape=input_shape, num_classes=num_classes, **options
-        )
-        if binary:
-            return model
-        return float_equivalent(model, copy_weights=False, input_activation=args.input_activation)
 
-    timer = TimeBudget(budget, args.batch_size)
-    run_dir = Path(args.output) / ("bnn" if binary else "float")
-    extra = [timer] if budget is None else [TimeCosineDecay(args.lr, budget), timer]
-    result = train(config, build, run_dir, splits=splits, verbose=2, callbacks=extra)
-    stats = model_summary(result.model)
-    wall = result.metrics["wall_time_s"]
+def accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(-1) == y))
+
+
+def check_flatbuffer(model: tf.keras.Model, x: np.ndarray, run_dir: Path) -> Dict[str, Any]:
+    """Converts a BNN with LCE and checks its flatbuffer against the Keras model."""
+    from convert.converter import convert_to_flatbuffer
+    from convert.flatbuffer import op_histogram
+    from convert.isolated import isolated_predict
+
+    flatbuffer = convert_to_flatbuffer(model, target="arm64")
+    files.write_bytes(run_dir / "model.tflite", flatbuffer.data)
+    keras_top1 = model.predict(x, batch_size=500, verbose=0).argmax(-1)
+    lce_top1 = isolated_predict(flatbuffer, x, timeout=1800).reshape(len(x), -1).argmax(-1)
     return {
-        "network": f"{args.model} ({'binary' if binary else 'float copy'})",
-        "test_accuracy": result.metrics["test_accuracy"],
-        "wall_time_s": wall,
-        # Counted by the callback: the float run may stop mid-epoch on the time budget.
-        "images_per_s": timer.images / wall,
+        "lce_bconv2d": op_histogram(flatbuffer.data).get("LceBconv2d", 0),
+        "binary_convs": count_binary_convs(model),
+        "agreement": float(np.mean(keras_top1 == lce_top1)),
+        "tflite_bytes": len(flatbuffer.data),
+    }
+
+
+def teacher_of(row: Row, seed: int, args: argparse.Namespace,
+               earlier: Sequence[Dict[str, Any]]):
+    """The teacher of a distilled row and the wall time its training counts: (path, seconds).
+
+    `--teacher ROW` is that row's run of the same seed in this invocation (trained before, its
+    time added to the student's); a path is a shipped teacher, whose time is not counted.
+    """
+    if not row.distill:
+        return None, 0.0
+    if args.teacher in ROWS:
+        for result in earlier:
+            if result["row"] == args.teacher and result["seed"] == seed:
+                return result["run_dir"], result["wall_time_s"]
+        sys.exit(f"--teacher {args.teacher}: list that row before the distilled ones in --rows.")
+    return args.teacher, 0.0
+
+
+def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Namespace,
+            splits: data_lib.DataSplits, earlier: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Trains one row for `budget_s` seconds of wall time and measures it."""
+    run_dir = Path(args.output) / f"{name}-seed{seed}"
+    teacher, teacher_time_s = teacher_of(row, seed, args, earlier)
+    config = TrainConfig(
+        model=row.model, model_options=dict(row.options), dataset="fashion_mnist",
+        data_dir=args.data_dir, image_size=28,
+        # An upper bound: the budget stops the run, and validation (monitoring only; the test
+        # accuracy is measured at the end) never runs inside it.
+        epochs=1000, validation_freq=1000, batch_size=args.batch_size,
+        learning_rate=args.lr, schedule="constant", seed=seed, precision=args.precision,
+        augment=False, float_copy=row.float_copy,
+        teacher=teacher,
+        distill_loss=args.distill_loss if row.distill else None,
+        distill_weight=args.distill_weight if row.distill else None,
+        distill_temperature=args.distill_temperature if row.distill else None,
+    )
+    timer = TimeBudget(budget_s, args.batch_size)
+    result = train(config, None, run_dir, splits=splits, verbose=2,
+                   callbacks=[TimeCosineDecay(args.lr, budget_s), timer])
+    x, y = test_arrays(splits, run_dir)
+    fitted = timer.model
+    final_weights = fitted.get_weights()
+    curve = []
+    for seconds, images, weights in timer.snapshots:
+        fitted.set_weights(weights)
+        curve.append((seconds, images, accuracy(fitted, x, y)))
+    fitted.set_weights(final_weights)
+    curve.append((timer.elapsed, timer.images, accuracy(result.model, x, y)))
+    stats = model_summary(result.model)
+    row_result = {
+        "row": name, "about": row.about, "seed": seed, "model": row.model,
+        "options": row.options, "float_copy": row.float_copy, "distill": row.distill,
+        "test_accuracy": curve[-1][2],
+        "wall_time_s": timer.elapsed,
+        "teacher": teacher,
+        "teacher_time_s": teacher_time_s,
+        "images_per_s": timer.images / timer.elapsed,
         "epochs": timer.images / splits.num_train,
         "binary_mac_fraction": stats.binary_mac_fraction,
         "params": stats.total_params,
+        "curve": curve,
         "run_dir": str(run_dir),
     }
+    if not row.float_copy:
+        row_result.update(check_flatbuffer(result.model, x, run_dir))
+    return row_result
 
 
-def finished_run(run_dir: str) -> Dict:
-    """The table row of a finished BNN run folder (to add a float baseline to it later)."""
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    config = json.loads((Path(run_dir) / "config.json").read_text())
-    model = tf.keras.models.load_model(Path(run_dir) / "model.keras")
-    stats = model_summary(model)
-    return {
-        "network": f"{config['model']} (binary)",
-        "test_accuracy": metrics["test_accuracy"],
-        "wall_time_s": metrics["wall_time_s"],
-        # Same basis as `run`: images trained on / fit wall time (validation included).
-        "images_per_s": config["num_train"] * metrics["epochs"] / metrics["wall_time_s"],
-        "epochs": metrics["epochs"],
-        "binary_mac_fraction": stats.binary_mac_fraction,
-        "params": stats.total_params,
-        "run_dir": str(run_dir),
-    }
+def reference_minutes(seconds: float, scale: float) -> float:
+    """Seconds here as minutes on the reference machine."""
+    return seconds / scale / 60
+
+
+def print_table(results: Sequence[Dict[str, Any]]) -> None:
+    print("| row | seed | test acc. | wall here | = reference min (with teacher) | images/s | epochs | "
+          "binary-MAC fraction | LceBconv2d | Keras/LCE agreement | .tflite bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        lce = (f"{r['lce_bconv2d']} / {r['binary_convs']}" if "lce_bconv2d" in r else "-")
+        agree = f"{r['agreement']:.2%}" if "agreement" in r else "-"
+        size = f"{r['tflite_bytes']:,}" if "tflite_bytes" in r else "-"
+        print(f"| {r['row']} ({r['about']}) | {r['seed']} | {r['test_accuracy']:.2%} | "
+              f"{r['wall_time_s'] / 60:.1f} min | {reference_minutes(r['wall_time_s'], r['scale']):.1f}"
+              + (f" ({reference_minutes(r['wall_time_s'] + r['teacher_time_s'], r['scale']):.1f})"
+                 if r["teacher_time_s"] else "") + " | "
+              f"{r['images_per_s']:.0f} | {r['epochs']:.2f} | {r['binary_mac_fraction']:.3f} | "
+              f"{lce} | {agree} | {size} |")
+
+
+def plot(results: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy against reference minutes, one line per run (each with its `scale`)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, r in enumerate(results):
+        # A distilled row starts when its teacher (trained in this invocation) has finished.
+        minutes = [reference_minutes(r["teacher_time_s"] + s, r["scale"]) for s, _, _ in r["curve"]]
+        style = ":" if r["distill"] else "--" if r["float_copy"] else "-"
+        ax.plot(minutes, [100 * a for _, _, a in r["curve"]], style, marker="o", markersize=3,
+                color=colors[i % len(colors)],
+                label=f"{r['row']} seed {r['seed']} ({r['budget']:g} min)")
+    for budget, target in TARGETS:
+        ax.axhline(100 * target, color="grey", linestyle=":", linewidth=0.8)
+        ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("wall minutes on the reference machine (2 cores, AVX2, float32)")
+    ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+    # From a little below the lowest final accuracy: early points and dips of unstable runs
+    # may leave the plot, the end of every run stays in it.
+    lowest = min(100 * r["curve"][-1][2] for r in results)
+    ax.set_ylim(max(0.0, min(85.0, math.floor(lowest) - 2)), 94)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def combine(paths: Sequence[str], output: Path) -> None:
+    """One table and one PNG of the runs of several invocations (their results.json)."""
+    results = []
+    for path in paths:
+        results += json.loads(Path(path).read_text())["results"]
+    print_table(results)
+    output.mkdir(parents=True, exist_ok=True)
+    plot(results, output / "accuracy.png",
+         "Fashion-MNIST, test accuracy against wall time on the reference machine")
+    print(f"\n{output / 'accuracy.png'}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name")
-    parser.add_argument("--options", default=None,
-                        help=f"model overrides as JSON [default: {json.dumps(DEFAULT_OPTIONS)} "
-                             f"for {DEFAULT_MODEL}, else none]")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam peak rate (cosine decay)")
-    parser.add_argument("--steps-per-epoch", type=int, default=None)
-    parser.add_argument("--validation-freq", type=int, default=None,
-                        help="validate on the test set every N epochs [default: after the last]")
-    parser.add_argument("--precision", default="auto",
-                        help="auto (mixed_bfloat16 where bf16 is native, else float32), "
-                             "mixed_bfloat16 or float32")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", default="quicknet-float,quicknet",
+                        help=f"comma list of {', '.join(ROWS)}; ROW@S1+S2 runs that row with "
+                             "these seeds only")
+    parser.add_argument("--seeds", default="0", help="comma list of seeds, one run of each row "
+                        "per seed")
+    parser.add_argument("--budget", type=float, default=15.0,
+                        help="minutes of wall time on the reference machine per run")
+    parser.add_argument("--default-images-per-s", type=float, default=None,
+                        help="skip measuring the default network here: use this images/s")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam peak rate (cosine over "
+                        "the budget)")
+    parser.add_argument("--precision", default="float32",
+                        help="float32 (the reference machine's), mixed_bfloat16 or auto")
+    parser.add_argument("--teacher", default=None,
+                        help="what the -kd rows distil from: a row of this invocation (e.g. "
+                             "quicknet-float: its run of the same seed, its time counted), or "
+                             "a run folder or Keras model file (a shipped teacher, not counted)")
+    parser.add_argument("--distill-loss", default="kl", choices=("kl", "distribution"))
+    parser.add_argument("--distill-weight", type=float, default=None)
+    parser.add_argument("--distill-temperature", type=float, default=None)
     parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR)
     parser.add_argument("--output", default=f"/tmp/bnn-fashion-mnist-{int(time.time())}",
-                        help="folder for the two run folders (bnn/, float/)")
-    parser.add_argument("--no-float", action="store_true", help="skip the float baseline")
-    parser.add_argument("--input-activation", default="relu",
-                        help="activation of the float copy where the BNN had input quantizers "
-                             "(see float_equivalent); 'none' for none")
-    parser.add_argument("--bnn-run", default=None,
-                        help="reuse this finished BNN run folder instead of training the BNN")
+                        help="new folder for the run folders, results.json and accuracy.png")
+    parser.add_argument("--combine", nargs="+", metavar="RESULTS_JSON", default=None,
+                        help="train nothing: print one table and draw one PNG (in --output) "
+                             "of the runs in these results.json files")
     args = parser.parse_args(argv)
-    if args.options is None:
-        args.options = json.dumps(DEFAULT_OPTIONS if args.model == DEFAULT_MODEL else {})
-    if args.input_activation.lower() == "none":
-        args.input_activation = None
+    if args.combine:
+        combine(args.combine, Path(args.output))
+        return
 
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = []  # (row name, seed), in order
+    for spec in (n.strip() for n in args.rows.split(",") if n.strip()):
+        name, _, only = spec.partition("@")
+        if name not in ROWS:
+            sys.exit(f"Unknown row {name!r}; choose from {', '.join(ROWS)}.")
+        runs += [(name, seed) for seed in ([int(s) for s in only.split("+")] if only else seeds)]
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()):
+        sys.exit(f"{output} is not empty; give a new --output folder.")
+    output.mkdir(parents=True, exist_ok=True)
     ensure_fashion_mnist(args.data_dir)
-    rows = [finished_run(args.bnn_run) if args.bnn_run else run(args, binary=True, budget=None)]
-    print(json.dumps(rows[-1]), flush=True)
-    if not args.no_float:
-        rows.append(run(args, binary=False, budget=rows[0]["wall_time_s"]))
-        print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\nFashion-MNIST (real, 60k/10k), 28x28, batch {args.batch_size}, "
-          f"{resolve_precision(args.precision)} on {hardware_summary()}, "
-          f"Adam {args.lr} cosine, options {args.options}; float copy: input activation "
-          f"{args.input_activation}, trained from scratch for the BNN's wall time\n")
-    print("| network | test acc. | wall time | images/s | epochs | binary-MAC fraction | params |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['network']} | {r['test_accuracy']:.4f} | {r['wall_time_s'] / 60:.1f} min | "
-              f"{r['images_per_s']:.0f} | {r['epochs']:.2f} | {r['binary_mac_fraction']:.3f} | "
-              f"{r['params']:,} |")
-    print(f"\nRun folders: {', '.join(r['run_dir'] for r in rows)}")
+    default_ips = args.default_images_per_s or steady_images_per_second(
+        DEFAULT_NETWORK[0], DEFAULT_NETWORK[1], DEFAULT_BATCH)
+    scale = REFERENCE_IMAGES_PER_S / default_ips
+    budget_s = args.budget * 60 * scale
+    load = os.getloadavg()[0]
+    print(f"Default network here: {default_ips:.0f} images/s (reference machine: "
+          f"{REFERENCE_IMAGES_PER_S:.0f}); budget {args.budget:g} reference minutes = "
+          f"{budget_s / 60:.2f} min here. Load average {load:.2f}.", flush=True)
+
+    splits = data_lib.load_dataset("fashion_mnist", args.data_dir)
+    results = []
+    for name, seed in runs:
+        results.append(run_row(name, ROWS[name], seed, budget_s, args, splits, results))
+        results[-1].update(scale=scale, budget=args.budget)
+        shown = {k: v for k, v in results[-1].items() if k != "curve"}
+        print(json.dumps(shown), flush=True)
+        files.write_json(output / "results.json", {
+            "default_images_per_s": default_ips, "scale": scale, "budget": args.budget,
+            "results": results})
+
+    title = (f"Fashion-MNIST, {args.budget:g} reference minutes per run, batch {args.batch_size}, "
+             f"Adam {args.lr:g} cosine over the budget, {args.precision}")
+    print(f"\n{title}; measured on {hardware_summary()}, default network {default_ips:.0f} "
+          f"images/s here (x{1 / scale:.2f} the reference machine's {REFERENCE_IMAGES_PER_S:.0f}); "
+          f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}"
+          + (f"; teacher {args.teacher} ({args.distill_loss})" if args.teacher else "") + "\n")
+    print_table(results)
+    plot(results, output / "accuracy.png", title)
+    print(f"\nRun folders, results.json and accuracy.png in {output}")
 
 
 if __name__ == "__main__":
