@@ -50,6 +50,7 @@ def quicknet(
     input_quantizer: Any = None,
     kernel_quantizer: Any = None,
     kernel_constraint: Any = None,
+    stem_strides: int = 1,
     variant: str = "bnn",
     name: str = "quicknet",
 ) -> tf.keras.Model:
@@ -67,6 +68,9 @@ def quicknet(
         input_quantizer: Activation quantizer (default `SteSign(clip_value=1.25)`).
         kernel_quantizer: Weight quantizer (default `SteSign(clip_value=1.25)`).
         kernel_constraint: Latent weight constraint (default `WeightClip(1.25)`).
+        stem_strides: Strides of the small-input 3x3 stem, 1 or 2. 2 halves every feature map
+            (28x28 inputs: sections at 14, 7, 3 instead of 28, 14, 7, 3), so a first section twice
+            as wide costs what the default's costs; the ImageNet stem always reduces by 4.
         variant: "bnn" or "larq-zoo"; they differ only under 50 px, where "larq-zoo" keeps
             QuickNet's stem as larq-zoo does.
         name: Keras model name.
@@ -75,8 +79,8 @@ def quicknet(
         An uncompiled `tf.keras.Model`.
 
     Raises:
-        BnnError: section lists of different lengths, or an ImageNet stem whose width is not
-            divisible by 4.
+        BnnError: section lists of different lengths, an ImageNet stem whose width is not
+            divisible by 4, or `stem_strides` other than 1 or 2.
     """
     quantization = dict(
         input_quantizer=input_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE),
@@ -89,10 +93,13 @@ def quicknet(
             f"{tuple(section_filters)} must have one entry per section."
         )
 
+    if stem_strides not in (1, 2):
+        raise BnnError(f"Expected stem_strides 1 or 2, got {stem_strides!r}.")
     binary_pad_value(variant)  # rejects an unknown variant; both pad with +1, as larq-zoo
     inputs = image_input(input_shape)
     x = _stem(inputs, section_filters[0],
-              small=uses_small_stem(input_shape, variant, zoo_has_small_stem=False))
+              small=uses_small_stem(input_shape, variant, zoo_has_small_stem=False),
+              small_strides=stem_strides)
     for s, (blocks, filters) in enumerate(zip(section_blocks, section_filters), start=1):
         if x.shape[-1] != filters:
             x = _transition(x, filters, prefix=f"section{s}_transition")
@@ -111,11 +118,11 @@ def quicknet(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
-def _stem(x: tf.Tensor, filters: int, *, small: bool) -> tf.Tensor:
+def _stem(x: tf.Tensor, filters: int, *, small: bool, small_strides: int) -> tf.Tensor:
     if small:
         x = tf.keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer="he_normal", use_bias=False,
-            name="stem_conv",
+            filters, 3, strides=small_strides, padding="same", kernel_initializer="he_normal",
+            use_bias=False, name="stem_conv",
         )(x)
         return batch_norm("stem_bn")(x)
     if filters % 4:

@@ -196,6 +196,21 @@ def test_quicknet_blocks_keep_their_shape_and_transitions_blur_pool_in_float():
         models.create_model("quicknet", input_shape=(28, 28, 1), section_blocks=[1, 1])
 
 
+def test_quicknet_stride_two_stem_halves_every_section():
+    filters = [32, 64, 128]
+    model = models.create_model("quicknet", input_shape=(28, 28, 1), num_classes=10,
+                                section_filters=filters, section_blocks=[2, 2, 2],
+                                stem_strides=2)
+    assert model.get_layer("stem_conv").strides == (2, 2)
+    # 28 -> 14 in the stem, then 14 -> pool 13 -> 7 -> 6 -> 3 in the transitions.
+    sides = [model.get_layer(f"section{s}_block1_conv").output_shape[1] for s in (1, 2, 3)]
+    assert sides == [14, 7, 3]
+    expected = sum(2 * 9 * f * f * side * side for f, side in zip(filters, sides))
+    assert model_stats.model_summary(model).binary_macs == expected
+    with pytest.raises(BnnError, match="Expected stem_strides 1 or 2, got 4"):
+        models.create_model("quicknet", input_shape=(28, 28, 1), stem_strides=4)
+
+
 def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks():
     model = models.create_model(
         "binary-densenet37-dilated", input_shape=(32, 32, 3), include_top=False

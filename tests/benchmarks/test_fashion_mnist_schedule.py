@@ -1,0 +1,81 @@
+"""The Fashion-MNIST benchmark's wall-time learning-rate decay really sets the rate of the
+optimizer's updates (Keras recomputes a scheduled rate at every step, so assigning the rate
+from a callback does nothing), for Adam and for the Adam + SGD split."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import larq as lq
+import pytest
+import tensorflow as tf
+
+import models
+from bnn_keras.training import recipes
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def rates(optimizer):
+    """The rate of each optimizer's last update (legacy ones: their schedule at their step)."""
+    found = []
+    for inner in getattr(optimizer, "optimizers", [optimizer]):
+        rate = inner.learning_rate
+        found.append(float(rate(inner.iterations - 1) if callable(rate) else rate))
+    return found
+
+
+@pytest.mark.parametrize("optimizer,peaks", [("adam", [2e-3]), ("adam-sgd", [2e-3, 0.1])])
+def test_time_cosine_decay_sets_the_rate_of_every_update(benchmark, tmp_path, optimizer, peaks):
+    model = models.create_model("quicknet", input_shape=(8, 8, 1), num_classes=10,
+                                section_filters=[8, 8], section_blocks=[1, 1])
+    recipe = recipes.Recipe(optimizer=optimizer, learning_rate=2e-3, float_learning_rate=0.1)
+    model.compile(recipes.build_optimizer(recipe, model, steps_per_epoch=8, epochs=1),
+                  "sparse_categorical_crossentropy")
+    clock = FakeClock()
+    seconds = 4.0
+    decay = benchmark.TimeCosineDecay(seconds, clock=clock)
+    seen, weights = [], []
+
+    class Spy(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(rates(self.model.optimizer))
+            weights.append([w.numpy().copy() for w in self.model.trainable_weights
+                            if optimizer == "adam" or lq.optimizers.Bop.is_binary_variable(w)])
+            clock.now += 1.0  # the next step starts a quarter of the budget later
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 64)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[decay, Spy()])
+
+    for step, step_rates in enumerate(seen):
+        factor = 0.5 * (1 + math.cos(math.pi * min(1.0, step / seconds)))
+        np.testing.assert_allclose(step_rates, [p * factor for p in peaks], rtol=1e-5, atol=1e-9)
+    # Past the budget the rate is 0: the steps after it leave every weight that Adam trains
+    # as it was (SGD's momentum still moves the float weights of "adam-sgd").
+    assert weights[-1]
+    for before, after in zip(weights[4], weights[-1]):
+        np.testing.assert_array_equal(before, after)
+    # The run's own schedule is back: the saved model has its optimizer configuration.
+    inner = getattr(model.optimizer, "optimizers", [model.optimizer])
+    assert all(o.get_config()["learning_rate"]["class_name"].endswith("WarmupDecay")
+               for o in inner)
+    model.save(tmp_path / "model.keras")
+    tf.keras.models.load_model(tmp_path / "model.keras")
