@@ -49,6 +49,7 @@ import tensorflow as tf  # noqa: E402
 from bnn_keras.model_stats import count_binary_convs, model_summary  # noqa: E402
 from bnn_keras.training import TrainConfig, train  # noqa: E402
 from bnn_keras.training import data as data_lib  # noqa: E402
+from bnn_keras.training import recipes  # noqa: E402
 from bnn_keras.training.config import RunRecord  # noqa: E402
 from bnn_keras.training.precision import hardware_summary  # noqa: E402
 
@@ -297,6 +298,7 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
             splits: data_lib.DataSplits, earlier: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Trains one row for `budget_s` seconds of wall time and measures it."""
     run_dir = Path(args.output) / f"{name}-seed{seed}"
+    float_lr = args.float_lr if args.optimizer == "adam-sgd" else None
     teacher, teacher_time_s = teacher_of(row, seed, args, earlier)
     config = TrainConfig(
         model=row.model, model_options=dict(row.options), dataset="fashion_mnist",
@@ -304,7 +306,7 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
         # An upper bound: the budget stops the run, and validation (monitoring only; the test
         # accuracy is measured at the end) never runs inside it.
         epochs=1000, validation_freq=1000, batch_size=args.batch_size,
-        optimizer=args.optimizer, learning_rate=args.lr, float_learning_rate=args.float_lr,
+        optimizer=args.optimizer, learning_rate=args.lr, float_learning_rate=float_lr,
         schedule="constant", seed=seed, precision=args.precision,
         augment=False, float_copy=row.float_copy,
         teacher=teacher,
@@ -329,7 +331,7 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
         "row": name, "about": row.about, "seed": seed, "model": row.model,
         "options": row.options, "float_copy": row.float_copy, "distill": row.distill,
         "optimizer": args.optimizer, "learning_rate": args.lr,
-        "float_learning_rate": args.float_lr or 0.1 if args.optimizer == "adam-sgd" else None,
+        "float_learning_rate": float_lr,
         "batch_size": args.batch_size,
         "test_accuracy": curve[-1][2],
         "wall_time_s": timer.elapsed,
@@ -444,9 +446,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--optimizer", default="adam", choices=("adam", "adam-sgd"),
                         help="adam-sgd: Adam for the binary weights, SGD with momentum 0.9 "
                              "at --float-lr for the rest (QuickNet's recipe)")
-    parser.add_argument("--float-lr", type=float, default=None,
+    parser.add_argument("--float-lr", type=float, default=recipes.Recipe.float_learning_rate,
                         help="SGD peak rate of the float weights with --optimizer adam-sgd "
-                             "[default: 0.1]")
+                             "[default: %(default)g]")
     parser.add_argument("--precision", default="float32",
                         help="float32 (the reference machine's), mixed_bfloat16 or auto")
     parser.add_argument("--teacher", default=None,
@@ -501,7 +503,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "results": results})
 
     rates = (f"Adam {args.lr:g}" if args.optimizer == "adam" else
-             f"Adam {args.lr:g} (binary weights) + SGD {args.float_lr or 0.1:g} (the rest)")
+             f"Adam {args.lr:g} (binary weights) + SGD {args.float_lr:g} (the rest)")
     title = (f"Fashion-MNIST, {args.budget:g} reference minutes per run, batch {args.batch_size}, "
              f"{rates} cosine over the budget, {args.precision}")
     print(f"\n{title}; measured on {hardware_summary()}, default network {default_ips:.0f} "
