@@ -192,11 +192,15 @@ class TimeCosineDecay(tf.keras.callbacks.Callback):
     optimizer of a split one (larq's `CaseOptimizer`, e.g. Adam for the binary weights and SGD
     for the rest) decays from its own peak. The run's schedules are put back when training
     ends, so the saved model.keras has the run's own optimizer configuration.
+
+    The time counts from `started` (a `clock` reading taken before `train`, so that work
+    done before `fit`, such as a teacher's pass, counts), or else from the start of `fit`.
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter,
+                 started: Optional[float] = None):
         super().__init__()
-        self.seconds, self.clock, self.started = seconds, clock, 0.0
+        self.seconds, self.clock, self.started = seconds, clock, started
         self.factor = tf.Variable(1.0, trainable=False, dtype=tf.float32)
         self.schedules: List[tuple] = []  # (optimizer, the run's schedule)
 
@@ -204,7 +208,8 @@ class TimeCosineDecay(tf.keras.callbacks.Callback):
         return list(getattr(self.model.optimizer, "optimizers", [self.model.optimizer]))
 
     def on_train_begin(self, logs=None):
-        self.started = self.clock()
+        if self.started is None:
+            self.started = self.clock()
         self.factor.assign(1.0)
         self.schedules = []
         for optimizer in self._optimizers():
@@ -224,18 +229,22 @@ class TimeCosineDecay(tf.keras.callbacks.Callback):
 
 class TimeBudget(tf.keras.callbacks.Callback):
     """Stops `fit` once `seconds` of training have passed; counts the images trained on and
-    copies the weights at `snapshots` evenly spaced times (for the accuracy-vs-time curve)."""
+    copies the weights at `snapshots` evenly spaced times (for the accuracy-vs-time curve).
+    The time counts from `started` (a `time.perf_counter` reading taken before `train`), or
+    else from the start of `fit`."""
 
-    def __init__(self, seconds: float, batch_size: int, snapshots: int = SNAPSHOTS):
+    def __init__(self, seconds: float, batch_size: int, snapshots: int = SNAPSHOTS,
+                 started: Optional[float] = None):
         super().__init__()
         self.seconds, self.batch_size = seconds, batch_size
         self.marks = [seconds * (i + 1) / snapshots for i in range(snapshots - 1)]
         self.snapshots: List[tuple] = []  # (seconds, images, weights)
-        self.started = self.elapsed = 0.0
+        self.started, self.elapsed = started, 0.0
         self.images = 0
 
     def on_train_begin(self, logs=None):
-        self.started = time.perf_counter()
+        if self.started is None:
+            self.started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.images += self.batch_size
@@ -255,19 +264,25 @@ def test_arrays(splits: data_lib.DataSplits, run_dir: Path):
     return normalization.apply(np.stack(images)).astype(np.float32), np.asarray(labels)
 
 
+def top1(model: tf.keras.Model, x: np.ndarray) -> np.ndarray:
+    """The class each image is given."""
+    return model.predict(x, batch_size=500, verbose=0).argmax(-1)
+
+
 def accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(-1) == y))
+    return float(np.mean(top1(model, x) == y))
 
 
-def check_flatbuffer(model: tf.keras.Model, x: np.ndarray, run_dir: Path) -> Dict[str, Any]:
-    """Converts a BNN with LCE and checks its flatbuffer against the Keras model."""
+def check_flatbuffer(model: tf.keras.Model, x: np.ndarray, keras_top1: np.ndarray,
+                     run_dir: Path) -> Dict[str, Any]:
+    """Converts a BNN with LCE and checks its flatbuffer against the Keras model, whose
+    classes of `x` are `keras_top1`."""
     from convert.converter import convert_to_flatbuffer
     from convert.flatbuffer import op_histogram
     from convert.isolated import isolated_predict
 
     flatbuffer = convert_to_flatbuffer(model, target="arm64")
     files.write_bytes(run_dir / "model.tflite", flatbuffer.data)
-    keras_top1 = model.predict(x, batch_size=500, verbose=0).argmax(-1)
     lce_top1 = isolated_predict(flatbuffer, x, timeout=1800).reshape(len(x), -1).argmax(-1)
     return {
         "lce_bconv2d": op_histogram(flatbuffer.data).get("LceBconv2d", 0),
@@ -300,6 +315,10 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
     run_dir = Path(args.output) / f"{name}-seed{seed}"
     float_lr = args.float_lr if args.optimizer == "adam-sgd" else None
     teacher, teacher_time_s = teacher_of(row, seed, args, earlier)
+    cached = row.distill and args.distill_cache
+    # A cached teacher's pass over the training set happens inside `train`, before `fit`:
+    # start the clocks before it, so that it counts in the row's budget.
+    started = time.perf_counter() if cached else None
     config = TrainConfig(
         model=row.model, model_options=dict(row.options), dataset="fashion_mnist",
         data_dir=args.data_dir, image_size=28,
@@ -308,35 +327,43 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
         epochs=1000, validation_freq=1000, batch_size=args.batch_size,
         optimizer=args.optimizer, learning_rate=args.lr, float_learning_rate=float_lr,
         schedule="constant", seed=seed, precision=args.precision,
+        label_smoothing=args.label_smoothing,
         augment=False, float_copy=row.float_copy,
         teacher=teacher,
         distill_loss=args.distill_loss if row.distill else None,
         distill_weight=args.distill_weight if row.distill else None,
         distill_temperature=args.distill_temperature if row.distill else None,
+        distill_cache=cached,
     )
-    timer = TimeBudget(budget_s, args.batch_size)
+    timer = TimeBudget(budget_s, args.batch_size, started=started)
     result = train(config, None, run_dir, splits=splits, verbose=2,
-                   callbacks=[TimeCosineDecay(budget_s), timer])
+                   callbacks=[TimeCosineDecay(budget_s, started=started), timer])
     x, y = test_arrays(splits, run_dir)
+    # The snapshots are of the fitted model (a distilled row's holds the student's layers and
+    # its teacher, or the cached teacher logits' input); the student shares its variables.
     fitted = timer.model
     final_weights = fitted.get_weights()
     curve = []
     for seconds, images, weights in timer.snapshots:
         fitted.set_weights(weights)
-        curve.append((seconds, images, accuracy(fitted, x, y)))
+        curve.append((seconds, images, accuracy(result.model, x, y)))
     fitted.set_weights(final_weights)
-    curve.append((timer.elapsed, timer.images, accuracy(result.model, x, y)))
+    final_top1 = top1(result.model, x)
+    curve.append((timer.elapsed, timer.images, float(np.mean(final_top1 == y))))
     stats = model_summary(result.model)
     row_result = {
-        "row": name, "about": row.about, "seed": seed, "model": row.model,
+        "row": name, "seed": seed,
+        "about": row.about + (", teacher's logits cached" if cached else ""), "model": row.model,
         "options": row.options, "float_copy": row.float_copy, "distill": row.distill,
         "optimizer": args.optimizer, "learning_rate": args.lr,
         "float_learning_rate": float_lr,
         "batch_size": args.batch_size,
+        "label_smoothing": args.label_smoothing,
         "test_accuracy": curve[-1][2],
         "wall_time_s": timer.elapsed,
         "teacher": teacher,
         "teacher_time_s": teacher_time_s,
+        "distill_cache": cached,
         "images_per_s": timer.images / timer.elapsed,
         "epochs": timer.images / splits.num_train,
         "binary_mac_fraction": stats.binary_mac_fraction,
@@ -345,7 +372,7 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
         "run_dir": str(run_dir),
     }
     if not row.float_copy:
-        row_result.update(check_flatbuffer(result.model, x, run_dir))
+        row_result.update(check_flatbuffer(result.model, x, final_top1, run_dir))
     return row_result
 
 
@@ -449,6 +476,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--float-lr", type=float, default=recipes.Recipe.float_learning_rate,
                         help="SGD peak rate of the float weights with --optimizer adam-sgd "
                              "[default: %(default)g]")
+    parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--precision", default="float32",
                         help="float32 (the reference machine's), mixed_bfloat16 or auto")
     parser.add_argument("--teacher", default=None,
@@ -458,6 +486,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--distill-loss", default="kl", choices=("kl", "distribution"))
     parser.add_argument("--distill-weight", type=float, default=None)
     parser.add_argument("--distill-temperature", type=float, default=None)
+    parser.add_argument("--distill-cache", action="store_true",
+                        help="the -kd rows compute the teacher's logits on the training set "
+                             "once, before training (counted in their budget), instead of at "
+                             "every step")
     parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR)
     parser.add_argument("--output", default=f"/tmp/bnn-fashion-mnist-{int(time.time())}",
                         help="new folder for the run folders, results.json and accuracy.png")

@@ -6,6 +6,12 @@ training it adds `weight * distill_loss(teacher, student)` to the compiled loss,
 `hard_label_weight` scales. The teacher runs in inference mode and is never trained; in
 evaluation it is not run at all. Save `student` (the same layers and weights) when done.
 
+When the training images are the same every epoch (no augmentation), the teacher's logits need
+computing only once: `teacher_logits_of(teacher, images)` gives them for the whole training set,
+and `cached_distillation_model(student, settings)` is the model to fit on
+`((images, teacher_logits), labels)`. It adds the same loss as `distillation_model`, without a
+teacher pass at every step (a step then costs what the student alone costs).
+
 Two losses:
 
 - `"kl"`: Hinton et al.'s soft targets, `T**2 * KL(softmax(t / T) || softmax(s / T))` for teacher
@@ -46,6 +52,7 @@ import dataclasses
 import math
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
@@ -284,18 +291,22 @@ def classifier_logits(model: tf.keras.Model, *, role: str = "student") -> tf.ker
 class DistillationTerm(tf.keras.layers.Layer):
     """Identity on the student's logits that, while training, adds the distillation loss.
 
-    Called on `[images, student_logits, *student_features]`. Holds the teacher (frozen:
-    `trainable=False`, run with `training=False`), so that the term is part of the fitted
-    model and its checkpoints. With attention matching, the teacher model outputs its logits
-    and then its feature maps at `settings.attention_layers` (one teacher pass for both terms),
-    and `student_features` are the student's at the same layers. Not serializable: save the
-    student.
+    Called on `[teacher_input, student_logits, *student_features]`. With a teacher model, the
+    layer holds it (frozen: `trainable=False`, run with `training=False`) so that the term is
+    part of the fitted model and its checkpoints, and `teacher_input` is the images. With
+    attention matching, the teacher model outputs its logits and then its feature maps at
+    `settings.attention_layers` (one teacher pass for both terms), and `student_features` are
+    the student's at the same layers. Without a teacher model (`teacher_logits=None`),
+    `teacher_input` is the teacher's logits, computed beforehand (`teacher_logits_of`). Not
+    serializable: save the student.
     """
 
-    def __init__(self, teacher_logits: tf.keras.Model, settings: DistillSettings, **kwargs):
+    def __init__(self, teacher_logits: Optional[tf.keras.Model], settings: DistillSettings,
+                 **kwargs):
         super().__init__(**kwargs)
         self.teacher_logits = teacher_logits
-        self.teacher_logits.trainable = False
+        if teacher_logits is not None:
+            self.teacher_logits.trainable = False
         self.settings = settings
         self.attention = None
         if settings.attention_weight > 0:
@@ -304,9 +315,12 @@ class DistillationTerm(tf.keras.layers.Layer):
                                                name="attention_matching")
 
     def call(self, inputs, training=None):
-        images, student_logits, *student_features = inputs
+        teacher_input, student_logits, *student_features = inputs
         if training:  # a Python bool in Keras fit/evaluate: no teacher pass when evaluating
-            outputs = self.teacher_logits(images, training=False)
+            if self.teacher_logits is None:
+                outputs = teacher_input
+            else:
+                outputs = self.teacher_logits(teacher_input, training=False)
             teacher_features: List[tf.Tensor] = []
             if self.attention is not None:
                 outputs, *teacher_features = outputs
@@ -320,6 +334,23 @@ class DistillationTerm(tf.keras.layers.Layer):
     def get_config(self):
         raise NotImplementedError(
             "The distillation model is for training only: save its student.")
+
+
+def check_teacher_fits(student: tf.keras.Model, teacher: tf.keras.Model) -> None:
+    """Refuses a teacher whose input shape or number of classes differs from the student's.
+
+    Raises:
+        BnnError: one line naming what differs and what to do.
+    """
+    student_in = tuple(student.inputs[0].shape[1:])
+    teacher_in = tuple(teacher.inputs[0].shape[1:])
+    if len(teacher.inputs) != 1 or student_in != teacher_in:
+        raise BnnError(f"The teacher takes inputs of shape {teacher_in}, the student "
+                       f"{student_in}; train or export the teacher at the student's input size.")
+    classes = (student.outputs[0].shape[-1], teacher.outputs[0].shape[-1])
+    if classes[0] != classes[1]:
+        raise BnnError(f"The teacher has {classes[1]} classes, the student {classes[0]}; "
+                       "distil from a teacher trained on the same classes.")
 
 
 def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
@@ -346,15 +377,7 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
     settings.validate()
     student_logits = classifier_logits(student, role="student")
     teacher_logits = classifier_logits(teacher, role="teacher")
-    student_in = tuple(student.inputs[0].shape[1:])
-    teacher_in = tuple(teacher.inputs[0].shape[1:])
-    if len(teacher.inputs) != 1 or student_in != teacher_in:
-        raise BnnError(f"The teacher takes inputs of shape {teacher_in}, the student "
-                       f"{student_in}; train or export the teacher at the student's input size.")
-    classes = (student.outputs[0].shape[-1], teacher.outputs[0].shape[-1])
-    if classes[0] != classes[1]:
-        raise BnnError(f"The teacher has {classes[1]} classes, the student {classes[0]}; "
-                       "distil from a teacher trained on the same classes.")
+    check_teacher_fits(student, teacher)
     student_features, teacher_features = _attention_features(student, teacher, settings)
     if teacher_features:
         # One teacher pass gives the logits and the feature maps.
@@ -366,6 +389,63 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
         [images, student_logits.outputs[0], *student_features])
     probabilities = _final_softmax(student)(logits)
     return tf.keras.Model(student.inputs, probabilities, name=f"{student.name}_distilled")
+
+
+def teacher_logits_of(teacher: tf.keras.Model, images: tf.data.Dataset, *,
+                      verbose: int = 0) -> np.ndarray:
+    """The teacher's logits (as `classifier_logits` defines them) on every image, in order.
+
+    Args:
+        teacher: A single-output classifier.
+        images: Batches of images, or of (images, labels) pairs (the labels are ignored), in
+            the order the cached pipeline will carry the logits.
+        verbose: Keras `predict` verbosity (1: a progress bar).
+
+    Returns:
+        A (number of images, classes) float32 array.
+
+    Raises:
+        BnnError: the teacher is not a single-output classifier.
+    """
+    logits = classifier_logits(teacher, role="teacher").predict(images, verbose=verbose)
+    return np.asarray(logits, dtype=np.float32)
+
+
+def cached_distillation_model(student: tf.keras.Model,
+                              settings: DistillSettings) -> tf.keras.Model:
+    """The model to fit when the teacher's logits are given with the images.
+
+    Its inputs are the student's images and the teacher's logits of those images (a float32
+    (batch, classes) input named "teacher_logits", from `teacher_logits_of`); fit it on
+    `((images, teacher_logits), labels)` and compile it as `distillation_model`'s. While
+    training it adds the same loss as `distillation_model` with the teacher whose logits these
+    are; when evaluating, the logits input is not read (give zeros).
+
+    Args:
+        student: A functional classifier ending in a softmax layer (trained in place).
+        settings: The loss, weight and temperature; no attention matching.
+
+    Returns:
+        A functional model with inputs [images, teacher logits] and the student's output
+        probabilities.
+
+    Raises:
+        BnnError: attention matching asked for (it needs the teacher's feature maps at every
+            step), or a student without a final softmax layer.
+    """
+    settings.validate()
+    if settings.attention_weight > 0:
+        raise BnnError("Attention matching needs the teacher's feature maps at every step, "
+                       "which cached logits do not give; drop `distill_cache` or the "
+                       "attention matching.")
+    student_logits = classifier_logits(student, role="student")
+    classes = student.outputs[0].shape[-1]
+    given = tf.keras.Input((classes,), dtype="float32", name="teacher_logits")
+    logits = DistillationTerm(None, settings, name="distillation")(
+        [given, student_logits.outputs[0]])
+    probabilities = _final_softmax(student)(logits)
+    return tf.keras.Model([*student.inputs, given], probabilities,
+                          name=f"{student.name}_distilled")
 
 
 def _attention_features(student: tf.keras.Model, teacher: tf.keras.Model,

@@ -22,7 +22,9 @@ config.json layouts (`format_version`):
         `distill_attention_weight` and `distill_attention_layers` (Real-to-Binary's attention
         matching). Written only by runs that use them (others write 3 or 2 as before): a bnn
         that reads up to version 3 would resume such a run without its teacher, or as the
-        binary model.
+        binary model. `distill_cache` (the teacher's logits computed once) came later in the
+        same layout: a bnn without it resumes such a run with the teacher run at every step,
+        which is the same loss.
 
 The file names of a run folder live here as well, so that a reader of run folders (`convert`)
 needs this module and not the training loop.
@@ -62,10 +64,11 @@ _PLAIN_FORMAT_VERSION = 2
 # RunRecord fields (and the TrainConfig field `weights`) that layout 3 adds.
 _WEIGHTS_FIELDS = ("weights", "weights_sha256", "model_variant")
 # TrainConfig and RunRecord fields that layout 4 adds; left out of config.json when unused
-# (None, or False for `float_copy`).
+# (None, or False for `float_copy` and `distill_cache`).
 _LAYOUT_4_FIELDS = ("teacher", "teacher_sha256", "distill_loss", "distill_weight",
                     "distill_temperature", "distill_attention_weight",
-                    "distill_attention_layers", "float_copy", "input_activation")
+                    "distill_attention_layers", "distill_cache", "float_copy",
+                    "input_activation")
 # The float copy's activation where the BNN had input quantizers, unless `input_activation`
 # says otherwise (the papers' full-precision counterparts use ReLU; see `float_equivalent`).
 DEFAULT_INPUT_ACTIVATION = "relu"
@@ -178,6 +181,11 @@ class TrainConfig:
         help="With --teacher: the layers, in both student and teacher with the same spatial "
              "size, whose attention is matched, e.g. block_2_out,block_3_out for "
              "real-to-binary-net (`bnn summary MODEL` lists the layers).")
+    distill_cache: bool = option(
+        False, negatable=True, show_default=False,
+        help="With --teacher and --no-augment: compute the teacher's logits on the training "
+             "set once, before the first epoch (kept in memory), instead of at every step, so "
+             "that a step costs what the student alone costs [default: off].")
     steps_per_epoch: Optional[int] = option(
         help="Limit each epoch to this many batches (quick experiments).")
     validation_freq: int = option(
@@ -247,12 +255,20 @@ class TrainConfig:
             raise BnnError(f"Expected `label_smoothing` < 1, got {self.label_smoothing!r}.")
         if self.teacher is None:
             for name in ("distill_loss", "distill_weight", "distill_temperature",
-                         "distill_attention_weight", "distill_attention_layers"):
-                if getattr(self, name) is not None:
+                         "distill_attention_weight", "distill_attention_layers",
+                         "distill_cache"):
+                if getattr(self, name) not in (None, False):
                     raise BnnError(f"`{name}` applies to distillation; give a `teacher` too, "
                                    f"or drop `{name}`.")
         else:
-            self.distill_settings()  # a loss, weight, temperature or attention out of range
+            settings = self.distill_settings()  # a loss, weight, temperature ... out of range
+            if self.distill_cache and settings.attention_weight > 0:
+                raise BnnError("Attention matching needs the teacher's feature maps at every "
+                               "step; drop `distill_cache` or the attention matching.")
+            if self.distill_cache and self.augment:
+                raise BnnError("`distill_cache` computes the teacher's logits once, on the "
+                               "un-augmented images; train without `augment`, or drop "
+                               "`distill_cache`.")
         if self.float_copy and self.weights is not None:
             raise BnnError("`weights` loads into the binary model, and `float_copy` trains a "
                            "freshly initialised float copy of it; drop one of them.")

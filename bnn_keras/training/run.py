@@ -36,7 +36,9 @@ With `teacher`, the model is the student of `bnn_keras.distillation`: `fit` trai
 holds it too), while the run folder's model.keras, the sign-flip tracker and the test accuracy
 are the student's. The teacher (`starting_point.Teacher`) is a run folder (whose data must be
 the student's) or a model file, checked before the run folder is created and recorded with its
-file's sha256; a resume loads it again and refuses a file that changed.
+file's sha256; a resume loads it again and refuses a file that changed. With `distill_cache`
+(no augmentation), the teacher's logits on the training set are computed once, before `fit`,
+and travel with the images (`cached_distillation_model`): the fitted model holds no teacher.
 
 history.csv and metrics.json carry each epoch's wall time and the run's wall time at its end
 (earlier sessions of a resumed run included), and metrics.json the time the run took to
@@ -214,6 +216,8 @@ class _Data:
     steps: int
     train: tf.data.Dataset
     test: tf.data.Dataset
+    # What `fit` validates on when its model takes other inputs than the student's.
+    validation: Optional[tf.data.Dataset] = None
 
 
 def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, *,
@@ -237,7 +241,7 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
         # Before the folder exists: a data set, model or weights file refused here leaves
         # nothing behind.
         data, precision, built = _data_and_model(config, recipe, strategy, build_model, start,
-                                                 splits, None, 0, teacher)
+                                                 splits, None, 0, teacher, verbose)
     # Only the chief writes the run folder, so only the chief owns it.
     lock = run_lock.RunFolderLock(run_dir, create=not resume) if chief else contextlib.nullcontext()
     with lock:
@@ -247,7 +251,7 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
             teacher = Teacher.resumed(previous, run_dir)
             data, precision, built = _data_and_model(config, recipe, strategy, build_model,
                                                      start, splits, previous, start_epoch,
-                                                     teacher)
+                                                     teacher, verbose)
         model = built.model
         _compile(built, config, recipe, strategy, data.steps)
         # Every worker trains and saves (collectives need all of them); only the chief writes
@@ -281,10 +285,11 @@ class _Built:
 def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
                     build_model: Optional[BuildModel], start: Start,
                     splits: Optional[data_lib.DataSplits], previous: Optional[RunRecord],
-                    start_epoch: int, teacher: Optional[Teacher] = None
+                    start_epoch: int, teacher: Optional[Teacher] = None, verbose: int = 1
                     ) -> Tuple["_Data", str, _Built]:
     """Steps 2 and 3: the data, the precision and the model (the student, with the model
-    that distils it from `teacher`)."""
+    that distils it from `teacher`; with `config.distill_cache`, the teacher's logits are
+    computed here, once)."""
     data = _load_data(config, splits, start_epoch)
     if teacher is not None:
         teacher.check_fits(data)  # before the student is built: a wrong teacher fails fast
@@ -295,14 +300,54 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
                                                data, precision)
     if teacher is None:
         return data, precision, built
-    from bnn_keras.distillation import distillation_model
+    from bnn_keras.distillation import cached_distillation_model, distillation_model
 
     settings = config.distill_settings()
     with strategy.scope():
+        teacher_model = teacher.load(precision)
+    if config.distill_cache:
+        data = _with_teacher_logits(data, config, teacher_model, built.model, start_epoch,
+                                    verbose)
+    with strategy.scope():
         # Outside the precision policy: the distillation term computes in float32.
-        built.fit_model = distillation_model(built.model, teacher.load(precision), settings)
+        built.fit_model = (cached_distillation_model(built.model, settings)
+                           if config.distill_cache else
+                           distillation_model(built.model, teacher_model, settings))
     built.distill = settings
     return data, precision, built
+
+
+def _with_teacher_logits(data: "_Data", config: TrainConfig, teacher: tf.keras.Model,
+                         student: tf.keras.Model, start_epoch: int, verbose: int) -> "_Data":
+    """`data` whose training stream carries the teacher's logits of each image, computed here
+    once on the un-augmented training set, and whose validation stream has zeros in their
+    place (`cached_distillation_model` reads them only while training)."""
+    from bnn_keras.distillation import check_teacher_fits, teacher_logits_of
+
+    splits = data.splits
+    if data.augment:
+        raise BnnError(f"`distill_cache` computes the teacher's logits once, on the "
+                       f"un-augmented images, and {config.dataset} is augmented by default; "
+                       "turn its augmentation off (--no-augment), or drop `distill_cache`.")
+    size = splits.num_train * splits.num_classes * 4
+    if size > data_lib.CACHE_LIMIT_BYTES:
+        raise BnnError(f"The teacher's logits on {splits.num_train:,} training images take "
+                       f"{size / 2**30:.1f} GiB, more than the "
+                       f"{data_lib.CACHE_LIMIT_BYTES / 2**30:g} GiB `distill_cache` keeps in "
+                       "memory; drop `distill_cache` (the teacher then runs at every step).")
+    check_teacher_fits(student, teacher)
+    options = _pipeline_options(config, splits, data.input_shape)
+    if verbose:
+        print(f"The teacher's logits on the {splits.num_train:,} training images, once:",
+              flush=True)
+    logits = teacher_logits_of(teacher, data_lib.make_pipeline(splits.train, **options),
+                               verbose=verbose)
+    train = data_lib.make_pipeline(
+        splits.train, training=True, first_epoch=start_epoch, steps_per_epoch=data.steps,
+        teacher_logits=logits, **options)
+    classes = splits.num_classes
+    validation = data.test.map(lambda x, y: ((x, tf.zeros((tf.shape(x)[0], classes))), y))
+    return dataclasses.replace(data, train=train, validation=validation)
 
 
 def _data_and_student(config: TrainConfig, recipe: recipes.Recipe, strategy,
@@ -348,12 +393,7 @@ def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
                                              manual_dir=config.manual_dir)
     input_shape = input_shape_for(config, splits)
     augment = (splits.augmentation != "none") if config.augment is None else config.augment
-    pipeline_options = dict(
-        batch_size=config.batch_size,
-        normalization=splits.normalization,
-        image_size=input_shape[:2],
-        seed=config.seed,
-    )
+    pipeline_options = _pipeline_options(config, splits, input_shape)
     steps = config.steps_per_epoch or -(-splits.num_train // config.batch_size)
     # Epoch k's shuffle order and augmentation depend on (seed, k) only, so a resumed run
     # trains on the batches the uninterrupted run would have seen.
@@ -364,6 +404,13 @@ def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
     test_ds = data_lib.make_pipeline(splits.test, **pipeline_options)
     return _Data(splits=splits, input_shape=input_shape, augment=augment, steps=steps,
                  train=train_ds, test=test_ds)
+
+
+def _pipeline_options(config: TrainConfig, splits: data_lib.DataSplits,
+                      input_shape: Tuple[int, int, int]) -> Dict[str, Any]:
+    """The `make_pipeline` options that the training and test pipelines share."""
+    return dict(batch_size=config.batch_size, normalization=splits.normalization,
+                image_size=input_shape[:2], seed=config.seed)
 
 
 def _build(config: TrainConfig, recipe: recipes.Recipe, strategy, build_model: BuildModel,
@@ -477,7 +524,7 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
             data.train,
             epochs=config.epochs,
             steps_per_epoch=data.steps,  # the training stream is endless
-            validation_data=data.test,
+            validation_data=data.test if data.validation is None else data.validation,
             validation_freq=validation_epochs(config.epochs, config.validation_freq),
             callbacks=run_callbacks,
             verbose=verbose,

@@ -301,6 +301,10 @@ def _refuse_stage_options(config: TrainConfig, staged) -> None:
         if getattr(config, option, None) is not None:
             raise BnnError(f"`{option}` is set by each stage of {name}'s staged recipe; drop "
                            f"`{option}`.")
+    if config.distill_cache:
+        # Some stages distil with attention matching, or learn from the labels alone.
+        raise BnnError(f"{name}'s staged recipe runs each stage's teacher at every step; drop "
+                       "`distill_cache`.")
     if config.teacher is not None and not any(
             stage.teacher == _user_teacher() for stage in staged.stages):
         own = [s.teacher for s in staged.stages if s.teacher is not None]

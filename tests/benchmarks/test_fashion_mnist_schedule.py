@@ -79,3 +79,29 @@ def test_time_cosine_decay_sets_the_rate_of_every_update(benchmark, tmp_path, op
                for o in inner)
     model.save(tmp_path / "model.keras")
     tf.keras.models.load_model(tmp_path / "model.keras")
+
+
+def test_the_clocks_of_a_row_can_start_before_fit(benchmark):
+    """A cached teacher's pass happens before `fit`: a row's decay and budget count it."""
+    model = models.create_model("quicknet", input_shape=(8, 8, 1), num_classes=10,
+                                section_filters=[8, 8], section_blocks=[1, 1])
+    recipe = recipes.Recipe(optimizer="adam", learning_rate=2e-3)
+    model.compile(recipes.build_optimizer(recipe, model, steps_per_epoch=8, epochs=1),
+                  "sparse_categorical_crossentropy")
+    clock = FakeClock()
+    clock.now = 3.0  # `fit` starts 3 of the budget's 4 seconds after the clocks did
+    decay = benchmark.TimeCosineDecay(4.0, clock=clock, started=0.0)
+    budget = benchmark.TimeBudget(4.0, batch_size=8, started=benchmark.time.perf_counter() - 5)
+    seen = []
+
+    class Spy(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(rates(self.model.optimizer)[0])
+
+    x, y = np.zeros((64, 8, 8, 1), np.float32), np.zeros(64, np.int64)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[decay, budget, Spy()])
+    np.testing.assert_allclose(seen[0], 2e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)),
+                               rtol=1e-5)
+    # The whole budget was spent before `fit`: it stops after its first step.
+    assert budget.elapsed >= 5 and budget.images == 8

@@ -11,9 +11,11 @@ from bnn_keras.distillation import (
     DistillSettings,
     attention_loss,
     attention_map,
+    cached_distillation_model,
     classifier_logits,
     distillation_model,
     soft_target_loss,
+    teacher_logits_of,
 )
 from bnn_keras.errors import BnnError
 
@@ -158,6 +160,38 @@ def test_the_teacher_is_frozen_and_skipped_in_evaluation():
     # Evaluation: only the labels' loss (x its weight), no distillation term.
     hard = tf.keras.losses.SparseCategoricalCrossentropy()(y, student(x)).numpy()
     assert fitted.evaluate(x, y, verbose=0, batch_size=32) == pytest.approx(0.5 * hard, rel=1e-4)
+
+
+def test_cached_teacher_logits_give_the_loss_of_the_teacher_run_at_every_step():
+    x = np.random.default_rng(4).normal(size=(16, 64)).astype("float32")
+    y = np.arange(16) % 10
+    teacher = _mlp(name="teacher")
+    settings = DistillSettings.for_loss("kl", weight=0.7, temperature=2.0)
+    logits = teacher_logits_of(teacher, tf.data.Dataset.from_tensor_slices(x).batch(5))
+    np.testing.assert_allclose(logits, classifier_logits(teacher, role="teacher")(x).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert logits.shape == (16, 10) and logits.dtype == np.float32
+
+    losses = []
+    for cached in (False, True):
+        student = _mlp(seed=1, name="student")
+        fitted = (cached_distillation_model(student, settings) if cached else
+                  distillation_model(student, teacher, settings))
+        fitted.compile(tf.keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy",
+                       loss_weights=[settings.hard_label_weight])
+        inputs = (x, logits) if cached else x
+        losses.append(fitted.train_on_batch(inputs, y))
+        # Evaluation reads no teacher logits: zeros give the labels' loss alone.
+        hard = tf.keras.losses.SparseCategoricalCrossentropy()(y, student(x)).numpy()
+        evaluated = fitted.evaluate((x, np.zeros_like(logits)) if cached else x, y, verbose=0,
+                                    batch_size=16)
+        assert evaluated == pytest.approx(0.3 * hard, rel=1e-5)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    assert [w.name for w in fitted.weights] == [w.name for w in student.weights]
+
+    with pytest.raises(BnnError, match=r"^Attention matching needs the teacher's feature maps"):
+        cached_distillation_model(_mlp(), DistillSettings.for_loss(
+            "kl", attention_layers=["dense"]))
 
 
 # Real-to-Binary's attention matching (larq-zoo's AttentionMatchingLossLayer).

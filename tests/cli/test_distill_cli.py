@@ -81,6 +81,24 @@ def test_a_student_of_a_teacher_run(float_run, tmp_path):
                      extended.output)
 
 
+def test_a_student_of_cached_teacher_logits(float_run, tmp_path):
+    run_dir = tmp_path / "student"
+    result = invoke(["train", "binarynet", "--teacher", float_run, "--distill-cache",
+                     *SMALL[:-1], "1", "-o", run_dir])
+    assert result.exit_code == 0, result.output
+    assert "The teacher's logits on the 1,437 training images, once:" in result.output
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["distill_cache"] is True and config["format_version"] == 4
+
+    refused = invoke(["train", "binarynet", "--teacher", float_run, "--distill-cache",
+                      "--augment", *SMALL, "-o", tmp_path / "augmented"])
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        "Error: --distill-cache computes the teacher's logits once, on the un-augmented "
+        "images; train without --augment, or drop --distill-cache.")
+    assert not (tmp_path / "augmented").exists()
+
+
 def _five_class_model(path: Path) -> Path:
     inputs = tf.keras.Input((8, 8, 1))
     x = tf.keras.layers.Flatten()(inputs)

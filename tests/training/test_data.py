@@ -102,6 +102,43 @@ def test_epoch_stream_takes_steps_per_epoch_batches_of_each_epoch():
                                   np.concatenate([y.numpy() for _, y in again.take(2)]))
 
 
+def test_teacher_logits_travel_with_their_images_through_the_shuffle():
+    """Example i is an image of value i with label i % 3; its logits row is (i, -i)."""
+    count = 20
+    images = np.arange(count, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 1))
+    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32),
+                                             np.arange(count, dtype=np.int32) % 3))
+    logits = np.stack([np.arange(count), -np.arange(count)], axis=1).astype(np.float32)
+    norm = data.Normalization((0.0,), (1.0,))
+    pipeline = data.make_pipeline(ds, batch_size=4, normalization=norm, training=True, seed=3,
+                                  first_epoch=0, steps_per_epoch=5, teacher_logits=logits)
+    plain = data.make_pipeline(ds, batch_size=4, normalization=norm, training=True, seed=3,
+                               first_epoch=0, steps_per_epoch=5)
+    seen = []
+    for ((x, t), y), (x_plain, y_plain) in zip(pipeline.take(10), plain.take(10)):
+        index = x.numpy()[:, 0, 0, 0]
+        np.testing.assert_array_equal(t.numpy(), logits[index.astype(int)])
+        np.testing.assert_array_equal(y.numpy(), index.astype(int) % 3)
+        np.testing.assert_array_equal(x.numpy(), x_plain.numpy())  # the same order as without
+        np.testing.assert_array_equal(y.numpy(), y_plain.numpy())
+        seen.append(index)
+    first_epoch = np.concatenate(seen[:5])
+    assert sorted(first_epoch) == list(range(count))
+    assert not np.array_equal(first_epoch, np.arange(count))  # shuffled
+
+    with pytest.raises(BnnError) as err:
+        data.make_pipeline(ds, batch_size=4, normalization=norm, training=True,
+                           augmentation="crop_flip", teacher_logits=logits)
+    assert str(err.value) == ("Cached teacher logits are those of the un-augmented images; "
+                              "train without augmentation to use them, or let the teacher run "
+                              "at every step.")
+    with pytest.raises(BnnError) as err:
+        data.make_pipeline(ds, batch_size=4, normalization=norm, training=True,
+                           teacher_logits=logits[:19])
+    assert str(err.value) == ("Expected teacher logits of shape (20, classes), one row per "
+                              "example, got (19, 2).")
+
+
 def test_unknown_dataset_names_the_known_ones():
     with pytest.raises(BnnError, match="Unknown data set 'imagenet1k'; expected one of: .*digits"):
         data.load_dataset("imagenet1k")

@@ -7,6 +7,7 @@ layer, so they do not clash).
 """
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -274,6 +275,57 @@ def test_a_teacher_h5_file(tmp_path):
     record = RunRecord.read(result.run_dir)
     assert record.config.teacher == str(path) and record.teacher_sha256 == _sha256(path)
     assert record.config.distill_loss == "kl" and record.config.distill_weight == 0.5
+
+
+
+def test_cached_teacher_logits_train_as_the_teacher_run_at_every_step(teacher_run, tmp_path):
+    """`distill_cache`: the teacher's logits, computed once and shuffled with their images,
+    give the losses and weights of the run whose teacher runs at every step, also when the
+    cached run is interrupted and resumed (the logits are computed again)."""
+    config = tiny_config(teacher=str(teacher_run), distill_weight=0.7, track_flips=False)
+    every_step = training.train(config, tiny_bnn, tmp_path / "every-step", verbose=0)
+    cached_config = dataclasses.replace(config, distill_cache=True)
+    run_dir = tmp_path / "cached"
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(cached_config, tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=2)])
+    cached = training.resume_training(run_dir, tiny_bnn, verbose=0)
+
+    rows, expected = _rows(run_dir), _rows(every_step.run_dir)
+    assert len(rows) == 3
+    for column in ("loss", "accuracy", "val_accuracy", "val_crossentropy"):
+        np.testing.assert_allclose([float(r[column]) for r in rows],
+                                   [float(r[column]) for r in expected], rtol=1e-5)
+    for a, b in zip(cached.model.get_weights(), every_step.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    record = RunRecord.read(run_dir)
+    assert record.config.distill_cache is True and record.format_version == 4
+    assert json.loads((every_step.run_dir / "config.json").read_text()).get(
+        "distill_cache") is None  # unused: left out, as the other layout-4 fields
+    saved = tf.keras.models.load_model(run_dir / "model.keras")  # the student alone
+    assert [layer.name for layer in saved.layers] == [l.name for l in cached.model.layers]
+    assert len(saved.inputs) == 1 and "distillation" not in [l.name for l in saved.layers]
+
+
+def test_cached_teacher_logits_are_refused_where_they_would_be_wrong(teacher_run, tmp_path):
+    with pytest.raises(BnnError, match=r"^`distill_cache` applies to distillation; give a "
+                                       r"`teacher` too"):
+        tiny_config(distill_cache=True).validate()
+    with pytest.raises(BnnError) as err:
+        tiny_config(teacher=str(teacher_run), distill_cache=True, augment=True).validate()
+    assert str(err.value) == (
+        "`distill_cache` computes the teacher's logits once, on the un-augmented images; train "
+        "without `augment`, or drop `distill_cache`.")
+    with pytest.raises(BnnError, match=r"^Attention matching needs the teacher's feature maps "
+                                       r"at every step; drop `distill_cache`"):
+        tiny_config(teacher=str(teacher_run), distill_cache=True,
+                    distill_attention_layers="bconv").validate()
+    run_dir = tmp_path / "runs" / "cached"
+    with pytest.raises(BnnError, match=r"^`distill_cache` computes"):
+        training.train(tiny_config(teacher=str(teacher_run), distill_cache=True, augment=True),
+                       tiny_bnn, run_dir, verbose=0)
+    assert not run_dir.parent.exists()
 
 
 # Real-to-Binary's attention matching from `bnn train`: a registry student and its float copy.

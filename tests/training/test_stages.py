@@ -165,6 +165,8 @@ def test_the_users_options_apply_to_every_stage(tmp_path):
     (dict(float_copy=True), "`float_copy` does not apply"),
     (dict(strategy="multi-worker"), "staged recipe trains in one process; drop `strategy`"),
     (dict(teacher="t.keras", distill_weight=0.5), "`distill_weight` is set by each stage"),
+    (dict(teacher="t.keras", distill_cache=True),
+     "reactnet-a's staged recipe runs each stage's teacher at every step; drop `distill_cache`"),
     (dict(model_options={"kernel_quantizer": "ste_sign"}),
      "`model_options` kernel_quantizer is set by stage step1"),
 ])

@@ -1,7 +1,8 @@
 """The input pipeline: raw (image, label) pairs to batches the model trains or is tested on.
 
 `preprocess` resizes (bilinear) and normalizes; `make_pipeline` adds caching, shuffling,
-per-example seeded augmentation (`augment`), batching and prefetching. Prediction and the
+per-example seeded augmentation (`augment`), batching and prefetching, and can carry a value per
+example (a teacher's logits, computed once) with each image through the shuffle. Prediction and the
 conversion checks call the same `preprocess`, so a converted model sees what training saw.
 """
 
@@ -54,6 +55,7 @@ def make_pipeline(
     tuned: bool = True,
     first_epoch: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
+    teacher_logits: Optional[np.ndarray] = None,
 ) -> tf.data.Dataset:
     """Turns an unbatched (raw image, label) dataset into a batched, prefetched input pipeline.
 
@@ -83,12 +85,18 @@ def make_pipeline(
             from epoch k on (tf.data's own reshuffling restarts from epoch 0's order with every
             new pipeline). Fit it with `steps_per_epoch`.
         steps_per_epoch: With `first_epoch`, the batches of each epoch (default: all of them).
+        teacher_logits: A (examples, classes) array, one row per example of `dataset` in its
+            order (`bnn_keras.distillation.teacher_logits_of` on this function's unshuffled
+            pipeline): each example's row travels with its image, and the batches become
+            ((images, teacher logits), labels). Only without augmentation, since the logits
+            are those of the un-augmented images.
 
     Returns:
         A `tf.data.Dataset` of (normalized float32 images, int32 labels) batches.
 
     Raises:
-        BnnError: an unknown augmentation, or `"resized_crop_flip"` without `image_size`.
+        BnnError: an unknown augmentation, `"resized_crop_flip"` without `image_size`, or
+            `teacher_logits` with augmentation or with another number of rows than examples.
     """
     if augmentation not in AUGMENTATIONS:
         raise BnnError(
@@ -97,6 +105,8 @@ def make_pipeline(
     augment = augmentation if training else "none"
     if augment == "resized_crop_flip" and image_size is None:
         raise BnnError("Expected an image_size with augmentation 'resized_crop_flip', got None.")
+    if teacher_logits is not None:
+        _check_teacher_logits(teacher_logits, dataset, augment)
     parallel = tf.data.AUTOTUNE if tuned else None
     if cache is None:
         cache = augment != "resized_crop_flip" and _fits_in_memory(
@@ -112,6 +122,10 @@ def make_pipeline(
             lambda x, y: (preprocess(x, image_size, normalization), y), num_parallel_calls=parallel
         )
         source, preprocessed = (source.cache() if cache else source), True
+    if teacher_logits is not None:
+        # Zipped before the shuffle, so that each image keeps its own teacher's logits.
+        logits = tf.data.Dataset.from_tensor_slices(teacher_logits.astype(np.float32))
+        source = tf.data.Dataset.zip((source, logits)).map(lambda xy, t: ((xy[0], t), xy[1]))
 
     def augment_one(image, example_seed):
         if preprocessed:
@@ -155,6 +169,18 @@ def make_pipeline(
     else:
         ds = one_epoch(seed, 0)
     return ds.prefetch(tf.data.AUTOTUNE) if tuned else ds
+
+
+def _check_teacher_logits(teacher_logits: np.ndarray, dataset: tf.data.Dataset,
+                          augment: str) -> None:
+    """Refuses cached teacher logits that cannot belong to the images they would travel with."""
+    if augment != "none":
+        raise BnnError("Cached teacher logits are those of the un-augmented images; train "
+                       "without augmentation to use them, or let the teacher run at every step.")
+    count = int(dataset.cardinality())
+    if teacher_logits.ndim != 2 or (count >= 0 and teacher_logits.shape[0] != count):
+        raise BnnError(f"Expected teacher logits of shape ({count if count >= 0 else 'examples'}"
+                       f", classes), one row per example, got {teacher_logits.shape}.")
 
 
 def to_numpy(
