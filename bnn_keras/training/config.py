@@ -197,7 +197,10 @@ class TrainConfig:
              "runs bf16 natively, else float32 (emulated bf16 is ~7x slower).")
     augment: Optional[bool] = option(
         negatable=True, show_default=False,
-        help="Standard augmentation of the data set [default: on for CIFAR, off for digits].")
+        help="Standard augmentation of the data set: random crop and flip (CIFAR, small "
+             "color image folders) or random-resized crop and flip (Imagenette, ImageNet, "
+             "large image folders); digits, MNIST, Fashion-MNIST and grayscale folders have "
+             "none [default: on where there is one].")
     track_flips: bool = option(
         True, negatable=True,
         help="Record the fraction of latent weights whose sign flips, per binary layer and "

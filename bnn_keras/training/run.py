@@ -291,6 +291,10 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
     that distils it from `teacher`; with `config.distill_cache`, the teacher's logits are
     computed here, once)."""
     data = _load_data(config, splits, start_epoch)
+    if previous is None and config.augment and data.splits.augmentation == "none":
+        # A new run only: a folder of an older bnn, which trained on, still resumes.
+        raise BnnError(f"{config.dataset} has no standard augmentation in bnn (its images are "
+                       "trained as they are); drop `augment`.")
     if teacher is not None:
         teacher.check_fits(data)  # before the student is built: a wrong teacher fails fast
     precision = (previous.precision_resolved if previous else None) or resolve_precision(

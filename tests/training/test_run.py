@@ -99,6 +99,16 @@ def test_a_bad_config_names_the_field_and_bnn_train_the_option(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "used" / ".bnn.lock").exists()
 
 
+def test_augment_on_a_data_set_without_a_standard_augmentation_is_refused(tmp_path):
+    """digits has none: --augment would otherwise train on the images as they are."""
+    run_dir = tmp_path / "runs" / "augmented"
+    with pytest.raises(BnnError) as err:
+        training.train(tiny_config(augment=True), tiny_bnn, run_dir, verbose=0)
+    assert str(err.value) == ("digits has no standard augmentation in bnn (its images are "
+                              "trained as they are); drop `augment`.")
+    assert not run_dir.parent.exists()
+
+
 def test_bad_precision_is_refused():
     with pytest.raises(BnnError, match="Expected precision one of auto, mixed_bfloat16, float32"):
         training.TrainConfig(precision="float16").validate()
