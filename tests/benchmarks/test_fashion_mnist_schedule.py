@@ -1,6 +1,6 @@
-"""The Fashion-MNIST benchmark's wall-time learning-rate decay really sets the rate of the
-optimizer's updates (Keras recomputes a scheduled rate at every step, so assigning the rate
-from a callback does nothing), for Adam and for the Adam + SGD split."""
+"""The Fashion-MNIST benchmark's wall-time learning-rate decay (cosine or linear) really sets
+the rate of the optimizer's updates (Keras recomputes a scheduled rate at every step, so
+assigning the rate from a callback does nothing), for Adam and for the Adam + SGD split."""
 
 import importlib.util
 import math
@@ -42,8 +42,9 @@ def rates(optimizer):
     return found
 
 
+@pytest.mark.parametrize("shape", ["cosine", "linear"])
 @pytest.mark.parametrize("optimizer,peaks", [("adam", [2e-3]), ("adam-sgd", [2e-3, 0.1])])
-def test_time_cosine_decay_sets_the_rate_of_every_update(benchmark, tmp_path, optimizer, peaks):
+def test_time_decay_sets_the_rate_of_every_update(benchmark, tmp_path, optimizer, peaks, shape):
     model = models.create_model("quicknet", input_shape=(8, 8, 1), num_classes=10,
                                 section_filters=[8, 8], section_blocks=[1, 1])
     recipe = recipes.Recipe(optimizer=optimizer, learning_rate=2e-3, float_learning_rate=0.1)
@@ -51,7 +52,7 @@ def test_time_cosine_decay_sets_the_rate_of_every_update(benchmark, tmp_path, op
                   "sparse_categorical_crossentropy")
     clock = FakeClock()
     seconds = 4.0
-    decay = benchmark.TimeCosineDecay(seconds, clock=clock)
+    decay = benchmark.TimeDecay(seconds, shape, clock=clock)
     seen, weights = [], []
 
     class Spy(tf.keras.callbacks.Callback):
@@ -66,7 +67,8 @@ def test_time_cosine_decay_sets_the_rate_of_every_update(benchmark, tmp_path, op
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[decay, Spy()])
 
     for step, step_rates in enumerate(seen):
-        factor = 0.5 * (1 + math.cos(math.pi * min(1.0, step / seconds)))
+        progress = min(1.0, step / seconds)
+        factor = 0.5 * (1 + math.cos(math.pi * progress)) if shape == "cosine" else 1 - progress
         np.testing.assert_allclose(step_rates, [p * factor for p in peaks], rtol=1e-5, atol=1e-9)
     # Past the budget the rate is 0: the steps after it leave every weight that Adam trains
     # as it was (SGD's momentum still moves the float weights of "adam-sgd").
@@ -90,7 +92,7 @@ def test_the_clocks_of_a_row_can_start_before_fit(benchmark):
                   "sparse_categorical_crossentropy")
     clock = FakeClock()
     clock.now = 3.0  # `fit` starts 3 of the budget's 4 seconds after the clocks did
-    decay = benchmark.TimeCosineDecay(4.0, clock=clock, started=0.0)
+    decay = benchmark.TimeDecay(4.0, clock=clock, started=0.0)
     budget = benchmark.TimeBudget(4.0, batch_size=8, started=benchmark.time.perf_counter() - 5)
     seen = []
 

@@ -211,6 +211,26 @@ def test_quicknet_stride_two_stem_halves_every_section():
         models.create_model("quicknet", input_shape=(28, 28, 1), stem_strides=4)
 
 
+def test_quicknet_full_resolution_conv_before_a_stride_two_stem():
+    options = dict(input_shape=(28, 28, 1), num_classes=10, section_filters=[32, 64, 128],
+                   section_blocks=[2, 2, 2], stem_strides=2)
+    plain = models.create_model("quicknet", **options)
+    model = models.create_model("quicknet", stem_input_filters=16, **options)
+    assert model.get_layer("stem_input_conv").output_shape == (None, 28, 28, 16)
+    assert model.get_layer("stem_conv").output_shape == (None, 14, 14, 32)
+    assert [l.name for l in model.layers[1:5]] == [
+        "stem_input_conv", "stem_input_bn", "stem_input_relu", "stem_conv"]
+    stats, plain_stats = model_stats.model_summary(model), model_stats.model_summary(plain)
+    assert stats.binary_macs == plain_stats.binary_macs
+    # A 3x3 conv 1 -> 16 at 28x28, and the stem's 3x3/2 conv now reads 16 channels, not 1.
+    added = 28 * 28 * 9 * 16 + 14 * 14 * 9 * 32 * (16 - 1)
+    assert stats.total_macs - plain_stats.total_macs == added
+    # The conv, its BN (scale, offset and the two moving statistics), the wider stem conv.
+    assert stats.total_params - plain_stats.total_params == 9 * 16 + 4 * 16 + 9 * 32 * 15
+    with pytest.raises(BnnError, match="Expected stem_input_filters >= 0, got -1"):
+        models.create_model("quicknet", input_shape=(28, 28, 1), stem_input_filters=-1)
+
+
 def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks():
     model = models.create_model(
         "binary-densenet37-dilated", input_shape=(32, 32, 3), include_top=False
