@@ -92,7 +92,8 @@ def make_pipeline(
             are those of the un-augmented images.
 
     Returns:
-        A `tf.data.Dataset` of (normalized float32 images, int32 labels) batches.
+        A `tf.data.Dataset` of (normalized float32 images, int32 labels) batches; with
+        `teacher_logits`, of ((images, float32 teacher logits), labels) batches.
 
     Raises:
         BnnError: an unknown augmentation, `"resized_crop_flip"` without `image_size`, or
