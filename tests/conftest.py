@@ -9,6 +9,7 @@ tests.
 import dataclasses
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any, Dict
 
@@ -143,6 +144,16 @@ def tiny_config(**overrides):
     from bnn_keras import training
 
     return training.TrainConfig(**options)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_raises_keyboard_interrupt():
+    """Tests press Ctrl-C by sending SIGINT to this process (or to a `bnn` child process). A
+    shell starts a background job (`make test &`, nohup) with SIGINT ignored, and Python then
+    never installs its handler: the interrupt would be lost and those tests fail for it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True, scope="module")

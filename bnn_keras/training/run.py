@@ -86,7 +86,8 @@ class TrainResult:
 
 
 class TrainingInterruptedError(BnnError):
-    """Ctrl-C or SIGTERM during `fit`; the last complete epoch is kept for `--resume`."""
+    """Ctrl-C or SIGTERM during a run: the last complete epoch is kept for `--resume` (before
+    `fit`, the run folder is left as it was)."""
 
     exit_code = 130  # the shell's convention for SIGINT
 
@@ -170,7 +171,7 @@ def train(
         BnnError: bad options, unavailable data, a weights file or teacher that does not fit
             the model or data, or a run folder that is already used.
         RunFolderBusyError: another process is training in `run_dir`.
-        TrainingInterruptedError: Ctrl-C or SIGTERM during training.
+        TrainingInterruptedError: Ctrl-C or SIGTERM while the run is prepared or trains.
         NonFiniteLossError: the loss became NaN/inf.
     """
     return _run(config, build_model, Path(run_dir), resume=resume, previous=None, splits=splits,
@@ -240,18 +241,20 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
     if not resume:
         # Before the folder exists: a data set, model or weights file refused here leaves
         # nothing behind.
-        data, precision, built = _data_and_model(config, recipe, strategy, build_model, start,
-                                                 splits, None, 0, teacher, verbose)
+        with _interrupted_before_training(run_dir, None, config.epochs):
+            data, precision, built = _data_and_model(config, recipe, strategy, build_model,
+                                                     start, splits, None, 0, teacher, verbose)
     # Only the chief writes the run folder, so only the chief owns it.
     lock = run_lock.RunFolderLock(run_dir, create=not resume) if chief else contextlib.nullcontext()
     with lock:
         previous, start_epoch = _prepare_folder(run_dir, config, chief, resume, previous)
         if resume:
-            start = Start.resumed(previous, start_epoch, build_model, run_dir)
-            teacher = Teacher.resumed(previous, run_dir)
-            data, precision, built = _data_and_model(config, recipe, strategy, build_model,
-                                                     start, splits, previous, start_epoch,
-                                                     teacher, verbose)
+            with _interrupted_before_training(run_dir, start_epoch, config.epochs):
+                start = Start.resumed(previous, start_epoch, build_model, run_dir)
+                teacher = Teacher.resumed(previous, run_dir)
+                data, precision, built = _data_and_model(config, recipe, strategy,
+                                                         build_model, start, splits, previous,
+                                                         start_epoch, teacher, verbose)
         model = built.model
         _compile(built, config, recipe, strategy, data.steps)
         # Every worker trains and saves (collectives need all of them); only the chief writes
@@ -664,6 +667,31 @@ def time_to_best_accuracy(rows: List[Dict[str, float]]) -> Dict[str, Any]:
     seconds = best.get(RUN_TIME_KEY)
     return {"best_test_accuracy": best["val_accuracy"], "best_epoch": int(best["epoch"]),
             "time_to_best_s": None if seconds is None else round(seconds, 3)}
+
+
+@contextlib.contextmanager
+def _interrupted_before_training(run_dir: Path, completed: Optional[int], epochs: int):
+    """Turns Ctrl-C/SIGTERM while a run is being prepared (its data, its model, a cached
+    teacher's pass over the training set, which can take minutes) into one error that says
+    what became of the run folder: nothing has been written to it yet.
+
+    Args:
+        run_dir: The run folder.
+        completed: The complete epochs of the run being resumed; None for a new run.
+        epochs: The run's epochs.
+    """
+    try:
+        with signals.interrupt_on_sigterm():
+            yield
+    except KeyboardInterrupt:
+        if completed is None:
+            raise TrainingInterruptedError(
+                f"Interrupted before training started; nothing was written to {run_dir}."
+            ) from None
+        raise TrainingInterruptedError(
+            f"Interrupted before training resumed; {run_dir} is as it was ({completed} "
+            f"complete epoch(s) of {epochs}); continue with: bnn train --resume {run_dir}"
+        ) from None
 
 
 @contextlib.contextmanager

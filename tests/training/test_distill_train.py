@@ -308,6 +308,57 @@ def test_cached_teacher_logits_train_as_the_teacher_run_at_every_step(teacher_ru
     assert len(saved.inputs) == 1 and "distillation" not in [l.name for l in saved.layers]
 
 
+def _signal_during_the_teacher_pass(monkeypatch, signum):
+    """Sends `signum` to this process while the teacher computes its logits, as a user's
+    Ctrl-C or a scheduler's SIGTERM would during that pass (it can take minutes)."""
+    import os
+    import time
+
+    from bnn_keras import distillation
+
+    def interrupted(teacher, images, verbose=1):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError(f"{signal.Signals(signum).name} did not interrupt the pass")
+
+    monkeypatch.setattr(distillation, "teacher_logits_of", interrupted)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_teacher_pass_leaves_the_run_folder_as_it_was(
+        teacher_run, tmp_path, monkeypatch, signum):
+    """Ctrl-C or SIGTERM while the teacher's logits are computed: a new run's folder is not
+    created, a resumed run's files stay byte-identical, and each says so in one error; the
+    resumed run then continues."""
+    config = tiny_config(teacher=str(teacher_run), distill_cache=True, track_flips=False)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _signal_during_the_teacher_pass(patch, signum)
+        with pytest.raises(training.TrainingInterruptedError) as err:
+            training.train(config, tiny_bnn, run_dir, verbose=0)
+    assert str(err.value) == (
+        f"Interrupted before training started; nothing was written to {run_dir}.")
+    assert err.value.exit_code == 130 and not run_dir.exists()
+
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(config, tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=2)])
+    before, handler = _hashes(run_dir), signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        _signal_during_the_teacher_pass(patch, signum)
+        with pytest.raises(training.TrainingInterruptedError) as err:
+            training.resume_training(run_dir, tiny_bnn, verbose=0)
+    assert str(err.value) == (
+        f"Interrupted before training resumed; {run_dir} is as it was (1 complete epoch(s) "
+        f"of 3); continue with: bnn train --resume {run_dir}")
+    assert _hashes(run_dir) == before
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back after the interrupt
+
+    resumed = training.resume_training(run_dir, tiny_bnn, verbose=0)
+    assert [r["epoch"] for r in _rows(run_dir)] == ["1", "2", "3"]
+    assert resumed.metrics["epochs"] == 3
+
+
 def test_cached_teacher_logits_are_refused_where_they_would_be_wrong(teacher_run, tmp_path):
     with pytest.raises(BnnError, match=r"^`distill_cache` applies to distillation; give a "
                                        r"`teacher` too"):
