@@ -416,14 +416,28 @@ def reference_minutes(seconds: float, scale: float) -> float:
 
 
 def optimizer_text(result: Dict[str, Any]) -> str:
-    """"Adam 0.005, 256" or "Adam 0.005 + SGD 0.1, 256" (results.json files of before these
-    fields: Adam 2e-3, the default then, at a constant rate: see benchmarks/README.md)."""
+    """"Adam 0.005, 256" or "Adam 0.005 + SGD 0.1, 256", then what else differs from the
+    defaults ("Adam 0.01, 128, label smoothing 0.1"). results.json files of before these
+    fields: Adam 2e-3, the default then, at a constant rate (see benchmarks/README.md)."""
     if "optimizer" not in result:
         return "Adam 0.002 (constant), 256"
     rates = f"Adam {result['learning_rate']:g}"
     if result["optimizer"] == "adam-sgd":
         rates += f" + SGD {result['float_learning_rate']:g}"
-    return f"{rates}, {result['batch_size']}"
+    return ", ".join([rates, str(result["batch_size"]), *training_changes(result)])
+
+
+def training_changes(result: Dict[str, Any]) -> List[str]:
+    """What a run changed from the default training besides its rate and batch size: "label
+    smoothing 0.1", "linear decay", "crop_flip" (nothing for results.json files without them)."""
+    changes = []
+    if result.get("label_smoothing"):
+        changes.append(f"label smoothing {result['label_smoothing']:g}")
+    if result.get("decay", "cosine") != "cosine":
+        changes.append(f"{result['decay']} decay")
+    if result.get("augment", "none") != "none":
+        changes.append(result["augment"])
+    return changes
 
 
 def print_table(results: Sequence[Dict[str, Any]]) -> None:
@@ -458,7 +472,8 @@ def plot(results: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
         style = ":" if r["distill"] else "--" if r["float_copy"] else "-"
         ax.plot(minutes, [100 * a for _, _, a in r["curve"]], style, marker="o", markersize=3,
                 color=colors[i % len(colors)],
-                label=f"{r['row']} seed {r['seed']} ({r['budget']:g} min)")
+                label=", ".join([f"{r['row']} seed {r['seed']} ({r['budget']:g} min",
+                                 f"batch {r.get('batch_size', 256)}", *training_changes(r)]) + ")")
     for budget, target in TARGETS:
         ax.axhline(100 * target, color="grey", linestyle=":", linewidth=0.8)
         ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)

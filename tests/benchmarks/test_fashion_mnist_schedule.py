@@ -107,3 +107,16 @@ def test_the_clocks_of_a_row_can_start_before_fit(benchmark):
                                rtol=1e-5)
     # The whole budget was spent before `fit`: it stops after its first step.
     assert budget.elapsed >= 5 and budget.images == 8
+
+
+def test_the_table_names_what_a_run_changed_from_the_default_training(benchmark):
+    """A row trained with label smoothing (or another decay, or augmentation) says so in the
+    table's rate column, so that rows of several invocations in one `--combine` table differ."""
+    plain = {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 128, "decay": "cosine",
+             "augment": "none", "label_smoothing": None}
+    assert benchmark.optimizer_text(plain) == "Adam 0.01, 128"
+    changed = dict(plain, label_smoothing=0.1, decay="linear", augment="crop_flip",
+                   optimizer="adam-sgd", float_learning_rate=0.1)
+    assert benchmark.optimizer_text(changed) == (
+        "Adam 0.01 + SGD 0.1, 128, label smoothing 0.1, linear decay, crop_flip")
+    assert benchmark.optimizer_text({"learning_rate": 0.002}) == "Adam 0.002 (constant), 256"
