@@ -14,17 +14,24 @@ today's default network (QuickNet at section filters 16-128, batch 256, float32)
 images/s here and scales every budget by reference / measured, so a 15-minute budget is the
 same amount of computation on any machine of this kind; the table shows both clocks.
 
-A curve of test accuracy against minutes is drawn for each run (`--png`): the weights are
+Each network gives rows by suffix (`VARIANTS`): the BNN, its float copy (`-float`), the BNN
+distilled from `--teacher` (`-kd`), and the BNN binarized from its float copy within the same
+budget (`-ff`: the float copy trains for `--float-share` of it, then the BNN from its weights).
+
+A curve of test accuracy against minutes is drawn for each run (accuracy.png): the weights are
 copied at eight points of the budget and evaluated on the test set after the run, off the clock.
 
     python benchmarks/fashion_mnist.py --budget 15 --rows quicknet-s2,quicknet-s2-float,resnete
     python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-s2-kd --teacher TEACHER.keras --seeds 0,1
+    python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-s2-stem16-ff --float-share 0.3
     python benchmarks/fashion_mnist.py --budget 1 --rows quicknet-s2 --seeds 0   # a quick look
 
 References:
     - QuickNet: Bannink et al., "Larq Compute Engine" (arXiv 2011.09398).
     - ReActNet: Liu et al., ECCV 2020 (arXiv 2003.03488).
     - Binary ResNetE18: Bethge et al., "Back to Simplicity" (arXiv 1906.08637).
+    - Binarizing a trained real-valued network: Martinez et al., "Training Binary Neural
+      Networks with Real-to-Binary Convolutions", ICLR 2020 (arXiv 2003.11535).
     - Knowledge distillation: Hinton et al., "Distilling the Knowledge in a Neural Network"
       (arXiv 1503.02531).
 """
@@ -50,7 +57,7 @@ from bnn_keras.model_stats import count_binary_convs, model_summary  # noqa: E40
 from bnn_keras.training import TrainConfig, train  # noqa: E402
 from bnn_keras.training import data as data_lib  # noqa: E402
 from bnn_keras.training import recipes  # noqa: E402
-from bnn_keras.training.config import RunRecord  # noqa: E402
+from bnn_keras.training.config import MODEL_FILE, RunRecord  # noqa: E402
 from bnn_keras.training.precision import hardware_summary  # noqa: E402
 
 # images/s of the default network (below) on the slower of the two AVX2-only 2-core machines
@@ -72,6 +79,8 @@ class Row:
         options: Model builder overrides.
         float_copy: Train the float copy (`bnn train --float`) instead of the BNN.
         distill: Distil from `--teacher` (Hinton's soft targets, `--distill-*`).
+        float_first: Spend the first `--float-share` of the budget training the float copy,
+            then train the BNN from its weights (`bnn train --weights`) for the rest.
         about: A few words for the table.
     """
 
@@ -79,7 +88,29 @@ class Row:
     options: Dict[str, Any]
     float_copy: bool = False
     distill: bool = False
+    float_first: bool = False
     about: str = ""
+
+
+# The rows one network gives, by the suffix of their name: the BNN itself, its float copy,
+# the BNN distilled from `--teacher`, and the BNN started from its float copy's weights.
+VARIANTS = {
+    "": {},
+    "-float": {"float_copy": True},
+    "-kd": {"distill": True},
+    "-ff": {"float_first": True},
+}
+_VARIANT_ABOUT = {"-float": "float copy", "-kd": "distilled",
+                  "-ff": "from its float copy within the budget"}
+
+
+def network_rows(name: str, model: str, options: Dict[str, Any], about: str,
+                 variants: Sequence[str] = ("",)) -> Dict[str, Row]:
+    """The rows `name` + suffix of one network, for each suffix of `VARIANTS` in `variants`."""
+    return {name + suffix: Row(model, options, **VARIANTS[suffix],
+                               about=", ".join([about] + ([_VARIANT_ABOUT[suffix]]
+                                                          if suffix else [])))
+            for suffix in variants}
 
 
 _QUICKNET = {"section_filters": [16, 32, 64, 128]}
@@ -105,46 +136,27 @@ _RESNETE = {"stage_filters": [16, 32, 64, 128]}
 # ReActNet-A's 14 widths at a quarter (stem 8 ... 256): the cost of the two rows above here.
 _REACTNET = {"widths": [8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256]}
 ROWS = {
-    "quicknet": Row("quicknet", _QUICKNET, about="QuickNet 16-128 (today's default)"),
-    "quicknet-float": Row("quicknet", _QUICKNET, float_copy=True, about="its float copy"),
-    "quicknet-kd": Row("quicknet", _QUICKNET, distill=True, about="QuickNet 16-128, distilled"),
-    "quicknet-wide": Row("quicknet", _QUICKNET_WIDE,
-                         about="QuickNet 32-256, 2 blocks per section"),
-    "quicknet-wide-kd": Row("quicknet", _QUICKNET_WIDE, distill=True,
-                            about="QuickNet 32-256, 2 blocks per section, distilled"),
-    "quicknet-24": Row("quicknet", _QUICKNET_24, about="QuickNet 24-192, 2 blocks per section"),
-    "quicknet-24-float": Row("quicknet", _QUICKNET_24, float_copy=True,
-                             about="QuickNet 24-192, 2 blocks per section, float copy"),
-    "quicknet-24-kd": Row("quicknet", _QUICKNET_24, distill=True,
-                          about="QuickNet 24-192, 2 blocks per section, distilled"),
-    "quicknet-s2": Row("quicknet", _QUICKNET_S2, about="QuickNet 32-128, stride-2 stem"),
-    "quicknet-s2-float": Row("quicknet", _QUICKNET_S2, float_copy=True,
-                             about="QuickNet 32-128, stride-2 stem, float copy"),
-    "quicknet-s2-kd": Row("quicknet", _QUICKNET_S2, distill=True,
-                          about="QuickNet 32-128, stride-2 stem, distilled"),
-    "quicknet-s2-48": Row("quicknet", _QUICKNET_S2_48,
-                          about="QuickNet 48-192, stride-2 stem, 3 blocks per section"),
-    "quicknet-s2-stem16": Row("quicknet", _QUICKNET_S2_STEM16,
-                              about="QuickNet 32-128, 28x28 float conv, stride-2 stem"),
-    "quicknet-s2-stem16-float": Row("quicknet", _QUICKNET_S2_STEM16, float_copy=True,
-                                    about="QuickNet 32-128, 28x28 float conv, stride-2 stem, "
-                                          "float copy"),
-    "quicknet-s2-stem16-kd": Row("quicknet", _QUICKNET_S2_STEM16, distill=True,
-                                 about="QuickNet 32-128, 28x28 float conv, stride-2 stem, "
-                                       "distilled"),
-    "quicknet-s2-stem24": Row("quicknet", _QUICKNET_S2_STEM24,
-                              about="QuickNet 32-128, 24-wide 28x28 float conv, stride-2 stem"),
-    "quicknet-s2-40-stem16": Row("quicknet", _QUICKNET_S2_40_STEM16,
-                                 about="QuickNet 40-160, 28x28 float conv, stride-2 stem"),
-    "quicknet-s2-40-stem16-float": Row("quicknet", _QUICKNET_S2_40_STEM16, float_copy=True,
-                                       about="QuickNet 40-160, 28x28 float conv, stride-2 "
-                                             "stem, float copy"),
-    "resnete": Row("binary-resnet-e18", _RESNETE, about="Binary ResNetE18 16-128"),
-    "resnete-kd": Row("binary-resnet-e18", _RESNETE, distill=True,
-                      about="Binary ResNetE18 16-128, distilled"),
-    "reactnet": Row("reactnet-a", _REACTNET, about="ReActNet-A at a quarter width"),
-    "reactnet-kd": Row("reactnet-a", _REACTNET, distill=True,
-                       about="ReActNet-A at a quarter width, distilled"),
+    **network_rows("quicknet", "quicknet", _QUICKNET, "QuickNet 16-128 (today's default)",
+                   ("", "-float", "-kd")),
+    **network_rows("quicknet-wide", "quicknet", _QUICKNET_WIDE,
+                   "QuickNet 32-256, 2 blocks per section", ("", "-kd")),
+    **network_rows("quicknet-24", "quicknet", _QUICKNET_24,
+                   "QuickNet 24-192, 2 blocks per section", ("", "-float", "-kd")),
+    **network_rows("quicknet-s2", "quicknet", _QUICKNET_S2, "QuickNet 32-128, stride-2 stem",
+                   ("", "-float", "-kd", "-ff")),
+    **network_rows("quicknet-s2-48", "quicknet", _QUICKNET_S2_48,
+                   "QuickNet 48-192, stride-2 stem, 3 blocks per section"),
+    **network_rows("quicknet-s2-stem16", "quicknet", _QUICKNET_S2_STEM16,
+                   "QuickNet 32-128, 28x28 float conv, stride-2 stem",
+                   ("", "-float", "-kd", "-ff")),
+    **network_rows("quicknet-s2-stem24", "quicknet", _QUICKNET_S2_STEM24,
+                   "QuickNet 32-128, 24-wide 28x28 float conv, stride-2 stem"),
+    **network_rows("quicknet-s2-40-stem16", "quicknet", _QUICKNET_S2_40_STEM16,
+                   "QuickNet 40-160, 28x28 float conv, stride-2 stem", ("", "-float")),
+    **network_rows("resnete", "binary-resnet-e18", _RESNETE, "Binary ResNetE18 16-128",
+                   ("", "-kd")),
+    **network_rows("reactnet", "reactnet-a", _REACTNET, "ReActNet-A at a quarter width",
+                   ("", "-kd")),
 }
 
 
@@ -261,15 +273,18 @@ class TimeDecay(tf.keras.callbacks.Callback):
 
 class TimeBudget(tf.keras.callbacks.Callback):
     """Stops `fit` once `seconds` of training have passed; counts the images trained on and
-    copies the weights at `snapshots` evenly spaced times (for the accuracy-vs-time curve).
+    copies the weights at `snapshots` evenly spaced times after `first_mark` seconds (for the
+    accuracy-vs-time curve).
     The time counts from `started` (a `time.perf_counter` reading taken before `train`), or
     else from the start of `fit`."""
 
     def __init__(self, seconds: float, batch_size: int, snapshots: int = SNAPSHOTS,
-                 started: Optional[float] = None):
+                 started: Optional[float] = None, first_mark: float = 0.0):
         super().__init__()
         self.seconds, self.batch_size = seconds, batch_size
-        self.marks = [seconds * (i + 1) / snapshots for i in range(snapshots - 1)]
+        # Evenly spaced over [first_mark, seconds]: after a `-ff` row's float stage.
+        self.marks = [first_mark + (seconds - first_mark) * (i + 1) / snapshots
+                      for i in range(snapshots - 1)]
         self.snapshots: List[tuple] = []  # (seconds, images, weights)
         self.started, self.elapsed = started, 0.0
         self.images = 0
@@ -341,54 +356,87 @@ def teacher_of(row: Row, seed: int, args: argparse.Namespace,
     return args.teacher, 0.0
 
 
-def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Namespace,
-            splits: data_lib.DataSplits, earlier: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Trains one row for `budget_s` seconds of wall time and measures it."""
-    run_dir = Path(args.output) / f"{name}-seed{seed}"
-    float_lr = args.float_lr if args.optimizer == "adam-sgd" else None
-    teacher, teacher_time_s = teacher_of(row, seed, args, earlier)
-    cached = row.distill and args.distill_cache
-    # A cached teacher's pass over the training set happens inside `train`, before `fit`:
-    # start the clocks before it, so that it counts in the row's budget.
-    started = time.perf_counter() if cached else None
-    config = TrainConfig(
+def row_config(row: Row, seed: int, args: argparse.Namespace, *, float_copy: bool,
+               weights: Optional[str] = None, teacher: Optional[str] = None) -> TrainConfig:
+    """The `TrainConfig` of one run of a row (or of a `-ff` row's float stage)."""
+    return TrainConfig(
         model=row.model, model_options=dict(row.options), dataset="fashion_mnist",
         data_dir=args.data_dir, image_size=28,
         # An upper bound: the budget stops the run, and validation (monitoring only; the test
         # accuracy is measured at the end) never runs inside it.
         epochs=1000, validation_freq=1000, batch_size=args.batch_size,
-        optimizer=args.optimizer, learning_rate=args.lr, float_learning_rate=float_lr,
+        optimizer=args.optimizer, learning_rate=args.lr,
+        float_learning_rate=args.float_lr if args.optimizer == "adam-sgd" else None,
         schedule="constant", seed=seed, precision=args.precision,
         label_smoothing=args.label_smoothing,
-        augment=args.augment != "none", float_copy=row.float_copy,
+        augment=args.augment != "none", float_copy=float_copy, weights=weights,
         teacher=teacher,
-        distill_loss=args.distill_loss if row.distill else None,
-        distill_weight=args.distill_weight if row.distill else None,
-        distill_temperature=args.distill_temperature if row.distill else None,
-        distill_cache=cached,
+        distill_loss=args.distill_loss if teacher else None,
+        distill_weight=args.distill_weight if teacher else None,
+        distill_temperature=args.distill_temperature if teacher else None,
+        distill_cache=bool(teacher) and args.distill_cache,
     )
-    timer = TimeBudget(budget_s, args.batch_size, started=started)
-    result = train(config, None, run_dir, splits=splits, verbose=2,
-                   callbacks=[TimeDecay(budget_s, args.decay, started=started), timer])
+
+
+def float_stage(name: str, row: Row, seed: int, seconds: float, args: argparse.Namespace,
+                splits: data_lib.DataSplits, started: float):
+    """The first stage of a `-ff` row: its float copy, trained for `seconds` from `started`
+    with the rate decayed to 0 over them; the BNN then starts from its weights, as
+    Real-to-Binary's and ReActNet's binarization starts from a trained real-valued network
+    (Martinez et al., ICLR 2020; Liu et al., ECCV 2020), here within the row's budget.
+
+    Returns:
+        (its run folder, its model after training, the images it trained on).
+    """
+    run_dir = Path(args.output) / f"{name}-seed{seed}-float-stage"
+    timer = TimeBudget(seconds, args.batch_size, started=started)
+    result = train(row_config(row, seed, args, float_copy=True), None, run_dir, splits=splits,
+                   verbose=2, callbacks=[TimeDecay(seconds, args.decay, started=started), timer])
+    return run_dir, result.model, timer.images
+
+
+def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Namespace,
+            splits: data_lib.DataSplits, earlier: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Trains one row for `budget_s` seconds of wall time and measures it."""
+    run_dir = Path(args.output) / f"{name}-seed{seed}"
+    teacher, teacher_time_s = teacher_of(row, seed, args, earlier)
+    cached = row.distill and args.distill_cache
+    # A cached teacher's pass over the training set, and a `-ff` row's float stage, happen
+    # before the BNN's `fit`: start the clocks before them, so that they count in the budget.
+    started = time.perf_counter() if cached or row.float_first else None
+    weights, float_model, float_stage_s, float_images = None, None, 0.0, 0
+    if row.float_first:
+        float_dir, float_model, float_images = float_stage(
+            name, row, seed, budget_s * args.float_share, args, splits, started)
+        weights = str(float_dir / MODEL_FILE)
+        float_stage_s = time.perf_counter() - started
+    config = row_config(row, seed, args, float_copy=row.float_copy, weights=weights,
+                        teacher=teacher)
+    # The BNN's rate decays over what is left of the budget, from a peak at its start.
+    decay_started = None if started is None else time.perf_counter()
+    decay = TimeDecay(budget_s - float_stage_s, args.decay, started=decay_started)
+    timer = TimeBudget(budget_s, args.batch_size, started=started, first_mark=float_stage_s)
+    result = train(config, None, run_dir, splits=splits, verbose=2, callbacks=[decay, timer])
     x, y = test_arrays(splits, run_dir)
     # The snapshots are of the fitted model (a distilled row's holds the student's layers and
     # its teacher, or the cached teacher logits' input); the student shares its variables.
     fitted = timer.model
     final_weights = fitted.get_weights()
     curve = []
-    for seconds, images, weights in timer.snapshots:
-        fitted.set_weights(weights)
-        curve.append((seconds, images, accuracy(result.model, x, y)))
+    # Images count from the start of the row (a `-ff` row's float stage included).
+    for seconds, images, snapshot in timer.snapshots:
+        fitted.set_weights(snapshot)
+        curve.append((seconds, float_images + images, accuracy(result.model, x, y)))
     fitted.set_weights(final_weights)
     final_top1 = top1(result.model, x)
-    curve.append((timer.elapsed, timer.images, float(np.mean(final_top1 == y))))
+    curve.append((timer.elapsed, float_images + timer.images, float(np.mean(final_top1 == y))))
     stats = model_summary(result.model)
     row_result = {
         "row": name, "seed": seed,
         "about": row.about + (", teacher's logits cached" if cached else ""), "model": row.model,
         "options": row.options, "float_copy": row.float_copy, "distill": row.distill,
         "optimizer": args.optimizer, "learning_rate": args.lr,
-        "float_learning_rate": float_lr,
+        "float_learning_rate": config.float_learning_rate,
         "batch_size": args.batch_size,
         "decay": args.decay,
         "augment": args.augment,
@@ -398,8 +446,12 @@ def run_row(name: str, row: Row, seed: int, budget_s: float, args: argparse.Name
         "teacher": teacher,
         "teacher_time_s": teacher_time_s,
         "distill_cache": cached,
-        "images_per_s": timer.images / timer.elapsed,
-        "epochs": timer.images / splits.num_train,
+        "float_first": row.float_first,
+        "float_share": args.float_share if row.float_first else None,
+        "float_stage_s": float_stage_s,
+        "float_stage_accuracy": (None if float_model is None else accuracy(float_model, x, y)),
+        "images_per_s": curve[-1][1] / timer.elapsed,
+        "epochs": curve[-1][1] / splits.num_train,
         "binary_mac_fraction": stats.binary_mac_fraction,
         "params": stats.total_params,
         "curve": curve,
@@ -429,7 +481,9 @@ def optimizer_text(result: Dict[str, Any]) -> str:
 
 def training_changes(result: Dict[str, Any]) -> List[str]:
     """What a run changed from the default training besides its rate and batch size: "label
-    smoothing 0.1", "linear decay", "crop_flip" (nothing for results.json files without them)."""
+    smoothing 0.1", "linear decay", "crop_flip", "float copy for 30% of the budget (91.50%)"
+    (a `-ff` row's float stage and its test accuracy); nothing for results.json files without
+    these fields."""
     changes = []
     if result.get("label_smoothing"):
         changes.append(f"label smoothing {result['label_smoothing']:g}")
@@ -437,6 +491,9 @@ def training_changes(result: Dict[str, Any]) -> List[str]:
         changes.append(f"{result['decay']} decay")
     if result.get("augment", "none") != "none":
         changes.append(result["augment"])
+    if result.get("float_first"):
+        changes.append(f"float copy for {result['float_share']:.0%} of the budget "
+                       f"({result['float_stage_accuracy']:.2%})")
     return changes
 
 
@@ -544,6 +601,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="the -kd rows compute the teacher's logits on the training set "
                              "once, before training (counted in their budget), instead of at "
                              "every step")
+    parser.add_argument("--float-share", type=float, default=0.3,
+                        help="the -ff rows train their float copy for this fraction of the "
+                             "budget, then the BNN from its weights for the rest "
+                             "[default: %(default)g]")
     parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR)
     parser.add_argument("--output", default=f"/tmp/bnn-fashion-mnist-{int(time.time())}",
                         help="new folder for the run folders, results.json and accuracy.png")
@@ -555,6 +616,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         combine(args.combine, Path(args.output))
         return
 
+    if not 0 < args.float_share < 1:
+        sys.exit(f"--float-share {args.float_share:g}: give a fraction of the budget between 0 "
+                 "and 1, e.g. 0.3.")
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []  # (row name, seed), in order
     for spec in (n.strip() for n in args.rows.split(",") if n.strip()):

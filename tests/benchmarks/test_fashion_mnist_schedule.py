@@ -1,8 +1,11 @@
-"""The Fashion-MNIST benchmark's wall-time learning-rate decay (cosine or linear) really sets
+"""The Fashion-MNIST benchmark: its wall-time learning-rate decay (cosine or linear) really sets
 the rate of the optimizer's updates (Keras recomputes a scheduled rate at every step, so
-assigning the rate from a callback does nothing), for Adam and for the Adam + SGD split."""
+assigning the rate from a callback does nothing), for Adam and for the Adam + SGD split; its
+clocks; its table's text; and its `-ff` rows, binarized from their float copy."""
 
+import hashlib
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import tensorflow as tf
 
 import models
 from bnn_keras.training import recipes
+from bnn_keras.training.config import RunRecord
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
 
@@ -120,3 +124,61 @@ def test_the_table_names_what_a_run_changed_from_the_default_training(benchmark)
     assert benchmark.optimizer_text(changed) == (
         "Adam 0.01 + SGD 0.1, 128, label smoothing 0.1, linear decay, crop_flip")
     assert benchmark.optimizer_text({"learning_rate": 0.002}) == "Adam 0.002 (constant), 256"
+
+
+def _write_idx(path, array):
+    import struct
+
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A `-ff` row trains its float copy for `--float-share` of the budget, then the BNN from
+    the float copy's weights: the BNN's run records that file, its latent weights start from
+    the float copy's (their signs agree, where a fresh initialisation would agree on half),
+    and both stages count in one budget."""
+    rng = np.random.RandomState(0)
+    data_dir = tmp_path / "idx"
+    data_dir.mkdir()
+    for prefix, count in (("train", 96), ("t10k", 32)):
+        _write_idx(data_dir / f"{prefix}-images-idx3-ubyte",
+                   rng.randint(0, 256, (count, 28, 28)).astype(np.uint8))
+        _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte",
+                   rng.randint(0, 10, count).astype(np.uint8))
+    monkeypatch.setattr(benchmark, "ROWS", benchmark.network_rows(
+        "tiny", "quicknet", {"section_filters": [8, 16], "section_blocks": [1, 1]},
+        "QuickNet 8-16", ("", "-ff")))
+    output = tmp_path / "out"
+    # A budget of 3 s at the reference speed: each stage trains a few steps.
+    benchmark.main(["--rows", "tiny-ff", "--seeds", "0", "--budget", "0.05",
+                    "--default-images-per-s", str(benchmark.REFERENCE_IMAGES_PER_S),
+                    "--batch-size", "16", "--float-share", "0.5", "--data-dir", str(data_dir),
+                    "--output", str(output)])
+    [result] = json.loads((output / "results.json").read_text())["results"]
+    float_dir, binary_dir = output / "tiny-ff-seed0-float-stage", output / "tiny-ff-seed0"
+    record = RunRecord.read(binary_dir)
+    float_file = float_dir / "model.keras"
+    assert record.config.weights == str(float_file) and not record.config.float_copy
+    assert record.weights_sha256 == hashlib.sha256(float_file.read_bytes()).hexdigest()
+    assert RunRecord.read(float_dir).config.float_copy
+
+    float_model = tf.keras.models.load_model(float_file)
+    binary_model = tf.keras.models.load_model(binary_dir / "model.keras")
+    kernels = [(layer.name, layer.kernel) for layer in binary_model.layers
+               if isinstance(layer, lq.layers.QuantConv2D) and layer.kernel_quantizer]
+    assert kernels
+    for name, kernel in kernels:
+        agree = np.mean(np.sign(kernel.numpy()) ==
+                        np.sign(float_model.get_layer(name).kernel.numpy()))
+        assert agree > 0.8, (name, agree)
+
+    assert 0 < result["float_stage_s"] < result["wall_time_s"]
+    assert result["float_first"] and result["float_share"] == 0.5
+    assert 0 <= result["float_stage_accuracy"] <= 1
+    # The curve is the BNN's: its snapshots come after the float stage.
+    assert all(seconds >= result["float_stage_s"] for seconds, _, _ in result["curve"])
+    assert result["lce_bconv2d"] == result["binary_convs"] > 0
+    assert "float copy for 50% of the budget" in capsys.readouterr().out
