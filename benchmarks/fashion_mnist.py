@@ -352,8 +352,22 @@ def teacher_of(row: Row, seed: int, args: argparse.Namespace,
         for result in earlier:
             if result["row"] == args.teacher and result["seed"] == seed:
                 return result["run_dir"], result["wall_time_s"]
-        sys.exit(f"--teacher {args.teacher}: list that row before the distilled ones in --rows.")
+        raise AssertionError("check_teachers lets no such run start")
     return args.teacher, 0.0
+
+
+def check_teachers(runs: Sequence[tuple], teacher: Optional[str]) -> None:
+    """Exits with one line, before any training, when a distilled run has no teacher: no
+    `--teacher`, or a teacher row without a run of the same seed listed before it."""
+    for i, (name, seed) in enumerate(runs):
+        if not ROWS[name].distill:
+            continue
+        if teacher is None:
+            sys.exit(f"Row {name} distils from a teacher: give --teacher (a row of this "
+                     "invocation, a run folder or a Keras model file).")
+        if teacher in ROWS and (teacher, seed) not in runs[:i]:
+            sys.exit(f"--teacher {teacher}: list that row with seed {seed} before {name} in "
+                     "--rows.")
 
 
 def row_config(row: Row, seed: int, args: argparse.Namespace, *, float_copy: bool,
@@ -626,6 +640,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if name not in ROWS:
             sys.exit(f"Unknown row {name!r}; choose from {', '.join(ROWS)}.")
         runs += [(name, seed) for seed in ([int(s) for s in only.split("+")] if only else seeds)]
+    check_teachers(runs, args.teacher)
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         sys.exit(f"{output} is not empty; give a new --output folder.")

@@ -182,3 +182,18 @@ def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark,
     assert all(seconds >= result["float_stage_s"] for seconds, _, _ in result["curve"])
     assert result["lce_bconv2d"] == result["binary_convs"] > 0
     assert "float copy for 50% of the budget" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--rows", "quicknet-s2-kd"], "Row quicknet-s2-kd distils from a teacher: give --teacher"),
+    (["--rows", "quicknet-s2-kd,quicknet-s2-float", "--teacher", "quicknet-s2-float"],
+     "--teacher quicknet-s2-float: list that row with seed 0 before quicknet-s2-kd"),
+    (["--rows", "quicknet-s2-float@1,quicknet-s2-kd@0", "--teacher", "quicknet-s2-float"],
+     "--teacher quicknet-s2-float: list that row with seed 0 before quicknet-s2-kd"),
+])
+def test_a_distilled_row_without_its_teacher_is_refused_before_any_training(
+        benchmark, tmp_path, argv, message):
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message.replace("-", r"\-")):
+        benchmark.main(argv + ["--output", str(output), "--default-images-per-s", "184"])
+    assert not output.exists()
