@@ -17,6 +17,7 @@ import tensorflow as tf
 import models
 from bnn_keras.training import recipes
 from bnn_keras.training.config import RunRecord
+from tests.training.test_data import _write_idx as write_idx
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
 
@@ -126,14 +127,6 @@ def test_the_table_names_what_a_run_changed_from_the_default_training(benchmark)
     assert benchmark.optimizer_text({"learning_rate": 0.002}) == "Adam 0.002 (constant), 256"
 
 
-def _write_idx(path, array):
-    import struct
-
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.tobytes())
-
-
 def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark, tmp_path,
                                                                       monkeypatch, capsys):
     """A `-ff` row trains its float copy for `--float-share` of the budget, then the BNN from
@@ -144,10 +137,10 @@ def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark,
     data_dir = tmp_path / "idx"
     data_dir.mkdir()
     for prefix, count in (("train", 96), ("t10k", 32)):
-        _write_idx(data_dir / f"{prefix}-images-idx3-ubyte",
-                   rng.randint(0, 256, (count, 28, 28)).astype(np.uint8))
-        _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte",
-                   rng.randint(0, 10, count).astype(np.uint8))
+        write_idx(data_dir / f"{prefix}-images-idx3-ubyte",
+                  rng.randint(0, 256, (count, 28, 28)).astype(np.uint8), compress=False)
+        write_idx(data_dir / f"{prefix}-labels-idx1-ubyte",
+                  rng.randint(0, 10, count).astype(np.uint8), compress=False)
     monkeypatch.setattr(benchmark, "ROWS", benchmark.network_rows(
         "tiny", "quicknet", {"section_filters": [8, 16], "section_blocks": [1, 1]},
         "QuickNet 8-16", ("", "-ff")))
