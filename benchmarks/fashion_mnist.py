@@ -22,7 +22,7 @@ A curve of test accuracy against minutes is drawn for each run (accuracy.png): t
 copied at eight points of the budget and evaluated on the test set after the run, off the clock.
 
     python benchmarks/fashion_mnist.py --budget 15 --rows quicknet-s2,quicknet-s2-float,resnete
-    python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-s2-kd --teacher TEACHER.keras --seeds 0,1
+    python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-s2-kd --teacher TEACHER.keras
     python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-s2-stem16-ff --float-share 0.3
     python benchmarks/fashion_mnist.py --budget 1 --rows quicknet-s2 --seeds 0   # a quick look
 
@@ -521,8 +521,8 @@ def print_table(results: Sequence[Dict[str, Any]]) -> None:
         agree = f"{r['agreement']:.2%}" if "agreement" in r else "-"
         size = f"{r['tflite_bytes']:,}" if "tflite_bytes" in r else "-"
         print(f"| {r['row']} ({r['about']}) | {r['seed']} | {optimizer_text(r)} | "
-              f"{r['test_accuracy']:.2%} | "
-              f"{r['wall_time_s'] / 60:.1f} min | {reference_minutes(r['wall_time_s'], r['scale']):.1f}"
+              f"{r['test_accuracy']:.2%} | {r['wall_time_s'] / 60:.1f} min | "
+              f"{reference_minutes(r['wall_time_s'], r['scale']):.1f}"
               + (f" ({reference_minutes(r['wall_time_s'] + r['teacher_time_s'], r['scale']):.1f})"
                  if r["teacher_time_s"] else "") + " | "
               f"{r['images_per_s']:.0f} | {r['epochs']:.2f} | {r['binary_mac_fraction']:.3f} | "
@@ -564,10 +564,18 @@ def plot(results: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
 
 
 def combine(paths: Sequence[str], output: Path) -> None:
-    """One table and one PNG of the runs of several invocations (their results.json)."""
+    """One table and one PNG of the runs of several invocations (their results.json), after a
+    line per invocation saying which machine measured it: their rows' minutes "here" were
+    minutes there."""
     results = []
     for path in paths:
-        results += json.loads(Path(path).read_text())["results"]
+        measured = json.loads(Path(path).read_text())
+        results += measured["results"]
+        # results.json files written before the machine was recorded name none.
+        print(f"- {path}: {measured.get('machine', 'machine not recorded')}; default network "
+              f"{measured['default_images_per_s']:.0f} images/s, so {measured['budget']:g} "
+              f"reference minutes = {measured['budget'] * measured['scale']:.2f} min there")
+    print()
     print_table(results)
     output.mkdir(parents=True, exist_ok=True)
     plot(results, output / "accuracy.png",
@@ -576,7 +584,7 @@ def combine(paths: Sequence[str], output: Path) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rows", default="quicknet-s2-float,quicknet-s2",
                         help=f"comma list of {', '.join(ROWS)}; ROW@S1+S2 runs that row with "
                              "these seeds only")
@@ -652,6 +660,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     scale = REFERENCE_IMAGES_PER_S / default_ips
     budget_s = args.budget * 60 * scale
     load = os.getloadavg()[0]
+    machine = hardware_summary()
     print(f"Default network here: {default_ips:.0f} images/s (reference machine: "
           f"{REFERENCE_IMAGES_PER_S:.0f}); budget {args.budget:g} reference minutes = "
           f"{budget_s / 60:.2f} min here. Load average {load:.2f}.", flush=True)
@@ -666,14 +675,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         shown = {k: v for k, v in results[-1].items() if k != "curve"}
         print(json.dumps(shown), flush=True)
         files.write_json(output / "results.json", {
-            "default_images_per_s": default_ips, "scale": scale, "budget": args.budget,
-            "results": results})
+            "machine": machine, "default_images_per_s": default_ips, "scale": scale,
+            "budget": args.budget, "results": results})
 
     rates = (f"Adam {args.lr:g}" if args.optimizer == "adam" else
              f"Adam {args.lr:g} (binary weights) + SGD {args.float_lr:g} (the rest)")
     title = (f"Fashion-MNIST, {args.budget:g} reference minutes per run, batch {args.batch_size}, "
              f"{rates} {args.decay} over the budget, {args.precision}")
-    print(f"\n{title}; measured on {hardware_summary()}, default network {default_ips:.0f} "
+    print(f"\n{title}; measured on {machine}, default network {default_ips:.0f} "
           f"images/s here (x{1 / scale:.2f} the reference machine's {REFERENCE_IMAGES_PER_S:.0f}); "
           f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}"
           + (f"; teacher {args.teacher} ({args.distill_loss})" if args.teacher else "") + "\n")

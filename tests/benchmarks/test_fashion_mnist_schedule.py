@@ -1,7 +1,8 @@
 """The Fashion-MNIST benchmark: its wall-time learning-rate decay (cosine or linear) really sets
 the rate of the optimizer's updates (Keras recomputes a scheduled rate at every step, so
 assigning the rate from a callback does nothing), for Adam and for the Adam + SGD split; its
-clocks; its table's text; and its `-ff` rows, binarized from their float copy."""
+clocks; its table's text and a combined table's machines; its `-ff` rows, binarized from their
+float copy; and its refusals."""
 
 import hashlib
 import importlib.util
@@ -17,6 +18,7 @@ import tensorflow as tf
 import models
 from bnn_keras.training import recipes
 from bnn_keras.training.config import RunRecord
+from bnn_keras.training.precision import hardware_summary
 from tests.training.test_data import _write_idx as write_idx
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
@@ -150,7 +152,9 @@ def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark,
                     "--default-images-per-s", str(benchmark.REFERENCE_IMAGES_PER_S),
                     "--batch-size", "16", "--float-share", "0.5", "--data-dir", str(data_dir),
                     "--output", str(output)])
-    [result] = json.loads((output / "results.json").read_text())["results"]
+    measured = json.loads((output / "results.json").read_text())
+    assert measured["machine"] == hardware_summary()
+    [result] = measured["results"]
     float_dir, binary_dir = output / "tiny-ff-seed0-float-stage", output / "tiny-ff-seed0"
     record = RunRecord.read(binary_dir)
     float_file = float_dir / "model.keras"
@@ -190,3 +194,39 @@ def test_a_distilled_row_without_its_teacher_is_refused_before_any_training(
     with pytest.raises(SystemExit, match=message.replace("-", r"\-")):
         benchmark.main(argv + ["--output", str(output), "--default-images-per-s", "184"])
     assert not output.exists()
+
+
+def test_a_combined_table_says_which_machine_measured_each_invocation(benchmark, tmp_path,
+                                                                      capsys):
+    """`--combine` of invocations measured on different machines: one line per results.json
+    names its machine (or says that an older file recorded none) and its budget there."""
+    row = {"row": "quicknet-s2", "about": "QuickNet 32-128", "seed": 0, "optimizer": "adam",
+           "learning_rate": 0.01, "batch_size": 64, "test_accuracy": 0.93, "wall_time_s": 1840.0,
+           "teacher_time_s": 0.0, "images_per_s": 250.0, "epochs": 7.5,
+           "binary_mac_fraction": 0.94, "distill": False, "float_copy": False, "budget": 30.0,
+           "curve": [[920.0, 1000, 0.9], [1840.0, 2000, 0.93]]}
+    avx2 = tmp_path / "avx2.json"
+    avx2.write_text(json.dumps({
+        "machine": "AMD EPYC, 2 CPUs, native bfloat16: no", "default_images_per_s": 180.0,
+        "scale": 184 / 180, "budget": 30.0, "results": [dict(row, scale=184 / 180)]}))
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({
+        "default_images_per_s": 717.0, "scale": 184 / 717, "budget": 30.0,
+        "results": [dict(row, seed=1, scale=184 / 717, wall_time_s=462.0)]}))
+    benchmark.main(["--combine", str(avx2), str(older), "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert (f"- {avx2}: AMD EPYC, 2 CPUs, native bfloat16: no; default network 180 images/s, "
+            "so 30 reference minutes = 30.67 min there") in out
+    assert (f"- {older}: machine not recorded; default network 717 images/s, so 30 reference "
+            "minutes = 7.70 min there") in out
+    # Both runs' wall time here, and the same 30 reference minutes.
+    assert "| 30.7 min | 30.0 |" in out and "| 7.7 min | 30.0 |" in out
+    assert (tmp_path / "out" / "accuracy.png").stat().st_size > 0
+
+
+def test_the_help_describes_the_benchmark_in_a_whole_sentence(benchmark, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--help"])
+    assert exit_info.value.code == 0
+    assert ("test accuracy per CPU-minute of BNNs, their float copies and distilled students, "
+            "under the same wall-time budget.") in " ".join(capsys.readouterr().out.split())
