@@ -569,12 +569,18 @@ def combine(paths: Sequence[str], output: Path) -> None:
     minutes there."""
     results = []
     for path in paths:
-        measured = json.loads(Path(path).read_text())
-        results += measured["results"]
-        # results.json files written before the machine was recorded name none.
-        print(f"- {path}: {measured.get('machine', 'machine not recorded')}; default network "
-              f"{measured['default_images_per_s']:.0f} images/s, so {measured['budget']:g} "
-              f"reference minutes = {measured['budget'] * measured['scale']:.2f} min there")
+        try:
+            measured = json.loads(Path(path).read_text())
+            results += measured["results"]
+            # results.json files written before the machine was recorded name none.
+            line = (f"- {path}: {measured.get('machine', 'machine not recorded')}; default "
+                    f"network {measured['default_images_per_s']:.0f} images/s, so "
+                    f"{measured['budget']:g} reference minutes = "
+                    f"{measured['budget'] * measured['scale']:.2f} min there")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            sys.exit(f"--combine {path}: not a results.json of this benchmark ({error}); give "
+                     "the results.json of an OUTPUT folder.")
+        print(line)
     print()
     print_table(results)
     output.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,17 @@ def test_the_help_describes_the_benchmark_in_a_whole_sentence(benchmark, capsys)
     assert exit_info.value.code == 0
     assert ("test accuracy per CPU-minute of BNNs, their float copies and distilled students, "
             "under the same wall-time budget.") in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"results": []}'])
+def test_combining_a_file_that_is_not_a_results_json_is_refused_in_one_line(
+        benchmark, tmp_path, content):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"^--combine {re.escape(str(path))}: not a "
+                                         r"results\.json of this benchmark \(.*\); give the "
+                                         r"results\.json of an OUTPUT folder\.$"):
+        benchmark.main(["--combine", str(path), "--output", str(output)])
+    assert not output.exists()
