@@ -1,6 +1,7 @@
 # Two entry points, each doing its own set-up on a fresh machine:
 #   make demo   train a BNN on the bundled digits, convert it for arm64, evaluate and time it
-#   make test   install with the test extras and run the whole test suite
+#   make test   install with the test extras and run the test suite (make test-all: and the
+#               slow tests and the acceptance tour)
 
 # The stack supports Python 3.10-3.12; take the first one found.
 PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
@@ -30,19 +31,19 @@ demo: $(STAMP)
 	$(BIN)/bnn evaluate $(DEMO_DIR)/model.tflite
 	$(BIN)/bnn benchmark $(DEMO_DIR)/model.tflite --threads 1 --runs 50
 
-# `slow` tests repeat what their faster siblings check on deeper variants (e.g. converting
-# BinaryDenseNet37/45 after 28); `make test-all` runs them too. One pytest process per test
-# package: TensorFlow keeps much of what the models of ~700 tests allocate, and one process for
-# the whole suite grew past this machine's 24 GB. Every package runs; any failure fails.
-TEST_PACKAGES := $(sort $(dir $(wildcard tests/*/__init__.py)))
-PYTEST_EACH = status=0; for package in $(TEST_PACKAGES); do echo "== $$package"; \
-	$(BIN)/python -m pytest -q $(1) $$package || status=1; done; exit $$status
+# `make test`: the whole suite but its `slow` tests (deeper or larger siblings of fast tests, e.g.
+# converting BinaryDenseNet37/45 after 28) and the `acceptance` tour (tests/acceptance: bad
+# inputs and faults on every command, as child processes); `make test-all` runs those too.
+# Two pytest-xdist workers, one per core, each taking whole test modules (a module's fixtures
+# are built once). Trained and converted artefacts are made once per run of the suite and
+# shared by both workers through pytest's cache folder (tests/artefacts.py).
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope
 
 test: $(STAMP)
-	@$(call PYTEST_EACH,-m "not slow")
+	$(PYTEST) -m "not slow and not acceptance"
 
 test-all: $(STAMP)
-	@$(call PYTEST_EACH,)
+	$(PYTEST)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -1,9 +1,9 @@
 """Shared fixtures: one tiny BinaryDenseNet28 trained on digits and its LCE flatbuffer.
 
 Training and converting even a few steps of BinaryDenseNet28 costs about a minute each on the
-2-core CI machine, so the run and its conversion are made once per test session, through the
-`bnn` CLI exactly as a user would, and shared by the training, CLI, conversion and end-to-end
-tests.
+2-core CI machine, so the run and its conversion are made once per run of the suite (through
+the `bnn` CLI exactly as a user would, kept in pytest's cache folder by tests/artefacts.py), and
+each test process reads its own copy: the training, CLI, conversion and end-to-end tests.
 """
 
 import dataclasses
@@ -11,7 +11,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 
@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 import bnn_keras  # noqa: E402,F401
+from tests.artefacts import ArtefactCache, cache_root, copy_of, source_key  # noqa: E402
 
 # The repository, and the files that earlier versions of bnn wrote (tests/fixtures/vX.Y).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,32 +66,73 @@ def invoke(args, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> TrainedRun:
+def artefacts(request, tmp_path_factory) -> ArtefactCache:
+    """Trained and converted artefacts shared by every test process (tests/artefacts.py)."""
+    root = cache_root(request.config, fallback=tmp_path_factory.mktemp("artefacts"))
+    return ArtefactCache(root, source_key())
+
+
+@dataclasses.dataclass
+class CliOutput:
+    """What a test reads of a cached command's click Result."""
+
+    output: str  # stdout and stderr interleaved, as click's Result.output
+    stdout: str
+
+
+def _cli_artefact(artefacts, name: str, args) -> Path:
+    """The folder of a `bnn` command's artefact, made once: "OUT" at the start of an argument
+    stands for the folder. The command's output is kept beside what it wrote."""
+
+    def build(folder: Path) -> None:
+        result = invoke([str(folder) + a[3:] if str(a).startswith("OUT") else a for a in args])
+        assert result.exit_code == 0, result.output
+        (folder / "cli_output.txt").write_text(result.output)
+        (folder / "cli_stdout.txt").write_text(result.stdout)
+
+    return artefacts.folder(name, build)
+
+
+def _private_copy(cached: Path, tmp_path_factory, name: str) -> Tuple[Path, CliOutput]:
+    """A copy of a cached artefact folder for this process, and its command's output with the
+    cached folder's path replaced by the copy's (the output names the files it wrote)."""
+    folder = tmp_path_factory.mktemp(name) / cached.name
+    copy_of(cached, folder)
+    output, stdout = ((folder / f"cli_{kind}.txt").read_text().replace(str(cached), str(folder))
+                      for kind in ("output", "stdout"))
+    return folder, CliOutput(output=output, stdout=stdout)
+
+
+@pytest.fixture(scope="session")
+def _digits_run_artefact(artefacts) -> Path:
+    return _cli_artefact(artefacts, "digits_run", [*TRAIN_ARGS, "--output", "OUT/digits"])
+
+
+@pytest.fixture(scope="session")
+def digits_run(_digits_run_artefact, tmp_path_factory) -> TrainedRun:
     """`bnn train binary-densenet28` on digits, 2 epochs x 12 steps (mixed precision where the
     CPU has bf16, so conversion exercises the float32 rebuild)."""
     import tensorflow as tf
 
-    run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    result = invoke([*TRAIN_ARGS, "--output", run_dir])
-    assert result.exit_code == 0, result.output
+    folder, output = _private_copy(_digits_run_artefact, tmp_path_factory, "runs")
+    run_dir = folder / "digits"
     return TrainedRun(
         run_dir=run_dir,
         model=tf.keras.models.load_model(run_dir / "model.keras"),
         metrics=json.loads((run_dir / "metrics.json").read_text()),
         config=json.loads((run_dir / "config.json").read_text()),
-        cli_output=result.output,
+        cli_output=output.output,
     )
 
 
 @pytest.fixture(scope="session")
-def digits_convert(digits_run, tmp_path_factory):
-    """`bnn convert RUN --target arm64 -o digits.tflite --bundle pi`: (path, click Result)."""
-    folder = tmp_path_factory.mktemp("tflite")
-    path = folder / "digits.tflite"
-    result = invoke(["convert", digits_run.run_dir, "--target", "arm64", "-o", path,
-                     "--bundle", folder / "pi"])
-    assert result.exit_code == 0, result.output
-    return path, result
+def digits_convert(artefacts, _digits_run_artefact, tmp_path_factory):
+    """`bnn convert RUN --target arm64 -o digits.tflite --bundle pi`: (path, CliOutput)."""
+    cached = _cli_artefact(artefacts, "digits_convert", [
+        "convert", _digits_run_artefact / "digits", "--target", "arm64",
+        "-o", "OUT/digits.tflite", "--bundle", "OUT/pi"])
+    folder, output = _private_copy(cached, tmp_path_factory, "tflite")
+    return folder / "digits.tflite", output
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +145,30 @@ def digits_flatbuffer(digits_tflite) -> bytes:
     return digits_tflite.read_bytes()
 
 
+# The size every registry model is converted at by the fast tests: small enough to convert in
+# seconds, large enough for every stem and head (fc6 too) to be built as at 224 px.
+SMALL_REGISTRY_INPUT = dict(input_shape=(32, 32, 3), num_classes=10)
+
+
+@pytest.fixture(scope="session")
+def small_registry_flatbuffer(artefacts):
+    """`get(name, model)`: the registry model `name`'s LCE flatbuffer (arm64) at
+    `SMALL_REGISTRY_INPUT`, converted once per run of the suite and read by tests/models and
+    tests/convert alike. `model` is the caller's build of it with those options: a conversion
+    does not depend on the weights' values, so a fresh build's flatbuffer stands for any."""
+    from convert.converter import convert_to_flatbuffer
+    from convert.flatbuffer import Flatbuffer
+
+    def get(name: str, model) -> "Flatbuffer":
+        def build(folder: Path) -> None:
+            (folder / "model.tflite").write_bytes(bytes(convert_to_flatbuffer(model)))
+
+        folder = artefacts.folder(f"registry-32x32x3-{name}", build)
+        return Flatbuffer((folder / "model.tflite").read_bytes())
+
+    return get
+
+
 # `bnn train` options of a tiny run: 8x8 digits, 1 epoch of 2 steps, float32.
 TINY_TRAIN_OPTIONS = ("--dataset", "digits", "--image-size", "8", "--epochs", "1",
                       "--steps-per-epoch", "2", "--batch-size", "16", "--precision", "float32",
@@ -110,12 +176,12 @@ TINY_TRAIN_OPTIONS = ("--dataset", "digits", "--image-size", "8", "--epochs", "1
 
 
 @pytest.fixture(scope="session")
-def float_binarynet_run(tmp_path_factory) -> Path:
+def float_binarynet_run(artefacts, tmp_path_factory) -> Path:
     """`bnn train binarynet --float` with `TINY_TRAIN_OPTIONS`: a teacher for distillation."""
-    run_dir = tmp_path_factory.mktemp("float") / "binarynet"
-    result = invoke(["train", "binarynet", "--float", *TINY_TRAIN_OPTIONS, "-o", run_dir])
-    assert result.exit_code == 0, result.output
-    return run_dir
+    cached = _cli_artefact(artefacts, "float_binarynet_run", [
+        "train", "binarynet", "--float", *TINY_TRAIN_OPTIONS, "-o", "OUT/binarynet"])
+    folder, _ = _private_copy(cached, tmp_path_factory, "float")
+    return folder / "binarynet"
 
 
 def tiny_bnn(input_shape, num_classes):
@@ -162,9 +228,36 @@ def _fresh_keras_graph_per_module():
     functional models that ~650 tests build (several at 224x224) grow one pytest process past
     24 GB. A session fixture's models keep working: they hold their own variables."""
     yield
+    free_keras_memory()
+
+
+def free_keras_memory() -> None:
+    """Frees what the models built so far left behind (a model still referenced keeps working:
+    it holds its own variables).
+
+    Keras's global graph is one part. The other is TensorFlow's gradient registry: each
+    `tf.custom_gradient` call in graph mode (larq's quantizers, while Keras builds a functional
+    model) registers its gradient function under a new name, for good, and that function holds
+    the layer's tensors, so every quantized kernel built stays in memory (measured: 128 MB per
+    4096x8192 QuantDense, freed by nothing else). A graph that is still used keeps its gradients:
+    they are looked up when a gradient is traced, which a new trace registers again.
+    """
     import gc
 
     import tensorflow as tf
+    from tensorflow.python.framework import ops
 
+    registry = ops._gradient_registry._registry
+    for name in [name for name in registry if name.startswith("CustomGradient-")]:
+        del registry[name]
     tf.keras.backend.clear_session()
     gc.collect()
+
+
+@pytest.fixture
+def frees_keras_memory():
+    """Frees, after the test, what its models left in Keras's global graph: for tests that build
+    ImageNet-size models (up to 62M parameters), so that their memory does not add up until the
+    end of the module."""
+    yield
+    free_keras_memory()

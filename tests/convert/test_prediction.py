@@ -14,6 +14,7 @@ from bnn_keras import model_stats
 from bnn_keras.layers import ScaledQuantConv2D
 from convert.converter import convert_to_flatbuffer
 from convert.lint import inspect_model
+from tests.conftest import SMALL_REGISTRY_INPUT
 
 # 2**25 weights: 2**30 bits at float32, TensorFlow's constant-folding limit.
 LIMIT = 2**25
@@ -37,7 +38,7 @@ def _magnitude_aware():
     return lq.quantizers.MagnitudeAwareSign(clip_value=1.0)
 
 
-@pytest.mark.parametrize("in_channels, filters, quantizer, folds", [
+FOLD_CASES = [
     (8191, 4096, "ste_sign", True),          # 2**25 - 4096 weights
     (8192, 4096, "ste_sign", False),         # 2**25 weights
     (4095, 8193, "ste_sign", True),          # weights < 2**25 < weights + filters
@@ -49,22 +50,55 @@ def _magnitude_aware():
     (8191, 4096, "per_channel", True),       # weights + filters == 2**25
     (4095, 8193, "per_channel", False),
     (9216, 4096, "per_layer", False),        # one scale, but weights > 2**25 (BNN+ AlexNet's fc6)
-])
-def test_fold_rule_at_its_boundary(in_channels, filters, quantizer, folds):
-    """The rule agrees with LCE's converter itself on each case."""
+]
+
+
+def _fold_case_model(in_channels, quantizer, filters):
     quantizer = _magnitude_aware() if quantizer == "magnitude_aware" else quantizer
-    model = _one_layer(in_channels, filters, quantizer)
-    layer = model.get_layer("big")
-    assert model_stats.lce_kernel_folds(layer) is folds
-    stats = model_stats.model_summary(model)
-    assert stats.lce_bconvs == (1 if folds else 0)
-    assert convert_to_flatbuffer(model).ops.get("LceBconv2d", 0) == stats.lce_bconvs
+    return _one_layer(in_channels, filters, quantizer)
+
+
+@pytest.mark.parametrize("in_channels, filters, quantizer, folds", FOLD_CASES)
+def test_fold_rule_at_its_boundary(in_channels, filters, quantizer, folds):
+    """The rule's prediction, and what `summary` and `inspect` make of it, on each case."""
+    model = _fold_case_model(in_channels, quantizer, filters)
+    assert model_stats.lce_kernel_folds(model.get_layer("big")) is folds
+    assert model_stats.model_summary(model).lce_bconvs == (1 if folds else 0)
     codes = {f.code for f in inspect_model(model)}
     assert ("kernel-too-large" in codes) is (not folds)
 
 
+# Each conversion of a 2**25-weight layer takes 6-15 s: the pair on either side of the plain
+# sign's limit runs in `make test`, every other case of the rule in `make test-all`.
+_BOUNDARY_PAIR = FOLD_CASES[:2]
+
+
+@pytest.mark.parametrize("in_channels, filters, quantizer, folds", [
+    case if case in _BOUNDARY_PAIR else pytest.param(*case, marks=pytest.mark.slow)
+    for case in FOLD_CASES
+])
+def test_fold_rule_agrees_with_lce_converter(in_channels, filters, quantizer, folds):
+    """The rule agrees with LCE's converter itself."""
+    model = _fold_case_model(in_channels, quantizer, filters)
+    assert convert_to_flatbuffer(model).ops.get("LceBconv2d", 0) == (1 if folds else 0)
+
+
+def test_unfolded_magnitude_aware_kernel_is_predicted_twice():
+    """`summary` and `inspect` count 2**25 MagnitudeAwareSign weights as two float32 tensors
+    (the conversion that shows it is the slow test below)."""
+    model = _one_layer(8192, 4096, _magnitude_aware())
+    stats = model_stats.model_summary(model)
+    assert stats.lce_bconvs == 0
+    assert 8 * LIMIT < stats.lce_size_bytes < 8 * LIMIT * 1.01
+    finding = next(f for f in inspect_model(model) if f.code == "kernel-too-large")
+    assert "two float32 copies" in finding.message
+    assert "2 layers of 2048 filters" in finding.fix
+
+
+@pytest.mark.slow
 def test_unfolded_magnitude_aware_kernel_is_stored_twice():
-    """Measured: 2**25 MagnitudeAwareSign weights stay as two float32 tensors, no LceBconv2d."""
+    """Measured: 2**25 MagnitudeAwareSign weights stay as two float32 tensors, no LceBconv2d
+    (a 268 MB flatbuffer)."""
     model = _one_layer(8192, 4096, _magnitude_aware())
     stats = model_stats.model_summary(model)
     flatbuffer = convert_to_flatbuffer(model)
@@ -100,10 +134,10 @@ _DEEP = {"binary-densenet37", "binary-densenet37-dilated", "binary-densenet45",
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n for n in models.list_models()
 ])
-def test_prediction_matches_conversion_at_small_input(name):
-    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=10)
+def test_prediction_matches_conversion_at_small_input(name, small_registry_flatbuffer):
+    model = models.create_model(name, **SMALL_REGISTRY_INPUT)
     stats = model_stats.model_summary(model)
-    flatbuffer = convert_to_flatbuffer(model)
+    flatbuffer = small_registry_flatbuffer(name, model)  # tests/models converts the same
     assert stats.lce_bconvs == flatbuffer.ops.get("LceBconv2d", 0)
     assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) <= 0.05
 

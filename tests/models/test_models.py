@@ -3,6 +3,7 @@ deterministic layer names, LCE-friendly layers, LCE conversion and save/load."""
 
 import models  # noqa: F401  (must come before tensorflow)
 
+import dataclasses
 import re
 
 import larq as lq
@@ -13,6 +14,7 @@ import tensorflow as tf
 from bnn_keras import model_stats
 from bnn_keras.binary import is_binary_conv
 from bnn_keras.errors import BnnError
+from tests.conftest import SMALL_REGISTRY_INPUT, free_keras_memory
 
 ALL_MODELS = models.list_models()
 
@@ -52,12 +54,14 @@ def _batch(shape, n=2, seed=0):
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, *shape)).astype("float32")
 
 
+@pytest.mark.usefixtures("frees_keras_memory")
 @pytest.mark.parametrize("name,expected", sorted(ZOO_PARAMS.items()))
 def test_parameter_count_matches_larq_zoo(name, expected):
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     assert model.count_params() == expected
 
 
+@pytest.mark.usefixtures("frees_keras_memory")
 @pytest.mark.parametrize("name,expected", sorted(ZOO_SUMMARY_PARAMS.items()))
 def test_parameter_count_matches_larq_zoo_summary(name, expected):
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
@@ -70,10 +74,25 @@ def test_parameter_count_matches_larq_zoo_summary(name, expected):
     assert model.count_params() == expected + folded
 
 
-# Each test below builds as few models as it can: a build takes 1-10 s on the shared 2 cores.
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_small_input_model_is_complete_named_and_lce_friendly(name):
-    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=10)
+@dataclasses.dataclass
+class RegistryBuild:
+    name: str
+    model: tf.keras.Model
+
+
+# A build takes 1-10 s on the shared 2 cores: each model is built once at SMALL_REGISTRY_INPUT
+# for all the tests below that take `small_model` (pytest runs a module-scoped parameter's
+# tests together, then frees it).
+@pytest.fixture(scope="module")
+def small_model(request) -> RegistryBuild:
+    """The registry model `request.param` at `SMALL_REGISTRY_INPUT` (parametrize indirectly)."""
+    yield RegistryBuild(request.param, models.create_model(request.param, **SMALL_REGISTRY_INPUT))
+    free_keras_memory()  # after the last test of this model
+
+
+@pytest.mark.parametrize("small_model", ALL_MODELS, indirect=True)
+def test_small_input_model_is_complete_named_and_lce_friendly(small_model):
+    name, model = small_model.name, small_model.model
     y = model(_batch((32, 32, 3)), training=False).numpy()
     assert y.shape == (2, 10)
     assert np.isfinite(y).all()
@@ -103,6 +122,7 @@ def test_include_top_false_gives_the_feature_extractor_on_1_channel_inputs(name)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("frees_keras_memory")
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_imagenet_input_gives_probabilities_with_the_large_stem(name):
     model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
@@ -305,14 +325,15 @@ def _lce_op_histogram(model):
     return op_histogram(lce.convert_keras_model(model, target="arm"))
 
 
-@pytest.mark.parametrize("name", _fast_unless_deeper_sibling(ALL_MODELS))
-def test_lce_conversion_has_one_bconv_per_binary_conv(name):
-    model = models.create_model(name, input_shape=(32, 32, 3), num_classes=10)
+@pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
+def test_lce_conversion_has_one_bconv_per_binary_conv(small_model, small_registry_flatbuffer):
+    name, model = small_model.name, small_model.model
     expected = model_stats.count_binary_convs(model)
     if name == "dorefanet":
         assert expected == 0
         pytest.skip("DoReFa-Net's 2-bit activations are not accelerated by LCE: no LceBconv2d")
-    ops = _lce_op_histogram(model)
+    # LCE's converter for target "arm", once per suite (tests/convert reads the same file).
+    ops = small_registry_flatbuffer(name, model).ops
     assert ops["LceBconv2d"] == expected
     assert ops["LceBconv2d"] > 0
 
@@ -323,13 +344,13 @@ def test_lce_conversion_of_multiple_bases_gives_one_bconv_per_base():
     assert ops["LceBconv2d"] == model_stats.count_binary_convs(model) == 14
 
 
-@pytest.mark.parametrize("name", _fast_unless_deeper_sibling(ALL_MODELS))
-def test_save_and_load_reproduces_outputs(name, tmp_path):
-    model = models.create_model(name, input_shape=(28, 28, 1), num_classes=10)
+@pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
+def test_save_and_load_reproduces_outputs(small_model, tmp_path):
+    name, model = small_model.name, small_model.model
     path = str(tmp_path / f"{name}.keras")
     model.save(path)
     loaded = tf.keras.models.load_model(path)
-    x = _batch((28, 28, 1))
+    x = _batch((32, 32, 3))
     np.testing.assert_allclose(
         loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-7
     )
