@@ -133,3 +133,45 @@ def test_missed_fusions_flag_an_unfusable_op_but_not_a_residual_add():
     missed = flatbuffer.missed_fusions(data)
     assert len(missed) == 1
     assert "TANH (LceBconv2d -> TANH -> LceQuantize)" in missed[0]
+
+
+def _two_in_two_out_model() -> tf.keras.Model:
+    """Two inputs (a binary conv on each) and two heads: every name of the serving signature."""
+    import larq as lq
+
+    inputs = [tf.keras.Input((8, 8, 2), name="left"), tf.keras.Input((8, 8, 2), name="right")]
+    convs = [lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, use_bias=False,
+                                   input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                                   name=f"bconv_{i}")(x) for i, x in enumerate(inputs)]
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(tf.keras.layers.Add(name="add")(convs))
+    heads = [tf.keras.layers.Dense(3, activation="softmax", name="classes")(x),
+             tf.keras.layers.Dense(1, name="score")(x)]
+    return tf.keras.Model(inputs, heads, name="two_heads")
+
+
+@pytest.mark.parametrize("build", ["tiny", "two_in_two_out"])
+def test_the_lean_export_converts_to_the_bytes_of_lces_keras_path(build):
+    """`_lce_convert` saves only the serving function instead of the whole Keras model: LCE
+    must write the very same flatbuffer as from its own Keras SavedModel."""
+    import larq_compute_engine as lce
+
+    from tests.conftest import tiny_lce_model
+
+    model = tiny_lce_model(channels=3) if build == "tiny" else _two_in_two_out_model()
+    ours = converter._lce_convert(model, target="arm", inference_input_type=tf.float32,
+                                  inference_output_type=tf.float32)
+    assert ours == lce.convert_keras_model(model, target="arm")
+    assert flatbuffer.op_histogram(ours)["LceBconv2d"] == (1 if build == "tiny" else 2)
+
+
+def test_a_model_the_lean_export_cannot_save_goes_through_lces_keras_path(monkeypatch):
+    from tests.conftest import tiny_lce_model
+
+    model = tiny_lce_model()
+    expected = converter.convert_model(model)
+
+    def cannot_save(model, folder):
+        raise ValueError("not this one")
+
+    monkeypatch.setattr(converter, "_save_serving_function", cannot_save)
+    assert converter.convert_model(model) == expected

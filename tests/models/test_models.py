@@ -301,15 +301,18 @@ def test_compact_bnn_options(bases):
     assert relu.losses == []
 
 
-# Deeper siblings of models whose builder is converted by the fast test anyway (the dilated
-# DenseNet only adds dilation, which the slow run checks); each conversion takes 30-80 s on the
-# shared 2 cores, which would push the fast suite past its ~6 minute budget.
+# Deeper or wider siblings of models whose builder the fast tests convert and save anyway (the
+# dilated DenseNet only adds dilation, which the slow run checks; QuickNet-Small and -Large are
+# `quicknet` with other section filters or blocks); each conversion takes 7-80 s on the shared
+# 2 cores, which would push the fast suite past its budget.
 DEEPER_SIBLINGS = {
     "binary-densenet37",
     "binary-densenet37-dilated",
     "binary-densenet45",
     "binary-resnet-e34",
     "birealnet34",
+    "quicknet-small",
+    "quicknet-large",
 }
 
 
@@ -318,11 +321,10 @@ def _fast_unless_deeper_sibling(names):
 
 
 def _lce_op_histogram(model):
-    import larq_compute_engine as lce
+    """LCE's ops for `model` (bnn's conversion: LCE's own bytes, tests/convert checks that)."""
+    from convert.converter import convert_to_flatbuffer
 
-    from convert.flatbuffer import op_histogram
-
-    return op_histogram(lce.convert_keras_model(model, target="arm"))
+    return convert_to_flatbuffer(model, target="arm64").ops
 
 
 @pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
