@@ -19,7 +19,6 @@ fixtures copy an artefact to a temporary folder before handing it out.
 
 import fcntl
 import hashlib
-import os
 import platform
 import shutil
 from importlib import metadata
@@ -30,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # What an artefact depends on. Tests' own modules count only where they define a build.
 _SOURCES = ("bnn_keras", "models", "convert", "cli.py", "setup.cfg", "tests/conftest.py",
-            "tests/artefacts.py", "tests/registry_artefacts.py")
+            "tests/artefacts.py")
 _LIBRARIES = ("tensorflow", "tf-keras", "larq", "larq-compute-engine", "numpy", "scikit-learn",
               "tensorflow-datasets", "h5py", "flatbuffers")
 
