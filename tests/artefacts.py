@@ -120,12 +120,8 @@ class ArtefactCache:
 
 
 def copy_of(folder: Path, destination: Path) -> Path:
-    """A private copy of a shared artefact folder (or file) at `destination`."""
-    if folder.is_dir():
-        shutil.copytree(folder, destination, symlinks=True)
-    else:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(folder, destination)
+    """A private copy of a shared artefact folder at `destination`."""
+    shutil.copytree(folder, destination, symlinks=True)
     return destination
 
 

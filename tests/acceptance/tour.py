@@ -56,7 +56,6 @@ File names, exit codes and rules of bnn that a case relies on are imported from 
 
 import dataclasses
 import fnmatch
-import hashlib
 import json
 import os
 import random
@@ -87,6 +86,7 @@ from bnn_keras.training.data.folder import _in_test_split
 from bnn_keras.training.run import TrainingInterruptedError
 from bnn_keras.training.run_callbacks import read_status, write_status
 from bnn_keras.training.run_lock import PARTIAL_PATTERN
+from bnn_keras.training.starting_point import file_sha256
 from cli import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from convert.bundle import EXPECTED_OUTPUT_FILE, LABELS_FILE, MODEL_JSON, TFLITE_FILE
 from convert.flatbuffer import TFLITE_IDENTIFIER
@@ -231,14 +231,6 @@ def _read_text(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_entry(path: Path) -> str:
     """What a path is, without following symlinks or opening FIFOs and devices."""
     st = path.lstat()
@@ -246,7 +238,7 @@ def describe_entry(path: Path) -> str:
     if stat.S_ISLNK(mode):
         return "symlink -> " + os.readlink(path)
     if stat.S_ISREG(mode):
-        return "file " + sha256(path)
+        return "file " + file_sha256(path)
     if stat.S_ISFIFO(mode):
         return "fifo"
     if stat.S_ISCHR(mode):

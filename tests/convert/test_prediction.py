@@ -22,6 +22,8 @@ LIMIT = 2**25
 
 def _one_layer(in_channels: int, filters: int, kernel_quantizer) -> tf.keras.Model:
     inputs = tf.keras.Input((1, 1, in_channels))
+    if kernel_quantizer == "magnitude_aware":
+        kernel_quantizer = _magnitude_aware()
     if kernel_quantizer in ("per_channel", "per_layer"):  # a BNN+ scale: alpha * sign(W)
         layer = ScaledQuantConv2D(filters, 1, scale=kernel_quantizer, input_quantizer="ste_sign",
                                   kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
@@ -53,16 +55,11 @@ FOLD_CASES = [
 ]
 
 
-def _fold_case_model(in_channels, quantizer, filters):
-    quantizer = _magnitude_aware() if quantizer == "magnitude_aware" else quantizer
-    return _one_layer(in_channels, filters, quantizer)
-
-
 @pytest.mark.usefixtures("frees_keras_memory")  # 2**25 weights each
 @pytest.mark.parametrize("in_channels, filters, quantizer, folds", FOLD_CASES)
 def test_fold_rule_at_its_boundary(in_channels, filters, quantizer, folds):
     """The rule's prediction, and what `summary` and `inspect` make of it, on each case."""
-    model = _fold_case_model(in_channels, quantizer, filters)
+    model = _one_layer(in_channels, filters, quantizer)
     assert model_stats.lce_kernel_folds(model.get_layer("big")) is folds
     assert model_stats.model_summary(model).lce_bconvs == (1 if folds else 0)
     codes = {f.code for f in inspect_model(model)}
@@ -81,7 +78,7 @@ _BOUNDARY_PAIR = FOLD_CASES[:2]
 ])
 def test_fold_rule_agrees_with_lce_converter(in_channels, filters, quantizer, folds):
     """The rule agrees with LCE's converter itself."""
-    model = _fold_case_model(in_channels, quantizer, filters)
+    model = _one_layer(in_channels, filters, quantizer)
     assert convert_to_flatbuffer(model).ops.get("LceBconv2d", 0) == (1 if folds else 0)
 
 
