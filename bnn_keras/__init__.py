@@ -3,7 +3,8 @@
 Importing this package sets `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported, or re-routes
 a TensorFlow imported before it (larq and Larq Compute Engine need tf-keras 2.16, not Keras 3),
 and registers every custom object with Keras, so `tf.keras.models.load_model(path)` needs no
-`custom_objects`.
+`custom_objects` (it also makes tf-keras read a `.keras` file's weights in one pass, which
+tf-keras 2.16 re-reads from the start at each seek: `bnn_keras._env`).
 """
 
 from bnn_keras._env import ensure_legacy_keras, keras_version_error

@@ -45,6 +45,7 @@ def ensure_legacy_keras() -> None:
             f"tf.keras is Keras {version} ({how}); larq and LCE need Keras 2: {_FIX}."
         )
     _skip_autograph_for_tf_keras()
+    _read_keras_weights_from_memory()
 
 
 def keras_version_error(how: str) -> KerasVersionError:
@@ -104,3 +105,42 @@ def _skip_autograph_for_tf_keras() -> None:
         isinstance(r, DoNotConvert) and getattr(r, "_prefix", None) == "tf_keras" for r in rules
     ):
         config.CONVERSION_RULES = (DoNotConvert("tf_keras"),) + rules
+
+
+def _read_keras_weights_from_memory() -> None:
+    """Makes tf-keras read a `.keras` file's weights from memory instead of seeking in the zip.
+
+    tf-keras 2.16 hands h5py the weights member of the `.keras` zip as a `zipfile` stream. Each
+    backward seek of h5py re-reads that stream from its start (Python's `ZipExtFile.seek`), so
+    loading costs time quadratic in the model's size: about half of a 20-50 MB model's
+    `load_model` here. Keras 3 fixed it by reading the member out first (keras-team/keras#19793,
+    #19852); tf-keras did not. This does the same for reading only: the member is read into a
+    `BytesIO` once (the model's size in memory, for the duration of the load), and writing is
+    left as it is. Private API, so a tf-keras without it is left as it is.
+    """
+    try:
+        import io
+
+        from tf_keras.src.saving import saving_lib
+    except ImportError:
+        return
+    store = getattr(saving_lib, "H5IOStore", None)
+    if store is None or getattr(store, "_bnn_reads_from_memory", False):
+        return
+
+    class InMemoryH5IOStore(store):
+        _bnn_reads_from_memory = True
+
+        def __init__(self, root_path, archive=None, mode="r"):
+            if archive is None or mode != "r":
+                super().__init__(root_path, archive=archive, mode=mode)
+                return
+            import h5py
+
+            self.root_path, self.mode, self.archive = root_path, mode, archive
+            self.io_file = io.BytesIO(archive.read(root_path))
+            self.h5_file = h5py.File(self.io_file, mode="r")
+
+    InMemoryH5IOStore.__name__ = InMemoryH5IOStore.__qualname__ = store.__name__
+    InMemoryH5IOStore.__module__ = store.__module__
+    saving_lib.H5IOStore = InMemoryH5IOStore

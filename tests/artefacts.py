@@ -6,7 +6,7 @@ pytest's cache folder (`.pytest_cache/d/bnn-artefacts`), under a key made of:
 
 - the artefact's name;
 - the hash of every source file that could change it (the packages, `cli.py`, setup.cfg and the
-  test modules that define the builds);
+  test modules that define the builds: the conftest.py files and this one);
 - the versions of the libraries that compute it (TensorFlow, tf-keras, larq, LCE, NumPy, ...);
 - the Python version and whether the CPU has native bfloat16 (the default precision follows it).
 
@@ -29,19 +29,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # What an artefact depends on. Tests' own modules count only where they define a build.
 _SOURCES = ("bnn_keras", "models", "convert", "cli.py", "setup.cfg", "tests/conftest.py",
-            "tests/artefacts.py")
+            "tests/*/conftest.py", "tests/artefacts.py")
 _LIBRARIES = ("tensorflow", "tf-keras", "larq", "larq-compute-engine", "numpy", "scikit-learn",
               "tensorflow-datasets", "h5py", "flatbuffers")
 
 
 def _source_files(root: Path) -> Iterable[Path]:
     for name in _SOURCES:
-        path = root / name
-        if path.is_file():
-            yield path
-        elif path.is_dir():
-            yield from sorted(p for p in path.rglob("*")
-                              if p.is_file() and "__pycache__" not in p.parts)
+        for path in sorted(root.glob(name)):  # a file, a folder, or a pattern of files
+            if path.is_file():
+                yield path
+            elif path.is_dir():
+                yield from sorted(p for p in path.rglob("*")
+                                  if p.is_file() and "__pycache__" not in p.parts)
 
 
 def _library_version(name: str) -> str:

@@ -226,14 +226,33 @@ def _ctrl_c_raises_keyboard_interrupt():
 def _fresh_keras_graph_per_module():
     """Frees what a test module's models leave in Keras's global graph: without this the
     functional models that ~650 tests build (several at 224x224) grow one pytest process past
-    24 GB. A session fixture's models keep working: they hold their own variables."""
+    24 GB. A session fixture's models keep working: they hold their own variables.
+
+    The graph is reset after every module (layer names start again from "conv2d"), but Python's
+    full garbage collection, which takes 0.1-1 s in a process that has built many models (~20 s
+    of a suite run), only once the process holds more than `COLLECT_ABOVE_BYTES`."""
     yield
-    free_keras_memory()
+    free_keras_memory(collect=_resident_bytes() > COLLECT_ABOVE_BYTES)
 
 
-def free_keras_memory() -> None:
+# A pytest process's resident memory above which the module fixture collects garbage: two
+# workers stay well inside the 24 GB machine.
+COLLECT_ABOVE_BYTES = 3 * 2**30
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux); on other systems, more than any threshold."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 2**63
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def free_keras_memory(collect: bool = True) -> None:
     """Frees what the models built so far left behind (a model still referenced keeps working:
-    it holds its own variables).
+    it holds its own variables); `collect=False` leaves the cycles among the freed objects to
+    Python's own garbage collection.
 
     Keras's global graph is one part. The other is TensorFlow's gradient registry: each
     `tf.custom_gradient` call in graph mode (larq's quantizers, while Keras builds a functional
@@ -251,7 +270,8 @@ def free_keras_memory() -> None:
     for name in [name for name in registry if name.startswith("CustomGradient-")]:
         del registry[name]
     tf.keras.backend.clear_session()
-    gc.collect()
+    if collect:
+        gc.collect()
 
 
 @pytest.fixture

@@ -35,3 +35,42 @@ def test_keras_version_error_is_an_import_error_and_a_bnn_error():
 
     assert issubclass(KerasVersionError, ImportError)
     assert issubclass(KerasVersionError, BnnError)
+
+
+def test_keras_file_weights_are_read_once_not_sought_back_and_forth(tmp_path, monkeypatch):
+    """tf-keras 2.16 lets h5py seek in the `.keras` zip's weights stream, and each backward
+    seek re-reads the stream from its start. With bnn_keras imported, the member is read once,
+    and the weights load the same."""
+    import zipfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    import bnn_keras  # noqa: F401
+    from tests.conftest import tiny_lce_model
+
+    model = tiny_lce_model()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    rewinds = []
+    seek = zipfile.ZipExtFile.seek
+
+    def counting_seek(self, offset, whence=0):
+        before = self.tell()
+        position = seek(self, offset, whence)
+        if position < before:
+            rewinds.append((before, position))
+        return position
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "seek", counting_seek)
+    loaded = tf.keras.models.load_model(path)
+    assert rewinds == []
+    for saved, read in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(saved, read)
+
+    # Without the fix (tf-keras' own store), the same load rewinds the stream.
+    from tf_keras.src.saving import saving_lib
+
+    monkeypatch.setattr(saving_lib, "H5IOStore", saving_lib.H5IOStore.__mro__[1])
+    tf.keras.models.load_model(path)
+    assert rewinds

@@ -6,6 +6,7 @@ with the commands).
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +41,28 @@ def test_interrupted_old_runs_resume_to_their_recorded_epochs(tmp_path, version,
     assert metrics["epochs"] == 3 and metrics["epochs_this_session"] == 3 - done
 
 
+@pytest.fixture(scope="module")
+def v02_converted(tmp_path_factory):
+    """The fixtures of bnn 0.2 after `bnn convert finished_run -o new.tflite`, and the command's
+    click Result: two tests read this one conversion (each from its own copy)."""
+    folder = private_copy(tmp_path_factory.mktemp("converted"), "v0.2")
+    result = invoke(["convert", folder / "finished_run", "-o", folder / "new.tflite"])
+    return folder, result
+
+
+def _converted(request, tmp_path, version):
+    """A private copy of bnn `version`'s fixtures after `bnn convert finished_run -o new.tflite`,
+    and the command's click Result (v0.2's conversion is made once for the module)."""
+    if version != "v0.2":
+        old = private_copy(tmp_path, version)
+        return old, invoke(["convert", old / "finished_run", "-o", old / "new.tflite"])
+    shared, result = request.getfixturevalue("v02_converted")
+    return Path(shutil.copytree(shared, tmp_path / version)), result
+
+
 @pytest.mark.parametrize("version", ["v0.1", "v0.2"])
-def test_finished_old_runs_convert_and_their_old_tflite_evaluates(tmp_path, version):
-    old = private_copy(tmp_path, version)
-    result = invoke(["convert", old / "finished_run", "-o", old / "new.tflite"])
+def test_finished_old_runs_convert_and_their_old_tflite_evaluates(request, tmp_path, version):
+    old, result = _converted(request, tmp_path, version)
     assert result.exit_code == 0, result.output
     assert "top-1 agreement 100.00%" in result.output
     result = invoke(["evaluate", old / "finished_run.tflite"])
@@ -112,11 +131,11 @@ def assert_same_but_float_rounding(old: bytes, new: bytes, skip: range, max_ulp:
                                         np.frombuffer(new[start:end], "<f4"), maxulp=max_ulp)
 
 
-def test_0_2_run_converts_to_the_bytes_0_2_wrote_but_for_version_and_hash(v02):
+def test_0_2_run_converts_to_the_bytes_0_2_wrote_but_for_version_and_hash(request, tmp_path):
     """Same model, same flatbuffer: only the metadata's bnn_version and content hash differ
     (and, on another kind of CPU than the one that wrote the file, the rounding of folded
     float32 constants)."""
-    result = invoke(["convert", v02 / "finished_run", "-o", v02 / "new.tflite"])
+    v02, result = _converted(request, tmp_path, "v0.2")
     assert result.exit_code == 0, result.output
     old, new = (v02 / "finished_run.tflite").read_bytes(), (v02 / "new.tflite").read_bytes()
     assert len(old) == len(new)

@@ -11,6 +11,10 @@ files are.
 
 import models  # noqa: F401  (must come before tensorflow)
 
+import dataclasses
+import functools
+from typing import Tuple
+
 import larq as lq
 import numpy as np
 import pytest
@@ -134,19 +138,53 @@ def _binary_convs(model):
     return [layer for layer in model.layers if isinstance(layer, lq.layers.QuantConv2D)]
 
 
-@pytest.mark.parametrize("names, shape", [
-    # 32 px: the zoo keeps its grouped stem where bnn's default has a 3x3 stride-1 stem.
-    (True, (32, 32, 3)),
-    (False, (16, 16, 3)),
-    # 64 px: both have the grouped stem; only the padding differs.
-    (True, (64, 64, 3)),
-])
-def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, names, shape):
-    reference, path = _zoo_file(tmp_path, shape, names=names)
-    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
-    expected = _logits(reference, x)
+@dataclasses.dataclass
+class ZooCase:
+    """A zoo reference with random weights, its weights file, and the registry models loaded
+    from that file: made once for the tests that read them (none changes them)."""
 
-    model = models.create_model("meliusnet22", input_shape=shape, num_classes=10, weights=path)
+    shape: Tuple[int, int, int]
+    path: str
+    x: np.ndarray  # 4 images
+    expected: np.ndarray  # the reference's logits on `x`
+
+    @functools.cached_property
+    def model(self) -> tf.keras.Model:
+        """`create_model("meliusnet22", weights=path)`: the variant the file selects."""
+        return models.create_model("meliusnet22", input_shape=self.shape, num_classes=10,
+                                   weights=self.path)
+
+    @functools.cached_property
+    def default(self) -> tf.keras.Model:
+        """The LCE-friendly default (`variant="bnn"`) with the same file loaded by layer order."""
+        return models.create_model("meliusnet22", input_shape=self.shape, num_classes=10,
+                                   weights=self.path, variant="bnn")
+
+
+# (the zoo 2.4.0's layer names or Keras's automatic ones, input shape)
+NAMED_32 = pytest.param((True, (32, 32, 3)), id="True-shape0")
+NAMED_64 = pytest.param((True, (64, 64, 3)), id="True-shape2")
+
+
+@pytest.fixture(scope="module")
+def zoo_case(request, tmp_path_factory) -> ZooCase:
+    """The `ZooCase` of `request.param`, (names, shape) (parametrize indirectly)."""
+    names, shape = request.param
+    reference, path = _zoo_file(tmp_path_factory.mktemp("zoo"), shape, names=names)
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    return ZooCase(shape, path, x, _logits(reference, x))
+
+
+@pytest.mark.parametrize("zoo_case", [
+    # 32 px: the zoo keeps its grouped stem where bnn's default has a 3x3 stride-1 stem.
+    NAMED_32,
+    pytest.param((False, (16, 16, 3)), id="False-shape1"),
+    # 64 px: both have the grouped stem; only the padding differs.
+    NAMED_64,
+], indirect=True)
+def test_zoo_weights_file_gives_the_zoos_outputs(zoo_case):
+    shape, x, expected = zoo_case.shape, zoo_case.x, zoo_case.expected
+    model = zoo_case.model
     got = _logits(model, x)
     assert np.abs(expected).max() > 1.0  # logits large enough for the comparison to mean much
     assert np.abs(got - expected).max() < 1e-4
@@ -159,14 +197,17 @@ def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, names, shape):
     if shape[0] >= 50:
         # The LCE-friendly default has the zoo's layers there: the file loads by layer order,
         # but +1 padding computes another function.
-        default = models.create_model("meliusnet22", input_shape=shape, num_classes=10,
-                                      weights=path, variant="bnn")
+        default = zoo_case.default
+        assert default.input_shape == (None, *shape)
         assert all(layer.pad_values == 1.0 for layer in _binary_convs(default))
         assert np.abs(_logits(default, x) - expected).max() > 0.1
 
 
-def test_a_zoo_file_with_other_classes_names_the_first_differing_layer(tmp_path):
-    _, path = _zoo_file(tmp_path, (32, 32, 3))
+# The zoo file of test_zoo_weights_file_gives_the_zoos_outputs: 32x32x3, 10 classes.
+@pytest.mark.parametrize("zoo_case", [NAMED_32], indirect=True)
+def test_a_zoo_file_with_other_classes_names_the_first_differing_layer(zoo_case):
+    path = zoo_case.path
+    assert zoo_case.shape == (32, 32, 3)
     before = open(path, "rb").read()
     with pytest.raises(BnnError) as err:
         models.create_model("meliusnet22", input_shape=(32, 32, 3), num_classes=5,
@@ -209,10 +250,13 @@ def test_small_input_stem_and_registry_entry():
         models.create_model("meliusnet22", variant="zoo", **kwargs)
 
 
-def test_grouped_stem_survives_a_keras_save_and_load(tmp_path):
+@pytest.mark.parametrize("zoo_case", [NAMED_64], indirect=True)
+def test_grouped_stem_survives_a_keras_save_and_load(tmp_path, zoo_case):
     """The stem's channel split is a TensorFlow-op layer: it must serialize."""
-    model = models.create_model("meliusnet22", input_shape=(64, 64, 3), num_classes=3)
-    _randomize(model, seed=4)
+    # The default at 64 px (grouped stem) with random weights: the zoo file's, by layer order.
+    model = zoo_case.default
+    assert model.input_shape == (None, 64, 64, 3)
+    assert model.get_layer("stem_group2_conv8") is not None
     path = str(tmp_path / "melius.keras")
     model.save(path)
     again = tf.keras.models.load_model(path, compile=False)

@@ -4,6 +4,7 @@ deterministic layer names, LCE-friendly layers, LCE conversion and save/load."""
 import models  # noqa: F401  (must come before tensorflow)
 
 import dataclasses
+import functools
 import re
 
 import larq as lq
@@ -74,10 +75,41 @@ def test_parameter_count_matches_larq_zoo_summary(name, expected):
     assert model.count_params() == expected + folded
 
 
+# Deeper or wider siblings of models whose builder the fast tests convert, save and build without
+# the top anyway (the dilated DenseNet only adds dilation, which the slow run checks; QuickNet-
+# Small and -Large are `quicknet` with other section filters or blocks); each conversion takes
+# 7-80 s on the shared 2 cores and each build 1-2 s, which would push the fast suite past its
+# budget.
+DEEPER_SIBLINGS = {
+    "binary-densenet37",
+    "binary-densenet37-dilated",
+    "binary-densenet45",
+    "binary-resnet-e34",
+    "birealnet34",
+    "quicknet-small",
+    "quicknet-large",
+}
+
+
+def _fast_unless_deeper_sibling(names, fast=()):
+    """`names` with the deeper siblings (but those in `fast`) marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEPER_SIBLINGS - set(fast) else n
+            for n in names]
+
+
 @dataclasses.dataclass
 class RegistryBuild:
+    """A registry model built once and shared by the tests of one module: they only read it
+    (no fit, no weight assignment, no compile)."""
+
     name: str
     model: tf.keras.Model
+
+    @functools.cached_property
+    def outputs(self) -> np.ndarray:
+        """`model(_batch(input shape), training=False)`, computed once for the tests that read
+        it (each eager call of a deep model takes a fraction of a second)."""
+        return self.model(_batch(self.model.input_shape[1:]), training=False).numpy()
 
 
 # A build takes 1-10 s on the shared 2 cores: each model is built once at SMALL_REGISTRY_INPUT
@@ -90,10 +122,24 @@ def small_model(request) -> RegistryBuild:
     free_keras_memory()  # after the last test of this model
 
 
+# The feature extractors' input: 1 channel, as grayscale data sets (MNIST's 28x28).
+FEATURE_INPUT = (28, 28, 1)
+
+
+@pytest.fixture(scope="module")
+def feature_extractor(request) -> RegistryBuild:
+    """The registry model `request.param` with `include_top=False` on `FEATURE_INPUT`
+    (parametrize indirectly): built once for the tests that read it."""
+    return RegistryBuild(
+        request.param, models.create_model(request.param, input_shape=FEATURE_INPUT,
+                                           include_top=False))
+
+
 @pytest.mark.parametrize("small_model", ALL_MODELS, indirect=True)
 def test_small_input_model_is_complete_named_and_lce_friendly(small_model):
     name, model = small_model.name, small_model.model
-    y = model(_batch((32, 32, 3)), training=False).numpy()
+    assert model.input_shape == (None, 32, 32, 3)
+    y = small_model.outputs  # on _batch((32, 32, 3))
     assert y.shape == (2, 10)
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)  # softmax rows, float32 rounding
@@ -112,12 +158,18 @@ def test_small_input_model_is_complete_named_and_lce_friendly(small_model):
         assert model_stats.count_binary_convs(model) > 0
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_include_top_false_gives_the_feature_extractor_on_1_channel_inputs(name):
-    model = models.create_model(name, input_shape=(28, 28, 1), include_top=False)
+# The dilated DenseNet's feature extractor is built anyway, for its own test below; the
+# 34-layer ResNetE and Bi-Real Net and QuickNet-Small (~1 s each) stay fast too, so that
+# `make test` keeps one feature extractor per family and depth it had before.
+@pytest.mark.parametrize("feature_extractor", _fast_unless_deeper_sibling(
+    ALL_MODELS, fast={"binary-densenet37-dilated", "binary-resnet-e34", "birealnet34",
+                      "quicknet-small"}), indirect=True)
+def test_include_top_false_gives_the_feature_extractor_on_1_channel_inputs(feature_extractor):
+    model = feature_extractor.model
+    assert model.input_shape == (None, 28, 28, 1)
     assert "predictions" not in [layer.name for layer in model.layers]
     assert len(model.output_shape) == 4  # (batch, height, width, channels)
-    features = model(_batch((28, 28, 1)), training=False).numpy()
+    features = feature_extractor.outputs  # on _batch((28, 28, 1))
     assert features.shape[0] == 2 and np.isfinite(features).all()
 
 
@@ -144,8 +196,11 @@ def test_imagenet_input_gives_probabilities_with_the_large_stem(name):
         assert stem.kernel_size[0] >= 7 and stem.strides[0] >= 2
 
 
-def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape():
-    model = models.create_model("binary-alexnet", input_shape=(32, 32, 3), num_classes=10)
+# The shared build at SMALL_REGISTRY_INPUT: 32x32x3, 10 classes.
+@pytest.mark.parametrize("small_model", ["binary-alexnet"], indirect=True)
+def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape(small_model):
+    model = small_model.model
+    assert model.input_shape == (None, 32, 32, 3)
     flatten, fc6 = model.get_layer("fc_reshape"), model.get_layer("fc6")
     assert isinstance(flatten, tf.keras.layers.Reshape)
     assert flatten.output_shape == (None, 1, 1, 3 * 3 * 256)
@@ -155,8 +210,10 @@ def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape():
     assert fc6.kernel.shape == (1, 1, 2304, 4096)
 
 
-def test_birealnet_uses_approx_sign_and_magnitude_aware_weights():
-    model = models.create_model("birealnet18", input_shape=(32, 32, 3), num_classes=10)
+@pytest.mark.parametrize("small_model", ["birealnet18"], indirect=True)
+def test_birealnet_uses_approx_sign_and_magnitude_aware_weights(small_model):
+    model = small_model.model
+    assert model.input_shape == (None, 32, 32, 3)
     conv = model.get_layer("block2_layer1_conv")
     assert isinstance(conv.input_quantizer, lq.quantizers.ApproxSign)
     assert isinstance(conv.kernel_quantizer, lq.quantizers.MagnitudeAwareSign)
@@ -216,11 +273,20 @@ def test_quicknet_blocks_keep_their_shape_and_transitions_blur_pool_in_float():
         models.create_model("quicknet", input_shape=(28, 28, 1), section_blocks=[1, 1])
 
 
-def test_quicknet_stride_two_stem_halves_every_section():
-    filters = [32, 64, 128]
-    model = models.create_model("quicknet", input_shape=(28, 28, 1), num_classes=10,
-                                section_filters=filters, section_blocks=[2, 2, 2],
-                                stem_strides=2)
+# Three sections of two blocks, a stride-2 stem: QuickNet's options at their smallest.
+QUICKNET_STRIDE_TWO = dict(input_shape=(28, 28, 1), num_classes=10, section_filters=[32, 64, 128],
+                           section_blocks=[2, 2, 2], stem_strides=2)
+
+
+@pytest.fixture(scope="module")
+def quicknet_stride_two() -> tf.keras.Model:
+    """QuickNet with `QUICKNET_STRIDE_TWO`, built once for the tests that read it."""
+    return models.create_model("quicknet", **QUICKNET_STRIDE_TWO)
+
+
+def test_quicknet_stride_two_stem_halves_every_section(quicknet_stride_two):
+    filters = QUICKNET_STRIDE_TWO["section_filters"]
+    model = quicknet_stride_two
     assert model.get_layer("stem_conv").strides == (2, 2)
     # 28 -> 14 in the stem, then 14 -> pool 13 -> 7 -> 6 -> 3 in the transitions.
     sides = [model.get_layer(f"section{s}_block1_conv").output_shape[1] for s in (1, 2, 3)]
@@ -231,11 +297,9 @@ def test_quicknet_stride_two_stem_halves_every_section():
         models.create_model("quicknet", input_shape=(28, 28, 1), stem_strides=4)
 
 
-def test_quicknet_full_resolution_conv_before_a_stride_two_stem():
-    options = dict(input_shape=(28, 28, 1), num_classes=10, section_filters=[32, 64, 128],
-                   section_blocks=[2, 2, 2], stem_strides=2)
-    plain = models.create_model("quicknet", **options)
-    model = models.create_model("quicknet", stem_input_filters=16, **options)
+def test_quicknet_full_resolution_conv_before_a_stride_two_stem(quicknet_stride_two):
+    plain = quicknet_stride_two
+    model = models.create_model("quicknet", stem_input_filters=16, **QUICKNET_STRIDE_TWO)
     assert model.get_layer("stem_input_conv").output_shape == (None, 28, 28, 16)
     assert model.get_layer("stem_conv").output_shape == (None, 14, 14, 32)
     assert [l.name for l in model.layers[1:5]] == [
@@ -251,13 +315,14 @@ def test_quicknet_full_resolution_conv_before_a_stride_two_stem():
         models.create_model("quicknet", input_shape=(28, 28, 1), stem_input_filters=-1)
 
 
-def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks():
-    model = models.create_model(
-        "binary-densenet37-dilated", input_shape=(32, 32, 3), include_top=False
-    )
+# The feature extractor's build at FEATURE_INPUT (28x28x1).
+@pytest.mark.parametrize("feature_extractor", ["binary-densenet37-dilated"], indirect=True)
+def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks(feature_extractor):
+    model = feature_extractor.model
+    assert model.input_shape == (None, 28, 28, 1)
     assert model.get_layer("block4_layer1_conv").dilation_rate == (4, 4)
-    # Only the first transition pools: 32 -> 16, then blocks 3 and 4 dilate instead.
-    assert model.output_shape == (None, 16, 16, 640)
+    # Only the first transition pools: 28 -> 14, then blocks 3 and 4 dilate instead.
+    assert model.output_shape == (None, 14, 14, 640)
 
 
 def test_bnn_plus_alexnet_has_scaled_sign_swish_layers_with_regularizer():
@@ -280,44 +345,36 @@ def test_bnn_plus_alexnet_has_scaled_sign_swish_layers_with_regularizer():
     assert len(betas) == 12
 
 
-@pytest.mark.parametrize("bases", [1, 3])
-def test_compact_bnn_options(bases):
+# bases=1 is the default: the shared build at SMALL_REGISTRY_INPUT (32x32x3, 10 classes).
+@pytest.mark.parametrize("small_model, bases", [
+    pytest.param("compact-bnn", 1, id="1"),
+    pytest.param("compact-bnn", 3, id="3"),
+], indirect=["small_model"], scope="module")  # module: grouped with compact-bnn's other tests
+def test_compact_bnn_options(small_model, bases):
     from bnn_keras import layers as bnn_layers
 
-    model = models.create_model(
-        "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases
-    )
+    if bases == 1:
+        model = small_model.model
+        assert model.input_shape == (None, 32, 32, 3)
+    else:
+        model = models.create_model(
+            "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases
+        )
     assert isinstance(model.get_layer("conv2_act"), tf.keras.layers.PReLU)
     assert isinstance(model.get_layer("logits_scale"), bnn_layers.LearnableScale)
     # conv2..conv5 and fc6..fc8 are binary, each with `bases` binary convolutions.
     assert model_stats.count_binary_convs(model) == 7 * bases
     # One bipolar term per binary kernel.
     assert len(model.losses) == 7 * bases
+
+
+def test_compact_bnn_relu_option_without_bipolar_regularizer():
     relu = models.create_model(
         "compact-bnn", input_shape=(32, 32, 3), num_classes=10, activation="relu",
         bipolar_factor=0.0,
     )
     assert isinstance(relu.get_layer("conv2_act"), tf.keras.layers.ReLU)
     assert relu.losses == []
-
-
-# Deeper or wider siblings of models whose builder the fast tests convert and save anyway (the
-# dilated DenseNet only adds dilation, which the slow run checks; QuickNet-Small and -Large are
-# `quicknet` with other section filters or blocks); each conversion takes 7-80 s on the shared
-# 2 cores, which would push the fast suite past its budget.
-DEEPER_SIBLINGS = {
-    "binary-densenet37",
-    "binary-densenet37-dilated",
-    "binary-densenet45",
-    "binary-resnet-e34",
-    "birealnet34",
-    "quicknet-small",
-    "quicknet-large",
-}
-
-
-def _fast_unless_deeper_sibling(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEPER_SIBLINGS else n for n in names]
 
 
 def _lce_op_histogram(model):
@@ -341,7 +398,10 @@ def test_lce_conversion_has_one_bconv_per_binary_conv(small_model, small_registr
 
 
 def test_lce_conversion_of_multiple_bases_gives_one_bconv_per_base():
-    model = models.create_model("compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=2)
+    # 64 hidden units instead of 4096: fc6 and fc7 stay binary 1x1 convs of 2 bases each, and
+    # LCE converts 6.7M weights in 1.5 s where it took 8 s for 59M.
+    model = models.create_model("compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=2,
+                                hidden_units=64)
     ops = _lce_op_histogram(model)
     assert ops["LceBconv2d"] == model_stats.count_binary_convs(model) == 14
 
@@ -354,7 +414,7 @@ def test_save_and_load_reproduces_outputs(small_model, tmp_path):
     loaded = tf.keras.models.load_model(path)
     x = _batch((32, 32, 3))
     np.testing.assert_allclose(
-        loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-7
+        loaded(x, training=False).numpy(), small_model.outputs, rtol=1e-6, atol=1e-7
     )
 
 

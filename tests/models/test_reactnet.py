@@ -31,6 +31,15 @@ def _randomize(model, seed=0):
         w.assign(value.astype(np.float32))
 
 
+@pytest.fixture(scope="module")
+def randomized_small() -> tf.keras.Model:
+    """ReActNet-A with `SMALL` widths at 16x16x3 and `_randomize`d values, set here once: the
+    tests that take it only read it."""
+    model = models.create_model("reactnet-a", input_shape=(16, 16, 3), **SMALL)
+    _randomize(model)
+    return model
+
+
 def test_imagenet_size_has_the_official_parameters_and_the_papers_binary_operations():
     model = models.create_model("reactnet-a", input_shape=(224, 224, 3), num_classes=1000)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -101,11 +110,10 @@ def test_recipe_holds_the_official_256_epoch_setting():
     assert dict(entry.recipe.values) == dict(step2.recipe.values)
 
 
-def test_conversion_keeps_one_bconv_per_binary_conv_and_agrees_with_keras():
+def test_conversion_keeps_one_bconv_per_binary_conv_and_agrees_with_keras(randomized_small):
     """Per binary conv: LceQuantize + LceBconv2d (BN folded), the threshold's SUB (its input
     also feeds the shortcut), the shortcut ADD, and RPReLU's SUB, PRELU and ADD."""
-    model = models.create_model("reactnet-a", input_shape=(16, 16, 3), **SMALL)
-    _randomize(model)
+    model = randomized_small
     flatbuffer = convert_to_flatbuffer(model)
     n = model_stats.count_binary_convs(model)
     assert n == model_stats.model_summary(model).lce_bconvs == 8
@@ -120,14 +128,13 @@ def test_conversion_keeps_one_bconv_per_binary_conv_and_agrees_with_keras():
     assert check.median_abs_diff < 1e-5
 
 
-def test_saved_model_loads_with_only_bnn_keras_imported(tmp_path):
+def test_saved_model_loads_with_only_bnn_keras_imported(tmp_path, randomized_small):
     """`bnn convert` loads a run's model.keras without `models`: RSign and RPReLU are found by
     their registered names, with their trained values."""
     import subprocess
     import sys
 
-    model = models.create_model("reactnet-a", input_shape=(16, 16, 3), **SMALL)
-    _randomize(model)
+    model = randomized_small
     path = tmp_path / "reactnet.keras"
     model.save(path)
     script = (

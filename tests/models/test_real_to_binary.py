@@ -210,6 +210,25 @@ def _inputs(shape, n=4, seed=1):
     return np.random.default_rng(seed).normal(size=(n, *shape)).astype("float32")
 
 
+# -- builds shared by the tests that only read them --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_at_32() -> tf.keras.Model:
+    """Real-to-Binary Net with its defaults (stage "bnn", variant "bnn") at 32x32x3, 10 classes."""
+    return models.create_model("real-to-binary-net", input_shape=(32, 32, 3), num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def randomized_at_64(request) -> tf.keras.Model:
+    """The registry model `request.param` with its defaults at 64x64x3, 10 classes, with
+    random weights and BatchNorm statistics (`_randomize(seed=5)`), set here once: the tests
+    that take it only read it (parametrize indirectly)."""
+    model = models.create_model(request.param, input_shape=(64, 64, 3), num_classes=10)
+    _randomize(model, seed=5)
+    return model
+
+
 # -- tests -------------------------------------------------------------------------------------
 
 
@@ -238,9 +257,11 @@ def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, name, stage, shape):
     assert all(layer.pad_values == 0.0 for layer in binary)
 
 
-def test_default_variant_pads_with_one_and_has_a_small_input_stem():
+@pytest.mark.parametrize("randomized_at_64", ["real-to-binary-net"], indirect=True)
+def test_default_variant_pads_with_one_and_has_a_small_input_stem(default_at_32,
+                                                                   randomized_at_64):
     kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
-    default = models.create_model("real-to-binary-net", **kwargs)
+    default = default_at_32
     zoo = models.create_model("real-to-binary-net", variant="larq-zoo", **kwargs)
     assert default.get_layer("block_1_conv2d").kernel_size == (3, 3)
     assert default.get_layer("block_2a_conv2d").output.shape[1:3] == (32, 32)
@@ -255,7 +276,8 @@ def test_default_variant_pads_with_one_and_has_a_small_input_stem():
         return [(type(layer).__name__, layer.name, tuple(layer.output.shape))
                 for layer in model.layers]
 
-    assert (layers(models.create_model("real-to-binary-net", **big))
+    assert randomized_at_64.input_shape == (None, 64, 64, 3)  # the default at `big`
+    assert (layers(randomized_at_64)
             == layers(models.create_model("real-to-binary-net", variant="larq-zoo", **big)))
     entry = models.get_entry("real-to-binary-net")
     assert entry.zoo.source.startswith("larq-zoo 2.4.0 larq_zoo/literature/real_to_bin_nets.py "
@@ -283,10 +305,11 @@ def test_parameters_at_224_equal_the_zoos(name, stage, zoo_params):
     assert f"{model.count_params():,} parameters" in docstring
 
 
-def test_stages_share_their_weighted_layers_so_each_initialises_the_next():
+def test_stages_share_their_weighted_layers_so_each_initialises_the_next(default_at_32):
     kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
+    # "bnn", the last stage, is the default.
     stages = [models.create_model("real-to-binary-net", stage=stage, **kwargs)
-              for stage in ("float", "ban", "bnn")]
+              for stage in ("float", "ban")] + [default_at_32]
     shapes = [{w.name: tuple(w.shape) for w in m.weights} for m in stages]
     assert shapes[0] == shapes[1] == shapes[2]
     quantizers = [(lq.quantizers.serialize(layer.input_quantizer), layer.kernel_quantizer)
@@ -299,7 +322,8 @@ def test_stages_share_their_weighted_layers_so_each_initialises_the_next():
             layer.name for layer in m.layers if layer.name.endswith("_out")]
 
 
-def test_learned_rescale_config_round_trip():
+@pytest.mark.parametrize("randomized_at_64", ["strong-baseline-net"], indirect=True)
+def test_learned_rescale_config_round_trip(randomized_at_64):
     layer = LearnedRescale(name="scale")
     layer.build((None, 4, 5, 6))
     again = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
@@ -309,11 +333,11 @@ def test_learned_rescale_config_round_trip():
     assert [tuple(w.shape) for w in again.weights] == [(4, 1, 1), (1, 5, 1), (1, 1, 6)]
 
     # The whole model too, without custom objects (the class is registered by `import models`).
-    model = models.create_model("strong-baseline-net", input_shape=(16, 16, 3), num_classes=3)
-    _randomize(model)
+    model = randomized_at_64
+    assert model.input_shape == (None, 64, 64, 3)
     rebuilt = tf.keras.models.model_from_json(model.to_json())
     rebuilt.set_weights(model.get_weights())
-    x = _inputs((16, 16, 3), n=2)
+    x = _inputs((64, 64, 3), n=2)
     np.testing.assert_array_equal(_logits(rebuilt, x), _logits(model, x))
 
 
@@ -334,14 +358,16 @@ def test_unknown_stage_scaling_or_variant_is_a_bnn_error():
                             variant="zoo")
 
 
-@pytest.mark.parametrize("name, bconvs", [("real-to-binary-net", 16), ("strong-baseline-net", 16)])
-def test_lce_binarizes_every_3x3_conv_and_agrees_with_keras(name, bconvs):
+@pytest.mark.parametrize("randomized_at_64, bconvs",
+                         [("real-to-binary-net", 16), ("strong-baseline-net", 16)],
+                         indirect=["randomized_at_64"], scope="module")  # grouped by model
+def test_lce_binarizes_every_3x3_conv_and_agrees_with_keras(randomized_at_64, bconvs):
     """All 16 binary 3x3 convs become LceBconv2d, and the scaling stays right: LCE's logits
     equal Keras's, to float rounding, on random weights and BatchNorm statistics (64 px, the
     last stage on 2x2 maps)."""
     shape = (64, 64, 3)
-    model = models.create_model(name, input_shape=shape, num_classes=10)
-    _randomize(model, seed=5)
+    model = randomized_at_64
+    assert model.input_shape == (None, *shape)
     logits = tf.keras.Model(model.inputs, model.layers[-2].output)
     flatbuffer = convert_to_flatbuffer(logits)
     assert flatbuffer.ops.get("LceBconv2d", 0) == bconvs

@@ -7,7 +7,10 @@ Their weights are random, their BatchNorm statistics too, and saved with `save_w
 as the zoo's release files are.
 """
 
+import dataclasses
+import functools
 import re
+from typing import Tuple
 
 import larq as lq
 import numpy as np
@@ -20,7 +23,6 @@ from bnn_keras.quantizers import LayerScaledSign
 from tests.conftest import invoke
 from tests.models.zoo_reference import (
     _logits,
-    _randomize,
     _zoo_file,
     zoo_binary_alexnet,
     zoo_binary_densenet28,
@@ -49,14 +51,54 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, name):
-    builder, shape = CASES[name]
-    reference, path = _zoo_file(tmp_path, builder, shape, 10)
-    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
-    expected = _logits(reference, x)
+@dataclasses.dataclass
+class ZooCase:
+    """A zoo reference of `CASES` with random weights, its weights file, and the registry models
+    loaded from that file: made once for the tests of one model, which only read them."""
 
-    model = models.create_model(name, input_shape=shape, num_classes=10, weights=path)
+    name: str
+    shape: Tuple[int, int, int]
+    reference: tf.keras.Model
+    path: str  # the reference's `save_weights`, "zoo.h5"
+    x: np.ndarray  # 4 images
+    expected: np.ndarray  # the reference's logits on `x`
+
+    @functools.cached_property
+    def model(self) -> tf.keras.Model:
+        """`create_model(name, weights=path)`: the variant the file selects."""
+        return models.create_model(self.name, input_shape=self.shape, num_classes=10,
+                                   weights=self.path)
+
+    @functools.cached_property
+    def default(self) -> tf.keras.Model:
+        """The LCE-friendly default (`variant="bnn"`) with the same file loaded by layer order."""
+        return models.create_model(self.name, input_shape=self.shape, num_classes=10,
+                                   weights=self.path, variant="bnn")
+
+
+@pytest.fixture(scope="module")
+def zoo_case(request, tmp_path_factory) -> ZooCase:
+    """The `ZooCase` of `CASES[request.param]` (parametrize indirectly)."""
+    builder, shape = CASES[request.param]
+    reference, path = _zoo_file(tmp_path_factory.mktemp("zoo"), builder, shape, 10)
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    return ZooCase(request.param, shape, reference, path, x, _logits(reference, x))
+
+
+# Slow siblings (4-10 s each): BinaryDenseNet45 is BinaryDenseNet37 (checked at the same 16 px)
+# and QuickNet-Large is QuickNet, with more blocks, from the same builders (ours and the zoo's).
+DEEPER_SIBLINGS = {"binary-densenet45", "quicknet-large"}
+
+
+def _fast_unless_deeper_sibling(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEPER_SIBLINGS else n for n in names]
+
+
+@pytest.mark.parametrize("zoo_case", _fast_unless_deeper_sibling(sorted(CASES)), indirect=True)
+def test_zoo_weights_file_gives_the_zoos_outputs(zoo_case):
+    name, shape, reference, x, expected = (
+        zoo_case.name, zoo_case.shape, zoo_case.reference, zoo_case.x, zoo_case.expected)
+    model = zoo_case.model
     got = _logits(model, x)
     assert np.abs(expected).max() > 1.0  # logits large enough for the comparison to mean much
     assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
@@ -71,8 +113,8 @@ def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, name):
     # function (BiReal and AlexNet at these sizes have other stems or shapes, hence only the
     # two models whose default has the zoo's layers).
     if name in ("binary-densenet28", "binary-resnet-e18"):
-        default = models.create_model(name, input_shape=shape, num_classes=10, weights=path,
-                                      variant="bnn")
+        default = zoo_case.default
+        assert default.input_shape == (None, *shape)
         assert all(layer.pad_values == 1.0 for layer in default.layers
                    if isinstance(layer, lq.layers.QuantConv2D) and layer.kernel_size == (3, 3))
         assert np.abs(_logits(default, x) - expected).max() > 0.1
@@ -157,7 +199,7 @@ QUICKNETS = {"quicknet-small": zoo_quicknet_small, "quicknet": zoo_quicknet,
              "quicknet-large": zoo_quicknet_large}
 
 
-@pytest.mark.parametrize("name", sorted(QUICKNETS))
+@pytest.mark.parametrize("name", _fast_unless_deeper_sibling(sorted(QUICKNETS)))
 def test_quicknet_zoo_weights_give_the_zoos_outputs(tmp_path, name):
     # 32 px: the zoo keeps QuickNet's stem at every size, bnn's default has a 3x3 one under 50.
     shape = (32, 32, 3)
@@ -188,10 +230,12 @@ def test_quicknet_default_is_the_zoos_function_from_50_px(tmp_path):
     assert np.abs(_logits(default, x) - expected).max() < 1e-4
 
 
-def test_a_zoo_full_model_h5_loads_too(tmp_path):
+# The reference of test_zoo_weights_file_gives_the_zoos_outputs, at 32x32x3 and 10 classes.
+@pytest.mark.parametrize("zoo_case", ["binary-resnet-e18"], indirect=True)
+def test_a_zoo_full_model_h5_loads_too(tmp_path, zoo_case):
     # `model.save("x.h5")` keeps the weights under `model_weights`.
-    reference = zoo_binary_resnet_e18((32, 32, 3), 10)
-    _randomize(reference, seed=3)
+    reference = zoo_case.reference
+    assert reference.input_shape == (None, 32, 32, 3)
     path = str(tmp_path / "zoo_model.h5")
     reference.save(path)
     model = models.create_model("binary-resnet-e18", input_shape=(32, 32, 3), num_classes=10,
@@ -210,20 +254,25 @@ def test_default_variant_pads_with_one_and_zoo_variant_with_zero():
         models.create_model("binary-densenet28", variant="zoo", **kwargs)
 
 
-def test_bnn_saved_weights_keep_the_default_variant(tmp_path):
-    kwargs = dict(input_shape=(16, 16, 1), num_classes=3)
-    model = models.create_model("binary-resnet-e18", **kwargs)
-    _randomize(model)
+@pytest.mark.parametrize("zoo_case", ["binary-resnet-e18"], indirect=True)
+def test_bnn_saved_weights_keep_the_default_variant(tmp_path, zoo_case):
+    # The default variant with random weights: those of the zoo file, loaded by layer order.
+    model = zoo_case.default
+    kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
     path = str(tmp_path / "ours.h5")
     model.save_weights(path)
     again = models.create_model("binary-resnet-e18", weights=path, **kwargs)
     assert again.get_layer("block1_layer1_conv").pad_values == 1.0
-    x = np.random.default_rng(2).normal(size=(2, 16, 16, 1)).astype("float32")
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(_logits(again, x), _logits(model, x))
 
 
-def test_a_file_that_does_not_fit_names_the_first_differing_layer(tmp_path):
-    _, path = _zoo_file(tmp_path, zoo_binary_densenet28, (32, 32, 3), 10)
+# The zoo file of test_zoo_weights_file_gives_the_zoos_outputs: 32x32x3, 10 classes.
+@pytest.mark.parametrize("zoo_case", ["binary-densenet28"], indirect=True)
+def test_a_file_that_does_not_fit_names_the_first_differing_layer(zoo_case):
+    path = zoo_case.path
+    assert zoo_case.shape == (32, 32, 3)
     before = open(path, "rb").read()
     kwargs = dict(input_shape=(32, 32, 3), weights=path)
     # Other classes: only the classifier differs.

@@ -371,8 +371,16 @@ def _randomize(model, seed=0):
             layer.set_weights([rng.uniform(0.3, 0.6, size=w.shape) for w in layer.weights])
         elif layer.weights:
             # 1/sqrt(fan-in) keeps the logits near 1-100, where float32 rounding is under 1e-4.
-            layer.set_weights([rng.normal(0, 1 / np.sqrt(np.prod(w.shape[:-1]) or 1), w.shape)
+            layer.set_weights([_normal(rng, 1 / np.sqrt(np.prod(w.shape[:-1]) or 1), w.shape)
                                for w in layer.weights])
+
+
+def _normal(rng, scale, shape):
+    """N(0, scale^2) drawn in float32, the weights' type: XNOR-Net's 55M weights drawn in
+    float64 and converted took 4 s more (and twice the memory)."""
+    values = rng.standard_normal(tuple(shape), dtype=np.float32)
+    values *= scale
+    return values
 
 
 def _weight_name(weight) -> str:

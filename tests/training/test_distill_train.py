@@ -278,17 +278,37 @@ def test_a_teacher_h5_file(tmp_path):
 
 
 
-def test_cached_teacher_logits_train_as_the_teacher_run_at_every_step(teacher_run, tmp_path):
+def _every_step_config(teacher_run: Path) -> training.TrainConfig:
+    """Distillation from `teacher_run` whose teacher runs at every step (3 epochs of 4 steps)."""
+    return tiny_config(teacher=str(teacher_run), distill_weight=0.7, track_flips=False)
+
+
+@pytest.fixture(scope="module")
+def _interrupted_cached_run(teacher_run, tmp_path_factory) -> Path:
+    """`_every_step_config` with `distill_cache`, interrupted (SIGINT) at epoch 2's third batch."""
+    run_dir = tmp_path_factory.mktemp("cached") / "run"
+    with pytest.raises(training.TrainingInterruptedError):
+        training.train(dataclasses.replace(_every_step_config(teacher_run), distill_cache=True),
+                       tiny_bnn, run_dir, verbose=0,
+                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=2)])
+    return run_dir
+
+
+@pytest.fixture
+def interrupted_cached_run(_interrupted_cached_run, tmp_path) -> Path:
+    """A private copy of a run with cached teacher logits, interrupted after 1 complete epoch of
+    3 (trained once for the module)."""
+    return Path(shutil.copytree(_interrupted_cached_run, tmp_path / "cached"))
+
+
+def test_cached_teacher_logits_train_as_the_teacher_run_at_every_step(
+        teacher_run, interrupted_cached_run, tmp_path):
     """`distill_cache`: the teacher's logits, computed once and shuffled with their images,
     give the losses and weights of the run whose teacher runs at every step, also when the
     cached run is interrupted and resumed (the logits are computed again)."""
-    config = tiny_config(teacher=str(teacher_run), distill_weight=0.7, track_flips=False)
+    config = _every_step_config(teacher_run)
     every_step = training.train(config, tiny_bnn, tmp_path / "every-step", verbose=0)
-    cached_config = dataclasses.replace(config, distill_cache=True)
-    run_dir = tmp_path / "cached"
-    with pytest.raises(training.TrainingInterruptedError):
-        training.train(cached_config, tiny_bnn, run_dir, verbose=0,
-                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=2)])
+    run_dir = interrupted_cached_run  # `config` with distill_cache, interrupted at epoch 2
     cached = training.resume_training(run_dir, tiny_bnn, verbose=0)
 
     rows, expected = _rows(run_dir), _rows(every_step.run_dir)
@@ -326,11 +346,11 @@ def _signal_during_the_teacher_pass(monkeypatch, signum):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_the_teacher_pass_leaves_the_run_folder_as_it_was(
-        teacher_run, tmp_path, monkeypatch, signum):
+        teacher_run, interrupted_cached_run, tmp_path, monkeypatch, signum):
     """Ctrl-C or SIGTERM while the teacher's logits are computed: a new run's folder is not
     created, a resumed run's files stay byte-identical, and each says so in one error; the
     resumed run then continues."""
-    config = tiny_config(teacher=str(teacher_run), distill_cache=True, track_flips=False)
+    config = dataclasses.replace(_every_step_config(teacher_run), distill_cache=True)
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
         _signal_during_the_teacher_pass(patch, signum)
@@ -340,9 +360,7 @@ def test_a_signal_during_the_teacher_pass_leaves_the_run_folder_as_it_was(
         f"Interrupted before training started; nothing was written to {run_dir}.")
     assert err.value.exit_code == 130 and not run_dir.exists()
 
-    with pytest.raises(training.TrainingInterruptedError):
-        training.train(config, tiny_bnn, run_dir, verbose=0,
-                       callbacks=[SignalAt(signal.SIGINT, epoch=1, batch=2)])
+    run_dir = interrupted_cached_run  # `config` interrupted (SIGINT) at epoch 2
     before, handler = _hashes(run_dir), signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as patch:
         _signal_during_the_teacher_pass(patch, signum)

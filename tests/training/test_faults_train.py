@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,7 +24,8 @@ from tests.conftest import REPO_ROOT, invoke
 TINY_QUICKNET = [
     "train", "quicknet", "--dataset", "digits", "--model-option", "section_filters=[8,8,16,16]",
     "--image-size", "8", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16",
-    "--verbose", "0",
+    # float32: where the CPU has bf16, "auto" adds a float32 copy's evaluation to every run.
+    "--precision", "float32", "--verbose", "0",
 ]
 BNN = [sys.executable, "-c", "import cli; cli.main()"]
 
@@ -99,11 +101,12 @@ def finished_run(tmp_path_factory):
     return run_dir
 
 
-def test_signal_during_the_final_save_leaves_a_finished_run(finished_run):
-    assert status(finished_run) == {"state": "finished", "epochs_completed": 2, "epochs": 2}
-    assert metrics(finished_run)["epochs"] == 2
-    assert_no_partial_files(finished_run)
-    assert_loadable(finished_run)
+def test_signal_during_the_final_save_leaves_a_finished_run(finished_run, tmp_path):
+    run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    assert status(run_dir) == {"state": "finished", "epochs_completed": 2, "epochs": 2}
+    assert metrics(run_dir)["epochs"] == 2
+    assert_no_partial_files(run_dir)
+    assert_loadable(run_dir)
 
 
 def test_resume_of_a_finished_run_changes_nothing_even_without_status(finished_run, tmp_path):
@@ -140,16 +143,35 @@ def test_signal_between_last_epoch_and_save_keeps_the_run(tmp_path, signame):
     assert_loadable(run_dir)
 
 
-def test_killed_run_leaves_a_stale_status_that_resume_recognises(tmp_path):
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """A run paused after its last `fit` step (BNN_TEST_PAUSE_AFTER_FIT), then killed (SIGKILL).
+
+    While it paused, holding its folder, a second writer was tried: a new run into the folder
+    and a resume of it (`second_writers`, with the folder's hashes before and after). Both tests
+    need this same training up to the pause, so it runs once.
+    """
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=60)
+    try:
+        wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
+        before = hashes(run_dir)
+        second_writers = [invoke(args) for args in ([*TINY_QUICKNET, "-o", run_dir],
+                                                    ["train", "--resume", run_dir])]
+        after = hashes(run_dir)
+    finally:
+        process.kill()
+        process.wait()
+    return SimpleNamespace(run_dir=run_dir, pid=process.pid, second_writers=second_writers,
+                           hashes_before=before, hashes_after=after)
+
+
+def test_killed_run_leaves_a_stale_status_that_resume_recognises(killed_run, tmp_path):
     """SIGKILL cannot be caught: status.json says "running" and a partial file may be left.
     The lock died with the process, so --resume may take the folder, and says what happened."""
-    run_dir = tmp_path / "run"
-    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=30)
-    wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
-    process.kill()
-    process.wait()
-    assert status(run_dir)["state"] == "running" and status(run_dir)["pid"] == process.pid
-    leftover = run_dir / f".model.partial-{process.pid}.keras"
+    run_dir = Path(shutil.copytree(killed_run.run_dir, tmp_path / "run"))
+    assert status(run_dir)["state"] == "running" and status(run_dir)["pid"] == killed_run.pid
+    leftover = run_dir / f".model.partial-{killed_run.pid}.keras"
     leftover.write_bytes(b"half a model")
 
     result = invoke(["train", "--resume", run_dir])
@@ -160,21 +182,13 @@ def test_killed_run_leaves_a_stale_status_that_resume_recognises(tmp_path):
     assert_loadable(run_dir)
 
 
-def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
-    run_dir = tmp_path / "run"
-    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=60)
-    try:
-        wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
-        before = hashes(run_dir)
-        for args in ([*TINY_QUICKNET, "-o", run_dir], ["train", "--resume", run_dir]):
-            result = invoke(args)
-            assert result.exit_code == 2, result.output
-            assert (f"Run folder {run_dir} is in use by another bnn process (PID {process.pid})"
-                    in result.output)
-        assert hashes(run_dir) == before
-    finally:
-        process.kill()
-        process.wait()
+def test_a_second_writer_is_refused_while_the_first_runs(killed_run):
+    # A new run into the folder, then a resume of it, each tried while the first process ran.
+    for result in killed_run.second_writers:
+        assert result.exit_code == 2, result.output
+        assert (f"Run folder {killed_run.run_dir} is in use by another bnn process "
+                f"(PID {killed_run.pid})" in result.output)
+    assert killed_run.hashes_after == killed_run.hashes_before
 
 
 def test_resume_refuses_other_model_or_options_and_lists_them(finished_run, tmp_path):

@@ -1,8 +1,11 @@
 """Training writes a complete, self-describing and reloadable run folder."""
 
 import csv
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,10 +61,11 @@ def test_model_reloads_with_plain_load_model_after_import(digits_run, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_existing_run_folder_is_refused(digits_run):
+def test_existing_run_folder_is_refused(digits_run, tmp_path):
+    run_dir = Path(shutil.copytree(digits_run.run_dir, tmp_path / "run"))  # others read it
     config = training.TrainConfig(dataset="digits", epochs=1)
     with pytest.raises(BnnError, match="already exists and is not empty"):
-        training.train(config, lambda s, n: None, digits_run.run_dir)
+        training.train(config, lambda s, n: None, run_dir)
 
 
 @pytest.mark.parametrize("field, value, bound", [
@@ -141,8 +145,27 @@ def _history_rows(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def _uninterrupted_run(tmp_path_factory):
+    """`tiny_config()` trained without interruption: its folder and final weights."""
+    result = training.train(tiny_config(), tiny_bnn, tmp_path_factory.mktemp("whole") / "run",
+                            verbose=0)
+    return result.run_dir, [w.copy() for w in result.model.get_weights()]
+
+
+@pytest.fixture
+def uninterrupted(_uninterrupted_run, tmp_path):
+    """A private copy of the uninterrupted run of `tiny_config()` (`run_dir`) and its final
+    `weights`: what an interrupted and resumed run must end at, and what the same seed
+    trains again. Trained once for the module."""
+    run_dir, weights = _uninterrupted_run
+    return SimpleNamespace(run_dir=Path(shutil.copytree(run_dir, tmp_path / "whole")),
+                           weights=weights)
+
+
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_signal_mid_epoch_keeps_last_epoch_and_resume_finishes(tmp_path, signame):
+def test_signal_mid_epoch_keeps_last_epoch_and_resume_finishes(tmp_path, signame,
+                                                                uninterrupted):
     import signal
 
     run_dir = tmp_path / "run"
@@ -168,11 +191,10 @@ def test_signal_mid_epoch_keeps_last_epoch_and_resume_finishes(tmp_path, signame
         training.resume_training(run_dir, tiny_bnn, verbose=0)
 
     # Same batches, same optimizer state: the resumed run ends where an uninterrupted one does.
-    whole = training.train(tiny_config(), tiny_bnn, tmp_path / "whole", verbose=0)
     assert [r["loss"] for r in _history_rows(run_dir)] == [
-        r["loss"] for r in _history_rows(whole.run_dir)]
-    for resumed, uninterrupted in zip(result.model.get_weights(), whole.model.get_weights()):
-        np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-6, atol=1e-7)
+        r["loss"] for r in _history_rows(uninterrupted.run_dir)]
+    for resumed, whole in zip(result.model.get_weights(), uninterrupted.weights):
+        np.testing.assert_allclose(resumed, whole, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("optimizer", ["bop", "adam-sgd"])
@@ -227,12 +249,12 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_epoch(tmp_path):
     assert int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 0
 
 
-def test_same_seed_gives_the_same_history(tmp_path):
-    runs = [training.train(tiny_config(epochs=2, track_flips=False), tiny_bnn,
-                           tmp_path / f"run{i}", verbose=0) for i in range(2)]
-    a, b = (_history_rows(r.run_dir) for r in runs)
+def test_same_seed_gives_the_same_history(tmp_path, uninterrupted):
+    # The first of the two runs is the module's uninterrupted run of the same config.
+    again = training.train(tiny_config(), tiny_bnn, tmp_path / "run1", verbose=0)
+    a, b = _history_rows(uninterrupted.run_dir), _history_rows(again.run_dir)
     assert [row["loss"] for row in a] == [row["loss"] for row in b]
-    for wa, wb in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):
+    for wa, wb in zip(uninterrupted.weights, again.model.get_weights()):
         np.testing.assert_array_equal(wa, wb)
 
 

@@ -10,6 +10,7 @@ checked as values).
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ class _InterruptFirstBatch(tf.keras.callbacks.Callback):
 
 
 @pytest.fixture(scope="module")
-def staged_run(tmp_path_factory):
+def _staged_run(tmp_path_factory):
     """An uninterrupted staged run of tiny ReActNet-A, and step 2's kernel when it began."""
     run_dir = tmp_path_factory.mktemp("staged") / "run"
     start = _KernelAtStart()
@@ -77,6 +78,13 @@ def staged_run(tmp_path_factory):
     result = stages.train_staged(_config(), run_dir, verbose=0, report=lines.append,
                                  callbacks={"step2": [start]})
     return run_dir, start.kernel, result, lines
+
+
+@pytest.fixture
+def staged_run(_staged_run, tmp_path):
+    """`_staged_run` with its folder copied for this test (trained once for the module)."""
+    run_dir, *rest = _staged_run
+    return (Path(shutil.copytree(run_dir, tmp_path / "staged")), *rest)
 
 
 # -- the plans ------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ def test_options_a_stage_sets_itself_are_refused(tmp_path, overrides, message):
 # -- a staged run ---------------------------------------------------------------------------
 
 
-def test_a_staged_run_trains_every_stage_into_one_folder(staged_run):
+def test_a_staged_run_trains_every_stage_into_one_folder(staged_run, _staged_run):
     run_dir, step2_start, result, lines = staged_run
     step1, step2 = run_dir / "stages/1-step1", run_dir / "stages/2-step2"
     for folder in (step1, step2):
@@ -203,8 +211,10 @@ def test_a_staged_run_trains_every_stage_into_one_folder(staged_run):
     assert config1["model_options"] == {**TINY, "kernel_quantizer": None}
     assert (config1["weight_decay"], config2["weight_decay"]) == (1e-5, 0.0)
     assert config2["model_options"] == TINY
-    # Step 2 started from step 1's trained weights: recorded, and at its first step.
-    assert config2["weights"] == str(step1.absolute() / "model.keras")
+    # Step 2 started from step 1's trained weights: recorded (where step 1 was trained, the
+    # folder this one is a copy of), and at its first step.
+    trained_step1 = _staged_run[0] / "stages/1-step1"
+    assert config2["weights"] == str(trained_step1.absolute() / "model.keras")
     assert config2["weights_sha256"] == _sha(step1 / "model.keras")
     np.testing.assert_array_equal(step2_start, _kernel(_load(step1 / "model.keras"),
                                                        "block2_conv1x1"))
