@@ -463,26 +463,36 @@ def _compile(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strateg
             metrics=["accuracy"] if built.distill is None else [
                 "accuracy", tf.keras.metrics.SparseCategoricalCrossentropy(name="crossentropy")],
         )
+        # Built now, not inside the first step's trace (which would then be traced again).
+        build_optimizer_slots(built.fitted)
         build_loss_and_metrics(built.fitted, data.train)
 
 
-def build_loss_and_metrics(model: tf.keras.Model, dataset: tf.data.Dataset) -> None:
-    """Creates a compiled model's optimizer slots, loss and metrics now, as its first step would.
+def build_optimizer_slots(model: tf.keras.Model) -> None:
+    """Creates a compiled model's optimizer variables now, as its first train step would.
 
-    Keras creates them (and their variables) lazily, inside the first trace of the train or
-    test function, and a `tf.function` that creates variables is traced a second time: every
-    run traced its train step twice, and every evaluation its test step (measured here: 5.1-5.4 s
-    of CPU for BinaryDenseNet28's first `fit` step, 3.3-3.7 s with one trace). They are built
-    from what Keras would read at that step: the optimizer from the model's trainable variables
-    (as `minimize` passes them), the metrics from the model's output and the dataset's label
-    spec (which resolves "accuracy" to its sparse or categorical form). A model with several
-    outputs, a dataset without (inputs, labels) elements, and the legacy optimizers (larq's
-    CaseOptimizer) are left to Keras.
+    Keras creates them lazily, inside the first trace of the train function, and a
+    `tf.function` that creates variables is traced a second time: every run traced its train
+    step twice (measured here: 5.1-5.4 s of CPU for BinaryDenseNet28's first `fit` step,
+    3.3-3.7 s with one trace, this and `build_loss_and_metrics` together). They are built from
+    the model's trainable variables, as `minimize` passes them, under `apply_gradients`' name
+    scope, so they are the same variables. The legacy optimizers (larq's CaseOptimizer) are
+    left to Keras.
     """
     optimizer = getattr(model, "optimizer", None)
     if isinstance(optimizer, tf.keras.optimizers.Optimizer) and hasattr(optimizer, "build"):
-        with tf.name_scope(optimizer.name or "optimizer"):  # apply_gradients' scope: same names
+        with tf.name_scope(optimizer.name or "optimizer"):
             optimizer.build(model.trainable_variables)
+
+
+def build_loss_and_metrics(model: tf.keras.Model, dataset: tf.data.Dataset) -> None:
+    """Creates a compiled model's loss and metric objects now, as its first train or test step
+    would (inside that step's first trace, which then runs again: see `build_optimizer_slots`).
+
+    They are built from what Keras reads of the first batch: the model's output and the
+    dataset's label spec (which resolves "accuracy" to its sparse or categorical form). A model
+    with several outputs, or a dataset without (inputs, labels) elements, is left to Keras.
+    """
     spec = dataset.element_spec
     if len(model.outputs or []) != 1 or not isinstance(spec, tuple) or len(spec) < 2:
         return

@@ -5,7 +5,7 @@ again, so every run paid for its first step twice until they were built beforeha
 import tensorflow as tf
 
 from bnn_keras import training
-from bnn_keras.training.run import build_loss_and_metrics
+from bnn_keras.training.run import build_loss_and_metrics, build_optimizer_slots
 from tests.conftest import tiny_bnn, tiny_config
 
 
@@ -33,6 +33,7 @@ def test_what_is_built_beforehand_is_what_keras_builds_at_the_first_step():
                 "categorical_crossentropy")
         for model in (built, lazy):
             model.compile("adam", loss, metrics=["accuracy"])
+        build_optimizer_slots(built)
         build_loss_and_metrics(built, tf.data.Dataset.from_tensor_slices((images, labels)).batch(2))
         assert [m.name for m in built.metrics] == ["loss", "accuracy"]
         lazy.fit(images, labels, epochs=1, verbose=0)  # Keras builds them at the first step
@@ -42,3 +43,13 @@ def test_what_is_built_beforehand_is_what_keras_builds_at_the_first_step():
         assert ([(v.name, v.shape) for v in built.optimizer.variables] ==
                 [(v.name, v.shape) for v in lazy.optimizer.variables])
         assert len(built.optimizer.variables) == 1 + 2 * len(built.trainable_variables)
+
+
+def test_a_distilled_students_evaluation_builds_no_optimizer(float_binarynet_run, tmp_path):
+    """After `fit`, a distilled run's student is compiled again (loss and metrics only) for its
+    test accuracy: its test step is traced once, and no optimizer slots are made for it."""
+    config = tiny_config(epochs=1, steps_per_epoch=2, teacher=str(float_binarynet_run),
+                         track_flips=False)
+    student = training.train(config, tiny_bnn, tmp_path / "run", verbose=0).model
+    assert student.test_function.experimental_get_tracing_count() == 1
+    assert [v.name for v in student.optimizer.variables] == ["iteration:0"]
