@@ -7,6 +7,7 @@ imported first (`import tensorflow as tf; import bnn_keras`, the notebook order)
 too, as long as nothing has used `tf.keras` yet.
 """
 
+import io
 import os
 import sys
 
@@ -119,8 +120,6 @@ def _read_keras_weights_from_memory() -> None:
     left as it is. Private API, so a tf-keras without it is left as it is.
     """
     try:
-        import io
-
         from tf_keras.src.saving import saving_lib
     except ImportError:
         return
