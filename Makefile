@@ -18,10 +18,12 @@ $(STAMP): setup.cfg pyproject.toml
 		sys.exit(0 if (3, 10) <= v <= (3, 12) else "bnn needs Python 3.10-3.12, found %d.%d" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# uv installs the stack (TensorFlow is ~600 MB) in ~15 s where pip takes ~45 s: it downloads
-	@# in parallel and links from its cache. Where uv cannot be had or cannot reach the index
-	@# that pip is configured for (uv does not read pip.conf), pip installs the same pins.
-	$(BIN)/python -m pip install --quiet uv && $(BIN)/python -m uv pip install --quiet \
+	@# uv installs the stack (TensorFlow is ~600 MB) in ~20 s where pip takes ~45 s: it downloads
+	@# in parallel and links from its cache. --compile-bytecode as pip does: without .pyc files
+	@# (e.g. under PYTHONDONTWRITEBYTECODE) every process compiles TensorFlow again on import.
+	@# Where uv cannot be had or cannot reach the index that pip is configured for (uv does not
+	@# read pip.conf), pip installs the same pins.
+	$(BIN)/python -m pip install --quiet uv && $(BIN)/python -m uv pip install --quiet --compile-bytecode \
 		--python $(BIN)/python -e '.[test]' \
 		|| $(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
