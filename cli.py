@@ -203,6 +203,22 @@ def _train_config(model: str, values: Dict[str, Any]):
     return training.TrainConfig(**fields)
 
 
+trust_model_code_option = click.option(
+    "--trust-model-code", "trust_model_code", is_flag=True,
+    help="Load a model file that carries Python code (a Lambda layer), which loading runs. "
+         "Without it such a file is refused: model files are data. Only for files whose "
+         "source you trust: a file from elsewhere can run anything with your permissions.")
+
+
+def _use_trust_model_code(trust: bool) -> None:
+    """Trusts model files until the command ends: the conversion loads its model through the
+    library, which reads the enclosing scope (`model_files.trusting_model_code`)."""
+    if trust:
+        from bnn_keras import model_files
+
+        click.get_current_context().with_resource(model_files.trusting_model_code())
+
+
 @main.command()
 @_config_options(__import__("bnn_keras.training", fromlist=["TrainConfig"]).TrainConfig)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
@@ -218,8 +234,9 @@ def _train_config(model: str, values: Dict[str, Any]):
               help="For a --teacher model file with custom layers: a module whose import "
                    "registers them, MODULE:DICT naming a dict of them, or a .py file "
                    "(repeatable; give it again with --resume).")
+@trust_model_code_option
 def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str], verbose: int,
-          custom_objects: Sequence[str], **values: Any) -> None:
+          custom_objects: Sequence[str], trust_model_code: bool, **values: Any) -> None:
     """Train MODEL (a name from `bnn models`) and write a run folder.
 
     The run folder holds model.keras, config.json (every option), history.csv, flips.csv and
@@ -227,7 +244,8 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
     for --resume) and metrics.json (final accuracy, wall time, images/s). Ctrl-C keeps the
     last complete epoch: continue with `bnn train --resume RUN_DIR`, or train a finished run
     further with `bnn train --resume RUN_DIR --epochs N`. One process at a time trains in a
-    run folder.
+    run folder. A run folder is self-contained: it keeps a copy of its --weights file and
+    --teacher in inputs/, so it can be moved or copied and resumed there.
 
     With --weights FILE (a larq-zoo .h5, or a weights file of this model) the model starts from
     that file: it must fit the model at this input size and number of classes (checked before
@@ -254,6 +272,7 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
     from bnn_keras.training import stages
 
     _use_custom_objects(custom_objects)
+    _use_trust_model_code(trust_model_code)  # for --teacher (and give it again with --resume)
 
     if resume_dir and stages.staged_run_of_stage(resume_dir) is not None:
         whole = stages.staged_run_of_stage(resume_dir)
@@ -264,15 +283,19 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
         if values["epochs"] is not None:
             raise BnnError(f"--epochs applies to every stage of the staged run {resume_dir} "
                            "and cannot change once it has started; resume it without --epochs.")
-        _refuse_resume_changes(click.get_current_context(), plan.options, Path(resume_dir))
+        _refuse_resume_changes(click.get_current_context(), plan.options, Path(resume_dir),
+                               teacher_sha256=stages.recorded_teacher_sha256(plan, resume_dir))
         result = stages.resume_staged(Path(resume_dir), verbose=verbose,
-                                      report=_spelled_echo(click.get_current_context()))
+                                      report=_spelled_echo(click.get_current_context()),
+                                      teacher=values["teacher"])
     elif resume_dir:
         # config.json is read once, here; the library trusts this record (and refuses to go on
         # should the file change before the run folder is locked).
         record = training.RunRecord.read(resume_dir)
         config = record.config
-        _refuse_resume_changes(click.get_current_context(), config, Path(resume_dir))
+        _refuse_resume_changes(click.get_current_context(), config, Path(resume_dir),
+                               teacher_sha256=record.teacher_sha256,
+                               weights_sha256=record.weights_sha256)
         done = training.run_progress(Path(resume_dir), record).epochs_done
         epochs = values["epochs"]
         target = epochs or config.epochs
@@ -281,7 +304,7 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
                    + (f" (extended from {config.epochs})" if target != config.epochs else ""))
         # The registry model as recorded (the variant a weights file selected included).
         result = training.resume_training(Path(resume_dir), None, epochs=epochs, record=record,
-                                          verbose=verbose)
+                                          teacher=values["teacher"], verbose=verbose)
     else:
         if not model:
             raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
@@ -317,14 +340,18 @@ def _spelled_echo(ctx: click.Context) -> Callable[[str], None]:
 
 # `bnn train` options that --resume may be given: --epochs extends or shortens the run (it is
 # recorded), the others only change how this process reports.
-_RESUME_MAY_CHANGE = {"resume_dir", "epochs", "verbose", "custom_objects"}
+_RESUME_MAY_CHANGE = {"resume_dir", "epochs", "verbose", "custom_objects", "trust_model_code"}
 
 
-def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
+def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path, *,
+                           teacher_sha256: Optional[str] = None,
+                           weights_sha256: Optional[str] = None) -> None:
     """Refuses `--resume RUN` with MODEL or options that differ from the run's config.json.
 
     A resumed run must train what it started with, so that it ends where the uninterrupted run
     would have; an option the user typed that says otherwise is an error, not silently ignored.
+    A --teacher or --weights file is the same when its content is (the sha256 the run
+    recorded), whatever path names it.
     """
     from click.core import ParameterSource
 
@@ -347,6 +374,9 @@ def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
             mine, theirs = wanted.tricks.get(name), config.tricks.get(name)
         else:
             mine, theirs = getattr(wanted, name), getattr(config, name)
+        recorded_sha = {"teacher": teacher_sha256, "weights": weights_sha256}.get(name)
+        if recorded_sha is not None and mine is not None and _file_sha256(name, mine) == recorded_sha:
+            continue  # the same file, by another path
         if mine != theirs:
             what = "MODEL" if name == "model" else _option_flag(param)
             differences.append(f"{what} {_shown(mine)} (the run has {_shown(theirs)})")
@@ -356,6 +386,17 @@ def _refuse_resume_changes(ctx: click.Context, config, run_dir: Path) -> None:
             f"{'; '.join(differences)}. Drop those options (only --epochs may change), or start "
             "a new run with --output."
         )
+
+
+def _file_sha256(option: str, path: str) -> Optional[str]:
+    """The sha256 of the --teacher (a run folder's model.keras) or --weights file `path`, or
+    None when it cannot be read (then it differs from the run's)."""
+    from bnn_keras.training.starting_point import Teacher, weights_sha256
+
+    try:
+        return Teacher.of_path(path).sha256 if option == "teacher" else weights_sha256(path)
+    except BnnError:
+        return None
 
 
 def _recorded_values(config) -> Dict[str, Any]:
@@ -483,7 +524,9 @@ def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> i
               help="Quantization-aware fine-tuning epochs for --int8 on those images.")
 @click.option("--bundle", "bundle_dir", type=click.Path(), default=None,
               help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, "
-                   "runner); a new folder, or an earlier bundle with --overwrite.")
+                   "runner, manifest.json); a new folder, or an earlier bundle with "
+                   "--overwrite, which replaces only the files bnn wrote and keeps yours "
+                   "(notes, build/).")
 @click.option("--class-names", default=None, metavar="FILE|A,B,...",
               help="Model file only: one class name per output, as a file (one per line) or a "
                    "comma-separated list.")
@@ -505,12 +548,14 @@ def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> i
                    "that `bnn evaluate` and `bnn predict` refuse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @custom_objects_option
+@trust_model_code_option
 def convert(source: str, target: str, output: Optional[str], overwrite: bool, samples: int,
             inputs: Optional[str], min_agreement: float, int8: bool, int8_io: bool,
             calibration_samples: int, fine_tune_epochs: int, bundle_dir: Optional[str],
             class_names: Optional[str], mean: Optional[str], std: Optional[str],
             pixel_max: Optional[float], dataset: Optional[str], data_dir: Optional[str],
-            no_metadata: bool, as_json: bool, custom_objects: Sequence[str] = ()) -> None:
+            no_metadata: bool, as_json: bool, custom_objects: Sequence[str] = (),
+            trust_model_code: bool = False) -> None:
     """Convert a trained model to an LCE flatbuffer, verify it, and report on it.
 
     The flatbuffer is run in LCE's interpreter on real inputs and compared with Keras. The
@@ -529,6 +574,7 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
     from convert.workflow import VerificationFailedError, convert_trained_model
 
     _use_custom_objects(custom_objects)
+    _use_trust_model_code(trust_model_code)
     if not as_json:
         click.echo(f"Converting {source} for target {target} ...")
     try:
@@ -566,8 +612,9 @@ def _print_report(report, as_json: bool) -> None:
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed inferences first.")
 @click.option("--compare-float", "float_model", type=click.Path(), default=None,
               help="A float TFLite copy (or the Keras run/model to make one from) to time too.")
+@trust_model_code_option
 def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
-              float_model: Optional[str]) -> None:
+              float_model: Optional[str], trust_model_code: bool = False) -> None:
     """Single-image latency of a .tflite in LCE's interpreter (min, median, p90).
 
     The model runs in a separate process, so a damaged file cannot crash this one. On x86 LCE
@@ -578,6 +625,7 @@ def benchmark(tflite_file: str, threads: int, runs: int, warmup: int,
     from convert.isolated import isolated_benchmark
     from convert.runtime import is_binary_model
 
+    _use_trust_model_code(trust_model_code)  # for a --compare-float Keras model
     flatbuffer = Flatbuffer.from_file(tflite_file)
     binary = is_binary_model(flatbuffer, source=tflite_file)
     click.echo(f"Timing {tflite_file}: {warmup} warm-up + {runs} runs, {threads} thread(s) ...")
@@ -617,17 +665,21 @@ def evaluate(tflite_file: str, dataset: Optional[str], data_dir: Optional[str],
     """Top-1 accuracy of a .tflite on a data set's test split, in LCE's interpreter.
 
     Images are preprocessed as in training (size and normalization are stored in the .tflite
-    by `bnn convert`). A data set whose classes differ from the model's is refused.
+    by `bnn convert`). A data set whose classes differ from the model's is refused. A
+    .unverified file (kept by `bnn convert` when the flatbuffer disagreed with Keras) is
+    evaluated with a warning: its accuracy may not be the model's.
     """
-    from convert.evaluate import evaluate_flatbuffer
+    from convert.evaluate import evaluate_flatbuffer, is_unverified
     from convert.flatbuffer import Flatbuffer
     from convert.samples import flatbuffer_test_split
 
     flatbuffer = Flatbuffer.from_file(tflite_file)
     x, y, name = flatbuffer_test_split(flatbuffer, dataset=dataset, data_dir=data_dir, limit=limit)
     click.echo(f"Evaluating {tflite_file} on {len(x)} {name} test images ...")
-    result = evaluate_flatbuffer(flatbuffer, x, y, threads=threads)
-    click.echo(f"{tflite_file}: test accuracy {result['accuracy']:.4f} on {result['n']} {name} images")
+    result = evaluate_flatbuffer(flatbuffer, x, y, threads=threads)  # warns if .unverified
+    caveat = " (unverified: see the warning above)" if is_unverified(flatbuffer) else ""
+    click.echo(f"{tflite_file}: test accuracy {result['accuracy']:.4f} on {result['n']} {name} "
+               f"images{caveat}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -732,13 +784,15 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Classes.")
 @custom_objects_option
+@trust_model_code_option
 def summary(name: str, input_shape: str, num_classes: int,
-            custom_objects: Sequence[str] = ()) -> None:
+            custom_objects: Sequence[str] = (), trust_model_code: bool = False) -> None:
     """Per-layer table of MODEL (a registry name, run folder or model file): output shape,
     parameters by precision, MACs, and every layer LCE will not binarize, with the reason."""
     from bnn_keras import model_stats
 
     _use_custom_objects(custom_objects)
+    _use_trust_model_code(trust_model_code)
     model = _model_from(name, input_shape, num_classes)
     click.echo(model_stats.format_table(model_stats.model_summary(model)))
 
@@ -798,8 +852,10 @@ def _model_from(source: str, input_shape: str, num_classes: int):
               help="Classes when MODEL is a registry name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @custom_objects_option
+@trust_model_code_option
 def inspect_command(source: str, target: str, input_shape: str, num_classes: int,
-                    as_json: bool, custom_objects: Sequence[str] = ()) -> None:
+                    as_json: bool, custom_objects: Sequence[str] = (),
+                    trust_model_code: bool = False) -> None:
     """Check MODEL (run folder, model file or registry name) for what stops LCE from
     producing fast binary ops, before converting it. Exits 1 when an error is found."""
     import dataclasses
@@ -807,6 +863,7 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
     from convert.lint import errors, format_findings, inspect_model
 
     _use_custom_objects(custom_objects)
+    _use_trust_model_code(trust_model_code)
     model = _model_from(source, input_shape, num_classes)
     findings = inspect_model(model, target=target)
     if as_json:
@@ -821,14 +878,34 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
 @main.command("check-bundle")
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 def check_bundle_command(bundle_dir: str) -> None:
-    """Run a Raspberry Pi bundle's self-check (test input -> expected output) in LCE's
-    interpreter, as the bundle's C++ runner does on the device."""
-    from convert.bundle import check_bundle
+    """Check a Raspberry Pi bundle: every file bnn wrote against its manifest.json (the runner's
+    arguments, scripts, labels, model.json, model, test tensors, runner sources), then the
+    self-check (test input -> expected output) in LCE's interpreter, as the bundle's C++ runner
+    does on the device.
+
+    Files bnn did not write (your notes) are listed, not checked; what build.sh and
+    benchmark.sh make on the device (build/, ...) is expected. A bundle from before manifests is
+    checked as far as model.json and the scripts bnn wrote allow. Any file missing or different
+    is named in one error line, with exit code 2.
+    """
+    from convert.bundle_check import check_bundle
+    from convert.bundle_layout import MANIFEST_FILE
 
     result = check_bundle(bundle_dir)
     verdict = "OK" if result.ok else "MISMATCH"
     click.echo(f"{bundle_dir}: {verdict}: max |diff| {result.max_abs_diff:.3g} (tolerance "
                f"{result.atol:.3g}), top-1 {result.actual_top1} (expected {result.expected_top1})")
+    if result.manifest:
+        click.echo(f"{bundle_dir}: {len(result.files_checked)} files as bnn wrote them "
+                   f"({MANIFEST_FILE}, bundle sha256 {result.bundle_sha256})")
+    else:
+        click.echo(f"{bundle_dir}: no {MANIFEST_FILE} (written by an earlier bnn): "
+                   f"{len(result.files_checked)} files checked against model.json and the "
+                   "versions bnn wrote; not checkable without it: "
+                   f"{', '.join(result.files_unchecked)}; "
+                   f"`bnn convert RUN --bundle {bundle_dir} --overwrite` writes one")
+    if result.user_files:
+        click.echo(f"{bundle_dir}: not bnn's, not checked: {', '.join(result.user_files)}")
     if not result.ok:
         sys.exit(EXIT_USER_ERROR)
 

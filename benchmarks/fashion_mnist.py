@@ -26,6 +26,10 @@ copied at eight points of the budget and evaluated on the test set after the run
     python benchmarks/fashion_mnist.py --budget 30 --rows quicknet-s2-stem16-ff --float-share 0.3
     python benchmarks/fashion_mnist.py --budget 1 --rows quicknet-s2 --seeds 0   # a quick look
 
+Every argument is checked before anything is measured, installed, trained or written (the
+teacher file loaded, each run's training options checked): a bad one is refused in one line,
+`fashion_mnist.py: error: ...`, with exit code 2, and no output folder is left behind.
+
 References:
     - QuickNet: Bannink et al., "Larq Compute Engine" (arXiv 2011.09398).
     - ReActNet: Liu et al., ECCV 2020 (arXiv 2003.03488).
@@ -42,7 +46,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -53,12 +56,15 @@ from bnn_keras import files  # noqa: E402  (first: bnn_keras sets up tf-keras fo
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bnn_keras.errors import BnnError  # noqa: E402
 from bnn_keras.model_stats import count_binary_convs, model_summary  # noqa: E402
+from bnn_keras.options import spell_fields  # noqa: E402
 from bnn_keras.training import TrainConfig, train  # noqa: E402
 from bnn_keras.training import data as data_lib  # noqa: E402
 from bnn_keras.training import recipes  # noqa: E402
 from bnn_keras.training.config import MODEL_FILE, RunRecord  # noqa: E402
-from bnn_keras.training.precision import hardware_summary  # noqa: E402
+from bnn_keras.training.precision import PRECISIONS, hardware_summary  # noqa: E402
+from bnn_keras.training.starting_point import Teacher  # noqa: E402
 
 # images/s of the default network (below) on the slower of the two AVX2-only 2-core machines
 # this project measured it on (float32, batch 256): the machine the budgets are set for.
@@ -160,8 +166,25 @@ ROWS = {
 }
 
 
+class ArgumentError(Exception):
+    """A bad argument: `main` shows it as one line, argparse's way, and exits with code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, `fashion_mnist.py: error: ...`, exit code 2 (the
+    usage it would print first is many lines long: `--help` shows it)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def ensure_fashion_mnist(folder: str) -> None:
-    """Installs Debian's dataset-fashion-mnist with apt-get when its IDX files are missing."""
+    """Installs Debian's dataset-fashion-mnist with apt-get when its IDX files are missing from
+    its own folder (`check_data_dir` refuses any other folder without them).
+
+    Raises:
+        ArgumentError: the package cannot be installed, or has no IDX files.
+    """
     if data_lib.has_idx_files(folder):
         return
     print(f"Fashion-MNIST IDX files not found in {folder}; installing the Debian package "
@@ -171,11 +194,11 @@ def ensure_fashion_mnist(folder: str) -> None:
         subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"], check=True,
                        stdout=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError) as exc:
-        sys.exit(f"Could not install dataset-fashion-mnist ({exc}). Install it as root, or pass "
-                 "--data-dir with the four Fashion-MNIST IDX files.")
+        raise ArgumentError(f"Could not install dataset-fashion-mnist ({exc}). Install it as "
+                            "root, or pass --data-dir with the four Fashion-MNIST IDX files.")
     if not data_lib.has_idx_files(folder):
-        sys.exit(f"dataset-fashion-mnist is installed but {folder} has no IDX files; "
-                 "pass --data-dir.")
+        raise ArgumentError(f"dataset-fashion-mnist is installed but {folder} has no IDX files; "
+                            "pass --data-dir.")
 
 
 def steady_images_per_second(model_name: str, options: Dict[str, Any], batch_size: int, *,
@@ -357,17 +380,21 @@ def teacher_of(row: Row, seed: int, args: argparse.Namespace,
 
 
 def check_teachers(runs: Sequence[tuple], teacher: Optional[str]) -> None:
-    """Exits with one line, before any training, when a distilled run has no teacher: no
-    `--teacher`, or a teacher row without a run of the same seed listed before it."""
+    """Refuses, before any training, a distilled run without a teacher: no `--teacher`, or a
+    teacher row without a run of the same seed listed before it.
+
+    Raises:
+        ArgumentError: naming the run.
+    """
     for i, (name, seed) in enumerate(runs):
         if not ROWS[name].distill:
             continue
         if teacher is None:
-            sys.exit(f"Row {name} distils from a teacher: give --teacher (a row of this "
-                     "invocation, a run folder or a Keras model file).")
+            raise ArgumentError(f"Row {name} distils from a teacher: give --teacher (a row of "
+                                "this invocation, a run folder or a Keras model file).")
         if teacher in ROWS and (teacher, seed) not in runs[:i]:
-            sys.exit(f"--teacher {teacher}: list that row with seed {seed} before {name} in "
-                     "--rows.")
+            raise ArgumentError(f"--teacher {teacher}: list that row with seed {seed} before "
+                                f"{name} in --rows.")
 
 
 def row_config(row: Row, seed: int, args: argparse.Namespace, *, float_copy: bool,
@@ -563,24 +590,37 @@ def plot(results: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
-def combine(paths: Sequence[str], output: Path) -> None:
-    """One table and one PNG of the runs of several invocations (their results.json), after a
-    line per invocation saying which machine measured it: their rows' minutes "here" were
-    minutes there."""
-    results = []
+def read_results(paths: Sequence[str]) -> List[tuple]:
+    """The results.json files of earlier invocations, each with the line that says which
+    machine measured it: [(line, its results)], read before anything is printed or written.
+
+    Raises:
+        ArgumentError: a file that is not a results.json of this benchmark.
+    """
+    measured = []
     for path in paths:
         try:
-            measured = json.loads(Path(path).read_text())
-            results += measured["results"]
+            content = json.loads(Path(path).read_text())
             # results.json files written before the machine was recorded name none.
-            line = (f"- {path}: {measured.get('machine', 'machine not recorded')}; default "
-                    f"network {measured['default_images_per_s']:.0f} images/s, so "
-                    f"{measured['budget']:g} reference minutes = "
-                    f"{measured['budget'] * measured['scale']:.2f} min there")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            sys.exit(f"--combine {path}: not a results.json of this benchmark ({error}); give "
-                     "the results.json of an OUTPUT folder.")
+            line = (f"- {path}: {content.get('machine', 'machine not recorded')}; default "
+                    f"network {content['default_images_per_s']:.0f} images/s, so "
+                    f"{content['budget']:g} reference minutes = "
+                    f"{content['budget'] * content['scale']:.2f} min there")
+            measured.append((line, list(content["results"])))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ArgumentError(f"--combine {path}: not a results.json of this benchmark "
+                                f"({error}); give the results.json of an OUTPUT folder.")
+    return measured
+
+
+def combine(measured: Sequence[tuple], output: Path) -> None:
+    """One table and one PNG of the runs of several invocations (`read_results`), after a line
+    per invocation saying which machine measured it: their rows' minutes "here" were minutes
+    there."""
+    results = []
+    for line, rows in measured:
         print(line)
+        results += rows
     print()
     print_table(results)
     output.mkdir(parents=True, exist_ok=True)
@@ -589,8 +629,187 @@ def combine(paths: Sequence[str], output: Path) -> None:
     print(f"\n{output / 'accuracy.png'}")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+# ----------------------------------------------------------------------------------------------
+# The arguments, all checked before anything is measured, installed, trained or written
+
+# numpy's generator, which Keras seeds, takes seeds from 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# How this script spells the `TrainConfig` fields it sets, for the messages of its checks.
+FIELD_FLAGS = {
+    "learning_rate": "--lr", "float_learning_rate": "--float-lr", "batch_size": "--batch-size",
+    "label_smoothing": "--label-smoothing", "precision": "--precision", "augment": "--augment",
+    "seed": "--seeds", "teacher": "--teacher", "distill_loss": "--distill-loss",
+    "distill_weight": "--distill-weight", "distill_temperature": "--distill-temperature",
+    "distill_cache": "--distill-cache",
+}
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte")
+
+
+def parse_seeds(text: str, separator: str) -> Optional[List[int]]:
+    """The seeds in `text` ("0,1,2"), or None when one of them is not an integer from 0 to
+    `MAX_SEED` (or is missing)."""
+    items = [item.strip() for item in text.split(separator)]
+    if not all(item.isascii() and item.isdigit() for item in items):
+        return None
+    seeds = [int(item) for item in items]
+    return seeds if max(seeds) <= MAX_SEED else None
+
+
+def parse_runs(rows: str, seeds: Sequence[int]) -> List[tuple]:
+    """The (row name, seed) pairs of `--rows`, in order: each row with `seeds`, or with its
+    own (`ROW@S1+S2`).
+
+    Raises:
+        ArgumentError: no row, an unknown row, bad seeds after @, or a run listed twice (both
+            would train into one run folder).
+    """
+    specs = [spec.strip() for spec in rows.split(",") if spec.strip()]
+    if not specs:
+        raise ArgumentError(f"--rows {rows!r} names no row; give one or more of "
+                            f"{', '.join(ROWS)}, separated by commas.")
+    runs: List[tuple] = []
+    for spec in specs:
+        name, at, only = (part.strip() for part in spec.partition("@"))
+        if name not in ROWS:
+            raise ArgumentError(f"--rows: unknown row {name!r}; choose from {', '.join(ROWS)}.")
+        row_seeds = parse_seeds(only, "+") if at else seeds
+        if row_seeds is None:
+            raise ArgumentError(f"--rows {spec}: give the seeds after @ as integers from 0 to "
+                                f"{MAX_SEED} separated by +, e.g. {name}@0+1.")
+        for seed in row_seeds:
+            if (name, seed) in runs:
+                raise ArgumentError(f"--rows lists {name} with seed {seed} twice; list each run "
+                                    "once.")
+            runs.append((name, seed))
+    return runs
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuses a budget, speed or fraction out of range and any number that is not finite
+    (the training checks the ranges of its own options, `check_training_options`): a budget of
+    nan would never be reached, so the run would train for its 1,000 epochs."""
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        raise ArgumentError(f"--budget {args.budget:g}: give a finite number of reference "
+                            "minutes > 0, e.g. 15.")
+    speed = args.default_images_per_s
+    if speed is not None and not (math.isfinite(speed) and speed > 0):
+        raise ArgumentError(f"--default-images-per-s {speed:g}: give the default network's "
+                            "images/s here, a finite number > 0.")
+    if not 0 < args.float_share < 1:
+        raise ArgumentError(f"--float-share {args.float_share:g}: give a fraction of the budget "
+                            "between 0 and 1, e.g. 0.3.")
+    for flag, value in (("--lr", args.lr), ("--float-lr", args.float_lr),
+                        ("--label-smoothing", args.label_smoothing),
+                        ("--distill-weight", args.distill_weight),
+                        ("--distill-temperature", args.distill_temperature)):
+        if value is not None and not math.isfinite(value):
+            raise ArgumentError(f"{flag} {value:g}: give a finite number.")
+
+
+def check_training_options(runs: Sequence[tuple], args: argparse.Namespace) -> None:
+    """Each run's `TrainConfig` (and a `-ff` row's float stage's) passes the training's own
+    checks, which would otherwise fail only when that run starts, after the earlier runs.
+
+    Raises:
+        ArgumentError: the training's message, with this script's options.
+    """
+    for name, seed in runs:
+        row = ROWS[name]
+        configs = [row_config(row, seed, args, float_copy=row.float_copy,
+                              teacher=args.teacher if row.distill else None)]
+        if row.float_first:
+            configs.append(row_config(row, seed, args, float_copy=True))
+        for config in configs:
+            try:
+                config.validate()
+            except BnnError as exc:
+                raise ArgumentError(spell_fields(str(exc), FIELD_FLAGS)) from None
+
+
+def check_teacher_file(teacher: Optional[str], precision: str) -> None:
+    """A `--teacher` that is not a row must be a finished run folder or a Keras model file
+    that loads; checked here, since a distilled run starts after the runs before it.
+
+    Raises:
+        ArgumentError: it does not exist, or is not a run folder or a loadable model.
+    """
+    if teacher is None or teacher in ROWS:
+        return
+    if not Path(teacher).exists():
+        raise ArgumentError(f"--teacher {teacher} does not exist; give a row of this "
+                            "invocation, a run folder of bnn train or a Keras model file "
+                            "(.keras, .h5).")
+    try:
+        Teacher.of(TrainConfig(teacher=teacher)).load(precision)
+    except BnnError as exc:
+        message = spell_fields(str(exc), FIELD_FLAGS)
+        raise ArgumentError(message if "--teacher" in message else
+                            f"--teacher {teacher}: {message}") from None
+    finally:
+        tf.keras.backend.clear_session()
+
+
+def check_data_dir(folder: str) -> None:
+    """The IDX files must be in `folder`, unless it is the Debian package's own folder, where
+    `ensure_fashion_mnist` installs them (apt-get cannot put them anywhere else).
+
+    Raises:
+        ArgumentError: a folder without them.
+    """
+    if data_lib.has_idx_files(folder) or (
+            Path(folder).resolve() == Path(data_lib.DEBIAN_FASHION_MNIST_DIR).resolve()):
+        return
+    raise ArgumentError(f"--data-dir {folder} has no Fashion-MNIST IDX files "
+                        f"({', '.join(_IDX_FILES)}, each may be .gz); give the folder that "
+                        "holds them.")
+
+
+def check_output(output: Path) -> None:
+    """`--output` must be a new (or empty) folder that can be created: the run folders of an
+    earlier invocation are never written into.
+
+    Raises:
+        ArgumentError: a file, a folder with files in it, or an unwritable location.
+    """
+    if output.exists():
+        if not output.is_dir():
+            raise ArgumentError(f"--output {output} is not a folder; give a new folder.")
+        if any(output.iterdir()):
+            raise ArgumentError(f"--output {output} is not empty; give a new folder.")
+    try:
+        files.check_writable_folder(output, what="--output")
+    except BnnError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
+def check_arguments(args: argparse.Namespace) -> List[tuple]:
+    """Checks every argument of a benchmark run, creating and changing nothing.
+
+    Returns:
+        The (row name, seed) runs, in order.
+
+    Raises:
+        ArgumentError: one line saying which argument is wrong and what to give instead.
+    """
+    check_numbers(args)
+    seeds = parse_seeds(args.seeds, ",")
+    if seeds is None:
+        raise ArgumentError(f"--seeds {args.seeds!r}: give seeds as integers from 0 to "
+                            f"{MAX_SEED} separated by commas, e.g. 0,1,2.")
+    runs = parse_runs(args.rows, seeds)
+    check_teachers(runs, args.teacher)
+    check_training_options(runs, args)
+    check_teacher_file(args.teacher, args.precision)
+    check_data_dir(args.data_dir)
+    check_output(Path(args.output))
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    parser = OneLineParser(prog=Path(__file__).name,
+                           description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rows", default="quicknet-s2-float,quicknet-s2",
                         help=f"comma list of {', '.join(ROWS)}; ROW@S1+S2 runs that row with "
                              "these seeds only")
@@ -616,7 +835,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--augment", default="none", choices=("none", "crop_flip"),
                         help="crop_flip: a random crop after 3-pixel reflection padding and a "
                              "random horizontal flip")
-    parser.add_argument("--precision", default="float32",
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="float32 (the reference machine's), mixed_bfloat16 or auto")
     parser.add_argument("--teacher", default=None,
                         help="what the -kd rows distil from: a row of this invocation (e.g. "
@@ -633,33 +852,33 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="the -ff rows train their float copy for this fraction of the "
                              "budget, then the BNN from its weights for the rest "
                              "[default: %(default)g]")
-    parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR)
+    parser.add_argument("--data-dir", default=data_lib.DEBIAN_FASHION_MNIST_DIR,
+                        help="the folder of the four Fashion-MNIST IDX files [default: "
+                             "%(default)s, installed with apt-get when missing]")
     parser.add_argument("--output", default=f"/tmp/bnn-fashion-mnist-{int(time.time())}",
                         help="new folder for the run folders, results.json and accuracy.png")
     parser.add_argument("--combine", nargs="+", metavar="RESULTS_JSON", default=None,
                         help="train nothing: print one table and draw one PNG (in --output) "
                              "of the runs in these results.json files")
-    args = parser.parse_args(argv)
-    if args.combine:
-        combine(args.combine, Path(args.output))
-        return
+    return parser
 
-    if not 0 < args.float_share < 1:
-        sys.exit(f"--float-share {args.float_share:g}: give a fraction of the budget between 0 "
-                 "and 1, e.g. 0.3.")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    runs = []  # (row name, seed), in order
-    for spec in (n.strip() for n in args.rows.split(",") if n.strip()):
-        name, _, only = spec.partition("@")
-        if name not in ROWS:
-            sys.exit(f"Unknown row {name!r}; choose from {', '.join(ROWS)}.")
-        runs += [(name, seed) for seed in ([int(s) for s in only.split("+")] if only else seeds)]
-    check_teachers(runs, args.teacher)
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()):
-        sys.exit(f"{output} is not empty; give a new --output folder.")
-    output.mkdir(parents=True, exist_ok=True)
-    ensure_fashion_mnist(args.data_dir)
+    try:
+        if args.combine:
+            check_output(output)
+            measured = read_results(args.combine)
+        else:
+            runs = check_arguments(args)
+            ensure_fashion_mnist(args.data_dir)
+    except ArgumentError as exc:
+        parser.error(str(exc))
+    if args.combine:
+        combine(measured, output)
+        return
 
     default_ips = args.default_images_per_s or steady_images_per_second(
         DEFAULT_NETWORK[0], DEFAULT_NETWORK[1], DEFAULT_BATCH)
@@ -674,6 +893,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     splits = data_lib.load_dataset("fashion_mnist", args.data_dir)
     # Fashion-MNIST has no standard augmentation in bnn (MNIST's digits must not be flipped).
     splits = dataclasses.replace(splits, augmentation=args.augment)
+    # Made once every check has passed and the data is loaded: a refusal leaves no folder.
+    output.mkdir(parents=True, exist_ok=True)
     results = []
     for name, seed in runs:
         results.append(run_row(name, ROWS[name], seed, budget_s, args, splits, results))

@@ -31,12 +31,17 @@ and divided by its largest, and the term is
 `attention_weight * mean over examples and layers of mean_p (Q_s[p] - Q_t[p])**2`.
 (The paper, Section 4.2, writes Zagoruyko & Komodakis's attention transfer: maps divided by
 their L2 norm, the norms of the differences summed over the layers; the zoo's form is the one
-its weight 30 was tuned for.) Both are scale invariant: a student map proportional to the teacher's costs 0.
+its weight 30 was tuned for.) Both are scale invariant: a student map proportional to the
+teacher's costs 0.
 
 Logits are the input of the classifier's final softmax (every registry model ends with one). A
-teacher without a separate softmax layer (e.g. a `Dense(..., activation="softmax")` head) gives
-log-probabilities instead, which differ from its logits by a per-example constant that softmax
-ignores.
+teacher is read from its last layer, before any training: a separate softmax (its input is the
+logits), a layer with a softmax activation (e.g. a `Dense(..., activation="softmax")` head: its
+log-probabilities, which differ from its logits by a per-example constant that softmax ignores),
+or a linear layer (its outputs are the logits). A last layer that does not show which (a
+`tf.nn.softmax` op, a Lambda, a rescaling) is told apart on a batch of real images by
+`check_teacher_outputs`, whose answer (`teacher_outputs`) `distillation_model` and
+`teacher_logits_of` take; any other activation (sigmoid, relu) is refused.
 
 References:
     - [Distilling the Knowledge in a Neural Network](https://arxiv.org/abs/1503.02531)
@@ -61,6 +66,16 @@ DISTILL_LOSSES: Tuple[str, ...] = ("kl", "distribution")
 
 # log(0) guard for a teacher that gives probabilities only.
 _LOG_EPSILON = 1e-20
+# What a teacher outputs (`teacher_outputs`).
+TEACHER_OUTPUTS: Tuple[str, ...] = ("logits", "probabilities")
+# Activations (by function name; tf.nn's are "..._v2") after which a last layer outputs
+# probabilities, or logits up to a per-example constant.
+_SOFTMAX_ACTIVATIONS = ("softmax", "softmax_v2")
+_LOGITS_ACTIVATIONS = ("linear", "log_softmax", "log_softmax_v2")
+# How far from [0, 1] and from a sum of 1 a row of probabilities may be: a bfloat16 softmax is
+# exact to ~0.4% per value. Real logits of several classes are never all this close to a
+# probability distribution on a whole batch.
+_PROBABILITY_TOLERANCE = 1e-2
 # The attention-matching weight of larq-zoo's Real-to-Binary stages (TrainR2BBFP, TrainR2BBAN
 # in larq_zoo/training/multi_stage_experiments.py), for the zoo's form of the term.
 DEFAULT_ATTENTION_WEIGHT = 30.0
@@ -74,8 +89,8 @@ class DistillSettings:
         loss: "kl" (soft targets mixed with the labels) or "distribution" (ReActNet's).
         weight: Share of the distillation term in the loss, in (0, 1]; the labels'
             cross-entropy gets `1 - weight`.
-        temperature: Softmax temperature T > 0 of both teacher and student in the term.
-        attention_weight: Weight (>= 0) of the attention-matching term, added to the loss
+        temperature: Softmax temperature T > 0 (finite) of both teacher and student in the term.
+        attention_weight: Weight (>= 0, finite) of the attention-matching term, added to the loss
             (0: no attention matching).
         attention_layers: The layers (by name, in both student and teacher, with the same
             spatial size) whose feature maps the attention term matches.
@@ -106,13 +121,17 @@ class DistillSettings:
         weight defaults to larq-zoo's 30 (`DEFAULT_ATTENTION_WEIGHT`); without, to 0.
 
         Raises:
-            BnnError: an unknown loss, a weight outside (0, 1], a temperature <= 0, a
-                "distribution" loss with another weight or temperature, an attention weight
-                < 0, or one > 0 without layers.
+            BnnError: an unknown loss, a value that is not a number, a weight outside (0, 1],
+                a temperature <= 0 or not finite, a "distribution" loss with another weight or
+                temperature, an attention weight < 0 or not finite, or one > 0 without layers.
         """
         if loss not in DISTILL_LOSSES:
             raise BnnError(f"Unknown `distill_loss` {loss!r}; expected one of: "
                            f"{', '.join(DISTILL_LOSSES)}.")
+        for field, value in (("distill_weight", weight), ("distill_temperature", temperature),
+                             ("distill_attention_weight", attention_weight)):
+            if value is not None:
+                _check_number(field, value)
         if loss == "distribution":
             if weight not in (None, 1.0) or temperature not in (None, 1.0):
                 raise BnnError(
@@ -132,14 +151,21 @@ class DistillSettings:
         return settings
 
     def validate(self) -> None:
-        """Raises BnnError (naming the field) for a value out of range."""
-        if not 0.0 < self.weight <= 1.0:
-            raise BnnError(f"Expected `distill_weight` in (0, 1], got {self.weight}.")
-        if not self.temperature > 0.0:
-            raise BnnError(f"Expected `distill_temperature` > 0, got {self.temperature}.")
-        if not (self.attention_weight >= 0.0 and math.isfinite(self.attention_weight)):
-            raise BnnError(f"Expected `distill_attention_weight` >= 0, got "
-                           f"{self.attention_weight}.")
+        """Raises BnnError (naming the field) for a value out of range.
+
+        Infinity and NaN are refused too: click and JSON both read them as floats, and either
+        makes the loss NaN at the first step.
+        """
+        weight = _check_number("distill_weight", self.weight)
+        temperature = _check_number("distill_temperature", self.temperature)
+        attention_weight = _check_number("distill_attention_weight", self.attention_weight)
+        if not 0.0 < weight <= 1.0:  # NaN fails every comparison
+            raise BnnError(f"Expected `distill_weight` in (0, 1], got {weight}.")
+        if not (temperature > 0.0 and math.isfinite(temperature)):
+            raise BnnError(f"Expected `distill_temperature` > 0 and finite, got {temperature}.")
+        if not (attention_weight >= 0.0 and math.isfinite(attention_weight)):
+            raise BnnError(f"Expected `distill_attention_weight` >= 0 and finite, got "
+                           f"{attention_weight}.")
         if any(not isinstance(name, str) or not name for name in self.attention_layers):
             shown = ",".join(map(str, self.attention_layers))
             raise BnnError(f"Expected `distill_attention_layers` to be layer names separated "
@@ -153,6 +179,14 @@ class DistillSettings:
     def hard_label_weight(self) -> float:
         """The weight of the labels' cross-entropy: `1 - weight`."""
         return 1.0 - self.weight
+
+
+def _check_number(field: str, value) -> float:
+    """`value` as a float, or a BnnError naming `field` for what is not a number (a bool or a
+    string would otherwise be read as 1.0 or fail deep inside TensorFlow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise BnnError(f"Expected `{field}` to be a number, got {value!r}.")
+    return float(value)
 
 
 def soft_target_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
@@ -249,43 +283,175 @@ class AttentionMatching(tf.keras.layers.Layer):
         return {**super().get_config(), "weight": self.weight, "layers": list(self.layer_names)}
 
 
+def _activation_name(layer: tf.keras.layers.Layer) -> Optional[str]:
+    """The name of the activation `layer` applies last (a Softmax layer's is "softmax"), or
+    None when the layer has none to show (a Lambda, an op, a rescaling, a custom layer, an
+    activation object without a name)."""
+    if isinstance(layer, tf.keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) if callable(activation) else None
+
+
 def _final_softmax(model: tf.keras.Model) -> Optional[tf.keras.layers.Layer]:
     """The model's last layer when it is a separate softmax (Activation or Softmax layer)."""
     last = model.layers[-1]
-    if isinstance(last, tf.keras.layers.Softmax):
-        return last
-    if isinstance(last, tf.keras.layers.Activation) and (
-            getattr(last.activation, "__name__", "") == "softmax"):
+    is_activation = isinstance(last, (tf.keras.layers.Softmax, tf.keras.layers.Activation))
+    if is_activation and _activation_name(last) in _SOFTMAX_ACTIVATIONS:
         return last
     return None
 
 
-def classifier_logits(model: tf.keras.Model, *, role: str = "student") -> tf.keras.Model:
+def _shown_outputs(model: tf.keras.Model, role: str) -> Optional[str]:
+    """What `model`'s last layer shows it outputs ("logits" or "probabilities"), or None when
+    it does not show it.
+
+    Raises:
+        BnnError: a last layer whose activation gives neither (sigmoid, relu, ...).
+    """
+    last = model.layers[-1]
+    activation = _activation_name(last)
+    if activation is None:
+        return None
+    if activation in _SOFTMAX_ACTIVATIONS:
+        return "probabilities"
+    if activation in _LOGITS_ACTIVATIONS:
+        return "logits"
+    raise BnnError(f"The {role} {model.name!r} ends in layer {last.name!r} with the "
+                   f"{activation!r} activation, which outputs neither logits nor softmax "
+                   "probabilities; distil from a classifier whose last layer is linear (logits) "
+                   "or a softmax.")
+
+
+def _teacher_outputs(teacher: tf.keras.Model, declared: Optional[str]) -> str:
+    """What `teacher` outputs: as its last layer shows, else as `declared` (what
+    `check_teacher_outputs` found on a batch).
+
+    Raises:
+        BnnError: an unknown `declared`, one that contradicts the last layer, or neither.
+    """
+    if declared is not None and declared not in TEACHER_OUTPUTS:
+        raise BnnError(f"Unknown `teacher_outputs` {declared!r}; expected one of: "
+                       f"{', '.join(TEACHER_OUTPUTS)}.")
+    shown = _shown_outputs(teacher, "teacher")
+    last = teacher.layers[-1]
+    if shown is None and declared is None:
+        raise BnnError(
+            f"The teacher {teacher.name!r} ends in layer {last.name!r} "
+            f"({type(last).__name__}), which does not show whether it outputs logits or "
+            "probabilities; give `teacher_outputs` ('logits' or 'probabilities'; "
+            "`check_teacher_outputs(teacher, images)` tells them apart on a batch), or end the "
+            "teacher with a linear or softmax layer.")
+    if shown is not None and declared not in (None, shown):
+        raise BnnError(f"The teacher {teacher.name!r} ends in layer {last.name!r}, which "
+                       f"outputs {shown}; `teacher_outputs` {declared!r} contradicts it: drop "
+                       "`teacher_outputs`.")
+    return shown or declared
+
+
+def _single_output(model: tf.keras.Model, role: str) -> None:
+    if len(model.outputs) != 1:
+        raise BnnError(f"The {role} {model.name!r} has {len(model.outputs)} outputs; "
+                       "distillation needs a classifier with one.")
+
+
+def check_teacher_outputs(teacher: tf.keras.Model, images) -> str:
+    """What `teacher` outputs, found before training: "logits" or "probabilities".
+
+    Its last layer tells when it can (`classifier_logits`); otherwise its outputs on `images`
+    do: rows in [0, 1] that sum to 1 are probabilities, anything else is logits (of which
+    log-probabilities are a case). Either way its outputs on `images` must be finite.
+
+    Args:
+        teacher: A single-output classifier.
+        images: One batch of the real inputs it is to label (an array or tensor).
+
+    Returns:
+        The `teacher_outputs` to give `distillation_model` and `teacher_logits_of`.
+
+    Raises:
+        BnnError: a teacher with several outputs, a last layer whose activation gives neither
+            logits nor probabilities, `images` of another shape than it takes, or non-finite
+            outputs on `images`.
+    """
+    _single_output(teacher, "teacher")
+    shown = _shown_outputs(teacher, "teacher")
+    _check_batch_fits(teacher, images)
+    values = np.asarray(tf.cast(teacher(images, training=False), tf.float32), dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise BnnError(f"The teacher {teacher.name!r} outputs nan or inf on a batch of the "
+                       "images it is to label; distil from a teacher whose outputs are finite "
+                       "(evaluate it alone first).")
+    if shown is not None:
+        return shown
+    return "probabilities" if _are_probabilities(values) else "logits"
+
+
+def _check_batch_fits(teacher: tf.keras.Model, images) -> None:
+    """Refuses a batch whose images the teacher does not take (a Keras error otherwise)."""
+    expected = tuple(teacher.inputs[0].shape[1:])
+    given = tuple(np.shape(images)[1:])
+    fits = len(expected) == len(given) and all(
+        want is None or want == got for want, got in zip(expected, given))
+    if not fits:
+        raise BnnError(f"The teacher {teacher.name!r} takes inputs of shape {expected}, the "
+                       f"images are {given}; train or export the teacher at the student's "
+                       "input size.")
+
+
+def _are_probabilities(values: np.ndarray) -> bool:
+    """Whether every row (along the last axis) of `values` is a probability distribution."""
+    tolerance = _PROBABILITY_TOLERANCE
+    in_range = (values >= -tolerance).all() and (values <= 1 + tolerance).all()
+    return bool(in_range and (np.abs(values.sum(axis=-1) - 1) <= tolerance).all())
+
+
+def classifier_logits(model: tf.keras.Model, *, role: str = "student",
+                      teacher_outputs: Optional[str] = None) -> tf.keras.Model:
     """A model with `model`'s layers that outputs its logits (the input of its final softmax).
+
+    A teacher's logits are read from its last layer: a separate softmax's input; a linear (or
+    log-softmax) layer's outputs; the log of a softmax-activation layer's probabilities (its
+    logits up to a per-example constant, which softmax ignores). A last layer that does not
+    show which needs `teacher_outputs`.
 
     Args:
         model: A functional classifier.
         role: "student" (must have a separate final softmax: its exact logits are trained) or
-            "teacher" (log-probabilities are accepted when it has none).
+            "teacher".
+        teacher_outputs: For a teacher whose last layer does not show it: "logits" or
+            "probabilities" (`check_teacher_outputs`).
 
     Returns:
         A functional model sharing `model`'s layers and weights.
 
     Raises:
-        BnnError: a student without a final softmax layer, or a model with several outputs.
+        BnnError: a student without a final softmax layer, a model with several outputs, a
+            teacher whose last layer gives neither logits nor probabilities, or one whose last
+            layer does not show which without `teacher_outputs` (or contradicts it).
     """
-    if len(model.outputs) != 1:
-        raise BnnError(f"The {role} {model.name!r} has {len(model.outputs)} outputs; "
-                       "distillation needs a classifier with one.")
+    _single_output(model, role)
     softmax = _final_softmax(model)
-    if softmax is not None:
-        return tf.keras.Model(model.inputs, softmax.input, name=f"{model.name}_logits")
+    name = f"{model.name}_logits"
     if role == "student":
-        raise BnnError(f"The student {model.name!r} does not end in a softmax layer; end it with "
-                       "tf.keras.layers.Activation('softmax') so its logits can be trained.")
+        if softmax is None:
+            raise BnnError(f"The student {model.name!r} does not end in a softmax layer; end it "
+                           "with tf.keras.layers.Activation('softmax') so its logits can be "
+                           "trained.")
+        return tf.keras.Model(model.inputs, softmax.input, name=name)
+    outputs = _teacher_outputs(model, teacher_outputs)
+    if softmax is not None:
+        return tf.keras.Model(model.inputs, softmax.input, name=name)
+    if outputs == "logits":
+        return tf.keras.Model(model.inputs, model.outputs[0], name=name)
+    # Probabilities: their log. The exact pre-activation of a softmax-activation layer would
+    # need a copy of that layer in the fitted model and its checkpoints, or its variables
+    # shared through the wrappers that larq and mixed precision put around them; the log gives
+    # the same soft targets to float32 precision (a probability below 1e-20 is read as 1e-20,
+    # a tempered share of at most 1e-5 at T = 4).
     log_p = tf.keras.layers.Lambda(lambda p: tf.math.log(tf.cast(p, tf.float32) + _LOG_EPSILON),
                                    name="teacher_log_probabilities")(model.outputs[0])
-    return tf.keras.Model(model.inputs, log_p, name=f"{model.name}_logits")
+    return tf.keras.Model(model.inputs, log_p, name=name)
 
 
 class DistillationTerm(tf.keras.layers.Layer):
@@ -354,7 +520,8 @@ def check_teacher_fits(student: tf.keras.Model, teacher: tf.keras.Model) -> None
 
 
 def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
-                       settings: DistillSettings) -> tf.keras.Model:
+                       settings: DistillSettings, *,
+                       teacher_outputs: Optional[str] = None) -> tf.keras.Model:
     """The model to fit so that `student` learns from `teacher`.
 
     Compile it with the labels' loss and `loss_weights=[settings.hard_label_weight]` (0 for the
@@ -365,6 +532,8 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
             layers are the returned model's).
         teacher: A classifier with the student's input shape and number of classes (frozen).
         settings: The loss, weight and temperature, and the attention matching.
+        teacher_outputs: "logits" or "probabilities", for a teacher whose last layer does not
+            show which (`check_teacher_outputs` finds it on a batch of images).
 
     Returns:
         A functional model with the student's inputs and output probabilities.
@@ -376,7 +545,7 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
     """
     settings.validate()
     student_logits = classifier_logits(student, role="student")
-    teacher_logits = classifier_logits(teacher, role="teacher")
+    teacher_logits = classifier_logits(teacher, role="teacher", teacher_outputs=teacher_outputs)
     check_teacher_fits(student, teacher)
     student_features, teacher_features = _attention_features(student, teacher, settings)
     if teacher_features:
@@ -392,22 +561,26 @@ def distillation_model(student: tf.keras.Model, teacher: tf.keras.Model,
 
 
 def teacher_logits_of(teacher: tf.keras.Model, images: tf.data.Dataset, *,
-                      verbose: int = 0) -> np.ndarray:
+                      teacher_outputs: Optional[str] = None, verbose: int = 0) -> np.ndarray:
     """The teacher's logits (as `classifier_logits` defines them) on every image, in order.
 
     Args:
         teacher: A single-output classifier.
         images: Batches of images, or of (images, labels) pairs (the labels are ignored), in
             the order the cached pipeline will carry the logits.
+        teacher_outputs: "logits" or "probabilities", for a teacher whose last layer does not
+            show which (`check_teacher_outputs`).
         verbose: Keras `predict` verbosity (1: a progress bar).
 
     Returns:
         A (number of images, classes) float32 array.
 
     Raises:
-        BnnError: the teacher is not a single-output classifier.
+        BnnError: the teacher is not a single-output classifier whose outputs can be read
+            (`classifier_logits`).
     """
-    logits = classifier_logits(teacher, role="teacher").predict(images, verbose=verbose)
+    logits = classifier_logits(teacher, role="teacher", teacher_outputs=teacher_outputs).predict(
+        images, verbose=verbose)
     return np.asarray(logits, dtype=np.float32)
 
 

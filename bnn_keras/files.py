@@ -1,10 +1,13 @@
 """Output files that are complete or absent, never half-written."""
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -253,3 +256,72 @@ def storage_errors(path: PathLike, *, what: str = "the output") -> Iterator[None
             raise
         raise BnnError(f"Could not write {what} {path}: {exc.strerror}; nothing was replaced. "
                        "Free some space or choose a writable folder.") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Replacing a folder in one step
+
+def link_or_copy(source: PathLike, target: PathLike) -> None:
+    """Makes `target` a hard link to the file `source`, or a copy of it (with its permissions and
+    times) where the file system has no hard links; a symbolic link is linked or copied as a link.
+
+    A hard link is the same file, so carrying a large file (a built binary, a source checkout)
+    into a new folder costs no space or time; FAT on a USB stick has none, and gets a copy. Fits
+    `shutil.copytree(..., copy_function=link_or_copy)`.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+# renameat2(2) flags and "the current folder" for its folder descriptors (linux/fs.h, fcntl.h).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.lru_cache(maxsize=None)
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library older than glibc 2.28, or none to load
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(first: PathLike, second: PathLike) -> bool:
+    """Swaps two paths in one step (Linux's renameat2 with RENAME_EXCHANGE), so that no moment
+    is without either; False where the OS or file system has no such call."""
+    renameat2 = _renameat2()
+    return renameat2 is not None and renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0
+
+
+def swap_into_place(new: PathLike, final: PathLike) -> None:
+    """Puts the folder `new` at `final`, where an earlier folder is; the earlier one ends at
+    `new`'s path, for the caller to remove (after a failure, both are as they were).
+
+    One atomic exchange where the OS has it (Linux's renameat2), so that `final` is never
+    missing; else two renames, the first undone if the second fails or is interrupted. `new`
+    must be on the same file system as `final` (next to it, under a temporary name).
+
+    Args:
+        new: The complete new folder.
+        final: The path of the folder it replaces.
+    """
+    new, final = Path(new), Path(final)
+    if _exchange(new, final):
+        return
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    os.replace(old, new)

@@ -1,29 +1,20 @@
-"""A Raspberry Pi deployment bundle: the model, its metadata, a self-check and a C++ runner.
+"""Writing a Raspberry Pi deployment bundle: the model, its metadata, a self-check and a C++
+runner, in the layout of `convert.bundle_layout`.
 
-Layout of a bundle folder:
-
-    model.tflite            the LCE flatbuffer
-    labels.txt              one class name per line, in output order
-    model.json              input shape/dtype, normalization, class names, LCE version, test files
-    test_input.bin          one normalized input, raw little-endian float32 (shape in model.json)
-    expected_output.bin     the Keras model's output for it, raw little-endian float32
-    runner_args.txt         bnn_runner's arguments for the self-check, one per line
-    expected_latency.txt    latency expected on a Raspberry Pi 4B and 3B+, for run.sh/benchmark.sh
-                            (only when the Keras model was given: it is scaled by its MACs)
-    runner/                 bnn_runner.cc + CMakeLists.txt (compiled on the device)
-    build.sh run.sh benchmark.sh pi.sh (the functions the scripts share)
-    README.md               steps on the device
-
-`check_bundle` runs the same self-check as `run.sh` on this machine with LCE's interpreter
-(isolated in a child process).
+`write_bundle` assembles the folder under a temporary name next to the destination, with
+manifest.json written last, and renames it into place, so an interrupted call leaves no
+half-written bundle; `write_checked_bundle` also self-checks it there (`convert.bundle_check`)
+before it replaces anything. With `overwrite`, only bnn's files of an earlier bundle are replaced:
+the user's (notes) and the device's (`build/`) are carried over into the new folder, which takes
+the earlier one's place in one step (`bnn_keras.files.swap_into_place`). Also here: the checks of
+a destination before the long work starts, the README, and the latency expected on the device.
 """
 
-import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,28 +22,36 @@ from bnn_keras import files
 from bnn_keras.model_stats import model_summary
 from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
+from convert.bundle_check import (
+    CheckResult,
+    check_bundle,
+    entries_to_keep,
+    files_under,
+    write_manifest,
+)
+from convert.bundle_layout import (
+    BUNDLE_FILES,
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    EXPECTED_LATENCY_FILE,
+    EXPECTED_OUTPUT_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_JSON,
+    RAW_DTYPE,
+    README_FILE,
+    RUNNER_ARGS_FILE,
+    RUNNER_DIR,
+    SCRIPTS,
+    SHELL_LIBRARY,
+    TEST_INPUT_FILE,
+    TFLITE_FILE,
+    runner_args,
+)
 from convert.flatbuffer import Flatbuffer, FlatbufferLike
-from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
-
-BUNDLE_FORMAT = "bnn-raspberry-pi-bundle"
-# 2: adds pi.sh (asset choice by `uname -m`, glibc check, latency report) and expected_latency.txt.
-BUNDLE_VERSION = 2
-TFLITE_FILE = "model.tflite"
-LABELS_FILE = "labels.txt"
-MODEL_JSON = "model.json"
-TEST_INPUT_FILE = "test_input.bin"
-EXPECTED_OUTPUT_FILE = "expected_output.bin"
-RUNNER_ARGS_FILE = "runner_args.txt"
-EXPECTED_LATENCY_FILE = "expected_latency.txt"
-RUNNER_DIR = "runner"
-SCRIPTS = ("build.sh", "run.sh", "benchmark.sh")
-# Sourced by run.sh and benchmark.sh since bundle format 2.
-SHELL_LIBRARY = "pi.sh"
-REQUIRED_FILES = (TFLITE_FILE, LABELS_FILE, MODEL_JSON, TEST_INPUT_FILE, EXPECTED_OUTPUT_FILE)
+from convert.isolated import isolated_predict
 
 _RUNNER_SOURCE = Path(__file__).resolve().parent / "runner"
-# Raw files are little-endian float32 so that C++ on aarch64 (little-endian) reads them directly.
-_RAW_DTYPE = np.dtype("<f4")
 # Absolute tolerance floor, relative to the output's magnitude: float32 sums in another order
 # (ARM kernels vs Keras) differ by a few ulps per accumulation.
 _ATOL_FLOOR = 1e-3
@@ -138,25 +137,6 @@ def _expected_latency_text(macs: int) -> str:
     ])
 
 
-@dataclasses.dataclass
-class CheckResult:
-    """Outcome of a bundle self-check.
-
-    Attributes:
-        ok: Output within tolerance and the same top-1 class as expected.
-        max_abs_diff: Largest |actual - expected| over the output.
-        atol: The bundle's tolerance.
-        expected_top1: Arg-max of the expected output.
-        actual_top1: Arg-max of LCE's output.
-    """
-
-    ok: bool
-    max_abs_diff: float
-    atol: float
-    expected_top1: int
-    actual_top1: int
-
-
 def _lce_version() -> str:
     try:
         from importlib import metadata
@@ -193,22 +173,6 @@ def check_bundle_metadata(run_config: Optional[Mapping[str, Any]]) -> None:
     """Raises `BnnError`, before any long work, when `run_config` lacks what a bundle records
     (input shape, normalization, class names)."""
     _metadata(run_config, None, None, None)
-
-
-def _runner_args(atol: float, normalization: Mapping[str, Sequence[float]], pixel_max: float) -> str:
-    def floats(values):
-        return ",".join(repr(float(v)) for v in values)
-
-    return "\n".join([
-        f"--model={TFLITE_FILE}",
-        f"--input={TEST_INPUT_FILE}",
-        f"--expected={EXPECTED_OUTPUT_FILE}",
-        f"--atol={atol!r}",
-        f"--labels={LABELS_FILE}",
-        f"--mean={floats(normalization['mean'])}",
-        f"--std={floats(normalization['std'])}",
-        f"--pixel_max={pixel_max!r}",
-    ]) + "\n"
 
 
 def _latency_readme(meta: Mapping[str, Any]) -> str:
@@ -322,6 +286,14 @@ and applies the training normalization from `{RUNNER_ARGS_FILE}`.
   latency report).
 - `{RUNNER_DIR}/bnn_runner.cc`, `{RUNNER_DIR}/CMakeLists.txt`: the runner (TFLite C++ API +
   `compute_engine::tflite::RegisterLCECustomOps`).
+- `{MANIFEST_FILE}`: the sha256 and size of each file above as bnn wrote it. `bnn check-bundle`
+  compares every file with it before the self-check, so an edited `{RUNNER_ARGS_FILE}`, script
+  or `{LABELS_FILE}` is named.
+
+Files you add here (notes, images) and what `build.sh` and `benchmark.sh` make (`build/`,
+`compute-engine/`, `lce_benchmark_model_*`) are not bnn's: `bnn check-bundle` lists them without
+checking them, and `bnn convert --bundle ... --overwrite` keeps them as they are (it refuses to
+replace one of bnn's files that you edited).
 """
 
 
@@ -358,20 +330,67 @@ def check_bundle_destination(
 
     Refused: a symbolic link, a path that is not a folder, a folder holding one of `reads`, an
     existing folder without `overwrite` (with it: anything but an empty folder or an earlier
-    bundle), and a parent folder where nothing can be created.
+    bundle), and a parent folder where nothing can be created. With `overwrite`, also an earlier
+    bundle where replacing bnn's files would lose something: one of them edited since bnn wrote
+    it, a file of the user's where bnn writes one, or a manifest that no longer tells them apart.
 
     Raises:
-        BnnError: one line naming the folder and what to do.
+        BnnError: one line naming the folder (and the file) and what to do.
     """
-    return files.check_output_folder(directory, reads=reads, overwrite=overwrite,
-                                     what="--bundle", replaceable=is_replaceable_bundle,
-                                     kind="bnn bundle")
+    folder = files.check_output_folder(directory, reads=reads, overwrite=overwrite,
+                                       what="--bundle", replaceable=is_replaceable_bundle,
+                                       kind="bnn bundle")
+    if overwrite and folder.is_dir():
+        entries_to_keep(folder, BUNDLE_FILES, what="--bundle")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# overwrite: replace bnn's files, keep everything else
+
+_WHAT = "Bundle folder"
+
+
+def _check_replaceable(folder: Path) -> None:
+    if not is_replaceable_bundle(folder):
+        raise BnnError(f"{_WHAT} {folder} is not an empty folder or a bnn bundle; overwrite "
+                       "replaces only a bnn bundle: choose another folder.")
+    entries_to_keep(folder, BUNDLE_FILES, what=_WHAT)
+
+
+def _first_reason(exc: OSError) -> str:
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        return str(exc.args[0][0][-1])  # copytree's [(source, target, why), ...]
+    return exc.strerror or str(exc)
+
+
+def _carry_over(old: Path, new: Path, entries: Sequence[str]) -> None:
+    """Puts the `entries` ("notes.txt", "build/") of the bundle `old` into the folder `new`,
+    leaving `old` as it is.
+
+    Raises:
+        BnnError: an entry that cannot be linked or copied (`new` is then discarded).
+    """
+    for entry in entries:
+        name = entry.rstrip("/")
+        source, target = old / name, new / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if entry.endswith("/"):
+                shutil.copytree(source, target, symlinks=True, copy_function=files.link_or_copy)
+            elif source.is_symlink():
+                os.symlink(os.readlink(source), target)
+            else:
+                files.link_or_copy(str(source), str(target))
+        except OSError as exc:
+            raise BnnError(f"Could not keep {source} in the new bundle: {_first_reason(exc)}; "
+                           f"nothing was replaced. Move it out of {old}, then run again.") from None
 
 
 def estimated_size(flatbuffer_size: int, input_shape: Sequence[int], num_outputs: int) -> int:
     """Bytes a bundle takes: the flatbuffer, the raw test tensors, the runner sources, text."""
     runner = sum(p.stat().st_size for p in _RUNNER_SOURCE.rglob("*") if p.is_file())
-    tensors = (int(np.prod(input_shape)) + int(num_outputs)) * _RAW_DTYPE.itemsize
+    tensors = (int(np.prod(input_shape)) + int(num_outputs)) * RAW_DTYPE.itemsize
     return int(flatbuffer_size) + tensors + runner + 64 * 1024
 
 
@@ -391,8 +410,8 @@ def write_bundle(
 ) -> Path:
     """Writes a Raspberry Pi bundle folder, atomically.
 
-    The folder is assembled next to `directory` under a temporary name and renamed into place, so
-    an interrupted call leaves no half-written bundle.
+    The folder is assembled next to `directory` under a temporary name, with manifest.json
+    written last, and renamed into place, so an interrupted call leaves no half-written bundle.
 
     Args:
         directory: The bundle folder to create.
@@ -407,14 +426,17 @@ def write_bundle(
         sample_input: One normalized input (H, W, C) or (1, H, W, C); default a fixed random one.
         pixel_max: Raw pixel maximum of the training images (255; 16 for digits).
         name: Model name for the README (default: the run's model name, else the folder name).
-        overwrite: Replace an existing folder.
+        overwrite: Replace an earlier bundle (or empty folder) at `directory`: only the files
+            bnn wrote there are replaced; the user's (notes, `build/`) are kept as they are.
 
     Returns:
         The bundle folder.
 
     Raises:
-        BnnError: missing metadata, shapes that disagree with the flatbuffer, an existing folder,
-            or a flatbuffer whose top-1 class on the sample differs from the Keras model's.
+        BnnError: missing metadata, shapes that disagree with the flatbuffer, an existing folder
+            (with `overwrite`: one that is not a bundle, or where a new bundle would replace a
+            file bnn did not write or one it wrote that was edited since), or a flatbuffer whose
+            top-1 class on the sample differs from the Keras model's.
     """
     return _write_bundle(directory, flatbuffer=flatbuffer, keras_model=keras_model,
                          run_config=run_config, input_shape=input_shape,
@@ -450,6 +472,8 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
         raise BnnError(f"{final} exists and is not a folder; choose a new folder.")
     if final.exists() and not overwrite:
         raise BnnError(f"{final} already exists; choose another folder or pass overwrite.")
+    if final.exists():
+        _check_replaceable(final)
     flatbuffer = Flatbuffer.wrap(flatbuffer)
     shape, norm, labels = _metadata(run_config, input_shape, normalization, class_names)
     if pixel_max is None:
@@ -525,14 +549,15 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
     try:
         files.write_bytes(tmp / TFLITE_FILE, flatbuffer.data)
         files.write_text(tmp / LABELS_FILE, "".join(f"{label}\n" for label in labels))
-        files.write_bytes(tmp / TEST_INPUT_FILE, sample.astype(_RAW_DTYPE).tobytes())
-        files.write_bytes(tmp / EXPECTED_OUTPUT_FILE, expected.astype(_RAW_DTYPE).tobytes())
-        files.write_text(tmp / RUNNER_ARGS_FILE, _runner_args(atol, norm, float(pixel_max)))
+        files.write_bytes(tmp / TEST_INPUT_FILE, sample.astype(RAW_DTYPE).tobytes())
+        files.write_bytes(tmp / EXPECTED_OUTPUT_FILE, expected.astype(RAW_DTYPE).tobytes())
+        files.write_text(tmp / RUNNER_ARGS_FILE, runner_args(atol, norm, float(pixel_max)))
         if macs is not None:
             files.write_text(tmp / EXPECTED_LATENCY_FILE, _expected_latency_text(macs))
         files.write_json(tmp / MODEL_JSON, meta)
-        files.write_text(tmp / "README.md", _readme(meta, final.name))
+        files.write_text(tmp / README_FILE, _readme(meta, final.name))
         _copy_runner(tmp)
+        write_manifest(tmp)  # last: a folder without it is not a complete bundle
         check = None
         if self_check:
             try:
@@ -540,106 +565,16 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
             except BnnError as exc:  # name the folder the user asked for, not the temporary one
                 raise BnnError(str(exc).replace(str(tmp), str(final))) from None
         if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            # Read again now: the user's files as they are at the moment of the swap.
+            keep = entries_to_keep(final, files_under(tmp), what=_WHAT)
+            _carry_over(final, tmp, keep)
+            shutil.copymode(final, tmp)  # the folder's own permissions are the user's too
+            files.swap_into_place(tmp, final)
         else:
             os.replace(tmp, final)
     finally:
+        # The new folder after a failure, the earlier bundle after a swap. The user's files in
+        # either are hard links or copies of those in the bundle that stays.
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final, check
-
-
-def _read_raw(path: Path, shape: Sequence[int], what: str, problems: List[str]) -> Optional[np.ndarray]:
-    count = int(np.prod(shape))
-    size = path.stat().st_size
-    if size != count * _RAW_DTYPE.itemsize:
-        problems.append(
-            f"{path.name} has {size} bytes, expected {count * _RAW_DTYPE.itemsize} "
-            f"({what} of shape {list(shape)} float32)"
-        )
-        return None
-    return np.fromfile(path, dtype=_RAW_DTYPE).reshape(shape)
-
-
-def check_bundle(
-    directory: Union[str, os.PathLike], *, timeout: float = DEFAULT_TIMEOUT_S
-) -> CheckResult:
-    """Runs a bundle's self-check with LCE's interpreter: test input -> expected output.
-
-    Args:
-        directory: A folder written by `write_bundle`.
-        timeout: Seconds before the interpreter child is killed.
-
-    Returns:
-        A passing `CheckResult`.
-
-    Raises:
-        BnnError: listing every missing or malformed file, or the output mismatch (difference
-            above the tolerance, or another top-1 class).
-    """
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise BnnError(f"No such bundle folder: {folder}.")
-    problems: List[str] = []
-    missing = [name for name in (*REQUIRED_FILES, RUNNER_ARGS_FILE, *SCRIPTS,
-                                 f"{RUNNER_DIR}/bnn_runner.cc", f"{RUNNER_DIR}/CMakeLists.txt")
-               if not (folder / name).is_file()]
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    meta: Dict[str, Any] = {}
-    if MODEL_JSON not in missing:
-        try:
-            meta = json.loads((folder / MODEL_JSON).read_text())
-            if meta.get("format") != BUNDLE_FORMAT:
-                problems.append(f"{MODEL_JSON} is not a bnn bundle description")
-                meta = {}
-        except ValueError:
-            problems.append(f"{MODEL_JSON} is not valid JSON")
-    # Bundles of format 1 predate pi.sh; their scripts do not source it.
-    version = meta.get("format_version", 1)
-    if isinstance(version, int) and version >= 2 and not (folder / SHELL_LIBRARY).is_file():
-        problems.append(f"missing {SHELL_LIBRARY}")
-    x = expected = None
-    try:
-        if meta and TEST_INPUT_FILE not in missing:
-            x = _read_raw(folder / TEST_INPUT_FILE, meta["test_input"]["shape"], "test input", problems)
-        if meta and EXPECTED_OUTPUT_FILE not in missing:
-            expected = _read_raw(folder / EXPECTED_OUTPUT_FILE, meta["expected_output"]["shape"],
-                                 "expected output", problems)
-        atol = float(meta["expected_output"]["atol"]) if meta else 0.0
-        if meta and LABELS_FILE not in missing:
-            labels = (folder / LABELS_FILE).read_text().splitlines()
-            if labels != list(meta["class_names"]):
-                problems.append(f"{LABELS_FILE} does not match the class names in {MODEL_JSON}")
-    except (KeyError, TypeError, ValueError):
-        problems.append(f"{MODEL_JSON} lacks the test_input/expected_output shapes or atol")
-    if problems or x is None or expected is None:
-        raise BnnError(f"Broken bundle {folder}: {'; '.join(problems)}.")
-
-    flatbuffer = Flatbuffer((folder / TFLITE_FILE).read_bytes(), source=str(folder / TFLITE_FILE))
-    flatbuffer.check_content_digest()
-    actual = np.asarray(isolated_predict(flatbuffer, x, timeout=timeout), np.float32)
-    if actual.size != expected.size:
-        raise BnnError(
-            f"Broken bundle {folder}: the model outputs {actual.size} values but "
-            f"{EXPECTED_OUTPUT_FILE} holds {expected.size}."
-        )
-    actual = actual.reshape(expected.shape)
-    result = CheckResult(
-        ok=False,
-        max_abs_diff=float(np.max(np.abs(actual - expected))),
-        atol=atol,
-        expected_top1=int(expected.reshape(-1).argmax()),
-        actual_top1=int(actual.reshape(-1).argmax()),
-    )
-    result.ok = result.max_abs_diff <= atol and result.expected_top1 == result.actual_top1
-    if not result.ok:
-        raise BnnError(
-            f"Bundle self-check failed for {folder}: the model's output differs from "
-            f"{EXPECTED_OUTPUT_FILE} by {result.max_abs_diff:.3g} (atol {atol:.3g}), top-1 class "
-            f"{result.actual_top1} vs expected {result.expected_top1}."
-        )
-    return result

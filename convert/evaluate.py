@@ -3,11 +3,14 @@
 Both run LCE's interpreter in a child process (`convert.isolated`), so a damaged .tflite file
 gives a `BnnError` instead of killing the caller. Images are preprocessed exactly as in training
 (`bnn_keras.training.data.preprocess`: bilinear resize in raw pixel scale, then the run's per-channel
-normalization), so the numbers match what the model saw during training.
+normalization), so the numbers match what the model saw during training. A flatbuffer read from
+the `.unverified` file that `bnn convert` keeps when it disagrees with Keras still runs, with a
+warning that its outputs may not be the model's.
 """
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
-from convert.flatbuffer import Flatbuffer
+from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
 
 # What the functions below accept as a model: a .tflite path, its bytes, or a `Flatbuffer`.
@@ -50,9 +53,26 @@ class ImagePrediction:
         }
 
 
+def is_unverified(flatbuffer: Flatbuffer) -> bool:
+    """Whether `flatbuffer` was read from a file that `bnn convert` kept as `.unverified`
+    because its outputs disagreed with its Keras model's (`convert.workflow`)."""
+    return flatbuffer.source.endswith(UNVERIFIED_SUFFIX)
+
+
+def _warn_if_unverified(flatbuffer: Flatbuffer) -> None:
+    """Warns that an `.unverified` flatbuffer's outputs may not be its model's: it still runs
+    (it is kept for inspection), but a number it gives must not pass for the model's."""
+    if is_unverified(flatbuffer):
+        warnings.warn(
+            f"{flatbuffer.source} failed verification against its Keras model when `bnn "
+            "convert` made it (it keeps such a flatbuffer as .unverified, for inspection): its "
+            "outputs, and so its accuracy, may not be the model's.", UserWarning, stacklevel=4)
+
+
 def _predict(flatbuffer: Flatbuffer, x: np.ndarray, threads: int, timeout: float) -> np.ndarray:
     """Float outputs of the flatbuffer for float inputs, in an isolated interpreter (int8 I/O is
     quantized and dequantized with the flatbuffer's own scales)."""
+    _warn_if_unverified(flatbuffer)
     raw = isolated_predict(flatbuffer, flatbuffer.quantize_inputs(x), threads=threads,
                            timeout=timeout)
     return flatbuffer.dequantize_outputs(raw)
@@ -76,7 +96,9 @@ def evaluate_flatbuffer(
         timeout: Seconds before the interpreter child is killed.
 
     Returns:
-        `{"accuracy": float in [0, 1], "n": number of examples}`.
+        `{"accuracy": float in [0, 1], "n": number of examples}`. A flatbuffer read from an
+        `.unverified` file warns (`UserWarning`) that this may not be its Keras model's
+        accuracy.
 
     Raises:
         BnnError: mismatched lengths, a bad flatbuffer, or an interpreter failure.

@@ -38,6 +38,9 @@ from tensorflow.lite.python import schema_util
 # A TFLite flatbuffer carries this 4-byte file identifier at offset 4.
 TFLITE_IDENTIFIER = b"TFL3"
 
+# The name `bnn convert` gives a flatbuffer whose outputs disagreed with its Keras model's
+# (`convert.workflow`): FILE.tflite.unverified. Readers warn about such a file.
+UNVERIFIED_SUFFIX = ".unverified"
 METADATA_NAME = "bnn_run"
 DIGEST_KEY = "content_sha256"
 _PLACEHOLDER = "0" * 64

@@ -6,32 +6,40 @@ spell_fields`); `bnn convert` shows its options in their place.
 
 Every output location is checked before the model is even loaded (an input is never an output,
 links and devices are never replaced, an existing file only with `overwrite`, the folders are
-writable), free space once the model's size is known, and the files are replaced only after the
-flatbuffer is verified and the bundle has passed its self-check: a refused or failed conversion
-leaves every file that existed before as it was.
+writable, nothing goes into a run folder that another process trains into), free space once the
+flatbuffer's size is predicted, and the files are replaced only after the flatbuffer is verified
+and the bundle has passed its self-check: a refused or failed conversion leaves every file that
+existed before as it was.
 """
 
+import json
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
+from bnn_keras.training import run_lock
 from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE
 from convert.converter import as_float32, convert_to_flatbuffer
-from convert.flatbuffer import Flatbuffer
+from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
 from convert.loading import LoadedModel, load_trained_model
 from convert.metadata import run_metadata
 from convert.report import ConversionReport, conversion_report
 from convert.samples import verification_inputs
 from convert.verify import verify_flatbuffer
 
-UNVERIFIED_SUFFIX = ".unverified"
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 DEFAULT_OUTPUT = "model.tflite"
-# Bytes the flatbuffer needs beyond its weights (graph, tensor names, metadata), and a margin.
-_FLATBUFFER_OVERHEAD = 256 * 1024
+# The free-space estimate of a .tflite: `model_stats`' prediction of LCE's flatbuffer (within 5%
+# of the registry's models converted) times this margin, plus the metadata and these bytes for
+# what the prediction leaves out (tensor names, the metadata's table entry).
+_PREDICTION_MARGIN = 1.10
+_FLATBUFFER_SLACK = 16 * 1024
 
 
 class VerificationFailedError(BnnError):
@@ -267,7 +275,10 @@ def convert_trained_model(
 
     Raises:
         BnnError: bad source or options, an output that would destroy a file or cannot be
-            written, class names that do not match the model's outputs.
+            written, class names that do not match the model's outputs, a run folder that
+            another process trains into when it has no model yet or an output would go into
+            it (with a model and the outputs elsewhere, a warning says that the model
+            converted is the one from before that training).
         VerificationFailedError: agreement below `min_agreement`; the flatbuffer was written to
             `<output>.unverified` instead of `output` (unless that file exists and `overwrite`
             is off).
@@ -305,6 +316,8 @@ def convert_trained_model(
         from convert.bundle import check_bundle_destination
 
         check_bundle_destination(bundle, reads=[*reads, out_path, kept], overwrite=overwrite)
+    _check_not_training(source_path, [("`output`", out_path), ("`output`", kept)]
+                        + ([("`bundle`", Path(bundle))] if bundle else []))
     if out_path.suffix != ".tflite":
         warnings.warn(f"{out_path} does not end in .tflite.", stacklevel=2)
 
@@ -324,9 +337,9 @@ def convert_trained_model(
             raise BnnError("`bundle` needs the class names and normalization that `no_metadata` "
                            "leaves out; pass `class_names`, `mean` and `std` instead.")
         check_bundle_metadata(config)
-    _check_free_space(loaded, out_path, bundle)
-
     metadata = run_metadata(config)
+    _check_free_space(loaded, metadata, out_path, bundle)
+
     # Parsed once here and passed along: verification, the report and the bundle read this object.
     float_flatbuffer = convert_to_flatbuffer(loaded.model, target=target).with_metadata(metadata)
     x, y, where = _inputs(loaded, config, samples, inputs)
@@ -364,12 +377,68 @@ def convert_trained_model(
     return report
 
 
-def _check_free_space(loaded: LoadedModel, out_path: Path, bundle: Optional[str]) -> None:
-    """Refuses early when the outputs cannot fit: 4 bytes per parameter (a float32 flatbuffer;
-    binary weights take 32x less) plus the graph, and the bundle's extra files."""
+def _check_not_training(source: Path, writes: Sequence[Tuple[str, Path]]) -> None:
+    """Warns when another process trains into the run folder of `source` (holds its lock):
+    its model.keras, replaced atomically, is the one from before that training. Refuses when
+    nothing is there yet, or when an output would go into the folder, which that process owns.
+
+    Args:
+        source: The run folder or model file converted.
+        writes: (how the option is named, path) of each output.
+
+    Raises:
+        BnnError: the run has no model yet, or an output lies in its folder.
+    """
+    folder = source if source.is_dir() else source.parent
+    try:
+        run_lock.check_not_busy(folder)
+        return
+    except run_lock.RunFolderBusyError as exc:
+        # "Run folder RUN is in use by another bnn process (PID N)"; what to do differs here.
+        busy = str(exc).split(";")[0]
+    if not (folder / MODEL_FILE).is_file():
+        raise BnnError(f"{busy}, which is training into it and has not written its "
+                       f"{MODEL_FILE} yet; wait for it to end.")
+    inside = [(what, path) for what, path in writes
+              if path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents]
+    if inside:
+        what, path = inside[0]
+        raise BnnError(f"{busy}, which is training into it: {what} {path} would be written into "
+                       f"the folder that process owns, beside a {MODEL_FILE} it will replace; "
+                       "wait for it to end, or give an output outside the run folder.")
+    warnings.warn(f"{busy}, which is training into it: converting its {MODEL_FILE} as it is "
+                  "now, which that run will replace when it ends.", stacklevel=3)
+
+
+def estimated_tflite_size(model: "tf.keras.Model", metadata: Optional[Dict[str, Any]]) -> int:
+    """Bytes the .tflite of `model` takes, rounded up rather than down, for the free-space check.
+
+    LCE's flatbuffer as `bnn_keras.model_stats` predicts it (binary kernels bitpacked at 1 bit,
+    the other weights at 32 bits; an int8 conversion is smaller) with a margin, plus the
+    `metadata` stored in it. The Keras model's own size is no guide: it keeps every latent
+    weight in float32, 32x a binary kernel's bytes in the flatbuffer.
+
+    Args:
+        model: The Keras model to convert.
+        metadata: What `run_metadata` stores in the .tflite (None: nothing).
+
+    Returns:
+        The estimate in bytes.
+    """
+    from bnn_keras.model_stats import model_summary
+
+    predicted = model_summary(model).lce_size_bytes
+    stored = len(json.dumps(metadata or {}, sort_keys=True).encode())
+    return int(predicted * _PREDICTION_MARGIN) + stored + _FLATBUFFER_SLACK
+
+
+def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], out_path: Path,
+                      bundle: Optional[str]) -> None:
+    """Refuses early when the outputs cannot fit: the .tflite (`estimated_tflite_size`) and
+    the bundle's extra files."""
     from convert.bundle import estimated_size
 
-    size = loaded.model.count_params() * 4 + _FLATBUFFER_OVERHEAD
+    size = estimated_tflite_size(loaded.model, metadata)
     needs = [(out_path, size)]
     if bundle:
         shape = loaded.model.output_shape

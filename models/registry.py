@@ -274,7 +274,9 @@ def create_model(
             weights file whose weighted layers carry other names than this model's (a larq-zoo
             release file, or a zoo model's `save_weights`) is loaded by layer order, and for an
             entry with a larq-zoo variant selects `variant="larq-zoo"` unless `variant` is
-            given; any other file is loaded by Keras's `load_weights`.
+            given; any other file (tf-keras's `.weights.h5`, a `.keras` model) is loaded by
+            Keras's `load_weights`. Only weights are read, never a model file's config, so a
+            weights file cannot run code.
         **overrides: Family-specific options (e.g. `input_quantizer`, `variant`).
 
     Returns:
@@ -282,8 +284,9 @@ def create_model(
 
     Raises:
         UnknownModelError: `name` is not registered.
-        BnnError: an override the model does not take; a weights file that does not exist or
-            does not fit the model (the message names the first layer that differs).
+        BnnError: an override the model does not take; a weights file that does not exist, is
+            not a weights file (random bytes, truncated) or does not fit the model (the
+            message names the file and the first layer that differs).
     """
     entry = get_entry(name)
     if weights is not None and not os.path.isfile(weights):
@@ -293,15 +296,39 @@ def create_model(
     if weights is None:
         return model
     file_layers = weights_file.read_h5_layers(weights)
-    if file_layers is None:  # a TF checkpoint or another format: Keras's own loading
-        model.load_weights(weights)
+    if file_layers is None:  # another format: Keras's own loading (weights only, never code)
+        weights_file.load_keras_weights(model, weights, name)
         return model
     variant = weights_variant(entry, overrides, file_layers, model)
     if variant == ZOO_VARIANT and "variant" not in overrides:
-        model = build({**overrides, "variant": variant})
+        model = _zoo_model_for(build, overrides, model, weights, file_layers, name)
     label = f"{name} (variant {variant})" if entry.zoo is not None else name
     weights_file.load_by_layer_order(model, weights, label, file_layers)
     return model
+
+
+def _zoo_model_for(build: Callable[[Mapping[str, Any]], tf.keras.Model],
+                   overrides: Mapping[str, Any], default: tf.keras.Model, weights: str,
+                   file_layers: Any, name: str) -> tf.keras.Model:
+    """The larq-zoo variant that a foreign weights file selects; when it cannot be built at
+    this input, the error names the first layer of the file that does not fit the default
+    variant (a file of another model), or else says that the input is too small."""
+    from models.input_size import is_input_too_small
+
+    try:
+        return build({**overrides, "variant": ZOO_VARIANT})
+    except ValueError as exc:
+        if not is_input_too_small(exc):
+            raise
+    shape = ",".join(str(d) for d in default.input_shape[1:])
+    zoo = (f"a file without {name}'s layer names selects the larq-zoo variant, which "
+           f"`input_shape` {shape} is too small for")
+    misfit = weights_file.first_misfit(default, weights, name, file_layers)
+    if misfit:
+        raise BnnError(f"{misfit[:-1]} ({zoo}).")
+    raise BnnError(f"Weights file {weights} has none of {name}'s layer names (a larq-zoo "
+                   f"file?): {zoo}; give a larger `input_shape` (larq-zoo's models take "
+                   f"224,224,3), or a weights file saved from {name} itself.")
 
 
 def weights_variant(entry: ModelEntry, overrides: Mapping[str, Any],

@@ -7,15 +7,23 @@ bnn's registry models name every layer, so names cannot match across the two: th
 the layers in the order Keras saved them (`model.layers` order), as Keras's own HDF5 loading does.
 A binary fully-connected layer is a 1x1 convolution here and a `QuantDense` in the zoo: a kernel
 whose shape differs only by axes of size 1 ((C, N) and (1, 1, C, N)) is reshaped.
+
+Other files (the `.weights.h5` of tf-keras's newer format, a `.keras` archive) are loaded by
+Keras's `load_weights`, which reads their weights and never their model config, so a weights
+file cannot run code. A file that is neither (random bytes, a truncated download) or does not
+fit the model gets one line that names it, and the first layer that does not fit.
 """
 
-from typing import List, Optional, Sequence, Tuple
+import io
+import re
+import zipfile
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 import tensorflow as tf
 
-from bnn_keras.errors import BnnError
+from bnn_keras.errors import BnnError, first_line
 
 # (layer name, its weights in saving order).
 FileLayer = Tuple[str, List[np.ndarray]]
@@ -28,25 +36,64 @@ def _text(value) -> str:
 def read_h5_layers(path: str) -> Optional[List[FileLayer]]:
     """The weighted layers of a Keras HDF5 weights or model file, in saving order.
 
+    Only weights are read: a model file's config (which may carry code) is never looked at.
+
     Args:
         path: A file path.
 
     Returns:
         [(layer name, weights)], or None when `path` is not a Keras HDF5 file of the
-        `save_weights(".h5")` / `save(".h5")` layout (e.g. a TF checkpoint or a `.keras` file).
+        `save_weights(".h5")` / `save(".h5")` layout (e.g. a `.weights.h5` of tf-keras's newer
+        format, or a `.keras` file).
+
+    Raises:
+        BnnError: `path` is an HDF5 file that cannot be read (truncated, damaged).
     """
     if not h5py.is_hdf5(path):
         return None
-    with h5py.File(path, "r") as f:
-        group = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" not in group.attrs:
-            return None
-        layers = []
-        for name in map(_text, group.attrs["layer_names"]):
-            weight_names = [_text(w) for w in group[name].attrs.get("weight_names", [])]
-            if weight_names:
-                layers.append((name, [np.asarray(group[name][w]) for w in weight_names]))
-        return layers
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" not in group.attrs:
+                return None
+            layers = []
+            for name in map(_text, group.attrs["layer_names"]):
+                weight_names = [_text(w) for w in group[name].attrs.get("weight_names", [])]
+                if weight_names:
+                    layers.append((name, [np.asarray(group[name][w]) for w in weight_names]))
+            return layers
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise BnnError(_damaged(path, exc)) from None
+
+
+def _damaged(path: str, exc: BaseException) -> str:
+    # h5py: "Unable to synchronously open file (truncated file: eof = 7040, ...)": the cause is
+    # the parenthesis.
+    text = first_line(exc)
+    match = re.search(r"\((.*)\)\s*$", text)
+    return (f"Weights file {path} is damaged ({match.group(1) if match else text}); save or "
+            f"download it again.")
+
+
+def check_weights_file(path: str) -> None:
+    """Refuses a file that Keras cannot read weights from: neither HDF5 nor a .keras archive
+    (random bytes, an empty file), or a truncated zip archive.
+
+    Raises:
+        BnnError: one line naming the file and what it is.
+    """
+    if h5py.is_hdf5(path) or (path.endswith(".keras") and zipfile.is_zipfile(path)):
+        return
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        what = "is empty"
+    elif head == b"PK\x03\x04":
+        what = "is a damaged zip archive (truncated, or not completely downloaded)"
+    else:
+        what = "is not a Keras weights file: its bytes are neither HDF5 nor a .keras archive"
+    raise BnnError(f"Weights file {path} {what}; give the .h5 file of a model's "
+                   f"save_weights, a larq-zoo release .h5, or a .keras model of this model.")
 
 
 def model_layers(model: tf.keras.Model) -> List[tf.keras.layers.Layer]:
@@ -96,17 +143,38 @@ def load_by_layer_order(model: tf.keras.Model, path: str, label: str,
     if file_layers is None:
         raise BnnError(f"{path} is not a Keras HDF5 weights file (no `layer_names`); give the "
                        "file of a model's save_weights('....h5') or larq-zoo's release .h5.")
+    misfit = first_misfit(model, path, label, file_layers)
+    if misfit:
+        raise BnnError(misfit)
     layers = model_layers(model)
-    fix = ("build the model with the input_shape, num_classes, include_top and options the "
-           "file was saved with, or give a weights file of this model.")
+    for layer, (_, saved) in zip(layers, file_layers):
+        layer.set_weights([w.reshape(v.shape) for w, v in zip(saved, layer.weights)])
+
+
+_FIX = ("build the model with the input_shape, num_classes, include_top and options the file "
+        "was saved with, or give a weights file of this model.")
+
+
+def first_misfit(model: tf.keras.Model, path: str, label: str,
+                 file_layers: Sequence[FileLayer]) -> Optional[str]:
+    """The one-line message naming the first weighted layer of `file_layers` that does not fit
+    `model` by layer order (count or shapes), or None when every layer fits.
+
+    Args:
+        model: The model the weights would go to.
+        path: The file, for the message.
+        label: How the message names the model.
+        file_layers: `read_h5_layers(path)`.
+    """
+    layers = model_layers(model)
     for index, (layer, (saved_name, saved)) in enumerate(zip(layers, file_layers), start=1):
         ours = [tuple(w.shape) for w in layer.weights]
         theirs = [w.shape for w in saved]
         if len(ours) != len(theirs) or not all(map(_fits, theirs, ours)):
-            raise BnnError(
+            return (
                 f"{path} does not fit {label}: weighted layer {index} is {saved_name!r} with "
                 f"{_shapes(theirs)} in the file and {layer.name!r} with {_shapes(ours)} in the "
-                f"model; {fix}"
+                f"model; {_FIX}"
             )
     if len(file_layers) != len(layers):
         index = min(len(file_layers), len(layers)) + 1
@@ -118,9 +186,109 @@ def load_by_layer_order(model: tf.keras.Model, path: str, label: str,
             layer = layers[index - 1]
             where = (f"the model's layer {index} {layer.name!r} with "
                      f"{_shapes([w.shape for w in layer.weights])} has none in the file")
-        raise BnnError(
+        return (
             f"{path} does not fit {label}: {len(file_layers)} weighted layers in the file, "
-            f"{len(layers)} in the model; {where}; {fix}"
+            f"{len(layers)} in the model; {where}; {_FIX}"
         )
-    for layer, (_, saved) in zip(layers, file_layers):
-        layer.set_weights([w.reshape(v.shape) for w, v in zip(saved, layer.weights)])
+    return None
+
+
+def load_keras_weights(model: tf.keras.Model, path: str, label: str) -> None:
+    """Loads a weights file that is not of the `read_h5_layers` layout (a `.weights.h5` of
+    tf-keras's newer format, a `.keras` archive) with Keras's `load_weights`, which reads
+    weights only, never a model config.
+
+    Args:
+        model: The model to load into.
+        path: The file.
+        label: How messages name the model.
+
+    Raises:
+        BnnError: the file is not a weights file Keras reads, or does not fit the model; one
+            line naming the file and the first layer of the model that does not fit.
+    """
+    check_weights_file(path)
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # Keras's ValueError, h5py's OSError, zipfile's errors...
+        misfit = _keras_format_misfit(model, path, label)
+        raise BnnError(misfit or f"Could not load the weights of {path} into {label} "
+                                 f"({first_line(exc)}); {_FIX}") from None
+
+
+def _snake_case(name: str) -> str:
+    try:
+        from tf_keras.src.utils.generic_utils import to_snake_case
+    except ImportError:  # another tf-keras layout: its rule, as of 2.16
+        name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+        name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+        return name if name[0] != "_" else "private" + name
+    return to_snake_case(name)
+
+
+def _keras_format_keys(model: tf.keras.Model) -> List[Tuple[str, tf.keras.layers.Layer]]:
+    """(path, layer) of each layer of `model` as tf-keras's newer weights format stores it:
+    `layers/` + the snake-cased class name, numbered in model order per class
+    (saving_lib._save_container_state)."""
+    used: Dict[str, int] = {}
+    keys = []
+    for layer in model.layers:
+        key = _snake_case(type(layer).__name__)
+        if key in used:
+            used[key] += 1
+            key = f"{key}_{used[key]}"
+        else:
+            used[key] = 0
+        keys.append((f"layers/{key}", layer))
+    return keys
+
+
+def _own_weights(layer: tf.keras.layers.Layer) -> list:
+    # What Keras's `Layer.save_own_variables` stores under the layer's path: its own
+    # variables, without those of its sublayers (stored under their own paths).
+    own = getattr(layer, "_trainable_weights", None)
+    if own is None:
+        return list(layer.weights)
+    return list(own) + list(getattr(layer, "_non_trainable_weights", []))
+
+
+def _keras_format_shapes(path: str) -> Optional[Dict[str, List[Tuple[int, ...]]]]:
+    """{layer path: its variables' shapes} of a file of tf-keras's newer weights format (a
+    `.weights.h5`, or the weights inside a `.keras` archive), or None when it is not one."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = io.BytesIO(archive.read("model.weights.h5"))
+            handle = h5py.File(data, "r")
+        else:
+            handle = h5py.File(path, "r")
+        with handle as f:
+            if "layers" not in f:
+                return None
+            shapes = {}
+            for key, group in f["layers"].items():
+                variables = group.get("vars") if isinstance(group, h5py.Group) else None
+                shapes[f"layers/{key}"] = [tuple(variables[str(i)].shape)
+                                           for i in range(len(variables or ()))]
+            return shapes
+    except (OSError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _keras_format_misfit(model: tf.keras.Model, path: str, label: str) -> Optional[str]:
+    """The one-line message naming the first layer of `model` whose weights the newer-format
+    file `path` does not hold with the same shapes, or None when that is not the cause."""
+    stored = _keras_format_shapes(path)
+    if stored is None:
+        return None
+    for index, (key, layer) in enumerate(_keras_format_keys(model), start=1):
+        ours = [tuple(int(d) for d in w.shape) for w in _own_weights(layer)]
+        theirs = stored.get(key)
+        if theirs is None and not ours:
+            continue
+        if theirs is None or theirs != ours:
+            held = "nothing" if theirs is None else _shapes(theirs)
+            return (f"{path} does not fit {label}: layer {index} {layer.name!r} "
+                    f"({type(layer).__name__}, {key!r} in the file) has {_shapes(ours)} in the "
+                    f"model and {held} in the file; {_FIX}")
+    return None

@@ -487,11 +487,7 @@ class RunRecord:
             raise BnnError(f"{source}: missing field {missing[0]!r}; it is not a config.json "
                            "written by `bnn train`.")
 
-        options = {}
-        for field in dataclasses.fields(TrainConfig):
-            if field.name in values:
-                options[field.name] = _field(source, field.name, values[field.name], field.type)
-        _field(source, "tricks", options.get("tricks", {}), Dict[str, Any], _tricks)
+        options = _checked_options(values, source)
         facts: Dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             if field.name in values and field.name not in _NOT_IN_FILE:
@@ -565,6 +561,32 @@ class RunRecord:
         if stamp is not None and _stamp(path) != stamp:
             raise BnnError(f"{path} changed while this command was starting (did another "
                            "process resume the run?); run the command again.")
+
+
+def config_from_dict(values: Any, *, source: str) -> TrainConfig:
+    """A `TrainConfig` from recorded options (a JSON object of its fields, as config.json and
+    stages.json hold them), each field's type checked.
+
+    Raises:
+        BnnError: not an object, an unknown field, or a field of the wrong type (naming it and
+            `source`).
+    """
+    if not isinstance(values, dict):
+        raise BnnError(f"{source}: expected an object of training options, got {_shown(values)}.")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise BnnError(f"{source}: unknown training option {unknown[0]!r}.")
+    return TrainConfig(**_checked_options(values, source))
+
+
+def _checked_options(values: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """The `TrainConfig` fields among `values`, each checked against its type."""
+    options = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in values:
+            options[field.name] = _field(source, field.name, values[field.name], field.type)
+    _field(source, "tricks", options.get("tricks", {}), Dict[str, Any], _tricks)
+    return options
 
 
 def read_run_config(run_dir: Union[str, os.PathLike]) -> Dict[str, Any]:

@@ -35,8 +35,9 @@ With `teacher`, the model is the student of `bnn_keras.distillation`: `fit` trai
 `distillation_model(student, teacher)`, which holds the frozen teacher (so the epoch backup
 holds it too), while the run folder's model.keras, the sign-flip tracker and the test accuracy
 are the student's. The teacher (`starting_point.Teacher`) is a run folder (whose data must be
-the student's) or a model file, checked before the run folder is created and recorded with its
-file's sha256; a resume loads it again and refuses a file that changed. With `distill_cache`
+the student's) or a model file, checked before the run folder is created, then copied into it
+(RUN_DIR/inputs, `run_inputs`) with its file's sha256; a resume loads that copy and refuses one
+that changed, so neither moving the run nor changing the original affects it. With `distill_cache`
 (no augmentation), the teacher's logits on the training set are computed once, before `fit`,
 and travel with the images (`cached_distillation_model`): the fitted model holds no teacher.
 
@@ -67,6 +68,7 @@ from bnn_keras.training.precision import (
     as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
 )
 from bnn_keras.training.progress import check_resumable
+from bnn_keras.training import run_inputs
 from bnn_keras.training.starting_point import BuildModel, Start, Teacher, registry_model
 from bnn_keras.training.run_callbacks import (
     RUN_TIME_KEY, CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter,
@@ -140,14 +142,15 @@ def train(
 
     With `config.teacher`, the model is distilled from that run folder or model file
     (`bnn_keras.distillation`); the teacher is checked against the data and the model before
-    the run folder is created, its sha256 is recorded, and a resume needs the same file. The
-    returned model, model.keras and the flip tracker are the student's. With
+    the run folder is created, then copied into it with its sha256 (`run_inputs`), and a resume
+    reads that copy. The returned model, model.keras and the flip tracker are the student's. With
     `config.float_copy`, the model's float copy is trained instead.
 
     With `config.weights`, the run starts from that weights file (`registry_model`); the
     file is checked against the model before the run folder is created, and its sha256 and
-    the variant it selected are recorded, so a resume rebuilds that model and continues from
-    the run's own epoch backup without the file.
+    the variant it selected are recorded and the file is copied into the run folder
+    (`run_inputs`), so a resume rebuilds that model and continues from the run's own epoch
+    backup (or, before the first complete epoch, from that copy).
 
     Args:
         config: The run's options.
@@ -180,7 +183,7 @@ def train(
 
 def resume_training(
     run_dir: Path, build_model: Optional[BuildModel] = None, *, epochs: Optional[int] = None,
-    record: Optional[RunRecord] = None, **kwargs
+    record: Optional[RunRecord] = None, teacher: Optional[str] = None, **kwargs
 ) -> TrainResult:
     """Continues a run from its last complete epoch, with its recorded options.
 
@@ -192,6 +195,9 @@ def resume_training(
             or interrupted run; recorded in config.json. None keeps the recorded number.
         record: The run's `RunRecord`, when the caller has already read it (it is not read
             again; a config.json that changed since is refused).
+        teacher: For a distilled run of an earlier bnn, which kept no copy of its teacher
+            (`run_inputs`): the teacher's run folder or model file, by any path; used only
+            when its sha256 is the recorded one.
         **kwargs: Passed on to `train`.
 
     Raises:
@@ -204,7 +210,7 @@ def resume_training(
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
     return _run(config, build_model, run_dir, resume=True, previous=record,
-                fixed_recipe=kwargs.pop("recipe", None), **kwargs)
+                fixed_recipe=kwargs.pop("recipe", None), teacher_source=teacher, **kwargs)
 
 
 @dataclasses.dataclass
@@ -225,7 +231,8 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
          resume: bool, previous: Optional[RunRecord],
          splits: Optional[data_lib.DataSplits] = None, verbose: int = 1,
          callbacks: Optional[List[tf.keras.callbacks.Callback]] = None,
-         fixed_recipe: Optional[recipes.Recipe] = None) -> TrainResult:
+         fixed_recipe: Optional[recipes.Recipe] = None,
+         teacher_source: Optional[str] = None) -> TrainResult:
     """`train` and `resume_training`: one step after the other, the run folder locked from
     `_prepare_folder` on (a new run takes it once its data and model are there)."""
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
@@ -251,7 +258,7 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
         if resume:
             with _interrupted_before_training(run_dir, start_epoch, config.epochs):
                 start = Start.resumed(previous, start_epoch, build_model, run_dir)
-                teacher = Teacher.resumed(previous, run_dir)
+                teacher = Teacher.resumed(previous, run_dir, teacher_source)
                 data, precision, built = _data_and_model(config, recipe, strategy,
                                                          build_model, start, splits, previous,
                                                          start_epoch, teacher, verbose)
@@ -260,9 +267,13 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
         # Every worker trains and saves (collectives need all of them); only the chief writes
         # the run folder, the others write into a temporary folder of their own.
         out_dir = distribute.output_dir(run_dir, strategy)
-        if chief:
+        if chief and resume:
             _record(run_dir, config, recipe, previous, start_epoch, data, precision, built,
                     start, strategy, teacher)
+        elif chief:
+            with _interrupted_before_training(run_dir, None, config.epochs):
+                _record_new_run(run_dir, config, recipe, data, precision, built, start,
+                                strategy, teacher)
         fitted = _fit(built, config, recipe, strategy, data, precision, run_dir, out_dir,
                       resume, start_epoch, verbose, callbacks)
         metrics = _finish(model, config, data, fitted, out_dir)
@@ -307,29 +318,36 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
                                                data, precision)
     if teacher is None:
         return data, precision, built
-    from bnn_keras.distillation import cached_distillation_model, distillation_model
+    from bnn_keras.distillation import (cached_distillation_model, check_teacher_fits,
+                                        check_teacher_outputs, distillation_model)
 
     settings = config.distill_settings()
     with strategy.scope():
         teacher_model = teacher.load(precision)
+    check_teacher_fits(built.model, teacher_model)
+    # Logits or probabilities: read from the teacher's last layer, or from its outputs on one
+    # test batch when that layer does not show it (a softmax op, a Lambda), before any training.
+    images, _ = next(iter(data.test))
+    teacher_outputs = check_teacher_outputs(teacher_model, images)
     if config.distill_cache:
-        data = _with_teacher_logits(data, config, teacher_model, built.model, start_epoch,
-                                    verbose)
+        data = _with_teacher_logits(data, config, teacher_model, start_epoch, verbose,
+                                    teacher_outputs)
     with strategy.scope():
         # Outside the precision policy: the distillation term computes in float32.
         built.fit_model = (cached_distillation_model(built.model, settings)
                            if config.distill_cache else
-                           distillation_model(built.model, teacher_model, settings))
+                           distillation_model(built.model, teacher_model, settings,
+                                              teacher_outputs=teacher_outputs))
     built.distill = settings
     return data, precision, built
 
 
 def _with_teacher_logits(data: "_Data", config: TrainConfig, teacher: tf.keras.Model,
-                         student: tf.keras.Model, start_epoch: int, verbose: int) -> "_Data":
+                         start_epoch: int, verbose: int, teacher_outputs: str) -> "_Data":
     """`data` whose training stream carries the teacher's logits of each image, computed here
     once on the un-augmented training set, and whose validation stream has zeros in their
     place (`cached_distillation_model` reads them only while training)."""
-    from bnn_keras.distillation import check_teacher_fits, teacher_logits_of
+    from bnn_keras.distillation import teacher_logits_of
 
     splits = data.splits
     if data.augment:
@@ -342,13 +360,12 @@ def _with_teacher_logits(data: "_Data", config: TrainConfig, teacher: tf.keras.M
                        f"{size / 2**30:.1f} GiB, more than the "
                        f"{data_lib.CACHE_LIMIT_BYTES / 2**30:g} GiB `distill_cache` keeps in "
                        "memory; drop `distill_cache` (the teacher then runs at every step).")
-    check_teacher_fits(student, teacher)
     options = _pipeline_options(config, splits, data.input_shape)
     if verbose:
         print(f"The teacher's logits on the {splits.num_train:,} training images, once:",
               flush=True)
     logits = teacher_logits_of(teacher, data_lib.make_pipeline(splits.train, **options),
-                               verbose=verbose)
+                               teacher_outputs=teacher_outputs, verbose=verbose)
     train = data_lib.make_pipeline(
         splits.train, training=True, first_epoch=start_epoch, steps_per_epoch=data.steps,
         teacher_logits=logits, **options)
@@ -505,6 +522,23 @@ def build_loss_and_metrics(model: tf.keras.Model, dataset: tf.data.Dataset) -> N
         model.compiled_loss.build(y_pred)
     if model.compiled_metrics is not None and not model.compiled_metrics.built:
         model.compiled_metrics.build(y_pred, y_true)
+
+
+def _record_new_run(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe, data: "_Data",
+                    precision: str, built: _Built, start: Start, strategy,
+                    teacher: Optional[Teacher]) -> None:
+    """Step 5 of a new run: its weights file and teacher copied into the folder
+    (`run_inputs`), then config.json; a failure or a signal before config.json is written
+    removes the copies, leaving the folder as it was."""
+    try:
+        start.freeze(run_dir)
+        if teacher is not None:
+            teacher.freeze(run_dir)
+        _record(run_dir, config, recipe, None, 0, data, precision, built, start, strategy,
+                teacher)
+    except BaseException:
+        run_inputs.remove_inputs(run_dir)
+        raise
 
 
 def _record(run_dir: Path, config: TrainConfig, recipe: recipes.Recipe,

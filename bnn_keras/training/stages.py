@@ -19,9 +19,13 @@ activations -> binary network. A registry entry carries them as plain data
 
 A stage starts from an earlier stage's model.keras as its weights file (`TrainConfig.weights`:
 the stages of one family carry the same layer names), and distils from an earlier stage's run
-folder as its teacher (`TrainConfig.teacher`), both by absolute path, as config.json records
-them. A stage whose paper teacher is "a float model" (ReActNet's) takes the classifier of the
-user's `teacher`, and learns from the labels alone without one (`StagedPlan.notes` says so).
+folder as its teacher (`TrainConfig.teacher`). A stage whose paper teacher is "a float model"
+(ReActNet's) takes the classifier of the user's `teacher`, and learns from the labels alone
+without one (`StagedPlan.notes` says so). The user's teacher is copied into RUN_DIR/inputs
+when the staged run starts (`run_inputs`), so every stage distils from that one file, however
+the original changes. stages.json records each stage's folder, weights and teacher relative to
+RUN_DIR, and a stage's paths are found from RUN_DIR when it starts (each stage then keeps its
+own copy, `run_inputs`), so a staged run moved or copied elsewhere trains from its own stages.
 
 The options the user gives (`epochs`, `batch_size`, `learning_rate`, `dataset`, `image_size`,
 `steps_per_epoch`, `seed`, `model_options`, tricks, ...) apply to every stage, over each stage's
@@ -46,9 +50,10 @@ import tensorflow as tf
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
-from bnn_keras.training import recipes, run_lock, signals
+from bnn_keras.training import recipes, run_inputs, run_lock, signals
 from bnn_keras.training.config import (
-    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, resolve_recipe,
+    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, config_from_dict,
+    resolve_recipe,
 )
 
 STAGES_FILE = "stages.json"
@@ -119,6 +124,9 @@ class StagedPlan:
         stages: The stages in training order.
         notes: What the user should know about this plan (e.g. a teacher left out).
         status: running, interrupted, failed or finished.
+        teacher_sha256: The sha256 of the user's teacher's model file, as copied into
+            RUN_DIR/inputs when the run started; None without a teacher (or for a staged run
+            of an earlier bnn, which kept no copy).
     """
 
     model: str
@@ -127,12 +135,16 @@ class StagedPlan:
     stages: List[PlannedStage]
     notes: List[str] = dataclasses.field(default_factory=list)
     status: str = "running"
+    teacher_sha256: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"format_version": STAGES_FORMAT_VERSION, "model": self.model,
-                "source": self.source, "status": self.status, "notes": list(self.notes),
-                "options": dataclasses.asdict(self.options),
-                "stages": [stage.to_dict() for stage in self.stages]}
+        values = {"format_version": STAGES_FORMAT_VERSION, "model": self.model,
+                  "source": self.source, "status": self.status, "notes": list(self.notes),
+                  "options": dataclasses.asdict(self.options),
+                  "stages": [stage.to_dict() for stage in self.stages]}
+        if self.teacher_sha256 is not None:
+            values["teacher_sha256"] = self.teacher_sha256
+        return values
 
     @classmethod
     def from_dict(cls, values: Any, source: str) -> "StagedPlan":
@@ -148,13 +160,12 @@ class StagedPlan:
             raise BnnError(f"{source} has format_version {version!r}; this bnn reads up to "
                            f"{STAGES_FORMAT_VERSION}.")
         try:
-            return cls(model=values["model"], source=values["source"],
-                       options=TrainConfig(**values["options"]),
-                       stages=[PlannedStage.from_dict(s) for s in values["stages"]],
-                       notes=list(values["notes"]), status=values["status"])
-        except (KeyError, TypeError, BnnError) as exc:
-            raise BnnError(f"{source} is damaged ({exc.__class__.__name__}: {exc}); restore it, "
-                           "or start a new run.") from None
+            return _checked_plan(values, source)
+        except (KeyError, TypeError, ValueError, AttributeError, BnnError) as exc:
+            reason = str(exc) if isinstance(exc, (BnnError, ValueError)) else (
+                f"{exc.__class__.__name__}: {exc}")
+            raise BnnError(f"{source} is damaged ({reason}); restore it, or start a new "
+                           "run.") from None
 
     def write(self, run_dir: Path) -> None:
         files.write_json(Path(run_dir) / STAGES_FILE, self.to_dict())
@@ -170,6 +181,70 @@ class StagedPlan:
             raise BnnError(f"{path} cannot be read ({exc.__class__.__name__}); restore it, "
                            "or start a new run.") from None
         return cls.from_dict(values, str(path))
+
+
+# What stages.json's statuses may be.
+PLAN_STATUSES = ("running", "interrupted", "failed", "finished")
+STAGE_STATUSES = ("pending", *PLAN_STATUSES)
+
+
+def _checked_plan(values: Mapping[str, Any], source: str) -> StagedPlan:
+    """The plan of stages.json's content, every value checked (a ValueError or BnnError
+    says which)."""
+    for key, kind in (("model", str), ("source", str), ("status", str), ("notes", list),
+                      ("stages", list)):
+        if not isinstance(values[key], kind):
+            raise ValueError(f"{key!r} is not a {'list' if kind is list else 'string'}")
+    if values["status"] not in PLAN_STATUSES:
+        raise ValueError(f"status {values['status']!r} is not one of {', '.join(PLAN_STATUSES)}")
+    if not values["stages"]:
+        raise ValueError("it lists no stages")
+    sha = values.get("teacher_sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+        raise ValueError("'teacher_sha256' is not a sha256")
+    stages = [_checked_stage(stage, number, source)
+              for number, stage in enumerate(values["stages"], start=1)]
+    for number, stage in enumerate(stages, start=1):
+        earlier = [s.name for s in stages[:number - 1]]
+        if stage.start_from is not None and stage.start_from not in earlier:
+            raise ValueError(f"stage {number} starts from {stage.start_from!r}, which is not an "
+                             "earlier stage")
+        if stage.teacher not in (None, _user_teacher(), *earlier):
+            raise ValueError(f"stage {number} distils from {stage.teacher!r}, which is not an "
+                             "earlier stage")
+    return StagedPlan(
+        model=values["model"], source=values["source"],
+        options=config_from_dict(values["options"], source=f"{source} options"),
+        stages=stages, notes=[str(note) for note in values["notes"]],
+        status=values["status"], teacher_sha256=sha)
+
+
+def _checked_stage(values: Any, number: int, source: str) -> PlannedStage:
+    if not isinstance(values, dict):
+        raise ValueError(f"stage {number} is not an object")
+    for key in ("name", "folder", "status"):
+        if not isinstance(values.get(key), str):
+            raise ValueError(f"stage {number}'s {key!r} is not a string")
+    if values["status"] not in STAGE_STATUSES:
+        raise ValueError(f"stage {number}'s status {values['status']!r} is not one of "
+                         f"{', '.join(STAGE_STATUSES)}")
+    folder = Path(values["folder"])
+    # A stage folder is a folder of this run: a path that leads elsewhere is never followed.
+    if folder.is_absolute() or ".." in folder.parts or folder.parts[:1] != (STAGES_DIR,):
+        raise ValueError(f"stage {number}'s folder {values['folder']!r} is not inside "
+                         f"{STAGES_DIR}/")
+    for key in ("start_from", "teacher"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise ValueError(f"stage {number}'s {key!r} is not a string")
+    if not isinstance(values.get("recipe"), dict):
+        raise ValueError(f"stage {number}'s 'recipe' is not an object")
+    return PlannedStage(
+        name=values["name"], folder=values["folder"],
+        config=config_from_dict(values.get("config"), source=f"{source} stage {number}"),
+        recipe=recipes.Recipe.from_dict(values["recipe"]),
+        start_from=values.get("start_from"), teacher=values.get("teacher"),
+        note=str(values.get("note", "")), status=values["status"],
+        result=values.get("result") if isinstance(values.get("result"), dict) else None)
 
 
 @dataclasses.dataclass
@@ -211,9 +286,10 @@ def staged_run_of_stage(run_dir: Union[str, Path]) -> Optional[Path]:
     return None
 
 
-def plan_stages(config: TrainConfig, run_dir: Union[str, Path]) -> StagedPlan:
-    """The staged run of `config` (`recipe="paper"` on a model with a staged recipe) in
-    `run_dir`, every stage's options checked; no file is read or written.
+def plan_stages(config: TrainConfig) -> StagedPlan:
+    """The staged run of `config` (`recipe="paper"` on a model with a staged recipe), every
+    stage's options checked; no file is read or written. Its paths are relative to the staged
+    run's folder, wherever that is.
 
     Raises:
         BnnError: a model without a staged recipe, an option a stage sets itself, or an
@@ -225,7 +301,6 @@ def plan_stages(config: TrainConfig, run_dir: Union[str, Path]) -> StagedPlan:
                        "run.")
     _refuse_stage_options(config, staged)
     config.validate()
-    run_dir = Path(run_dir).absolute()
     folders = {stage.name: f"{STAGES_DIR}/{number}-{stage.name}"
                for number, stage in enumerate(staged.stages, start=1)}
     notes = []
@@ -242,12 +317,14 @@ def plan_stages(config: TrainConfig, run_dir: Union[str, Path]) -> StagedPlan:
                                    if getattr(config, key) is not None})
         recipe = recipe.replace(epochs=config.epochs or recipe.epochs or 10,
                                 batch_size=config.batch_size or recipe.batch_size or 64)
+        # Paths relative to the staged run (the user's teacher as given): `_stage_config`
+        # finds each from the run's folder when the stage starts.
         if stage.teacher is None:
             teacher = None
         elif stage.teacher == _user_teacher():
             teacher = config.teacher
         else:
-            teacher = str(run_dir / folders[stage.teacher])
+            teacher = folders[stage.teacher]
         unknown = sorted(set(stage.train_options) - known_fields)
         if unknown:  # a plan that names options this TrainConfig does not have
             raise ValueError(f"Stage {stage.name!r} of {config.model} sets unknown TrainConfig "
@@ -258,7 +335,7 @@ def plan_stages(config: TrainConfig, run_dir: Union[str, Path]) -> StagedPlan:
             epochs=recipe.epochs, batch_size=recipe.batch_size,
             **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
             weights=(None if stage.start_from is None
-                     else str(run_dir / folders[stage.start_from] / MODEL_FILE)),
+                     else f"{folders[stage.start_from]}/{MODEL_FILE}"),
             teacher=teacher,
             **(dict(stage.train_options) if teacher is not None else {}),
         )
@@ -345,16 +422,19 @@ def train_staged(config: TrainConfig, run_dir: Union[str, Path], *, verbose: int
     from bnn_keras.training.starting_point import Teacher
 
     run_dir = Path(run_dir)
-    plan = plan_stages(config, run_dir)
-    Teacher.of(config)  # the user's teacher exists, before any folder is made
+    plan = plan_stages(config)
+    teacher = Teacher.of(config)  # the user's teacher exists, before any folder is made
     if run_dir.is_dir():
         run_lock.refuse_used_folder(run_dir)
     with run_lock.RunFolderLock(run_dir, create=True):
         run_lock.refuse_used_folder(run_dir, locked_by_us=True)
         for note in plan.notes:
             _say(report, f"Note: {note}")
-        plan.write(run_dir)
         try:
+            if teacher is not None and _uses_user_teacher(plan):
+                # One copy for every stage: a file changed later is never mixed in.
+                plan.teacher_sha256 = teacher.freeze(run_dir).sha256
+            plan.write(run_dir)
             return _train_stages(plan, run_dir, verbose=verbose, report=report,
                                  callbacks=callbacks)
         except BaseException as exc:
@@ -363,6 +443,7 @@ def train_staged(config: TrainConfig, run_dir: Union[str, Path], *, verbose: int
             # Refused or stopped before the first stage made its folder: leave nothing behind
             # (the lock removes the folder it created once it is empty).
             (run_dir / STAGES_FILE).unlink(missing_ok=True)
+            run_inputs.remove_inputs(run_dir)
             _remove_empty(run_dir / STAGES_DIR)
             if isinstance(exc, TrainingInterruptedError):
                 raise TrainingInterruptedError(
@@ -373,13 +454,15 @@ def train_staged(config: TrainConfig, run_dir: Union[str, Path], *, verbose: int
 
 def resume_staged(run_dir: Union[str, Path], *, verbose: int = 1,
                   report: Optional[Report] = None,
-                  callbacks: Optional[Mapping[str, Sequence[tf.keras.callbacks.Callback]]] = None
-                  ) -> StagedResult:
+                  callbacks: Optional[Mapping[str, Sequence[tf.keras.callbacks.Callback]]] = None,
+                  teacher: Optional[str] = None) -> StagedResult:
     """Continues a staged run: the stage that was interrupted, then the remaining ones.
 
     Args:
         run_dir: The staged run's folder (with stages.json).
         verbose, report, callbacks: As for `train_staged`.
+        teacher: For a staged run of an earlier bnn, which kept no copy of the user's teacher:
+            that teacher by any path (used when it is the file its stages recorded).
 
     Raises:
         BnnError: not a staged run, a damaged stages.json, or a run that has finished.
@@ -398,11 +481,12 @@ def resume_staged(run_dir: Union[str, Path], *, verbose: int = 1,
                      f"{len(plan.stages)} stages done")
         plan.status = "running"
         plan.write(run_dir)
-        return _train_stages(plan, run_dir, verbose=verbose, report=report, callbacks=callbacks)
+        return _train_stages(plan, run_dir, verbose=verbose, report=report, callbacks=callbacks,
+                             teacher=teacher)
 
 
 def _train_stages(plan: StagedPlan, run_dir: Path, *, verbose: int, report: Optional[Report],
-                  callbacks) -> StagedResult:
+                  callbacks, teacher: Optional[str] = None) -> StagedResult:
     """Trains (or resumes) each stage that has not finished, then gives `run_dir` the final
     stage's files; stages.json follows each stage's state."""
     from bnn_keras.training.progress import run_progress
@@ -427,8 +511,8 @@ def _train_stages(plan: StagedPlan, run_dir: Path, *, verbose: int, report: Opti
                     resume_training(folder, None, recipe=stage.recipe, verbose=verbose,
                                     callbacks=extra)
                 else:
-                    train(stage.config, None, folder, recipe=stage.recipe, verbose=verbose,
-                          callbacks=extra)
+                    train(_stage_config(plan, stage, run_dir, teacher), None, folder,
+                          recipe=stage.recipe, verbose=verbose, callbacks=extra)
             except (TrainingInterruptedError, KeyboardInterrupt):
                 # A signal that arrived while the stage was being saved leaves it finished.
                 done = (folder / CONFIG_FILE).is_file() and run_progress(folder).finished
@@ -459,6 +543,77 @@ def _train_stages(plan: StagedPlan, run_dir: Path, *, verbose: int, report: Opti
             f"{received[0]} arrived while the finished staged run was being saved; it was "
             f"saved first, and {run_dir} is complete ({total} stages).")
     return StagedResult(run_dir=run_dir, metrics=metrics, plan=plan)
+
+
+def _uses_user_teacher(plan: StagedPlan) -> bool:
+    return any(stage.teacher == _user_teacher() for stage in plan.stages)
+
+
+def _stage_config(plan: StagedPlan, stage: PlannedStage, run_dir: Path,
+                  given_teacher: Optional[str]) -> TrainConfig:
+    """The options a stage starts with: its weights and teacher found from the staged run's
+    folder as it is now (an earlier stage's model.keras and run folder, the run's copy of the
+    user's teacher), never from a path recorded elsewhere."""
+    run_dir = run_dir.absolute()  # config.json records where each input came from
+    folders = {s.name: run_dir / s.folder for s in plan.stages}
+    weights = None if stage.start_from is None else folders[stage.start_from] / MODEL_FILE
+    if stage.teacher is None or stage.config.teacher is None:
+        teacher = None
+    elif stage.teacher == _user_teacher():
+        teacher = _user_teacher_copy(plan, run_dir, given_teacher)
+    else:
+        teacher = folders[stage.teacher]
+    return dataclasses.replace(stage.config, weights=None if weights is None else str(weights),
+                               teacher=None if teacher is None else str(teacher))
+
+
+def recorded_teacher_sha256(plan: StagedPlan, run_dir: Union[str, Path]) -> Optional[str]:
+    """The sha256 of the staged run's user teacher: stages.json's, or for a staged run of an
+    earlier bnn the one its first started stage that distils from it recorded; None when no
+    such stage has started."""
+    from bnn_keras.training.config import RunRecord
+
+    if plan.teacher_sha256 is not None:
+        return plan.teacher_sha256
+    for stage in plan.stages:
+        folder = Path(run_dir) / stage.folder
+        if stage.teacher == _user_teacher() and (folder / CONFIG_FILE).is_file():
+            return RunRecord.read(folder).teacher_sha256
+    return None
+
+
+def _user_teacher_copy(plan: StagedPlan, run_dir: Path, given: Optional[str]) -> Path:
+    """The staged run's copy of the user's teacher (RUN_DIR/inputs), checked by its sha256.
+
+    A staged run of an earlier bnn kept no copy: the teacher is copied from its recorded path
+    (or `given`, by any path) then, and must be the file its earlier stages recorded.
+
+    Raises:
+        BnnError: the copy changed, or no file is the recorded teacher.
+    """
+    from bnn_keras.training.starting_point import Teacher
+
+    if plan.teacher_sha256 is not None:
+        copy = run_inputs.read_frozen(run_dir, run_inputs.TEACHER, plan.teacher_sha256,
+                                      "`teacher`")
+        if copy is None:
+            raise BnnError(f"Staged run {run_dir} has lost its copy of `teacher` "
+                           f"{plan.options.teacher} ({run_inputs.INPUTS_DIR}/); restore the run "
+                           "folder from a copy, or start a new run.")
+        return copy.path
+    expected = recorded_teacher_sha256(plan, run_dir)
+    for path in dict.fromkeys(p for p in (given, plan.options.teacher) if p):
+        try:
+            teacher = Teacher.of_path(path)
+        except BnnError:
+            continue
+        if expected in (None, teacher.sha256):
+            plan.teacher_sha256 = teacher.freeze(run_dir).sha256
+            plan.write(run_dir)
+            return run_inputs.frozen(run_dir, run_inputs.TEACHER)
+    raise BnnError(f"Staged run {run_dir} distils from `teacher` {plan.options.teacher}, which is "
+                   "not there or has changed since its first stage used it (sha256); give the "
+                   "same teacher with `teacher` PATH to resume the run, or start a new run.")
 
 
 def _finished(plan: StagedPlan, stage: PlannedStage, folder: Path, run_dir: Path, *,

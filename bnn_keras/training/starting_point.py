@@ -5,7 +5,8 @@ training tricks) and the teacher it distils from.
 again only when no epoch completed); `registry_model` builds `config.model` from the registry
 with it and keeps the loaded weights through the tricks. `Teacher` is the classifier a run
 distils from (`bnn_keras.distillation`): a finished run folder of `bnn train`, whose data must be
-the student's, or a Keras model file, hashed so that a resume refuses a changed one.
+the student's, or a Keras model file. Both are copied into the run folder when the run starts
+(`run_inputs`), and a resume reads that copy, checked by its sha256, never the original path.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError, first_line
+from bnn_keras.training import run_inputs
 from bnn_keras.training.config import MODEL_FILE, RunRecord, TrainConfig
 from bnn_keras.training.precision import as_float32
 
@@ -50,22 +52,37 @@ class Start:
     def resumed(cls, previous: RunRecord, start_epoch: int,
                 build_model: Optional[BuildModel], run_dir: Path) -> "Start":
         """A resumed run's start: the recorded variant, and the weights file again only when
-        no epoch completed (the epoch backup restores everything else)."""
+        no epoch completed (the epoch backup restores everything else): the run's own copy
+        (`run_inputs`), or for a run of an earlier bnn without one, the recorded file when
+        its sha256 matches (then copied into the run)."""
         weights = previous.config.weights
         if weights is None or build_model is not None:
             return cls()
         if start_epoch > 0:
             return cls(variant=previous.model_variant)
-        try:
-            digest = weights_sha256(weights)
-        except BnnError:
-            digest = None
-        if digest != previous.weights_sha256:
-            what = "no longer exists" if digest is None else "has changed since (sha256)"
-            raise BnnError(
-                f"Run {run_dir} has no complete epoch to continue from and started from "
-                f"`weights` {weights}, which {what}; start a new run.")
-        return cls(weights=weights, sha256=digest, variant=previous.model_variant)
+        copy = run_inputs.read_frozen(run_dir, run_inputs.WEIGHTS, previous.weights_sha256,
+                                      "`weights`")
+        if copy is None:
+            try:
+                digest = weights_sha256(weights)
+            except BnnError:
+                digest = None
+            if digest != previous.weights_sha256:
+                what = "no longer exists" if digest is None else "has changed since (sha256)"
+                raise BnnError(
+                    f"Run {run_dir} has no complete epoch to continue from and started from "
+                    f"`weights` {weights}, which {what}; start a new run.")
+            copy = run_inputs.freeze(run_dir, run_inputs.WEIGHTS, Path(weights), digest,
+                                     "`weights`")
+        return cls(weights=str(copy.model_file), sha256=copy.sha256,
+                   variant=previous.model_variant)
+
+    def freeze(self, run_dir: Path) -> None:
+        """Copies the weights file into the new run's folder (`run_inputs`), checked to be
+        the file this run checked and loaded."""
+        if self.weights is not None:
+            run_inputs.freeze(run_dir, run_inputs.WEIGHTS, Path(self.weights), self.sha256,
+                              "`weights`")
 
 
 def weights_sha256(path: str) -> str:
@@ -101,9 +118,16 @@ class Teacher:
             BnnError: no such file or folder, a folder that is not a finished run, or an
                 unreadable file.
         """
-        if config.teacher is None:
-            return None
-        path = Path(config.teacher)
+        return None if config.teacher is None else cls.of_path(config.teacher)
+
+    @classmethod
+    def of_path(cls, given: str) -> "Teacher":
+        """The teacher at `given` (a run folder or a model file), hashed.
+
+        Raises:
+            BnnError: as `of`.
+        """
+        path = Path(given)
         record = None
         if path.is_dir():
             record = RunRecord.read(path)
@@ -121,27 +145,51 @@ class Teacher:
         except OSError as exc:
             raise BnnError(f"`teacher` {model_file} cannot be read "
                            f"({exc.strerror or exc}).") from None
-        return cls(config.teacher, model_file, digest, record)
+        return cls(str(given), model_file, digest, record)
 
     @classmethod
-    def resumed(cls, previous: RunRecord, run_dir: Path) -> Optional["Teacher"]:
-        """The recorded teacher of a resumed run, which must be the very file it started with.
+    def resumed(cls, previous: RunRecord, run_dir: Path,
+                given: Optional[str] = None) -> Optional["Teacher"]:
+        """The teacher of a resumed run: the run's own copy (`run_inputs`), checked against
+        the recorded sha256. A run of an earlier bnn has no copy: its recorded path, or the
+        same file given again by any path (`given`), is used when its sha256 matches, and
+        copied into the run.
 
         Raises:
-            BnnError: the teacher's model file is gone or changed (sha256).
+            BnnError: the copy changed; or, without a copy, neither file is the recorded one.
         """
         if previous.config.teacher is None:
             return None
-        try:
-            teacher = cls.of(previous.config)
-        except BnnError:
-            teacher = None
-        if teacher is None or teacher.sha256 != previous.teacher_sha256:
-            what = "is no longer there" if teacher is None else "has changed since (sha256)"
-            raise BnnError(f"Run {run_dir} distils from `teacher` {previous.config.teacher}, "
-                           f"whose model file {what}; restore it to resume the run, or start "
-                           "a new run.")
-        return teacher
+        copy = run_inputs.read_frozen(run_dir, run_inputs.TEACHER, previous.teacher_sha256,
+                                      "`teacher`")
+        if copy is None:
+            found = None
+            for path in dict.fromkeys(p for p in (given, previous.config.teacher) if p):
+                try:
+                    candidate = cls.of_path(path)
+                except BnnError:
+                    continue
+                if candidate.sha256 == previous.teacher_sha256:
+                    found = candidate
+                    break
+            if found is None:
+                raise BnnError(
+                    f"Run {run_dir} distils from `teacher` {previous.config.teacher}, whose model "
+                    "file is not there or has changed since the run started (sha256); give the "
+                    "same teacher with `teacher` PATH to resume the run, or start a new run.")
+            copy = found.freeze(run_dir)
+        return cls._of_copy(copy, previous.config.teacher)
+
+    def freeze(self, run_dir: Path) -> run_inputs.FrozenInput:
+        """Copies the teacher into the new run's folder (`run_inputs`: a model file, or a run
+        folder's config.json and model.keras), checked to be the file this run checked."""
+        source = Path(self.path) if self.record is not None else self.model_file
+        return run_inputs.freeze(run_dir, run_inputs.TEACHER, source, self.sha256, "`teacher`")
+
+    @classmethod
+    def _of_copy(cls, copy: run_inputs.FrozenInput, given: str) -> "Teacher":
+        record = RunRecord.read(copy.path) if copy.path.is_dir() else None
+        return cls(given, copy.model_file, copy.sha256, record)
 
     def check_fits(self, data) -> None:
         """Refuses a teacher run trained on other inputs or classes than the student's data.
@@ -169,17 +217,16 @@ class Teacher:
     def load(self, precision: str) -> tf.keras.Model:
         """The teacher model (float32 when the student trains in float32).
 
+        A model file is data: one whose config carries Python code (a Lambda layer) is
+        refused unless the caller trusts it (`bnn_keras.model_files.trusting_model_code`,
+        `bnn train --trust-model-code`).
+
         Raises:
-            BnnError: the file is not a Keras model this process can load.
+            BnnError: the file is not a Keras model this process can load, or it carries code.
         """
-        try:
-            model = tf.keras.models.load_model(self.model_file, compile=False)
-        except Exception as exc:  # Keras raises ValueError, OSError, TypeError, ImportError...
-            reason = first_line(exc)
-            reason = reason if len(reason) <= 200 else reason[:197] + "..."  # a layer's config
-            raise BnnError(f"`teacher` {self.model_file} cannot be loaded as a Keras model: "
-                           f"{reason}; give a .keras or .h5 model file whose custom layers "
-                           "are registered.") from None
+        from bnn_keras.model_files import load_model_file
+
+        model = load_model_file(self.model_file, what="`teacher`")
         if precision == "float32":
             # A teacher saved under mixed_bfloat16 would compute in emulated bfloat16.
             from bnn_keras.graph import NotFunctionalError

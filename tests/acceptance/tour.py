@@ -41,12 +41,20 @@ must be checked before the long work (refused bundle, read-only and full tmpfs m
 need root; skipped otherwise, always unmounted); 5 `--resume` with options that differ from the
 run; 6 silent wrong results (class names, other classes, float label, 24 bit-flipped .tflite
 files); 7 messages (ranges, JSON, corrupt images, offline TFDS, a 12000x12000 PNG with peak
-memory); 8 the ordinary mistakes of a new user on every command.
+memory); 8 the ordinary mistakes of a new user on every command; 9 self-contained runs and model
+files (staged runs and distilled students that resume from their own copies of what they
+started from, wherever they are and whatever became of the originals; bundles edited after bnn
+wrote them, and `--overwrite` keeping the user's files; damaged and foreign weights and model
+files, damaged stages.json, distillation values; `benchmarks/fashion_mnist.py`'s arguments,
+run as its own `Program`; model files whose Lambda layer would run code on load; an
+`.unverified` flatbuffer, a run folder being trained into, a nearly full tmpfs).
 
 `prepare_fixtures` makes the shared fixtures once per session through the CLI under test (one
 tiny QuickNet run on digits, its .tflite and Raspberry Pi bundle, an interrupted run, a float
-.tflite, images, image-folder data sets); each case then works in its own folder on fresh copies
-of the fixtures it uses. Every child runs with TFDS_DATA_DIR pointing at an empty folder, so
+.tflite, images, image-folder data sets; for section 9 small Keras model files written with
+tf-keras, a staged run stopped in stage 1, a student of the run interrupted in epoch 2, tiny
+Fashion-MNIST IDX files); each case then works in its own folder on fresh copies of the
+fixtures it uses. Every child runs with TFDS_DATA_DIR pointing at an empty folder, so
 TFDS never finds a cached data set. Timing budgets assume a 2-core machine (~4 s to import
 TensorFlow); run the tour with `nice` on a shared machine.
 
@@ -54,9 +62,11 @@ File names, exit codes and rules of bnn that a case relies on are imported from 
 (never restated here), so that the tour follows the code it tests.
 """
 
+import csv
 import dataclasses
 import fnmatch
 import json
+import math
 import os
 import random
 import re
@@ -73,6 +83,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from bnn_keras.errors import BnnError
+from bnn_keras.training import run_inputs
 from bnn_keras.training.config import (
     BACKUP_DIR,
     CONFIG_FILE,
@@ -86,10 +97,19 @@ from bnn_keras.training.data.folder import _in_test_split
 from bnn_keras.training.run import TrainingInterruptedError
 from bnn_keras.training.run_callbacks import read_status, write_status
 from bnn_keras.training.run_lock import PARTIAL_PATTERN
+from bnn_keras.training.stages import FINAL_FILES, STAGES_FILE, StagedPlan
 from bnn_keras.training.starting_point import file_sha256
 from cli import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
-from convert.bundle import EXPECTED_OUTPUT_FILE, LABELS_FILE, MODEL_JSON, TFLITE_FILE
-from convert.flatbuffer import TFLITE_IDENTIFIER
+from convert.bundle import (
+    BUNDLE_FILES,
+    EXPECTED_OUTPUT_FILE,
+    LABELS_FILE,
+    MODEL_JSON,
+    RUNNER_ARGS_FILE,
+    SCRIPTS,
+    TFLITE_FILE,
+)
+from convert.flatbuffer import TFLITE_IDENTIFIER, UNVERIFIED_SUFFIX
 from convert.workflow import DEFAULT_OUTPUT
 
 # The checkout under test: the children import its `cli`, whatever is installed in the venv.
@@ -123,6 +143,56 @@ def train_args(epochs: int = 1, steps: int = 2, *extra: str, out: str = "{d}/run
     """`bnn train` of the tiny model; `extra` options come last (click keeps the last value)."""
     return ["train", *TINY_MODEL, "--epochs", str(epochs), "--steps-per-epoch", str(steps),
             "--lr", "3e-3", "-o", out, *extra]
+
+
+# The staged recipe the staged cases train: ReActNet-A's two steps at 8x8 with widths 8-16 (a
+# few seconds a stage), as tests/training/test_stages.py trains it.
+STAGED_MODEL = ["reactnet-a", "--recipe", "paper", "--model-option", "widths=[8,16,16]",
+                "--dataset", "digits", "--image-size", "8", "--epochs", "1",
+                "--steps-per-epoch", "2", "--batch-size", "8", "--precision", "float32",
+                "--no-track-flips", "--verbose", "0"]
+# The student fixture: the tiny model distilled from the tour's run, interrupted in epoch 2.
+STUDENT_EPOCHS = 3
+
+# bnn's test pauses (`bnn_keras.training.run._test_pause`): a line on stderr, then a sleep.
+PAUSE_AFTER_FIT = "BNN_TEST_PAUSE_AFTER_FIT"
+PAUSE_BEFORE_FINISH = "BNN_TEST_PAUSE_BEFORE_FINISH"
+
+# The tour's own names in its model-file fixtures (MODEL_FILES_CODE): the Lambda layer, the
+# file its function writes (relative to the loading process's folder, so each case has its
+# own), the layer class no module registers, and the layer of the foreign weights file.
+LAMBDA_LAYER = "evil"
+LAMBDA_MARKER = "lambda-ran.txt"
+UNREGISTERED_CLASS = "UnregisteredBlock"
+FOREIGN_LAYER = "foreign_dense"
+
+
+def staged_args(teacher: str, out: str) -> List[str]:
+    """`bnn train` of the tiny staged recipe, distilled from `teacher`."""
+    return ["train", *STAGED_MODEL, "--teacher", teacher, "-o", out]
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A command a case runs instead of `bnn` (`Case.program`).
+
+    Attributes:
+        argv: The command before the case's arguments.
+        shown: How a user types it (for the outcome's command line).
+        error_prefix: How its one-line errors begin (bnn's: "Error:").
+    """
+
+    argv: Tuple[str, ...]
+    shown: str
+    error_prefix: str
+
+
+BNN_ERROR = "Error:"
+FASHION_MNIST_SCRIPT = REPO_ROOT / "benchmarks" / "fashion_mnist.py"
+# argparse names the script by its `prog`, the script's file name.
+FASHION_MNIST = Program(argv=(sys.executable, str(FASHION_MNIST_SCRIPT)),
+                        shown="python benchmarks/fashion_mnist.py",
+                        error_prefix=f"{FASHION_MNIST_SCRIPT.name}: error:")
 
 
 def child_environment(tfds_dir: Path) -> Dict[str, str]:
@@ -173,8 +243,11 @@ class Proc:
 
     def __init__(self, argv: List[str], cwd: Path, env: Dict[str, str], log_prefix: Path):
         self.argv = argv
-        self.out_path = log_prefix.with_suffix(".out")
-        self.err_path = log_prefix.with_suffix(".err")
+        # Appended, not `with_suffix`: that would drop the step number of `CASE.N`, and the
+        # children of one case (running at once, in the signal and two-writer cases) would
+        # write into one file.
+        self.out_path = log_prefix.parent / f"{log_prefix.name}.out"
+        self.err_path = log_prefix.parent / f"{log_prefix.name}.err"
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
         self.started = time.monotonic()
@@ -376,6 +449,8 @@ class Case:
             that may exceed setup.cfg's per-test timeout; the children's own timeouts come
             first, so a hang is reported as the tour's `hang`, not as pytest's timeout.
         may_change: Globs (relative to the case folder) of files the command may rewrite.
+        program: What the case's `args` are given to (None: `bnn`).
+        cwd: The children's working folder, relative to the case folder (made if missing).
     """
 
     name: str
@@ -390,6 +465,16 @@ class Case:
     timeout: float = DEFAULT_TIMEOUT_S
     max_seconds: Optional[float] = None
     may_change: Sequence[str] = ()
+    program: Optional[Program] = None
+    cwd: str = ""
+
+    @property
+    def error_prefix(self) -> str:
+        return self.program.error_prefix if self.program else BNN_ERROR
+
+    @property
+    def shown(self) -> str:
+        return self.program.shown if self.program else "bnn"
 
     def time_budget(self) -> float:
         if self.budget is not None:
@@ -428,8 +513,8 @@ class Tour:
 # `{key}` placeholders that stand for a fresh copy of a fixture in the case folder:
 # key -> (path under WORKDIR/fixtures, name in the case folder). The others: {d} the case folder,
 # {nope} a path that does not exist, {empty} an empty folder, {txt} a text file, {empty_EXT} an
-# empty file.EXT, {trunc_tflite} / {trunc_keras} / {trunc_png} the first bytes of a valid file,
-# {npy_bad} a (4, 3) float32 .npy.
+# empty file.EXT, {trunc_tflite} / {trunc_keras} / {trunc_png} / {trunc_h5} the first bytes of a
+# valid file, {npy_bad} a (4, 3) float32 .npy, {random_h5} random bytes named .h5.
 FIXTURE_COPIES = {
     "run": ("run", "run"),                        # a finished run folder (2 epochs)
     "interrupted": ("interrupted", "interrupted"),  # SIGINT in epoch 2 of 3; backup/ has epoch 1
@@ -442,6 +527,18 @@ FIXTURE_COPIES = {
     "bmp": ("digit.bmp", "digit.bmp"),            # 8x8 24-bit BMP
     "shapes": ("shapes", "shapes"),               # image folder, classes a b c
     "digitsfolder": ("digitsfolder", "digitsfolder"),  # image folder, the run's classes
+    # Section 9 (MODEL_FILES_CODE): Keras files of 8x8x1 digits classifiers.
+    "teacher": ("teacher.keras", "teacher.keras"),  # Flatten, Dense, softmax
+    "logits": ("logits.keras", "logits.keras"),     # the same without the softmax
+    "foreign": ("foreign.h5", "foreign.h5"),        # save_weights of a Dense(10) model
+    "custom": ("custom.keras", "custom.keras"),     # a layer of UNREGISTERED_CLASS
+    "evil": ("evil.h5", "evil.h5"),                 # legacy .h5 whose Lambda writes LAMBDA_MARKER
+    # teacher.keras and run/: the staged recipe distilled from it, stopped in stage 1 of 2
+    "staged": ("staged", "staged"),
+    # runs/teacher (a copy of `run`) and runs/student: the tiny model distilled from it (started
+    # in distill/ with `--teacher runs/teacher`), interrupted in epoch 2 of STUDENT_EPOCHS
+    "distill": ("distill", "distill"),
+    "fashion": ("fashion", "fashion"),              # tiny Fashion-MNIST IDX files
 }
 
 
@@ -474,6 +571,9 @@ class CaseEnv:
     def _copy_fixture(self, name: str, dest: str) -> Path:
         source = self.tour.fixtures / name
         if not source.exists():
+            failed = self.tour.facts.get(f"failed {name}")
+            if failed:  # bnn could not make it: the case fails for that, it is not skipped
+                raise FixtureError(failed)
             raise Skip(self.tour.facts.get(f"missing {name}", f"fixture {name} is missing"))
         target = self.dir / dest
         if source.is_dir():
@@ -511,6 +611,11 @@ class CaseEnv:
             return self._write("trunc.png", data[:len(data) // 2])
         if key == "npy_bad":
             return self._write("inputs.npy", npy_bytes((4, 3)))
+        if key == "trunc_h5":
+            data = (fx / "foreign.h5").read_bytes()
+            return self._write("trunc.h5", data[:len(data) // 2])
+        if key == "random_h5":
+            return self._write("random.h5", random.Random(0).randbytes(4096))
         raise KeyError(key)
 
     def expand(self, args: Sequence[str]) -> List[str]:
@@ -530,9 +635,16 @@ class CaseEnv:
         env.update(extra or {})
         return env
 
-    def start(self, argv: List[str], extra_env: Optional[Dict[str, str]] = None) -> Proc:
+    def workdir(self, cwd: Union[str, Path, None] = None) -> Path:
+        """The children's folder: `cwd` (relative to the case folder), else the case's."""
+        folder = self.dir / (self.case.cwd if cwd is None else cwd)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def start(self, argv: List[str], extra_env: Optional[Dict[str, str]] = None,
+              cwd: Union[str, Path, None] = None) -> Proc:
         prefix = self.logs / f"{self.case.name}.{len(self._started)}"
-        proc = Proc(argv, self.dir, self.child_env(extra_env), prefix)
+        proc = Proc(argv, self.workdir(cwd), self.child_env(extra_env), prefix)
         self._started.append(proc)
         return proc
 
@@ -542,11 +654,19 @@ class CaseEnv:
         return run
 
     def bnn(self, args: Sequence[str], timeout: Optional[float] = None,
-            extra_env: Optional[Dict[str, str]] = None) -> Run:
-        return self.finish(self.start_bnn(args, extra_env), timeout)
+            extra_env: Optional[Dict[str, str]] = None,
+            cwd: Union[str, Path, None] = None) -> Run:
+        return self.finish(self.start_bnn(args, extra_env, cwd), timeout)
 
-    def start_bnn(self, args: Sequence[str], extra_env: Optional[Dict[str, str]] = None) -> Proc:
-        return self.start([*self.tour.bnn, *self.expand(args)], extra_env)
+    def start_bnn(self, args: Sequence[str], extra_env: Optional[Dict[str, str]] = None,
+                  cwd: Union[str, Path, None] = None) -> Proc:
+        return self.start([*self.tour.bnn, *self.expand(args)], extra_env, cwd)
+
+    def run_command(self) -> Run:
+        """The case's own command: its `args` given to its program (`bnn` by default)."""
+        if self.case.program is None:
+            return self.bnn(self.case.args)
+        return self.finish(self.start([*self.case.program.argv, *self.expand(self.case.args)]))
 
     def python(self, code: str, *args: str, timeout: Optional[float] = None) -> Run:
         return self.finish(self.start([*self.tour.python, "-c", code, *args]), timeout)
@@ -615,11 +735,12 @@ def message_lines(stderr: str) -> List[str]:
     return lines
 
 
-def first_message(run: Run, stdout_too: bool = True) -> str:
-    """The `Error:` line, else the first message line of stderr, else stdout's last line."""
+def first_message(run: Run, stdout_too: bool = True, prefix: str = BNN_ERROR) -> str:
+    """The `Error:` line (or `prefix`'s), else the first message line of stderr, else stdout's
+    last line."""
     lines = message_lines(run.stderr)
     for line in lines:
-        if line.startswith(("Error:", "Internal error")):
+        if line.startswith((prefix, "Internal error")):
             return line
     if lines or not stdout_too:
         return lines[0] if lines else ""
@@ -636,9 +757,9 @@ def is_crash(run: Run) -> bool:
         marker in run.stderr for marker in ("Fatal Python error", "Aborted!", "core dumped"))
 
 
-def clean_error(run: Run) -> bool:
+def clean_error(run: Run, prefix: str = BNN_ERROR) -> bool:
     lines = message_lines(run.stderr)
-    return run.rc == EXIT_USER_ERROR and len(lines) == 1 and lines[0].startswith("Error:")
+    return run.rc == EXIT_USER_ERROR and len(lines) == 1 and lines[0].startswith(prefix)
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -690,7 +811,7 @@ def says(*fragments: str, any_of: Sequence[str] = (), not_: Sequence[str] = ()) 
     """The error message holds every fragment, one of `any_of`, and none of `not_`."""
 
     def check(env: CaseEnv, run: Run):
-        text = first_message(run).lower()
+        text = first_message(run, prefix=env.case.error_prefix).lower()
         missing = [f for f in fragments if env.expand([f])[0].lower() not in text]
         if missing:
             return f"message lacks {missing}"
@@ -1094,6 +1215,317 @@ def tmpfs(rel: str, **kwargs) -> Callable[[CaseEnv], None]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Section 9: self-contained runs and model files
+# ----------------------------------------------------------------------------------------------
+
+
+# A message about a damaged file says what is wrong in the file's terms, not Python's.
+PYTHON_ERRORS = ("TypeError", "KeyError", "AttributeError", "IndexError", "ValueError")
+
+
+def all_of(*checks: Check) -> Check:
+    """The first verdict of `checks`, in order."""
+
+    def check(env: CaseEnv, run: Run):
+        for one in checks:
+            verdict = one(env, run)
+            if verdict:
+                return verdict
+        return None
+
+    return check
+
+
+def _sha(path: Union[str, Path]) -> Optional[str]:
+    try:
+        return file_sha256(Path(path))
+    except OSError:
+        return None
+
+
+def frozen_sha(run_dir: Path, role: str) -> Optional[str]:
+    """The sha256 of the run's own copy of input `role` (`run_inputs`), None without one."""
+    copy = run_inputs.frozen(run_dir, role)
+    if copy is None:
+        return None
+    return _sha(copy / MODEL_FILE if copy.is_dir() else copy)
+
+
+def _outside(path: Optional[str], folder: Path) -> bool:
+    return bool(path) and not Path(path).resolve().is_relative_to(folder.resolve())
+
+
+def staged_run_from_own_files(rel: str) -> Check:
+    """RUN_DIR is a finished staged run that every stage distilled from the teacher it started
+    with (the fixture teacher.keras), each stage starting from the model.keras of RUN_DIR's
+    own earlier stage, and whose last stage found its weights and teacher inside RUN_DIR."""
+
+    def check(env: CaseEnv, run: Run):
+        run_dir = env.dir / rel
+        teacher = file_sha256(env.tour.fixtures / "teacher.keras")
+        try:
+            plan = StagedPlan.read(run_dir)
+            records = [(stage, RunRecord.read(run_dir / stage.folder)) for stage in plan.stages]
+        except BnnError as exc:
+            return f"the staged run cannot be read: {exc}"
+        missing = [name for name in FINAL_FILES if not (run_dir / name).is_file()]
+        if plan.status != "finished" or missing:
+            return f"{STAGES_FILE} says {plan.status!r}; final files missing: {missing}"
+        kept = frozen_sha(run_dir, run_inputs.TEACHER)
+        if kept is None:
+            return "the staged run keeps no copy of its teacher"
+        if kept != teacher:
+            return ("data_lost", "the staged run's copy of its teacher is not the file it "
+                                 "started with")
+        folders = {stage.name: run_dir / stage.folder for stage in plan.stages}
+        for stage, record in records:
+            if record.teacher_sha256 != teacher:
+                return (f"stage {stage.name}'s {CONFIG_FILE} records another teacher "
+                        "(teacher_sha256): the replaced file was used")
+            if frozen_sha(folders[stage.name], run_inputs.TEACHER) != teacher:
+                return f"stage {stage.name}'s copy of its teacher is another file"
+            if stage.start_from and record.weights_sha256 != _sha(
+                    folders[stage.start_from] / MODEL_FILE):
+                return (f"stage {stage.name} did not start from {rel}'s own "
+                        f"{stage.start_from}/{MODEL_FILE} (weights_sha256)")
+        last, record = records[-1]
+        for what, path in (("weights", record.config.weights),
+                           ("teacher", record.config.teacher)):
+            if _outside(path, run_dir):
+                return f"stage {last.name} took its {what} from {path}, outside {rel}"
+        return None
+
+    return check
+
+
+def student_finished(rel: str) -> Check:
+    """The student fixture resumed to its end, distilled throughout from its own copy of the
+    teacher it started with (the tour's run as it was), whatever became of that run."""
+
+    def check(env: CaseEnv, run: Run):
+        done = env.tour.facts.get("student epochs done", 1)
+        problem = finished_run(rel, STUDENT_EPOCHS,
+                               session_epochs=STUDENT_EPOCHS - done)(env, run)
+        if problem:
+            return problem
+        run_dir = env.dir / rel
+        teacher = file_sha256(env.tour.fixtures / "run" / MODEL_FILE)
+        try:
+            recorded = RunRecord.read(run_dir).teacher_sha256
+        except BnnError as exc:
+            return f"{CONFIG_FILE} cannot be read: {exc}"
+        if recorded != teacher:
+            return f"{CONFIG_FILE} records another teacher (teacher_sha256)"
+        if frozen_sha(run_dir, run_inputs.TEACHER) != teacher:
+            return ("data_lost", "the student's copy of its teacher is not the teacher it "
+                                 "started with")
+        return None
+
+    return check
+
+
+def finite_losses(rel: str) -> Check:
+    """A finished one-epoch run whose every loss (history.csv, metrics.json) is a number."""
+    base = finished_run(rel, 1)
+
+    def check(env: CaseEnv, run: Run):
+        problem = base(env, run)
+        if problem:
+            return problem
+        run_dir = env.dir / rel
+        with open(run_dir / HISTORY_FILE, newline="") as f:
+            values = [(key, value) for row in csv.DictReader(f) for key, value in row.items()
+                      if "loss" in key]
+        values.append(("test_loss", read_json(run_dir / METRICS_FILE).get("test_loss")))
+        bad = [(key, value) for key, value in values
+               if value in (None, "") or not math.isfinite(float(value))]
+        return f"losses that are not finite: {bad[:3]}" if bad else None
+
+    return check
+
+
+def teacher_without_nan(env: CaseEnv) -> Run:
+    """The case's training from a teacher: it trains (`Case.check` then wants finite losses)
+    or refuses the teacher before the run folder exists, but never stops on a NaN loss."""
+    run = env.run_command()
+    if run.rc not in (0, None) and clean_error(run):
+        message = first_message(run)
+        if re.search(r"\bnan\b", message.lower()) or (env.dir / "run").exists():
+            env.flag("refused", f"not a refusal before training: {message[:100]}")
+    return run
+
+
+def unverified_caveat(env: CaseEnv, run: Run):
+    """The accuracy of a `.unverified` flatbuffer comes with a warning and a caveat."""
+    warned = [line for line in run.stderr.splitlines()
+              if line.startswith("Warning:") and "verification" in line]
+    if not warned:
+        return "no warning that the file failed its verification"
+    return None if "unverified" in run.stdout else "the accuracy line has no caveat"
+
+
+def bundle_checks_ok(rel: str) -> Check:
+    def check(env: CaseEnv, run: Run):
+        checked = env.bnn(["check-bundle", f"{{d}}/{rel}"])
+        if checked.rc != 0:
+            return f"check-bundle of the result: {first_message(checked)[:100]}"
+        return None
+
+    return check
+
+
+def says_code_refused() -> Check:
+    """The refusal names the file, its Lambda layer, and the option that would load it."""
+    return says("{evil}", f"'{LAMBDA_LAYER}'", "lambda", "--trust-model-code")
+
+
+def code_never_runs(env: CaseEnv) -> Run:
+    """The case's command on a model file whose Lambda layer writes LAMBDA_MARKER when it
+    runs: whatever the answer, a marker is code of a downloaded file run on load."""
+    run = env.run_command()
+    if (env.workdir() / LAMBDA_MARKER).exists():
+        env.flag("silent_wrong", f"the model file's Lambda layer ran (it wrote {LAMBDA_MARKER})")
+    return run
+
+
+def paused(proc: Proc, variable: str) -> Callable[[], bool]:
+    """Whether the child has reached bnn's test pause `variable` (its line on stderr)."""
+    return lambda: variable in _read_text(proc.err_path)
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    # The same inode: a hard link to the file would see the new bytes too.
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+def teacher_replaced_between_stages(env: CaseEnv) -> Run:
+    """The staged recipe distilled from teacher.keras, which is rewritten with another model
+    while stage 1 pauses after its `fit`: stage 2 must still learn from the original."""
+    proc = env.start_bnn(staged_args("{teacher}", "{d}/run"), {PAUSE_AFTER_FIT: "3"})
+    if wait_until(proc, paused(proc, PAUSE_AFTER_FIT), 300, interval=0.05):
+        _rewrite_in_place(env.path("teacher"),
+                          (env.tour.fixtures / "other_teacher.keras").read_bytes())
+        env.notes.append("teacher.keras rewritten while stage 1 paused after its fit")
+    result = env.finish(proc, 300)
+    if result.rc == 0 and _sha(env.path("teacher")) == _sha(env.tour.fixtures / "teacher.keras"):
+        env.flag("skipped", "the staged run never paused, so its teacher was not replaced")
+    return result
+
+
+def teacher_extended_then_student(env: CaseEnv) -> Run:
+    """`bnn train --resume TEACHER --epochs N` rewrites the teacher's model.keras; then the
+    interrupted student resumes, still distilling from the teacher it started with."""
+    teacher_model = env.dir / "distill" / "runs" / "teacher" / MODEL_FILE
+    before = _sha(teacher_model)
+    extended = env.bnn(["train", "--resume", "{d}/distill/runs/teacher", "--epochs", "3",
+                        "--verbose", "0"], timeout=300)
+    if extended.rc != 0:
+        env.flag("refused", f"extending the teacher run: {first_message(extended)[:100]}")
+    elif _sha(teacher_model) == before:
+        env.flag("skipped", f"extending the teacher left its {MODEL_FILE} as it was")
+    return env.bnn(["train", "--resume", "{d}/distill/runs/student", "--verbose", "0"],
+                   timeout=300)
+
+
+# How long `convert_while_training`'s trainer holds its run folder, paused before it finishes:
+# two conversions of the tiny model must fit (~10 s each on 2 cores).
+CONVERT_WINDOW_S = 60
+
+
+def convert_while_training(env: CaseEnv) -> Run:
+    """`bnn convert RUN` while `bnn train --resume RUN --epochs 3` owns RUN (paused before it
+    finishes): a .tflite outside RUN is made with a warning naming the trainer, the default
+    output inside RUN is refused, and the training still finishes."""
+    env.passed_as = "ok"
+    run_dir = env.path("run")
+    trainer = env.start_bnn(["train", "--resume", "{run}", "--epochs", "3", "--verbose", "0"],
+                            {PAUSE_BEFORE_FINISH: str(CONVERT_WINDOW_S)})
+    if not wait_until(trainer, paused(trainer, PAUSE_BEFORE_FINISH), 300, interval=0.05):
+        trained = env.finish(trainer, 300)
+        env.flag("refused", f"the training never reached its pause: rc {trained.rc} "
+                            f"{first_message(trained)[:80]}")
+        return trained
+    inside = env.bnn(["convert", "{run}"])
+    outside = env.bnn(["convert", "{run}", "-o", "{d}/m.tflite"])
+    overlapped = not trainer.poll()
+    trained = env.finish(trainer, 300)
+    env.notes.append(f"convert into the run: rc {inside.rc}; outside: rc {outside.rc}; "
+                     f"train: rc {trained.rc}")
+    if not overlapped:
+        env.flag("skipped", "window missed: the training ended before both conversions ran")
+        return outside
+    pid = str(trainer.pid)
+    if inside.rc == 0 or (run_dir / DEFAULT_OUTPUT).exists():
+        env.flag("silent_wrong", f"wrote {DEFAULT_OUTPUT} into the run folder another process "
+                                 "trains into")
+    elif not clean_error(inside):
+        env.flag("bad_message", f"into the run: rc {inside.rc} {first_message(inside)[:80]}")
+    elif pid not in first_message(inside):
+        env.flag("bad_message", "the refusal does not name the training process's PID")
+    if outside.rc != 0:
+        env.flag("refused", f"outside the run: {first_message(outside)[:100]}")
+    else:
+        warned = [line for line in outside.stderr.splitlines()
+                  if line.startswith("Warning:") and pid in line]
+        if not warned:
+            env.flag("silent_wrong", "converted a run being trained without a warning naming "
+                                     "the training process")
+        problem = is_tflite("m.tflite")(env, outside)
+        if problem:
+            env.flag("silent_wrong", problem)
+    if trained.rc != 0:
+        env.flag("data_lost", f"the training failed: {first_message(trained)[:100]}")
+    else:
+        problem = finished_run("run", 3)(env, trained)
+        if problem:
+            env.flag(*(problem if isinstance(problem, tuple) else ("data_lost", problem)))
+    return outside
+
+
+def copy_tree(source: str, dest: str) -> Callable[[CaseEnv], None]:
+    def setup(env: CaseEnv) -> None:
+        shutil.copytree(env.dir / source, env.dir / dest, symlinks=True)
+
+    return setup
+
+
+def move(source: str, dest: str) -> Callable[[CaseEnv], None]:
+    def setup(env: CaseEnv) -> None:
+        (env.dir / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(env.dir / source), str(env.dir / dest))
+
+    return setup
+
+
+def edit_text(rel: str, edit: Callable[[str], str]) -> Callable[[CaseEnv], None]:
+    def setup(env: CaseEnv) -> None:
+        path = env.dir / rel
+        edited = edit(path.read_text())
+        assert edited != path.read_text(), f"the edit of {rel} changed nothing"
+        path.write_text(edited)
+
+    return setup
+
+
+def edit_json(rel: str, edit: Callable[[Any], None]) -> Callable[[CaseEnv], None]:
+    def change(text: str) -> str:
+        value = json.loads(text)
+        edit(value)
+        return json.dumps(value, indent=2)
+
+    return edit_text(rel, change)
+
+
+def small_tmpfs_for_the_tflite(env: CaseEnv) -> None:
+    """A tmpfs with a little more free space than the run's .tflite takes (its estimate is
+    within 5% of it, plus a margin and 16 KiB): far less than its model.keras."""
+    size = (env.tour.fixtures / "model.tflite").stat().st_size
+    env.mount_tmpfs("small", size="4m", leave_free=int(size * 1.3) + 32 * 1024)
+
+
+# ----------------------------------------------------------------------------------------------
 # The cases
 # ----------------------------------------------------------------------------------------------
 
@@ -1394,6 +1826,124 @@ def build_cases() -> List[Case]:
         setup=lambda env: (env.path("bundle") / TFLITE_FILE).write_bytes(flip_bit(
             (env.tour.fixtures / "model.tflite").read_bytes(),
             (env.tour.fixtures / "model.tflite").stat().st_size // 2, 6)))
+
+    # 9. Self-contained runs and model files ------------------------------------------------------
+    s9 = "9 self-contained"
+    staged = dict(timeout=300, max_seconds=resume_check_s)
+    # Staged runs keep their own teacher and stage models, wherever the folder goes.
+    add("staged_teacher_replaced_between_stages", s9, expect="ok", setup=uses("teacher"),
+        run=teacher_replaced_between_stages, check=staged_run_from_own_files("run"),
+        may_change=("teacher.keras",), **staged)
+    add("staged_copy_of_interrupted_resumes", s9,
+        ["train", "--resume", "{d}/copy", "--verbose", "0"], expect="ok",
+        setup=then(uses("staged"), copy_tree("staged/run", "copy")),
+        check=staged_run_from_own_files("copy"), may_change=("copy/*",), **staged)
+    add("staged_moved_resumes", s9, ["train", "--resume", "run", "--verbose", "0"],
+        cwd="elsewhere", expect="ok",
+        setup=then(uses("staged"), move("staged/run", "elsewhere/run"),
+                   remove("staged", "teacher.keras")),
+        check=staged_run_from_own_files("elsewhere/run"), may_change=("elsewhere/run/*",),
+        **staged)
+    # A student keeps its own copy of its teacher.
+    student = dict(expect="ok", setup=uses("distill"),
+                   check=student_finished("distill/runs/student"), may_change=RUN_PROGRESS_FILES,
+                   timeout=300, max_seconds=resume_check_s)
+    add("student_relative_teacher_resumes_elsewhere", s9,
+        ["train", "--resume", "../distill/runs/student", "--verbose", "0"], cwd="elsewhere",
+        **student)
+    add("student_resume_with_absolute_teacher", s9,
+        ["train", "--resume", "{d}/distill/runs/student", "--teacher", "{d}/distill/runs/teacher",
+         "--verbose", "0"], **student)
+    add("student_resumes_after_teacher_extended", s9, run=teacher_extended_then_student,
+        **student)
+    # Bundles: every file the device reads is checked; --overwrite keeps the user's files.
+    add("check_bundle_edited_runner_args", s9, ["check-bundle", "{bundle}"],
+        setup=then(uses("bundle"), edit_text(f"pi/{RUNNER_ARGS_FILE}", lambda text: re.sub(
+            r"^--mean=.*$", "--mean=123.0", text, flags=re.M))),
+        check=says(RUNNER_ARGS_FILE, "--mean=123.0"))
+    for script in SCRIPTS:
+        add(f"check_bundle_edited_{Path(script).stem}", s9, ["check-bundle", "{bundle}"],
+            setup=then(uses("bundle"), edit_text(f"pi/{script}", lambda text: text + "echo hi\n")),
+            check=says(script))
+    add("check_bundle_reordered_labels", s9, ["check-bundle", "{bundle}"],
+        setup=then(uses("bundle"), edit_text(f"pi/{LABELS_FILE}", lambda text: "\n".join(
+            reversed(text.splitlines())) + "\n")),
+        check=says(LABELS_FILE))
+    add("check_bundle_edited_model_json", s9, ["check-bundle", "{bundle}"],
+        setup=then(uses("bundle"), edit_json(f"pi/{MODEL_JSON}", lambda meta: meta.update(
+            pixel_max=float(meta["pixel_max"]) + 1))),
+        check=says(MODEL_JSON))
+    add("convert_bundle_overwrite_keeps_user_files", s9,
+        ["convert", "{run}", "-o", "{d}/m.tflite", "--bundle", "{bundle}", "--overwrite"],
+        expect="ok", setup=then(uses("run", "bundle"),
+                                write_file("pi/notes.txt", b"flashed to pi-3 on monday\n"),
+                                write_file("pi/build/bnn_runner", b"\x7fELF built on the pi"),
+                                symlink("pi/build/runner", "bnn_runner")),
+        check=all_of(is_tflite("m.tflite"), bundle_checks_ok("pi")),
+        may_change=tuple(f"pi/{name}" for name in BUNDLE_FILES), timeout=300, max_seconds=400)
+    # Damaged and foreign files: one line naming the file (and what does not fit).
+    for name, key in (("random_bytes", "random_h5"), ("truncated_h5", "trunc_h5"),
+                      ("truncated_keras", "trunc_keras")):
+        add(f"train_weights_{name}", s9, train_args(1, 2, "--weights", f"{{{key}}}"),
+            setup=uses(key), check=all_of(says(f"{{{key}}}"), nothing_written("run")))
+    add("train_weights_foreign", s9, train_args(1, 2, "--weights", "{foreign}"),
+        setup=uses("foreign"),
+        check=all_of(says("{foreign}", FOREIGN_LAYER), nothing_written("run")))
+    for name, damage in (("no_stages", lambda plan: plan.update(stages=[])),
+                         ("stage_not_an_object", lambda plan: plan["stages"].__setitem__(1, 5))):
+        add(f"resume_staged_{name}", s9, ["train", "--resume", "{d}/staged/run"],
+            setup=then(uses("staged"), edit_json(f"staged/run/{STAGES_FILE}", damage)),
+            check=says(STAGES_FILE, not_=PYTHON_ERRORS))
+    add("summary_unregistered_layer_class", s9, ["summary", "{custom}"],
+        check=says(UNREGISTERED_CLASS))
+    add("convert_unregistered_layer_class", s9,
+        ["convert", "{custom}", "--no-metadata", "-o", "{d}/m.tflite"],
+        check=all_of(says(UNREGISTERED_CLASS), nothing_written("m.tflite")), **before_work)
+    add("custom_objects_sys_exit", s9, ["summary", "{model}", "--custom-objects", "{d}/exits.py"],
+        setup=then(uses("model"), write_file("exits.py", b"import sys\nsys.exit(3)\n")),
+        check=says("exits.py", "sys.exit(3)"))
+    add("train_teacher_outputs_logits", s9, train_args(1, 2, "--teacher", "{logits}"),
+        expect="either", setup=uses("logits"), run=teacher_without_nan,
+        check=finite_losses("run"), timeout=300,
+        max_seconds=resume_check_s)
+    for option, value in (("distill-temperature", "inf"), ("distill-temperature", "nan"),
+                          ("distill-weight", "0")):
+        add(f"train_{option.replace('-', '_')}_{value}", s9,
+            train_args(1, 2, "--teacher", "{teacher}", f"--{option}", value), setup=uses("teacher"),
+            check=all_of(says(f"--{option}"), nothing_written("run")))
+    # The benchmark script refuses a bad argument before it measures or writes anything.
+    benchmark_script = dict(program=FASHION_MNIST, setup=uses("fashion"))
+    script_base = ["--data-dir", "{fashion}", "--output", "{d}/out",
+                   "--default-images-per-s", "184"]
+    for name, argv, named in (
+            ("budget_0", ["--budget", "0"], "--budget"),
+            ("budget_nan", ["--budget", "nan"], "--budget"),
+            ("seeds_not_integers", ["--seeds", "a,b"], "--seeds"),
+            ("rows_empty", ["--rows", ""], "--rows"),
+            ("kd_row_without_teacher", ["--rows", "quicknet-s2-kd"], "--teacher"),
+            ("teacher_missing", ["--rows", "quicknet-s2-kd", "--teacher", "{nope}"], "{nope}")):
+        add(f"fashion_mnist_{name}", s9, [*script_base, *argv],
+            check=all_of(says(named), nothing_written("out")), **benchmark_script)
+    # Model files are data: one that carries code is refused by every reader, and never runs.
+    add("inspect_lambda_h5", s9, ["inspect", "{evil}"], setup=uses("evil"), run=code_never_runs,
+        check=says_code_refused())
+    add("summary_lambda_h5", s9, ["summary", "{evil}"], setup=uses("evil"), run=code_never_runs,
+        check=says_code_refused())
+    add("convert_lambda_h5", s9, ["convert", "{evil}", "--no-metadata", "-o", "{d}/m.tflite"],
+        setup=uses("evil"), run=code_never_runs,
+        check=all_of(says_code_refused(), nothing_written("m.tflite")))
+    add("train_teacher_lambda_h5", s9, train_args(1, 2, "--teacher", "{evil}"), setup=uses("evil"),
+        run=code_never_runs, check=all_of(says_code_refused(), nothing_written("run")))
+    # Smaller: a caveat, a run folder in use, a free-space estimate.
+    add("evaluate_unverified_caveat", s9,
+        ["evaluate", f"{{d}}/model.tflite{UNVERIFIED_SUFFIX}", "--limit", "50"], expect="ok",
+        setup=write_file(f"model.tflite{UNVERIFIED_SUFFIX}", fixture_bytes("model.tflite")),
+        check=unverified_caveat)
+    add("convert_while_training", s9, expect="custom", setup=uses("run"),
+        run=convert_while_training, may_change=RUN_PROGRESS_FILES, timeout=300, max_seconds=500)
+    add("convert_onto_small_tmpfs", s9, ["convert", "{run}", "-o", "{d}/small/model.tflite"],
+        expect="ok", setup=then(uses("run"), small_tmpfs_for_the_tflite),
+        check=is_tflite("small/model.tflite"), timeout=300, max_seconds=360)
     return cases
 
 
@@ -1445,7 +1995,7 @@ def classify(case: Case, env: CaseEnv, main: Run,
     if case.expect in ("error", "either") and main.rc is not None and main.rc != 0:
         if main.rc == EXIT_INTERNAL_ERROR and "Internal error" not in main.stderr:
             flags.append(("internal", f"exit 1: {first_message(main)[:80]}"))
-        elif main.rc == EXIT_USER_ERROR and not clean_error(main):
+        elif main.rc == EXIT_USER_ERROR and not clean_error(main, case.error_prefix):
             count = len(message_lines(main.stderr))
             flags.append(("bad_message", f"not one 'Error:' line ({count} lines)"))
         elif main.rc not in (EXIT_INTERNAL_ERROR, EXIT_USER_ERROR) and not is_crash(main):
@@ -1461,8 +2011,8 @@ def classify(case: Case, env: CaseEnv, main: Run,
         if verdict:
             flags.append(verdict if isinstance(verdict, tuple) else ("silent_wrong", verdict))
     if case.expect == "ok" and main.rc not in (0, None) and not is_crash(main):
-        if clean_error(main):
-            flags.append(("refused", first_message(main)[:100]))
+        if clean_error(main, case.error_prefix):
+            flags.append(("refused", first_message(main, prefix=case.error_prefix)[:100]))
         elif "Internal error" not in main.stderr and not has_traceback(main):
             flags.append(("refused", f"exit {main.rc}: {first_message(main)[:80]}"))
     if main.seconds > case.time_budget() and main.rc is not None:
@@ -1492,11 +2042,11 @@ def execute(tour: Tour, case: Case) -> Outcome:
             case.setup(env)
         args = env.expand(case.args)
         before = snapshot(env.dir)
-        main = case.run(env) if case.run else env.bnn(case.args)
+        main = case.run(env) if case.run else env.run_command()
         lost = lost_entries(before, snapshot(env.dir), case.may_change)
         category, flags = classify(case, env, main, lost)
     except Skip as exc:
-        return Outcome("skipped", str(exc), shlex.join(["bnn", *args]), None, 0.0, "",
+        return Outcome("skipped", str(exc), shlex.join([case.shown, *args]), None, 0.0, "",
                        [("skipped", str(exc))])
     finally:
         env.kill_all()
@@ -1505,10 +2055,10 @@ def execute(tour: Tour, case: Case) -> Outcome:
     return Outcome(
         category=category,
         note="; ".join(x for x in [reason, *env.notes] if x),
-        command=shlex.join(["bnn", *args]) if args else main.command,
+        command=shlex.join([case.shown, *args]) if args else main.command,
         rc=main.rc,
         seconds=round(main.seconds, 2),
-        first_stderr=first_message(main, stdout_too=False),
+        first_stderr=first_message(main, stdout_too=False, prefix=case.error_prefix),
         flags=flags,
     )
 
@@ -1603,3 +2153,111 @@ def _make_fixtures(tour: Tour, env: CaseEnv) -> None:
         tour.facts["missing interrupted"] = (
             f"the interrupted run fixture missed its window ({STATUS_FILE}: {status})")
         shutil.rmtree(interrupted, ignore_errors=True)
+
+    _make_section9_fixtures(tour, env)
+
+
+# Section 9's model files (argv: the folder, LAMBDA_MARKER, LAMBDA_LAYER, UNREGISTERED_CLASS,
+# FOREIGN_LAYER): classifiers of 8x8x1 digits, written with tf-keras as a user would.
+MODEL_FILES_CODE = r"""
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+import bnn_keras  # noqa: F401  (sets up tf-keras: before tensorflow)
+import tensorflow as tf
+from tests.lambda_models import marker_writing_lambda
+
+out, marker, lambda_layer, unregistered, foreign = Path(sys.argv[1]), *sys.argv[2:6]
+
+
+def classifier(seed, dense_name, softmax=True, extra=None):
+    tf.keras.utils.set_random_seed(seed)
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Flatten()(inputs)
+    x = tf.keras.layers.Dense(10, name=dense_name)(x)
+    if extra is not None:
+        x = extra(x)
+    if softmax:
+        x = tf.keras.layers.Activation("softmax")(x)
+    return tf.keras.Model(inputs, x)
+
+
+classifier(0, "teacher_dense").save(out / "teacher.keras")
+classifier(1, "teacher_dense").save(out / "other_teacher.keras")
+classifier(2, "logits", softmax=False).save(out / "logits.keras")
+classifier(3, foreign).save_weights(out / "foreign.h5")
+# A layer class of a user's module that is gone when the file is loaded (a class of __main__
+# would not do: Keras names that one itself, but tf-keras 2.16 says "'str' object is not
+# callable" for a module it cannot import).
+with tempfile.TemporaryDirectory() as where:
+    Path(where, "user_layers.py").write_text(
+        f"import tensorflow as tf\n\n\nclass {unregistered}(tf.keras.layers.Layer):\n"
+        "    def call(self, inputs):\n        return inputs\n")
+    sys.path.insert(0, where)
+    block = getattr(importlib.import_module("user_layers"), unregistered)
+    classifier(4, "head", extra=block(name="block")).save(out / "custom.keras")
+evil = tf.keras.layers.Lambda(marker_writing_lambda(Path(marker)), name=lambda_layer)
+classifier(5, "head", extra=evil).save(out / "evil.h5")
+Path(marker).unlink(missing_ok=True)  # building and saving ran the lambda here
+"""
+
+
+def _make_section9_fixtures(tour: Tour, env: CaseEnv) -> None:
+    """Model files, Fashion-MNIST IDX files, a staged run stopped in stage 1 and a student
+    interrupted in epoch 2 (section 9)."""
+    from tests.benchmarks.conftest import write_fashion_idx
+
+    fx = tour.fixtures
+    _required("model files", env.python(MODEL_FILES_CODE, str(fx), LAMBDA_MARKER, LAMBDA_LAYER,
+                                        UNREGISTERED_CLASS, FOREIGN_LAYER))
+    write_fashion_idx(fx / "fashion", train=16, test=8)
+    _make_staged_fixture(tour, env)
+    _make_student_fixture(tour, env)
+
+
+def _make_staged_fixture(tour: Tour, env: CaseEnv) -> None:
+    """staged/: teacher.keras and run/, the staged recipe distilled from it (given relative to
+    staged/), stopped by SIGTERM while stage 1 pauses after its `fit`, as test_stages.py does."""
+    folder = tour.fixtures / "staged"
+    folder.mkdir()
+    shutil.copy2(tour.fixtures / "teacher.keras", folder / "teacher.keras")
+    proc = env.start_bnn(staged_args("teacher.keras", "run"), {PAUSE_AFTER_FIT: "300"},
+                         cwd=folder)
+    if wait_until(proc, paused(proc, PAUSE_AFTER_FIT), 600, interval=0.05):
+        proc.signal(signal.SIGTERM)
+    stopped = env.finish(proc, 300)
+    try:
+        statuses = [stage.status for stage in StagedPlan.read(folder / "run").stages]
+    except BnnError as exc:
+        statuses = [str(exc)]
+    if statuses != ["interrupted", "pending"]:
+        tour.facts["failed staged"] = (
+            f"the staged run fixture was not stopped in stage 1 (rc {stopped.rc}, stages "
+            f"{statuses}): {first_message(stopped)[:200]}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _make_student_fixture(tour: Tour, env: CaseEnv) -> None:
+    """distill/: runs/teacher (a copy of the run) and runs/student, distilled from it with
+    `--teacher runs/teacher` in distill/, interrupted by SIGINT in epoch 2."""
+    folder = tour.fixtures / "distill"
+    shutil.copytree(tour.fixtures / "run", folder / "runs" / "teacher", symlinks=True)
+    student = folder / "runs" / "student"
+    proc = env.start_bnn(train_args(STUDENT_EPOCHS, 30, "--teacher", "runs/teacher",
+                                    out="runs/student"), cwd=folder)
+    if wait_until(proc, lambda: read_status(student).get("epochs_completed", 0) >= 1, 600):
+        time.sleep(0.2)
+        proc.signal(signal.SIGINT)
+    stopped = env.finish(proc, 300)
+    status = read_status(student)
+    tour.facts["student epochs done"] = status.get("epochs_completed", 0)
+    if status.get("state") == "interrupted" and _has_backup(student):
+        return
+    if status.get("state") == "finished":
+        tour.facts["missing distill"] = "the student fixture missed its window (it finished)"
+    else:
+        tour.facts["failed distill"] = (
+            f"the student fixture failed (rc {stopped.rc}, {STATUS_FILE}: {status}): "
+            f"{first_message(stopped)[:200]}")
+    shutil.rmtree(folder, ignore_errors=True)

@@ -2,14 +2,11 @@
 the rate of the optimizer's updates (Keras recomputes a scheduled rate at every step, so
 assigning the rate from a callback does nothing), for Adam and for the Adam + SGD split; its
 clocks; its table's text and a combined table's machines; its `-ff` rows, binarized from their
-float copy; and its refusals."""
+float copy (its refusals: test_fashion_mnist_arguments.py)."""
 
 import hashlib
-import importlib.util
 import json
 import math
-import re
-from pathlib import Path
 
 import numpy as np
 import larq as lq
@@ -20,17 +17,7 @@ import models
 from bnn_keras.training import recipes
 from bnn_keras.training.config import RunRecord
 from bnn_keras.training.precision import hardware_summary
-from tests.training.test_data import _write_idx as write_idx
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.conftest import write_fashion_idx
 
 
 class FakeClock:
@@ -136,14 +123,7 @@ def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark,
     the float copy's weights: the BNN's run records that file, its latent weights start from
     the float copy's (their signs agree, where a fresh initialisation would agree on half),
     and both stages count in one budget."""
-    rng = np.random.RandomState(0)
-    data_dir = tmp_path / "idx"
-    data_dir.mkdir()
-    for prefix, count in (("train", 96), ("t10k", 32)):
-        write_idx(data_dir / f"{prefix}-images-idx3-ubyte",
-                  rng.randint(0, 256, (count, 28, 28)).astype(np.uint8), compress=False)
-        write_idx(data_dir / f"{prefix}-labels-idx1-ubyte",
-                  rng.randint(0, 10, count).astype(np.uint8), compress=False)
+    data_dir = write_fashion_idx(tmp_path / "idx")
     monkeypatch.setattr(benchmark, "ROWS", benchmark.network_rows(
         "tiny", "quicknet", {"section_filters": [8, 16], "section_blocks": [1, 1]},
         "QuickNet 8-16", ("", "-ff")))
@@ -182,21 +162,6 @@ def test_a_float_first_row_binarizes_its_float_copy_within_the_budget(benchmark,
     assert "float copy for 50% of the budget" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--rows", "quicknet-s2-kd"], "Row quicknet-s2-kd distils from a teacher: give --teacher"),
-    (["--rows", "quicknet-s2-kd,quicknet-s2-float", "--teacher", "quicknet-s2-float"],
-     "--teacher quicknet-s2-float: list that row with seed 0 before quicknet-s2-kd"),
-    (["--rows", "quicknet-s2-float@1,quicknet-s2-kd@0", "--teacher", "quicknet-s2-float"],
-     "--teacher quicknet-s2-float: list that row with seed 0 before quicknet-s2-kd"),
-])
-def test_a_distilled_row_without_its_teacher_is_refused_before_any_training(
-        benchmark, tmp_path, argv, message):
-    output = tmp_path / "out"
-    with pytest.raises(SystemExit, match=message.replace("-", r"\-")):
-        benchmark.main(argv + ["--output", str(output), "--default-images-per-s", "184"])
-    assert not output.exists()
-
-
 def test_a_combined_table_says_which_machine_measured_each_invocation(benchmark, tmp_path,
                                                                       capsys):
     """`--combine` of invocations measured on different machines: one line per results.json
@@ -231,17 +196,3 @@ def test_the_help_describes_the_benchmark_in_a_whole_sentence(benchmark, capsys)
     assert exit_info.value.code == 0
     assert ("test accuracy per CPU-minute of BNNs, their float copies and distilled students, "
             "under the same wall-time budget.") in " ".join(capsys.readouterr().out.split())
-
-
-@pytest.mark.parametrize("content", [None, "{not json", '{"results": []}'])
-def test_combining_a_file_that_is_not_a_results_json_is_refused_in_one_line(
-        benchmark, tmp_path, content):
-    path = tmp_path / "results.json"
-    if content is not None:
-        path.write_text(content)
-    output = tmp_path / "out"
-    with pytest.raises(SystemExit, match=rf"^--combine {re.escape(str(path))}: not a "
-                                         r"results\.json of this benchmark \(.*\); give the "
-                                         r"results\.json of an OUTPUT folder\.$"):
-        benchmark.main(["--combine", str(path), "--output", str(output)])
-    assert not output.exists()

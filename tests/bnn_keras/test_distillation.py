@@ -12,6 +12,7 @@ from bnn_keras.distillation import (
     attention_loss,
     attention_map,
     cached_distillation_model,
+    check_teacher_outputs,
     classifier_logits,
     distillation_model,
     soft_target_loss,
@@ -59,7 +60,8 @@ def test_settings_defaults_and_one_line_errors():
     for kwargs, message in [
         (dict(loss="mse"), "Unknown `distill_loss` 'mse'; expected one of: kl, distribution."),
         (dict(loss="kl", weight=0.0), "Expected `distill_weight` in (0, 1], got 0.0."),
-        (dict(loss="kl", temperature=-1.0), "Expected `distill_temperature` > 0, got -1.0."),
+        (dict(loss="kl", temperature=-1.0),
+         "Expected `distill_temperature` > 0 and finite, got -1.0."),
     ]:
         loss = kwargs.pop("loss")
         with pytest.raises(BnnError) as err:
@@ -67,6 +69,30 @@ def test_settings_defaults_and_one_line_errors():
         assert str(err.value) == message
     with pytest.raises(BnnError, match="drop `distill_weight` and `distill_temperature`"):
         DistillSettings.for_loss("distribution", temperature=4.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=float("inf")), "Expected `distill_temperature` > 0 and finite, got inf."),
+    (dict(temperature=float("nan")), "Expected `distill_temperature` > 0 and finite, got nan."),
+    (dict(temperature=0), "Expected `distill_temperature` > 0 and finite, got 0.0."),
+    (dict(weight=float("nan")), "Expected `distill_weight` in (0, 1], got nan."),
+    (dict(weight=float("inf")), "Expected `distill_weight` in (0, 1], got inf."),
+    (dict(weight=1.5), "Expected `distill_weight` in (0, 1], got 1.5."),
+    (dict(attention_weight=float("inf"), attention_layers=["x"]),
+     "Expected `distill_attention_weight` >= 0 and finite, got inf."),
+    (dict(attention_weight=float("nan"), attention_layers=["x"]),
+     "Expected `distill_attention_weight` >= 0 and finite, got nan."),
+    (dict(weight="0.5"), "Expected `distill_weight` to be a number, got '0.5'."),
+    (dict(temperature=True), "Expected `distill_temperature` to be a number, got True."),
+])
+def test_out_of_range_settings_are_refused(kwargs, message):
+    # Both ways in: the defaults-filling constructor, and a dataclass built by hand.
+    with pytest.raises(BnnError) as err:
+        DistillSettings.for_loss("kl", **kwargs)
+    assert str(err.value) == message
+    with pytest.raises(BnnError) as err:
+        DistillSettings(**kwargs).validate()
+    assert str(err.value) == message
 
 
 def _mlp(num_classes=10, *, binary=False, softmax_layer=True, seed=0, name=None):
@@ -97,6 +123,121 @@ def test_logits_of_a_softmax_layer_and_log_probabilities_of_a_softmax_head():
     np.testing.assert_allclose(_softmax(log_p), head(x).numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(BnnError, match="does not end in a softmax layer"):
         classifier_logits(head, role="student")
+
+
+# What a teacher outputs: its logits are read from its last layer, or decided on a batch.
+
+# Each teacher head on the same hidden layer and logits layer z, and what it outputs.
+TEACHER_HEADS = {
+    "logits": "logits",  # Dense(10): z itself
+    "softmax_layer": "probabilities",  # Dense(10) + Activation("softmax")
+    "softmax_activation": "probabilities",  # Dense(10, activation="softmax")
+    "softmax_op": "probabilities",  # tf.nn.softmax(z): a TFOpLambda, decided on a batch
+    "rescaled_logits": "logits",  # Rescaling(2)(z), logits 2z: decided on a batch
+}
+
+
+def _teacher(head: str, seed: int = 7) -> tf.keras.Model:
+    tf.keras.utils.set_random_seed(seed)
+    inputs = tf.keras.Input((64,))
+    x = tf.keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
+    # Logits spread over ~20: confident, as a trained teacher is.
+    x = tf.keras.layers.Dense(10, activation="softmax" if head == "softmax_activation" else None,
+                              kernel_initializer=tf.keras.initializers.RandomNormal(stddev=1.0),
+                              bias_initializer="random_normal", name="z")(x)
+    if head == "softmax_layer":
+        x = tf.keras.layers.Activation("softmax")(x)
+    elif head == "softmax_op":
+        x = tf.nn.softmax(x)
+    elif head == "rescaled_logits":
+        x = tf.keras.layers.Rescaling(2.0)(x)
+    return tf.keras.Model(inputs, x, name=f"{head}_teacher")
+
+
+def _np_teacher_logits(teacher: tf.keras.Model, head: str, x: np.ndarray) -> np.ndarray:
+    """The teacher's logits from its weights, in float64."""
+    (w1, b1), (w2, b2) = (teacher.get_layer(name).get_weights() for name in ("hidden", "z"))
+    z = np.maximum(x.astype("float64") @ w1 + b1, 0) @ w2 + b2
+    return 2 * z if head == "rescaled_logits" else z
+
+
+@pytest.mark.parametrize("head", sorted(TEACHER_HEADS))
+def test_every_teacher_head_gives_the_distillation_loss_of_its_logits(head):
+    """T**2 KL(softmax(t / T) || softmax(s / T)) on the teacher's logits t, in NumPy, whatever
+    the teacher ends in; a teacher that outputs logits used to give log(negative) = NaN."""
+    x = np.random.default_rng(8).normal(size=(6, 64)).astype("float32")
+    teacher, student = _teacher(head), _mlp(seed=1, name="student")
+    t = _np_teacher_logits(teacher, head, x)
+    assert 10 < np.ptp(t, axis=-1).min() and np.ptp(t, axis=-1).max() < 40
+    outputs = check_teacher_outputs(teacher, x)
+    assert outputs == TEACHER_HEADS[head]
+    settings = DistillSettings.for_loss("kl", weight=0.7, temperature=2.0)
+    fitted = distillation_model(student, teacher, settings, teacher_outputs=outputs)
+    fitted(x, training=True)
+    [loss] = fitted.losses
+    s = classifier_logits(student)(x).numpy().astype("float64")
+    p, q = _softmax(t / 2.0), _softmax(s / 2.0)
+    expected = 0.7 * np.mean(2.0**2 * (p * np.log(p / q)).sum(axis=-1))
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    # The cached logits are the teacher's, up to a constant per example (which softmax ignores).
+    cached = teacher_logits_of(teacher, tf.data.Dataset.from_tensor_slices(x).batch(4),
+                               teacher_outputs=outputs)
+    offset = cached - t
+    np.testing.assert_allclose(offset - offset.mean(axis=-1, keepdims=True), 0, atol=1e-4)
+    if head in ("logits", "softmax_layer", "softmax_activation"):
+        # The last layer shows what these output: no batch needed.
+        again = distillation_model(_mlp(seed=1, name="student"), teacher, settings)
+        again(x, training=True)
+        assert float(again.losses[0]) == pytest.approx(float(loss), rel=1e-6)
+
+
+def _refusal(call, *args, **kwargs) -> str:
+    with pytest.raises(BnnError) as err:
+        call(*args, **kwargs)
+    return str(err.value)
+
+
+def test_a_teacher_whose_outputs_cannot_be_read_is_refused():
+    x = np.random.default_rng(9).normal(size=(4, 64)).astype("float32")
+    settings = DistillSettings()
+    op_teacher = _teacher("softmax_op")
+    last = op_teacher.layers[-1].name
+    assert _refusal(distillation_model, _mlp(seed=1), op_teacher, settings) == (
+        f"The teacher 'softmax_op_teacher' ends in layer {last!r} (TFOpLambda), which does not "
+        "show whether it outputs logits or probabilities; give `teacher_outputs` ('logits' or "
+        "'probabilities'; `check_teacher_outputs(teacher, images)` tells them apart on a "
+        "batch), or end the teacher with a linear or softmax layer.")
+    assert _refusal(teacher_logits_of, op_teacher, x).startswith(
+        "The teacher 'softmax_op_teacher' ends in layer")
+    assert _refusal(distillation_model, _mlp(seed=1), _teacher("logits"), settings,
+                    teacher_outputs="probabilities") == (
+        "The teacher 'logits_teacher' ends in layer 'z', which outputs logits; "
+        "`teacher_outputs` 'probabilities' contradicts it: drop `teacher_outputs`.")
+    assert _refusal(distillation_model, _mlp(seed=1), op_teacher, settings,
+                    teacher_outputs="probs") == (
+        "Unknown `teacher_outputs` 'probs'; expected one of: logits, probabilities.")
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((64,))
+    sigmoid = tf.keras.Model(inputs, tf.keras.layers.Dense(10, activation="sigmoid",
+                                                           name="multi_label")(inputs),
+                             name="tagger")
+    message = ("The teacher 'tagger' ends in layer 'multi_label' with the 'sigmoid' "
+               "activation, which outputs neither logits nor softmax probabilities; distil "
+               "from a classifier whose last layer is linear (logits) or a softmax.")
+    assert _refusal(distillation_model, _mlp(seed=1), sigmoid, settings) == message
+    assert _refusal(check_teacher_outputs, sigmoid, x) == message
+
+    assert _refusal(check_teacher_outputs, _teacher("logits"), x[:, :32]) == (
+        "The teacher 'logits_teacher' takes inputs of shape (64,), the images are (32,); train "
+        "or export the teacher at the student's input size.")
+
+    broken = _teacher("logits")
+    weights = broken.get_layer("hidden").get_weights()
+    broken.get_layer("hidden").set_weights([np.full_like(weights[0], np.nan), weights[1]])
+    assert _refusal(check_teacher_outputs, broken, x) == (
+        "The teacher 'logits_teacher' outputs nan or inf on a batch of the images it is to "
+        "label; distil from a teacher whose outputs are finite (evaluate it alone first).")
 
 
 def test_a_teacher_that_does_not_fit_is_refused():
@@ -264,7 +405,7 @@ def test_attention_settings():
         ("a", "b")
     for kwargs, message in [
         (dict(attention_weight=-1.0, attention_layers=["x"]),
-         "Expected `distill_attention_weight` >= 0, got -1.0."),
+         "Expected `distill_attention_weight` >= 0 and finite, got -1.0."),
         (dict(attention_weight=30.0),
          "Attention matching needs the layers whose feature maps it matches; give "
          "`distill_attention_layers` too (e.g. block_2_out,block_3_out), or drop "

@@ -278,7 +278,8 @@ def test_int8_io_without_int8_is_refused(digits_run):
 
 def test_train_options_are_generated_from_train_config():
     """Every TrainConfig field (and every trick) is one `bnn train` option, and every option
-    but --resume/--output/--verbose/--custom-objects is a field: the CLI cannot drift from
+    but --resume/--output/--verbose/--custom-objects/--trust-model-code (how this process reads
+    files, not what the run is) is a field: the CLI cannot drift from
     config.json. Library messages name the fields; `bnn train` shows each as the option the
     field generated."""
     import dataclasses
@@ -291,7 +292,8 @@ def test_train_options_are_generated_from_train_config():
     fields = {f.name: f for f in dataclasses.fields(training.TrainConfig)}
     nested = {f.name: f for f in dataclasses.fields(Tricks)}
     expected = (set(fields) - {"tricks"}) | set(nested)
-    assert set(params) - {"resume_dir", "run_dir", "verbose", "custom_objects"} == expected
+    assert set(params) - {"resume_dir", "run_dir", "verbose", "custom_objects",
+                          "trust_model_code"} == expected
     for name, field in {**fields, **nested}.items():
         if name == "tricks" or field.metadata["cli"] == options.ARGUMENT:
             continue  # (click arguments have no help of their own; MODEL is in the docstring)

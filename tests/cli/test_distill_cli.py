@@ -8,12 +8,16 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from bnn_keras.binary import quantized_kernel_layers
 from tests.conftest import TINY_TRAIN_OPTIONS as SMALL
 from tests.conftest import invoke
+
+# The smallest registry student that trains at 8x8: a few seconds a run (binarynet: ~6M weights).
+TINY_STUDENT = ("reactnet-a", "--model-option", "widths=[8,16,16]")
 
 BINARYNET_LAYERS = [
     "input", "conv1", "conv1_bn", "conv2", "conv2_pool", "conv2_bn", "conv3", "conv3_bn",
@@ -141,9 +145,9 @@ def test_a_teacher_that_does_not_fit_is_refused_before_the_folder_exists(float_r
                                 "of bnn train or a Keras model file (.keras, .h5).")
     garbage = tmp_path / "garbage.keras"
     garbage.write_text("not a model")
-    line = refused(garbage)
-    assert line.startswith(f"Error: --teacher {garbage} cannot be loaded as a Keras model: ")
-    assert line.endswith("; give a .keras or .h5 model file whose custom layers are registered.")
+    assert refused(garbage) == (
+        f"Error: Could not load --teacher {garbage} as a Keras model (its bytes are neither a "
+        ".keras zip nor HDF5); give a .keras or .h5 model file or a SavedModel folder.")
     assert refused(float_run, "--distill-loss", "distribution", "--distill-weight", "0.5") == (
         "Error: The distribution loss is KL(teacher || student) at temperature 1 with weight 1 "
         "(ReActNet); drop --distill-weight and --distill-temperature, or use --distill-loss kl.")
@@ -156,3 +160,131 @@ def test_a_teacher_that_does_not_fit_is_refused_before_the_folder_exists(float_r
     before = _hashes(run_dir.parent)
     assert invoke(["train", "binarynet", "--teacher", five, *SMALL, "-o", run_dir]).exit_code == 2
     assert _hashes(run_dir.parent) == before and list(run_dir.iterdir()) == []
+
+
+def _digits_teacher(path: Path, head: str) -> Path:
+    """A float 8x8 digits classifier whose logits layer is Dense(10), saved to `path`, with
+    `head` "logits" (nothing after it) or "softmax" (an Activation("softmax") after it)."""
+    tf.keras.utils.set_random_seed(3)
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Flatten()(inputs)
+    x = tf.keras.layers.Dense(10, kernel_initializer=tf.keras.initializers.RandomNormal(
+        stddev=2.0), name="z")(x)
+    if head == "softmax":
+        x = tf.keras.layers.Activation("softmax")(x)
+    elif head == "sigmoid":
+        x = tf.keras.layers.Activation("sigmoid", name="sigmoid")(x)
+    tf.keras.Model(inputs, x, name="digits_teacher").save(path)
+    return path
+
+
+def test_a_teacher_that_outputs_logits_teaches_as_its_softmax_would(tmp_path):
+    """A teacher without a final softmax used to give a NaN loss at step 1 (its logits were
+    taken for probabilities); its logits now give the very run that its softmax'd twin gives."""
+    losses = {}
+    for head in ("logits", "softmax"):
+        teacher = _digits_teacher(tmp_path / f"{head}.keras", head)
+        run_dir = tmp_path / head
+        result = invoke(["train", *TINY_STUDENT, "--teacher", teacher, *SMALL, "-o", run_dir])
+        assert result.exit_code == 0, result.output
+        with open(run_dir / "history.csv") as f:
+            header, row = f.readline().strip().split(","), f.readline().strip().split(",")
+        losses[head] = float(row[header.index("loss")])
+    assert losses["logits"] == pytest.approx(losses["softmax"], rel=1e-5)
+    assert 0 < losses["logits"] < float("inf")
+
+
+def test_a_teacher_whose_outputs_are_neither_is_refused_before_the_folder_exists(tmp_path):
+    teacher = _digits_teacher(tmp_path / "sigmoid.keras", "sigmoid")
+    run_dir = tmp_path / "runs" / "student"
+    result = invoke(["train", "binarynet", "--teacher", teacher, *SMALL, "-o", run_dir])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "Error: The teacher 'digits_teacher' ends in layer 'sigmoid' with the 'sigmoid' "
+        "activation, which outputs neither logits nor softmax probabilities; distil from a "
+        "classifier whose last layer is linear (logits) or a softmax.\n")
+    assert not run_dir.parent.exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--distill-temperature", "inf", "Expected --distill-temperature > 0 and finite, got inf."),
+    ("--distill-temperature", "nan", "Expected --distill-temperature > 0 and finite, got nan."),
+    ("--distill-temperature", "-1", "Expected --distill-temperature > 0 and finite, got -1.0."),
+    ("--distill-temperature", "0", "Expected --distill-temperature > 0 and finite, got 0.0."),
+    ("--distill-weight", "0", "Expected --distill-weight in (0, 1], got 0.0."),
+    ("--distill-weight", "1.5", "Expected --distill-weight in (0, 1], got 1.5."),
+    ("--distill-weight", "nan", "Expected --distill-weight in (0, 1], got nan."),
+    ("--distill-weight", "inf", "Expected --distill-weight in (0, 1], got inf."),
+    ("--distill-attention-weight", "inf",
+     "Expected --distill-attention-weight >= 0 and finite, got inf."),
+    ("--distill-attention-weight", "nan",
+     "Expected --distill-attention-weight >= 0 and finite, got nan."),
+])
+def test_out_of_range_distillation_values_are_refused_before_the_folder_exists(
+        tmp_path, option, value, message):
+    teacher = _digits_teacher(tmp_path / "teacher.keras", "softmax")
+    before = _hashes(tmp_path)
+    run_dir = tmp_path / "runs" / "student"
+    result = invoke(["train", "binarynet", "--teacher", teacher, option, value,
+                     "--distill-attention-layers", "conv1", *SMALL, "-o", run_dir])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"Error: {message}\n"
+    assert not run_dir.parent.exists() and _hashes(tmp_path) == before
+
+
+def _op_teacher(path: Path, broken: bool = False) -> Path:
+    """Dense(10) logits z, then tf.nn.softmax(z): a last layer that shows nothing; `broken`:
+    a NaN kernel."""
+    tf.keras.utils.set_random_seed(3)
+    inputs = tf.keras.Input((8, 8, 1))
+    dense = tf.keras.layers.Dense(10, name="z")
+    model = tf.keras.Model(inputs, tf.nn.softmax(dense(tf.keras.layers.Flatten()(inputs))),
+                           name="op_teacher")
+    if broken:
+        kernel, bias = dense.get_weights()
+        dense.set_weights([np.full_like(kernel, np.nan), bias])
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_teacher_whose_last_layer_shows_nothing_is_read_on_a_batch(tmp_path, cache):
+    extra = ["--distill-cache"] if cache else []
+    result = invoke(["train", *TINY_STUDENT, "--teacher", _op_teacher(tmp_path / "t.keras"),
+                     *extra, *SMALL, "-o", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_teacher_with_non_finite_outputs_is_refused_before_the_folder_exists(tmp_path):
+    broken = _op_teacher(tmp_path / "nan.keras", broken=True)
+    run_dir = tmp_path / "runs" / "nan"
+    result = invoke(["train", "binarynet", "--teacher", broken, *SMALL, "-o", run_dir])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: The teacher 'op_teacher' outputs nan or inf on a batch of the images it is to "
+        "label; distil from a teacher whose outputs are finite (evaluate it alone first).\n")
+    assert not run_dir.parent.exists()
+
+
+def test_a_teacher_file_that_carries_code_is_refused_unless_trusted(tmp_path):
+    """A legacy .h5 teacher with a Lambda: `bnn train --teacher` never runs its code unless
+    --trust-model-code says to."""
+    from tests.lambda_models import marker_writing_lambda
+
+    marker = tmp_path / "MARKER"
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(inputs))
+    x = tf.keras.layers.Lambda(marker_writing_lambda(marker), name="evil")(x)
+    teacher = tmp_path / "teacher.h5"
+    tf.keras.Model(inputs, tf.keras.layers.Activation("softmax")(x)).save(teacher)
+    marker.unlink(missing_ok=True)  # building and saving ran the lambda
+    run_dir = tmp_path / "runs" / "student"
+    refused = invoke(["train", "binarynet", "--teacher", teacher, *SMALL, "-o", run_dir])
+    assert refused.exit_code == 2, refused.output
+    line = refused.stderr.strip()
+    assert "\n" not in line and "'evil'" in line and "--trust-model-code" in line, line
+    assert not marker.exists() and not run_dir.parent.exists()
+    trusted = invoke(["train", *TINY_STUDENT, "--teacher", teacher, "--trust-model-code", *SMALL,
+                      "-o", run_dir])
+    assert trusted.exit_code == 0, trusted.output
+    assert marker.exists()

@@ -1,21 +1,26 @@
 """convert.bundle: the Raspberry Pi bundle, its self-check, scripts and runner sources."""
 
+import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict
 
 import bnn_keras  # noqa: F401  (must precede tensorflow)
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from bnn_keras import files
 from bnn_keras.errors import BnnError
 from convert import bundle as bundle_lib
-from convert.bundle import check_bundle, write_bundle
+from convert.bundle import write_bundle
+from convert.bundle_check import check_bundle
 from convert.converter import convert_model
-from tests.conftest import tiny_lce_model
+from tests.conftest import FIXTURES, invoke, tiny_lce_model
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 RUN_CONFIG = {
@@ -23,6 +28,8 @@ RUN_CONFIG = {
     "normalization": {"mean": [4.5], "std": [6.0]},
 }
 RUNNER_DIR = Path(bundle_lib.__file__).resolve().parent / "runner"
+# Bundles written by earlier bnn versions, without manifest.json (tests/fixtures/bundles/README.md).
+OLD_BUNDLES = FIXTURES / "bundles"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +50,38 @@ def bundle_copy(good_bundle, tmp_path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(good_bundle, copy)
     return copy
+
+
+@pytest.fixture(params=["format1", "format2"])
+def old_bundle(request, tmp_path) -> Path:
+    """A private copy of a bundle that bnn 0.2.0 (format 1) or 0.3.0 (format 2) wrote."""
+    return Path(shutil.copytree(OLD_BUNDLES / request.param, tmp_path / "old"))
+
+
+@pytest.fixture
+def format2_bundle(tmp_path) -> Path:
+    return Path(shutil.copytree(OLD_BUNDLES / "format2", tmp_path / "old"))
+
+
+def _snapshot(folder: Path) -> Dict[str, str]:
+    """Every entry under `folder`: sha256 and mode of files, link targets, folders' modes."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[key] = "link->" + os.readlink(path)
+        elif path.is_file():
+            found[key] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {path.stat().st_mode:o}"
+        else:
+            found[key] = f"dir {path.stat().st_mode:o}"
+    return found
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
 
 
 def test_bundle_contents(good_bundle, model_and_flatbuffer):
@@ -74,24 +113,27 @@ def test_good_bundle_passes_check(good_bundle):
     assert result.max_abs_diff <= result.atol
 
 
-def test_tampered_expected_output_fails(bundle_copy):
-    path = bundle_copy / "expected_output.bin"
+# A bundle with a manifest names an edited expected_output.bin before running anything (below);
+# in a bundle without one (bnn 0.3.0 wrote it) the self-check is what finds it.
+
+def test_tampered_expected_output_fails(format2_bundle):
+    path = format2_bundle / "expected_output.bin"
     expected = np.fromfile(path, "<f4")
     # Move the probability mass to another class: both the difference and the top-1 are wrong.
     tampered = np.roll(expected, 1)
     tampered.astype("<f4").tofile(path)
     with pytest.raises(BnnError, match=r"self-check failed.*top-1 class \d vs expected \d"):
-        check_bundle(bundle_copy)
+        check_bundle(format2_bundle)
 
 
-def test_small_tampering_beyond_tolerance_fails(bundle_copy):
-    meta = json.loads((bundle_copy / "model.json").read_text())
-    path = bundle_copy / "expected_output.bin"
+def test_small_tampering_beyond_tolerance_fails(format2_bundle):
+    meta = json.loads((format2_bundle / "model.json").read_text())
+    path = format2_bundle / "expected_output.bin"
     expected = np.fromfile(path, "<f4")
     expected[expected.argmin()] += 10 * meta["expected_output"]["atol"]  # top-1 unchanged
     expected.astype("<f4").tofile(path)
     with pytest.raises(BnnError, match="differs from expected_output.bin by"):
-        check_bundle(bundle_copy)
+        check_bundle(format2_bundle)
 
 
 def test_missing_files_are_listed(bundle_copy):
@@ -114,19 +156,19 @@ def test_existing_folder_needs_overwrite(good_bundle, model_and_flatbuffer):
         write_bundle(good_bundle, flatbuffer=flatbuffer, keras_model=model, run_config=RUN_CONFIG)
 
 
-def test_overwrite_replaces_and_explicit_metadata(tmp_path, model_and_flatbuffer):
+def test_overwrite_never_takes_a_folder_of_other_files(tmp_path, model_and_flatbuffer):
     model, flatbuffer = model_and_flatbuffer
     target = tmp_path / "b"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    sample = np.full((8, 8, 1), 0.5, np.float32)
-    write_bundle(target, flatbuffer=flatbuffer, keras_model=model, input_shape=(8, 8, 1),
-                 normalization={"mean": [0.0], "std": [1.0]}, class_names=CLASSES,
-                 sample_input=sample, overwrite=True)
-    assert not (target / "stale.txt").exists()
-    np.testing.assert_array_equal(np.fromfile(target / "test_input.bin", "<f4"), 0.5)
-    assert json.loads((target / "model.json").read_text())["pixel_max"] == 255.0
-    assert check_bundle(target).ok
+    before = _snapshot(target)
+    with pytest.raises(BnnError, match=f"^Bundle folder {re.escape(str(target))} is not an empty "
+                                       "folder or a bnn bundle; overwrite replaces only a bnn "
+                                       "bundle: choose another folder.$"):
+        write_bundle(target, flatbuffer=flatbuffer, keras_model=model, run_config=RUN_CONFIG,
+                     overwrite=True)
+    assert _snapshot(target) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_missing_metadata_and_bad_shapes(tmp_path, model_and_flatbuffer):
@@ -434,3 +476,400 @@ def test_format_2_bundle_needs_pi_sh(bundle_copy):
     (bundle_copy / "pi.sh").unlink()
     with pytest.raises(BnnError, match=r"Broken bundle .*missing pi.sh"):
         check_bundle(bundle_copy)
+
+
+# --- manifest.json: check-bundle checks every file the device uses ------------------------------
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_records_every_file_bnn_wrote(good_bundle):
+    manifest = json.loads((good_bundle / "manifest.json").read_text())
+    assert manifest["format"] == "bnn-bundle-manifest" and manifest["format_version"] == 1
+    written = sorted(str(p.relative_to(good_bundle)) for p in good_bundle.rglob("*")
+                     if p.is_file() and p.name != "manifest.json")
+    assert sorted(manifest["files"]) == written
+    for name in ("runner_args.txt", "run.sh", "build.sh", "benchmark.sh", "pi.sh", "labels.txt",
+                 "model.json", "model.tflite", "test_input.bin", "expected_output.bin",
+                 "expected_latency.txt", "README.md", "runner/bnn_runner.cc",
+                 "runner/CMakeLists.txt"):
+        path = good_bundle / name
+        assert manifest["files"][name] == {"sha256": _sha256(path), "size": path.stat().st_size}
+    # One digest for the whole bundle: of the file list as compact, key-sorted JSON.
+    listing = json.dumps(manifest["files"], sort_keys=True, separators=(",", ":"))
+    assert manifest["bundle_sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    assert set(written) | {"manifest.json"} == set(bundle_lib.BUNDLE_FILES)
+    assert json.loads((good_bundle / "model.json").read_text())["format_version"] == 3
+
+
+def _sub(pattern: str, replacement: str):
+    def edit(path: Path) -> None:
+        text = path.read_text()
+        assert re.search(pattern, text), (pattern, text)
+        path.write_text(re.sub(pattern, replacement, text, count=1))
+    return edit
+
+
+def _append(line: str):
+    def edit(path: Path) -> None:
+        path.write_text(path.read_text() + line)
+    return edit
+
+
+def _flip_first_float(path: Path) -> None:
+    values = np.fromfile(path, "<f4")
+    values[0] += 1.0
+    values.astype("<f4").tofile(path)
+
+
+# The issue's cases: each file the device reads, edited after bnn wrote it. (file, edit, what the
+# error line says about it)
+EDITS = {
+    "normalization": ("runner_args.txt", _sub(r"--mean=\S+", "--mean=0.0"),
+                      r"runner_args\.txt was changed after bnn wrote it \(--mean=0\.0 where "
+                      r"model\.json gives --mean=4\.5\)"),
+    "tolerance": ("runner_args.txt", _sub(r"--atol=\S+", "--atol=100.0"),
+                  r"runner_args\.txt was changed after bnn wrote it \(--atol=100\.0 where "
+                  r"model\.json gives --atol=0\.0\d+\)"),
+    "model path": ("runner_args.txt", _sub(r"--model=\S+", "--model=/home/pi/other.tflite"),
+                   r"runner_args\.txt was changed after bnn wrote it \("
+                   r"--model=/home/pi/other\.tflite where model\.json gives --model=model\.tflite\)"),
+    "run.sh": ("run.sh", _append("echo patched\n"), r"run\.sh was changed after bnn wrote it"),
+    "build.sh": ("build.sh", _append("echo patched\n"), r"build\.sh was changed after bnn wrote it"),
+    "pi.sh": ("pi.sh", _append("# patched\n"), r"pi\.sh was changed after bnn wrote it"),
+    "labels": ("labels.txt", lambda path: path.write_text("dog\ncat\nbird\nfish\n"),
+               r"labels\.txt was changed after bnn wrote it \(it does not match the class names "
+               r"in model\.json\)"),
+    "model.json": ("model.json", _sub(r'"pixel_max": 16\.0', '"pixel_max": 255.0'),
+                   r"model\.json was changed after bnn wrote it"),
+    "runner source": ("runner/bnn_runner.cc", _append("// patched\n"),
+                      r"runner/bnn_runner\.cc was changed after bnn wrote it"),
+    "expected output": ("expected_output.bin", _flip_first_float,
+                        r"expected_output\.bin was changed after bnn wrote it"),
+}
+
+
+@pytest.mark.parametrize("case", EDITS)
+def test_check_bundle_names_the_edited_file(bundle_copy, case):
+    name, edit, said = EDITS[case]
+    edit(bundle_copy / name)
+    before = _snapshot(bundle_copy)
+    line = _one_line_error(invoke(["check-bundle", bundle_copy]))
+    assert re.match(rf"Error: Broken bundle {re.escape(str(bundle_copy))}: {said}[;.]", line), line
+    assert line.endswith(f"Restore it from a good copy, or write it again with `bnn convert RUN "
+                         f"--bundle {bundle_copy} --overwrite` after moving your edited files out "
+                         "of it."), line
+    assert _snapshot(bundle_copy) == before  # checking changes nothing
+
+
+def test_check_bundle_lists_every_difference_in_one_line(bundle_copy):
+    EDITS["run.sh"][1](bundle_copy / "run.sh")
+    EDITS["tolerance"][1](bundle_copy / "runner_args.txt")
+    (bundle_copy / "labels.txt").unlink()
+    line = _one_line_error(invoke(["check-bundle", bundle_copy]))
+    assert f"Broken bundle {bundle_copy}: missing labels.txt; run.sh was changed after bnn " \
+           "wrote it; runner_args.txt was changed after bnn wrote it (--atol=100.0 where " in line
+
+
+def test_bundle_without_its_manifest_is_broken(bundle_copy):
+    # A bundle of format 3 is complete only with manifest.json, which is written last.
+    (bundle_copy / "manifest.json").unlink()
+    line = _one_line_error(invoke(["check-bundle", bundle_copy]))
+    assert line == (f"Error: Broken bundle {bundle_copy}: missing manifest.json. Restore it from a "
+                    f"good copy, or write it again with `bnn convert RUN --bundle {bundle_copy} "
+                    "--overwrite`.")
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda m: m["files"]["run.sh"].update(size=1), "was changed after bnn wrote it (its "
+     "bundle_sha256 does not match its list of files)"),
+    (lambda m: m.update(format="something-else"), "is not the manifest of a bnn bundle"),
+    (lambda m: m["files"].update({"../../etc/passwd": m["files"]["run.sh"]}),
+     "lists '../../etc/passwd', which is not a path inside the bundle"),
+])
+def test_edited_manifest_is_reported(bundle_copy, edit, said):
+    path = bundle_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    line = _one_line_error(invoke(["check-bundle", bundle_copy]))
+    assert line.startswith(f"Error: Broken bundle {bundle_copy}: manifest.json {said}"), line
+
+
+def test_newer_manifest_asks_for_a_newer_bnn(bundle_copy):
+    path = bundle_copy / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
+    line = _one_line_error(invoke(["check-bundle", bundle_copy]))
+    assert line == (f"Error: {path} has format_version 99, newer than this bnn reads (1); "
+                    "upgrade bnn.")
+
+
+def test_user_and_device_files_are_listed_not_failed(bundle_copy):
+    (bundle_copy / "notes.txt").write_text("flashed to pi-3 on monday")
+    (bundle_copy / "runner" / "local.patch").write_text("-O2")
+    (bundle_copy / "photos").mkdir()
+    (bundle_copy / "photos" / "cat.ppm").write_bytes(b"P6\n1 1\n255\n\0\0\0")
+    # What build.sh and benchmark.sh leave on the device: expected, not the user's.
+    (bundle_copy / "build").mkdir()
+    (bundle_copy / "build" / "bnn_runner").write_bytes(b"\x7fELF")
+    (bundle_copy / "compute-engine").mkdir()
+    (bundle_copy / "lce_benchmark_model_aarch64").write_bytes(b"\x7fELF")
+    result = check_bundle(bundle_copy)
+    assert result.ok and result.manifest
+    assert result.user_files == ["notes.txt", "photos/", "runner/local.patch"]
+    assert result.device_files == ["build/", "compute-engine/", "lce_benchmark_model_aarch64"]
+    assert len(result.files_checked) == 14 and "runner_args.txt" in result.files_checked
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    assert result.bundle_sha256 == manifest["bundle_sha256"]
+    out = invoke(["check-bundle", bundle_copy])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"{bundle_copy}: OK: max |diff| ")
+    assert lines[1] == (f"{bundle_copy}: 14 files as bnn wrote them (manifest.json, bundle sha256 "
+                        f"{manifest['bundle_sha256']})")
+    assert lines[2] == (f"{bundle_copy}: not bnn's, not checked: notes.txt, photos/, "
+                        "runner/local.patch")
+    assert len(lines) == 3
+
+
+def test_old_bundles_are_checked_without_a_manifest(old_bundle):
+    result = check_bundle(old_bundle)
+    assert result.ok and not result.manifest and result.bundle_sha256 is None
+    # Checked: the runner's arguments and labels against model.json, the scripts and runner
+    # sources against every version bnn wrote before manifests.
+    scripts = ["benchmark.sh", "build.sh", "run.sh", "runner/CMakeLists.txt", "runner/bnn_runner.cc"]
+    if old_bundle.joinpath("pi.sh").exists():
+        scripts.append("pi.sh")
+    assert sorted(result.files_checked) == sorted(["labels.txt", "runner_args.txt", *scripts])
+    assert "model.json" in result.files_unchecked and "README.md" in result.files_unchecked
+    out = invoke(["check-bundle", old_bundle])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"{old_bundle}: OK: ")
+    assert lines[1] == (
+        f"{old_bundle}: no manifest.json (written by an earlier bnn): "
+        f"{len(result.files_checked)} files checked against model.json and the versions bnn "
+        f"wrote; not checkable without it: {', '.join(result.files_unchecked)}; "
+        f"`bnn convert RUN --bundle {old_bundle} --overwrite` writes one")
+
+
+OLD_EDITS = {
+    "normalization": ("runner_args.txt", _sub(r"--std=\S+", "--std=1.0"),
+                      r"runner_args\.txt does not match model\.json \(--std=1\.0 where model\.json "
+                      r"gives --std=6\.0179\d+\)"),
+    "tolerance": ("runner_args.txt", _sub(r"--atol=\S+", "--atol=100.0"),
+                  r"runner_args\.txt does not match model\.json \(--atol=100\.0 where "
+                  r"model\.json gives --atol=0\.001\)"),
+    "model path": ("runner_args.txt", _sub(r"--model=\S+", "--model=other.tflite"),
+                   r"runner_args\.txt does not match model\.json \(--model=other\.tflite where"),
+    "a line less": ("runner_args.txt", _sub(r"--labels=\S+\n", ""),
+                    r"runner_args\.txt does not match model\.json \(--mean=\S+ where model\.json "
+                    r"gives --labels=labels\.txt\)"),
+    "model.json normalization": ("model.json", _sub(r'"mean": \[\s*[0-9.]+', '"mean": [0.5'),
+                                 r"runner_args\.txt does not match model\.json \(--mean=4\.88\d+ "
+                                 r"where model\.json gives --mean=0\.5\)"),
+    "run.sh": ("run.sh", _append("echo patched\n"),
+               r"run\.sh differs from every version bnn wrote"),
+    "runner source": ("runner/CMakeLists.txt", _append("# patched\n"),
+                      r"runner/CMakeLists\.txt differs from every version bnn wrote"),
+    "labels": ("labels.txt", lambda path: path.write_text("a\n" * 10),
+               r"labels\.txt does not match the class names in model\.json"),
+}
+
+
+@pytest.mark.parametrize("case", OLD_EDITS)
+def test_old_bundle_edits_are_named(old_bundle, case):
+    name, edit, said = OLD_EDITS[case]
+    edit(old_bundle / name)
+    line = _one_line_error(invoke(["check-bundle", old_bundle]))
+    assert re.match(rf"Error: Broken bundle {re.escape(str(old_bundle))}: {said}", line), line
+
+
+# --- overwrite: bnn replaces only what it wrote ----------------------------------------------
+
+def _add_user_files(bundle: Path) -> None:
+    (bundle / "notes.txt").write_text("my notes")
+    (bundle / "runner" / "local.patch").write_text("-O2")
+    build = bundle / "build"
+    (build / "CMakeFiles").mkdir(parents=True)
+    (build / "bnn_runner").write_bytes(b"\x7fELF built on the pi")
+    (build / "bnn_runner").chmod(0o755)
+    (build / "CMakeFiles" / "bnn_runner.o").write_bytes(b"object")
+    (build / "runner").symlink_to("bnn_runner")
+
+
+USER_FILES = ("notes.txt", "runner/local.patch", "build", "build/CMakeFiles",
+              "build/CMakeFiles/bnn_runner.o", "build/bnn_runner", "build/runner")
+
+
+def test_overwrite_keeps_the_users_files(tmp_path, model_and_flatbuffer):
+    model, flatbuffer = model_and_flatbuffer
+    target = write_bundle(tmp_path / "b", flatbuffer=flatbuffer, keras_model=model,
+                          run_config=RUN_CONFIG)
+    _add_user_files(target)
+    before = _snapshot(target)
+    inode = (target / "build" / "bnn_runner").stat().st_ino
+    sample = np.full((8, 8, 1), 0.5, np.float32)
+    write_bundle(target, flatbuffer=flatbuffer, keras_model=model, input_shape=(8, 8, 1),
+                 normalization={"mean": [0.0], "std": [1.0]}, class_names=list("abcd"),
+                 sample_input=sample, overwrite=True)
+    after = _snapshot(target)
+    assert {name: after[name] for name in USER_FILES} == {name: before[name] for name in USER_FILES}
+    # The build output is the same file, not a copy of it.
+    assert (target / "build" / "bnn_runner").stat().st_ino == inode
+    # bnn's files are the new bundle's, and its manifest lists only them.
+    assert (target / "labels.txt").read_text() == "a\nb\nc\nd\n"
+    np.testing.assert_array_equal(np.fromfile(target / "test_input.bin", "<f4"), 0.5)
+    assert json.loads((target / "model.json").read_text())["pixel_max"] == 255.0
+    assert "--mean=0.0" in (target / "runner_args.txt").read_text().splitlines()
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert not set(manifest["files"]) & set(USER_FILES)
+    result = check_bundle(target)
+    assert result.ok and result.user_files == ["notes.txt", "runner/local.patch"]
+    assert result.device_files == ["build/"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_replaces_an_old_bundle_and_keeps_the_users_files(format2_bundle,
+                                                                     model_and_flatbuffer):
+    model, flatbuffer = model_and_flatbuffer
+    _add_user_files(format2_bundle)
+    before = _snapshot(format2_bundle)
+    write_bundle(format2_bundle, flatbuffer=flatbuffer, keras_model=model, run_config=RUN_CONFIG,
+                 overwrite=True)
+    after = _snapshot(format2_bundle)
+    assert {name: after[name] for name in USER_FILES} == {name: before[name] for name in USER_FILES}
+    assert (format2_bundle / "labels.txt").read_text() == "cat\ndog\nbird\nfish\n"
+    assert check_bundle(format2_bundle).manifest
+
+
+def _bundle_without_latency(tmp_path, model_and_flatbuffer) -> Path:
+    # Without the Keras model a bundle has no expected_latency.txt; a later one with it does.
+    _, flatbuffer = model_and_flatbuffer
+    return write_bundle(tmp_path / "b", flatbuffer=flatbuffer, run_config=RUN_CONFIG)
+
+
+REFUSALS = {
+    "user file where bnn writes": (
+        lambda b: (b / "expected_latency.txt").write_text("my own measurements\n"),
+        "holds expected_latency.txt, which bnn did not write and a new bundle would replace; "
+        "move it out of the folder (or choose another folder), then run again."),
+    "edited script": (
+        lambda b: (b / "run.sh").write_text((b / "run.sh").read_text() + "echo mine\n"),
+        ": run.sh was changed after bnn wrote it, and a new bundle would replace it; move it "
+        "out of the folder (or choose another folder), then run again."),
+    "edited runner arguments": (
+        lambda b: _sub(r"--atol=\S+", "--atol=1.0")(b / "runner_args.txt"),
+        ": runner_args.txt was changed after bnn wrote it, and a new bundle would replace it;"),
+    "edited manifest": (
+        lambda b: _sub(r'"size": \d+', '"size": 1')(b / "manifest.json"),
+        ": manifest.json was changed after bnn wrote it (its bundle_sha256 does not match its "
+        "list of files), so bnn cannot tell its files from yours; move your files out of the "
+        "folder (or choose another folder), then run again."),
+    "folder where bnn writes a file": (
+        lambda b: ((b / "README.md").unlink(), (b / "README.md").mkdir()),
+        "holds README.md/, which bnn did not write and a new bundle would replace;"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_overwrite_refuses_to_replace_what_bnn_did_not_write(tmp_path, model_and_flatbuffer,
+                                                             case, monkeypatch):
+    model, flatbuffer = model_and_flatbuffer
+    target = _bundle_without_latency(tmp_path, model_and_flatbuffer)
+    change, said = REFUSALS[case]
+    change(target)
+    before = _snapshot(target)
+    # Refused before any work: no interpreter runs.
+    monkeypatch.setattr(bundle_lib, "isolated_predict", None)
+    with pytest.raises(BnnError) as refused:
+        bundle_lib.check_bundle_destination(target, overwrite=True)
+    assert str(refused.value).startswith(f"--bundle {target}")
+    assert said in str(refused.value), str(refused.value)
+    with pytest.raises(BnnError, match=f"^Bundle folder {re.escape(str(target))}") as refused:
+        write_bundle(target, flatbuffer=flatbuffer, keras_model=model, run_config=RUN_CONFIG,
+                     overwrite=True)
+    assert said in str(refused.value), str(refused.value)
+    assert _snapshot(target) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_old_bundle_with_a_user_manifest_is_refused(format2_bundle):
+    (format2_bundle / "manifest.json").write_text('{"my": "inventory"}\n')
+    assert check_bundle(format2_bundle).user_files == ["manifest.json"]
+    with pytest.raises(BnnError, match="holds manifest.json, which bnn did not write"):
+        bundle_lib.check_bundle_destination(format2_bundle, overwrite=True)
+
+
+def test_interrupted_overwrite_leaves_the_old_bundle(tmp_path, model_and_flatbuffer, monkeypatch):
+    model, flatbuffer = model_and_flatbuffer
+    target = write_bundle(tmp_path / "b", flatbuffer=flatbuffer, keras_model=model,
+                          run_config=RUN_CONFIG)
+    _add_user_files(target)
+    before = _snapshot(target)
+    calls = []
+
+    def interrupted(src, dst):  # Ctrl-C while the user's files are carried over
+        calls.append(src)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "link_or_copy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_bundle(target, flatbuffer=flatbuffer, keras_model=model,
+                     run_config={**RUN_CONFIG, "class_names": list("abcd")}, overwrite=True)
+    assert calls and _snapshot(target) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_puts_the_new_folder_in_place(tmp_path, monkeypatch, exchange):
+    # renameat2(RENAME_EXCHANGE) swaps in one step; without it (another OS or file system) two
+    # renames, undone if the second fails.
+    if not exchange:
+        monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    old, new = tmp_path / "b", tmp_path / ".b.partial-1"
+    old.mkdir()
+    (old / "f").write_text("old")
+    new.mkdir()
+    (new / "f").write_text("new")
+    files.swap_into_place(new, old)
+    assert (old / "f").read_text() == "new"
+    # The earlier folder is where the new one was, for the caller to remove.
+    assert (new / "f").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.partial-1", "b"]
+
+
+def test_swap_without_exchange_restores_the_old_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    old, new = tmp_path / "b", tmp_path / ".b.partial-1"
+    old.mkdir()
+    (old / "f").write_text("old")
+    new.mkdir()
+    real = os.replace
+
+    def second_rename_fails(src, dst):
+        if Path(src) == new:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", second_rename_fails)
+    with pytest.raises(KeyboardInterrupt):
+        files.swap_into_place(new, old)
+    monkeypatch.undo()
+    assert (old / "f").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.partial-1", "b"]
+
+
+def test_users_files_are_copied_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(*args, **kwargs):  # FAT or exFAT on a USB stick
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(bundle_lib.os, "link", no_links)
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "runner").mkdir(parents=True)
+    _add_user_files(old)
+    (new / "runner").mkdir(parents=True)
+    bundle_lib._carry_over(old, new, ["notes.txt", "runner/local.patch", "build/"])
+    assert _snapshot(new) == _snapshot(old)
+    assert (new / "notes.txt").stat().st_ino != (old / "notes.txt").stat().st_ino

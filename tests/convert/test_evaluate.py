@@ -101,3 +101,62 @@ def test_image_options_from_run_config():
     assert options["normalization"] == Normalization(mean=(4.9,), std=(6.0,))
     with pytest.raises(BnnError, match="no class_names"):
         image_options({"normalization": {}, "input_shape": [8, 8, 3]})
+
+
+@pytest.fixture(scope="module")
+def digits_tflite_bytes():
+    """An untrained 10-class tiny model for 8x8 digits with the run metadata `bnn convert`
+    stores, so that `bnn evaluate` finds its data set and preprocessing."""
+    from bnn_keras.training import data
+    from convert.converter import convert_to_flatbuffer
+    from convert.metadata import run_metadata
+
+    import larq as lq
+
+    splits = data.load_digits()
+    inputs = tf.keras.Input((8, 8, 1))
+    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False)(inputs)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(10, activation="softmax")(x))
+    config = {"dataset": "digits", "input_shape": [8, 8, 1], "num_classes": 10,
+              "class_names": splits.class_names, "normalization": splits.normalization.to_dict(),
+              "pixel_max": 16.0}
+    return convert_to_flatbuffer(model).with_metadata(run_metadata(config)).data
+
+
+def test_evaluating_an_unverified_flatbuffer_says_its_accuracy_may_not_be_the_models(
+        digits_tflite_bytes, tmp_path):
+    """The issue: `bnn evaluate` of the `.unverified` file that `bnn convert` keeps when the
+    flatbuffer disagrees with Keras gave an accuracy without a caveat."""
+    from tests.conftest import invoke
+
+    verified = tmp_path / "m.tflite"
+    unverified = tmp_path / "m.tflite.unverified"
+    for path in (verified, unverified):
+        path.write_bytes(digits_tflite_bytes)
+    results = {path: invoke(["evaluate", path, "--limit", "40"]) for path in (verified, unverified)}
+    for result in results.values():
+        assert result.exit_code == 0, result.output
+    warning = (f"Warning: {unverified} failed verification against its Keras model when `bnn "
+               "convert` made it (it keeps such a flatbuffer as .unverified, for inspection): "
+               "its outputs, and so its accuracy, may not be the model's.")
+    assert results[unverified].stderr.strip().splitlines() == [warning]
+    assert "Warning" not in results[verified].output
+    # Still evaluated: the same accuracy as the same bytes under their verified name.
+    accuracy = results[verified].stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    assert results[unverified].stdout.strip().splitlines()[-1] == (
+        f"{unverified}: {accuracy} (unverified: see the warning above)")
+
+
+def test_the_library_warns_about_an_unverified_file_too(digits_tflite_bytes, tmp_path):
+    from convert.evaluate import is_unverified
+    from convert.flatbuffer import Flatbuffer
+
+    unverified = tmp_path / "m.tflite.unverified"
+    unverified.write_bytes(digits_tflite_bytes)
+    x, y = np.zeros((2, 8, 8, 1), np.float32), np.zeros(2)
+    with pytest.warns(UserWarning, match=r"failed verification against its Keras model"):
+        evaluate_flatbuffer(str(unverified), x, y)
+    assert is_unverified(Flatbuffer.from_file(unverified))
+    assert not is_unverified(Flatbuffer(digits_tflite_bytes))
+    assert not is_unverified(Flatbuffer(digits_tflite_bytes, source="m.tflite"))

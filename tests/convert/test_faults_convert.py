@@ -286,6 +286,16 @@ def test_refused_bundle_leaves_output_and_folder_as_they_were(run, tmp_path, no_
     assert _hashes(run, tmp_path) == before
 
 
+def _add_user_files(bundle: Path) -> Dict[str, str]:
+    """The user's notes and what build.sh leaves on the device; returns their hashes."""
+    (bundle / "notes.txt").write_text("deployed to the kitchen pi")
+    (bundle / "build").mkdir()
+    (bundle / "build" / "bnn_runner").write_bytes(b"\x7fELF built on the pi in 40 minutes")
+    (bundle / "build" / "bnn_runner").chmod(0o755)
+    (bundle / "build" / "current").symlink_to("bnn_runner")
+    return _hashes(bundle / "notes.txt", bundle / "build")
+
+
 def test_bundle_that_fails_its_self_check_replaces_nothing(run, tmp_path, monkeypatch):
     import convert.bundle
     from bnn_keras.errors import BnnError
@@ -294,6 +304,7 @@ def test_bundle_that_fails_its_self_check_replaces_nothing(run, tmp_path, monkey
     result = invoke(["convert", run, "-o", out, "--bundle", tmp_path / "pi", *FAST])
     assert result.exit_code == 0, result.output
     assert invoke(["check-bundle", tmp_path / "pi"]).exit_code == 0
+    users = _add_user_files(tmp_path / "pi")
     before = _hashes(run, tmp_path)
 
     def failing_check(folder, **kwargs):
@@ -314,6 +325,44 @@ def test_bundle_that_fails_its_self_check_replaces_nothing(run, tmp_path, monkey
     assert (tmp_path / "pi" / "labels.txt").read_text() == "".join(f"{c}\n" for c in "abcdefghij")
     assert (tmp_path / "pi" / "model.tflite").read_bytes() == out.read_bytes()
     assert hashlib.sha256(out.read_bytes()).hexdigest() != before[str(out)]  # new class names
+    # ... and keeps the user's notes and the runner built on the device, byte-identical.
+    assert _hashes(tmp_path / "pi" / "notes.txt", tmp_path / "pi" / "build") == users
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    result = invoke(["check-bundle", tmp_path / "pi"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"{tmp_path / 'pi'}: not bnn's, not checked: notes.txt"
+
+
+def _old_bundle(tmp_path) -> Path:
+    """A copy of a bundle bnn 0.2.0 wrote (format 1: no pi.sh, no manifest.json)."""
+    from tests.conftest import FIXTURES
+
+    return Path(shutil.copytree(FIXTURES / "bundles" / "format1", tmp_path / "pi"))
+
+
+def test_overwrite_refuses_to_replace_what_bnn_did_not_write(run, tmp_path, no_conversion):
+    out = tmp_path / "m.tflite"
+    pi = _old_bundle(tmp_path)
+    _add_user_files(pi)
+    # A file of the user's where the new bundle writes one: bnn 0.2.0 wrote no pi.sh.
+    (pi / "pi.sh").write_text("# my helpers\n")
+    before = _hashes(run, tmp_path)
+    line = _one_line_error(invoke(["convert", run, "-o", out, "--bundle", pi, "--overwrite"]))
+    assert line == (f"Error: --bundle {pi} holds pi.sh, which bnn did not write and a new bundle "
+                    "would replace; move it out of the folder (or choose another folder), then "
+                    "run again.")
+    assert _hashes(run, tmp_path) == before
+    # One of bnn's files, edited on the device: the runner's tolerance.
+    (pi / "pi.sh").unlink()
+    args = pi / "runner_args.txt"
+    args.write_text(args.read_text().replace("--atol=0.001", "--atol=0.5"))
+    before = _hashes(run, tmp_path)
+    line = _one_line_error(invoke(["convert", run, "-o", out, "--bundle", pi, "--overwrite"]))
+    assert line == (f"Error: --bundle {pi}: runner_args.txt was changed after bnn wrote it, and a "
+                    "new bundle would replace it; move it out of the folder (or choose another "
+                    "folder), then run again.")
+    assert _hashes(run, tmp_path) == before
+    assert not out.exists()
 
 
 def test_failed_verification_keeps_an_existing_unverified_file(run, tmp_path, monkeypatch):
@@ -504,3 +553,113 @@ def test_bit_flipped_bundle_model_is_reported(trained_run, tmp_path):
     model.write_bytes(bytes(data))
     line = _one_line_error(invoke(["check-bundle", tmp_path / "pi"]))
     assert line.startswith(f"Error: {model} is damaged: its content hash does not match")
+
+
+# ---------------------------------------------------------------------------------------------
+# A run folder that another process trains into (its lock held, as `bnn train` holds it)
+
+
+def test_converting_a_run_being_trained_warns_and_writes_only_outside_it(run, tmp_path):
+    """The issue: `bnn convert RUN` while another process trains into RUN converted the old
+    model without a word. Its model.keras is complete (written atomically), so a .tflite
+    elsewhere is made with a warning; the run folder belongs to the training process, so
+    nothing is written into it."""
+    from bnn_keras.training.run_lock import RunFolderLock
+
+    out = tmp_path / "m.tflite"
+    with RunFolderLock(run, create=False):
+        before = _hashes(run)
+        result = invoke(["convert", run, "-o", out, *FAST])
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+        assert warnings == [
+            f"Warning: Run folder {run} is in use by another bnn process (PID {os.getpid()}), "
+            "which is training into it: converting its model.keras as it is now, which that "
+            "run will replace when it ends."]
+        assert out.read_bytes()[4:8] == b"TFL3"
+        for args, where in (([], f"--output {run / 'model.tflite'}"),
+                            (["-o", tmp_path / "b.tflite", "--bundle", run / "pi"],
+                             f"--bundle {run / 'pi'}")):
+            line = _one_line_error(invoke(["convert", run, *args, *FAST]))
+            assert line == (
+                f"Error: Run folder {run} is in use by another bnn process (PID {os.getpid()}), "
+                f"which is training into it: {where} would be written into the folder that "
+                "process owns, beside a model.keras it will replace; wait for it to end, or "
+                "give an output outside the run folder.")
+        assert _hashes(run) == before
+    assert not (tmp_path / "b.tflite").exists()
+    # Once the training has ended, the default output is written without a word.
+    result = invoke(["convert", run, *FAST])
+    assert result.exit_code == 0 and "Warning" not in result.output, result.output
+
+
+def test_converting_a_run_whose_first_training_has_not_ended_is_refused(run, tmp_path,
+                                                                         no_conversion):
+    from bnn_keras.training.run_lock import RunFolderLock
+
+    (run / "model.keras").unlink()
+    with RunFolderLock(run, create=False):
+        before = _hashes(run, tmp_path)
+        line = _one_line_error(invoke(["convert", run, "-o", tmp_path / "m.tflite"]))
+        assert _hashes(run, tmp_path) == before
+    assert line == (f"Error: Run folder {run} is in use by another bnn process (PID "
+                    f"{os.getpid()}), which is training into it and has not written its "
+                    "model.keras yet; wait for it to end.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Free space: estimated from the flatbuffer LCE will write, not from the Keras model
+
+
+def _mostly_binary_run(folder: Path) -> Path:
+    """A run folder of an untrained 8x8 digits model of ~740 K weights, nearly all binary:
+    model.keras ~3 MB, its flatbuffer ~0.1 MB (1 bit per binary weight)."""
+    import larq as lq
+    from bnn_keras.training import data
+
+    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", use_bias=False,
+                  padding="same", pad_values=1.0)
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((8, 8, 1))
+    x = lq.layers.QuantConv2D(64, 3, kernel_quantizer="ste_sign", use_bias=False,
+                              padding="same", name="conv1")(inputs)
+    x = tf.keras.layers.BatchNormalization(name="bn1")(x)
+    x = lq.layers.QuantConv2D(256, 3, name="conv2", **binary)(x)
+    x = tf.keras.layers.BatchNormalization(name="bn2")(x)
+    x = lq.layers.QuantConv2D(256, 3, name="conv3", **binary)(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = tf.keras.layers.Dense(10, activation="softmax", name="head")(x)
+    splits = data.load_digits()
+    folder.mkdir()
+    tf.keras.Model(inputs, outputs).save(folder / "model.keras")
+    (folder / "config.json").write_text(json.dumps({
+        "model": "mostly-binary", "dataset": "digits", "input_shape": [8, 8, 1],
+        "num_classes": 10, "class_names": splits.class_names,
+        "normalization": splits.normalization.to_dict(), "pixel_max": 16.0}))
+    return folder
+
+
+def test_free_space_is_estimated_from_the_flatbuffer_not_the_keras_model(tmp_path):
+    """The issue: a 65 KB .tflite was refused with 680 KB free, its size estimated from the
+    Keras model's (float32 latent weights). Here a ~0.1 MB flatbuffer of a ~3 MB model.keras
+    goes onto a 1 MiB file system."""
+    from convert.loading import load_trained_model
+    from convert.metadata import run_metadata
+    from convert.workflow import estimated_tflite_size
+
+    run = _mostly_binary_run(tmp_path / "run")
+    assert (run / "model.keras").stat().st_size > 2_500_000
+    mnt = tmp_path / "small"
+    _mount_tmpfs(mnt, "1m")
+    try:
+        out = mnt / "model.tflite"
+        result = invoke(["convert", run, "-o", out, "--samples", "16", "--min-agreement", "0"])
+        assert result.exit_code == 0, result.output
+        actual = out.stat().st_size
+    finally:
+        _unmount(mnt)
+    loaded = load_trained_model(str(run))
+    estimate = estimated_tflite_size(loaded.model, run_metadata(loaded.run_config))
+    # Never below what is written, and not far above it (the prediction is within 5%).
+    assert actual <= estimate <= 1.5 * actual, (actual, estimate)
+    assert estimate < 200_000

@@ -284,3 +284,134 @@ def test_bnn_custom_objects_module_registers_from_the_current_folder(zoo_files):
                            cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]
     assert "bconv" in child.stdout and "blurpool" in child.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Model files are data (bnn_keras.model_files): code in a file runs only with --trust-model-code
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lambda_files(tmp_path_factory):
+    from tests.lambda_models import save_lambda_models
+
+    folder = tmp_path_factory.mktemp("lambda_cli")
+    marker = folder / "MARKER"
+    return {"folder": folder, "marker": marker, **save_lambda_models(folder, marker)}
+
+
+def _refusal(path) -> str:
+    return (f"Error: {path} carries code: layer 'evil' (Lambda) holds Python bytecode (a "
+            f"`lambda`) as its `function`, which loading would run; bnn reads model files as "
+            f"data only. Pass --trust-model-code only if you trust where the file comes from "
+            f"(loading it then runs that code), or re-save the model without it.")
+
+
+def _only_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def _file_hashes(folder):
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_command_refuses_a_lambda_model_file_and_never_runs_it(lambda_files):
+    folder, marker = lambda_files["folder"], lambda_files["marker"]
+    marker.unlink(missing_ok=True)
+    before = _file_hashes(folder)
+    runs = [(["inspect"], "h5"), (["summary"], "keras"), (["summary"], "saved_model"),
+            (["inspect"], "renamed"),
+            (["convert", "--no-metadata", "-o", str(folder / "out.tflite")], "h5")]
+    for command, kind in runs:
+        path = lambda_files[kind]
+        result = invoke([command[0], str(path), *command[1:]])
+        assert _only_error_line(result) == _refusal(path), (command, kind)
+        assert not marker.exists(), (command, kind)
+    assert _file_hashes(folder) == before  # no output, no file touched
+
+
+def test_trust_model_code_loads_a_lambda_model_and_runs_its_code(lambda_files):
+    marker = lambda_files["marker"]
+    # summary's table lists the layer; inspect names the model it found nothing in.
+    for command, kind, shown in (("summary", "h5", "evil"), ("inspect", "keras", "with_lambda")):
+        marker.unlink(missing_ok=True)
+        result = invoke([command, str(lambda_files[kind]), "--trust-model-code"])
+        assert result.exit_code == 0, result.output
+        assert shown in result.output
+        assert marker.exists(), (command, kind)  # the flag is what let it run
+    marker.unlink(missing_ok=True)
+    help_text = invoke(["convert", "--help"]).output
+    assert "--trust-model-code" in help_text and "Lambda" in help_text
+
+
+def test_load_trained_model_refuses_code_unless_trusted(lambda_files):
+    marker = lambda_files["marker"]
+    marker.unlink(missing_ok=True)
+    with pytest.raises(BnnError, match=r"carries code: layer 'evil' \(Lambda\)"):
+        loading.load_trained_model(str(lambda_files["h5"]))
+    assert not marker.exists()
+    loaded = loading.load_trained_model(str(lambda_files["h5"]), trust_model_code=True)
+    assert loaded.model.get_layer("evil") is not None and marker.exists()
+    marker.unlink()
+
+
+def test_cli_names_files_that_are_no_model(tmp_path):
+    """Random bytes and truncated downloads: one line naming the file, no Internal error."""
+    good = tmp_path / "good.keras"
+    _quicknet_transition_like().save(good)
+    (tmp_path / "random.h5").write_bytes(np.random.default_rng(0).bytes(4096))
+    data = good.read_bytes()
+    (tmp_path / "truncated.keras").write_bytes(data[: len(data) // 2])
+    before = _file_hashes(tmp_path)
+    line = _only_error_line(invoke(["inspect", str(tmp_path / "random.h5")]))
+    assert line == (f"Error: Could not load {tmp_path / 'random.h5'} as a Keras model (its bytes "
+                    f"are neither a .keras zip nor HDF5); give a .keras or .h5 model file or a "
+                    f"SavedModel folder.")
+    line = _only_error_line(invoke(["convert", str(tmp_path / "truncated.keras"),
+                                    "--no-metadata"]))
+    assert line == (f"Error: Could not load {tmp_path / 'truncated.keras'} as a Keras model (a "
+                    f"damaged zip archive: its end is missing, a truncated or incomplete "
+                    f"download); save or download it again.")
+    assert _file_hashes(tmp_path) == before
+
+
+class UnregisteredBlock(tf.keras.layers.Layer):
+    """A user's layer that no registration or --custom-objects makes known."""
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_unregistered_layer_class_is_named_instead_of_str_not_callable(tmp_path):
+    inputs = tf.keras.Input((4,))
+    outputs = UnregisteredBlock(name="block")(tf.keras.layers.Dense(2, name="head")(inputs))
+    path = tmp_path / "custom.keras"
+    # Loading it, tf-keras itself said "'str' object is not callable".
+    tf.keras.Model(inputs, outputs).save(path)
+    line = _only_error_line(invoke(["summary", str(path)]))
+    assert line == (f"Error: Could not load {path}: unknown layer class 'UnregisteredBlock' "
+                    "(layer 'block'); pass the module that defines it with --custom-objects "
+                    "(MODULE, MODULE:DICT or a .py file).")
+    loaded = loading.load_trained_model(str(path),
+                                        custom_objects={"UnregisteredBlock": UnregisteredBlock})
+    assert isinstance(loaded.model.get_layer("block"), UnregisteredBlock)
+
+
+def test_custom_objects_that_call_sys_exit_are_named(tmp_path, monkeypatch):
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    result = invoke(["summary", "binarynet", "--custom-objects", str(script)])
+    assert _only_error_line(result) == (
+        f"Error: --custom-objects module {str(script)!r} called sys.exit(3) while being "
+        "imported; give a module that only defines (or registers) the model's objects, with "
+        "any script code under `if __name__ == \"__main__\":`.")
+    monkeypatch.chdir(tmp_path)  # the MODULE form, found in the current folder
+    with pytest.raises(BnnError, match=r"^`custom_objects` module 'exits' called sys.exit\(3\)"):
+        loading.import_custom_objects(["exits"])
+    assert "exits" not in sys.modules

@@ -2,6 +2,7 @@
 
 import models  # noqa: F401  (must come before tensorflow)
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -185,3 +186,156 @@ def test_create_model_builds_the_papers_model_and_the_cli_applies_tricks_after_i
     untricked = cli._build_registered("binary-densenet28", {}, {}, kwargs["input_shape"],
                                       kwargs["num_classes"])
     assert untricked.count_params() == plain.count_params()
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights files: one line naming the file and the first layer that does not fit; never code
+# ----------------------------------------------------------------------------------------------
+
+TINY = dict(input_shape=(8, 8, 1), num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def weights_files(tmp_path_factory):
+    """binarynet's weights in both tf-keras formats, random bytes, truncated and empty files,
+    and another model's weights."""
+    folder = tmp_path_factory.mktemp("weights_files")
+    model = models.create_model("binarynet", **TINY)
+    model.save_weights(folder / "binarynet.h5")
+    model.save(folder / "binarynet.keras")
+    rng = np.random.default_rng(0)
+    for name in ("random.h5", "random.weights.h5", "random.keras", "random"):
+        (folder / name).write_bytes(rng.bytes(4096))
+    (folder / "empty.h5").write_bytes(b"")
+    for name in ("binarynet.h5", "binarynet.keras"):
+        data = (folder / name).read_bytes()
+        (folder / f"truncated_{name}").write_bytes(data[: len(data) // 2])
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Conv2D(4, 3, name="c")(inputs)
+    x = tf.keras.layers.MaxPooling2D()(x)
+    other = tf.keras.Model(inputs, tf.keras.layers.Dense(3)(tf.keras.layers.Flatten()(x)))
+    other.save_weights(folder / "other.weights.h5")  # tf-keras's newer layout
+    other.save_weights(folder / "other.h5")  # the layout `weights_file` reads by layer order
+    return folder
+
+
+def test_weights_files_that_are_no_weights_are_named(weights_files):
+    f = weights_files
+    fix = ("give the .h5 file of a model's save_weights, a larq-zoo release .h5, or a .keras "
+           "model of this model.")
+    expected = {
+        "random.h5": "is not a Keras weights file: its bytes are neither HDF5 nor a .keras "
+                     f"archive; {fix}",
+        "random.weights.h5": "is not a Keras weights file: its bytes are neither HDF5 nor a "
+                             f".keras archive; {fix}",
+        "random.keras": "is not a Keras weights file: its bytes are neither HDF5 nor a .keras "
+                        f"archive; {fix}",
+        "random": f"is not a Keras weights file: its bytes are neither HDF5 nor a .keras "
+                  f"archive; {fix}",
+        "empty.h5": f"is empty; {fix}",
+        "truncated_binarynet.keras": "is a damaged zip archive (truncated, or not completely "
+                                     f"downloaded); {fix}",
+    }
+    for name, rest in expected.items():
+        with pytest.raises(BnnError) as info:
+            models.create_model("binarynet", weights=str(f / name), **TINY)
+        assert str(info.value) == f"Weights file {f / name} {rest}", name
+    with pytest.raises(BnnError) as info:
+        models.create_model("binarynet", weights=str(f / "truncated_binarynet.h5"), **TINY)
+    assert str(info.value).startswith(f"Weights file {f / 'truncated_binarynet.h5'} is damaged "
+                                      "(truncated file: eof = ")
+    assert str(info.value).endswith("); save or download it again.")
+    # The intact files load (the .keras model's weights, not its config).
+    want = models.create_model("binarynet", weights=str(f / "binarynet.h5"), **TINY)
+    got = models.create_model("binarynet", weights=str(f / "binarynet.keras"), **TINY)
+    for a, b in zip(want.get_weights(), got.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_foreign_weights_file_names_the_first_layer_that_does_not_fit(weights_files):
+    f = weights_files
+    fix = ("build the model with the input_shape, num_classes, include_top and options the "
+           "file was saved with, or give a weights file of this model.")
+    # tf-keras's newer layout addresses layers by class and order: Keras said "Layer 'conv1'
+    # expected 1 variables, but received 0".
+    with pytest.raises(BnnError) as info:
+        models.create_model("binarynet", weights=str(f / "other.weights.h5"), **TINY)
+    assert str(info.value) == (
+        f"{f / 'other.weights.h5'} does not fit binarynet: layer 2 'conv1' (QuantConv2D, "
+        f"'layers/quant_conv2d' in the file) has (3, 3, 1, 128) in the model and nothing in the "
+        f"file; {fix}")
+    # A file without the model's layer names selects the larq-zoo variant, which an 8x8 input
+    # is too small for: Keras said "Exception encountered when calling layer
+    # "section3_transition_pool" (type MaxPooling2D)".
+    with pytest.raises(BnnError) as info:
+        models.create_model("quicknet-small", weights=str(f / "other.h5"), **TINY)
+    assert str(info.value) == (
+        f"{f / 'other.h5'} does not fit quicknet-small: weighted layer 1 is 'c' with "
+        "(3, 3, 1, 4), (4,) in the file and 'stem_conv' with (3, 3, 1, 32) in the model; "
+        f"{fix[:-1]} (a file without quicknet-small's layer names selects the larq-zoo "
+        "variant, which `input_shape` 8,8,1 is too small for).")
+
+
+def test_a_zoo_file_that_fits_but_whose_variant_cannot_be_built_asks_for_a_larger_input(
+        tmp_path):
+    from models import weights_file
+
+    default = models.create_model("quicknet-small", **TINY)
+    path = tmp_path / "renamed.h5"
+    with h5py.File(path, "w") as f:  # the default variant's weights under larq-zoo-like names
+        names = []
+        for index, layer in enumerate(weights_file.model_layers(default)):
+            group = f.create_group(f"zoo_{index}")
+            weight_names = [f"zoo_{index}/w{j}:0" for j in range(len(layer.weights))]
+            for weight_name, weight in zip(weight_names, layer.weights):
+                group.create_dataset(weight_name, data=weight.numpy())
+            group.attrs["weight_names"] = [n.encode() for n in weight_names]
+            names.append(f"zoo_{index}".encode())
+        f.attrs["layer_names"] = names
+    with pytest.raises(BnnError) as info:
+        models.create_model("quicknet-small", weights=str(path), **TINY)
+    assert str(info.value) == (
+        f"Weights file {path} has none of quicknet-small's layer names (a larq-zoo file?): a "
+        "file without quicknet-small's layer names selects the larq-zoo variant, which "
+        "`input_shape` 8,8,1 is too small for; give a larger `input_shape` (larq-zoo's models "
+        "take 224,224,3), or a weights file saved from quicknet-small itself.")
+
+
+def test_weights_from_a_model_file_with_a_lambda_never_run_its_code(tmp_path):
+    """Weights are read from a full-model .h5 without deserializing its config: the Lambda
+    that the file carries never runs (by layer order here, and in Keras's own load_weights)."""
+    from tests.lambda_models import lambda_model, marker_writing_lambda
+
+    marker = tmp_path / "MARKER"
+    source = models.create_model("binarynet", **TINY)
+    source.set_weights([np.full(w.shape, 0.5, "float32") for w in source.get_weights()])
+    tail = tf.keras.layers.Lambda(marker_writing_lambda(marker), name="evil")(source.output)
+    tf.keras.Model(source.input, tail).save(tmp_path / "full.h5")
+    small = lambda_model(marker)
+    small.save(tmp_path / "small.h5")
+    small.save(tmp_path / "small.keras")
+    marker.unlink()
+    loaded = models.create_model("binarynet", weights=str(tmp_path / "full.h5"), **TINY)
+    for a, b in zip(loaded.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    same = lambda_model(tmp_path / "other_marker")  # builds (and runs) its own lambda
+    for name in ("small.h5", "small.keras"):
+        same.load_weights(tmp_path / name)
+    np.testing.assert_array_equal(same.get_layer("dense").kernel.numpy(),
+                                  small.get_layer("dense").kernel.numpy())
+    assert not marker.exists()
+
+
+def test_cli_train_names_a_weights_file_that_is_no_weights(weights_files, tmp_path):
+    from tests.conftest import TINY_TRAIN_OPTIONS, invoke
+
+    for name, what in (("random.h5", "is not a Keras weights file"),
+                       ("truncated_binarynet.h5", "is damaged (truncated file: eof = ")):
+        run = tmp_path / name
+        result = invoke(["train", "binarynet", "--weights", weights_files / name, "-o", run,
+                         *TINY_TRAIN_OPTIONS])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Internal error" not in result.output, result.output
+        assert lines[0].startswith(f"Error: Weights file {weights_files / name} {what}")
+        assert not run.exists()

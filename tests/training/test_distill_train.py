@@ -163,8 +163,9 @@ def _binary_teacher_file(folder: Path) -> Path:
 
 def test_flips_time_and_resume_of_a_distilled_run(tmp_path):
     """A binary teacher file: the flip tracker sees only the student's binary layer; an
-    interrupted run resumes with the same teacher file and ends where an uninterrupted one
-    does; a changed teacher file is refused, and history.csv's run time carries on."""
+    interrupted run resumes with its own copy of the teacher (RUN_DIR/inputs), whatever
+    became of the original, and ends where an uninterrupted one does; a changed copy is
+    refused, and history.csv's run time carries on."""
     teacher = _binary_teacher_file(tmp_path)
     config = tiny_config(teacher=str(teacher), distill_weight=0.7, distill_temperature=2.0)
     run_dir = tmp_path / "run"
@@ -175,17 +176,21 @@ def test_flips_time_and_resume_of_a_distilled_run(tmp_path):
     assert [r["epoch"] for r in first_rows] == ["1"]
 
     original = teacher.read_bytes()
-    teacher.write_bytes(original + b"\0")
+    copy = run_dir / "inputs" / teacher.name
+    assert copy.read_bytes() == original
+    copy.write_bytes(original + b"\0")  # the run's own copy damaged: refused
     before = _hashes(run_dir)
     with pytest.raises(BnnError) as err:
         training.resume_training(run_dir, tiny_bnn, verbose=0)
     assert str(err.value) == (
-        f"Run {run_dir} distils from `teacher` {teacher}, whose model file has changed since "
-        "(sha256); restore it to resume the run, or start a new run.")
+        f"Run {run_dir} keeps its `teacher` in {copy}, which has changed since the run started "
+        "(sha256); restore the run folder from a copy, or start a new run.")
     assert _hashes(run_dir) == before
-    teacher.write_bytes(original)
+    copy.write_bytes(original)
+    teacher.write_bytes(original + b"\0")  # the original changed: the run uses its copy
 
     resumed = training.resume_training(run_dir, tiny_bnn, verbose=0)
+    teacher.write_bytes(original)
     whole = training.train(config, tiny_bnn, tmp_path / "whole", verbose=0)
     rows, whole_rows = _rows(run_dir), _rows(whole.run_dir)
     assert [r["loss"] for r in rows] == [r["loss"] for r in whole_rows]
@@ -336,7 +341,7 @@ def _signal_during_the_teacher_pass(monkeypatch, signum):
 
     from bnn_keras import distillation
 
-    def interrupted(teacher, images, verbose=1):
+    def interrupted(teacher, images, verbose=1, **options):
         os.kill(os.getpid(), signum)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError(f"{signal.Signals(signum).name} did not interrupt the pass")

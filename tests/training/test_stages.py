@@ -94,7 +94,7 @@ def test_reactnet_plan_is_the_official_codes_two_steps(tmp_path):
     import models
 
     plan = stages.plan_stages(TrainConfig(model="reactnet-a", recipe="paper",
-                                          teacher="teacher.keras"), tmp_path)
+                                          teacher="teacher.keras"))
     step1, step2 = plan.stages
     assert [s.folder for s in plan.stages] == ["stages/1-step1", "stages/2-step2"]
     for stage in (step1, step2):
@@ -107,11 +107,12 @@ def test_reactnet_plan_is_the_official_codes_two_steps(tmp_path):
     assert step1.config.weight_decay == 1e-5 and step1.config.weights is None
     assert "mobilenet/1_step1" in step1.recipe.source
     assert step2.config.model_options == {} and step2.config.weight_decay == 0.0
-    assert step2.config.weights == str(tmp_path.absolute() / "stages/1-step1/model.keras")
+    # Relative to the staged run's folder, wherever it is when the stage starts.
+    assert step2.config.weights == "stages/1-step1/model.keras"
     assert "mobilenet/2_step2" in step2.recipe.source
     assert plan.notes == []
     # Without --teacher both steps learn from the labels, and the plan says so.
-    alone = stages.plan_stages(TrainConfig(model="reactnet-a", recipe="paper"), tmp_path)
+    alone = stages.plan_stages(TrainConfig(model="reactnet-a", recipe="paper"))
     assert [s.config.teacher for s in alone.stages] == [None, None]
     assert [s.config.distill_loss for s in alone.stages] == [None, None]
     assert "without `teacher` they learn from the labels alone" in alone.notes[0]
@@ -120,11 +121,11 @@ def test_reactnet_plan_is_the_official_codes_two_steps(tmp_path):
         models.get_entry("reactnet-a").staged.final.recipe.values)
 
 
-def test_real_to_binary_plan_is_larq_zoos_train_r2b(tmp_path):
-    plan = stages.plan_stages(TrainConfig(model="real-to-binary-net", recipe="paper"), tmp_path)
+def test_real_to_binary_plan_is_larq_zoos_train_r2b():
+    plan = stages.plan_stages(TrainConfig(model="real-to-binary-net", recipe="paper"))
     by_name = {s.name: s for s in plan.stages}
     assert list(by_name) == ["resnet18", "float", "ban", "bnn"]
-    folder = tmp_path.absolute() / "stages"
+    folder = Path("stages")
     resnet, fp, ban, bnn = (by_name[n] for n in by_name)
     assert resnet.config.model_options == {"stage": "resnet18"} and resnet.config.teacher is None
     assert (resnet.recipe.schedule, resnet.recipe.warmup_epochs, resnet.recipe.epochs,
@@ -148,8 +149,7 @@ def test_real_to_binary_plan_is_larq_zoos_train_r2b(tmp_path):
     assert bnn.config.distill_weight == pytest.approx(0.8 / 1.8)
     assert bnn.config.distill_attention_weight is None and bnn.config.weight_decay == 0.0
 
-    baseline = stages.plan_stages(TrainConfig(model="strong-baseline-net", recipe="paper"),
-                                  tmp_path)
+    baseline = stages.plan_stages(TrainConfig(model="strong-baseline-net", recipe="paper"))
     ban, bnn = baseline.stages
     assert (ban.recipe.learning_rate, ban.recipe.step_factor, ban.config.weight_decay) == (
         1e-3, 0.1, 1e-5)
@@ -158,10 +158,10 @@ def test_real_to_binary_plan_is_larq_zoos_train_r2b(tmp_path):
     assert bnn.config.weights == str(folder / "1-ban" / "model.keras")
 
 
-def test_the_users_options_apply_to_every_stage(tmp_path):
+def test_the_users_options_apply_to_every_stage():
     plan = stages.plan_stages(TrainConfig(model="real-to-binary-net", recipe="paper",
                                           epochs=3, learning_rate=0.01, warmup_epochs=0,
-                                          seed=7, dataset="digits", image_size=16), tmp_path)
+                                          seed=7, dataset="digits", image_size=16))
     assert {(s.config.epochs, s.recipe.epochs, s.config.learning_rate, s.recipe.learning_rate,
              s.config.warmup_epochs, s.config.seed, s.config.dataset, s.config.image_size)
             for s in plan.stages} == {(3, 3, 0.01, 0.01, 0, 7, "digits", 16)}
@@ -178,13 +178,13 @@ def test_the_users_options_apply_to_every_stage(tmp_path):
     (dict(model_options={"kernel_quantizer": "ste_sign"}),
      "`model_options` kernel_quantizer is set by stage step1"),
 ])
-def test_options_a_stage_sets_itself_are_refused(tmp_path, overrides, message):
+def test_options_a_stage_sets_itself_are_refused(overrides, message):
     with pytest.raises(BnnError, match=message.replace("(", r"\(")):
-        stages.plan_stages(_config(**overrides), tmp_path)
+        stages.plan_stages(_config(**overrides))
     with pytest.raises(BnnError, match="`teacher` does not apply to real-to-binary-net's staged "
                                        r"recipe: its stages distil from its own stages \(resnet18"):
         stages.plan_stages(TrainConfig(model="real-to-binary-net", recipe="paper",
-                                       teacher="t.keras"), tmp_path)
+                                       teacher="t.keras"))
 
 
 # -- a staged run ---------------------------------------------------------------------------
@@ -212,10 +212,12 @@ def test_a_staged_run_trains_every_stage_into_one_folder(staged_run, _staged_run
     assert (config1["weight_decay"], config2["weight_decay"]) == (1e-5, 0.0)
     assert config2["model_options"] == TINY
     # Step 2 started from step 1's trained weights: recorded (where step 1 was trained, the
-    # folder this one is a copy of), and at its first step.
+    # folder this one is a copy of), kept in step 2's folder, and at its first step.
     trained_step1 = _staged_run[0] / "stages/1-step1"
-    assert config2["weights"] == str(trained_step1.absolute() / "model.keras")
+    assert config2["weights"] == str(trained_step1 / "model.keras")
     assert config2["weights_sha256"] == _sha(step1 / "model.keras")
+    assert _sha(step2 / "inputs/weights.keras") == config2["weights_sha256"]
+    assert plan["stages"][1]["config"]["weights"] == "stages/1-step1/model.keras"
     np.testing.assert_array_equal(step2_start, _kernel(_load(step1 / "model.keras"),
                                                        "block2_conv1x1"))
     assert not np.array_equal(step2_start, _kernel(_load(step2 / "model.keras"),
@@ -336,11 +338,16 @@ def test_reactnet_steps_both_learn_from_the_users_teacher(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Note:" not in result.output
     assert f"distilled from {teacher_file} (distribution)" in result.output
+    # Both steps distil from the staged run's own copy of the file, which each keeps too.
+    copy = run_dir / "inputs/teacher.keras"
+    assert _sha(copy) == _sha(teacher_file)
+    assert json.loads((run_dir / "stages.json").read_text())["teacher_sha256"] == _sha(copy)
     for folder in ("stages/1-step1", "stages/2-step2"):
         record = json.loads((run_dir / folder / "config.json").read_text())
         assert (record["teacher"], record["teacher_sha256"], record["distill_loss"],
-                record["distill_weight"]) == (str(teacher_file), _sha(teacher_file),
+                record["distill_weight"]) == (str(copy), _sha(teacher_file),
                                               "distribution", 1.0)
+        assert _sha(run_dir / folder / "inputs/teacher.keras") == _sha(teacher_file)
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -389,3 +396,97 @@ def test_the_staged_run_folder_converts(staged_run, tmp_path):
     result = invoke(["convert", str(run_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 0
+
+
+# -- a staged run is self-contained ----------------------------------------------------------
+
+
+def _teacher_file(path: Path, seed: int = 0) -> Path:
+    """A tiny softmax classifier of 8x8x1 digits saved as `path`."""
+    tf.keras.utils.set_random_seed(seed)
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(inputs))
+    tf.keras.Model(inputs, tf.keras.layers.Activation("softmax")(x)).save(path)
+    return path
+
+
+class _ReplaceFileAtEnd(tf.keras.callbacks.Callback):
+    """Overwrites `path` in place with `data` when a stage's `fit` ends."""
+
+    def __init__(self, path: Path, data: bytes):
+        super().__init__()
+        self.path, self.data = path, data
+
+    def on_train_end(self, logs=None):
+        with open(self.path, "r+b") as f:  # the same inode: a hard link would follow it
+            f.truncate(0)
+            f.write(self.data)
+
+
+def test_a_teacher_replaced_between_stages_is_not_used(tmp_path):
+    teacher_file = _teacher_file(tmp_path / "teacher.keras")
+    original = _sha(teacher_file)
+    other = _teacher_file(tmp_path / "other.keras", seed=1).read_bytes()
+    run_dir = tmp_path / "run"
+    stages.train_staged(_config(teacher=str(teacher_file)), run_dir, verbose=0,
+                        callbacks={"step1": [_ReplaceFileAtEnd(teacher_file, other)]})
+    assert _sha(teacher_file) != original  # the user's file did change between the stages
+    for folder in ("stages/1-step1", "stages/2-step2"):
+        record = json.loads((run_dir / folder / "config.json").read_text())
+        assert record["teacher_sha256"] == original, folder
+        assert _sha(run_dir / folder / "inputs/teacher.keras") == original, folder
+    assert _sha(run_dir / "inputs/teacher.keras") == original
+
+
+def test_a_moved_staged_run_resumes_from_its_own_files(tmp_path, monkeypatch):
+    """Interrupted in stage 1, moved elsewhere, its teacher deleted and the command typed in
+    another folder: the resume finishes both stages from the moved run's own files."""
+    teacher_file = _teacher_file(tmp_path / "teacher.keras")
+    original = tmp_path / "first" / "run"
+    with pytest.raises(TrainingInterruptedError):
+        stages.train_staged(_config(teacher=str(teacher_file)), original, verbose=0,
+                            callbacks={"step1": [_InterruptFirstBatch()]})
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(str(original), str(moved))
+    teacher_file.unlink()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = invoke(["train", "--resume", "run", "--verbose", "0"])
+    assert result.exit_code == 0, result.output
+    step1, step2 = moved / "stages/1-step1", moved / "stages/2-step2"
+    config2 = json.loads((step2 / "config.json").read_text())
+    assert config2["weights"] == str(step1 / "model.keras")
+    assert config2["weights_sha256"] == _sha(step1 / "model.keras")
+    assert config2["teacher"] == str(moved / "inputs/teacher.keras")
+    assert json.loads((step1 / "config.json").read_text())["teacher_sha256"] == (
+        config2["teacher_sha256"])
+    assert not original.exists()
+    assert json.loads((moved / "stages.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda plan: plan.update(stages=[]), "it lists no stages"),
+    (lambda plan: plan["stages"].__setitem__(1, 5), "stage 2 is not an object"),
+    (lambda plan: plan["stages"][0].update(status="done"), "stage 1's status 'done' is not one"),
+    (lambda plan: plan["stages"][0].update(folder="/tmp/elsewhere"),
+     "stage 1's folder '/tmp/elsewhere' is not inside stages/"),
+    (lambda plan: plan["stages"][1].update(folder="stages/../../x"), "is not inside stages/"),
+    (lambda plan: plan["stages"][1].update(start_from="step9"),
+     "stage 2 starts from 'step9', which is not an earlier stage"),
+    (lambda plan: plan["options"].update(epochs="3"), "expected field 'epochs' to be"),
+    (lambda plan: plan["stages"][0]["config"].update(colour=1), "unknown training option"),
+    (lambda plan: plan.update(status=7), "'status' is not a string"),
+])
+def test_a_damaged_stages_json_is_one_line(staged_run, damage, message):
+    run_dir = staged_run[0]
+    plan = json.loads((run_dir / "stages.json").read_text())
+    plan["status"] = "interrupted"
+    damage(plan)
+    (run_dir / "stages.json").write_text(json.dumps(plan))
+    before = _hashes(run_dir)
+    result = invoke(["train", "--resume", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith(f"Error: {run_dir / 'stages.json'} is damaged (") and "\n" not in line
+    assert message in line
+    assert _hashes(run_dir) == before

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Tuple
 
 import h5py
 import numpy as np
@@ -116,16 +117,50 @@ class _Interrupt(tf.keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
-def test_a_run_without_a_complete_epoch_resumes_from_the_file_it_records(binarynet_file,
-                                                                         tmp_path):
-    path, expected = binarynet_file
+def _interrupted_run_from_a_copy_of(path: Path, tmp_path: Path) -> Tuple[Path, Path]:
+    """A run from a private copy of the weights file `path`, stopped before its first epoch
+    completed: (the copy, the run folder)."""
     private = Path(shutil.copy(path, tmp_path / "start.h5"))
     run = tmp_path / "run"
     config = tiny_config(model="binarynet", epochs=1, steps_per_epoch=1, batch_size=8,
                          track_flips=False, weights=str(private))
     with pytest.raises(training.TrainingInterruptedError, match="after 0 complete epoch"):
         training.train(config, None, run, verbose=0, callbacks=[_Interrupt()])
-    # No epoch backup to restore: the start is the recorded file, if it is still the same.
+    return private, run
+
+
+def test_a_run_without_a_complete_epoch_resumes_from_its_copy_of_the_file(binarynet_file,
+                                                                           tmp_path):
+    path, expected = binarynet_file
+    private, run = _interrupted_run_from_a_copy_of(path, tmp_path)
+    # No epoch backup to restore: the start is the run's copy of the file (RUN/inputs),
+    # checked against the recorded sha256.
+    copy = run / "inputs" / "weights.h5"
+    assert copy.read_bytes() == private.read_bytes()
+    with copy.open("ab") as f:
+        f.write(b"\0")
+    before = _hashes(run)
+    result = invoke(["train", "--resume", run, "--verbose", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"Error: Run {run} keeps its --weights in {copy}, which has changed since the run "
+        "started (sha256); restore the run folder from a copy, or start a new run.")
+    assert _hashes(run) == before
+    shutil.copy(path, copy)
+    private.unlink()  # the original is not needed
+    keep = _FirstWeights()
+    training.resume_training(run, None, verbose=0, callbacks=[keep])
+    for got, want in zip(keep.weights, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_of_an_earlier_bnn_resumes_from_the_recorded_file_and_keeps_a_copy(
+        binarynet_file, tmp_path):
+    """A run folder without inputs/ (an earlier bnn's): the recorded file, if it is still the
+    same (sha256), then copied into the run."""
+    path, expected = binarynet_file
+    private, run = _interrupted_run_from_a_copy_of(path, tmp_path)
+    shutil.rmtree(run / "inputs")
     with private.open("ab") as f:
         f.write(b"\0")
     before = _hashes(run)
@@ -137,9 +172,11 @@ def test_a_run_without_a_complete_epoch_resumes_from_the_file_it_records(binaryn
     assert _hashes(run) == before
     shutil.copy(path, private)
     keep = _FirstWeights()
-    training.resume_training(run, None, verbose=0, callbacks=[keep])
+    with pytest.raises(training.TrainingInterruptedError, match="after 0 complete epoch"):
+        training.resume_training(run, None, verbose=0, callbacks=[keep, _Interrupt()])
     for got, want in zip(keep.weights, expected):
         np.testing.assert_array_equal(got, want)
+    assert (run / "inputs" / "weights.h5").read_bytes() == private.read_bytes()
 
 
 def test_the_same_run_without_the_file_starts_elsewhere(binarynet_file, tmp_path):
