@@ -741,7 +741,7 @@ def check_teacher_file(teacher: Optional[str], precision: str) -> None:
                             "invocation, a run folder of bnn train or a Keras model file "
                             "(.keras, .h5).")
     try:
-        Teacher.of(TrainConfig(teacher=teacher)).load(precision)
+        Teacher.of_path(teacher).load(precision)
     except BnnError as exc:
         message = spell_fields(str(exc), FIELD_FLAGS)
         raise ArgumentError(message if "--teacher" in message else

@@ -1,6 +1,7 @@
 """Output files that are complete or absent, never half-written."""
 
 import contextlib
+import hashlib
 import ctypes
 import functools
 import json
@@ -40,6 +41,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def file_sha256(path: PathLike) -> str:
+    """The sha256 of the file `path` (hex), read in 1 MiB blocks; OSError as open() raises."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:

@@ -121,14 +121,6 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _FOREIGN_MANIFEST = "is not the manifest of a bnn bundle"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _bundle_digest(entries: Mapping[str, Mapping[str, Any]]) -> str:
     """One digest for the whole bundle: sha256 of the file list (path -> sha256, size) as compact,
     key-sorted JSON. An edited manifest no longer matches it."""
@@ -146,7 +138,8 @@ def files_under(folder: Path) -> List[str]:
 def write_manifest(folder: Path) -> str:
     """Records every file of `folder` (the freshly assembled bundle: all of them bnn's) in
     manifest.json; returns the bundle digest."""
-    entries = {name: {"sha256": _sha256(folder / name), "size": (folder / name).stat().st_size}
+    entries = {name: {"sha256": files.file_sha256(folder / name),
+                      "size": (folder / name).stat().st_size}
                for name in files_under(folder)}
     digest = _bundle_digest(entries)
     files.write_json(folder / MANIFEST_FILE, {
@@ -272,7 +265,7 @@ def _compare_with_manifest(folder: Path, manifest: Mapping[str, Any], audit: _Au
         if not path.is_file():
             audit.missing.append(name)
         elif (path.is_symlink() or path.stat().st_size != entry["size"]
-              or _sha256(path) != entry["sha256"]):
+              or files.file_sha256(path) != entry["sha256"]):
             edited.append(name)
         else:
             audit.checked.append(name)
@@ -301,7 +294,7 @@ def _compare_without_manifest(folder: Path, audit: _Audit, needs_manifest: bool)
     audit.owned = [name for name in PRE_MANIFEST_FILES[layout] if (folder / name).is_file()]
     if not needs_manifest:  # the scripts of a bundle from before manifests: one bnn wrote?
         for name, digests in PRE_MANIFEST_DIGESTS.items():
-            if name in audit.owned and _sha256(folder / name) in digests:
+            if name in audit.owned and files.file_sha256(folder / name) in digests:
                 audit.checked.append(name)
             elif name in audit.owned:
                 audit.changed[name] = f"{name} differs from every version bnn wrote"

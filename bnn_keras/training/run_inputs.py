@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from bnn_keras.errors import BnnError
-from bnn_keras.files import atomic_path
+from bnn_keras.files import atomic_path, file_sha256, link_or_copy
 from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE
 
 INPUTS_DIR = "inputs"
@@ -95,7 +95,7 @@ def read_frozen(run_dir: Path, role: str, sha256: Optional[str],
         return None
     model_file = path / MODEL_FILE if path.is_dir() else path
     try:
-        digest = _sha256(model_file)
+        digest = file_sha256(model_file)
     except OSError as exc:
         raise BnnError(f"Run {run_dir} keeps its {what} in {model_file}, which cannot be read "
                        f"({exc.strerror or exc}); restore the run folder from a copy, or start "
@@ -130,7 +130,7 @@ def freeze(run_dir: Path, role: str, source: Path, sha256: str, what: str) -> Fr
                 partial.mkdir()
                 for name in (CONFIG_FILE, MODEL_FILE):
                     _copy(source / name, partial / name, link)
-                digest = _sha256(partial / MODEL_FILE)
+                digest = file_sha256(partial / MODEL_FILE)
                 _check_same(digest, sha256, source / MODEL_FILE, what)
                 partial.rename(final)
             finally:
@@ -139,7 +139,7 @@ def freeze(run_dir: Path, role: str, source: Path, sha256: str, what: str) -> Fr
         final = folder / f"{role}{source.suffix}"
         with atomic_path(final) as tmp:
             _copy(source, tmp, link)
-            digest = _sha256(tmp)
+            digest = file_sha256(tmp)
             _check_same(digest, sha256, source, what)
         return FrozenInput(path=final, model_file=final, sha256=digest)
     except OSError as exc:
@@ -155,12 +155,9 @@ def _check_same(digest: str, expected: str, source: Path, what: str) -> None:
 
 def _copy(source: Path, destination: Path, link: bool) -> None:
     if link:
-        try:
-            os.link(source, destination)
-            return
-        except OSError:
-            pass  # another file system, or one without hard links: copy
-    shutil.copyfile(source, destination)
+        link_or_copy(source, destination)
+    else:
+        shutil.copyfile(source, destination)
 
 
 def _inside_same_staged_run(source: Path, run_dir: Path) -> bool:
@@ -172,11 +169,6 @@ def _inside_same_staged_run(source: Path, run_dir: Path) -> bool:
         return False
     return Path(staged).resolve() in Path(source).resolve().parents
 
-
-def _sha256(path: Path) -> str:
-    from bnn_keras.training.starting_point import file_sha256
-
-    return file_sha256(path)
 
 
 def remove_inputs(run_dir: Path) -> None:

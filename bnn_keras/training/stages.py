@@ -601,16 +601,13 @@ def _user_teacher_copy(plan: StagedPlan, run_dir: Path, given: Optional[str]) ->
                            f"{plan.options.teacher} ({run_inputs.INPUTS_DIR}/); restore the run "
                            "folder from a copy, or start a new run.")
         return copy.path
-    expected = recorded_teacher_sha256(plan, run_dir)
-    for path in dict.fromkeys(p for p in (given, plan.options.teacher) if p):
-        try:
-            teacher = Teacher.of_path(path)
-        except BnnError:
-            continue
-        if expected in (None, teacher.sha256):
-            plan.teacher_sha256 = teacher.freeze(run_dir).sha256
-            plan.write(run_dir)
-            return run_inputs.frozen(run_dir, run_inputs.TEACHER)
+    teacher = Teacher.first_of((given, plan.options.teacher),
+                               recorded_teacher_sha256(plan, run_dir))
+    if teacher is not None:
+        copy = teacher.freeze(run_dir)
+        plan.teacher_sha256 = copy.sha256
+        plan.write(run_dir)
+        return copy.path
     raise BnnError(f"Staged run {run_dir} distils from `teacher` {plan.options.teacher}, which is "
                    "not there or has changed since its first stage used it (sha256); give the "
                    "same teacher with `teacher` PATH to resume the run, or start a new run.")

@@ -10,14 +10,14 @@ the student's, or a Keras model file. Both are copied into the run folder when t
 """
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError, first_line
+from bnn_keras.files import file_sha256
 from bnn_keras.training import run_inputs
 from bnn_keras.training.config import MODEL_FILE, RunRecord, TrainConfig
 from bnn_keras.training.precision import as_float32
@@ -163,15 +163,7 @@ class Teacher:
         copy = run_inputs.read_frozen(run_dir, run_inputs.TEACHER, previous.teacher_sha256,
                                       "`teacher`")
         if copy is None:
-            found = None
-            for path in dict.fromkeys(p for p in (given, previous.config.teacher) if p):
-                try:
-                    candidate = cls.of_path(path)
-                except BnnError:
-                    continue
-                if candidate.sha256 == previous.teacher_sha256:
-                    found = candidate
-                    break
+            found = cls.first_of((given, previous.config.teacher), previous.teacher_sha256)
             if found is None:
                 raise BnnError(
                     f"Run {run_dir} distils from `teacher` {previous.config.teacher}, whose model "
@@ -179,6 +171,20 @@ class Teacher:
                     "same teacher with `teacher` PATH to resume the run, or start a new run.")
             copy = found.freeze(run_dir)
         return cls._of_copy(copy, previous.config.teacher)
+
+    @classmethod
+    def first_of(cls, paths: Sequence[Optional[str]],
+                 sha256: Optional[str]) -> Optional["Teacher"]:
+        """The teacher at the first of `paths` (None skipped) that can be read and whose model
+        file has `sha256` (any, when None); None when no path gives one."""
+        for path in dict.fromkeys(p for p in paths if p):
+            try:
+                teacher = cls.of_path(path)
+            except BnnError:
+                continue
+            if sha256 in (None, teacher.sha256):
+                return teacher
+        return None
 
     def freeze(self, run_dir: Path) -> run_inputs.FrozenInput:
         """Copies the teacher into the new run's folder (`run_inputs`: a model file, or a run
@@ -236,15 +242,6 @@ class Teacher:
             except NotFunctionalError:
                 pass
         return model
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of the file `path` (hex), read in 1 MiB blocks; OSError as open() raises."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _same(a: Any, b: Any) -> bool:
