@@ -13,16 +13,33 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras.binary import quantized_kernel_layers
+from models.registry import create_model
+from tests.conftest import TINY_REACTNET, invoke
 from tests.conftest import TINY_TRAIN_OPTIONS as SMALL
-from tests.conftest import invoke
 
 # The smallest registry student that trains at 8x8: a few seconds a run (binarynet: ~6M weights).
-TINY_STUDENT = ("reactnet-a", "--model-option", "widths=[8,16,16]")
+# The teacher (`float_teacher_run`) is its float copy.
+TINY_STUDENT = TINY_REACTNET
 
-BINARYNET_LAYERS = [
-    "input", "conv1", "conv1_bn", "conv2", "conv2_pool", "conv2_bn", "conv3", "conv3_bn",
-    "conv4", "conv4_pool", "conv4_bn", "conv5", "conv5_bn", "conv6", "conv6_pool", "conv6_bn",
-    "fc_reshape", "fc7", "fc7_bn", "fc8", "fc8_bn", "fc9", "fc9_bn", "logits", "predictions"]
+# Its layers, from models/reactnet.py with widths (8, 16, 16) at 8x8 (a stride-1 stem, and no
+# stride-2 block: block 1 goes 8 -> 16, the stem's width to the next, block 2 keeps 16): the
+# stem, two residual blocks (block 1 doubles the width, so its second shortcut concatenates),
+# the classifier head. In Keras's order, deepest first: a shortcut comes before the BN beside
+# it (the Add's first input), after the conv that feeds that BN.
+TINY_STUDENT_LAYERS = [
+    "input", "stem_conv", "stem_bn",
+    "block1_conv3x3", "block1_bn1", "block1_add1", "block1_rprelu1",
+    "block1_conv1x1", "block1_shortcut", "block1_bn2", "block1_add2", "block1_rprelu2",
+    "block2_conv3x3", "block2_bn1", "block2_add1", "block2_rprelu1",
+    "block2_conv1x1", "block2_bn2", "block2_add2", "block2_rprelu2",
+    "head_pool", "head_dense", "predictions"]
+# Its binary layers: the 3x3 and the 1x1 convolution of each block.
+TINY_STUDENT_BINARY = ["block1_conv3x3", "block1_conv1x1", "block2_conv3x3", "block2_conv1x1"]
+
+
+def _registry_student():
+    """The student as the registry builds it for an 8x8 digits run."""
+    return create_model("reactnet-a", widths=[8, 16, 16], input_shape=(8, 8, 1), num_classes=10)
 
 
 def _hashes(folder: Path):
@@ -31,8 +48,8 @@ def _hashes(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def float_run(float_binarynet_run) -> Path:
-    return float_binarynet_run
+def float_run(float_teacher_run) -> Path:
+    return float_teacher_run
 
 
 def test_float_run(float_run):
@@ -40,13 +57,13 @@ def test_float_run(float_run):
     assert config["float_copy"] is True and config["input_activation"] == "relu"
     assert config["format_version"] == 4
     model = tf.keras.models.load_model(float_run / "model.keras")
-    assert [layer.name for layer in model.layers] == BINARYNET_LAYERS
+    assert [layer.name for layer in model.layers] == TINY_STUDENT_LAYERS
     assert quantized_kernel_layers(model) == []
 
 
 def test_a_student_of_a_teacher_run(float_run, tmp_path):
     run_dir = tmp_path / "student"
-    result = invoke(["train", "binarynet", "--teacher", float_run, "--distill-weight", "0.8",
+    result = invoke(["train", *TINY_STUDENT, "--teacher", float_run, "--distill-weight", "0.8",
                      *SMALL[:4], "--epochs", "2", *SMALL[6:], "-o", run_dir])
     assert result.exit_code == 0, result.output
     config = json.loads((run_dir / "config.json").read_text())
@@ -58,9 +75,12 @@ def test_a_student_of_a_teacher_run(float_run, tmp_path):
     assert "float_copy" not in config
     # model.keras is the binary student, as the registry builds it.
     model = tf.keras.models.load_model(run_dir / "model.keras")
-    assert [layer.name for layer in model.layers] == BINARYNET_LAYERS
+    assert [layer.name for layer in model.layers] == TINY_STUDENT_LAYERS
+    registry = _registry_student()
+    assert [layer.name for layer in registry.layers] == TINY_STUDENT_LAYERS
+    assert model.count_params() == registry.count_params()
     binary = [layer.name for layer in quantized_kernel_layers(model)]
-    assert binary == ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc7", "fc8", "fc9"]
+    assert binary == TINY_STUDENT_BINARY
     with open(run_dir / "flips.csv") as f:
         header = f.readline().strip().split(",")
     assert [c[len("flip_ratio/"):] for c in header if c.startswith("flip_ratio/")] == [
@@ -87,14 +107,14 @@ def test_a_student_of_a_teacher_run(float_run, tmp_path):
 
 def test_a_student_of_cached_teacher_logits(float_run, tmp_path):
     run_dir = tmp_path / "student"
-    result = invoke(["train", "binarynet", "--teacher", float_run, "--distill-cache",
+    result = invoke(["train", *TINY_STUDENT, "--teacher", float_run, "--distill-cache",
                      *SMALL[:-1], "1", "-o", run_dir])
     assert result.exit_code == 0, result.output
     assert "The teacher's logits on the 1,437 training images, once:" in result.output
     config = json.loads((run_dir / "config.json").read_text())
     assert config["distill_cache"] is True and config["format_version"] == 4
 
-    refused = invoke(["train", "binarynet", "--teacher", float_run, "--distill-cache",
+    refused = invoke(["train", *TINY_STUDENT, "--teacher", float_run, "--distill-cache",
                       "--augment", *SMALL, "-o", tmp_path / "augmented"])
     assert refused.exit_code == 2
     assert refused.stderr.strip() == (
@@ -115,7 +135,7 @@ def test_a_teacher_that_does_not_fit_is_refused_before_the_folder_exists(float_r
     run_dir = tmp_path / "runs" / "student"
 
     def refused(teacher, *extra, args=SMALL):
-        result = invoke(["train", "binarynet", "--teacher", teacher, *extra, *args, "-o",
+        result = invoke(["train", *TINY_STUDENT, "--teacher", teacher, *extra, *args, "-o",
                          run_dir])
         assert result.exit_code == 2, result.output
         assert not run_dir.parent.exists()
@@ -151,14 +171,15 @@ def test_a_teacher_that_does_not_fit_is_refused_before_the_folder_exists(float_r
     assert refused(float_run, "--distill-loss", "distribution", "--distill-weight", "0.5") == (
         "Error: The distribution loss is KL(teacher || student) at temperature 1 with weight 1 "
         "(ReActNet); drop --distill-weight and --distill-temperature, or use --distill-loss kl.")
-    result = invoke(["train", "binarynet", "--distill-temperature", "2", *SMALL, "-o", run_dir])
+    result = invoke(["train", *TINY_STUDENT, "--distill-temperature", "2", *SMALL, "-o",
+                     run_dir])
     assert result.exit_code == 2
     assert result.stderr.strip() == ("Error: --distill-temperature applies to distillation; "
                                      "give a --teacher too, or drop --distill-temperature.")
     # An existing empty folder is left as it was.
     run_dir.mkdir(parents=True)
     before = _hashes(run_dir.parent)
-    assert invoke(["train", "binarynet", "--teacher", five, *SMALL, "-o", run_dir]).exit_code == 2
+    assert invoke(["train", *TINY_STUDENT, "--teacher", five, *SMALL, "-o", run_dir]).exit_code == 2
     assert _hashes(run_dir.parent) == before and list(run_dir.iterdir()) == []
 
 
@@ -197,7 +218,7 @@ def test_a_teacher_that_outputs_logits_teaches_as_its_softmax_would(tmp_path):
 def test_a_teacher_whose_outputs_are_neither_is_refused_before_the_folder_exists(tmp_path):
     teacher = _digits_teacher(tmp_path / "sigmoid.keras", "sigmoid")
     run_dir = tmp_path / "runs" / "student"
-    result = invoke(["train", "binarynet", "--teacher", teacher, *SMALL, "-o", run_dir])
+    result = invoke(["train", *TINY_STUDENT, "--teacher", teacher, *SMALL, "-o", run_dir])
     assert result.exit_code == 2, result.output
     assert result.stderr == (
         "Error: The teacher 'digits_teacher' ends in layer 'sigmoid' with the 'sigmoid' "
@@ -225,8 +246,8 @@ def test_out_of_range_distillation_values_are_refused_before_the_folder_exists(
     teacher = _digits_teacher(tmp_path / "teacher.keras", "softmax")
     before = _hashes(tmp_path)
     run_dir = tmp_path / "runs" / "student"
-    result = invoke(["train", "binarynet", "--teacher", teacher, option, value,
-                     "--distill-attention-layers", "conv1", *SMALL, "-o", run_dir])
+    result = invoke(["train", *TINY_STUDENT, "--teacher", teacher, option, value,
+                     "--distill-attention-layers", "block1_bn2", *SMALL, "-o", run_dir])
     assert result.exit_code == 2, result.output
     assert result.stderr == f"Error: {message}\n"
     assert not run_dir.parent.exists() and _hashes(tmp_path) == before
@@ -258,7 +279,7 @@ def test_a_teacher_whose_last_layer_shows_nothing_is_read_on_a_batch(tmp_path, c
 def test_a_teacher_with_non_finite_outputs_is_refused_before_the_folder_exists(tmp_path):
     broken = _op_teacher(tmp_path / "nan.keras", broken=True)
     run_dir = tmp_path / "runs" / "nan"
-    result = invoke(["train", "binarynet", "--teacher", broken, *SMALL, "-o", run_dir])
+    result = invoke(["train", *TINY_STUDENT, "--teacher", broken, *SMALL, "-o", run_dir])
     assert result.exit_code == 2
     assert result.stderr == (
         "Error: The teacher 'op_teacher' outputs nan or inf on a batch of the images it is to "
@@ -279,7 +300,7 @@ def test_a_teacher_file_that_carries_code_is_refused_unless_trusted(tmp_path):
     tf.keras.Model(inputs, tf.keras.layers.Activation("softmax")(x)).save(teacher)
     marker.unlink(missing_ok=True)  # building and saving ran the lambda
     run_dir = tmp_path / "runs" / "student"
-    refused = invoke(["train", "binarynet", "--teacher", teacher, *SMALL, "-o", run_dir])
+    refused = invoke(["train", *TINY_STUDENT, "--teacher", teacher, *SMALL, "-o", run_dir])
     assert refused.exit_code == 2, refused.output
     line = refused.stderr.strip()
     assert "\n" not in line and "'evil'" in line and "--trust-model-code" in line, line

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from tests.models.zoo_reference import _logits, _randomize
+from tests.models.zoo_reference import _logits, _randomize, zero_initializers
 
 L = tf.keras.layers
 
@@ -127,7 +127,8 @@ def zoo_meliusnet22(input_shape, num_classes, *, names=True):
 
 
 def _zoo_file(tmp_path, shape, *, names=True, seed=0):
-    reference = zoo_meliusnet22(shape, 10, names=names)
+    with zero_initializers():  # `_randomize` sets every weight
+        reference = zoo_meliusnet22(shape, 10, names=names)
     _randomize(reference, seed=seed)
     path = str(tmp_path / "zoo_meliusnet22.h5")
     reference.save_weights(path)
@@ -151,14 +152,16 @@ class ZooCase:
     @functools.cached_property
     def model(self) -> tf.keras.Model:
         """`create_model("meliusnet22", weights=path)`: the variant the file selects."""
-        return models.create_model("meliusnet22", input_shape=self.shape, num_classes=10,
-                                   weights=self.path)
+        with zero_initializers():  # every weight is loaded from the file
+            return models.create_model("meliusnet22", input_shape=self.shape, num_classes=10,
+                                       weights=self.path)
 
     @functools.cached_property
     def default(self) -> tf.keras.Model:
         """The LCE-friendly default (`variant="bnn"`) with the same file loaded by layer order."""
-        return models.create_model("meliusnet22", input_shape=self.shape, num_classes=10,
-                                   weights=self.path, variant="bnn")
+        with zero_initializers():  # every weight is loaded from the file
+            return models.create_model("meliusnet22", input_shape=self.shape, num_classes=10,
+                                       weights=self.path, variant="bnn")
 
 
 # (the zoo 2.4.0's layer names or Keras's automatic ones, input shape)
@@ -209,7 +212,7 @@ def test_a_zoo_file_with_other_classes_names_the_first_differing_layer(zoo_case)
     path = zoo_case.path
     assert zoo_case.shape == (32, 32, 3)
     before = open(path, "rb").read()
-    with pytest.raises(BnnError) as err:
+    with pytest.raises(BnnError) as err, zero_initializers():  # built to be refused
         models.create_model("meliusnet22", input_shape=(32, 32, 3), num_classes=5,
                             weights=path)
     message = str(err.value)
@@ -222,8 +225,9 @@ def test_a_zoo_file_with_other_classes_names_the_first_differing_layer(zoo_case)
 
 def test_parameter_count_at_224_matches_larq_zoo():
     kwargs = dict(input_shape=(224, 224, 3), num_classes=1000)
-    model = models.create_model("meliusnet22", **kwargs)
-    reference = zoo_meliusnet22((224, 224, 3), 1000)
+    with zero_initializers():  # only the weights' shapes are read
+        model = models.create_model("meliusnet22", **kwargs)
+        reference = zoo_meliusnet22((224, 224, 3), 1000)
     for m in (model, reference):
         assert lq.models.ModelProfile(m).weight_count() == ZOO_SUMMARY_PARAMS
         assert m.count_params() == KERAS_PARAMS
@@ -233,8 +237,9 @@ def test_parameter_count_at_224_matches_larq_zoo():
 
 def test_small_input_stem_and_registry_entry():
     kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
-    default = models.create_model("meliusnet22", **kwargs)
-    zoo = models.create_model("meliusnet22", variant="larq-zoo", **kwargs)
+    with zero_initializers():  # only layers and shapes are read
+        default = models.create_model("meliusnet22", **kwargs)
+        zoo = models.create_model("meliusnet22", variant="larq-zoo", **kwargs)
     assert default.get_layer("stem_conv").strides == (1, 1)
     assert default.get_layer("stem_conv").kernel.shape == (3, 3, 3, 64)
     assert not any(layer.name.startswith("stem_group") for layer in default.layers)
@@ -259,6 +264,7 @@ def test_grouped_stem_survives_a_keras_save_and_load(tmp_path, zoo_case):
     assert model.get_layer("stem_group2_conv8") is not None
     path = str(tmp_path / "melius.keras")
     model.save(path)
-    again = tf.keras.models.load_model(path, compile=False)
+    with zero_initializers():  # every weight is loaded from the file
+        again = tf.keras.models.load_model(path, compile=False)
     x = np.random.default_rng(5).normal(size=(2, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(_logits(again, x), _logits(model, x), rtol=0, atol=1e-5)

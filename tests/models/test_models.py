@@ -16,6 +16,7 @@ from bnn_keras import model_stats
 from bnn_keras.binary import is_binary_conv
 from bnn_keras.errors import BnnError
 from tests.conftest import SMALL_REGISTRY_INPUT, free_keras_memory
+from tests.models.zoo_reference import zero_initializers
 
 ALL_MODELS = models.list_models()
 
@@ -51,6 +52,14 @@ AUTO_NAME = re.compile(
 )
 
 
+@pytest.fixture
+def _zero_initializers():
+    """`zero_initializers()` for the test: its models are read for their layers, shapes,
+    statistics and regularization terms, never for an initial weight's value."""
+    with zero_initializers():
+        yield
+
+
 def _batch(shape, n=2, seed=0):
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, *shape)).astype("float32")
 
@@ -58,14 +67,16 @@ def _batch(shape, n=2, seed=0):
 @pytest.mark.usefixtures("frees_keras_memory")
 @pytest.mark.parametrize("name,expected", sorted(ZOO_PARAMS.items()))
 def test_parameter_count_matches_larq_zoo(name, expected):
-    model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
+    with zero_initializers():  # only the weights' shapes are read
+        model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     assert model.count_params() == expected
 
 
 @pytest.mark.usefixtures("frees_keras_memory")
 @pytest.mark.parametrize("name,expected", sorted(ZOO_SUMMARY_PARAMS.items()))
 def test_parameter_count_matches_larq_zoo_summary(name, expected):
-    model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
+    with zero_initializers():  # only the weights' shapes are read
+        model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     assert lq.models.ModelProfile(model).weight_count() == expected
     # The Keras count adds 2 moving statistics per channel of every BN with scale and offset.
     folded = sum(
@@ -222,6 +233,7 @@ def test_birealnet_uses_approx_sign_and_magnitude_aware_weights(small_model):
     assert "head_relu" not in [l.name for l in model.layers]
 
 
+@pytest.mark.usefixtures("_zero_initializers")
 def test_stride_2_stem_halves_every_feature_map_with_the_same_parameters():
     options = dict(input_shape=(28, 28, 1), num_classes=10, stage_filters=[32, 64, 128, 256])
     full = models.create_model("binary-resnet-e18", **options)
@@ -241,6 +253,8 @@ def test_stride_2_stem_halves_every_feature_map_with_the_same_parameters():
         models.create_model("binary-resnet-e18", stem_strides=3, **options)
 
 
+# The blur kernel is QuickNet's own fixed initializer, which `zero_initializers` leaves alone.
+@pytest.mark.usefixtures("_zero_initializers")
 def test_quicknet_blocks_keep_their_shape_and_transitions_blur_pool_in_float():
     filters = [16, 32, 64, 128]
     model = models.create_model(
@@ -280,8 +294,10 @@ QUICKNET_STRIDE_TWO = dict(input_shape=(28, 28, 1), num_classes=10, section_filt
 
 @pytest.fixture(scope="module")
 def quicknet_stride_two() -> tf.keras.Model:
-    """QuickNet with `QUICKNET_STRIDE_TWO`, built once for the tests that read it."""
-    return models.create_model("quicknet", **QUICKNET_STRIDE_TWO)
+    """QuickNet with `QUICKNET_STRIDE_TWO`, built once for the tests that read its layers and
+    statistics (zero kernels: `zero_initializers`)."""
+    with zero_initializers():
+        return models.create_model("quicknet", **QUICKNET_STRIDE_TWO)
 
 
 def test_quicknet_stride_two_stem_halves_every_section(quicknet_stride_two):
@@ -297,6 +313,7 @@ def test_quicknet_stride_two_stem_halves_every_section(quicknet_stride_two):
         models.create_model("quicknet", input_shape=(28, 28, 1), stem_strides=4)
 
 
+@pytest.mark.usefixtures("_zero_initializers")
 def test_quicknet_full_resolution_conv_before_a_stride_two_stem(quicknet_stride_two):
     plain = quicknet_stride_two
     model = models.create_model("quicknet", stem_input_filters=16, **QUICKNET_STRIDE_TWO)
@@ -325,6 +342,7 @@ def test_dilated_densenet_keeps_resolution_in_the_dilated_blocks(feature_extract
     assert model.output_shape == (None, 14, 14, 640)
 
 
+@pytest.mark.usefixtures("_zero_initializers")
 def test_bnn_plus_alexnet_has_scaled_sign_swish_layers_with_regularizer():
     from bnn_keras import layers as bnn_layers
     from bnn_keras import quantizers as bnn_quantizers
@@ -357,9 +375,10 @@ def test_compact_bnn_options(small_model, bases):
         model = small_model.model
         assert model.input_shape == (None, 32, 32, 3)
     else:
-        model = models.create_model(
-            "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases
-        )
+        with zero_initializers():  # only layers and regularization terms are counted
+            model = models.create_model(
+                "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases
+            )
     assert isinstance(model.get_layer("conv2_act"), tf.keras.layers.PReLU)
     assert isinstance(model.get_layer("logits_scale"), bnn_layers.LearnableScale)
     # conv2..conv5 and fc6..fc8 are binary, each with `bases` binary convolutions.
@@ -368,6 +387,7 @@ def test_compact_bnn_options(small_model, bases):
     assert len(model.losses) == 7 * bases
 
 
+@pytest.mark.usefixtures("_zero_initializers")
 def test_compact_bnn_relu_option_without_bipolar_regularizer():
     relu = models.create_model(
         "compact-bnn", input_shape=(32, 32, 3), num_classes=10, activation="relu",
@@ -411,7 +431,9 @@ def test_save_and_load_reproduces_outputs(small_model, tmp_path):
     name, model = small_model.name, small_model.model
     path = str(tmp_path / f"{name}.keras")
     model.save(path)
-    loaded = tf.keras.models.load_model(path)
+    # The saved model has random kernels: one the file failed to restore would stay 0 here.
+    with zero_initializers():
+        loaded = tf.keras.models.load_model(path)
     x = _batch((32, 32, 3))
     np.testing.assert_allclose(
         loaded(x, training=False).numpy(), small_model.outputs, rtol=1e-6, atol=1e-7

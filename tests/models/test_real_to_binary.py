@@ -18,7 +18,7 @@ from bnn_keras.errors import BnnError
 from convert.converter import convert_to_flatbuffer
 from convert.runtime import LceRuntime
 from models.real_to_binary import LearnedRescale
-from tests.models.zoo_reference import _logits, _randomize
+from tests.models.zoo_reference import _logits, _randomize, zero_initializers
 
 L = tf.keras.layers
 
@@ -199,7 +199,8 @@ ZOO_BUILDERS = {
 
 
 def _zoo_file(tmp_path, builder, input_shape, num_classes, seed=0):
-    reference = builder(input_shape, num_classes)
+    with zero_initializers():  # `_randomize` sets every weight
+        reference = builder(input_shape, num_classes)
     _randomize(reference, seed)
     path = str(tmp_path / "zoo.h5")
     reference.save_weights(path)
@@ -215,8 +216,10 @@ def _inputs(shape, n=4, seed=1):
 
 @pytest.fixture(scope="module")
 def default_at_32() -> tf.keras.Model:
-    """Real-to-Binary Net with its defaults (stage "bnn", variant "bnn") at 32x32x3, 10 classes."""
-    return models.create_model("real-to-binary-net", input_shape=(32, 32, 3), num_classes=10)
+    """Real-to-Binary Net with its defaults (stage "bnn", variant "bnn") at 32x32x3, 10 classes,
+    with zero kernels (`zero_initializers`): the tests that take it read its layers and shapes."""
+    with zero_initializers():
+        return models.create_model("real-to-binary-net", input_shape=(32, 32, 3), num_classes=10)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +227,8 @@ def randomized_at_64(request) -> tf.keras.Model:
     """The registry model `request.param` with its defaults at 64x64x3, 10 classes, with
     random weights and BatchNorm statistics (`_randomize(seed=5)`), set here once: the tests
     that take it only read it (parametrize indirectly)."""
-    model = models.create_model(request.param, input_shape=(64, 64, 3), num_classes=10)
+    with zero_initializers():  # `_randomize` sets every weight
+        model = models.create_model(request.param, input_shape=(64, 64, 3), num_classes=10)
     _randomize(model, seed=5)
     return model
 
@@ -247,8 +251,9 @@ def test_zoo_weights_file_gives_the_zoos_outputs(tmp_path, name, stage, shape):
     x = _inputs(shape)
     expected = _logits(reference, x)
 
-    model = models.create_model(name, input_shape=shape, num_classes=10, weights=path,
-                                stage=stage)
+    with zero_initializers():  # every weight is loaded from the file
+        model = models.create_model(name, input_shape=shape, num_classes=10, weights=path,
+                                    stage=stage)
     got = _logits(model, x)
     assert np.abs(expected).max() > 1.0  # logits large enough for the comparison to mean much
     assert np.abs(got - expected).max() < 1e-4
@@ -262,23 +267,24 @@ def test_default_variant_pads_with_one_and_has_a_small_input_stem(default_at_32,
                                                                    randomized_at_64):
     kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
     default = default_at_32
-    zoo = models.create_model("real-to-binary-net", variant="larq-zoo", **kwargs)
+    with zero_initializers():  # only layers and shapes are read
+        zoo = models.create_model("real-to-binary-net", variant="larq-zoo", **kwargs)
+        zoo_big = models.create_model("real-to-binary-net", variant="larq-zoo",
+                                      input_shape=(64, 64, 3), num_classes=10)
     assert default.get_layer("block_1_conv2d").kernel_size == (3, 3)
     assert default.get_layer("block_2a_conv2d").output.shape[1:3] == (32, 32)
     assert zoo.get_layer("block_1_conv2d").kernel_size == (7, 7)
     assert zoo.get_layer("block_2a_conv2d").output.shape[1:3] == (8, 8)
     assert default.get_layer("block_2a_conv2d").pad_values == 1.0
     assert zoo.get_layer("block_2a_conv2d").pad_values == 0.0
-    # 50 px and over: the same layers in both variants, but for the padding.
-    big = dict(input_shape=(64, 64, 3), num_classes=10)
 
+    # 50 px and over (`zoo_big`): the same layers in both variants, but for the padding.
     def layers(model):
         return [(type(layer).__name__, layer.name, tuple(layer.output.shape))
                 for layer in model.layers]
 
-    assert randomized_at_64.input_shape == (None, 64, 64, 3)  # the default at `big`
-    assert (layers(randomized_at_64)
-            == layers(models.create_model("real-to-binary-net", variant="larq-zoo", **big)))
+    assert randomized_at_64.input_shape == (None, 64, 64, 3)  # the default at 64 px
+    assert layers(randomized_at_64) == layers(zoo_big)
     entry = models.get_entry("real-to-binary-net")
     assert entry.zoo.source.startswith("larq-zoo 2.4.0 larq_zoo/literature/real_to_bin_nets.py "
                                        "RealToBinaryNet (RealToBinNetBNNFactory")
@@ -295,8 +301,9 @@ def test_default_variant_pads_with_one_and_has_a_small_input_stem(default_at_32,
     ("strong-baseline-net", "ban", None),
 ])
 def test_parameters_at_224_equal_the_zoos(name, stage, zoo_params):
-    model = models.create_model(name, stage=stage)
-    reference = ZOO_BUILDERS[name, stage]((224, 224, 3), 1000)
+    with zero_initializers():  # only the weights' shapes are read
+        model = models.create_model(name, stage=stage)
+        reference = ZOO_BUILDERS[name, stage]((224, 224, 3), 1000)
     assert model.count_params() == reference.count_params()
     if zoo_params is not None:
         assert model.count_params() == zoo_params
@@ -308,8 +315,9 @@ def test_parameters_at_224_equal_the_zoos(name, stage, zoo_params):
 def test_stages_share_their_weighted_layers_so_each_initialises_the_next(default_at_32):
     kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
     # "bnn", the last stage, is the default.
-    stages = [models.create_model("real-to-binary-net", stage=stage, **kwargs)
-              for stage in ("float", "ban")] + [default_at_32]
+    with zero_initializers():  # only layers and shapes are read
+        stages = [models.create_model("real-to-binary-net", stage=stage, **kwargs)
+                  for stage in ("float", "ban")] + [default_at_32]
     shapes = [{w.name: tuple(w.shape) for w in m.weights} for m in stages]
     assert shapes[0] == shapes[1] == shapes[2]
     quantizers = [(lq.quantizers.serialize(layer.input_quantizer), layer.kernel_quantizer)

@@ -90,24 +90,32 @@ def test_register_model_tags_the_entry_function():
 def test_create_model_forwards_family_overrides():
     import larq as lq
 
+    # 8 filters in every stage (another family override) build the same layers in half the
+    # time of the 11M-parameter default.
     model = models.create_model(
         "binary-resnet-e18",
         input_shape=(32, 32, 3),
         num_classes=10,
         input_quantizer=lq.quantizers.ApproxSign(),
+        stage_filters=[8, 8, 8, 8],
     )
     assert isinstance(model.get_layer("block1_layer1_conv").input_quantizer, lq.quantizers.ApproxSign)
     # The default of the family is kept for what is not overridden.
     assert model.get_layer("block1_layer1_conv").kernel_quantizer.clip_value == 1.25
+    assert model.get_layer("block4_layer1_conv").filters == 8
 
 
 def test_create_model_loads_weights_by_path(tmp_path):
-    kwargs = dict(input_shape=(28, 28, 1), num_classes=10)
-    model = models.create_model("binary-densenet28", **kwargs)
+    # ReActNet-A cut to a stem and one block: any registry model shows the loading.
+    kwargs = dict(input_shape=(8, 8, 1), num_classes=10, widths=[8, 8])
+    model = models.create_model("reactnet-a", **kwargs)
     path = str(tmp_path / "w.weights.h5")
     model.save_weights(path)
-    again = models.create_model("binary-densenet28", weights=path, **kwargs)
-    x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    again = models.create_model("reactnet-a", weights=path, **kwargs)
+    fresh = models.create_model("reactnet-a", **kwargs)
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 1)).astype("float32")
+    # Not vacuous: another build starts from other weights.
+    assert not np.array_equal(fresh(x).numpy(), model(x).numpy())
     np.testing.assert_array_equal(again(x).numpy(), model(x).numpy())
 
 
@@ -174,16 +182,18 @@ def test_create_model_builds_the_papers_model_and_the_cli_applies_tricks_after_i
     import cli
     from bnn_keras import model_stats
 
+    # binarynet (25 layers) rebuilds in a fraction of binary-densenet28's time (88 layers).
     kwargs = dict(input_shape=(16, 16, 1), num_classes=10)
-    plain = models.create_model("binary-densenet28", **kwargs)
-    assert model_stats.count_binary_convs(plain) == 23
+    plain = models.create_model("binarynet", **kwargs)
+    # conv2..conv6 and fc7..fc9 (conv1 sees the image): the paper's 8 binary layers.
+    assert model_stats.count_binary_convs(plain) == 8
     # Tricks are the training application's, not a create_model option.
-    with pytest.raises(BnnError, match="binary-densenet28 has no option 'tricks'"):
-        models.create_model("binary-densenet28", tricks={"bases": 2}, **kwargs)
-    tricked = cli._build_registered("binary-densenet28", {"bases": 2}, {}, kwargs["input_shape"],
+    with pytest.raises(BnnError, match="binarynet has no option 'tricks'"):
+        models.create_model("binarynet", tricks={"bases": 2}, **kwargs)
+    tricked = cli._build_registered("binarynet", {"bases": 2}, {}, kwargs["input_shape"],
                                     kwargs["num_classes"])
-    assert model_stats.count_binary_convs(tricked) == 46
-    untricked = cli._build_registered("binary-densenet28", {}, {}, kwargs["input_shape"],
+    assert model_stats.count_binary_convs(tricked) == 16  # two bases per binary layer
+    untricked = cli._build_registered("binarynet", {}, {}, kwargs["input_shape"],
                                       kwargs["num_classes"])
     assert untricked.count_params() == plain.count_params()
 
@@ -193,21 +203,29 @@ def test_create_model_builds_the_papers_model_and_the_cli_applies_tricks_after_i
 # ----------------------------------------------------------------------------------------------
 
 TINY = dict(input_shape=(8, 8, 1), num_classes=10)
+# The weights files' model: ReActNet-A cut to a stem and one block (962 parameters), which
+# builds and loads in a fraction of binarynet's time (6M parameters at 8x8).
+SMALL = "reactnet-a"
+SMALL_OPTIONS = dict(TINY, widths=[8, 8])
+# quicknet-small with one block per section, and narrow (8 filters in the stem): the zoo
+# variant's ImageNet stem (/4) and the transitions' pools (/2 before each wider section) still
+# leave an 8x8 input no pixel, as for the 12M-parameter default.
+QUICKNET_SMALL_OPTIONS = dict(TINY, section_blocks=[1, 1, 1, 1], section_filters=[8, 16, 32, 64])
 
 
 @pytest.fixture(scope="module")
 def weights_files(tmp_path_factory):
-    """binarynet's weights in both tf-keras formats, random bytes, truncated and empty files,
+    """`SMALL`'s weights in both tf-keras formats, random bytes, truncated and empty files,
     and another model's weights."""
     folder = tmp_path_factory.mktemp("weights_files")
-    model = models.create_model("binarynet", **TINY)
-    model.save_weights(folder / "binarynet.h5")
-    model.save(folder / "binarynet.keras")
+    model = models.create_model(SMALL, **SMALL_OPTIONS)
+    model.save_weights(folder / "small.h5")
+    model.save(folder / "small.keras")
     rng = np.random.default_rng(0)
     for name in ("random.h5", "random.weights.h5", "random.keras", "random"):
         (folder / name).write_bytes(rng.bytes(4096))
     (folder / "empty.h5").write_bytes(b"")
-    for name in ("binarynet.h5", "binarynet.keras"):
+    for name in ("small.h5", "small.keras"):
         data = (folder / name).read_bytes()
         (folder / f"truncated_{name}").write_bytes(data[: len(data) // 2])
     inputs = tf.keras.Input((8, 8, 1))
@@ -233,21 +251,21 @@ def test_weights_files_that_are_no_weights_are_named(weights_files):
         "random": f"is not a Keras weights file: its bytes are neither HDF5 nor a .keras "
                   f"archive; {fix}",
         "empty.h5": f"is empty; {fix}",
-        "truncated_binarynet.keras": "is a damaged zip archive (truncated, or not completely "
+        "truncated_small.keras": "is a damaged zip archive (truncated, or not completely "
                                      f"downloaded); {fix}",
     }
     for name, rest in expected.items():
         with pytest.raises(BnnError) as info:
-            models.create_model("binarynet", weights=str(f / name), **TINY)
+            models.create_model(SMALL, weights=str(f / name), **SMALL_OPTIONS)
         assert str(info.value) == f"Weights file {f / name} {rest}", name
     with pytest.raises(BnnError) as info:
-        models.create_model("binarynet", weights=str(f / "truncated_binarynet.h5"), **TINY)
-    assert str(info.value).startswith(f"Weights file {f / 'truncated_binarynet.h5'} is damaged "
+        models.create_model(SMALL, weights=str(f / "truncated_small.h5"), **SMALL_OPTIONS)
+    assert str(info.value).startswith(f"Weights file {f / 'truncated_small.h5'} is damaged "
                                       "(truncated file: eof = ")
     assert str(info.value).endswith("); save or download it again.")
     # The intact files load (the .keras model's weights, not its config).
-    want = models.create_model("binarynet", weights=str(f / "binarynet.h5"), **TINY)
-    got = models.create_model("binarynet", weights=str(f / "binarynet.keras"), **TINY)
+    want = models.create_model(SMALL, weights=str(f / "small.h5"), **SMALL_OPTIONS)
+    got = models.create_model(SMALL, weights=str(f / "small.keras"), **SMALL_OPTIONS)
     for a, b in zip(want.get_weights(), got.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -268,10 +286,11 @@ def test_a_foreign_weights_file_names_the_first_layer_that_does_not_fit(weights_
     # is too small for: Keras said "Exception encountered when calling layer
     # "section3_transition_pool" (type MaxPooling2D)".
     with pytest.raises(BnnError) as info:
-        models.create_model("quicknet-small", weights=str(f / "other.h5"), **TINY)
+        models.create_model("quicknet-small", weights=str(f / "other.h5"),
+                            **QUICKNET_SMALL_OPTIONS)
     assert str(info.value) == (
         f"{f / 'other.h5'} does not fit quicknet-small: weighted layer 1 is 'c' with "
-        "(3, 3, 1, 4), (4,) in the file and 'stem_conv' with (3, 3, 1, 32) in the model; "
+        "(3, 3, 1, 4), (4,) in the file and 'stem_conv' with (3, 3, 1, 8) in the model; "
         f"{fix[:-1]} (a file without quicknet-small's layer names selects the larq-zoo "
         "variant, which `input_shape` 8,8,1 is too small for).")
 
@@ -280,7 +299,7 @@ def test_a_zoo_file_that_fits_but_whose_variant_cannot_be_built_asks_for_a_large
         tmp_path):
     from models import weights_file
 
-    default = models.create_model("quicknet-small", **TINY)
+    default = models.create_model("quicknet-small", **QUICKNET_SMALL_OPTIONS)
     path = tmp_path / "renamed.h5"
     with h5py.File(path, "w") as f:  # the default variant's weights under larq-zoo-like names
         names = []
@@ -293,7 +312,7 @@ def test_a_zoo_file_that_fits_but_whose_variant_cannot_be_built_asks_for_a_large
             names.append(f"zoo_{index}".encode())
         f.attrs["layer_names"] = names
     with pytest.raises(BnnError) as info:
-        models.create_model("quicknet-small", weights=str(path), **TINY)
+        models.create_model("quicknet-small", weights=str(path), **QUICKNET_SMALL_OPTIONS)
     assert str(info.value) == (
         f"Weights file {path} has none of quicknet-small's layer names (a larq-zoo file?): a "
         "file without quicknet-small's layer names selects the larq-zoo variant, which "
@@ -307,7 +326,7 @@ def test_weights_from_a_model_file_with_a_lambda_never_run_its_code(tmp_path):
     from tests.lambda_models import lambda_model, marker_writing_lambda
 
     marker = tmp_path / "MARKER"
-    source = models.create_model("binarynet", **TINY)
+    source = models.create_model(SMALL, **SMALL_OPTIONS)
     source.set_weights([np.full(w.shape, 0.5, "float32") for w in source.get_weights()])
     tail = tf.keras.layers.Lambda(marker_writing_lambda(marker), name="evil")(source.output)
     tf.keras.Model(source.input, tail).save(tmp_path / "full.h5")
@@ -315,7 +334,7 @@ def test_weights_from_a_model_file_with_a_lambda_never_run_its_code(tmp_path):
     small.save(tmp_path / "small.h5")
     small.save(tmp_path / "small.keras")
     marker.unlink()
-    loaded = models.create_model("binarynet", weights=str(tmp_path / "full.h5"), **TINY)
+    loaded = models.create_model(SMALL, weights=str(tmp_path / "full.h5"), **SMALL_OPTIONS)
     for a, b in zip(loaded.get_weights(), source.get_weights()):
         np.testing.assert_array_equal(a, b)
     same = lambda_model(tmp_path / "other_marker")  # builds (and runs) its own lambda
@@ -330,10 +349,10 @@ def test_cli_train_names_a_weights_file_that_is_no_weights(weights_files, tmp_pa
     from tests.conftest import TINY_TRAIN_OPTIONS, invoke
 
     for name, what in (("random.h5", "is not a Keras weights file"),
-                       ("truncated_binarynet.h5", "is damaged (truncated file: eof = ")):
+                       ("truncated_small.h5", "is damaged (truncated file: eof = ")):
         run = tmp_path / name
-        result = invoke(["train", "binarynet", "--weights", weights_files / name, "-o", run,
-                         *TINY_TRAIN_OPTIONS])
+        result = invoke(["train", SMALL, "--weights", weights_files / name, "-o", run,
+                         *TINY_TRAIN_OPTIONS, "--model-option", "widths=[8,8]"])
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "Internal error" not in result.output, result.output

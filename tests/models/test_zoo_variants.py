@@ -24,6 +24,7 @@ from tests.conftest import invoke
 from tests.models.zoo_reference import (
     _logits,
     _zoo_file,
+    zero_initializers,
     zoo_binary_alexnet,
     zoo_binary_densenet28,
     zoo_binary_densenet37,
@@ -66,14 +67,24 @@ class ZooCase:
     @functools.cached_property
     def model(self) -> tf.keras.Model:
         """`create_model(name, weights=path)`: the variant the file selects."""
-        return models.create_model(self.name, input_shape=self.shape, num_classes=10,
-                                   weights=self.path)
+        with zero_initializers():  # every weight is loaded from the file
+            return models.create_model(self.name, input_shape=self.shape, num_classes=10,
+                                       weights=self.path)
 
     @functools.cached_property
     def default(self) -> tf.keras.Model:
         """The LCE-friendly default (`variant="bnn"`) with the same file loaded by layer order."""
-        return models.create_model(self.name, input_shape=self.shape, num_classes=10,
-                                   weights=self.path, variant="bnn")
+        with zero_initializers():  # every weight is loaded from the file
+            return models.create_model(self.name, input_shape=self.shape, num_classes=10,
+                                       weights=self.path, variant="bnn")
+
+
+@pytest.fixture
+def _zero_initializers():
+    """`zero_initializers()` for the test: its models are only read for their layers and
+    shapes, or refused."""
+    with zero_initializers():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +139,8 @@ def test_dorefanet_zoo_variant_scales_the_weights_per_layer(tmp_path):
     reference, path = _zoo_file(tmp_path, zoo_dorefanet, shape, 10, calibrate=x)
     expected = _logits(reference, x)
 
-    model = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path)
+    with zero_initializers():  # every weight is loaded from the file
+        model = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path)
     assert np.abs(expected).max() > 1.0
     # The logits depend on the input: the 2-bit activations are not all rounded to 0.
     assert np.abs(expected - expected[:1]).max() > 0.1
@@ -141,8 +153,9 @@ def test_dorefanet_zoo_variant_scales_the_weights_per_layer(tmp_path):
 
     # The default's per-channel scales load the same file and give other outputs: the zoo's
     # BatchNorm statistics hold only for its per-layer scale.
-    default = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path,
-                                  variant="bnn")
+    with zero_initializers():
+        default = models.create_model("dorefanet", input_shape=shape, num_classes=10,
+                                      weights=path, variant="bnn")
     assert isinstance(default.get_layer("fc7").kernel_quantizer,
                       lq.quantizers.MagnitudeAwareSign)
     assert np.abs(_logits(default, x) - expected).max() > 0.1
@@ -167,7 +180,8 @@ def test_xnornet_zoo_variant_gives_the_zoos_outputs(tmp_path):
     reference, path = _zoo_file(tmp_path, zoo_xnornet, shape, 10, calibrate=x)
     expected = _logits(reference, x)
 
-    model = models.create_model("xnornet", input_shape=shape, num_classes=10, weights=path)
+    with zero_initializers():  # every weight is loaded from the file
+        model = models.create_model("xnornet", input_shape=shape, num_classes=10, weights=path)
     assert np.abs(expected).max() > 1.0
     assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
     assert np.abs(_logits(model, x) - expected).max() < 1e-4
@@ -185,6 +199,7 @@ def test_xnornet_zoo_variant_gives_the_zoos_outputs(tmp_path):
                                zoo_conv3.kernel_quantizer(kernel).numpy(), rtol=1e-6)
 
 
+@pytest.mark.usefixtures("_zero_initializers")  # only shapes are read
 def test_xnornet_zoo_variant_keeps_the_zoo_stem_at_every_size():
     small = models.create_model("xnornet", input_shape=(40, 40, 3), num_classes=10)
     assert small.get_layer("conv1").kernel_size == (3, 3)
@@ -207,7 +222,8 @@ def test_quicknet_zoo_weights_give_the_zoos_outputs(tmp_path, name):
     x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
     expected = _logits(reference, x)
 
-    model = models.create_model(name, input_shape=shape, num_classes=10, weights=path)
+    with zero_initializers():  # every weight is loaded from the file
+        model = models.create_model(name, input_shape=shape, num_classes=10, weights=path)
     assert np.abs(expected).max() > 1.0
     assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
     assert np.abs(_logits(model, x) - expected).max() < 1e-4
@@ -223,8 +239,9 @@ def test_quicknet_default_is_the_zoos_function_from_50_px(tmp_path):
     reference, path = _zoo_file(tmp_path, zoo_quicknet_small, shape, 10)
     x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
     expected = _logits(reference, x)
-    default = models.create_model("quicknet-small", input_shape=shape, num_classes=10,
-                                  weights=path, variant="bnn")
+    with zero_initializers():  # every weight is loaded from the file
+        default = models.create_model("quicknet-small", input_shape=shape, num_classes=10,
+                                      weights=path, variant="bnn")
     assert np.abs(expected).max() > 1.0
     assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
     assert np.abs(_logits(default, x) - expected).max() < 1e-4
@@ -238,12 +255,14 @@ def test_a_zoo_full_model_h5_loads_too(tmp_path, zoo_case):
     assert reference.input_shape == (None, 32, 32, 3)
     path = str(tmp_path / "zoo_model.h5")
     reference.save(path)
-    model = models.create_model("binary-resnet-e18", input_shape=(32, 32, 3), num_classes=10,
-                                weights=path)
+    with zero_initializers():  # every weight is loaded from the file
+        model = models.create_model("binary-resnet-e18", input_shape=(32, 32, 3),
+                                    num_classes=10, weights=path)
     x = np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype("float32")
     assert np.abs(_logits(model, x) - _logits(reference, x)).max() < 1e-4
 
 
+@pytest.mark.usefixtures("_zero_initializers")  # only the layers' configs are read
 def test_default_variant_pads_with_one_and_zoo_variant_with_zero():
     kwargs = dict(input_shape=(32, 32, 3), num_classes=10)
     default = models.create_model("binary-densenet28", **kwargs)
@@ -262,7 +281,8 @@ def test_bnn_saved_weights_keep_the_default_variant(tmp_path, zoo_case):
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
     path = str(tmp_path / "ours.h5")
     model.save_weights(path)
-    again = models.create_model("binary-resnet-e18", weights=path, **kwargs)
+    with zero_initializers():  # every weight is loaded from the file
+        again = models.create_model("binary-resnet-e18", weights=path, **kwargs)
     assert again.get_layer("block1_layer1_conv").pad_values == 1.0
     x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(_logits(again, x), _logits(model, x))
@@ -270,6 +290,7 @@ def test_bnn_saved_weights_keep_the_default_variant(tmp_path, zoo_case):
 
 # The zoo file of test_zoo_weights_file_gives_the_zoos_outputs: 32x32x3, 10 classes.
 @pytest.mark.parametrize("zoo_case", ["binary-densenet28"], indirect=True)
+@pytest.mark.usefixtures("_zero_initializers")  # the models are built to be refused
 def test_a_file_that_does_not_fit_names_the_first_differing_layer(zoo_case):
     path = zoo_case.path
     assert zoo_case.shape == (32, 32, 3)
@@ -330,6 +351,7 @@ def test_registry_entries_say_how_they_differ_from_the_zoo():
         assert zoo.summary == "small-input stem" and len(zoo.differences) == 1
 
 
+@pytest.mark.usefixtures("_zero_initializers")  # `bnn models` reads only shapes
 def test_bnn_models_says_which_models_differ_from_the_zoo():
     # binary-densenet28, binary-resnet-e18/e34, birealnet18/34.
     result = invoke(["models", "bi*[48]", "--input-shape", "32,32,3", "--num-classes", "10"])

@@ -404,76 +404,88 @@ def test_cached_teacher_logits_are_refused_where_they_would_be_wrong(teacher_run
 
 # Real-to-Binary's attention matching from `bnn train`: a registry student and its float copy.
 
+from tests.conftest import TINY_REACTNET as CLI_STUDENT  # noqa: E402
 from tests.conftest import TINY_TRAIN_OPTIONS as CLI_SMALL  # noqa: E402
+
+# `float_teacher_run` is CLI_STUDENT's float copy: the same layer names. The layers matched:
+# each residual block's second BN (models/reactnet.py's `{prefix}_bn2`), 8x8x16 feature maps in
+# both; tiny_bnn (`teacher_run`) has neither.
 
 
 @pytest.fixture(scope="module")
-def float_binarynet(float_binarynet_run) -> Path:
-    return float_binarynet_run
+def float_teacher(float_teacher_run) -> Path:
+    return float_teacher_run
 
 
-def test_attention_matching_run_records_its_layers(float_binarynet, tmp_path):
+def test_attention_matching_run_records_its_layers(float_teacher, tmp_path):
+    from models.registry import create_model
     from tests.conftest import invoke
 
     run_dir = tmp_path / "student"
-    result = invoke(["train", "binarynet", "--teacher", float_binarynet,
+    result = invoke(["train", *CLI_STUDENT, "--teacher", float_teacher,
                      "--distill-attention-weight", "30", "--distill-attention-layer",
-                     "conv2_bn, conv4_bn", *CLI_SMALL, "-o", run_dir])
+                     "block1_bn2, block2_bn2", *CLI_SMALL, "-o", run_dir])
     assert result.exit_code == 0, result.output
     written = json.loads((run_dir / "config.json").read_text())
     assert written["format_version"] == 4
     assert (written["distill_attention_weight"], written["distill_attention_layers"]) == (
-        30.0, "conv2_bn,conv4_bn")
+        30.0, "block1_bn2,block2_bn2")
     settings = RunRecord.read(run_dir).config.distill_settings()
     assert (settings.loss, settings.attention_weight, settings.attention_layers) == (
-        "kl", 30.0, ("conv2_bn", "conv4_bn"))
+        "kl", 30.0, ("block1_bn2", "block2_bn2"))
     # model.keras is the student alone.
     saved = tf.keras.models.load_model(run_dir / "model.keras")
-    teacher = tf.keras.models.load_model(float_binarynet / "model.keras")
+    teacher = tf.keras.models.load_model(float_teacher / "model.keras")
     assert [layer.name for layer in saved.layers] == [layer.name for layer in teacher.layers]
-    assert saved.count_params() == teacher.count_params()
+    assert saved.count_params() == create_model(
+        "reactnet-a", widths=[8, 16, 16], input_shape=(8, 8, 1), num_classes=10).count_params()
+    # The float copy has a parameter-free ReLU where the student has an RSign, whose threshold
+    # is one weight per input channel: 8 + 8 into block 1's convs, 16 + 16 into block 2's.
+    assert saved.count_params() == teacher.count_params() + 8 + 8 + 16 + 16
     # --resume keeps the recorded layers: other ones are refused.
-    other = invoke(["train", "--resume", run_dir, "--distill-attention-layers", "conv2_bn",
+    other = invoke(["train", "--resume", run_dir, "--distill-attention-layers", "block1_bn2",
                     "--epochs", "2"])
     assert other.exit_code == 2
-    assert "--distill-attention-layers conv2_bn (the run has conv2_bn,conv4_bn)" in other.stderr
+    assert ("--distill-attention-layers block1_bn2 (the run has block1_bn2,block2_bn2)"
+            in other.stderr)
 
 
 def test_attention_matching_options_are_refused_before_the_folder_exists(
-        float_binarynet, teacher_run, tmp_path):
+        float_teacher, teacher_run, tmp_path):
     from tests.conftest import invoke
 
     run_dir = tmp_path / "runs" / "student"
 
     def refused(*args):
-        result = invoke(["train", "binarynet", *args, *CLI_SMALL, "-o", run_dir])
+        result = invoke(["train", *CLI_STUDENT, *args, *CLI_SMALL, "-o", run_dir])
         assert result.exit_code == 2, result.output
         assert not run_dir.parent.exists()
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         return lines[0]
 
-    assert refused("--distill-attention-layer", "conv2_bn") == (
+    assert refused("--distill-attention-layer", "block1_bn2") == (
         "Error: --distill-attention-layers applies to distillation; give a --teacher too, or "
         "drop --distill-attention-layers.")
-    assert refused("--teacher", float_binarynet, "--distill-attention-weight", "0") == (
+    assert refused("--teacher", float_teacher, "--distill-attention-weight", "0") == (
         "Error: Expected --distill-attention-weight > 0, got 0.0.")
-    assert refused("--teacher", float_binarynet, "--distill-attention-weight", "5") == (
+    assert refused("--teacher", float_teacher, "--distill-attention-weight", "5") == (
         "Error: Attention matching needs the layers whose feature maps it matches; give "
         "--distill-attention-layers too (e.g. block_2_out,block_3_out), or drop "
         "--distill-attention-weight.")
-    assert refused("--teacher", float_binarynet, "--distill-attention-layer", "conv2_bnn") == (
-        "Error: The student 'binarynet' has no layer 'conv2_bnn' to match attention at; give "
+    assert refused("--teacher", float_teacher, "--distill-attention-layer", "block1_bn2n") == (
+        "Error: The student 'reactnet_a' has no layer 'block1_bn2n' to match attention at; give "
         "--distill-attention-layers that both the student and the teacher have (`bnn summary` "
         "lists a model's layers).")
     # A teacher (tiny_bnn's float copy) without the student's layer.
-    line = refused("--teacher", teacher_run, "--distill-attention-layer", "conv2_bn")
-    assert re.fullmatch(r"Error: The teacher '\w+' has no layer 'conv2_bn' to match attention "
+    line = refused("--teacher", teacher_run, "--distill-attention-layer", "block1_bn2")
+    assert re.fullmatch(r"Error: The teacher '\w+' has no layer 'block1_bn2' to match attention "
                         r"at; give --distill-attention-layers that both .*", line), line
-    assert refused("--teacher", float_binarynet, "--distill-attention-layer",
-                   "conv2_bn,logits") == (
-        "Error: Layer 'logits' of the student outputs shape (10,), not feature maps (height, "
-        "width, channels); give --distill-attention-layers of convolutional blocks.")
+    # head_dense: the classifier's Dense(10), models/common.py's `classifier_head`.
+    assert refused("--teacher", float_teacher, "--distill-attention-layer",
+                   "block1_bn2,head_dense") == (
+        "Error: Layer 'head_dense' of the student outputs shape (10,), not feature maps "
+        "(height, width, channels); give --distill-attention-layers of convolutional blocks.")
 
 
 def test_attention_options_resolve_to_what_config_json_records():

@@ -1,9 +1,13 @@
 """Training runs lose nothing: signals at every phase, two writers, and --resume's terms.
 
-Each run is a real `bnn train` process (a signal to a pytest process would hit pytest), on a
-QuickNet small enough to train two epochs in seconds. The test-only variables
-BNN_TEST_PAUSE_AFTER_FIT and BNN_TEST_PAUSE_BEFORE_FINISH widen the two short phases between
-the last epoch and a finished run, and announce them on stderr, so a signal lands in them.
+Where a process boundary is the point (a signal held back until the run is saved, then the
+process's exit; SIGKILL; a second process writing the folder), the run is a real `bnn train`
+child process, on a QuickNet small enough to train two epochs in seconds. The test-only
+variables BNN_TEST_PAUSE_AFTER_FIT and BNN_TEST_PAUSE_BEFORE_FINISH widen the two short phases
+between the last epoch and a finished run, and announce them on stderr, so a signal lands in
+them. A signal that only interrupts `bnn train` in a phase is sent to this process by the
+in-process command itself, as tests/training/test_run.py does mid-epoch: each child process
+costs a TensorFlow import and a training.
 """
 
 import hashlib
@@ -21,11 +25,15 @@ import pytest
 
 from tests.conftest import REPO_ROOT, invoke
 
+# One block per section (QuickNet has 4): a build and a trace of the model cost a quarter.
 TINY_QUICKNET = [
     "train", "quicknet", "--dataset", "digits", "--model-option", "section_filters=[8,8,16,16]",
-    "--image-size", "8", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16",
+    "--model-option", "section_blocks=[1,1,1,1]", "--image-size", "8", "--epochs", "2",
+    "--steps-per-epoch", "3", "--batch-size", "16",
     # float32: where the CPU has bf16, "auto" adds a float32 copy's evaluation to every run.
-    "--precision", "float32", "--verbose", "0",
+    # No sign-flip tracking: its plot (matplotlib) costs each run about a second, and no test
+    # here reads flips.csv or flips.png.
+    "--precision", "float32", "--no-track-flips", "--verbose", "0",
 ]
 BNN = [sys.executable, "-c", "import cli; cli.main()"]
 
@@ -121,15 +129,31 @@ def test_resume_of_a_finished_run_changes_nothing_even_without_status(finished_r
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_signal_between_last_epoch_and_save_keeps_the_run(tmp_path, signame):
-    """Before, Keras emptied backup/ when fit returned: a signal here lost every epoch."""
+def test_signal_between_last_epoch_and_save_keeps_the_run(tmp_path, signame, monkeypatch):
+    """Before, Keras emptied backup/ when fit returned: a signal here lost every epoch.
+
+    `bnn train` runs in this process and the signal is sent to it when the run reaches its
+    pause after the last `fit` step (BNN_TEST_PAUSE_AFTER_FIT), where a child process would
+    get it. A real child process signalled (SIGTERM) in this pause: test_stages.py's
+    test_sigterm_in_stage_1_keeps_its_epoch_and_resume_finishes_the_run."""
+    from bnn_keras.training import run as run_module
+
+    pause, sent = run_module._test_pause, []
+
+    def signal_in_the_pause(variable):
+        if variable == "BNN_TEST_PAUSE_AFTER_FIT" and not sent:  # once: not in the resume
+            sent.append(variable)
+            os.kill(os.getpid(), getattr(signal, signame))
+        pause(variable)
+
+    monkeypatch.setattr(run_module, "_test_pause", signal_in_the_pause)
+    monkeypatch.setenv("BNN_TEST_PAUSE_AFTER_FIT", "5")
     run_dir = tmp_path / "run"
-    process = start_bnn([*TINY_QUICKNET, "-o", run_dir], BNN_TEST_PAUSE_AFTER_FIT=5)
-    wait_for_line(process, "BNN_TEST_PAUSE_AFTER_FIT")
-    process.send_signal(getattr(signal, signame))
-    code, out, err = finish(process)
-    assert code == 130, err
-    assert "interrupted after 2 complete epoch(s) of 2" in err
+    interrupted = invoke([*TINY_QUICKNET, "-o", run_dir])
+    assert sent == ["BNN_TEST_PAUSE_AFTER_FIT"]
+    monkeypatch.delenv("BNN_TEST_PAUSE_AFTER_FIT")
+    assert interrupted.exit_code == 130, interrupted.output
+    assert "interrupted after 2 complete epoch(s) of 2" in interrupted.stderr
     assert status(run_dir)["state"] == "interrupted"
     assert (run_dir / "backup" / "chief").is_dir() and not (run_dir / "model.keras").exists()
     assert_no_partial_files(run_dir)
@@ -196,7 +220,8 @@ def test_resume_refuses_other_model_or_options_and_lists_them(finished_run, tmp_
     shutil.copytree(finished_run, run_dir)
     before = hashes(run_dir)
     result = invoke(["train", "binarynet", "--resume", run_dir, "--lr", "0.5",
-                     "--model-option", "section_filters=[8,8,16,16]"])
+                     "--model-option", "section_filters=[8,8,16,16]",
+                     "--model-option", "section_blocks=[1,1,1,1]"])
     assert result.exit_code == 2, result.output
     # Each difference is named; the model option that matches the record is not.
     assert "MODEL binarynet (the run has quicknet)" in result.output

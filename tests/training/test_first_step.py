@@ -45,10 +45,10 @@ def test_what_is_built_beforehand_is_what_keras_builds_at_the_first_step():
         assert len(built.optimizer.variables) == 1 + 2 * len(built.trainable_variables)
 
 
-def test_a_distilled_students_evaluation_builds_no_optimizer(float_binarynet_run, tmp_path):
+def test_a_distilled_students_evaluation_builds_no_optimizer(float_teacher_run, tmp_path):
     """After `fit`, a distilled run's student is compiled again (loss and metrics only) for its
     test accuracy: its test step is traced once, and no optimizer slots are made for it."""
-    config = tiny_config(epochs=1, steps_per_epoch=2, teacher=str(float_binarynet_run),
+    config = tiny_config(epochs=1, steps_per_epoch=2, teacher=str(float_teacher_run),
                          track_flips=False)
     student = training.train(config, tiny_bnn, tmp_path / "run", verbose=0).model
     assert student.test_function.experimental_get_tracing_count() == 1

@@ -22,9 +22,21 @@ from bnn_keras.errors import BnnError
 from bnn_keras.training.config import RunRecord
 from tests.conftest import invoke, tiny_config
 
-# binarynet builds in 0.2 s at 8x8 and has no variants; binary-densenet28 has a larq-zoo one.
+# The start-weights model: ReActNet-A cut to a stem and one block (25 weights, 962 parameters),
+# which has no variants (binary-densenet28 has a larq-zoo one) and trains a step in a fraction
+# of binarynet's time (6M parameters, 71 MB per save at 8x8).
+MODEL = "reactnet-a"
+WIDTHS = [8, 8]
 SMALL = ("--dataset", "digits", "--image-size", "8", "--epochs", "1", "--steps-per-epoch", "1",
-         "--batch-size", "8", "--precision", "float32", "--no-track-flips", "--verbose", "0")
+         "--batch-size", "8", "--precision", "float32", "--no-track-flips", "--verbose", "0",
+         f"--model-option=widths={json.dumps(WIDTHS)}")
+
+
+def _small_config(**overrides):
+    """A one-step run of `MODEL` on 8x8 digits."""
+    options = dict(model=MODEL, model_options={"widths": WIDTHS}, epochs=1, steps_per_epoch=1,
+                   batch_size=8, track_flips=False)
+    return tiny_config(**{**options, **overrides})
 
 
 def _weights_of(model):
@@ -73,24 +85,23 @@ def _hashes(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def binarynet_file(tmp_path_factory):
-    """binarynet at 8x8x1, 10 classes, random weights, saved with save_weights(.h5)."""
+def start_file(tmp_path_factory):
+    """`MODEL` at 8x8x1, 10 classes, random weights, saved with save_weights(.h5)."""
     import models
 
     folder = tmp_path_factory.mktemp("weights")
-    model = _randomised(models.create_model("binarynet", input_shape=(8, 8, 1),
-                                            num_classes=10), seed=1)
-    path = folder / "binarynet.h5"
+    model = _randomised(models.create_model(MODEL, input_shape=(8, 8, 1), num_classes=10,
+                                            widths=WIDTHS), seed=1)
+    path = folder / "start.h5"
     model.save_weights(path)
     return path, _weights_of(model)
 
 
-def test_a_run_starts_from_the_file_and_records_it(binarynet_file, tmp_path):
-    path = Path(shutil.copy(binarynet_file[0], tmp_path / "start.h5"))
-    expected = binarynet_file[1]
+def test_a_run_starts_from_the_file_and_records_it(start_file, tmp_path):
+    path = Path(shutil.copy(start_file[0], tmp_path / "start.h5"))
+    expected = start_file[1]
     keep = _FirstWeights()
-    config = tiny_config(model="binarynet", epochs=1, steps_per_epoch=1, batch_size=8,
-                         track_flips=False, weights=str(path))
+    config = _small_config(weights=str(path))
     result = training.train(config, None, tmp_path / "run", verbose=0, callbacks=[keep])
     # The weights fit starts from are the file's, layer by layer.
     assert len(keep.weights) == len(expected)
@@ -99,7 +110,7 @@ def test_a_run_starts_from_the_file_and_records_it(binarynet_file, tmp_path):
     written = json.loads((result.run_dir / "config.json").read_text())
     assert written["weights"] == str(path) and written["format_version"] == 3
     assert written["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert "model_variant" not in written  # binarynet has no variants
+    assert "model_variant" not in written  # reactnet-a has no variants
     record = RunRecord.read(result.run_dir)
     assert record.config.weights == str(path) and record.to_dict() == written
     # `bnn train --resume` extends it from its own backup, without the file.
@@ -122,16 +133,15 @@ def _interrupted_run_from_a_copy_of(path: Path, tmp_path: Path) -> Tuple[Path, P
     completed: (the copy, the run folder)."""
     private = Path(shutil.copy(path, tmp_path / "start.h5"))
     run = tmp_path / "run"
-    config = tiny_config(model="binarynet", epochs=1, steps_per_epoch=1, batch_size=8,
-                         track_flips=False, weights=str(private))
+    config = _small_config(weights=str(private))
     with pytest.raises(training.TrainingInterruptedError, match="after 0 complete epoch"):
         training.train(config, None, run, verbose=0, callbacks=[_Interrupt()])
     return private, run
 
 
-def test_a_run_without_a_complete_epoch_resumes_from_its_copy_of_the_file(binarynet_file,
+def test_a_run_without_a_complete_epoch_resumes_from_its_copy_of_the_file(start_file,
                                                                            tmp_path):
-    path, expected = binarynet_file
+    path, expected = start_file
     private, run = _interrupted_run_from_a_copy_of(path, tmp_path)
     # No epoch backup to restore: the start is the run's copy of the file (RUN/inputs),
     # checked against the recorded sha256.
@@ -155,10 +165,10 @@ def test_a_run_without_a_complete_epoch_resumes_from_its_copy_of_the_file(binary
 
 
 def test_a_run_of_an_earlier_bnn_resumes_from_the_recorded_file_and_keeps_a_copy(
-        binarynet_file, tmp_path):
+        start_file, tmp_path):
     """A run folder without inputs/ (an earlier bnn's): the recorded file, if it is still the
     same (sha256), then copied into the run."""
-    path, expected = binarynet_file
+    path, expected = start_file
     private, run = _interrupted_run_from_a_copy_of(path, tmp_path)
     shutil.rmtree(run / "inputs")
     with private.open("ab") as f:
@@ -179,34 +189,34 @@ def test_a_run_of_an_earlier_bnn_resumes_from_the_recorded_file_and_keeps_a_copy
     assert (run / "inputs" / "weights.h5").read_bytes() == private.read_bytes()
 
 
-def test_the_same_run_without_the_file_starts_elsewhere(binarynet_file, tmp_path):
+def test_the_same_run_without_the_file_starts_elsewhere(start_file, tmp_path):
     """The check above is not vacuous: a run from scratch does not start at the file's weights."""
-    _, expected = binarynet_file
+    _, expected = start_file
     keep = _FirstWeights()
     # Only the start is compared: Ctrl-C at the first step spares tracing and training it.
     with pytest.raises(training.TrainingInterruptedError, match="after 0 complete epoch"):
-        training.train(tiny_config(model="binarynet", epochs=1, steps_per_epoch=1, batch_size=8,
-                                   track_flips=False), None, tmp_path / "run", verbose=0,
+        training.train(_small_config(), None, tmp_path / "run", verbose=0,
                        callbacks=[keep, _Interrupt()])
     assert not all(np.array_equal(a, b) for a, b in zip(keep.weights, expected))
 
 
-def test_a_file_that_does_not_fit_is_refused_before_the_folder_exists(binarynet_file,
-                                                                       tmp_path):
-    path, _ = binarynet_file
+def test_a_file_that_does_not_fit_is_refused_before_the_folder_exists(start_file, tmp_path):
+    path, _ = start_file
     run = tmp_path / "runs" / "wrong"
-    # 16x16 inputs: fc7 sees 4x the features of the file's 8x8 model.
-    result = invoke(["train", "binarynet", "--weights", path, "-o", run,
-                     *SMALL[:2], "--image-size", "16", *SMALL[4:]])
+    # widths [8, 16]: block1's 1x1 conv doubles the width to 16 where the file's keeps 8 (the
+    # 6th weighted layer after stem_conv, stem_bn, block1_conv3x3, block1_bn1, block1_rprelu1;
+    # its RSign threshold has one value per input channel, 8 in both).
+    wider = [*SMALL[:-1], "--model-option=widths=[8,16]"]
+    result = invoke(["train", MODEL, "--weights", path, "-o", run, *wider])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [
-        f"Error: {path} does not fit binarynet: weighted layer 13 is 'fc7' with "
-        "(1, 1, 512, 1024) in the file and 'fc7' with (1, 1, 2048, 1024) in the model; build "
-        "the model with the input_shape, num_classes, include_top and options the file was "
-        "saved with, or give a weights file of this model."]
+        f"Error: {path} does not fit {MODEL}: weighted layer 6 is 'block1_conv1x1' with "
+        "(1, 1, 8, 8), (8,) in the file and 'block1_conv1x1' with (1, 1, 8, 16), (8,) in the "
+        "model; build the model with the input_shape, num_classes, include_top and options "
+        "the file was saved with, or give a weights file of this model."]
     assert not run.exists() and not run.parent.exists()
     missing = tmp_path / "nope.h5"
-    result = invoke(["train", "binarynet", "--weights", missing, "-o", run, *SMALL])
+    result = invoke(["train", MODEL, "--weights", missing, "-o", run, *SMALL])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == (f"Error: --weights {missing} does not exist; give the "
                                      "path of a weights file (.h5).")
@@ -214,58 +224,58 @@ def test_a_file_that_does_not_fit_is_refused_before_the_folder_exists(binarynet_
     # An existing folder is left as it was.
     run.mkdir(parents=True)
     before = _hashes(run.parent)
-    assert invoke(["train", "binarynet", "--weights", path, "-o", run, *SMALL[:2],
-                   "--image-size", "16", *SMALL[4:]]).exit_code == 2
+    assert invoke(["train", MODEL, "--weights", path, "-o", run, *wider]).exit_code == 2
     assert _hashes(run.parent) == before and list(run.iterdir()) == []
 
 
-def test_tricks_keep_the_loaded_weights_or_are_refused(binarynet_file, tmp_path):
-    path, expected = binarynet_file
+def test_tricks_keep_the_loaded_weights_or_are_refused(start_file, tmp_path):
+    path, expected = start_file
     keep = _FirstWeights()
-    # A trick that rebuilds the binary convolutions with the same weights: they are kept (and
-    # the run trains its step with them).
-    config = tiny_config(model="binarynet", epochs=1, steps_per_epoch=1, batch_size=8,
-                         track_flips=False, weights=str(path),
-                         tricks={"input_quantizer": "approx_sign"})
+    # A trick that rebuilds the binary convolutions with the same weights (a weight quantizer
+    # has none; an input quantizer would drop their RSign thresholds): they are kept (and the
+    # run trains its step with them).
+    config = _small_config(weights=str(path), tricks={"kernel_quantizer": "ste_sign"})
     training.train(config, None, tmp_path / "run", verbose=0, callbacks=[keep])
     for got, want in zip(keep.weights, expected):
         np.testing.assert_array_equal(got, want)
     # Multiple bases replace each binary kernel by K of them: refused, nothing created.
     run = tmp_path / "bases"
-    result = invoke(["train", "binarynet", "--weights", path, "--bases", "2", "-o", run,
-                     *SMALL])
+    result = invoke(["train", MODEL, "--weights", path, "--bases", "2", "-o", run, *SMALL])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == (
         f"Error: --weights {path} cannot be combined with --bases 2: the tricks rebuild layer "
-        "'conv2' with other weights than the file's, which would be lost; drop those tricks "
-        "(or --weights).")
+        "'block1_conv3x3' with other weights than the file's, which would be lost; drop those "
+        "tricks (or --weights).")
     assert not run.exists()
 
 
-def test_a_custom_build_model_does_not_take_weights(binarynet_file, tmp_path):
+def test_a_custom_build_model_does_not_take_weights(start_file, tmp_path):
     from tests.conftest import tiny_bnn
 
     with pytest.raises(BnnError, match=r"^`weights` is loaded into the registry model"):
-        training.train(tiny_config(weights=str(binarynet_file[0])), tiny_bnn, tmp_path / "r")
+        training.train(tiny_config(weights=str(start_file[0])), tiny_bnn, tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
-# Model options that make binary-densenet28 small (its 23 binary convs stay).
-SMALL_DENSENET = {"growth_rate": 8, "initial_filters": 8}
+# A model with a larq-zoo variant (its binary convs pad with 0), made small by its options:
+# binary-resnet-e18 with 8 filters in every stage keeps its 16 binary convs (shortcuts
+# without convolutions, as no stage widens) and builds in half binary-densenet28's time.
+ZOO_MODEL = "binary-resnet-e18"
+SMALL_ZOO_MODEL = {"stage_filters": [8, 8, 8, 8]}
 
 
 @pytest.fixture(scope="module")
 def zoo_files(tmp_path_factory):
-    """binary-densenet28's larq-zoo variant at 8x8x1 (narrowed by `SMALL_DENSENET`) as
-    larq-zoo files: 10 and 1000 classes."""
+    """`ZOO_MODEL`'s larq-zoo variant at 8x8x1 (narrowed by `SMALL_ZOO_MODEL`) as larq-zoo
+    files: 10 and 1000 classes."""
     import models
 
     folder = tmp_path_factory.mktemp("zoo")
     files = {}
     for classes in (10, 1000):
         model = _randomised(models.create_model(
-            "binary-densenet28", input_shape=(8, 8, 1), num_classes=classes,
-            variant="larq-zoo", **SMALL_DENSENET), seed=classes)
+            ZOO_MODEL, input_shape=(8, 8, 1), num_classes=classes, variant="larq-zoo",
+            **SMALL_ZOO_MODEL), seed=classes)
         files[classes] = (_foreign_h5(model, folder / f"zoo_{classes}.h5"), _weights_of(model))
     return files
 
@@ -275,9 +285,10 @@ def test_a_zoo_file_builds_the_zoo_variant_and_resumes_without_the_file(zoo_file
     private = Path(shutil.copy(path, tmp_path / "zoo.h5"))
     run = tmp_path / "run"
     keep = _FirstWeights()
-    config = tiny_config(model="binary-densenet28", epochs=1, steps_per_epoch=1, batch_size=32,
-                         track_flips=False, weights=str(private), model_options=SMALL_DENSENET)
+    config = tiny_config(model=ZOO_MODEL, epochs=1, steps_per_epoch=1, batch_size=32,
+                         track_flips=False, weights=str(private), model_options=SMALL_ZOO_MODEL)
     first = training.train(config, None, run, verbose=0, callbacks=[keep])
+    assert len(keep.weights) == len(expected)
     for got, want in zip(keep.weights, expected):
         np.testing.assert_array_equal(got, want)
     record = RunRecord.read(run)
@@ -302,12 +313,12 @@ def test_a_zoo_file_builds_the_zoo_variant_and_resumes_without_the_file(zoo_file
 def test_a_zoo_imagenet_head_on_a_10_class_data_set_is_one_line(zoo_files, tmp_path):
     path, _ = zoo_files[1000]
     run = tmp_path / "run"
-    result = invoke(["train", "binary-densenet28", "--weights", path, "-o", run, *SMALL,
-                     *[f"--model-option={k}={v}" for k, v in SMALL_DENSENET.items()]])
+    result = invoke(["train", ZOO_MODEL, "--weights", path, "-o", run, *SMALL[:-1],
+                     *[f"--model-option={k}={json.dumps(v)}" for k, v in SMALL_ZOO_MODEL.items()]])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"Error: {path} does not fit binary-densenet28 (variant "
+    assert lines[0].startswith(f"Error: {path} does not fit {ZOO_MODEL} (variant "
                                "larq-zoo): weighted layer ")
     assert "(1000,)" in lines[0] and "(10,)" in lines[0]
     assert not run.exists()
