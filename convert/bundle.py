@@ -20,8 +20,9 @@ import numpy as np
 
 from bnn_keras import files
 from bnn_keras.model_stats import model_summary
-from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
+from bnn_keras.training.data.normalization import Normalization
+from bnn_keras.training.data.preprocessing import ModelInput
 from convert.bundle_check import (
     CheckResult,
     check_bundle,
@@ -146,12 +147,14 @@ def _lce_version() -> str:
         return "unknown"
 
 
-def _metadata(
+def _model_input(
     run_config: Optional[Mapping[str, Any]],
     input_shape: Optional[Sequence[int]],
     normalization: Optional[Union[Normalization, Mapping[str, Sequence[float]]]],
     class_names: Optional[Sequence[str]],
-):
+    pixel_max: Optional[float],
+) -> ModelInput:
+    """The input the bundle describes: `run_config`'s, with the arguments given instead."""
     config = dict(run_config or {})
     input_shape = input_shape if input_shape is not None else config.get("input_shape")
     normalization = normalization if normalization is not None else config.get("normalization")
@@ -163,16 +166,18 @@ def _metadata(
             f"No {', '.join(missing)} given: pass a run_config from a run folder or give them "
             "explicitly."
         )
-    if isinstance(normalization, Normalization):
-        normalization = normalization.to_dict()
-    shape = tuple(int(d) for d in input_shape)
-    return shape, Normalization.from_dict(normalization).to_dict(), list(class_names)
+    if not isinstance(normalization, Normalization):
+        normalization = Normalization.from_dict(normalization)
+    return ModelInput(input_shape=tuple(input_shape), normalization=normalization,
+                      class_names=class_names, dataset=config.get("dataset"),
+                      data_dir=config.get("data_dir"),
+                      pixel_max=pixel_max if pixel_max is not None else config.get("pixel_max"))
 
 
 def check_bundle_metadata(run_config: Optional[Mapping[str, Any]]) -> None:
     """Raises `BnnError`, before any long work, when `run_config` lacks what a bundle records
     (input shape, normalization, class names)."""
-    _metadata(run_config, None, None, None)
+    _model_input(run_config, None, None, None, None)
 
 
 def _latency_readme(meta: Mapping[str, Any]) -> str:
@@ -424,7 +429,8 @@ def write_bundle(
         normalization: Per-channel mean/std on raw pixels; overrides run_config.
         class_names: One per output; overrides run_config.
         sample_input: One normalized input (H, W, C) or (1, H, W, C); default a fixed random one.
-        pixel_max: Raw pixel maximum of the training images (255; 16 for digits).
+        pixel_max: Raw pixel maximum of the training images; overrides run_config [default:
+            the data set's, `pixel_max_for`].
         name: Model name for the README (default: the run's model name, else the folder name).
         overwrite: Replace an earlier bundle (or empty folder) at `directory`: only the files
             bnn wrote there are replaced; the user's (notes, `build/`) are kept as they are.
@@ -463,8 +469,6 @@ def write_checked_bundle(directory: Union[str, os.PathLike], **options) -> Tuple
 def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, input_shape=None,
                   normalization=None, class_names=None, sample_input=None, pixel_max=None,
                   name=None, overwrite=False, self_check=False):
-    from convert.evaluate import DEFAULT_PIXEL_MAX, PIXEL_MAX
-
     final = Path(directory)
     if final.is_symlink():
         raise BnnError(f"{final} is a symbolic link; bnn does not replace a link with a folder.")
@@ -475,11 +479,9 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
     if final.exists():
         _check_replaceable(final)
     flatbuffer = Flatbuffer.wrap(flatbuffer)
-    shape, norm, labels = _metadata(run_config, input_shape, normalization, class_names)
-    if pixel_max is None:
-        dataset = (run_config or {}).get("dataset")
-        pixel_max = (run_config or {}).get("pixel_max",
-                                           PIXEL_MAX.get(dataset, DEFAULT_PIXEL_MAX))
+    model_input = _model_input(run_config, input_shape, normalization, class_names, pixel_max)
+    shape, norm = model_input.input_shape, model_input.normalization.to_dict()
+    labels, pixel_max = list(model_input.class_names), model_input.pixel_max
 
     if sample_input is None:
         sample = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)

@@ -77,13 +77,7 @@ def convert_to_flatbuffer(
     ranges LCE quietly keeps float32 I/O when int8 is asked for.
     """
     check_options(target, inference_input_type, inference_output_type)
-    if is_mixed_precision(model):
-        warnings.warn(
-            "The model was trained in mixed precision; converting a float32 copy with the same "
-            "weights (LCE does not accept bfloat16/float16 layers).",
-            stacklevel=3,
-        )
-        model = as_float32(model)
+    model = float32_for_conversion(model)
     try:
         data = _lce_convert(model, target=TARGETS[target],
                             inference_input_type=IO_TYPES[inference_input_type],
@@ -94,6 +88,23 @@ def convert_to_flatbuffer(
     flatbuffer = Flatbuffer(data)
     flatbuffer.check_io_types(inference_input_type, inference_output_type)
     return flatbuffer.renamed(model.name)
+
+
+def float32_for_conversion(model: tf.keras.Model) -> tf.keras.Model:
+    """The model as it is converted and deployed: `model` itself, or, for a model trained in
+    mixed precision, its float32 copy with the same weights (with a warning).
+
+    Made once per conversion and handed to whatever runs the Keras side (verification, the
+    bundle's self-check): the copy is a rebuild of the whole model.
+    """
+    if not is_mixed_precision(model):
+        return model
+    warnings.warn(
+        "The model was trained in mixed precision; converting a float32 copy with the same "
+        "weights (LCE does not accept bfloat16/float16 layers).",
+        stacklevel=3,
+    )
+    return as_float32(model)
 
 
 def _lce_convert(model: tf.keras.Model, **options) -> bytes:

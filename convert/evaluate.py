@@ -16,18 +16,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from bnn_keras.training.data import Normalization
 from bnn_keras.errors import BnnError
+from bnn_keras.training.data.normalization import Normalization
+from bnn_keras.training.data.preprocessing import DEFAULT_PIXEL_MAX, ModelInput
 from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
 from convert.isolated import DEFAULT_TIMEOUT_S, isolated_predict
 
 # What the functions below accept as a model: a .tflite path, its bytes, or a `Flatbuffer`.
 FlatbufferSource = Union[str, os.PathLike, bytes, Flatbuffer]
 
-# Raw pixel scale of each data set's training images where it is not 0..255: image files are
-# 0..255 and are rescaled to this range before the training normalization is applied.
-PIXEL_MAX: Dict[str, float] = {"digits": 16.0}
-DEFAULT_PIXEL_MAX = 255.0
 # Largest image `load_images` decodes by default (`bnn predict --max-pixels`): 40 megapixels
 # cover any camera photo and take ~0.5 GB to decode and resize.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -115,17 +112,19 @@ def evaluate_flatbuffer(
 
 
 def image_options(run_config: Mapping[str, Any]) -> Dict[str, Any]:
-    """`predict_images` keyword arguments from a run's config.json (or a bundle's model.json)."""
-    missing = [k for k in ("normalization", "input_shape", "class_names") if k not in run_config]
+    """`predict_images` keyword arguments from a run's config.json, a .tflite's bnn metadata
+    or a bundle's model.json (read as a `ModelInput`)."""
+    has_shape = "input_shape" in run_config or "input" in run_config
+    missing = [k for k in ("normalization", "input_shape", "class_names")
+               if run_config.get(k) is None and not (k == "input_shape" and has_shape)]
     if missing:
         raise BnnError(f"The run config has no {', '.join(missing)}; was it written by `bnn train`?")
-    dataset = run_config.get("dataset")
-    pixel_max = run_config.get("pixel_max", PIXEL_MAX.get(dataset, DEFAULT_PIXEL_MAX))
+    model_input = ModelInput.from_mapping(run_config)
     return {
-        "normalization": Normalization.from_dict(run_config["normalization"]),
-        "input_shape": tuple(int(d) for d in run_config["input_shape"]),
-        "class_names": list(run_config["class_names"]),
-        "pixel_max": float(pixel_max),
+        "normalization": model_input.normalization,
+        "input_shape": model_input.input_shape,
+        "class_names": list(model_input.class_names),
+        "pixel_max": model_input.pixel_max,
     }
 
 

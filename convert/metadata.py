@@ -1,20 +1,18 @@
 """Our run metadata (normalization, class names, data set) inside the .tflite itself.
 
-What goes in is chosen here (`run_metadata`); how it is stored, read back and checked against the
+What goes in is chosen here (`run_metadata`: the model's name, its `ModelInput` and the library
+versions); how it is stored, read back and checked against the
 file's SHA-256 is `convert.flatbuffer.Flatbuffer` (`with_metadata`, `metadata`,
 `check_content_digest`). The functions below do the same on bytes, for callers that hold bytes.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
+from bnn_keras.training.data.preprocessing import ModelInput
 from convert.flatbuffer import DIGEST_KEY, METADATA_NAME, Flatbuffer, FlatbufferLike
 
-__all__ = ["DIGEST_KEY", "METADATA_NAME", "RUN_KEYS", "check_content_digest", "embed_metadata",
+__all__ = ["DIGEST_KEY", "METADATA_NAME", "check_content_digest", "embed_metadata",
            "read_metadata", "run_metadata"]
-
-# Keys of a run's config.json that a deployed model needs to be fed and read correctly.
-RUN_KEYS = ("model", "dataset", "data_dir", "input_shape", "num_classes", "class_names",
-            "normalization", "pixel_max")
 
 
 def embed_metadata(flatbuffer: FlatbufferLike, metadata: Dict[str, Any]) -> bytes:
@@ -41,13 +39,26 @@ def check_content_digest(flatbuffer: FlatbufferLike, *, source: str = "the input
     return Flatbuffer.wrap(flatbuffer, source=source).check_content_digest()
 
 
-def run_metadata(run_config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The part of a run's config.json worth shipping inside the .tflite, plus versions."""
+def run_metadata(run_config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """What a deployed model needs to be fed and read (its `ModelInput`, and the registry name
+    of a run's model), plus versions.
+
+    Args:
+        run_config: A run's config.json content, or a model file's metadata (what
+            `ModelInput.to_metadata` gives); None for versions only.
+
+    Raises:
+        BnnError: `run_config` has no input shape or normalization.
+    """
     import larq_compute_engine
 
     import bnn_keras
 
-    meta = {key: run_config[key] for key in RUN_KEYS if run_config and key in run_config}
+    meta: Dict[str, Any] = {}
+    if run_config:
+        if "model" in run_config:
+            meta["model"] = run_config["model"]
+        meta.update(ModelInput.from_mapping(run_config).to_metadata())
     meta["bnn_version"] = bnn_keras.__version__
     meta["lce_version"] = larq_compute_engine.__version__
     return meta

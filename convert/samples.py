@@ -1,30 +1,31 @@
 """Inputs to verify a conversion on: real test images when the run's data set is known."""
 
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
-from bnn_keras.training import data as data_lib
 from bnn_keras.errors import BnnError
-from bnn_keras.training.config import RunRecord
+from bnn_keras.training import data as data_lib
+from bnn_keras.training.data.preprocessing import ModelInput
 from convert.flatbuffer import Flatbuffer, FlatbufferLike
 
-# A run's `RunRecord`, or a mapping with the same keys (a .tflite's bnn metadata, a model
-# file's options).
-RunConfig = Union[RunRecord, Mapping[str, Any]]
+if TYPE_CHECKING:
+    from bnn_keras.training.config import RunRecord
+
+# A run's `RunRecord`, its `ModelInput`, or a mapping that describes one (a config.json, a
+# .tflite's bnn metadata, a model file's options).
+RunConfig = Union["RunRecord", ModelInput, Mapping[str, Any]]
 
 
-def _preprocessing(run_config: RunConfig) -> Tuple[Optional[str], Optional[str],
-                                                   "data_lib.Normalization", Tuple[int, int]]:
-    """(data set, data dir, normalization, image size) that a run's images were fed with."""
-    if isinstance(run_config, RunRecord):
-        return (run_config.config.dataset, run_config.config.data_dir,
-                run_config.normalization, tuple(run_config.input_shape[:2]))
-    return (run_config.get("dataset"), run_config.get("data_dir"),
-            data_lib.Normalization.from_dict(run_config["normalization"]),
-            tuple(run_config["input_shape"][:2]))
+def model_input(run_config: RunConfig) -> ModelInput:
+    """The `ModelInput` that `run_config` describes (what its images were fed with)."""
+    if isinstance(run_config, ModelInput):
+        return run_config
+    if isinstance(run_config, Mapping):
+        return ModelInput.from_mapping(run_config)
+    return run_config.model_input
 
 
 def run_test_split(
@@ -38,7 +39,8 @@ def run_test_split(
     """The run's test split, preprocessed exactly as in training (size, normalization).
 
     Args:
-        run_config: A run folder's `RunRecord` (or a .tflite's bnn metadata).
+        run_config: A run folder's `RunRecord`, or a `ModelInput` or its mapping (a .tflite's
+            bnn metadata).
         limit: At most this many examples (the first ones, in a fixed order).
         dataset: Another data set to take the test split from (same preprocessing).
         data_dir: Where that data set lives.
@@ -49,21 +51,20 @@ def run_test_split(
     """
     if limit is not None and limit < 1:
         raise BnnError(f"Expected limit >= 1, got {limit}.")
-    recorded_dataset, recorded_dir, _, _ = _preprocessing(run_config)
-    splits = data_lib.load_dataset(dataset or recorded_dataset, data_dir or recorded_dir)
-    return _split_arrays(splits, run_config, limit, split)
+    recorded = model_input(run_config)
+    splits = data_lib.load_dataset(dataset or recorded.dataset, data_dir or recorded.data_dir)
+    return _split_arrays(splits, recorded, limit, split)
 
 
-def _split_arrays(splits: "data_lib.DataSplits", run_config: RunConfig,
+def _split_arrays(splits: "data_lib.DataSplits", recorded: ModelInput,
                   limit: Optional[int], split: str) -> Tuple[np.ndarray, np.ndarray]:
-    _, _, normalization, image_size = _preprocessing(run_config)
     examples = splits.train if split == "train" else splits.test
     examples = examples.take(limit) if limit is not None else examples
     pipeline = data_lib.make_pipeline(
         examples,
         batch_size=128,
-        normalization=normalization,
-        image_size=image_size,
+        normalization=recorded.normalization,
+        image_size=recorded.image_size,
         cache=False,
     )
     return data_lib.to_numpy(pipeline, limit)
@@ -81,11 +82,7 @@ def verification_inputs(
     """
     if samples < 1:
         raise BnnError(f"Expected samples >= 1, got {samples}.")
-    dataset = None
-    if isinstance(run_config, RunRecord):
-        dataset = run_config.config.dataset
-    elif run_config:
-        dataset = run_config.get("dataset")
+    dataset = model_input(run_config).dataset if run_config else None
     if dataset:
         x, y = run_test_split(run_config, samples)
         return x, y, f"{dataset} test images"
@@ -122,20 +119,21 @@ def flatbuffer_test_split(
     """
     flatbuffer = Flatbuffer.wrap(flatbuffer)
     meta = flatbuffer.metadata or {}
-    if "normalization" not in meta or "input_shape" not in meta:
+    if meta.get("normalization") is None or meta.get("input_shape") is None:
         raise BnnError(
             "The .tflite carries no training preprocessing (bnn metadata); convert it from a "
             "run folder with `bnn convert RUN_DIR`."
         )
-    name = dataset or meta.get("dataset")
+    recorded = ModelInput.from_mapping(meta, source=f"The bnn metadata of {flatbuffer.source}")
+    name = dataset or recorded.dataset
     if not name:
         raise BnnError("The .tflite does not name its data set; pass `dataset`.")
     if limit is not None and limit < 1:
         raise BnnError(f"Expected limit >= 1, got {limit}.")
-    splits = data_lib.load_dataset(name, data_dir or meta.get("data_dir"))
-    check_same_classes(meta.get("class_names"), flatbuffer.output_count(), splits.class_names,
+    splits = data_lib.load_dataset(name, data_dir or recorded.data_dir)
+    check_same_classes(recorded.class_names, flatbuffer.output_count(), splits.class_names,
                        name)
-    x, y = _split_arrays(splits, meta, limit, "test")
+    x, y = _split_arrays(splits, recorded, limit, "test")
     return x, y, name
 
 

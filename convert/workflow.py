@@ -23,7 +23,8 @@ from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import run_lock
 from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE
-from convert.converter import as_float32, convert_to_flatbuffer
+from bnn_keras.training.data.preprocessing import ModelInput
+from convert.converter import convert_to_flatbuffer, float32_for_conversion
 from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
 from convert.loading import LoadedModel, load_trained_model
 from convert.metadata import run_metadata
@@ -55,7 +56,7 @@ def _inputs(loaded: LoadedModel, config: Optional[Dict[str, Any]], samples: int,
     """Real test images of the run, else the user's .npy, else random inputs (warned)."""
     if loaded.record is not None:
         return verification_inputs(loaded.model, loaded.record, samples)
-    if config and "dataset" in config:
+    if config and config.get("dataset"):
         return verification_inputs(loaded.model, config, samples)
     if inputs:
         try:
@@ -143,9 +144,8 @@ def _read_paths(source: Path) -> List[Path]:
 
 
 def _model_file_metadata(loaded: LoadedModel, options: Dict[str, Any]) -> Dict[str, Any]:
-    """The run metadata of a bare model file, from the user's options; refuses without them."""
-    from convert.evaluate import DEFAULT_PIXEL_MAX, PIXEL_MAX
-
+    """The run metadata of a bare model file (`ModelInput.to_metadata`), from the user's
+    options; refuses without them."""
     names = ("class_names", "mean", "std")
     missing = [f"`{n}`" for n in names if options.get(n) is None]
     if missing:
@@ -164,34 +164,11 @@ def _model_file_metadata(loaded: LoadedModel, options: Dict[str, Any]) -> Dict[s
         raise BnnError(f"Expected an image model with (H, W, C) inputs, got input shape "
                        f"{tuple(loaded.model.input_shape)}; pass `no_metadata` to convert it "
                        "anyway.")
-    channels = input_shape[-1]
-    normalization = {}
-    for key in ("mean", "std"):
-        values = parse_floats(options[key], f"`{key}`")
-        if len(values) == 1:
-            values = values * channels
-        if len(values) != channels:
-            raise BnnError(f"Expected `{key}` with 1 or {channels} values (one per input "
-                           f"channel), got {len(values)}.")
-        normalization[key] = values
-    if min(normalization["std"]) <= 0:
-        raise BnnError(f"Expected `std` > 0, got {options['std']!r}.")
-    dataset = options.get("dataset")
-    pixel_max = options.get("pixel_max")
-    if pixel_max is None:
-        pixel_max = PIXEL_MAX.get(dataset, DEFAULT_PIXEL_MAX)
-    if not (np.isfinite(pixel_max) and pixel_max > 0):
-        raise BnnError(f"Expected `pixel_max` > 0, got {pixel_max}.")
-    class_names = parse_class_names(options["class_names"])
-    meta: Dict[str, Any] = {
-        "input_shape": input_shape, "class_names": class_names, "num_classes": len(class_names),
-        "normalization": normalization, "pixel_max": float(pixel_max),
-    }
-    if dataset:
-        meta["dataset"] = dataset
-    if options.get("data_dir"):
-        meta["data_dir"] = str(options["data_dir"])
-    return meta
+    return ModelInput.from_options(
+        input_shape, class_names=parse_class_names(options["class_names"]),
+        mean=parse_floats(options["mean"], "`mean`"), std=parse_floats(options["std"], "`std`"),
+        pixel_max=options.get("pixel_max"), dataset=options.get("dataset"),
+        data_dir=options.get("data_dir")).to_metadata()
 
 
 def _check_classes(loaded: LoadedModel, config: Optional[Dict[str, Any]], where: str) -> None:
@@ -340,15 +317,18 @@ def convert_trained_model(
     metadata = run_metadata(config)
     _check_free_space(loaded, metadata, out_path, bundle)
 
+    # The float32 model the flatbuffer is made from, rebuilt once (under mixed precision) for the
+    # conversion, the verification and the bundle's self-check.
+    deployed = float32_for_conversion(loaded.model)
     # Parsed once here and passed along: verification, the report and the bundle read this object.
-    float_flatbuffer = convert_to_flatbuffer(loaded.model, target=target).with_metadata(metadata)
+    float_flatbuffer = convert_to_flatbuffer(deployed, target=target).with_metadata(metadata)
     x, y, where = _inputs(loaded, config, samples, inputs)
     flatbuffer, int8_report = float_flatbuffer, None
     if int8:
         flatbuffer = _int8(loaded, target, int8_io, calibration_samples, fine_tune_epochs,
                            metadata)
         int8_report = _int8_comparison(float_flatbuffer, flatbuffer, x, y)
-    verification = verify_flatbuffer(loaded.model, flatbuffer, x, verbose=verbose)
+    verification = verify_flatbuffer(deployed, flatbuffer, x, verbose=verbose)
     report = conversion_report(
         loaded.model, flatbuffer, target=target, verification=verification, verified_on=where
     )
@@ -371,7 +351,7 @@ def convert_trained_model(
             if bundle:
                 # The bundle is written and self-checked before the .tflite replaces `output`
                 # (when this block ends): a refused bundle leaves `output` as it was.
-                report.bundle, report.bundle_check = _write_bundle(bundle, flatbuffer, loaded,
+                report.bundle, report.bundle_check = _write_bundle(bundle, flatbuffer, deployed,
                                                                    config, overwrite)
     report.path = str(out_path)
     return report
@@ -447,16 +427,16 @@ def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], out_path: P
     files.check_free_space(needs, what="the .tflite" + (" and the bundle" if bundle else ""))
 
 
-def _write_bundle(bundle: str, flatbuffer: Flatbuffer, loaded: LoadedModel,
+def _write_bundle(bundle: str, flatbuffer: Flatbuffer, deployed: "tf.keras.Model",
                   config: Dict[str, Any], overwrite: bool):
-    """Writes and self-checks the bundle; returns (folder, check summary) for the report."""
+    """Writes and self-checks the bundle; returns (folder, check summary) for the report.
+    `deployed` is the float32 model the flatbuffer was made from: the expected output."""
     from convert.bundle import write_checked_bundle
 
     with files.storage_errors(bundle, what="`bundle`"):
         path, check = write_checked_bundle(
-            # The expected output comes from the float32 model the flatbuffer was made from.
-            bundle, flatbuffer=flatbuffer, keras_model=as_float32(loaded.model),
-            run_config=config, overwrite=overwrite,
+            bundle, flatbuffer=flatbuffer, keras_model=deployed, run_config=config,
+            overwrite=overwrite,
         )
     return str(path), f"max |diff| {check.max_abs_diff:.3g} <= {check.atol:.3g}"
 

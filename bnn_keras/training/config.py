@@ -43,7 +43,8 @@ from bnn_keras.errors import BnnError
 from bnn_keras.options import ARGUMENT, KEY_VALUE, NESTED, option
 from bnn_keras.training import distribute, recipes
 from bnn_keras.training import tricks as tricks_lib
-from bnn_keras.training.data import Normalization
+from bnn_keras.training.data.normalization import Normalization
+from bnn_keras.training.data.preprocessing import ModelInput
 from bnn_keras.training.precision import PRECISIONS, resolve_precision
 
 MODEL_FILE = "model.keras"
@@ -507,6 +508,12 @@ class RunRecord:
             raise BnnError(f"{source}: field {given!r} without {missing!r}; a distilled run "
                            "records both.")
         return cls(config=TrainConfig(**options), extra=extra, format_version=version, **facts)
+
+    @property
+    def model_input(self) -> ModelInput:
+        """What a deployed model of this run needs to be fed and read (`ModelInput`): the data
+        set, input shape, classes, normalization and raw pixel maximum."""
+        return ModelInput.from_record(self)
 
     def to_dict(self) -> Dict[str, Any]:
         """config.json's content: the options, then what the run recorded (unrecorded facts,

@@ -43,9 +43,15 @@ def trained(digits):
     x_train, y_train, x_test, y_test = digits
     tf.keras.utils.set_random_seed(0)
     model = dorefa_model()
-    model.compile(tf.keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy",
+    # The rate decays to 0: at a constant rate the last epoch's test accuracy swung between 61%
+    # and 94% with the seed (and with the CPU's float rounding: 74% with AVX2 kernels where
+    # AVX-512 ones gave 92%); decayed, 4 epochs end at 92-96% for every seed tried.
+    epochs, batch_size = 4, 32
+    steps = epochs * -(-len(x_train) // batch_size)
+    rate = tf.keras.optimizers.schedules.CosineDecay(5e-3, decay_steps=steps)
+    model.compile(tf.keras.optimizers.Adam(rate), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
+    model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
     assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.8  # a model worth comparing
     return model
 

@@ -1,4 +1,5 @@
-"""The convert package's shape: its public API, no import cycle, one parse per flatbuffer.
+"""The convert package's shape: its public API, no import cycle, one parse per flatbuffer, and
+run folders read for deployment without the training application.
 
 A flatbuffer is parsed once (`convert.flatbuffer.Flatbuffer`) and passed along: the CLI tests
 count full parses of the TFLite schema's object tree while `bnn evaluate` and `bnn convert` run.
@@ -184,3 +185,44 @@ def test_rewritten_flatbuffers_equal_their_parsed_bytes():
     names = {bytes(t.name) for t in converted.model.subgraphs[0].tensors}
     assert {b"conv2/QuantConv2D", b"head/MatMul", b"pool/Mean"} <= names
     assert not any(name.startswith(f"{model.name}/".encode()) for name in names)
+
+
+# The training application's modules that deployment must not need: a run folder is read for
+# its model and `ModelInput`, not for how it was trained or where its images come from (the
+# data sources and pipeline, TensorFlow Datasets).
+TRAINING_APP = ("bnn_keras.training.config", "bnn_keras.training.recipes",
+                "bnn_keras.training.tricks", "bnn_keras.training.distribute",
+                "bnn_keras.training.run", "bnn_keras.training.stages",
+                *(f"bnn_keras.training.data.{name}" for name in (
+                    "sources", "tfds", "pipeline", "splits", "folder", "idx")),
+                "tensorflow_datasets")
+
+
+def test_deployment_modules_read_a_run_folder_without_the_training_app(digits_run):
+    """`metadata`, `evaluate` and `bundle` read a real run folder's config.json (through
+    `ModelInput`) for the .tflite metadata, `bnn predict`'s preprocessing and the bundle; none
+    of them loads the training app or TensorFlow Datasets."""
+    code = f"""
+import json, sys
+from convert import bundle, evaluate, metadata
+from bnn_keras.training.data.preprocessing import ModelInput
+config = json.loads(open({str(digits_run.run_dir / "config.json")!r}).read())
+meta = metadata.run_metadata(config)
+options = evaluate.image_options(meta)
+bundle.check_bundle_metadata(meta)
+assert ModelInput.from_mapping(meta) == ModelInput.from_mapping(config)
+assert options["pixel_max"] == 16.0 and meta["model"] == config["model"]
+print(sorted(m for m in sys.modules if m.startswith({TRAINING_APP!r})))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=CONVERT.parent, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_pixel_maximum_rule_is_written_once():
+    """The raw pixel maximum of a data set is decided by `pixel_max_for` alone."""
+    sources = [*CONVERT.rglob("*.py"), *(REPO_ROOT / "bnn_keras").rglob("*.py")]
+    rule = [path.relative_to(REPO_ROOT).as_posix() for path in sources
+            if "DEFAULT_PIXEL_MAX =" in path.read_text() or '"digits": 16' in path.read_text()]
+    assert rule == ["bnn_keras/training/data/preprocessing.py"]

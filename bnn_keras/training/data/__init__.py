@@ -14,39 +14,51 @@ One module each, in the order data flows:
   of `network`), image folders (whose files `images` reads);
 - `splits`: `DataSplits`, what every source returns;
 - `normalization`: `Normalization`, the per-channel statistics;
+- `preprocessing`: `ModelInput`, the description of a model's input that config.json, the
+  .tflite metadata and a bundle share (and the raw pixel maximum of each data set);
 - `pipeline` and `augment`: the input pipeline and its augmentations.
 
 The names below are this package's API; `from bnn_keras.training import data; data.X` is the
-usual way in.
+usual way in (`ModelInput` is imported from `preprocessing`). They are imported from their
+modules on first use, so reading a `ModelInput` (or a `Normalization`) loads neither TensorFlow
+Datasets nor the pipeline.
 """
 
-from bnn_keras.training.data.augment import AUGMENTATIONS
-from bnn_keras.training.data.folder import (
-    FOLDER_PREFIX,
-    FOLDER_TEST_PERCENT,
-    IMAGE_EXTENSIONS,
-    load_image_folder,
-)
-from bnn_keras.training.data.idx import has_idx_files, load_idx_folder, read_idx
-from bnn_keras.training.data.images import image_file_size
-from bnn_keras.training.data.network import NETWORK_PROBE_ENV, network_unreachable_reason
-from bnn_keras.training.data.normalization import Normalization
-from bnn_keras.training.data.pipeline import CACHE_LIMIT_BYTES, make_pipeline, preprocess, to_numpy
-from bnn_keras.training.data.sources import (
-    DEBIAN_FASHION_MNIST_DIR,
-    FASHION_MNIST_CLASSES,
-    list_datasets,
-    load_dataset,
-    load_digits,
-)
-from bnn_keras.training.data.splits import DEFAULT_PIXEL_MAX, DataSplits
-from bnn_keras.training.data.tfds import load_tfds
+import importlib
+from typing import Any, Dict
 
-__all__ = [
-    "AUGMENTATIONS", "CACHE_LIMIT_BYTES", "DEBIAN_FASHION_MNIST_DIR", "DEFAULT_PIXEL_MAX",
-    "DataSplits", "FASHION_MNIST_CLASSES", "FOLDER_PREFIX", "FOLDER_TEST_PERCENT",
-    "IMAGE_EXTENSIONS", "NETWORK_PROBE_ENV", "Normalization", "has_idx_files", "image_file_size",
-    "list_datasets", "load_dataset", "load_digits", "load_idx_folder", "load_image_folder",
-    "load_tfds", "make_pipeline", "network_unreachable_reason", "preprocess", "read_idx",
-    "to_numpy",
-]
+from bnn_keras._lazy import lazy_exports
+
+_PACKAGE = "bnn_keras.training.data"
+
+# Public name -> the module that defines it.
+_EXPORTS: Dict[str, str] = {
+    "AUGMENTATIONS": f"{_PACKAGE}.augment",
+    **dict.fromkeys(["FOLDER_PREFIX", "FOLDER_TEST_PERCENT", "IMAGE_EXTENSIONS",
+                     "load_image_folder"], f"{_PACKAGE}.folder"),
+    **dict.fromkeys(["has_idx_files", "load_idx_folder", "read_idx"], f"{_PACKAGE}.idx"),
+    "image_file_size": f"{_PACKAGE}.images",
+    **dict.fromkeys(["NETWORK_PROBE_ENV", "network_unreachable_reason"], f"{_PACKAGE}.network"),
+    "Normalization": f"{_PACKAGE}.normalization",
+    "DEFAULT_PIXEL_MAX": f"{_PACKAGE}.preprocessing",
+    **dict.fromkeys(["CACHE_LIMIT_BYTES", "make_pipeline", "preprocess", "to_numpy"],
+                    f"{_PACKAGE}.pipeline"),
+    **dict.fromkeys(["DEBIAN_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "list_datasets",
+                     "load_dataset", "load_digits"], f"{_PACKAGE}.sources"),
+    "DataSplits": f"{_PACKAGE}.splits",
+    "load_tfds": f"{_PACKAGE}.tfds",
+}
+
+__all__ = sorted(_EXPORTS)
+
+_SUBMODULES = ("augment", "folder", "idx", "images", "network", "normalization", "pipeline",
+               "preprocessing", "sources", "splits", "tfds")
+
+_export, __dir__ = lazy_exports(_PACKAGE, _EXPORTS, globals())
+
+
+def __getattr__(name: str) -> Any:
+    # `data.sources.X` worked while this package imported every module; it still does.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{_PACKAGE}.{name}")
+    return _export(name)

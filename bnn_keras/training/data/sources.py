@@ -16,6 +16,7 @@ import numpy as np
 from bnn_keras.errors import BnnError
 from bnn_keras.training.data.folder import FOLDER_PREFIX, load_image_folder
 from bnn_keras.training.data.idx import has_idx_files, load_idx_folder
+from bnn_keras.training.data.preprocessing import pixel_max_for
 from bnn_keras.training.data.splits import DataSplits, from_arrays
 from bnn_keras.training.data.tfds import load_tfds
 
@@ -46,7 +47,7 @@ def load_digits(data_dir: Optional[str] = None) -> DataSplits:
     )
     return from_arrays(
         "digits", x_train, y_train, x_test, y_test, [str(d) for d in range(10)], "none",
-        default_image_size=16, pixel_max=16.0,
+        default_image_size=16, pixel_max=pixel_max_for("digits"),
     )
 
 

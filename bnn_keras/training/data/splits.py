@@ -11,13 +11,12 @@ import numpy as np
 import tensorflow as tf
 
 from bnn_keras.training.data.normalization import Normalization
+from bnn_keras.training.data.preprocessing import DEFAULT_PIXEL_MAX
 
 # Images used to estimate the per-channel mean/std of a training split.
 NORMALIZATION_SAMPLE = 10_000
 # Fewer for sets of large, variable-size images, whose decoding dominates the estimate's cost.
 NORMALIZATION_SAMPLE_LARGE = 1_000
-
-DEFAULT_PIXEL_MAX = 255.0
 
 
 @dataclasses.dataclass
