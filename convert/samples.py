@@ -82,10 +82,10 @@ def verification_inputs(
     """
     if samples < 1:
         raise BnnError(f"Expected samples >= 1, got {samples}.")
-    dataset = model_input(run_config).dataset if run_config else None
-    if dataset:
-        x, y = run_test_split(run_config, samples)
-        return x, y, f"{dataset} test images"
+    recorded = model_input(run_config) if run_config else None
+    if recorded is not None and recorded.dataset:
+        x, y = run_test_split(recorded, samples)
+        return x, y, f"{recorded.dataset} test images"
     warnings.warn(
         "No run config with a data set: verifying on random inputs. Convert a run folder "
         "to verify on real images.",
