@@ -44,17 +44,27 @@ class TrainedRun:
 
 def tiny_lce_model(channels: int = 1):
     """A float conv + BN + one binary conv + GAP + softmax dense on 8x8 inputs: the smallest
-    model that LCE turns into a real LceBconv2d (a conversion takes seconds)."""
+    model that LCE turns into a real LceBconv2d (a conversion takes seconds).
+
+    Its weights are seeded: an untrained model has near-ties that float rounding may break
+    either way in Keras and in the flatbuffer, so the same model is built whatever ran before
+    in the process (tests compare top-1 decisions on it)."""
     import larq as lq
     import tensorflow as tf
 
+    def seeded(seed):
+        return tf.keras.initializers.GlorotUniform(seed=seed)
+
     inputs = tf.keras.Input((8, 8, channels))
-    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False, name="conv1")(inputs)
+    x = lq.layers.QuantConv2D(8, 3, kernel_quantizer="ste_sign", use_bias=False,
+                              kernel_initializer=seeded(1), name="conv1")(inputs)
     x = tf.keras.layers.BatchNormalization(name="bn1")(x)
     x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                              kernel_quantizer="ste_sign", use_bias=False, name="conv2")(x)
+                              kernel_quantizer="ste_sign", use_bias=False,
+                              kernel_initializer=seeded(2), name="conv2")(x)
     x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = tf.keras.layers.Dense(4, activation="softmax", name="head")(x)
+    outputs = tf.keras.layers.Dense(4, activation="softmax", kernel_initializer=seeded(3),
+                                    name="head")(x)
     return tf.keras.Model(inputs, outputs)
 
 
