@@ -18,6 +18,8 @@ import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 # The import above has run, so TensorFlow resolves to tf-keras from here on.
 from bnn_keras import BnnError  # noqa: E402
 from bnn_keras.errors import first_line, storage_error_message  # noqa: E402
+from bnn_keras.options import ANY_PATH, EXISTING_FILE, FOLDER  # noqa: E402
+from convert.options import ConvertOptions  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -64,7 +66,8 @@ class BnnGroup(click.Group):
         for param in command.params if command else ():
             if isinstance(param, click.Option):
                 spelled = _option_flag(param)
-                # By its long options too: `bundle` is --bundle although its value is bundle_dir.
+                # By its long options too: `output` is --output although `bnn train` names its
+                # value run_dir.
                 spellings.update({opt[2:].replace("-", "_"): spelled for opt in param.opts
                                   if opt.startswith("--")})
                 spellings[param.name] = spelled
@@ -163,8 +166,8 @@ def _field_option(field: dataclasses.Field, kind: str) -> Callable:
         settings["show_default"] = meta["show_default"] and field.default is not None
         if meta["choices"]:
             settings["type"] = click.Choice(meta["choices"])
-        elif meta["existing_folder"]:
-            settings["type"] = click.Path(file_okay=False)
+        elif meta["path"]:
+            settings["type"] = _PATH_TYPES[meta["path"]]
         else:
             settings["type"] = value_type
         if meta["metavar"]:
@@ -172,13 +175,20 @@ def _field_option(field: dataclasses.Field, kind: str) -> Callable:
     return click.option(field.name, spelled, *meta["aliases"], **settings)
 
 
+# click's type for each kind of path option (`bnn_keras.options.option(path=...)`).
+_PATH_TYPES = {FOLDER: click.Path(file_okay=False),
+               EXISTING_FILE: click.Path(exists=True, dir_okay=False),
+               ANY_PATH: click.Path()}
+
+
 def _value_type(annotation: Any) -> type:
-    """`Optional[int]` -> int, `bool` -> bool, `Dict[...]` -> dict."""
+    """`Optional[int]` -> int, `bool` -> bool, `Dict[...]` -> dict; a field that the library
+    takes in several forms (`Union[str, Sequence[float]]`) is a string on the command line."""
     import typing
 
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
-        return args[0]
+    if typing.get_origin(annotation) is typing.Union:
+        return args[0] if len(args) == 1 else str
     return typing.get_origin(annotation) or annotation
 
 
@@ -417,16 +427,6 @@ def _shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def _build_registered(name: str, tricks: Dict[str, Any], model_options: Dict[str, Any],
-                      input_shape, num_classes):
-    """The registry model `bnn train` builds (`bnn_keras.training.run.registry_model`)."""
-    from bnn_keras import training
-    from bnn_keras.training.run import registry_model
-
-    config = training.TrainConfig(model=name, tricks=tricks, model_options=model_options)
-    return registry_model(config, input_shape, num_classes)[0]
-
-
 # A VALUE starting like this (or one of the JSON words) is meant as JSON: a typo in it is an
 # error, not a string (`stage_filters=[16,32` would otherwise reach the model as 8 characters).
 _JSON_START = tuple('[{"-0123456789')
@@ -499,63 +499,12 @@ def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> i
 
 @main.command()
 @click.argument("source", metavar="RUN_DIR_OR_MODEL_FILE", type=click.Path())
-@click.option("--target", type=click.Choice(["arm64", "arm", "xcore"]), default="arm64",
-              show_default=True, help="LCE target; arm64 and arm both mean LCE's ARM kernels.")
-@click.option("--output", "-o", type=click.Path(), default=None,
-              help="Where to write the .tflite [default: model.tflite in the run folder, or "
-                   "next to the model file]. Never an input, a link or a device; an existing "
-                   "file only with --overwrite.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing --output (and its .unverified file) and --bundle folder "
-                   "(an earlier bundle or an empty folder only).")
-@click.option("--samples", type=int, default=64, show_default=True,
-              help="Inputs to compare Keras and the .tflite on (the run's test images).")
-@click.option("--inputs", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A .npy of preprocessed inputs to verify on when the model has no run folder.")
-@click.option("--min-agreement", type=float, default=0.99, show_default=True,
-              help="Fail (keeping the file as .unverified) below this Keras/.tflite top-1 agreement.")
-@click.option("--int8", is_flag=True,
-              help="Run the non-binary layers in int8 (fake-quant ranges calibrated on the run's "
-                   "training images); the report compares size and accuracy with float32.")
-@click.option("--int8-io", is_flag=True, help="int8 model input and output (needs --int8).")
-@click.option("--calibration-samples", type=int, default=256, show_default=True,
-              help="Training images that calibrate the --int8 ranges.")
-@click.option("--fine-tune-epochs", type=int, default=0, show_default=True,
-              help="Quantization-aware fine-tuning epochs for --int8 on those images.")
-@click.option("--bundle", "bundle_dir", type=click.Path(), default=None,
-              help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, "
-                   "runner, manifest.json); a new folder, or an earlier bundle with "
-                   "--overwrite, which replaces only the files bnn wrote and keeps yours "
-                   "(notes, build/).")
-@click.option("--class-names", default=None, metavar="FILE|A,B,...",
-              help="Model file only: one class name per output, as a file (one per line) or a "
-                   "comma-separated list.")
-@click.option("--mean", default=None, metavar="M[,M,M]",
-              help="Model file only: per-channel mean of the training normalization, on raw "
-                   "pixels (one value, or one per channel).")
-@click.option("--std", default=None, metavar="S[,S,S]",
-              help="Model file only: per-channel standard deviation of that normalization.")
-@click.option("--pixel-max", type=float, default=None,
-              help="Model file only: raw pixel maximum training saw [default: 16 for digits, "
-                   "else 255].")
-@click.option("--dataset", default=None,
-              help="Model file only: the data set it was trained on (verification on its test "
-                   "images; `bnn evaluate` then needs no --dataset).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Model file only: where that data set lives.")
-@click.option("--no-metadata", is_flag=True,
-              help="Model file only: convert without the preprocessing metadata (a plain .tflite "
-                   "that `bnn evaluate` and `bnn predict` refuse).")
+@_config_options(ConvertOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @custom_objects_option
 @trust_model_code_option
-def convert(source: str, target: str, output: Optional[str], overwrite: bool, samples: int,
-            inputs: Optional[str], min_agreement: float, int8: bool, int8_io: bool,
-            calibration_samples: int, fine_tune_epochs: int, bundle_dir: Optional[str],
-            class_names: Optional[str], mean: Optional[str], std: Optional[str],
-            pixel_max: Optional[float], dataset: Optional[str], data_dir: Optional[str],
-            no_metadata: bool, as_json: bool, custom_objects: Sequence[str] = (),
-            trust_model_code: bool = False) -> None:
+def convert(source: str, as_json: bool, custom_objects: Sequence[str] = (),
+            trust_model_code: bool = False, **values: Any) -> None:
     """Convert a trained model to an LCE flatbuffer, verify it, and report on it.
 
     The flatbuffer is run in LCE's interpreter on real inputs and compared with Keras. The
@@ -573,19 +522,13 @@ def convert(source: str, target: str, output: Optional[str], overwrite: bool, sa
     """
     from convert.workflow import VerificationFailedError, convert_trained_model
 
+    options = ConvertOptions(**values)  # its checks first: nothing is loaded for a bad value
     _use_custom_objects(custom_objects)
     _use_trust_model_code(trust_model_code)
     if not as_json:
-        click.echo(f"Converting {source} for target {target} ...")
+        click.echo(f"Converting {source} for target {options.target} ...")
     try:
-        report = convert_trained_model(
-            source, output=output, target=target, samples=samples, inputs=inputs,
-            min_agreement=min_agreement, int8=int8, int8_io=int8_io,
-            calibration_samples=calibration_samples, fine_tune_epochs=fine_tune_epochs,
-            bundle=bundle_dir, overwrite=overwrite, class_names=class_names, mean=mean,
-            std=std, pixel_max=pixel_max, dataset=dataset, data_dir=data_dir,
-            no_metadata=no_metadata, verbose=0 if as_json else 1,
-        )
+        report = convert_trained_model(source, options, verbose=0 if as_json else 1)
     except VerificationFailedError as exc:
         _note_rebuilt(source, exc.report.rebuilt_classes)
         _print_report(exc.report, as_json)

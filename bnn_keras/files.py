@@ -189,7 +189,7 @@ def check_output_folder(
     *,
     reads: Iterable[PathLike] = (),
     overwrite: bool = False,
-    what: str = "--bundle",
+    what: str = "`output`",
     replaceable: Optional[Callable[[Path], bool]] = None,
     kind: str = "folder",
 ) -> Path:
@@ -204,7 +204,7 @@ def check_output_folder(
         path: The output folder.
         reads: Files and folders the command reads or writes elsewhere.
         overwrite: Whether an existing folder may be replaced.
-        what: How the user named the output (e.g. "--bundle"), for the messages.
+        what: How the user named the output (e.g. "`bundle`"), for the messages.
         replaceable: Whether an existing folder may be replaced with `overwrite` (default: any).
         kind: What the folder is, for the messages (e.g. "bnn bundle").
 
@@ -228,7 +228,7 @@ def check_output_folder(
             raise BnnError(f"{what} {given} already exists; pass `overwrite` to replace it, or "
                            "choose another folder.")
         if replaceable is not None and not replaceable(given):
-            raise BnnError(f"{what} {given} is not an empty folder or a {kind}; --overwrite "
+            raise BnnError(f"{what} {given} is not an empty folder or a {kind}; `overwrite` "
                            f"replaces only a {kind}: choose another folder.")
     check_writable_folder(given.parent, what=what)
     return given

@@ -20,6 +20,11 @@ ARGUMENT = "argument"      # a positional argument (the model name)
 KEY_VALUE = "key_value"    # repeatable --name KEY=VALUE, collected into a dict
 NESTED = "nested"          # a dict field whose options come from another dataclass
 
+# What a path option's value may name (field metadata "path"):
+FOLDER = "folder"                # a folder, existing or not (a file there is refused)
+EXISTING_FILE = "existing_file"  # a file that exists
+ANY_PATH = "any"                 # a file or folder, existing or not
+
 
 def option(
     default: Any = None,
@@ -34,7 +39,7 @@ def option(
     nested: Optional[type] = None,
     metavar: Optional[str] = None,
     spelled: Optional[str] = None,
-    existing_folder: bool = False,
+    path: Optional[str] = None,
     default_factory: Optional[Callable[[], Any]] = None,
 ) -> Any:
     """A dataclass field with what its command-line option needs.
@@ -51,13 +56,14 @@ def option(
         nested: For `NESTED`, the dataclass whose fields are the options.
         metavar: The option's value placeholder in the help.
         spelled: The option's spelling when it is not `flag(name)` (e.g. "--model-option").
-        existing_folder: The value is a folder path (a file there is refused).
+        path: The value is a path: `FOLDER` (a file there is refused), `EXISTING_FILE` (a
+            file that must exist) or `ANY_PATH`.
         default_factory: For a mutable default (dict, list).
     """
     metadata = dict(help=help, choices=tuple(choices) if choices else None, aliases=aliases,
                     negatable=negatable, zero_means_none=zero_means_none,
                     show_default=show_default, cli=cli, nested=nested, metavar=metavar,
-                    spelled=spelled, existing_folder=existing_folder)
+                    spelled=spelled, path=path)
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

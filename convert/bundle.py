@@ -13,6 +13,7 @@ a destination before the long work starts, the README, and the latency expected 
 import json
 import os
 import shutil
+import string
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -53,6 +54,8 @@ from convert.flatbuffer import Flatbuffer, FlatbufferLike
 from convert.isolated import isolated_predict
 
 _RUNNER_SOURCE = Path(__file__).resolve().parent / "runner"
+# The bundle's README.md, a `string.Template` (`_readme` names its fields).
+README_TEMPLATE = _RUNNER_SOURCE / "README.md.template"
 # Absolute tolerance floor, relative to the output's magnitude: float32 sums in another order
 # (ARM kernels vs Keras) differ by a few ulps per accumulation.
 _ATOL_FLOOR = 1e-3
@@ -209,97 +212,19 @@ QuickNet; a model with mostly float layers runs slower per MAC.
 
 
 def _readme(meta: Mapping[str, Any], folder: str) -> str:
-    shape = "x".join(str(d) for d in meta["input"]["shape"])
+    """The bundle's README.md: `README_TEMPLATE` filled in from the bundle's model.json."""
     height, width = meta["input"]["shape"][1:3]
     version = meta["lce_version"]
-    tag = f"v{version}" if version != "unknown" else "v0.16.0"
-    return f"""# {meta.get("name") or "bnn"} on a Raspberry Pi
-
-`{TFLITE_FILE}` is a Larq Compute Engine (LCE {version}) flatbuffer: input {shape} float32
-(normalized: see `{MODEL_JSON}`), {len(meta["class_names"])} classes (`{LABELS_FILE}`).
-It uses LCE's custom ops (LceBconv2d, LceQuantize, ...), so plain TensorFlow Lite cannot run it:
-use LCE's `lce_benchmark_model` or the C++ runner in `{RUNNER_DIR}/`, both built with LCE's kernels.
-
-## 64-bit or 32-bit OS
-
-`uname -m` on the Pi tells which OS runs; the scripts choose by it:
-
-| `uname -m` | OS | LCE release binary | LCE build flags (`build.sh`) | `bnn convert` |
-| --- | --- | --- | --- | --- |
-| `aarch64` | 64-bit (Raspberry Pi OS 64-bit, Ubuntu arm64) | `lce_benchmark_model_aarch64` | `aarch64` | `--target arm64` |
-| `armv7l` | 32-bit (Raspberry Pi OS 32-bit, Raspbian) | `lce_benchmark_model_aarch32` | `rpi3` (`-march=armv7-a -mfpu=neon-vfpv4`) | `--target arm` |
-
-Both targets select LCE's `arm` converter target, so this flatbuffer runs on either OS. LCE's
-optimized binary kernels are written for 64-bit ARM: on a Raspberry Pi 3, 4 or 5, a 64-bit OS is
-the fast choice. Other machines (`armv6l`: the Pi 1 and the first Pi Zero) have no LCE release
-binary.
-
-Copy this folder to the Pi, e.g. `scp -r {folder} pi@raspberrypi.local:`.
-
-## 1. Benchmark with LCE's release binary
-
-    ./benchmark.sh 1        # 1 thread; ./benchmark.sh 4 for all cores
-
-`benchmark.sh` downloads the asset for `uname -m` (above) from
-https://github.com/larq/compute-engine/releases/tag/{tag} (or set
-`LCE_BENCHMARK_MODEL=/path/to/lce_benchmark_model` to use one you built). Equivalent command:
-
-    ./lce_benchmark_model_aarch64 --graph={TFLITE_FILE} --num_threads=1 --num_runs=50 --warmup_runs=5
-
-Before running it, `benchmark.sh` compares the glibc the binary needs (its `GLIBC_x.y` symbol
-versions) with this system's (`getconf GNU_LIBC_VERSION`). LCE's release binaries need a newer
-glibc than older images have (Raspberry Pi OS 10 "buster" has 2.28; LCE issue 770); there it stops
-and says so: build the runner on the device (section 2), which measures the latency too.
-{_latency_readme(meta)}
-## 2. Build and run the C++ runner (self-check)
-
-The runner is compiled on the device against LCE's source tree (TensorFlow Lite + LCE kernels,
-built with CMake; expect 30-60 minutes on a Pi 4, and about 1 GB of RAM per compile job), with the
-release flags of LCE's own ARM builds for `uname -m` (-O3, -DNDEBUG and its `aarch64` or `rpi3`
-flags; see `{RUNNER_DIR}/CMakeLists.txt`). A build without them can be many times slower:
-`run.sh` warns when the latency is far above the expected one.
-
-    sudo apt-get install -y build-essential cmake git
-    ./build.sh                 # clones LCE {tag} with its TensorFlow submodule, builds build/bnn_runner
-    JOBS=2 ./build.sh          # on a Pi with 2 GB of RAM or less
-    ./build.sh ~/compute-engine   # or reuse an existing LCE checkout
-
-Then
-
-    ./run.sh                   # test_input.bin -> compares with expected_output.bin
-    ./run.sh --threads=4 --runs=50
-
-prints the latency, the top-5 classes and `self-check: ... PASSED`; the exit code is 0 when the
-output is within `atol={meta["expected_output"]["atol"]:.3g}` of the Keras model's output and the
-top-1 class matches, 1 otherwise.
-
-To classify an image, convert it to a binary PPM (colour) or PGM (grayscale), e.g. with
-ImageMagick `convert photo.jpg photo.ppm`, then
-
-    ./run.sh photo.ppm --top_k=3
-
-The runner resizes it to {height}x{width} (bilinear), scales pixels to 0..{meta["pixel_max"]:g}
-and applies the training normalization from `{RUNNER_ARGS_FILE}`.
-
-## Files
-
-- `{MODEL_JSON}`: input shape and dtype, normalization, class names, LCE version, and the test
-  tensors: `{TEST_INPUT_FILE}` / `{EXPECTED_OUTPUT_FILE}` are raw little-endian float32 arrays
-  in C order with the shapes given in `{MODEL_JSON}`.
-- `{RUNNER_ARGS_FILE}`: the runner's arguments for the self-check, one per line.
-- `{SHELL_LIBRARY}`: the functions `run.sh` and `benchmark.sh` share (asset choice, glibc check,
-  latency report).
-- `{RUNNER_DIR}/bnn_runner.cc`, `{RUNNER_DIR}/CMakeLists.txt`: the runner (TFLite C++ API +
-  `compute_engine::tflite::RegisterLCECustomOps`).
-- `{MANIFEST_FILE}`: the sha256 and size of each file above as bnn wrote it. `bnn check-bundle`
-  compares every file with it before the self-check, so an edited `{RUNNER_ARGS_FILE}`, script
-  or `{LABELS_FILE}` is named.
-
-Files you add here (notes, images) and what `build.sh` and `benchmark.sh` make (`build/`,
-`compute-engine/`, `lce_benchmark_model_*`) are not bnn's: `bnn check-bundle` lists them without
-checking them, and `bnn convert --bundle ... --overwrite` keeps them as they are (it refuses to
-replace one of bnn's files that you edited).
-"""
+    return string.Template(README_TEMPLATE.read_text()).substitute(
+        name=meta.get("name") or "bnn", version=version,
+        tag=f"v{version}" if version != "unknown" else "v0.16.0",
+        shape="x".join(str(d) for d in meta["input"]["shape"]), height=height, width=width,
+        classes=len(meta["class_names"]), folder=folder, latency_section=_latency_readme(meta),
+        atol=f'{meta["expected_output"]["atol"]:.3g}', pixel_max=f'{meta["pixel_max"]:g}',
+        TFLITE_FILE=TFLITE_FILE, MODEL_JSON=MODEL_JSON, LABELS_FILE=LABELS_FILE,
+        RUNNER_DIR=RUNNER_DIR, RUNNER_ARGS_FILE=RUNNER_ARGS_FILE, SHELL_LIBRARY=SHELL_LIBRARY,
+        MANIFEST_FILE=MANIFEST_FILE, TEST_INPUT_FILE=TEST_INPUT_FILE,
+        EXPECTED_OUTPUT_FILE=EXPECTED_OUTPUT_FILE)
 
 
 def _copy_runner(dest: Path) -> None:
@@ -330,6 +255,7 @@ def check_bundle_destination(
     *,
     reads: Sequence[Union[str, os.PathLike]] = (),
     overwrite: bool = False,
+    what: str = "`bundle`",
 ) -> Path:
     """Checks, before the conversion starts, that a bundle can be written to `directory`.
 
@@ -339,14 +265,16 @@ def check_bundle_destination(
     bundle where replacing bnn's files would lose something: one of them edited since bnn wrote
     it, a file of the user's where bnn writes one, or a manifest that no longer tells them apart.
 
+    `write_bundle` checks its folder with this function too (`what` "Bundle folder").
+
     Raises:
-        BnnError: one line naming the folder (and the file) and what to do.
+        BnnError: one line naming `what`, the folder (and the file) and what to do.
     """
     folder = files.check_output_folder(directory, reads=reads, overwrite=overwrite,
-                                       what="--bundle", replaceable=is_replaceable_bundle,
+                                       what=what, replaceable=is_replaceable_bundle,
                                        kind="bnn bundle")
     if overwrite and folder.is_dir():
-        entries_to_keep(folder, BUNDLE_FILES, what="--bundle")
+        entries_to_keep(folder, BUNDLE_FILES, what=what)
     return folder
 
 
@@ -354,13 +282,6 @@ def check_bundle_destination(
 # overwrite: replace bnn's files, keep everything else
 
 _WHAT = "Bundle folder"
-
-
-def _check_replaceable(folder: Path) -> None:
-    if not is_replaceable_bundle(folder):
-        raise BnnError(f"{_WHAT} {folder} is not an empty folder or a bnn bundle; overwrite "
-                       "replaces only a bnn bundle: choose another folder.")
-    entries_to_keep(folder, BUNDLE_FILES, what=_WHAT)
 
 
 def _first_reason(exc: OSError) -> str:
@@ -469,15 +390,7 @@ def write_checked_bundle(directory: Union[str, os.PathLike], **options) -> Tuple
 def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, input_shape=None,
                   normalization=None, class_names=None, sample_input=None, pixel_max=None,
                   name=None, overwrite=False, self_check=False):
-    final = Path(directory)
-    if final.is_symlink():
-        raise BnnError(f"{final} is a symbolic link; bnn does not replace a link with a folder.")
-    if final.exists() and not final.is_dir():
-        raise BnnError(f"{final} exists and is not a folder; choose a new folder.")
-    if final.exists() and not overwrite:
-        raise BnnError(f"{final} already exists; choose another folder or pass overwrite.")
-    if final.exists():
-        _check_replaceable(final)
+    final = check_bundle_destination(directory, overwrite=overwrite, what=_WHAT)
     flatbuffer = Flatbuffer.wrap(flatbuffer)
     model_input = _model_input(run_config, input_shape, normalization, class_names, pixel_max)
     shape, norm = model_input.input_shape, model_input.normalization.to_dict()

@@ -26,31 +26,26 @@ from bnn_keras.model_files import (  # noqa: F401  (re-exported: callers import 
     RESAVE_HINT,
     load_error_cause,
 )
-from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE, RunRecord
+from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE, RunSummary
 
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A Keras model and, when it came from a run folder, that run's config.json.
+    """A Keras model and, when it came from a run folder, what deploying it reads of the run.
 
     Attributes:
         model: The model.
         path: The model file it was loaded from.
-        record: The run's validated config.json (`RunRecord`), or None for a model file.
+        run: The run folder's `RunSummary` (the model's registry name and its `ModelInput`),
+            or None for a model file.
         rebuilt_classes: Model subclasses that could not be imported and were rebuilt as
             functional models from their saved config (e.g. `("BinaryDenseNet",)`).
     """
 
     model: tf.keras.Model
     path: Path
-    record: Optional[RunRecord] = None
+    run: Optional[RunSummary] = None
     rebuilt_classes: Tuple[str, ...] = ()
-
-    @property
-    def run_config(self) -> Optional[Dict[str, Any]]:
-        """The run's config.json content (`RunRecord.to_dict`), or None for a model file: the
-        form the .tflite metadata and the bundle share with a model file's options."""
-        return None if self.record is None else self.record.to_dict()
 
 
 def load_trained_model(path: str, custom_objects: Optional[Mapping] = None, *,
@@ -78,11 +73,11 @@ def load_trained_model(path: str, custom_objects: Optional[Mapping] = None, *,
     source = Path(path)
     if not source.exists():
         raise BnnError(f"No such model file or run folder: {source}.")
-    record = None
+    run = None
     if source.is_dir():
         if (source / MODEL_FILE).is_file():
             if (source / CONFIG_FILE).is_file():
-                record = RunRecord.read(source)
+                run = RunSummary.read(source)
             source = source / MODEL_FILE
         elif not (source / "saved_model.pb").is_file():
             raise BnnError(
@@ -97,7 +92,7 @@ def load_trained_model(path: str, custom_objects: Optional[Mapping] = None, *,
                                          trust_model_code=trust_model_code)
     if not isinstance(loaded.model, tf.keras.Model):
         raise BnnError(f"{source} does not hold a Keras model.")
-    return LoadedModel(model=loaded.model, path=source, record=record,
+    return LoadedModel(model=loaded.model, path=source, run=run,
                        rebuilt_classes=loaded.rebuilt_classes)
 
 

@@ -6,7 +6,7 @@ file's SHA-256 is `convert.flatbuffer.Flatbuffer` (`with_metadata`, `metadata`,
 `check_content_digest`). The functions below do the same on bytes, for callers that hold bytes.
 """
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
 from bnn_keras.training.data.preprocessing import ModelInput
 from convert.flatbuffer import DIGEST_KEY, METADATA_NAME, Flatbuffer, FlatbufferLike
@@ -39,26 +39,32 @@ def check_content_digest(flatbuffer: FlatbufferLike, *, source: str = "the input
     return Flatbuffer.wrap(flatbuffer, source=source).check_content_digest()
 
 
-def run_metadata(run_config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def run_metadata(model_input: Optional[Union[ModelInput, Mapping[str, Any]]], *,
+                 model: Optional[str] = None) -> Dict[str, Any]:
     """What a deployed model needs to be fed and read (its `ModelInput`, and the registry name
     of a run's model), plus versions.
 
     Args:
-        run_config: A run's config.json content, or a model file's metadata (what
-            `ModelInput.to_metadata` gives); None for versions only.
+        model_input: The model's input, or a mapping that describes it (a run's config.json,
+            or `ModelInput.to_metadata()`, whose `model` key is read too); None for versions
+            only.
+        model: The registry name of the run's model [default: the mapping's `model`].
 
     Raises:
-        BnnError: `run_config` has no input shape or normalization.
+        BnnError: a mapping without an input shape or normalization.
     """
     import larq_compute_engine
 
     import bnn_keras
 
     meta: Dict[str, Any] = {}
-    if run_config:
-        if "model" in run_config:
-            meta["model"] = run_config["model"]
-        meta.update(ModelInput.from_mapping(run_config).to_metadata())
+    if isinstance(model_input, Mapping):
+        model = model if model is not None else model_input.get("model")
+        model_input = ModelInput.from_mapping(model_input)
+    if model is not None:
+        meta["model"] = model
+    if model_input is not None:
+        meta.update(model_input.to_metadata())
     meta["bnn_version"] = bnn_keras.__version__
     meta["lce_version"] = larq_compute_engine.__version__
     return meta

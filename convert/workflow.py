@@ -1,8 +1,9 @@
-"""The whole `bnn convert` job as one function: check outputs, load, convert, verify, write,
-report.
+"""The whole `bnn convert` job as one function, `convert_trained_model`, whose body is its steps:
+check the options against the source, check the outputs, load, describe the input, convert,
+verify, write, report.
 
-Messages name `convert_trained_model`'s parameters in backticks (`bnn_keras.options.
-spell_fields`); `bnn convert` shows its options in their place.
+What the job is asked to do is a `convert.options.ConvertOptions`. Messages name its fields in
+backticks (`bnn_keras.options.spell_fields`); `bnn convert` shows its options in their place.
 
 Every output location is checked before the model is even loaded (an input is never an output,
 links and devices are never replaced, an existing file only with `overwrite`, the folders are
@@ -12,7 +13,9 @@ and the bundle has passed its self-check: a refused or failed conversion leaves 
 existed before as it was.
 """
 
+import dataclasses
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -22,12 +25,13 @@ import numpy as np
 from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import run_lock
-from bnn_keras.training.config import CONFIG_FILE, MODEL_FILE
 from bnn_keras.training.data.preprocessing import ModelInput
+from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE
 from convert.converter import convert_to_flatbuffer, float32_for_conversion
 from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
 from convert.loading import LoadedModel, load_trained_model
 from convert.metadata import run_metadata
+from convert.options import ConvertOptions
 from convert.report import ConversionReport, conversion_report
 from convert.samples import verification_inputs
 from convert.verify import verify_flatbuffer
@@ -49,26 +53,6 @@ class VerificationFailedError(BnnError):
     def __init__(self, message: str, report: ConversionReport):
         super().__init__(message)
         self.report = report
-
-
-def _inputs(loaded: LoadedModel, config: Optional[Dict[str, Any]], samples: int,
-            inputs: Optional[str]):
-    """Real test images of the run, else the user's .npy, else random inputs (warned)."""
-    if loaded.record is not None:
-        return verification_inputs(loaded.model, loaded.record, samples)
-    if config and config.get("dataset"):
-        return verification_inputs(loaded.model, config, samples)
-    if inputs:
-        try:
-            x = np.load(inputs)
-        except (OSError, ValueError) as exc:
-            raise BnnError(f"Could not read `inputs` {inputs} as a .npy array ({exc}).") from None
-        expected = tuple(loaded.model.input_shape[1:])
-        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise BnnError(f"Expected `inputs` of shape (N, {', '.join(map(str, expected))}), "
-                           f"got {x.shape}.")
-        return x[:samples].astype(np.float32), None, f"inputs from {inputs}"
-    return verification_inputs(loaded.model, None, samples)
 
 
 def parse_class_names(value: Union[str, Sequence[str]]) -> List[str]:
@@ -143,109 +127,21 @@ def _read_paths(source: Path) -> List[Path]:
     return kept
 
 
-def _model_file_metadata(loaded: LoadedModel, options: Dict[str, Any]) -> Dict[str, Any]:
-    """The run metadata of a bare model file (`ModelInput.to_metadata`), from the user's
-    options; refuses without them."""
-    names = ("class_names", "mean", "std")
-    missing = [f"`{n}`" for n in names if options.get(n) is None]
-    if missing:
-        beside = loaded.path.parent
-        hint = (f" (or convert the run folder {beside} instead)"
-                if (beside / CONFIG_FILE).is_file() and loaded.path.name == MODEL_FILE else "")
-        raise BnnError(
-            f"{loaded.path} is a model file without a run folder, so nothing says how to feed and "
-            f"read it: pass {', '.join(missing)} (and `pixel_max`, `dataset` if they apply)"
-            f"{hint}, or `no_metadata` for a plain .tflite that `bnn evaluate` and `bnn predict` "
-            "cannot "
-            "use."
-        )
-    input_shape = [int(d) for d in loaded.model.input_shape[1:]]
-    if len(input_shape) != 3:
-        raise BnnError(f"Expected an image model with (H, W, C) inputs, got input shape "
-                       f"{tuple(loaded.model.input_shape)}; pass `no_metadata` to convert it "
-                       "anyway.")
-    return ModelInput.from_options(
-        input_shape, class_names=parse_class_names(options["class_names"]),
-        mean=parse_floats(options["mean"], "`mean`"), std=parse_floats(options["std"], "`std`"),
-        pixel_max=options.get("pixel_max"), dataset=options.get("dataset"),
-        data_dir=options.get("data_dir")).to_metadata()
-
-
-def _check_classes(loaded: LoadedModel, config: Optional[Dict[str, Any]], where: str) -> None:
-    """Class names (and num_classes) must match the model's outputs, or predict would refuse
-    the .tflite later (or name the wrong classes)."""
-    if not config:
-        return
-    shape = loaded.model.output_shape
-    shape = shape[0] if isinstance(shape, list) else shape
-    outputs = int(shape[-1])
-    names = config.get("class_names")
-    if names is not None and len(names) != outputs:
-        raise BnnError(f"{where} names {len(names)} classes but the model has {outputs} "
-                       "outputs; give one class name per output.")
-    count = config.get("num_classes")
-    if count is not None and int(count) != outputs:
-        raise BnnError(f"{where} says num_classes {count} but the model has {outputs} outputs.")
-
-
-def convert_trained_model(
-    source: str,
-    *,
-    output: Optional[str] = None,
-    target: str = "arm64",
-    samples: int = 64,
-    inputs: Optional[str] = None,
-    min_agreement: float = 0.99,
-    int8: bool = False,
-    int8_io: bool = False,
-    calibration_samples: int = 256,
-    fine_tune_epochs: int = 0,
-    bundle: Optional[str] = None,
-    overwrite: bool = False,
-    class_names: Optional[Union[str, Sequence[str]]] = None,
-    mean: Optional[Union[str, float, Sequence[float]]] = None,
-    std: Optional[Union[str, float, Sequence[float]]] = None,
-    pixel_max: Optional[float] = None,
-    dataset: Optional[str] = None,
-    data_dir: Optional[str] = None,
-    no_metadata: bool = False,
-    verbose: int = 0,
-) -> ConversionReport:
+def convert_trained_model(source: Union[str, os.PathLike],
+                          options: Optional[ConvertOptions] = None, *, verbose: int = 0,
+                          **changes: Any) -> ConversionReport:
     """Converts a run folder or model file, verifies the flatbuffer and writes it.
+
+    Every output location is checked before the model is loaded, and the outputs are replaced
+    only once the flatbuffer is verified (and the bundle has passed its self-check).
 
     Args:
         source: A run folder (model.keras + config.json) or a Keras model file.
-        output: The .tflite path [default: model.tflite in the run folder, or next to the
-            model file]. Never an input, a link or a non-file; an existing file only with
-            `overwrite`.
-        target: "arm64", "arm" or "xcore".
-        samples: Number of inputs to compare Keras and the flatbuffer on.
-        inputs: A .npy of preprocessed inputs to verify on when the run's data set is unknown.
-        min_agreement: Lowest acceptable top-1 agreement between Keras and the flatbuffer.
-            With `int8` too, Keras is the trained float model: int8 must keep its decisions.
-        int8: Run the non-binary layers in int8: fake-quant ranges calibrated on the run's
-            training images (`convert.int8`); the report compares size and accuracy with
-            the float32 conversion.
-        int8_io: int8 model input and output (needs `int8`).
-        calibration_samples: Training images that calibrate the int8 ranges.
-        fine_tune_epochs: Quantization-aware fine-tuning epochs on those images (0: none).
-        bundle: Also write a Raspberry Pi bundle folder here; it is self-checked before it, or
-            `output`, replaces anything.
-        overwrite: Replace an existing `output` (and `.unverified` file) and bundle folder (an
-            earlier bundle or an empty folder only).
-        class_names: For a model file without a run folder: one name per output (a list, a
-            file with one per line, or a comma-separated string).
-        mean: For a model file: the per-channel mean of the training normalization, on raw
-            pixels (one value, or one per channel).
-        std: For a model file: the per-channel standard deviation, likewise.
-        pixel_max: For a model file: the raw pixel maximum training saw [default: the data set's,
-            else 255].
-        dataset: For a model file: the data set it was trained on (verification on its test
-            images, and `bnn evaluate` without --dataset).
-        data_dir: For a model file: where that data set lives.
-        no_metadata: For a model file: convert without the preprocessing metadata (a plain
-            .tflite that `bnn evaluate` and `bnn predict` refuse).
+        options: What to do, `ConvertOptions` (each field documents one option) [default: its
+            defaults].
         verbose: 1 shows a progress bar while the flatbuffer runs.
+        **changes: `ConvertOptions` fields that replace those of `options`, e.g.
+            `convert_trained_model("runs/digits", output="model.tflite", int8=True)`.
 
     Returns:
         The `ConversionReport`, with `path` (and `bundle`, `bundle_check`) set.
@@ -260,101 +156,193 @@ def convert_trained_model(
             `<output>.unverified` instead of `output` (unless that file exists and `overwrite`
             is off).
     """
-    if not 0.0 <= min_agreement <= 1.0:
-        raise BnnError(f"Expected min_agreement between 0 and 1, got {min_agreement}.")
-    if int8_io and not int8:
-        raise BnnError("`int8_io` needs `int8`: LCE gives a model int8 inputs and outputs only "
-                       "when it has quantization ranges (otherwise it quietly keeps float32).")
-    file_options = dict(class_names=class_names, mean=mean, std=std, pixel_max=pixel_max,
-                        dataset=dataset, data_dir=data_dir)
-    given = [f"`{k}`" for k, v in file_options.items() if v is not None]
-    source_path = Path(source)
-    if _run_folder(source_path) and (given or no_metadata):
-        raise BnnError(f"{', '.join(given) or '`no_metadata`'}: for a model file only; the "
-                       f"run folder {source_path} records its preprocessing in {CONFIG_FILE}.")
-    if no_metadata and given:
-        raise BnnError(f"`no_metadata` converts without {' '.join(given)}; pass one or the "
-                       "other.")
-    if int8 and not _run_folder(source_path):
-        raise BnnError("`int8` needs a run folder: its training images calibrate the int8 "
-                       "ranges.")
-
-    # Every output location is checked before the model is loaded and converted.
-    out_path = Path(output) if output else _default_output(source_path)
-    reads = _read_paths(source_path)
-    reads += [Path(p) for p in (inputs,) if p]
-    if isinstance(class_names, str) and Path(class_names).is_file():
-        reads.append(Path(class_names))
-    files.check_output_file(out_path, reads=reads, overwrite=overwrite, what="`output`")
-    kept = out_path.with_name(out_path.name + UNVERIFIED_SUFFIX)
-    # An existing .unverified file is only left alone (at the end), never a reason to refuse.
-    files.check_output_file(kept, reads=reads, overwrite=True, what="`output`")
-    if bundle:
-        from convert.bundle import check_bundle_destination
-
-        check_bundle_destination(bundle, reads=[*reads, out_path, kept], overwrite=overwrite)
-    _check_not_training(source_path, [("`output`", out_path), ("`output`", kept)]
-                        + ([("`bundle`", Path(bundle))] if bundle else []))
-    if out_path.suffix != ".tflite":
-        warnings.warn(f"{out_path} does not end in .tflite.", stacklevel=2)
-
-    loaded = load_trained_model(source)
-    if loaded.record is not None:
-        config: Optional[Dict[str, Any]] = loaded.run_config
-        _check_classes(loaded, config, f"{source_path / CONFIG_FILE}")
-    elif no_metadata:
-        config = None
-    else:
-        config = _model_file_metadata(loaded, file_options)
-        _check_classes(loaded, config, "`class_names`")
-    if bundle:
-        from convert.bundle import check_bundle_metadata
-
-        if config is None:
-            raise BnnError("`bundle` needs the class names and normalization that `no_metadata` "
-                           "leaves out; pass `class_names`, `mean` and `std` instead.")
-        check_bundle_metadata(config)
-    metadata = run_metadata(config)
-    _check_free_space(loaded, metadata, out_path, bundle)
+    options = dataclasses.replace(options or ConvertOptions(), **changes)
+    source = Path(source)
+    _check_source_options(source, options)
+    outputs = _check_outputs(source, options)
+    loaded = load_trained_model(str(source))
+    model_input = _model_input(loaded, options)
+    metadata = run_metadata(model_input, model=loaded.run.model if loaded.run else None)
+    _check_free_space(loaded, metadata, outputs)
 
     # The float32 model the flatbuffer is made from, rebuilt once (under mixed precision) for the
     # conversion, the verification and the bundle's self-check.
     deployed = float32_for_conversion(loaded.model)
     # Parsed once here and passed along: verification, the report and the bundle read this object.
-    float_flatbuffer = convert_to_flatbuffer(deployed, target=target).with_metadata(metadata)
-    x, y, where = _inputs(loaded, config, samples, inputs)
+    float_flatbuffer = convert_to_flatbuffer(deployed, target=options.target).with_metadata(metadata)
+    x, y, verified_on = _verification_inputs(loaded, model_input, options)
     flatbuffer, int8_report = float_flatbuffer, None
-    if int8:
-        flatbuffer = _int8(loaded, target, int8_io, calibration_samples, fine_tune_epochs,
-                           metadata)
+    if options.int8:
+        flatbuffer = _int8(loaded, options, metadata)
         int8_report = _int8_comparison(float_flatbuffer, flatbuffer, x, y)
     verification = verify_flatbuffer(deployed, flatbuffer, x, verbose=verbose)
-    report = conversion_report(
-        loaded.model, flatbuffer, target=target, verification=verification, verified_on=where
-    )
+    report = conversion_report(loaded.model, flatbuffer, target=options.target,
+                               verification=verification, verified_on=verified_on)
     report.int8 = int8_report
     report.rebuilt_classes = tuple(loaded.rebuilt_classes)
-    if verification.top1_agreement < min_agreement:
-        agreement = (f"The .tflite agrees with Keras on only {verification.top1_agreement:.2%} "
-                     f"of {verification.samples} {where} (`min_agreement` {min_agreement:.2%})")
-        if kept.exists() and not overwrite:
-            raise VerificationFailedError(
-                f"{agreement}; it was not kept, since {kept} already exists (pass `overwrite` "
-                "to replace it).", report)
-        with files.storage_errors(kept, what="the unverified .tflite"):
-            files.write_bytes(kept, flatbuffer.data)
-        report.path = str(kept)
-        raise VerificationFailedError(f"{agreement}; kept it as {kept} for inspection.", report)
-    with files.storage_errors(out_path, what="`output`"):
-        with files.atomic_path(out_path) as partial:
-            partial.write_bytes(flatbuffer.data)
-            if bundle:
-                # The bundle is written and self-checked before the .tflite replaces `output`
-                # (when this block ends): a refused bundle leaves `output` as it was.
-                report.bundle, report.bundle_check = _write_bundle(bundle, flatbuffer, deployed,
-                                                                   config, overwrite)
-    report.path = str(out_path)
+    if verification.top1_agreement < options.min_agreement:
+        _keep_unverified(flatbuffer, report, outputs, options)  # raises
+    _write_outputs(flatbuffer, deployed, metadata, report, outputs, options)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+    """Where a conversion writes: the .tflite, the name it keeps an unverified one under, and
+    the bundle folder (or None)."""
+
+    tflite: Path
+    unverified: Path
+    bundle: Optional[Path]
+
+
+def _check_source_options(source: Path, options: ConvertOptions) -> None:
+    """Refuses options that do not apply to `source`: a run folder records its preprocessing,
+    and int8 needs its training images."""
+    given = options.given_model_file_options
+    if _run_folder(source) and (given or options.no_metadata):
+        raise BnnError(f"{', '.join(given) or '`no_metadata`'}: for a model file only; the "
+                       f"run folder {source} records its preprocessing in {CONFIG_FILE}.")
+    if options.int8 and not _run_folder(source):
+        raise BnnError("`int8` needs a run folder: its training images calibrate the int8 "
+                       "ranges.")
+
+
+def _check_outputs(source: Path, options: ConvertOptions) -> _Outputs:
+    """Checks every output location before the model is loaded (`bnn_keras.files`): none is
+    an input, a link or a device, an existing one only with `overwrite`, and none goes into a
+    run folder that another process trains into."""
+    tflite = Path(options.output) if options.output else _default_output(source)
+    reads = _read_paths(source) + [Path(p) for p in (options.inputs,) if p]
+    if isinstance(options.class_names, str) and Path(options.class_names).is_file():
+        reads.append(Path(options.class_names))
+    files.check_output_file(tflite, reads=reads, overwrite=options.overwrite, what="`output`")
+    unverified = tflite.with_name(tflite.name + UNVERIFIED_SUFFIX)
+    # An existing .unverified file is only left alone (at the end), never a reason to refuse.
+    files.check_output_file(unverified, reads=reads, overwrite=True, what="`output`")
+    bundle = Path(options.bundle) if options.bundle else None
+    if bundle:
+        from convert.bundle import check_bundle_destination
+
+        check_bundle_destination(bundle, reads=[*reads, tflite, unverified],
+                                 overwrite=options.overwrite)
+    _check_not_training(source, [("`output`", tflite), ("`output`", unverified)]
+                        + ([("`bundle`", bundle)] if bundle else []))
+    if tflite.suffix != ".tflite":
+        warnings.warn(f"{tflite} does not end in .tflite.", stacklevel=3)
+    return _Outputs(tflite=tflite, unverified=unverified, bundle=bundle)
+
+
+def _model_input(loaded: LoadedModel, options: ConvertOptions) -> Optional[ModelInput]:
+    """What the .tflite records of the model's input: the run folder's, else the one the
+    options describe (None with `no_metadata`), checked against the model's outputs."""
+    if loaded.run is not None:
+        model_input = loaded.run.model_input
+        _check_classes(loaded, model_input, f"{loaded.run.config_file}")
+    elif options.no_metadata:
+        model_input = None
+    else:
+        model_input = _model_file_input(loaded, options)
+        _check_classes(loaded, model_input, "`class_names`")
+    if options.bundle and model_input is None:
+        raise BnnError("`bundle` needs the class names and normalization that `no_metadata` "
+                       "leaves out; pass `class_names`, `mean` and `std` instead.")
+    return model_input
+
+
+def _model_file_input(loaded: LoadedModel, options: ConvertOptions) -> ModelInput:
+    """The input of a bare model file, from the user's options; refuses without them."""
+    missing = [f"`{name}`" for name in ("class_names", "mean", "std")
+               if getattr(options, name) is None]
+    if missing:
+        beside = loaded.path.parent
+        hint = (f" (or convert the run folder {beside} instead)"
+                if (beside / CONFIG_FILE).is_file() and loaded.path.name == MODEL_FILE else "")
+        raise BnnError(
+            f"{loaded.path} is a model file without a run folder, so nothing says how to feed and "
+            f"read it: pass {', '.join(missing)} (and `pixel_max`, `dataset` if they apply)"
+            f"{hint}, or `no_metadata` for a plain .tflite that `bnn evaluate` and `bnn predict` "
+            "cannot use."
+        )
+    input_shape = [int(d) for d in loaded.model.input_shape[1:]]
+    if len(input_shape) != 3:
+        raise BnnError(f"Expected an image model with (H, W, C) inputs, got input shape "
+                       f"{tuple(loaded.model.input_shape)}; pass `no_metadata` to convert it "
+                       "anyway.")
+    return ModelInput.from_options(
+        input_shape, class_names=parse_class_names(options.class_names),
+        mean=parse_floats(options.mean, "`mean`"), std=parse_floats(options.std, "`std`"),
+        pixel_max=options.pixel_max, dataset=options.dataset, data_dir=options.data_dir)
+
+
+def _check_classes(loaded: LoadedModel, model_input: ModelInput, where: str) -> None:
+    """Class names (and num_classes) must match the model's outputs, or predict would refuse
+    the .tflite later (or name the wrong classes)."""
+    shape = loaded.model.output_shape
+    shape = shape[0] if isinstance(shape, list) else shape
+    outputs = int(shape[-1])
+    names = model_input.class_names
+    if names is not None and len(names) != outputs:
+        raise BnnError(f"{where} names {len(names)} classes but the model has {outputs} "
+                       "outputs; give one class name per output.")
+    count = model_input.num_classes
+    if count is not None and count != outputs:
+        raise BnnError(f"{where} says num_classes {count} but the model has {outputs} outputs.")
+
+
+def _verification_inputs(loaded: LoadedModel, model_input: Optional[ModelInput],
+                         options: ConvertOptions):
+    """(x, y or None, what they are): the data set's test images when the input names one,
+    else the user's .npy, else random inputs (warned)."""
+    if model_input is not None and model_input.dataset:
+        return verification_inputs(loaded.model, model_input, options.samples)
+    if options.inputs:
+        try:
+            x = np.load(options.inputs)
+        except (OSError, ValueError) as exc:
+            raise BnnError(f"Could not read `inputs` {options.inputs} as a .npy array "
+                           f"({exc}).") from None
+        expected = tuple(loaded.model.input_shape[1:])
+        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            raise BnnError(f"Expected `inputs` of shape (N, {', '.join(map(str, expected))}), "
+                           f"got {x.shape}.")
+        return x[:options.samples].astype(np.float32), None, f"inputs from {options.inputs}"
+    return verification_inputs(loaded.model, None, options.samples)
+
+
+def _keep_unverified(flatbuffer: Flatbuffer, report: ConversionReport, outputs: _Outputs,
+                     options: ConvertOptions) -> None:
+    """Writes a flatbuffer that failed verification under its `.unverified` name (unless one
+    is there already and `overwrite` is off), then raises `VerificationFailedError`."""
+    verification = report.verification
+    agreement = (f"The .tflite agrees with Keras on only {verification.top1_agreement:.2%} "
+                 f"of {verification.samples} {report.verified_on} (`min_agreement` "
+                 f"{options.min_agreement:.2%})")
+    kept = outputs.unverified
+    if kept.exists() and not options.overwrite:
+        raise VerificationFailedError(
+            f"{agreement}; it was not kept, since {kept} already exists (pass `overwrite` "
+            "to replace it).", report)
+    with files.storage_errors(kept, what="the unverified .tflite"):
+        files.write_bytes(kept, flatbuffer.data)
+    report.path = str(kept)
+    raise VerificationFailedError(f"{agreement}; kept it as {kept} for inspection.", report)
+
+
+def _write_outputs(flatbuffer: Flatbuffer, deployed: "tf.keras.Model",
+                   metadata: Dict[str, Any], report: ConversionReport, outputs: _Outputs,
+                   options: ConvertOptions) -> None:
+    """Writes the verified .tflite atomically, and the bundle before it (a refused bundle
+    leaves `output` as it was); sets the report's paths."""
+    with files.storage_errors(outputs.tflite, what="`output`"):
+        with files.atomic_path(outputs.tflite) as partial:
+            partial.write_bytes(flatbuffer.data)
+            if outputs.bundle:
+                # The bundle is written and self-checked before the .tflite replaces `output`
+                # (when this block ends).
+                report.bundle, report.bundle_check = _write_bundle(
+                    outputs.bundle, flatbuffer, deployed, metadata, options.overwrite)
+    report.path = str(outputs.tflite)
 
 
 def _check_not_training(source: Path, writes: Sequence[Tuple[str, Path]]) -> None:
@@ -412,52 +400,50 @@ def estimated_tflite_size(model: "tf.keras.Model", metadata: Optional[Dict[str, 
     return int(predicted * _PREDICTION_MARGIN) + stored + _FLATBUFFER_SLACK
 
 
-def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], out_path: Path,
-                      bundle: Optional[str]) -> None:
+def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], outputs: _Outputs) -> None:
     """Refuses early when the outputs cannot fit: the .tflite (`estimated_tflite_size`) and
     the bundle's extra files."""
     from convert.bundle import estimated_size
 
     size = estimated_tflite_size(loaded.model, metadata)
-    needs = [(out_path, size)]
-    if bundle:
+    needs = [(outputs.tflite, size)]
+    if outputs.bundle:
         shape = loaded.model.output_shape
-        outputs = int(np.prod((shape[0] if isinstance(shape, list) else shape)[1:]))
-        needs.append((Path(bundle), estimated_size(size, loaded.model.input_shape[1:], outputs)))
-    files.check_free_space(needs, what="the .tflite" + (" and the bundle" if bundle else ""))
+        classes = int(np.prod((shape[0] if isinstance(shape, list) else shape)[1:]))
+        needs.append((outputs.bundle,
+                      estimated_size(size, loaded.model.input_shape[1:], classes)))
+    files.check_free_space(needs, what="the .tflite" + (" and the bundle" if outputs.bundle
+                                                        else ""))
 
 
-def _write_bundle(bundle: str, flatbuffer: Flatbuffer, deployed: "tf.keras.Model",
-                  config: Dict[str, Any], overwrite: bool):
+def _write_bundle(bundle: Path, flatbuffer: Flatbuffer, deployed: "tf.keras.Model",
+                  metadata: Dict[str, Any], overwrite: bool) -> Tuple[str, str]:
     """Writes and self-checks the bundle; returns (folder, check summary) for the report.
-    `deployed` is the float32 model the flatbuffer was made from: the expected output."""
+    `deployed` is the float32 model the flatbuffer was made from: the expected output;
+    `metadata` the .tflite's (`run_metadata`), which describes the model's input."""
     from convert.bundle import write_checked_bundle
 
     with files.storage_errors(bundle, what="`bundle`"):
         path, check = write_checked_bundle(
-            bundle, flatbuffer=flatbuffer, keras_model=deployed, run_config=config,
+            bundle, flatbuffer=flatbuffer, keras_model=deployed, run_config=metadata,
             overwrite=overwrite,
         )
     return str(path), f"max |diff| {check.max_abs_diff:.3g} <= {check.atol:.3g}"
 
 
-def _int8(loaded: LoadedModel, target: str, int8_io: bool, calibration_samples: int,
-          fine_tune_epochs: int, metadata) -> Flatbuffer:
-    """The int8 flatbuffer of the model, with fake-quant ranges calibrated on training images."""
+def _int8(loaded: LoadedModel, options: ConvertOptions, metadata: Dict[str, Any]) -> Flatbuffer:
+    """The int8 flatbuffer of the model, with fake-quant ranges calibrated on the run's
+    training images (and fine-tuned on them when asked)."""
     from convert.int8 import FineTune, prepare_int8
     from convert.samples import run_test_split
 
-    if loaded.record is None:
-        raise BnnError("`int8` needs a run folder: its training images calibrate the int8 "
-                       "ranges.")
-    if calibration_samples < 1 or fine_tune_epochs < 0:
-        raise BnnError(f"Expected calibration samples >= 1 and fine-tune epochs >= 0, got "
-                       f"{calibration_samples} and {fine_tune_epochs}.")
-    x_cal, y_cal = run_test_split(loaded.record, calibration_samples, split="train")
-    fine_tune = FineTune(data=(x_cal, y_cal), epochs=fine_tune_epochs) if fine_tune_epochs else None
+    x_cal, y_cal = run_test_split(loaded.run.model_input, options.calibration_samples,
+                                  split="train")
+    fine_tune = (FineTune(data=(x_cal, y_cal), epochs=options.fine_tune_epochs)
+                 if options.fine_tune_epochs else None)
     prepared = prepare_int8(loaded.model, x_cal, fine_tune=fine_tune)
-    io_type = "int8" if int8_io else "float32"
-    return convert_to_flatbuffer(prepared, target=target, inference_input_type=io_type,
+    io_type = "int8" if options.int8_io else "float32"
+    return convert_to_flatbuffer(prepared, target=options.target, inference_input_type=io_type,
                                  inference_output_type=io_type).with_metadata(metadata)
 
 

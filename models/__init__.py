@@ -9,9 +9,9 @@ Example:
 
 import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+from models.recipes import PaperRecipe, RecipeStage, StagedRecipe  # noqa: E402
 from models.registry import (  # noqa: E402
     ModelEntry,
-    PaperRecipe,
     UnknownModelError,
     create_model,
     describe,
@@ -40,6 +40,8 @@ from models import (  # noqa: E402,F401
 __all__ = [
     "ModelEntry",
     "PaperRecipe",
+    "RecipeStage",
+    "StagedRecipe",
     "UnknownModelError",
     "create_model",
     "describe",

@@ -18,20 +18,26 @@ import tensorflow as tf
 from models.common import (
     PAD_DIFFERENCE,
     ZOO_STEM_DIFFERENCE,
+    ZooVariant,
     batch_norm,
     binary_dense_stack,
-    binary_pad_value,
     flatten_to_pixel,
     image_input,
     pixel_to_vector,
     softmax,
-    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.recipes import LARQ_ZOO, PaperRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
 
 # (filters, kernel size, max-pool after) of conv2..conv5: the AlexNet layout larq-zoo's
 # BinaryAlexNet uses; BNN+ AlexNet and Compact BNN share it.
 ALEXNET_CONVS = ((192, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
+
+# larq-zoo's BinaryAlexNet: zero padding, the 11x11/4 stem at every size.
+_ZOO = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/binary_alex_net.py BinaryAlexNet",
+    "pad_values 1 (zoo: 0); small-input stem", (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE),
+)
 
 
 def binary_alexnet(
@@ -79,8 +85,9 @@ def binary_alexnet(
                                      name=layer_name, **quant)
 
     inputs = image_input(input_shape)
-    small = uses_small_stem(input_shape, variant, zoo_has_small_stem=False)
-    pad_values = binary_pad_value(variant)
+    rules = _ZOO.rules_for(variant)
+    small = rules.uses_small_stem(input_shape)
+    pad_values = rules.pad_value
     # The first layer sees the (float) image: binary weights only, zero padding.
     x = lq.layers.QuantConv2D(
         64, 3 if small else 11, strides=1 if small else 4, padding="same", input_quantizer=None,
@@ -113,10 +120,7 @@ def binary_alexnet(
         values=dict(learning_rate=1e-2, schedule="step", step_epochs=10, step_factor=0.5,
                     epochs=150, batch_size=512),
     ),
-    zoo=ZooVariant(
-        f"{LARQ_ZOO_VERSION} larq_zoo/literature/binary_alex_net.py BinaryAlexNet",
-        "pad_values 1 (zoo: 0); small-input stem", (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE),
-    ),
+    zoo=_ZOO,
 )
 def binary_alexnet_entry(**kwargs) -> tf.keras.Model:
     """BinaryAlexNet: 61,859,192 parameters at 224x224x3, 1000 classes."""

@@ -22,7 +22,8 @@ from models.common import (
     pixel_to_vector,
     softmax,
 )
-from models.registry import PaperRecipe, register_model
+from models.recipes import PaperRecipe
+from models.registry import register_model
 
 # (filters, max-pool after) of conv2..conv6; conv1 has 128 filters.
 _CONVS = ((128, True), (256, False), (256, True), (512, False), (512, True))

@@ -1,7 +1,9 @@
 """Pieces that several model families share: input, stem choice, the LCE-friendly binary 3x3
 convolution, binary fully-connected layers and the classifier head."""
 
-from typing import Any, Callable, Optional, Sequence
+import dataclasses
+import types
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import larq as lq
 import tensorflow as tf
@@ -27,30 +29,84 @@ ZOO_STEM_DIFFERENCE = ("inputs under 50 px get a 3x3 stride-1 stem; larq-zoo kee
                        "stem at every size")
 
 
-def binary_pad_value(variant: str) -> float:
-    """The `pad_values` of a binary "same" convolution in `variant` (see `VARIANTS`).
+# Which inputs get the 3x3 stride-1 stem instead of the ImageNet stem (`VariantRules.small_stem`).
+SMALL_SIDE = "small-side"      # a side under SMALL_INPUT_SIDE px (bnn's rule for every model)
+SHORT_HEIGHT = "short-height"  # a height under SMALL_INPUT_SIDE px (larq-zoo's DenseNets, ResNetE)
+NEVER = "never"                # none: the ImageNet stem at every size (larq-zoo's other models)
+_STEM_RULES = (SMALL_SIDE, SHORT_HEIGHT, NEVER)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantRules:
+    """How one variant builds the parts where bnn's default and larq-zoo's definition differ.
+
+    A family builder reads its variant's rules (`ZooVariant.rules_for`) instead of taking a
+    flag per difference: a new difference is a value here, declared with the model's entry.
+
+    Attributes:
+        pad_value: The `pad_values` of binary "same" convolutions: +1 keeps the padded input
+            binary, so LCE needs no padding correction (bnn); larq-zoo pads with 0.
+        small_stem: Which inputs get the 3x3 stride-1 stem: `SMALL_SIDE`, `SHORT_HEIGHT` or
+            `NEVER`.
+        family: Values that one family's builder reads by name (e.g. XNOR-Net's `fc6_kernel`).
+    """
+
+    pad_value: float = 1.0
+    small_stem: str = SMALL_SIDE
+    family: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.small_stem not in _STEM_RULES:
+            raise ValueError(f"small_stem must be one of {_STEM_RULES}, got {self.small_stem!r}")
+        object.__setattr__(self, "family", types.MappingProxyType(dict(self.family)))
+
+    def uses_small_stem(self, input_shape: Sequence[int]) -> bool:
+        """Whether a model of `input_shape` (height, width, channels) gets the small stem."""
+        if self.small_stem == SHORT_HEIGHT:
+            return input_shape[0] < SMALL_INPUT_SIDE
+        return self.small_stem == SMALL_SIDE and is_small_input(input_shape)
+
+
+# The default variant's rules: +1 padding, the small stem for a side under 50 px.
+BNN_RULES = VariantRules()
+
+
+def variant_rules(variant: str, zoo: VariantRules) -> VariantRules:
+    """The rules of `variant` (see `VARIANTS`) for a model whose larq-zoo function follows `zoo`.
 
     Raises:
         BnnError: an unknown variant.
     """
     if variant not in VARIANTS:
         raise BnnError(f"Unknown `variant` {variant!r}; expected one of: {', '.join(VARIANTS)}.")
-    return 0.0 if variant == ZOO_VARIANT else 1.0
+    return zoo if variant == ZOO_VARIANT else BNN_RULES
 
 
-def uses_small_stem(input_shape: Sequence[int], variant: str, zoo_has_small_stem: bool) -> bool:
-    """Whether a model gets the 3x3 stride-1 stem of small inputs.
+@dataclasses.dataclass(frozen=True)
+class ZooVariant:
+    """How a model's default differs from larq-zoo's definition, and that `variant="larq-zoo"`
+    builds the zoo's function (the one its published weights were trained for).
 
-    Args:
-        input_shape: Input (height, width, channels).
-        variant: See `VARIANTS`.
-        zoo_has_small_stem: Whether larq-zoo's definition has one (its DenseNets and ResNetE do,
-            for a height under 50; Bi-Real Net, BinaryAlexNet and XNOR-Net always use the
-            ImageNet stem).
+    Attributes:
+        source: The larq-zoo definition compared with.
+        summary: The differences in a few words (a `bnn models` column).
+        differences: One sentence per difference of the default ("bnn") variant.
+        rules: How the zoo's function is built (what the builder reads for "larq-zoo").
     """
-    if variant == ZOO_VARIANT:
-        return zoo_has_small_stem and input_shape[0] < SMALL_INPUT_SIDE
-    return is_small_input(input_shape)
+
+    source: str
+    summary: str
+    differences: Tuple[str, ...]
+    rules: VariantRules = dataclasses.field(
+        default_factory=lambda: VariantRules(pad_value=0.0, small_stem=NEVER))
+
+    def rules_for(self, variant: str) -> VariantRules:
+        """The rules a builder follows for `variant` (`variant_rules`).
+
+        Raises:
+            BnnError: an unknown variant.
+        """
+        return variant_rules(variant, self.rules)
 
 
 def image_input(input_shape: Sequence[int]) -> tf.keras.layers.Layer:
@@ -116,7 +172,7 @@ def binary_conv3x3(
     """A binary 3x3 "same" convolution in the form LCE runs as one fused LceBconv2d.
 
     Padding with +1 instead of 0 keeps the padded input binary (LCE model-optimization guide);
-    `pad_values=0` is larq-zoo's (see `binary_pad_value`). No bias, since a BatchNormalization
+    `pad_values=0` is larq-zoo's (`VariantRules.pad_value`). No bias, since a BatchNormalization
     follows in every family that uses it.
     """
     return lq.layers.QuantConv2D(

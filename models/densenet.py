@@ -16,13 +16,20 @@ import tensorflow as tf
 
 from models.common import (
     PAD_DIFFERENCE,
+    SHORT_HEIGHT,
+    VariantRules,
+    ZooVariant,
     binary_conv3x3,
-    binary_pad_value,
     classifier_head,
     image_input,
-    uses_small_stem,
+    variant_rules,
 )
-from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.recipes import LARQ_ZOO, PaperRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
+
+# larq-zoo's BinaryDenseNets pad with 0 and have a small-input stem too (for a height under 50
+# px), so their stems differ from the default's only for wide, short inputs.
+_ZOO_RULES = VariantRules(pad_value=0.0, small_stem=SHORT_HEIGHT)
 
 # Back to Simplicity trains BinaryDenseNet with a gradient-cancelling window of 1.3.
 CLIP_VALUE = 1.3
@@ -73,10 +80,11 @@ def binary_densenet(
     input_quantizer = input_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE)
     kernel_quantizer = kernel_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE)
     kernel_constraint = kernel_constraint or lq.constraints.WeightClip(clip_value=CLIP_VALUE)
-    pad_values = binary_pad_value(variant)
+    rules = variant_rules(variant, _ZOO_RULES)
+    pad_values = rules.pad_value
 
     inputs = image_input(input_shape)
-    if uses_small_stem(input_shape, variant, zoo_has_small_stem=True):
+    if rules.uses_small_stem(input_shape):
         x = tf.keras.layers.Conv2D(
             initial_filters, 3, padding="same", kernel_initializer="he_normal",
             use_bias=False, name="stem_conv",
@@ -127,7 +135,7 @@ def binary_densenet(
 
 def _zoo(function: str) -> ZooVariant:
     return ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/densenet.py {function}",
-                      "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,))
+                      "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,), _ZOO_RULES)
 
 
 # larq-zoo TrainBinaryDenseNet28: Adam(4e-3, epsilon=1e-8), x0.1 at epochs 100 and 110,

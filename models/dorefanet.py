@@ -18,21 +18,35 @@ import tensorflow as tf
 
 from bnn_keras.quantizers import LayerScaledSign
 from models.common import (
+    NEVER,
     ZOO_STEM_DIFFERENCE,
-    ZOO_VARIANT,
+    VariantRules,
+    ZooVariant,
     batch_norm,
-    binary_pad_value,
     flatten_to_pixel,
     image_input,
     pixel_to_vector,
     softmax,
     split_quant_conv,
-    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.recipes import LARQ_ZOO, PaperRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
 
 # (filters, kernel size, max-pool padding or None) of conv2..conv5.
 _CONVS = ((256, 5, "same"), (384, 3, "same"), (384, 3, None), (256, 3, "valid"))
+
+# larq-zoo's DoReFaNet: one mean|W| per layer scales the binary weights (`family`
+# "layer_scaled_weights"), so fc6 stays one layer; the 12x12/4 stem at every size. Both
+# variants pad with 0 (see `dorefanet`).
+_ZOO = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/dorefanet.py DoReFaNet",
+    "weight scale per channel (zoo: per layer); small-input stem",
+    ("binary weights are scaled by mean|W| per output channel (MagnitudeAwareSign, so that "
+     "fc6 can be split for LCE); larq-zoo scales them by one mean|W| per layer, and its "
+     "BatchNorm statistics hold only for that scale", ZOO_STEM_DIFFERENCE),
+    VariantRules(pad_value=0.0, small_stem=NEVER,
+                 family={"layer_scaled_weights": True, "fc6_parts": 1}),
+)
 
 
 def dorefanet(
@@ -70,15 +84,14 @@ def dorefanet(
     Returns:
         An uncompiled `tf.keras.Model`.
     """
-    binary_pad_value(variant)  # rejects an unknown variant; DoReFa pads with 0 in both
-    zoo = variant == ZOO_VARIANT
+    rules = _ZOO.rules_for(variant)
     input_quantizer = input_quantizer or lq.quantizers.DoReFaQuantizer(k_bit=activations_k_bit)
     # DoReFa scales sign(W) by one per-layer mean|W|. A per-channel scale trains as well, since
     # every quantized layer feeds a per-channel BN, and lets LCE's fc6 be split into parts; but
     # with the BN's fixed statistics at inference the two give other outputs, so the zoo's
     # weights need the zoo's per-layer scale. clip_value=None = identity gradient, as the zoo's.
     if kernel_quantizer is None:
-        kernel_quantizer = (LayerScaledSign() if zoo
+        kernel_quantizer = (LayerScaledSign() if rules.family.get("layer_scaled_weights")
                             else lq.quantizers.MagnitudeAwareSign(clip_value=None))
     quant = dict(
         input_quantizer=input_quantizer,
@@ -91,7 +104,7 @@ def dorefanet(
         return batch_norm(layer_name, momentum=0.9, epsilon=1e-4, scale=False)
 
     inputs = image_input(input_shape)
-    if uses_small_stem(input_shape, variant, zoo_has_small_stem=False):
+    if rules.uses_small_stem(input_shape):
         x = tf.keras.layers.Conv2D(96, 3, padding="same", name="conv1")(inputs)
     else:
         x = tf.keras.layers.Conv2D(96, 12, strides=4, padding="valid", name="conv1")(inputs)
@@ -109,8 +122,9 @@ def dorefanet(
         # fc6's 9216x4096 kernel at 224 px is too large for LCE's converter to fold: whole,
         # it would stay float32 twice (W and |W|); in parts, once. The zoo variant keeps one
         # layer: its scale is the mean over the whole kernel, and its weights load by layer.
-        x = split_quant_conv(x, 4096, 1, "fc6", 1 if fc6_parts is None and zoo else fc6_parts,
-                             **quant)
+        if fc6_parts is None:
+            fc6_parts = rules.family.get("fc6_parts")
+        x = split_quant_conv(x, 4096, 1, "fc6", fc6_parts, **quant)
         x = bn("fc6_bn")(x)
         x = lq.layers.QuantConv2D(4096, 1, name="fc7", **quant)(x)
         x = bn("fc7_bn")(x)
@@ -133,13 +147,7 @@ def dorefanet(
                     step_multipliers=(1.0, 0.2, 0.04, 0.004, 4e-4, 4e-5, 4e-6),
                     adam_epsilon=1e-5, epochs=90, batch_size=256),
     ),
-    zoo=ZooVariant(
-        f"{LARQ_ZOO_VERSION} larq_zoo/literature/dorefanet.py DoReFaNet",
-        "weight scale per channel (zoo: per layer); small-input stem",
-        ("binary weights are scaled by mean|W| per output channel (MagnitudeAwareSign, so that "
-         "fc6 can be split for LCE); larq-zoo scales them by one mean|W| per layer, and its "
-         "BatchNorm statistics hold only for that scale", ZOO_STEM_DIFFERENCE),
-    ),
+    zoo=_ZOO,
 )
 def dorefanet_entry(**kwargs) -> tf.keras.Model:
     """DoReFa-Net (2-bit activations): 62,403,912 parameters at 224x224x3, 1000 classes."""

@@ -23,16 +23,20 @@ from bnn_keras.errors import BnnError
 from models.common import (
     PAD_DIFFERENCE,
     ZOO_STEM_DIFFERENCE,
+    ZooVariant,
     batch_norm,
     binary_conv3x3,
-    binary_pad_value,
     image_input,
-    uses_small_stem,
 )
-from models.registry import LARQ_ZOO_VERSION, ZooVariant, register_model
+from models.registry import LARQ_ZOO_VERSION, register_model
 
 # MeliusNet trains with a gradient-cancelling window of 1.3, as BinaryDenseNet does.
 CLIP_VALUE = 1.3
+
+# larq-zoo's MeliusNet22: zero padding, its grouped stem at every size.
+_ZOO = ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/meliusnet.py MeliusNet22",
+                  "pad_values 1 (zoo: 0); small-input stem",
+                  (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE))
 # Filters of every binary convolution (the paper's growth rate k).
 GROWTH = 64
 # larq-zoo initializes every kernel of MeliusNet with Glorot-normal.
@@ -87,15 +91,16 @@ def meliusnet(
             f"num_blocks {tuple(num_blocks)} and transition_features "
             f"{tuple(transition_features)} must have one entry per section."
         )
+    rules = _ZOO.rules_for(variant)
     quantization = dict(
         input_quantizer=input_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE),
         kernel_quantizer=kernel_quantizer or lq.quantizers.SteSign(clip_value=CLIP_VALUE),
         kernel_constraint=kernel_constraint or lq.constraints.WeightClip(clip_value=CLIP_VALUE),
-        pad_values=binary_pad_value(variant),
+        pad_values=rules.pad_value,
     )
 
     inputs = image_input(input_shape)
-    if uses_small_stem(input_shape, variant, zoo_has_small_stem=False):
+    if rules.uses_small_stem(input_shape):
         x = L.Conv2D(GROWTH, 3, padding="same", use_bias=False, kernel_initializer=INITIALIZER,
                      name="stem_conv")(inputs)
         x = batch_norm("stem_bn")(x)
@@ -162,9 +167,7 @@ def _block(x: tf.Tensor, prefix: str, quantization: dict) -> tf.Tensor:
 
 @register_model(
     "meliusnet22",
-    zoo=ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/meliusnet.py MeliusNet22",
-                   "pad_values 1 (zoo: 0); small-input stem",
-                   (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE)),
+    zoo=_ZOO,
 )
 def meliusnet22(**kwargs) -> tf.keras.Model:
     """MeliusNet22: 6,944,584 parameters at 224x224x3, 1000 classes, as larq's model summary and

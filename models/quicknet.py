@@ -26,15 +26,21 @@ import tensorflow as tf
 from bnn_keras.errors import BnnError
 from bnn_keras.initializers import BlurKernel
 from models.common import (
+    NEVER,
     ZOO_STEM_DIFFERENCE,
+    VariantRules,
+    ZooVariant,
     batch_norm,
     binary_conv3x3,
-    binary_pad_value,
     classifier_head,
     image_input,
-    uses_small_stem,
+    variant_rules,
 )
-from models.registry import LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.recipes import PaperRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
+
+# larq-zoo's QuickNets pad with +1 as the default does; they keep their stem at every size.
+_ZOO_RULES = VariantRules(pad_value=1.0, small_stem=NEVER)
 
 # QuickNet trains with SteSign(clip_value=1.25) for inputs and weights, as ResNetE does.
 CLIP_VALUE = 1.25
@@ -104,10 +110,10 @@ def quicknet(
         raise BnnError(f"Expected stem_strides 1 or 2, got {stem_strides!r}.")
     if not (isinstance(stem_input_filters, int) and stem_input_filters >= 0):
         raise BnnError(f"Expected stem_input_filters >= 0, got {stem_input_filters!r}.")
-    binary_pad_value(variant)  # rejects an unknown variant; both pad with +1, as larq-zoo
+    # Both variants pad the binary convolutions with +1, as larq-zoo's QuickNets do.
+    rules = variant_rules(variant, _ZOO_RULES)
     inputs = image_input(input_shape)
-    x = _stem(inputs, section_filters[0],
-              small=uses_small_stem(input_shape, variant, zoo_has_small_stem=False),
+    x = _stem(inputs, section_filters[0], small=rules.uses_small_stem(input_shape),
               small_strides=stem_strides, input_filters=stem_input_filters)
     for s, (blocks, filters) in enumerate(zip(section_blocks, section_filters), start=1):
         if x.shape[-1] != filters:
@@ -193,7 +199,7 @@ _RECIPE = PaperRecipe(
 
 def _zoo(function: str) -> ZooVariant:
     return ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/sota/quicknet.py {function}",
-                      "small-input stem", (ZOO_STEM_DIFFERENCE,))
+                      "small-input stem", (ZOO_STEM_DIFFERENCE,), _ZOO_RULES)
 
 
 @register_model("quicknet-small", recipe=_RECIPE, zoo=_zoo("QuickNetSmall"))

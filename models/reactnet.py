@@ -49,7 +49,8 @@ import tensorflow as tf
 from bnn_keras.errors import BnnError
 from bnn_keras.layers import RPReLU, RSign
 from models.common import batch_norm, classifier_head, image_input, is_small_input
-from models.registry import USER_TEACHER, PaperRecipe, RecipeStage, StagedRecipe, register_model
+from models.recipes import USER_TEACHER, PaperRecipe, RecipeStage, StagedRecipe
+from models.registry import register_model
 
 # The official code's `stage_out_channel`: the stem's width, then each block's output width.
 STAGE_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)

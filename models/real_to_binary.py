@@ -46,21 +46,19 @@ import tensorflow as tf
 from bnn_keras.errors import BnnError
 from bnn_keras.layers import LearnedRescale
 from models.common import (
+    NEVER,
     PAD_DIFFERENCE,
-    VARIANTS,
     ZOO_STEM_DIFFERENCE,
-    binary_pad_value,
-    image_input,
-    uses_small_stem,
-)
-from models.registry import (
-    LARQ_ZOO_VERSION,
-    PaperRecipe,
-    RecipeStage,
-    StagedRecipe,
+    VariantRules,
     ZooVariant,
-    register_model,
+    image_input,
+    variant_rules,
 )
+from models.recipes import PaperRecipe, RecipeStage, StagedRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
+
+# larq-zoo's Real-to-Binary models: zero padding, the ImageNet stem at every size.
+_ZOO_RULES = VariantRules(pad_value=0.0, small_stem=NEVER)
 
 # Activations and weights of each training stage (larq-zoo's RealToBinNet{FP,BAN,BNN} and
 # StrongBaselineNet{BAN,BNN}): "float" has tanh activations and real weights, "ban" binary
@@ -93,19 +91,15 @@ def _quantization(stage: str) -> Dict[str, Any]:
     )
 
 
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise BnnError(f"Unknown `variant` {variant!r}; expected one of: {', '.join(VARIANTS)}.")
-
-
 def _batch_norm(name: str) -> tf.keras.layers.Layer:
     return tf.keras.layers.BatchNormalization(name=name, **_BN)
 
 
-def _stem(inputs: tf.Tensor, input_shape: Sequence[int], variant: str, prelu: bool) -> tf.Tensor:
+def _stem(inputs: tf.Tensor, input_shape: Sequence[int], rules: VariantRules,
+          prelu: bool) -> tf.Tensor:
     """larq-zoo's first block (7x7/2 conv -> BN -> PReLU or ReLU -> 3x3/2 max-pool), or a
     3x3/1 conv -> BN -> activation for inputs under 50 px (default variant only)."""
-    small = uses_small_stem(input_shape, variant, zoo_has_small_stem=False)
+    small = rules.uses_small_stem(input_shape)
     x = tf.keras.layers.Conv2D(
         64, 3 if small else 7, strides=1 if small else 2, padding="same",
         kernel_initializer="glorot_normal", use_bias=False, name="block_1_conv2d",
@@ -221,7 +215,8 @@ def real_to_binary_net(
         BnnError: an unknown stage, scaling or variant.
     """
     _quantization(stage)
-    pad_values = binary_pad_value(variant)
+    rules = variant_rules(variant, _ZOO_RULES)
+    pad_values = rules.pad_value
     if scaling not in SCALINGS:
         raise BnnError(f"Unknown `scaling` {scaling!r}; expected one of: {', '.join(SCALINGS)}.")
     if name is None:
@@ -230,7 +225,7 @@ def real_to_binary_net(
     inputs = image_input(input_shape)
     # A PReLU in both stems: larq-zoo's comment says Real-to-Binary Net's has a ReLU, but its
     # `isinstance(self, StrongBaselineNetFactory)` holds for RealToBinNetFactory, a subclass.
-    x = _stem(inputs, input_shape, variant, prelu=True)
+    x = _stem(inputs, input_shape, rules, prelu=True)
     for block in range(2, 10):
         downsample = block % 2 == 0 and block > 3
         for half, down in (("a", downsample), ("b", False)):
@@ -269,9 +264,9 @@ def real_to_binary_resnet18(
     Raises:
         BnnError: an unknown variant.
     """
-    _check_variant(variant)
+    rules = variant_rules(variant, _ZOO_RULES)
     inputs = image_input(input_shape)
-    x = _stem(inputs, input_shape, variant, prelu=False)
+    x = _stem(inputs, input_shape, rules, prelu=False)
     for block in range(2, 10):
         downsample = block % 2 == 0 and block > 3
         name_ = f"block_{block}"
@@ -293,7 +288,7 @@ def real_to_binary_resnet18(
 
 _ZOO_FILE = f"{LARQ_ZOO_VERSION} larq_zoo/literature/real_to_bin_nets.py"
 _ZOO_DIFFERENCES = ("pad_values 1 (zoo: 0); small-input stem",
-                    (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE))
+                    (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE), _ZOO_RULES)
 _PAPER = "Real-to-Binary Convolutions (arXiv 2003.11535)"
 _ZOO_TRAINING = "larq-zoo larq_zoo/training/multi_stage_experiments.py"
 

@@ -17,21 +17,38 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from models.common import (
+    NEVER,
     PAD_DIFFERENCE,
+    SHORT_HEIGHT,
     ZOO_STEM_DIFFERENCE,
+    VariantRules,
+    ZooVariant,
     batch_norm,
     binary_conv3x3,
-    binary_pad_value,
     classifier_head,
     image_input,
-    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.recipes import LARQ_ZOO, PaperRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
 
 # Back to Simplicity trains BinaryResNetE with a gradient-cancelling window of 1.25.
 RESNET_E_CLIP_VALUE = 1.25
 
 _STAGE_FILTERS = (64, 128, 256, 512)
+
+# larq-zoo's definitions: both pad with 0; BinaryResNetE18 has a small-input stem too (for a
+# height under 50 px), Bi-Real Net keeps its ImageNet stem at every size.
+_ZOO_RESNET_E = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/resnet_e.py BinaryResNetE18",
+    "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,),
+    VariantRules(pad_value=0.0, small_stem=SHORT_HEIGHT),
+)
+_ZOO_BIREALNET = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/birealnet.py BiRealNet",
+    "pad_values 1 (zoo: 0); small-input stem",
+    (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE),
+    VariantRules(pad_value=0.0, small_stem=NEVER),
+)
 
 
 def binary_resnet(
@@ -52,7 +69,7 @@ def binary_resnet(
     stem_extra_bn: bool = True,
     head_relu: bool = True,
     variant: str = "bnn",
-    zoo_has_small_stem: bool = True,
+    zoo: ZooVariant = _ZOO_RESNET_E,
     name: str = "binary_resnet",
 ) -> tf.keras.Model:
     """Builds a binary ResNet with a shortcut around every binary convolution.
@@ -79,8 +96,8 @@ def binary_resnet(
         variant: "bnn" pads the binary convolutions with +1 (LCE-friendly), "larq-zoo" with
             0 and uses the zoo's stem rule, as larq-zoo does (its weights give its outputs only
             then).
-        zoo_has_small_stem: Whether larq-zoo's definition has a small-input stem (ResNetE
-            yes, Bi-Real Net no), for `variant="larq-zoo"`.
+        zoo: larq-zoo's definition of this network (ResNetE's or Bi-Real Net's), whose rules
+            `variant="larq-zoo"` builds with.
         name: Keras model name.
 
     Returns:
@@ -92,9 +109,10 @@ def binary_resnet(
 
     if stem_strides not in (1, 2):
         raise BnnError(f"Expected stem_strides 1 or 2, got {stem_strides!r}.")
-    pad_values = binary_pad_value(variant)
+    rules = zoo.rules_for(variant)
+    pad_values = rules.pad_value
     inputs = image_input(input_shape)
-    if uses_small_stem(input_shape, variant, zoo_has_small_stem):
+    if rules.uses_small_stem(input_shape):
         x = tf.keras.layers.Conv2D(
             stage_filters[0], 3, strides=stem_strides, padding="same",
             kernel_initializer=stem_initializer, use_bias=False, name="stem_conv",
@@ -166,21 +184,10 @@ def _birealnet(stage_blocks: Sequence[int], name: str, **kwargs) -> tf.keras.Mod
         stem_relu=False,
         stem_extra_bn=False,
         head_relu=False,
-        zoo_has_small_stem=False,
+        zoo=_ZOO_BIREALNET,
         name=name,
         **kwargs,
     )
-
-
-_ZOO_RESNET_E = ZooVariant(
-    f"{LARQ_ZOO_VERSION} larq_zoo/literature/resnet_e.py BinaryResNetE18",
-    "pad_values 1 (zoo: 0)", (PAD_DIFFERENCE,),
-)
-_ZOO_BIREALNET = ZooVariant(
-    f"{LARQ_ZOO_VERSION} larq_zoo/literature/birealnet.py BiRealNet",
-    "pad_values 1 (zoo: 0); small-input stem",
-    (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE),
-)
 
 
 @register_model(

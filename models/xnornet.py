@@ -21,20 +21,32 @@ import larq as lq
 import tensorflow as tf
 
 from models.common import (
+    NEVER,
     PAD_DIFFERENCE,
     ZOO_STEM_DIFFERENCE,
-    ZOO_VARIANT,
+    VariantRules,
+    ZooVariant,
     batch_norm,
-    binary_pad_value,
     image_input,
     softmax,
     split_quant_conv,
-    uses_small_stem,
 )
-from models.registry import LARQ_ZOO, LARQ_ZOO_VERSION, PaperRecipe, ZooVariant, register_model
+from models.recipes import LARQ_ZOO, PaperRecipe
+from models.registry import LARQ_ZOO_VERSION, register_model
 
 # (filters, kernel size, max-pool after) of conv2..conv5.
 _CONVS = ((256, 5, True), (384, 3, False), (384, 3, False), (256, 3, True))
+
+# larq-zoo's XNORNet: zero padding, the 11x11/4 stem at every size, and one fc6 with a 6x6
+# kernel (its `family` values: the builder's fc6 kernel and number of parts).
+_ZOO = ZooVariant(
+    f"{LARQ_ZOO_VERSION} larq_zoo/literature/xnornet.py XNORNet",
+    "pad_values 1 (zoo: 0); small-input stem",
+    (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE,
+     "fc6's kernel covers the whole feature map at every input size; larq-zoo's is 6x6 (the "
+     "whole map from 217 to 248 px)"),
+    VariantRules(pad_value=0.0, small_stem=NEVER, family={"fc6_kernel": (6, 6), "fc6_parts": 1}),
+)
 
 
 def xnornet(
@@ -88,7 +100,8 @@ def xnornet(
         return tf.keras.layers.MaxPool2D(3, strides=2, name=layer_name)
 
     inputs = image_input(input_shape)
-    small = uses_small_stem(input_shape, variant, zoo_has_small_stem=False)
+    rules = _ZOO.rules_for(variant)
+    small = rules.uses_small_stem(input_shape)
     x = tf.keras.layers.Conv2D(
         96, 3 if small else 11, strides=1 if small else 4, padding="same", use_bias=False,
         kernel_regularizer=tf.keras.regularizers.l2(weight_decay), name="conv1",
@@ -98,7 +111,7 @@ def xnornet(
     x = bn("conv1_pool_bn")(pool("conv1_pool")(x))
     for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
         x = lq.layers.QuantConv2D(
-            filters, kernel_size, padding="same", pad_values=binary_pad_value(variant),
+            filters, kernel_size, padding="same", pad_values=rules.pad_value,
             name=f"conv{i}", **quant,
         )(x)
         if pooled:
@@ -109,10 +122,10 @@ def xnornet(
     # size (the whole map from 217 to 248 px; under 217 px the map is smaller than it).
     # Split only as LCE needs it; the zoo variant keeps the zoo's single fc6 (its weights load
     # layer by layer), which LCE then converts to a float conv.
-    fc6_kernel = (6, 6) if variant == ZOO_VARIANT else tuple(x.shape[1:3])
-    x = split_quant_conv(x, 4096, fc6_kernel, "fc6",
-                         1 if fc6_parts is None and variant != "bnn" else fc6_parts,
-                         padding="valid", **quant)
+    fc6_kernel = rules.family.get("fc6_kernel", tuple(x.shape[1:3]))
+    if fc6_parts is None:
+        fc6_parts = rules.family.get("fc6_parts")
+    x = split_quant_conv(x, 4096, fc6_kernel, "fc6", fc6_parts, padding="valid", **quant)
     x = bn("fc6_bn")(x)
 
     if include_top:
@@ -139,11 +152,7 @@ def xnornet(
                     step_multipliers=(1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001),
                     epochs=100, batch_size=1200),
     ),
-    zoo=ZooVariant(f"{LARQ_ZOO_VERSION} larq_zoo/literature/xnornet.py XNORNet",
-                   "pad_values 1 (zoo: 0); small-input stem",
-                   (PAD_DIFFERENCE, ZOO_STEM_DIFFERENCE,
-                    "fc6's kernel covers the whole feature map at every input size; larq-zoo's "
-                    "is 6x6 (the whole map from 217 to 248 px)")),
+    zoo=_ZOO,
 )
 def xnornet_entry(**kwargs) -> tf.keras.Model:
     """XNOR-Net: 62,396,768 parameters at 224x224x3, 1000 classes."""

@@ -26,38 +26,42 @@ config.json layouts (`format_version`):
         same layout: a bnn without it resumes such a run with the teacher run at every step,
         which is the same loss.
 
-The file names of a run folder live here as well, so that a reader of run folders (`convert`)
-needs this module and not the training loop.
+The file names of a run folder, the layout checks and the JSON field checks are in
+`bnn_keras.training.run_files` (the names are re-exported here), where `RunSummary` reads what
+deploying a run's model needs without this module: `convert` reads run folders that way.
 """
 
 import dataclasses
-import json
 import os
-import typing
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
-from bnn_keras.options import ARGUMENT, KEY_VALUE, NESTED, option
+from bnn_keras.options import ARGUMENT, FOLDER, KEY_VALUE, NESTED, option
 from bnn_keras.training import distribute, recipes
 from bnn_keras.training import tricks as tricks_lib
 from bnn_keras.training.data.normalization import Normalization
 from bnn_keras.training.data.preprocessing import ModelInput
 from bnn_keras.training.precision import PRECISIONS, resolve_precision
+from bnn_keras.training.run_files import (  # noqa: F401  (the file names: re-exported)
+    BACKUP_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    STATUS_FILE,
+    TENSORBOARD_DIR,
+    check_layout,
+    checked_field,
+    parse_normalization,
+    parse_shape,
+    read_config_json,
+    shown,
+)
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
-STATUS_FILE = "status.json"
-BACKUP_DIR = "backup"
-TENSORBOARD_DIR = "tensorboard"
-
-# The newest config.json layout, the one a distilled or float-copy run writes; see the
-# module docstring.
-FORMAT_VERSION = 4
 # The layout of a run from a weights file that uses none of layout 4's fields.
 _WEIGHTS_FORMAT_VERSION = 3
 # The layout of a run that did not start from a weights file.
@@ -93,11 +97,11 @@ class TrainConfig:
              "in --data-dir are read directly), cifar10, cifar100, imagenette, "
              "imagenet2012 (TFDS), or folder:PATH (one sub-folder of images per class).")
     data_dir: Optional[str] = option(
-        existing_folder=True,
+        path=FOLDER,
         help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
              "IDX files such as /usr/share/datasets/fashion-mnist).")
     manual_dir: Optional[str] = option(
-        existing_folder=True, help="Where manually downloaded archives are (imagenet2012).")
+        path=FOLDER, help="Where manually downloaded archives are (imagenet2012).")
     image_size: Optional[int] = option(
         help="Side of the square model input [default: the data set's, 16 for digits].")
     epochs: Optional[int] = option(help="Training epochs [default: the recipe's, else 10].")
@@ -450,19 +454,7 @@ class RunRecord:
             BnnError: one line naming the file and what is wrong with it: missing, not JSON,
                 a newer layout, a missing field or a field of the wrong type.
         """
-        path = Path(run_dir) / CONFIG_FILE
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise BnnError(f"{path} does not exist: {run_dir} is not a run folder written by "
-                           "`bnn train`.") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BnnError(f"{path} cannot be read ({exc.__class__.__name__}).") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BnnError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                           f"{exc.colno}); restore it, or start a new run.") from None
+        path, values = read_config_json(run_dir)
         record = cls.from_dict(values, source=str(path))
         record._stamp = _stamp(path)
         return record
@@ -474,25 +466,13 @@ class RunRecord:
         Raises:
             BnnError: as `read`.
         """
-        if not isinstance(values, dict):
-            raise BnnError(f"{source} does not hold a JSON object.")
-        version = values.get("format_version", 1)
-        if not _matches(version, int) or version < 1:
-            raise BnnError(f"{source}: expected field 'format_version' to be an integer >= 1, "
-                           f"got {version!r}.")
-        if version > FORMAT_VERSION:
-            raise BnnError(f"{source} has format_version {version}, newer than this bnn reads "
-                           f"(up to {FORMAT_VERSION}); upgrade bnn to use this run folder.")
-        missing = [name for name in _REQUIRED if name not in values]
-        if missing:
-            raise BnnError(f"{source}: missing field {missing[0]!r}; it is not a config.json "
-                           "written by `bnn train`.")
+        version = check_layout(values, source)
 
         options = _checked_options(values, source)
         facts: Dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             if field.name in values and field.name not in _NOT_IN_FILE:
-                facts[field.name] = _field(source, field.name, values[field.name],
+                facts[field.name] = checked_field(source, field.name, values[field.name],
                                            _JSON_TYPES.get(field.name, field.type),
                                            _PARSERS.get(field.name))
         known = {"format_version", *options, *facts}
@@ -579,7 +559,7 @@ def config_from_dict(values: Any, *, source: str) -> TrainConfig:
             `source`).
     """
     if not isinstance(values, dict):
-        raise BnnError(f"{source}: expected an object of training options, got {_shown(values)}.")
+        raise BnnError(f"{source}: expected an object of training options, got {shown(values)}.")
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise BnnError(f"{source}: unknown training option {unknown[0]!r}.")
@@ -591,8 +571,8 @@ def _checked_options(values: Dict[str, Any], source: str) -> Dict[str, Any]:
     options = {}
     for field in dataclasses.fields(TrainConfig):
         if field.name in values:
-            options[field.name] = _field(source, field.name, values[field.name], field.type)
-    _field(source, "tricks", options.get("tricks", {}), Dict[str, Any], _tricks)
+            options[field.name] = checked_field(source, field.name, values[field.name], field.type)
+    checked_field(source, "tricks", options.get("tricks", {}), Dict[str, Any], _tricks)
     return options
 
 
@@ -603,23 +583,8 @@ def read_run_config(run_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
     return RunRecord.read(run_dir).to_dict()
 
 
-# Fields bnn 0.1 already wrote in every config.json, and which readers cannot do without.
-_REQUIRED = ("model", "dataset", "input_shape", "num_classes", "class_names", "normalization")
 # RunRecord attributes that are not keys of the file.
 _NOT_IN_FILE = ("config", "extra", "format_version")
-
-
-def _shape(values: List[int]) -> Tuple[int, int, int]:
-    if len(values) != 3 or min(values) < 1:
-        raise ValueError("a list of 3 positive integers (height, width, channels)")
-    return tuple(values)
-
-
-def _normalization(values: Dict[str, List[float]]) -> Normalization:
-    if set(values) != {"mean", "std"} or not values["mean"] or (
-            len(values["mean"]) != len(values["std"])):
-        raise ValueError("an object with lists mean and std of the same length")
-    return Normalization.from_dict(values)
 
 
 def _sha256(value: Optional[str]) -> Optional[str]:
@@ -660,8 +625,8 @@ _JSON_TYPES: Dict[str, Any] = {
     "epochs_changes": List[Dict[str, Optional[int]]],
 }
 _PARSERS: Dict[str, Callable[[Any], Any]] = {
-    "input_shape": _shape,
-    "normalization": _normalization,
+    "input_shape": parse_shape,
+    "normalization": parse_normalization,
     "recipe_resolved": _recipe,
     "epochs_changes": _epochs_changes,
     "weights_sha256": _sha256,
@@ -678,64 +643,6 @@ _FORMATTERS: Dict[str, Callable[[Any], Any]] = {
     "recipe_resolved": dataclasses.asdict,
     "epochs_changes": lambda changes: [change.to_dict() for change in changes],
 }
-
-
-def _field(source: str, name: str, value: Any, annotation: Any,
-           parse: Optional[Callable[[Any], Any]] = None) -> Any:
-    """`value` of field `name` checked against `annotation` (and parsed), or a BnnError."""
-    expected = _described(annotation)
-    if _matches(value, annotation):
-        if parse is None:
-            return value
-        try:
-            return parse(value)
-        except (ValueError, TypeError) as exc:
-            expected = str(exc) if isinstance(exc, ValueError) else expected
-    raise BnnError(f"{source}: expected field {name!r} to be {expected}, got "
-                   f"{_shown(value)}.")
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether a JSON value fits a type annotation (Optional, int, float, str, bool, Any,
-    Dict[str, X], List[X])."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Any:
-        return True
-    if origin is Union:
-        return any(_matches(value, arg) for arg in args)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and _matches(v, args[1]) for k, v in value.items())
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
-    raise TypeError(f"no JSON check for {annotation!r}")  # a field type this module forgot
-
-
-def _described(annotation: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Union:
-        return " or ".join(_described(arg) for arg in args)
-    if origin is dict:
-        return "an object"
-    if origin is list:
-        return f"a list of {_described(args[0]).split(' ', 1)[-1]}s"
-    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}.get(annotation, str(annotation))
 
 
 def _stamp(path: Path) -> Optional[Tuple[int, int, int]]:

@@ -4,7 +4,7 @@ Some papers train in stages, each a full training run that starts from an earlie
 weights or distils from an earlier stage: ReActNet's two steps (binary activations with real
 weights, then binary weights), Real-to-Binary Net's ResNet-18 teacher -> float -> binary
 activations -> binary network. A registry entry carries them as plain data
-(`models.registry.StagedRecipe`); `bnn train MODEL --recipe paper` on such a model trains
+(`models.recipes.StagedRecipe`); `bnn train MODEL --recipe paper` on such a model trains
 `train_staged(config, run_dir)`:
 
     RUN_DIR/
@@ -85,7 +85,8 @@ class PlannedStage:
             values, start and teacher).
         recipe: The recipe it trains with (the stage's, with the user's overrides).
         start_from: The earlier stage whose weights it starts from, or None.
-        teacher: The earlier stage it distils from, "--teacher" (the user's), or None.
+        teacher: The earlier stage it distils from, `models.recipes.USER_TEACHER` (the user's),
+            or None.
         note: How the stage's values differ from their source, if they do.
         status: pending, running, interrupted, failed or finished.
         result: Its test accuracy, epochs and wall time once finished.
@@ -242,7 +243,9 @@ def _checked_stage(values: Any, number: int, source: str) -> PlannedStage:
         name=values["name"], folder=values["folder"],
         config=config_from_dict(values.get("config"), source=f"{source} stage {number}"),
         recipe=recipes.Recipe.from_dict(values["recipe"]),
-        start_from=values.get("start_from"), teacher=values.get("teacher"),
+        start_from=values.get("start_from"),
+        teacher=(_user_teacher() if values.get("teacher") == _EARLIER_USER_TEACHER
+                 else values.get("teacher")),
         note=str(values.get("note", "")), status=values["status"],
         result=values.get("result") if isinstance(values.get("result"), dict) else None)
 
@@ -355,9 +358,14 @@ def plan_stages(config: TrainConfig) -> StagedPlan:
 
 
 def _user_teacher() -> str:
-    from models.registry import USER_TEACHER
+    from models.recipes import USER_TEACHER
 
     return USER_TEACHER
+
+
+# How stages.json named the user's teacher until bnn 0.3.0 (the option's spelling); read as
+# `USER_TEACHER`, so that a staged run started by those versions still resumes.
+_EARLIER_USER_TEACHER = "--teacher"
 
 
 def _refuse_stage_options(config: TrainConfig, staged) -> None:

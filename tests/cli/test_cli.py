@@ -315,6 +315,68 @@ def test_train_options_are_generated_from_train_config():
                        "run_dir": "--output"}
 
 
+def test_convert_options_are_generated_from_convert_options():
+    """Every ConvertOptions field is one `bnn convert` option with the field's help, default,
+    choices and spelling, and every option but --json/--custom-objects/--trust-model-code (how
+    this process prints and reads files) is a field."""
+    import dataclasses
+
+    import click
+
+    import cli
+    from bnn_keras import options
+    from convert.options import ConvertOptions
+
+    params = {p.name: p for p in cli.convert.params}
+    fields = {f.name: f for f in dataclasses.fields(ConvertOptions)}
+    assert set(params) - {"source", "as_json", "custom_objects", "trust_model_code"} == set(fields)
+    for name, field in fields.items():
+        param = params[name]
+        assert param.help == field.metadata["help"]
+        assert options.flag(field) in param.opts and param.default == field.default
+        assert param.is_flag == (field.type is bool)
+        if field.metadata["choices"]:
+            assert tuple(param.type.choices) == field.metadata["choices"]
+    assert params["output"].opts == ["--output", "-o"]
+    assert isinstance(params["inputs"].type, click.Path) and params["inputs"].type.exists
+    assert params["data_dir"].type.file_okay is False
+    assert params["mean"].type is click.STRING and params["mean"].metavar == "M[,M,M]"
+    # The parsed command line is a ConvertOptions: its defaults are the options' defaults.
+    ctx = cli.convert.make_context("convert", ["run"])
+    values = {k: v for k, v in ctx.params.items() if k in fields}
+    assert ConvertOptions(**values) == ConvertOptions()
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(min_agreement=1.5), "Expected `min_agreement` between 0 and 1, got 1.5."),
+    (dict(samples=0), "Expected `samples` >= 1, got 0."),
+    (dict(int8=True, calibration_samples=0), "Expected `calibration_samples` >= 1 and "
+                                             "`fine_tune_epochs` >= 0, got 0 and 0."),
+    (dict(no_metadata=True, mean="0.5", std=1.0), "`no_metadata` converts without `mean` "
+                                                  "`std`; pass one or the other."),
+    (dict(target="x86"), "Expected `target` one of arm64, arm, xcore, got 'x86'."),
+])
+def test_convert_options_refuse_bad_values_before_any_work(values, message, tmp_path):
+    """A bad value is refused when the options are made (the library names the field, `bnn
+    convert` its option), before a model is looked for."""
+    from bnn_keras.errors import BnnError
+    from convert.options import ConvertOptions
+    from convert.workflow import convert_trained_model
+
+    with pytest.raises(BnnError) as made:
+        ConvertOptions(**values)
+    assert str(made.value) == message
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(BnnError, match=re.escape(message)):
+        convert_trained_model(missing, **values)
+    if "target" not in values:  # (click refuses a bad --target choice itself)
+        args = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+                for k, v in values.items()]
+        line = _one_line_error(invoke(["convert", str(missing), *args]))
+        assert line.startswith("Error: Expected --") or line.startswith("Error: --no-metadata")
+        assert "`" not in line
+
+
 def _train_context(click, cli):
     ctx = click.Context(cli.main)
     ctx.invoked_subcommand = "train"
@@ -332,7 +394,6 @@ def test_library_messages_name_fields_and_the_cli_shows_options():
         "Expected --batch-size >= 1 (`bnn train --resume R`), `other`.")
     ctx = click.Context(cli.main)
     ctx.invoked_subcommand = "convert"
-    # By the option's name, also where the value's name differs (--bundle fills bundle_dir).
     assert cli.main._spelled(ctx, "`int8_io` needs `int8`; `bundle`, `source`, `nothing`.") == (
         "--int8-io needs --int8; --bundle, RUN_DIR_OR_MODEL_FILE, `nothing`.")
 

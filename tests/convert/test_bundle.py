@@ -163,7 +163,7 @@ def test_overwrite_never_takes_a_folder_of_other_files(tmp_path, model_and_flatb
     (target / "stale.txt").write_text("old")
     before = _snapshot(target)
     with pytest.raises(BnnError, match=f"^Bundle folder {re.escape(str(target))} is not an empty "
-                                       "folder or a bnn bundle; overwrite replaces only a bnn "
+                                       "folder or a bnn bundle; `overwrite` replaces only a bnn "
                                        "bundle: choose another folder.$"):
         write_bundle(target, flatbuffer=flatbuffer, keras_model=model, run_config=RUN_CONFIG,
                      overwrite=True)
@@ -785,7 +785,7 @@ def test_overwrite_refuses_to_replace_what_bnn_did_not_write(tmp_path, model_and
     monkeypatch.setattr(bundle_lib, "isolated_predict", None)
     with pytest.raises(BnnError) as refused:
         bundle_lib.check_bundle_destination(target, overwrite=True)
-    assert str(refused.value).startswith(f"--bundle {target}")
+    assert str(refused.value).startswith(f"`bundle` {target}")  # (`bnn convert`: --bundle)
     assert said in str(refused.value), str(refused.value)
     with pytest.raises(BnnError, match=f"^Bundle folder {re.escape(str(target))}") as refused:
         write_bundle(target, flatbuffer=flatbuffer, keras_model=model, run_config=RUN_CONFIG,

@@ -67,9 +67,11 @@ def test_not_a_flatbuffer_and_truncated_flatbuffer_are_rejected(digits_flatbuffe
 
 def test_load_trained_model_from_run_folder_and_file(digits_run):
     from_dir = loading.load_trained_model(str(digits_run.run_dir))
-    assert from_dir.run_config["dataset"] == "digits"
+    assert from_dir.run.model == digits_run.config["model"] == "binary-densenet28"
+    assert from_dir.run.model_input.dataset == "digits"
+    assert from_dir.run.model_input.input_shape == tuple(digits_run.config["input_shape"])
     from_file = loading.load_trained_model(str(digits_run.run_dir / "model.keras"))
-    assert from_file.run_config is None
+    assert from_file.run is None
     assert from_file.model.count_params() == digits_run.model.count_params()
 
 

@@ -659,7 +659,8 @@ def test_free_space_is_estimated_from_the_flatbuffer_not_the_keras_model(tmp_pat
     finally:
         _unmount(mnt)
     loaded = load_trained_model(str(run))
-    estimate = estimated_tflite_size(loaded.model, run_metadata(loaded.run_config))
+    estimate = estimated_tflite_size(
+        loaded.model, run_metadata(loaded.run.model_input, model=loaded.run.model))
     # Never below what is written, and not far above it (the prediction is within 5%).
     assert actual <= estimate <= 1.5 * actual, (actual, estimate)
     assert estimate < 200_000

@@ -199,20 +199,26 @@ TRAINING_APP = ("bnn_keras.training.config", "bnn_keras.training.recipes",
 
 
 def test_deployment_modules_read_a_run_folder_without_the_training_app(digits_run):
-    """`metadata`, `evaluate` and `bundle` read a real run folder's config.json (through
-    `ModelInput`) for the .tflite metadata, `bnn predict`'s preprocessing and the bundle; none
-    of them loads the training app or TensorFlow Datasets."""
+    """`loading` loads a real run folder (its model and `RunSummary`), and `metadata`,
+    `evaluate` and `bundle` read its config.json (through `ModelInput`) for the .tflite
+    metadata, `bnn predict`'s preprocessing and the bundle; none of them loads the training app
+    or TensorFlow Datasets."""
+    run_dir = str(digits_run.run_dir)
     code = f"""
 import json, sys
-from convert import bundle, evaluate, metadata
+from convert import bundle, evaluate, loading, metadata
 from bnn_keras.training.data.preprocessing import ModelInput
+loaded = loading.load_trained_model({run_dir!r})
+assert loaded.model.count_params() == {digits_run.model.count_params()}
 config = json.loads(open({str(digits_run.run_dir / "config.json")!r}).read())
-meta = metadata.run_metadata(config)
+meta = metadata.run_metadata(loaded.run.model_input, model=loaded.run.model)
+assert meta == metadata.run_metadata(config) and meta["model"] == config["model"]
 options = evaluate.image_options(meta)
 bundle.check_bundle_metadata(meta)
-assert ModelInput.from_mapping(meta) == ModelInput.from_mapping(config)
-assert options["pixel_max"] == 16.0 and meta["model"] == config["model"]
-print(sorted(m for m in sys.modules if m.startswith({TRAINING_APP!r})))
+assert ModelInput.from_mapping(meta) == ModelInput.from_mapping(config) == loaded.run.model_input
+assert options["pixel_max"] == 16.0
+print(sorted(m for m in sys.modules
+             if any(m == t or m.startswith(t + ".") for t in {TRAINING_APP!r})))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=CONVERT.parent, timeout=300)

@@ -179,8 +179,8 @@ def test_register_model_stores_the_recipes_it_is_given():
 
 
 def test_create_model_builds_the_papers_model_and_the_cli_applies_tricks_after_it():
-    import cli
-    from bnn_keras import model_stats
+    from bnn_keras import model_stats, training
+    from bnn_keras.training.starting_point import registry_model
 
     # binarynet (25 layers) rebuilds in a fraction of binary-densenet28's time (88 layers).
     kwargs = dict(input_shape=(16, 16, 1), num_classes=10)
@@ -190,11 +190,13 @@ def test_create_model_builds_the_papers_model_and_the_cli_applies_tricks_after_i
     # Tricks are the training application's, not a create_model option.
     with pytest.raises(BnnError, match="binarynet has no option 'tricks'"):
         models.create_model("binarynet", tricks={"bases": 2}, **kwargs)
-    tricked = cli._build_registered("binarynet", {"bases": 2}, {}, kwargs["input_shape"],
-                                    kwargs["num_classes"])
+    def built_by_bnn_train(tricks):
+        config = training.TrainConfig(model="binarynet", tricks=tricks)
+        return registry_model(config, kwargs["input_shape"], kwargs["num_classes"])[0]
+
+    tricked = built_by_bnn_train({"bases": 2})
     assert model_stats.count_binary_convs(tricked) == 16  # two bases per binary layer
-    untricked = cli._build_registered("binarynet", {}, {}, kwargs["input_shape"],
-                                      kwargs["num_classes"])
+    untricked = built_by_bnn_train({})
     assert untricked.count_params() == plain.count_params()
 
 

@@ -351,6 +351,38 @@ def test_registry_entries_say_how_they_differ_from_the_zoo():
         assert zoo.summary == "small-input stem" and len(zoo.differences) == 1
 
 
+def test_variant_rules_decide_the_stem_and_padding_for_every_family():
+    """Builders read a variant's rules (`ZooVariant.rules_for`): the default's for "bnn", the
+    entry's larq-zoo rules for "larq-zoo"; what an entry says in words matches its rules."""
+    from models.common import (BNN_RULES, NEVER, SHORT_HEIGHT, SMALL_SIDE, VariantRules,
+                               variant_rules)
+
+    short, narrow, large = (40, 60, 3), (60, 40, 3), (64, 64, 3)
+    side, height, never = (VariantRules(small_stem=rule) for rule in
+                           (SMALL_SIDE, SHORT_HEIGHT, NEVER))
+    assert [side.uses_small_stem(s) for s in (short, narrow, large)] == [True, True, False]
+    assert [height.uses_small_stem(s) for s in (short, narrow, large)] == [True, False, False]
+    assert [never.uses_small_stem(s) for s in (short, narrow, large)] == [False] * 3
+    assert BNN_RULES == VariantRules(pad_value=1.0, small_stem=SMALL_SIDE, family={})
+    assert variant_rules("larq-zoo", never) is never and variant_rules("bnn", never) is BNN_RULES
+    with pytest.raises(BnnError, match=r"Unknown `variant` 'zoo'; expected one of: bnn, larq-zoo"):
+        variant_rules("zoo", never)
+    with pytest.raises(ValueError, match="small_stem must be one of"):
+        VariantRules(small_stem="sometimes")
+    xnor = models.get_entry("xnornet").zoo.rules
+    assert dict(xnor.family) == {"fc6_kernel": (6, 6), "fc6_parts": 1}
+    with pytest.raises(TypeError):
+        xnor.family["fc6_parts"] = 2  # an entry's rules are facts, not defaults to edit
+    for name in models.list_models():
+        zoo = models.get_entry(name).zoo
+        if zoo is None:
+            continue
+        assert zoo.rules_for("bnn") is BNN_RULES and zoo.rules_for("larq-zoo") is zoo.rules
+        # "small-input stem" in the summary: larq-zoo keeps its ImageNet stem at every size.
+        assert ("small-input stem" in zoo.summary) == (zoo.rules.small_stem == NEVER), name
+        assert ("pad_values 1 (zoo: 0)" in zoo.summary) <= (zoo.rules.pad_value == 0.0), name
+
+
 @pytest.mark.usefixtures("_zero_initializers")  # `bnn models` reads only shapes
 def test_bnn_models_says_which_models_differ_from_the_zoo():
     # binary-densenet28, binary-resnet-e18/e34, birealnet18/34.

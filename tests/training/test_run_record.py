@@ -17,6 +17,7 @@ from bnn_keras.errors import BnnError
 from bnn_keras.training.config import FORMAT_VERSION, EpochsChange, RunRecord
 from bnn_keras.training.data import Normalization
 from bnn_keras.training.recipes import Recipe
+from bnn_keras.training.run_files import RunSummary
 from tests.conftest import FIXTURES, invoke
 
 OLD_RUNS = [FIXTURES / version / run for version in ("v0.1", "v0.2")
@@ -87,7 +88,7 @@ def _edit(run: Path, **changes) -> None:
     (run / "config.json").write_text(json.dumps(values))
 
 
-@pytest.mark.parametrize("changes, message", [
+_BAD_FIELDS = [
     (dict(epochs="two"), "expected field 'epochs' to be an integer or null, got \"two\"."),
     (dict(augment=1), "expected field 'augment' to be true or false or null, got 1."),
     (dict(input_shape=[8, 8]), "expected field 'input_shape' to be a list of 3 positive "
@@ -108,7 +109,10 @@ def _edit(run: Path, **changes) -> None:
                                               f"{FORMAT_VERSION}); upgrade bnn to use this "
                                               "run folder."),
     (dict(format_version="2"), "expected field 'format_version' to be an integer >= 1"),
-])
+]
+
+
+@pytest.mark.parametrize("changes, message", _BAD_FIELDS)
 def test_a_bad_field_is_one_line_naming_the_file_and_the_field(run, changes, message):
     _edit(run, **changes)
     with pytest.raises(BnnError) as info:
@@ -116,6 +120,32 @@ def test_a_bad_field_is_one_line_naming_the_file_and_the_field(run, changes, mes
     text = str(info.value)
     assert text.startswith(str(run / "config.json")) and message in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("run_dir", OLD_RUNS, ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_the_deployment_summary_reads_what_the_record_reads(run_dir):
+    record, summary = RunRecord.read(run_dir), RunSummary.read(run_dir)
+    assert summary.model == record.config.model == "quicknet"
+    assert summary.model_input == record.model_input
+    assert summary.config_file == run_dir / "config.json"
+    assert summary.to_metadata() == {"model": "quicknet", **record.model_input.to_metadata()}
+
+
+# The cases above that are fields `RunSummary` reads: it refuses them with the record's words.
+_SUMMARY_CASES = [case for case in _BAD_FIELDS
+                  if set(case[0]) & {"input_shape", "class_names", "normalization",
+                                     "num_classes", "format_version"}]
+
+
+@pytest.mark.parametrize("changes, message", _SUMMARY_CASES)
+def test_the_deployment_summary_refuses_a_bad_field_as_the_record_does(run, changes, message):
+    _edit(run, **changes)
+    with pytest.raises(BnnError) as from_record:
+        RunRecord.read(run)
+    with pytest.raises(BnnError) as from_summary:
+        RunSummary.read(run)
+    assert str(from_summary.value) == str(from_record.value)
+    assert message in str(from_summary.value)
 
 
 def test_missing_broken_and_non_object_files(tmp_path):

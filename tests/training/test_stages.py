@@ -295,7 +295,7 @@ def test_a_stage_distils_from_an_earlier_stage(tmp_path, monkeypatch):
     """The mechanism of Real-to-Binary's stages on the tiny model: stage 2 distils from stage
     1's run folder (with attention matching) and starts from its weights."""
     from models import registry
-    from models.registry import PaperRecipe, RecipeStage, StagedRecipe
+    from models.recipes import PaperRecipe, RecipeStage, StagedRecipe
 
     entry = registry.get_entry("reactnet-a")
     plan = StagedRecipe("a test plan", (
@@ -462,6 +462,21 @@ def test_a_moved_staged_run_resumes_from_its_own_files(tmp_path, monkeypatch):
         config2["teacher_sha256"])
     assert not original.exists()
     assert json.loads((moved / "stages.json").read_text())["status"] == "finished"
+
+
+def test_a_plan_records_the_users_teacher_and_reads_the_earlier_spelling():
+    """The plan names the user's teacher by the recipe's `USER_TEACHER` (not an option's
+    spelling), and a stages.json of bnn 0.3.0, which wrote "--teacher", reads the same."""
+    from models.recipes import USER_TEACHER
+
+    plan = stages.plan_stages(TrainConfig(model="reactnet-a", recipe="paper",
+                                          teacher="teacher.keras"))
+    assert [s.teacher for s in plan.stages] == [USER_TEACHER, USER_TEACHER] != ["--teacher"] * 2
+    recorded = plan.to_dict()
+    assert [s["teacher"] for s in recorded["stages"]] == [USER_TEACHER] * 2
+    for stage in recorded["stages"]:
+        stage["teacher"] = "--teacher"
+    assert stages.StagedPlan.from_dict(recorded, "stages.json") == plan
 
 
 @pytest.mark.parametrize("damage, message", [
