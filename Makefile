@@ -42,9 +42,10 @@ demo: $(STAMP)
 # converting BinaryDenseNet37/45 after 28) and the `acceptance` tour (tests/acceptance: bad
 # inputs and faults on every command, as child processes); `make test-all` runs those too.
 # Two pytest-xdist workers, one per core, each taking whole test modules (a module's fixtures
-# are built once). Trained and converted artefacts are made once per run of the suite and
-# shared by both workers through pytest's cache folder (tests/artefacts.py).
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope
+# are built once), the slowest modules first (tests/conftest.py SLOW_MODULES). Trained and
+# converted artefacts are made once per run of the suite and shared by both workers through
+# pytest's cache folder (tests/artefacts.py).
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow and not acceptance"
