@@ -9,7 +9,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import click
 
@@ -314,7 +314,8 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
                    + (f" (extended from {config.epochs})" if target != config.epochs else ""))
         # The registry model as recorded (the variant a weights file selected included).
         result = training.resume_training(Path(resume_dir), None, epochs=epochs, record=record,
-                                          teacher=values["teacher"], verbose=verbose)
+                                          teacher=values["teacher"], verbose=verbose,
+                                          report=_spelled_echo(click.get_current_context()))
     else:
         if not model:
             raise click.UsageError("Missing MODEL (or --resume RUN_DIR).")
@@ -328,18 +329,44 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
         else:
             training.resolve_recipe(config)  # bad options fail here, before any data is loaded
             # None: the registry model, with --model-option, --weights and the tricks.
-            result = training.train(config, None, output, verbose=verbose)
-    m = result.metrics
+            result = training.train(config, None, output, verbose=verbose,
+                                    report=_spelled_echo(click.get_current_context()))
     click.echo(f"Run folder: {result.run_dir}")
-    click.echo(
-        f"train accuracy {m['train_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
-        f"{m['wall_time_s']:.1f} s  {m['images_per_s'] or 0:.1f} images/s"
-    )
+    for line in run_summary_lines(result.metrics):
+        click.echo(line)
+
+
+def run_summary_lines(m: Dict[str, Any]) -> List[str]:
+    """The lines that end `bnn train`, from a run's metrics.json: each figure says what it is.
+
+    The test accuracy is the float32 model's (as deployed, and as `bnn evaluate` measures the
+    .tflite); under mixed precision the model in training precision, which the epochs were
+    validated in, gets its own line. The best epoch is compared with the last on that basis.
+    """
+    mixed = m.get("test_accuracy_mixed_precision")
+    lines = [f"test accuracy {m['test_accuracy']:.4f} (float32 model, as deployed)"]
+    if mixed is not None:
+        lines.append(f"test accuracy {mixed:.4f} (bfloat16 training precision, as validated "
+                     "after each epoch)")
+    lines.append(f"train accuracy {m['train_accuracy']:.4f} (running mean over the last epoch's "
+                 "steps, in training precision)")
     if m.get("best_test_accuracy") is not None:
+        last = mixed if mixed is not None else m["test_accuracy"]
+        basis = " in training precision" if mixed is not None else ""
         when = (f", {m['time_to_best_s']:.1f} s into the run"
                 if m.get("time_to_best_s") is not None else "")
-        click.echo(f"best test accuracy {m['best_test_accuracy']:.4f} at epoch "
-                   f"{m['best_epoch']}{when}")
+        lines.append(f"best test accuracy{basis} {m['best_test_accuracy']:.4f} at epoch "
+                     f"{m['best_epoch']} of {m['epochs']} (last epoch {last:.4f}){when}")
+    rate = (f"{m['images_per_s']:.1f} training images/s (steady state: "
+            f"{_counted(m['images_per_s_steps'], 'step')} after the first)"
+            if m.get("images_per_s") else "too few steps to measure a training rate")
+    lines.append(f"{_counted(m['epochs_this_session'], 'epoch')} in {m['wall_time_s']:.1f} s; "
+                 f"{rate}")
+    return lines
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _spelled_echo(ctx: click.Context) -> Callable[[str], None]:

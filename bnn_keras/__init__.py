@@ -38,6 +38,7 @@ __all__ = ["BnnError", "KerasVersionError", "__version__"]
 # `import bnn_keras` stays as light as `import larq`.
 from bnn_keras import (  # noqa: E402,F401
     callbacks,
+    constraints,
     initializers,
     layers,
     losses,

@@ -52,9 +52,12 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
       `History` sees them; `tf.keras.callbacks.CSVLogger` sees them only if it comes *after*
       this callback in the `callbacks` list (Keras calls callbacks in list order).
     - `self.history`: a list of dicts (`kind` "epoch" or "step", `epoch`, `step`, ratios).
+      `epoch` counts from 1, as Keras prints epochs and history.csv numbers them (a step
+      record carries the epoch it falls in); `step` is the global training step, from 1.
     - `flips.csv` in `run_dir` (or `csv_path`), rewritten atomically after every record.
-    - TensorBoard scalars under `log_dir` (epoch records at step=epoch, step records at the
-      global step, under `flip_ratio_step/...`).
+    - TensorBoard scalars under `log_dir` (epoch records at Keras's own TensorBoard step for
+      epoch N, N - 1, beside its `epoch_*` scalars; step records at the global step, under
+      `flip_ratio_step/...`).
     - A PNG plot `flips.png` (or `plot_path`) of each layer's ratio per epoch at train end.
 
     If the total epoch ratio is above `warn_threshold` in each of `warn_patience` consecutive
@@ -150,7 +153,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
-        self._epoch = epoch
+        self._epoch = epoch + 1  # Keras passes 0 for the first epoch
         if not self._layers and self.model is not None:
             # Used outside `fit` (or the model was built after `on_train_begin`).
             self._start()
@@ -172,7 +175,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
         self._epoch_signs = after
         if logs is not None:
             logs.update(ratios)
-        self._record("epoch", ratios, epoch=epoch)
+        self._record("epoch", ratios, epoch=epoch + 1)
         self._maybe_warn()
 
     def on_train_end(self, logs: Optional[Dict[str, Any]] = None) -> None:
@@ -184,12 +187,13 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
     # -- outputs ---------------------------------------------------------------------------
 
     def _record(self, kind: str, ratios: Dict[str, float], epoch: Optional[int] = None) -> None:
+        """Adds a record of `epoch` (1-based; default: the current one)."""
         epoch = self._epoch if epoch is None else epoch
         if kind == "epoch":
             self.history = [r for r in self.history if r["kind"] != "epoch" or r["epoch"] < epoch]
         self.history.append({"kind": kind, "epoch": epoch, "step": self._global_step, **ratios})
         if self._writer is not None:
-            prefix, step = ("flip_ratio", epoch) if kind == "epoch" else (
+            prefix, step = ("flip_ratio", epoch - 1) if kind == "epoch" else (
                 "flip_ratio_step", self._global_step)
             with self._writer.as_default():
                 for key, value in ratios.items():
@@ -198,7 +202,9 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
             files.write_text(self.csv_path, self.to_csv())
 
     def _read_csv(self) -> List[Dict[str, Any]]:
-        """Rows of an existing flips.csv (numbers parsed), or [] when there is none."""
+        """Rows of an existing flips.csv (numbers parsed, epochs from 1), or [] when there is
+        none. bnn 0.3.0 and earlier numbered epochs from 0 in flips.csv; such a file (it has an
+        epoch 0) is read renumbered, and written back from 1."""
         if self.csv_path is None or not Path(self.csv_path).is_file():
             return []
         with open(self.csv_path, newline="") as f:
@@ -210,6 +216,9 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
                       else float(value))
                 for key, value in row.items() if value not in (None, "")
             })
+        if any(row.get("epoch") == 0 for row in parsed):
+            for row in parsed:
+                row["epoch"] += 1
         return parsed
 
     def to_csv(self) -> str:
@@ -238,7 +247,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
         from matplotlib.figure import Figure
 
         rows = [r for r in self.history if r["kind"] == "epoch"]
-        epochs = [r["epoch"] + 1 for r in rows]
+        epochs = [r["epoch"] for r in rows]
         figure = Figure(figsize=(8, 4.5))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot(1, 1, 1)
@@ -283,7 +292,7 @@ class SignFlipTracker(tf.keras.callbacks.Callback):
         late = [
             r[TOTAL_KEY]
             for r in self.history
-            if r["kind"] == "epoch" and r["epoch"] + 1 > self.warn_after * planned
+            if r["kind"] == "epoch" and r["epoch"] > self.warn_after * planned
         ]
         recent = late[-self.warn_patience:]
         if len(recent) < self.warn_patience or min(recent) <= self.warn_threshold:

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras.constraints import NoClip
 from bnn_keras.quantizers import LayerScaledSign
 from models.common import (
     NEVER,
@@ -57,7 +58,7 @@ def dorefanet(
     activations_k_bit: int = 2,
     input_quantizer: Any = None,
     kernel_quantizer: Any = None,
-    kernel_constraint: Any = None,
+    kernel_constraint: Any = "no_clip",
     fc6_parts: Optional[int] = None,
     variant: str = "bnn",
     name: str = "dorefanet",
@@ -73,7 +74,8 @@ def dorefanet(
         input_quantizer: Activation quantizer (default `DoReFaQuantizer(k_bit=activations_k_bit)`).
         kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=None)`;
             `LayerScaledSign()` in variant "larq-zoo").
-        kernel_constraint: Latent weight constraint (none: the weight gradient is not clipped).
+        kernel_constraint: Latent weight constraint (default `bnn_keras.constraints.NoClip`:
+            none, on purpose: the weight gradient is the identity, so no weight starves).
         fc6_parts: Compute fc6 as this many 1x1 convs over the output channels, concatenated
             (same function and parameters with per-channel scales). None: as few as LCE's
             converter folds, i.e. 2 at 224 px, else 1; 1 in variant "larq-zoo".
@@ -93,6 +95,8 @@ def dorefanet(
     if kernel_quantizer is None:
         kernel_quantizer = (LayerScaledSign() if rules.family.get("layer_scaled_weights")
                             else lq.quantizers.MagnitudeAwareSign(clip_value=None))
+    if kernel_constraint == "no_clip":
+        kernel_constraint = NoClip()
     quant = dict(
         input_quantizer=input_quantizer,
         kernel_quantizer=kernel_quantizer,

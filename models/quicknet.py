@@ -204,19 +204,25 @@ def _zoo(function: str) -> ZooVariant:
 
 @register_model("quicknet-small", recipe=_RECIPE, zoo=_zoo("QuickNetSmall"))
 def quicknet_small(**kwargs) -> tf.keras.Model:
-    """QuickNetSmall: 12,655,688 parameters at 224x224x3, 1000 classes (larq-zoo: 59.4% top-1)."""
+    """QuickNetSmall at 224x224x3, 1000 classes: 12,664,344 parameters (Keras's count_params,
+    as `bnn models` shows; larq's model summary and larq-zoo's table, which leave out
+    BatchNorm's moving statistics: 12,655,688). larq-zoo: 59.4% top-1."""
     kwargs.setdefault("section_filters", (32, 64, 256, 512))
     return quicknet(name="quicknet_small", **kwargs)
 
 
 @register_model("quicknet", recipe=_RECIPE, zoo=_zoo("QuickNet"))
 def quicknet_medium(**kwargs) -> tf.keras.Model:
-    """QuickNet: 13,234,088 parameters at 224x224x3, 1000 classes (larq-zoo: 63.3% top-1)."""
+    """QuickNet at 224x224x3, 1000 classes: 13,243,720 parameters (Keras's count_params, as
+    `bnn models` shows; larq's model summary and larq-zoo's table, which leave out BatchNorm's
+    moving statistics: 13,234,088). larq-zoo: 63.3% top-1."""
     return quicknet(name="quicknet", **kwargs)
 
 
 @register_model("quicknet-large", recipe=_RECIPE, zoo=_zoo("QuickNetLarge"))
 def quicknet_large(**kwargs) -> tf.keras.Model:
-    """QuickNetLarge: 23,342,248 parameters at 224x224x3, 1000 classes (larq-zoo: 66.9% top-1)."""
+    """QuickNetLarge at 224x224x3, 1000 classes: 23,359,304 parameters (Keras's count_params,
+    as `bnn models` shows; larq's model summary and larq-zoo's table, which leave out
+    BatchNorm's moving statistics: 23,342,248). larq-zoo: 66.9% top-1."""
     kwargs.setdefault("section_blocks", (6, 8, 12, 6))
     return quicknet(name="quicknet_large", **kwargs)

@@ -35,7 +35,7 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
@@ -99,7 +99,9 @@ class TrainConfig:
     data_dir: Optional[str] = option(
         path=FOLDER,
         help="Where the data set lives or is downloaded to (TFDS data_dir, or a folder of "
-             "IDX files such as /usr/share/datasets/fashion-mnist).")
+             "IDX files for mnist and fashion_mnist) [default: for fashion_mnist, Debian's "
+             "/usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist) when "
+             "installed, else TFDS's].")
     manual_dir: Optional[str] = option(
         path=FOLDER, help="Where manually downloaded archives are (imagenet2012).")
     image_size: Optional[int] = option(
@@ -325,6 +327,32 @@ class TrainConfig:
         return name
 
 
+def check_warmup(recipe: recipes.Recipe, epochs: int, *, given: Set[str]) -> None:
+    """A linear or cosine schedule warms up first: refuses a warm-up as long as the run,
+    saying where each of the two values came from.
+
+    Args:
+        recipe: The recipe with the user's values over it; its `epochs` None when the recipe
+            gives none.
+        epochs: The run's epochs.
+        given: Which of "warmup_epochs" and "epochs" the user gave (the others came from the
+            recipe, or for epochs from bnn's default).
+
+    Raises:
+        BnnError: naming both fields (`bnn train` shows its options) and their origins.
+    """
+    if recipe.schedule not in ("linear", "cosine") or recipe.warmup_epochs < epochs:
+        return
+    from_recipe = f"the recipe's, {recipe.source or 'bnn default'}"
+    warmup_origin = "given" if "warmup_epochs" in given else from_recipe
+    epochs_origin = ("given" if "epochs" in given else
+                     from_recipe if recipe.epochs is not None else "bnn's default")
+    raise BnnError(
+        f"`warmup_epochs` {recipe.warmup_epochs:g} ({warmup_origin}) must be below `epochs` "
+        f"{epochs} ({epochs_origin}): a {recipe.schedule} schedule warms up first; give "
+        f"`epochs` above {recipe.warmup_epochs:g} or `warmup_epochs` below {epochs}.")
+
+
 # TrainConfig fields that override single values of the recipe when set.
 _RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
                      "warmup_epochs", "label_smoothing", "weight_decay")
@@ -346,6 +374,9 @@ def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
     })
     epochs = config.epochs or recipe.epochs or 10
     batch_size = config.batch_size or recipe.batch_size or 64
+    check_warmup(recipe.replace(epochs=recipe.epochs if config.epochs is None else None),
+                 epochs, given={name for name in ("warmup_epochs", "epochs")
+                                if getattr(config, name) is not None})
     recipe = recipe.replace(epochs=epochs, batch_size=batch_size)
     resolved = dataclasses.replace(
         config, epochs=epochs, batch_size=batch_size,

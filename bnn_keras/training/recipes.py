@@ -127,6 +127,41 @@ class Recipe:
         """A copy with some fields changed (e.g. a user's --lr over a paper recipe)."""
         return dataclasses.replace(self, **changes)
 
+    def describe(self) -> str:
+        """The recipe in one line for people, e.g. "adam at 0.004, 1e-08 epsilon; step
+        schedule x0.1 at epochs 100, 110; 120 epochs, batch 256 (from Back to Simplicity ...)"."""
+        optimizer = f"{self.optimizer} at {self.learning_rate:g}"
+        if self.optimizer == "adam-sgd":
+            optimizer += (f" (binary kernels), SGD at {self.float_learning_rate:g} with momentum "
+                          f"{self.sgd_momentum:g} (the others)")
+        elif self.optimizer == "bop":
+            optimizer += (f" (the others), Bop threshold {self.bop_threshold:g} and gamma "
+                          f"{self.bop_gamma:g} (binary kernels)")
+        if self.adam_epsilon != Recipe.adam_epsilon and self.optimizer != "adam-sgd":
+            optimizer += f", epsilon {self.adam_epsilon:g}"
+        schedule = f"{self.schedule} schedule"
+        if self.schedule == "step":
+            if self.step_multipliers is not None:
+                factors = ", ".join(f"{m:g}" for m in self.step_multipliers)
+                schedule += f" (multipliers {factors} from epochs 0, " + ", ".join(
+                    str(b) for b in self.step_boundaries or ()) + ")"
+            elif self.step_boundaries is not None:
+                schedule += (f" (x{self.step_factor:g} at epochs "
+                             f"{', '.join(str(b) for b in self.step_boundaries)})")
+            elif self.step_epochs is not None:
+                schedule += f" (x{self.step_factor:g} every {self.step_epochs} epochs)"
+        if self.warmup_epochs:
+            schedule = f"{self.warmup_epochs:g} warm-up epochs, then {schedule}"
+        parts = [optimizer, schedule]
+        if self.label_smoothing:
+            parts.append(f"label smoothing {self.label_smoothing:g}")
+        if self.weight_decay:
+            parts.append(f"weight decay {self.weight_decay:g}")
+        if self.epochs is not None:
+            parts.append(f"{self.epochs} epochs" + (f", batch {self.batch_size}"
+                                                    if self.batch_size is not None else ""))
+        return "; ".join(parts) + (f" (from {self.source})" if self.source else "")
+
     def validate(self) -> None:
         """Raises `BnnError` naming the first field that is out of range."""
         if self.optimizer not in OPTIMIZERS:

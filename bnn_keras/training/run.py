@@ -53,11 +53,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
 from bnn_keras import files
+from bnn_keras.binary import quantized_kernel_layers
 from bnn_keras.errors import BnnError, first_line
 from bnn_keras.training import data as data_lib
 from bnn_keras.training import distribute, recipes, run_lock, signals
@@ -71,7 +72,7 @@ from bnn_keras.training.progress import check_resumable
 from bnn_keras.training import run_inputs
 from bnn_keras.training.starting_point import BuildModel, Start, Teacher, registry_model
 from bnn_keras.training.run_callbacks import (
-    RUN_TIME_KEY, CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter,
+    EPOCH_TIME_KEY, RUN_TIME_KEY, CompactProgbar, EpochTimer, NonFiniteLossError, StatusWriter,
     run_folder_callbacks, run_time_at, write_status,
 )
 
@@ -126,6 +127,7 @@ def train(
     callbacks: Optional[List[tf.keras.callbacks.Callback]] = None,
     resume: bool = False,
     recipe: Optional[recipes.Recipe] = None,
+    report: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
     """Trains a model and writes the run folder.
 
@@ -166,6 +168,8 @@ def train(
             stage of a staged recipe, `bnn_keras.training.stages`, whose step boundaries and
             factors no option holds); its epochs and batch size become `config`'s. A resume
             is given the same recipe again.
+        report: Called with each line of the run's plan (`plan_lines`: data and where it comes
+            from, model, recipe, precision) before the first epoch; None says nothing.
 
     Returns:
         A `TrainResult`.
@@ -178,7 +182,7 @@ def train(
         NonFiniteLossError: the loss became NaN/inf.
     """
     return _run(config, build_model, Path(run_dir), resume=resume, previous=None, splits=splits,
-                verbose=verbose, callbacks=callbacks, fixed_recipe=recipe)
+                verbose=verbose, callbacks=callbacks, fixed_recipe=recipe, report=report)
 
 
 def resume_training(
@@ -232,7 +236,8 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
          splits: Optional[data_lib.DataSplits] = None, verbose: int = 1,
          callbacks: Optional[List[tf.keras.callbacks.Callback]] = None,
          fixed_recipe: Optional[recipes.Recipe] = None,
-         teacher_source: Optional[str] = None) -> TrainResult:
+         teacher_source: Optional[str] = None,
+         report: Optional[Callable[[str], None]] = None) -> TrainResult:
     """`train` and `resume_training`: one step after the other, the run folder locked from
     `_prepare_folder` on (a new run takes it once its data and model are there)."""
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
@@ -274,11 +279,52 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
             with _interrupted_before_training(run_dir, None, config.epochs):
                 _record_new_run(run_dir, config, recipe, data, precision, built, start,
                                 strategy, teacher)
+        if chief and report is not None:
+            for line in plan_lines(config, recipe, data, precision, built.model,
+                                   start_epoch if resume else None):
+                report(line)
         fitted = _fit(built, config, recipe, strategy, data, precision, run_dir, out_dir,
                       resume, start_epoch, verbose, callbacks)
         metrics = _finish(model, config, data, fitted, out_dir)
         distribute.cleanup_output_dir(out_dir, run_dir, strategy)
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=fitted.history)
+
+
+def plan_lines(config: TrainConfig, recipe: recipes.Recipe, data: "_Data", precision: str,
+               model: tf.keras.Model, resumed_after: Optional[int] = None) -> List[str]:
+    """What a run is about to do, resolved, for people: the data and where it is read from,
+    the model, the recipe and where its values come from, the precision.
+
+    Args:
+        config: The run's resolved options.
+        recipe: The recipe it trains with.
+        data: Its data.
+        precision: The resolved precision policy.
+        model: The model it trains (the student of a distilled run).
+        resumed_after: The complete epochs a resume starts after; None for a new run.
+    """
+    splits = data.splits
+    height, width, channels = data.input_shape
+    lines = [
+        f"Data: {splits.name} ({splits.source or 'as loaded'}): {splits.num_train:,} training "
+        f"and {splits.num_test:,} test images at {height}x{width}x{channels}, "
+        f"{splits.num_classes} classes" + (", augmented" if data.augment else ""),
+        f"Model: {config.model}" + (" (float copy)" if config.float_copy else "")
+        + f", {model.count_params():,} parameters"
+        + (f", distilled from {config.teacher}" if config.teacher else ""),
+        f"Recipe: {recipe.describe()}"
+        + (f"; {data.steps} step{'' if data.steps == 1 else 's'} per epoch"
+           if data.steps else ""),
+    ]
+    if config.precision == "auto":
+        why = ("this machine runs bfloat16 natively" if precision == "mixed_bfloat16"
+               else "this machine has no native bfloat16")
+        lines.append(f"Precision: {precision} (auto: {why})")
+    else:
+        lines.append(f"Precision: {precision}")
+    if resumed_after is not None:
+        lines.append(f"Resuming after epoch {resumed_after} of {config.epochs}")
+    return lines
 
 
 @dataclasses.dataclass
@@ -579,6 +625,7 @@ class _Fitted:
 
     history: Dict[str, List[float]]
     epoch_seconds: List[float]
+    step_seconds: List[float]
     fit_seconds: float
     test_loss: float
     test_accuracy: float
@@ -595,9 +642,9 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
     # The run time goes on from where the resumed run's history.csv ends.
     timer = EpochTimer(start_seconds=run_time_at(run_dir / HISTORY_FILE, start_epoch))
     tracked = built.model if built.fit_model is not None else None
-    run_callbacks = [timer, *run_folder_callbacks(config, out_dir, run_dir / BACKUP_DIR,
-                                                  resume, start_epoch, tracked_model=tracked),
-                     *(callbacks or [])]
+    run_callbacks = [timer, *run_folder_callbacks(
+        config, out_dir, run_dir / BACKUP_DIR, resume, start_epoch, tracked_model=tracked,
+        has_binary_kernels=bool(quantized_kernel_layers(built.model))), *(callbacks or [])]
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
     status = next(c for c in run_callbacks if isinstance(c, StatusWriter))
@@ -615,10 +662,13 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
         fit_seconds = time.perf_counter() - started
         _test_pause("BNN_TEST_PAUSE_AFTER_FIT")
         if built.fit_model is not None:
-            # The student's own loss: the distilled model's weighs the labels' loss down.
+            # The student's own loss: the distilled model's weighs the labels' loss down. Its
+            # optimizer is the one that trained it, so that model.keras carries the real
+            # optimizer state (Keras would otherwise save a fresh RMSprop).
             model = built.model
             with strategy.scope():
-                model.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
+                model.compile(optimizer=built.fit_model.optimizer, loss=recipes.loss(recipe),
+                              metrics=["accuracy"])
                 build_loss_and_metrics(model, data.test)
         test_loss, test_accuracy = model.evaluate(data.test, verbose=0)
         mixed_accuracy = None
@@ -634,6 +684,7 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
                 build_loss_and_metrics(float_model, data.test)
             test_loss, test_accuracy = float_model.evaluate(data.test, verbose=0)
     return _Fitted(history=history.history, epoch_seconds=timer.seconds,
+                   step_seconds=timer.step_seconds,
                    fit_seconds=fit_seconds, test_loss=float(test_loss),
                    test_accuracy=float(test_accuracy), mixed_accuracy=mixed_accuracy)
 
@@ -642,11 +693,7 @@ def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fi
             out_dir: Path) -> Dict[str, Any]:
     """Step 7: the metrics, then model.keras, metrics.json and the finished status as one
     step (`_finish_run`)."""
-    seconds = fitted.epoch_seconds
-    images_per_epoch = min(data.steps * config.batch_size, data.splits.num_train)
-    # The first epoch includes tracing and compiling the train step; leave it out when
-    # there are later epochs to measure the steady state on.
-    steady = seconds[1:] or seconds
+    steps = fitted.step_seconds
     accuracy_history = _read_history_column(out_dir / HISTORY_FILE, "accuracy")
     rows = _read_history(out_dir / HISTORY_FILE)
     metrics = {
@@ -658,11 +705,19 @@ def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fi
         "test_loss": fitted.test_loss,
         "test_accuracy_mixed_precision": fitted.mixed_accuracy,
         "epochs": config.epochs,
-        "epochs_this_session": len(seconds),
+        "epochs_this_session": len(fitted.epoch_seconds),
+        # This session's `fit`, tracing, validation and the final evaluation's set-up included.
         "wall_time_s": round(fitted.fit_seconds, 3),
-        # Steady-state training + validation throughput (first epoch excluded when possible).
-        "images_per_s": round(images_per_epoch * len(steady) / sum(steady), 2) if steady else None,
-        "epoch_seconds": [round(t, 3) for t in seconds],
+        # Steady-state training rate: images per second of this session's training steps,
+        # its first step (which traces and compiles the step) left out, validation not
+        # counted; None when the session trained a single step.
+        "images_per_s": (round(config.batch_size * len(steps) / sum(steps), 2)
+                         if steps and sum(steps) > 0 else None),
+        "images_per_s_steps": len(steps),  # the steps it was measured on
+        # Each epoch's wall time (validation included), earlier sessions included (None for
+        # epochs a bnn that did not record it trained).
+        "epoch_seconds": [None if row.get(EPOCH_TIME_KEY) is None
+                          else round(row[EPOCH_TIME_KEY], 3) for row in rows],
         # The run's wall time at the end of each of its epochs, earlier sessions included
         # (None for epochs a bnn that did not record it trained).
         "run_time_s": [None if row.get(RUN_TIME_KEY) is None else round(row[RUN_TIME_KEY], 3)

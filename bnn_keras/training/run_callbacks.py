@@ -98,10 +98,12 @@ RUN_TIME_KEY = "run_time_s"
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
-    """Wall time of each epoch, to report throughput without the first epoch's graph tracing,
-    and the run's wall time at the end of each epoch, to plot accuracy against time.
+    """Wall time of each epoch and of each training step, and the run's wall time at the end
+    of each epoch, to plot accuracy against time.
 
-    `seconds` holds this session's epochs. Each epoch's logs get `epoch_time_s` (its wall
+    `seconds` holds this session's epochs, and `step_seconds` its training steps but the
+    first, which traces and compiles the step (the steady-state rate is read from the others;
+    validation is not in them). Each epoch's logs get `epoch_time_s` (its wall
     time, validation included) and `run_time_s`: seconds of training since the run started,
     counted from `fit`'s start (restoring the epoch backup and tracing included) and, for a
     resumed run, added to `start_seconds`, the run time its earlier sessions reached (the time
@@ -114,13 +116,26 @@ class EpochTimer(tf.keras.callbacks.Callback):
 
     def __init__(self, start_seconds: Optional[float] = 0.0):
         super().__init__()
+        # The step hooks read no logs: Keras need not copy them to the host at every step.
+        self._supports_tf_logs = True
         self.seconds: List[float] = []
+        self.step_seconds: List[float] = []
         self.start_seconds = start_seconds
         self._started = 0.0
         self._train_started = 0.0
+        self._step_started = 0.0
+        self._first_step_done = False
 
     def on_train_begin(self, logs=None) -> None:
         self._train_started = time.perf_counter()
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self._first_step_done:
+            self.step_seconds.append(time.perf_counter() - self._step_started)
+        self._first_step_done = True
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._started = time.perf_counter()
@@ -200,12 +215,14 @@ class HistoryWriter(tf.keras.callbacks.Callback):
 
 
 def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool,
-                   start_epoch: int = 0, *, tracked_model: Optional[tf.keras.Model] = None):
+                   start_epoch: int = 0, *, tracked_model: Optional[tf.keras.Model] = None,
+                   has_binary_kernels: bool = True):
     """The run folder's callbacks, in the order their hooks must run.
 
     `tracked_model` is the model whose binary layers the sign-flip tracker follows, when it
     is not the fitted one (a distilled run fits a model that also holds the frozen teacher:
-    only the student's layers are tracked).
+    only the student's layers are tracked). Without `has_binary_kernels` (the float copy of a
+    BNN, `float_copy`) there are no signs to track: no tracker, whatever `track_flips` says.
 
     The backup comes first: its on_train_begin restores the last complete epoch before
     SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
@@ -219,7 +236,7 @@ def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, r
     result = [backup, StopOnNonFiniteLoss()]
     if config.tensorboard:
         result.append(tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)))
-    if config.track_flips:
+    if config.track_flips and has_binary_kernels:
         tracker = (callbacks_lib.SignFlipTracker if tracked_model is None
                    else _tracking(tracked_model))
         result.append(tracker(

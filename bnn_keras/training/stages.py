@@ -52,7 +52,8 @@ from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import recipes, run_inputs, run_lock, signals
 from bnn_keras.training.config import (
-    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, config_from_dict,
+    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, check_warmup,
+    config_from_dict,
     resolve_recipe,
 )
 
@@ -343,6 +344,11 @@ def plan_stages(config: TrainConfig) -> StagedPlan:
             **(dict(stage.train_options) if teacher is not None else {}),
         )
         try:
+            # Where the warm-up and the epochs come from: the user's options, else the stage.
+            check_warmup(recipe.replace(epochs=stage.recipe.values.get("epochs")
+                                        if config.epochs is None else None),
+                         recipe.epochs, given={name for name in ("warmup_epochs", "epochs")
+                                               if getattr(config, name) is not None})
             stage_config, _ = resolve_recipe(stage_config)
             # The schedule's checks (a warm-up longer than the run), before any stage trains.
             recipes.build_schedule(recipe, steps_per_epoch=config.steps_per_epoch or 1000,
@@ -517,10 +523,10 @@ def _train_stages(plan: StagedPlan, run_dir: Path, *, verbose: int, report: Opti
             try:
                 if started:
                     resume_training(folder, None, recipe=stage.recipe, verbose=verbose,
-                                    callbacks=extra)
+                                    callbacks=extra, report=report)
                 else:
                     train(_stage_config(plan, stage, run_dir, teacher), None, folder,
-                          recipe=stage.recipe, verbose=verbose, callbacks=extra)
+                          recipe=stage.recipe, verbose=verbose, callbacks=extra, report=report)
             except (TrainingInterruptedError, KeyboardInterrupt):
                 # A signal that arrived while the stage was being saved leaves it finished.
                 done = (folder / CONFIG_FILE).is_file() and run_progress(folder).finished

@@ -85,6 +85,9 @@ def test_fit_outputs_logs_history_csvlogger_files(tmp_path):
     step_rows = [r for r in tracker.history if r["kind"] == "step"]
     assert len(epoch_rows) == 2 and len(step_rows) == 4  # 4 steps per epoch, every 2nd step
     assert [r["step"] for r in step_rows] == [2, 4, 6, 8]
+    # Epochs count from 1, as Keras prints them; a step record names the epoch it falls in.
+    assert [r["epoch"] for r in epoch_rows] == [1, 2] and [r["epoch"] for r in step_rows] == [
+        1, 1, 2, 2]
     assert history.history["flip_ratio/total"] == [r["flip_ratio/total"] for r in epoch_rows]
     assert max(history.history["flip_ratio/total"]) > 0  # lr 0.05 on weights ~0.1 flips signs
     with open(keras_csv) as fh:
@@ -99,6 +102,27 @@ def test_fit_outputs_logs_history_csvlogger_files(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert not list((tmp_path / "run").glob(".*partial*"))  # atomic writes leave no temp files
+
+
+def test_a_flips_csv_numbered_from_0_is_read_from_1(tmp_path):
+    """bnn 0.3.0 numbered flips.csv's epochs from 0: a run of it resumes with its records
+    renumbered, so that the file continues as history.csv counts."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "flips.csv").write_text(
+        "kind,epoch,step,flip_ratio/total,flip_ratio/qconv\n"
+        "step,0,2,0.5,0.5\nepoch,0,4,0.25,0.25\nepoch,1,8,0.125,0.125\n")
+    model = _model()
+    tracker = SignFlipTracker(run, warn_threshold=None, resume=True)
+    tracker.set_model(model)
+    tracker.on_train_begin()
+    assert [(r["kind"], r["epoch"], r["step"]) for r in tracker.history] == [
+        ("step", 1, 2), ("epoch", 1, 4), ("epoch", 2, 8)]
+    tracker.on_epoch_begin(2)  # Keras's third epoch
+    tracker.on_epoch_end(2, {})
+    assert [r["epoch"] for r in tracker.history if r["kind"] == "epoch"] == [1, 2, 3]
+    written = (run / "flips.csv").read_text().splitlines()
+    assert written[1].startswith("step,1,2,0.5,0.5,") and written[2].startswith("epoch,1,4,")
 
 
 def _drive(tracker, model, flips_per_epoch, planned_epochs):

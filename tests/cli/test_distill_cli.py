@@ -59,6 +59,12 @@ def test_float_run(float_run):
     model = tf.keras.models.load_model(float_run / "model.keras")
     assert [layer.name for layer in model.layers] == TINY_STUDENT_LAYERS
     assert quantized_kernel_layers(model) == []
+    # No binary kernel, so no sign to track: no flips.csv or flips.png, no flip_ratio column
+    # (track_flips stays recorded as given).
+    assert config["track_flips"] is True
+    assert not (float_run / "flips.csv").exists() and not (float_run / "flips.png").exists()
+    header = (float_run / "history.csv").read_text().splitlines()[0]
+    assert "flip_ratio" not in header and header.startswith("epoch,")
 
 
 def test_a_student_of_a_teacher_run(float_run, tmp_path):
@@ -87,9 +93,26 @@ def test_a_student_of_a_teacher_run(float_run, tmp_path):
         "total", *binary]
     # The time to the best test accuracy, as metrics.json has it.
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    line = result.output.strip().splitlines()[-1]
-    assert line == (f"best test accuracy {metrics['best_test_accuracy']:.4f} at epoch "
-                    f"{metrics['best_epoch']}, {metrics['time_to_best_s']:.1f} s into the run")
+    # Before the first epoch: the plan as resolved, where each part comes from.
+    lines = result.output.strip().splitlines()
+    assert lines[:4] == [
+        "Data: digits (scikit-learn's bundled 8x8 digits): 1,437 training and 360 test images "
+        "at 8x8x1, 10 classes",
+        f"Model: reactnet-a, {model.count_params():,} parameters, distilled from {float_run}",
+        "Recipe: adam at 0.001; constant schedule; 2 epochs, batch 16 (from bnn default); 2 "
+        "steps per epoch",
+        "Precision: float32"]
+    # (float32 training: the best epoch is compared with the last on the deployed basis)
+    assert lines[-5:] == [
+        f"Run folder: {run_dir}",
+        f"test accuracy {metrics['test_accuracy']:.4f} (float32 model, as deployed)",
+        f"train accuracy {metrics['train_accuracy']:.4f} (running mean over the last epoch's "
+        "steps, in training precision)",
+        f"best test accuracy {metrics['best_test_accuracy']:.4f} at epoch "
+        f"{metrics['best_epoch']} of 2 (last epoch {metrics['test_accuracy']:.4f}), "
+        f"{metrics['time_to_best_s']:.1f} s into the run",
+        f"2 epochs in {metrics['wall_time_s']:.1f} s; {metrics['images_per_s']:.1f} training "
+        f"images/s (steady state: {metrics['images_per_s_steps']} steps after the first)"]
     assert len(metrics["run_time_s"]) == 2 and 0 < metrics["run_time_s"][0] < \
         metrics["run_time_s"][1]
 
@@ -101,8 +124,9 @@ def test_a_student_of_a_teacher_run(float_run, tmp_path):
                        "--verbose", "0"])
     assert extended.exit_code == 0, extended.output
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
-    assert re.search(r"best test accuracy \d\.\d{4} at epoch [123], [\d.]+ s into the run",
-                     extended.output)
+    assert re.search(r"best test accuracy \d\.\d{4} at epoch [123] of 3 \(last epoch "
+                     r"\d\.\d{4}\), [\d.]+ s into the run", extended.output)
+    assert "\n1 epoch in " in extended.output  # this session's
 
 
 def test_a_student_of_cached_teacher_logits(float_run, tmp_path):

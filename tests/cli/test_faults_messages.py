@@ -324,8 +324,11 @@ def test_offline_tfds_fails_in_seconds_without_retrying(tmp_path, monkeypatch):
     elapsed = time.monotonic() - start
     assert result.exit_code == EXIT_USER_ERROR, result.output
     assert _error_line(result).startswith(
-        "Error: Could not download or prepare the TFDS data set 'mnist' (cannot reach "
-        "storage.googleapis.com:443: Name or service not known). Offline, use --dataset digits")
+        f"Error: No mnist IDX files in --data-dir {empty} (missing train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each "
+        "optionally .gz); and TensorFlow Datasets: Could not download or prepare the TFDS data "
+        "set 'mnist' (cannot reach storage.googleapis.com:443: Name or service not known). "
+        "Offline, use --dataset digits")
     assert probes == [3.0]
     assert elapsed < 10, elapsed
 
@@ -477,8 +480,9 @@ def test_offline_error_is_the_only_line_on_stderr(tmp_path):
     assert result.returncode == EXIT_USER_ERROR, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "Error: Could not download or prepare the TFDS data set 'mnist' (cannot reach "
-        "127.0.0.1:9"), lines
+        f"Error: No mnist IDX files in --data-dir {empty} (missing ") and (
+        "and TensorFlow Datasets: Could not download or prepare the TFDS data set 'mnist' "
+        "(cannot reach 127.0.0.1:9") in lines[0], lines
 
 
 def test_model_option_of_the_wrong_type_is_a_user_error(tmp_path):

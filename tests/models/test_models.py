@@ -6,6 +6,7 @@ import models  # noqa: F401  (must come before tensorflow)
 import dataclasses
 import functools
 import re
+from typing import Tuple
 
 import larq as lq
 import numpy as np
@@ -72,18 +73,42 @@ def test_parameter_count_matches_larq_zoo(name, expected):
     assert model.count_params() == expected
 
 
+# Keras's count_params of the same models (what `bnn models` shows): BatchNorm's moving
+# statistics included.
+KERAS_PARAMS = {
+    "quicknet-small": 12_664_344,
+    "quicknet": 13_243_720,
+    "quicknet-large": 23_359_304,
+    "meliusnet22": 6_969_672,
+}
+
+
 @pytest.mark.usefixtures("frees_keras_memory")
 @pytest.mark.parametrize("name,expected", sorted(ZOO_SUMMARY_PARAMS.items()))
 def test_parameter_count_matches_larq_zoo_summary(name, expected):
     with zero_initializers():  # only the weights' shapes are read
         model = models.create_model(name, input_shape=(224, 224, 3), num_classes=1000)
     assert lq.models.ModelProfile(model).weight_count() == expected
+    assert model.count_params() == KERAS_PARAMS[name]
+    # The entry's docstring gives both counts and says which is which.
+    doc = " ".join(models.get_model_fn(name).__doc__.split())
+    assert f"{KERAS_PARAMS[name]:,}" in doc and f"{expected:,}" in doc
+    assert "count_params" in doc and "larq's model summary" in doc
     # The Keras count adds 2 moving statistics per channel of every BN with scale and offset.
     folded = sum(
         2 * layer.gamma.shape[0] for layer in model.layers
         if isinstance(layer, tf.keras.layers.BatchNormalization) and layer.scale
     )
     assert model.count_params() == expected + folded
+
+
+@pytest.mark.parametrize("name,expected", sorted(ZOO_PARAMS.items()))
+def test_docstring_parameter_counts_are_keras_counts(name, expected):
+    """An entry's docstring that gives a parameter count gives the one `bnn models` shows
+    (Keras's count_params, which `test_parameter_count_matches_larq_zoo` checks)."""
+    doc = " ".join(models.get_model_fn(name).__doc__.split())
+    counts = re.findall(r"([\d,]{7,}) parameters", doc)
+    assert counts in ([], [f"{expected:,}"]), (name, counts)
 
 
 # Deeper or wider siblings of models whose builder the fast tests convert, save and build without
@@ -115,6 +140,8 @@ class RegistryBuild:
 
     name: str
     model: tf.keras.Model
+    # What larq logged while the model was built (its "starved weights" warning, for one).
+    larq_log: Tuple[str, ...] = ()
 
     @functools.cached_property
     def outputs(self) -> np.ndarray:
@@ -129,7 +156,18 @@ class RegistryBuild:
 @pytest.fixture(scope="module")
 def small_model(request) -> RegistryBuild:
     """The registry model `request.param` at `SMALL_REGISTRY_INPUT` (parametrize indirectly)."""
-    yield RegistryBuild(request.param, models.create_model(request.param, **SMALL_REGISTRY_INPUT))
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    larq_logger = logging.getLogger("larq")
+    larq_logger.addHandler(handler)
+    try:
+        model = models.create_model(request.param, **SMALL_REGISTRY_INPUT)
+    finally:
+        larq_logger.removeHandler(handler)
+    yield RegistryBuild(request.param, model, tuple(r.getMessage() for r in records))
     free_keras_memory()  # after the last test of this model
 
 
@@ -156,6 +194,9 @@ def test_small_input_model_is_complete_named_and_lce_friendly(small_model):
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)  # softmax rows, float32 rounding
     stem = model.layers[1]
     assert (stem.kernel_size, stem.strides) == ((3, 3), (1, 1))
+    # Every binary layer has a latent weight constraint (larq's advice) or says on purpose that
+    # it needs none (`bnn_keras.constraints.NoClip`): larq warns about none of them.
+    assert small_model.larq_log == ()
     # Explicit, unique names: weights load by name and a converted graph can be read.
     names = [layer.name for layer in model.layers]
     assert [n for n in names if AUTO_NAME.match(n)] == []

@@ -235,6 +235,40 @@ def test_mnist_idx_folder_names_classes_by_digit(tmp_path):
     assert splits.class_names == [str(d) for d in range(10)]
 
 
+def test_a_data_dir_without_the_idx_files_names_them_and_the_folder(tmp_path, monkeypatch):
+    """Offline, a wrong `data_dir` for mnist/fashion_mnist says which IDX files it lacks (not
+    only that TFDS cannot download), and without `data_dir` which folder was looked in."""
+    from bnn_keras.training.data import sources
+
+    def offline(name, data_dir, **kwargs):
+        raise BnnError(f"Could not download or prepare the TFDS data set {name!r} (offline).")
+
+    monkeypatch.setattr(sources, "load_tfds", offline)
+    _write_mnist_folder(tmp_path, False)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(BnnError) as partial:
+        data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+    assert str(partial.value) == (
+        f"No fashion_mnist IDX files in `data_dir` {tmp_path} (missing t10k-labels-idx1-ubyte, "
+        "each optionally .gz); and TensorFlow Datasets: Could not download or prepare the TFDS "
+        "data set 'fashion_mnist' (offline).")
+    with pytest.raises(BnnError, match=r"^`data_dir` /no/such/folder is not a folder, so it has "
+                                       r"no mnist IDX files \(train-images-idx3-ubyte, "):
+        data.load_dataset("mnist", data_dir="/no/such/folder")
+    monkeypatch.setattr(sources, "has_idx_files", lambda folder: False)
+    with pytest.raises(BnnError, match=r"^Without `data_dir`, fashion_mnist is read from "
+                                       r"/usr/share/datasets/fashion-mnist \(Debian's "
+                                       r"dataset-fashion-mnist package: apt-get install "
+                                       r"dataset-fashion-mnist\), which has no IDX files here"):
+        data.load_dataset("fashion_mnist")
+
+
+def test_each_source_says_where_its_images_come_from(tmp_path):
+    _write_mnist_folder(tmp_path, False)
+    assert data.load_dataset("mnist", data_dir=str(tmp_path)).source == f"IDX files in {tmp_path}"
+    assert data.load_dataset("digits").source == "scikit-learn's bundled 8x8 digits"
+
+
 def test_idx_folder_with_a_missing_file_says_which(tmp_path):
     _write_mnist_folder(tmp_path, False)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()

@@ -217,6 +217,38 @@ def test_flips_time_and_resume_of_a_distilled_run(tmp_path):
     assert metrics["best_epoch"] == best + 1
     assert metrics["time_to_best_s"] == round(times[best], 3)
 
+    # The student's model.keras carries the optimizer that trained it, with its state: no
+    # "Skipping variable loading" of a fresh RMSprop, one Adam slot pair per trainable weight.
+    with _captured_log("absl") as records:
+        loaded = tf.keras.models.load_model(run_dir / "model.keras")
+    assert not [r for r in records if "Skipping variable loading" in r.getMessage()]
+    optimizer = loaded.optimizer
+    assert type(optimizer).__name__ == "Adam"  # the recipe's optimizer
+    assert int(optimizer.iterations.numpy()) == 3 * config.steps_per_epoch
+    weights = loaded.trainable_variables
+    assert [m.shape for m in optimizer._momentums] == [w.shape for w in weights]
+    assert [v.shape for v in optimizer._velocities] == [w.shape for w in weights]
+    assert max(float(np.abs(v.numpy()).max()) for v in optimizer._velocities) > 0  # trained
+
+
+class _captured_log:
+    """The records a logger emits inside the block."""
+
+    def __init__(self, name: str):
+        import logging
+
+        self.logger = logging.getLogger(name)
+        self.records = []
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+
 
 def test_a_teacher_run_on_other_data_is_refused_before_the_folder_exists(teacher_run,
                                                                         tmp_path):

@@ -97,6 +97,40 @@ def test_build_schedule_turns_epochs_into_steps():
     assert float(schedule(tf.constant(45))) == pytest.approx(0.025)
 
 
+@pytest.mark.parametrize("given, origins", [
+    (dict(epochs=1), ("the recipe's, Larq Compute Engine (arXiv 2011.09398); larq-zoo "
+                      "larq_zoo/training/sota_experiments.py TrainQuickNet", "given")),
+    (dict(epochs=1, warmup_epochs=2), ("given", "given")),
+])
+def test_a_warmup_as_long_as_the_run_says_where_each_value_came_from(given, origins):
+    """`--recipe paper --epochs 1` on QuickNet (5 warm-up epochs in its recipe): the message
+    names both fields (the CLI spells them as options) and where each value came from."""
+    from bnn_keras.training import TrainConfig, resolve_recipe
+
+    config = TrainConfig(model="quicknet", recipe="paper", **given)
+    with pytest.raises(BnnError) as refused:
+        resolve_recipe(config)
+    warmup = given.get("warmup_epochs", 5)
+    assert str(refused.value) == (
+        f"`warmup_epochs` {warmup} ({origins[0]}) must be below `epochs` 1 ({origins[1]}): a "
+        f"cosine schedule warms up first; give `epochs` above {warmup} or `warmup_epochs` "
+        "below 1.")
+
+
+def test_recipe_describes_itself_in_one_line():
+    import models
+
+    paper = recipes.paper_recipe("binary-densenet28")
+    assert paper.describe() == (
+        "adam at 0.004, epsilon 1e-08; step schedule (x0.1 at epochs 100, 110); 120 epochs, "
+        f"batch 256 (from {models.get_entry('binary-densenet28').recipe.source})")
+    quicknet = recipes.paper_recipe("quicknet", optimizer="adam-sgd")
+    assert quicknet.describe().startswith(
+        "adam-sgd at 0.01 (binary kernels), SGD at 0.1 with momentum 0.9 (the others); 5 "
+        "warm-up epochs, then cosine schedule; ")
+    assert recipes.default_recipe().describe() == "adam at 0.001; constant schedule (from bnn default)"
+
+
 def test_cosine_needs_a_warmup_shorter_than_the_run():
     recipe = recipes.Recipe(schedule="cosine", warmup_epochs=3)
     with pytest.raises(BnnError, match="warmup_epochs < epochs"):

@@ -360,8 +360,10 @@ def test_cli_refusals_leave_nothing(tmp_path):
     assert "Error: --weights does not apply to reactnet-a's staged recipe" in result.output
     result = invoke(["train", "real-to-binary-net", *CLI_SMALL[:-2], "-o", str(run_dir)])
     assert result.exit_code == 2  # its 5 and 10 warm-up epochs do not fit 1 epoch
-    assert ("Error: Stage resnet18 of real-to-binary-net's staged recipe: Expected "
-            "warmup_epochs < epochs") in result.output
+    assert ("Error: Stage resnet18 of real-to-binary-net's staged recipe: --warmup-epochs 5 "
+            "(the recipe's, ") in result.output
+    assert ("must be below --epochs 1 (given): a cosine schedule warms up first; give --epochs "
+            "above 5 or --warmup-epochs below 1.") in result.output
     # A model option the builder does not take: refused by stage 1, before its folder exists.
     result = invoke(["train", "reactnet-a", *CLI_SMALL, "--model-option", "depth=3",
                      "-o", str(run_dir)])

@@ -123,4 +123,5 @@ def load_image_folder(path: str) -> DataSplits:
         # Colour photos get the usual crop + flip; grayscale (digits, glyphs) none: a flipped
         # glyph is often another class.
         augmentation="none" if channels == 1 else ("resized_crop_flip" if large else "crop_flip"),
+        source=f"image folder {path}",
     )

@@ -8,7 +8,7 @@ in the same four files.
 
 import gzip
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -61,11 +61,18 @@ _IDX_STEMS = {
 }
 
 
+# The four files of an MNIST-style data set (each may be gzipped: NAME.gz).
+IDX_FILE_NAMES = tuple(_IDX_STEMS.values())
+
+
 def has_idx_files(folder: Optional[str]) -> bool:
     """True when `folder` holds the four standard MNIST-style IDX files."""
-    return folder is not None and all(
-        _find_idx(Path(folder), stem) is not None for stem in _IDX_STEMS.values()
-    )
+    return folder is not None and not missing_idx_files(folder)
+
+
+def missing_idx_files(folder: str) -> List[str]:
+    """Those of `IDX_FILE_NAMES` that `folder` lacks (all of them when it is no folder)."""
+    return [stem for stem in IDX_FILE_NAMES if _find_idx(Path(folder), stem) is None]
 
 
 def load_idx_folder(
@@ -106,5 +113,5 @@ def load_idx_folder(
         name,
         arrays["x_train"][..., np.newaxis], arrays["y_train"],
         arrays["x_test"][..., np.newaxis], arrays["y_test"],
-        names, "none",
+        names, "none", source=f"IDX files in {folder}",
     )

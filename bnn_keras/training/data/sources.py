@@ -9,13 +9,19 @@
 - `folder:PATH`: one sub-folder of images per class (`folder`).
 """
 
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from bnn_keras.errors import BnnError
 from bnn_keras.training.data.folder import FOLDER_PREFIX, load_image_folder
-from bnn_keras.training.data.idx import has_idx_files, load_idx_folder
+from bnn_keras.training.data.idx import (
+    IDX_FILE_NAMES,
+    has_idx_files,
+    load_idx_folder,
+    missing_idx_files,
+)
 from bnn_keras.training.data.preprocessing import pixel_max_for
 from bnn_keras.training.data.splits import DataSplits, from_arrays
 from bnn_keras.training.data.tfds import load_tfds
@@ -48,6 +54,7 @@ def load_digits(data_dir: Optional[str] = None) -> DataSplits:
     return from_arrays(
         "digits", x_train, y_train, x_test, y_test, [str(d) for d in range(10)], "none",
         default_image_size=16, pixel_max=pixel_max_for("digits"),
+        source="scikit-learn's bundled 8x8 digits",
     )
 
 
@@ -56,9 +63,28 @@ def _mnist_like(name: str, class_names: Optional[Sequence[str]], default_dir: Op
         folder = data_dir if data_dir is not None else default_dir
         if has_idx_files(folder):
             return load_idx_folder(name, folder, class_names)
-        return load_tfds(name, data_dir, **tfds_options)
+        try:  # (TFDS downloads into `data_dir`, which it may create)
+            return load_tfds(name, data_dir, **tfds_options)
+        except BnnError as exc:
+            raise BnnError(f"{_no_idx_files(name, data_dir, default_dir)}; and TensorFlow "
+                           f"Datasets: {exc}") from None
 
     return load
+
+
+def _no_idx_files(name: str, data_dir: Optional[str], default_dir: Optional[str]) -> str:
+    """Why the IDX files of `name` were not read: which folder was looked in, what it lacks."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        return (f"`data_dir` {data_dir} is not a folder, so it has no {name} IDX files "
+                f"({', '.join(IDX_FILE_NAMES)}, each optionally .gz)")
+    if data_dir is not None:
+        return (f"No {name} IDX files in `data_dir` {data_dir} (missing "
+                f"{', '.join(missing_idx_files(data_dir))}, each optionally .gz)")
+    if default_dir is not None:
+        return (f"Without `data_dir`, {name} is read from {default_dir} (Debian's "
+                f"dataset-{name.replace('_', '-')} package: apt-get install "
+                f"dataset-{name.replace('_', '-')}), which has no IDX files here")
+    return f"No `data_dir` with the {name} IDX files ({', '.join(IDX_FILE_NAMES)}) was given"
 
 
 _LOADERS: Dict[str, Callable[..., DataSplits]] = {

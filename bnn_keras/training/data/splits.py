@@ -37,6 +37,8 @@ class DataSplits:
         default_image_size: Side the model input gets when the user does not choose one.
         pixel_max: Maximum of the raw pixel scale (16 for digits, 255 otherwise), so that
             images read from files (0..255) can be rescaled to what the model was trained on.
+        source: Where the images were read from, for people (e.g. "IDX files in
+            /usr/share/datasets/fashion-mnist").
     """
 
     name: str
@@ -50,6 +52,7 @@ class DataSplits:
     augmentation: str = "none"
     default_image_size: Optional[int] = None
     pixel_max: float = DEFAULT_PIXEL_MAX
+    source: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -58,7 +61,7 @@ class DataSplits:
 
 def from_arrays(
     name, x_train, y_train, x_test, y_test, class_names, augmentation, default_image_size=None,
-    pixel_max=DEFAULT_PIXEL_MAX,
+    pixel_max=DEFAULT_PIXEL_MAX, source="",
 ) -> DataSplits:
     """`DataSplits` of in-memory (N, H, W, C) images and (N,) labels."""
     x_train = np.asarray(x_train, np.float32)
@@ -75,4 +78,5 @@ def from_arrays(
         augmentation=augmentation,
         default_image_size=default_image_size,
         pixel_max=float(pixel_max),
+        source=source,
     )

@@ -129,4 +129,6 @@ def load_tfds(
         ),
         augmentation=_TFDS_AUGMENTATION.get(name, "none"),
         default_image_size=_TFDS_IMAGE_SIZE.get(name),
+        source=f"TensorFlow Datasets {name} in "
+               f"{getattr(builder, 'data_dir', None) or data_dir or 'its default data_dir'}",
     )
