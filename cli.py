@@ -110,6 +110,15 @@ def _quiet_library_logs() -> None:
     warnings.showwarning = show
 
 
+def _on_terminal(stream) -> bool:
+    """Whether `stream` is a terminal: progress bars (carriage-return frames) go only there,
+    never into a log file or a pipe."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
 def _echo_table(rows, headers) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     for row in (headers, *rows):
@@ -238,15 +247,17 @@ def _use_trust_model_code(trust: bool) -> None:
                    "--epochs N, extend a finished or interrupted run to N epochs.")
 @click.option("--output", "-o", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/MODEL-DATASET].")
-@click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True,
-              help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+@click.option("--verbose", type=click.IntRange(0, 2), default=None,
+              help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
+                   "[default: 1 on a terminal, 2 when the output goes to a file or pipe].")
 @click.option("--custom-objects", "custom_objects", multiple=True, metavar="MODULE[:DICT]",
               help="For a --teacher model file with custom layers: a module whose import "
                    "registers them, MODULE:DICT naming a dict of them, or a .py file "
                    "(repeatable; give it again with --resume).")
 @trust_model_code_option
-def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str], verbose: int,
-          custom_objects: Sequence[str], trust_model_code: bool, **values: Any) -> None:
+def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str],
+          verbose: Optional[int], custom_objects: Sequence[str], trust_model_code: bool,
+          **values: Any) -> None:
     """Train MODEL (a name from `bnn models`) and write a run folder.
 
     The run folder holds model.keras, config.json (every option), history.csv, flips.csv and
@@ -267,7 +278,10 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
     MODEL learns from that frozen classifier too (--distill-loss kl or distribution,
     --distill-weight, --distill-temperature); the run folder's model.keras is MODEL alone.
     history.csv and metrics.json record each epoch's wall time and the run's time at its end
-    (resumes included); the last line printed is the time to the best test accuracy.
+    (resumes included). Before the first epoch the plan is printed as resolved (data and where
+    it is read from, model, recipe and its source, precision); at the end, each figure says
+    what it is: the float32 model's test accuracy (as deployed), the training precision's, the
+    best epoch against the last on the same basis, the steady-state training rate.
 
     With --recipe paper, a model whose paper trains in stages (reactnet-a, real-to-binary-net,
     strong-baseline-net) trains every stage in order as one run: each a run folder
@@ -283,6 +297,8 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
 
     _use_custom_objects(custom_objects)
     _use_trust_model_code(trust_model_code)  # for --teacher (and give it again with --resume)
+    if verbose is None:  # a progress bar's carriage-return frames only where they redraw
+        verbose = 1 if _on_terminal(sys.stdout) else 2
 
     if resume_dir and stages.staged_run_of_stage(resume_dir) is not None:
         whole = stages.staged_run_of_stage(resume_dir)
@@ -555,7 +571,8 @@ def convert(source: str, as_json: bool, custom_objects: Sequence[str] = (),
     if not as_json:
         click.echo(f"Converting {source} for target {options.target} ...")
     try:
-        report = convert_trained_model(source, options, verbose=0 if as_json else 1)
+        report = convert_trained_model(
+            source, options, verbose=1 if not as_json and _on_terminal(sys.stderr) else 0)
     except VerificationFailedError as exc:
         _note_rebuilt(source, exc.report.rebuilt_classes)
         _print_report(exc.report, as_json)
@@ -700,34 +717,44 @@ def predict(tflite_file: str, images, top_k: int, threads: int, as_json: bool,
               help="Input H,W,C the statistics are computed for.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Classes.")
-def models_command(pattern: Optional[str], input_shape: str, num_classes: int) -> None:
+@click.option("--rebuild", is_flag=True,
+              help="Build the models again for their figures instead of reading the ones kept "
+                   "from an earlier call (they are kept per bnn version and source, in "
+                   "$BNN_CACHE_DIR or ~/.cache/bnn).")
+def models_command(pattern: Optional[str], input_shape: str, num_classes: int,
+                   rebuild: bool) -> None:
     """List registered models (optionally matching a shell PATTERN such as '*densenet*') with
     their parameter count, binarized-MAC fraction, size with 1-bit binary weights and how they
-    differ from larq-zoo's definition (`--model-option variant=larq-zoo` builds the zoo's)."""
+    differ from larq-zoo's definition (`--model-option variant=larq-zoo` builds the zoo's).
+
+    The figures need each model built (about 30 s for all of them at 224 px): they are kept
+    after the first call, for this bnn version and source and each input shape, and read back.
+    """
     import models
-    import tensorflow as tf
-    from models.input_size import input_too_small_error, is_input_too_small
+    from models.figures import model_figures
+    from models.input_size import input_too_small_error
     from tqdm import tqdm
 
     names = models.list_models(pattern)
     if not names:
         raise BnnError(f"No model matches {pattern!r}; `bnn models` lists them all.")
     shape = _parse_shape(input_shape)
+
+    def progress(missing):
+        return tqdm(missing, desc="building", unit="model", file=sys.stderr, leave=False,
+                    disable=not _on_terminal(sys.stderr))
+
+    figures, _ = model_figures(names, shape, num_classes, rebuild=rebuild, progress=progress)
     rows, too_small = [], []
-    for name in tqdm(names, desc="building", unit="model", file=sys.stderr, leave=False):
-        try:
-            stats = models.describe(name, input_shape=shape, num_classes=num_classes)
-        except ValueError as exc:
-            if not is_input_too_small(exc):
-                raise
-            too_small.append((name, exc))
-            tf.keras.backend.clear_session()
+    for name in names:
+        f = figures[name]
+        if f.too_small is not None:
+            too_small.append((name, ValueError(f.too_small)))
             continue
         zoo = models.get_entry(name).zoo
-        rows.append((name, f"{stats.total_params:,}", f"{stats.binary_mac_fraction:.1%}",
-                     f"{stats.size_bytes / 2**20:.2f} MiB", f"{stats.compression_ratio:.1f}x",
+        rows.append((name, f"{f.params:,}", f"{f.binary_mac_fraction:.1%}",
+                     f"{f.size_bytes / 2**20:.2f} MiB", f"{f.compression_ratio:.1f}x",
                      zoo.summary if zoo else "-"))
-        tf.keras.backend.clear_session()  # 14 ImageNet-size graphs would pile up in memory
     if not rows:  # one model, or all of them: say what size works
         raise input_too_small_error(*too_small[0], shape, num_classes)
     click.echo(f"Models at {'x'.join(map(str, shape))}, {num_classes} classes:")
@@ -827,11 +854,19 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
                     as_json: bool, custom_objects: Sequence[str] = (),
                     trust_model_code: bool = False) -> None:
     """Check MODEL (run folder, model file or registry name) for what stops LCE from
-    producing fast binary ops, before converting it. Exits 1 when an error is found."""
+    producing fast binary ops, before converting it. Exits 1 when an error is found.
+
+    A converted FILE.tflite is described instead: its size, operators (LceBconv2d first),
+    inputs and outputs, float ops LCE left between binary convolutions, and the bnn metadata
+    it carries (model, data set, classes, normalization).
+    """
     import dataclasses
 
     from convert.lint import errors, format_findings, inspect_model
 
+    if source.endswith(".tflite") or (Path(source).is_file() and _is_flatbuffer(source)):
+        _inspect_flatbuffer(source, as_json)
+        return
     _use_custom_objects(custom_objects)
     _use_trust_model_code(trust_model_code)
     model = _model_from(source, input_shape, num_classes)
@@ -843,6 +878,67 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
                    "every binary layer maps to fast LCE ops.")
     if errors(findings):
         sys.exit(1)
+
+
+def _is_flatbuffer(path: str) -> bool:
+    """Whether the file at `path` carries TFLite's file identifier ("TFL3" at byte 4)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == b"TFL3"
+    except OSError:
+        return False
+
+
+def _inspect_flatbuffer(path: str, as_json: bool) -> None:
+    """`bnn inspect FILE.tflite`: what the file holds, from the flatbuffer alone."""
+    from convert.flatbuffer import Flatbuffer
+
+    if not Path(path).is_file():
+        raise BnnError(f"No such file: {path}.")
+    flatbuffer = Flatbuffer.from_file(path)
+    ops = flatbuffer.ops
+    input_type, output_type = flatbuffer.io_types()
+    shape, _ = flatbuffer.input_spec()
+    info = {
+        "file": path,
+        "size_bytes": len(flatbuffer),
+        "lce_bconv2d": ops.get("LceBconv2d", 0),
+        "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
+        "input": {"shape": [1, *shape], "type": input_type},
+        "output": {"values": flatbuffer.output_count(), "type": output_type},
+        "missed_fusions": flatbuffer.missed_fusions(),
+        "metadata": flatbuffer.metadata,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    meta = info["metadata"] or {}
+    rows = [
+        ("file", path),
+        ("size", f"{info['size_bytes']:,} bytes ({info['size_bytes'] / 2**20:.2f} MiB)"),
+        ("LceBconv2d", str(info["lce_bconv2d"])),
+        ("ops", ", ".join(f"{name} {count}" for name, count in info["ops"].items())),
+        ("input", f"{'x'.join(map(str, info['input']['shape']))} {input_type}"),
+        ("output", f"{info['output']['values']} values, {output_type}"),
+        ("missed fusions", "; ".join(info["missed_fusions"]) or "none"),
+    ]
+    if meta:
+        classes = meta.get("class_names") or []
+        shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)"
+                                            if len(classes) > 10 else "")
+        rows += [("model", str(meta.get("model", "-"))),
+                 ("data set", str(meta.get("dataset") or "-")),
+                 ("classes", shown or "-"),
+                 ("normalization", json.dumps(meta.get("normalization"))),
+                 ("pixel max", f"{meta['pixel_max']:g}" if meta.get("pixel_max") else "-"),
+                 ("bnn / LCE", f"{meta.get('bnn_version', '?')} / "
+                               f"{meta.get('lce_version', '?')}")]
+    else:
+        rows.append(("metadata", "none (`bnn evaluate` and `bnn predict` need the bnn "
+                                 "metadata: convert with class names and normalization)"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name.ljust(width)}  {value}")
 
 
 @main.command("check-bundle")
@@ -864,7 +960,8 @@ def check_bundle_command(bundle_dir: str) -> None:
     result = check_bundle(bundle_dir)
     verdict = "OK" if result.ok else "MISMATCH"
     click.echo(f"{bundle_dir}: {verdict}: max |diff| {result.max_abs_diff:.3g} (tolerance "
-               f"{result.atol:.3g}), top-1 {result.actual_top1} (expected {result.expected_top1})")
+               f"{result.atol:.3g}), top-1 {result.label(result.actual_top1)} (expected "
+               f"{result.label(result.expected_top1)})")
     if result.manifest:
         click.echo(f"{bundle_dir}: {len(result.files_checked)} files as bnn wrote them "
                    f"({MANIFEST_FILE}, bundle sha256 {result.bundle_sha256})")

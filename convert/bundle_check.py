@@ -98,6 +98,8 @@ class CheckResult:
         user_files: Entries bnn did not write ("notes.txt", "photos/"): not checked, kept by
             `overwrite`.
         device_files: What build.sh and benchmark.sh leave on the device ("build/").
+        class_names: The bundle's class names (model.json's, which labels.txt was checked
+            against), one per output; empty when it gives none.
     """
 
     ok: bool
@@ -111,6 +113,14 @@ class CheckResult:
     files_unchecked: List[str] = dataclasses.field(default_factory=list)
     user_files: List[str] = dataclasses.field(default_factory=list)
     device_files: List[str] = dataclasses.field(default_factory=list)
+    class_names: List[str] = dataclasses.field(default_factory=list)
+
+    def label(self, index: int) -> str:
+        """Class `index` by its name, with the index: "Sneaker (7)"; the index alone where the
+        name is the index (digits) or the bundle names no classes."""
+        if 0 <= index < len(self.class_names) and self.class_names[index] != str(index):
+            return f"{self.class_names[index]} ({index})"
+        return str(index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,12 +506,14 @@ def check_bundle(
         files_unchecked=audit.unchecked,
         user_files=audit.user,
         device_files=audit.device,
+        class_names=[str(name) for name in (audit.meta or {}).get("class_names") or []],
     )
     result.ok = result.max_abs_diff <= atol and result.expected_top1 == result.actual_top1
     if not result.ok:
         raise BnnError(
             f"Bundle self-check failed for {folder}: the model's output differs from "
             f"{EXPECTED_OUTPUT_FILE} by {result.max_abs_diff:.3g} (atol {atol:.3g}), top-1 class "
-            f"{result.actual_top1} vs expected {result.expected_top1}."
+            f"{result.label(result.actual_top1)} vs expected "
+            f"{result.label(result.expected_top1)}."
         )
     return result

@@ -268,6 +268,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _own_figures_cache(tmp_path_factory):
+    """`bnn models` keeps its figures in the user's cache folder (`models.figures`): the suite
+    uses a folder of its own (child processes inherit it), never the home folder's."""
+    previous = os.environ.get("BNN_CACHE_DIR")
+    os.environ["BNN_CACHE_DIR"] = str(tmp_path_factory.mktemp("bnn-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("BNN_CACHE_DIR", None)
+    else:
+        os.environ["BNN_CACHE_DIR"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _ctrl_c_raises_keyboard_interrupt():
     """Tests press Ctrl-C by sending SIGINT to this process (or to a `bnn` child process). A
     shell starts a background job (`make test &`, nohup) with SIGINT ignored, and Python then

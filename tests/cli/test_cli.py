@@ -1,5 +1,6 @@
 """The `bnn` CLI: exit codes, one-line errors, no files left behind, reports."""
 
+import json
 import re
 
 import pytest
@@ -49,6 +50,33 @@ def test_train_bad_option_is_refused_before_any_work(tmp_path):
 
 
 SMALL_RESNET = ["--model-option", "stage_filters=[8,8,16,16]", "--model-option", "stem-relu=false"]
+
+
+def test_output_to_a_file_or_pipe_has_no_progress_frames(tmp_path):
+    """Keras' progress bar (and tqdm) redraw with carriage returns: only on a terminal. Into a
+    log file or pipe, `bnn train` writes one line per epoch unless --verbose says otherwise."""
+    import os
+
+    import cli
+    from tests.conftest import TINY_REACTNET, TINY_TRAIN_OPTIONS
+
+    reader, writer = os.pipe()
+    leader, follower = os.openpty()
+    try:
+        with os.fdopen(os.dup(writer), "w") as pipe, os.fdopen(os.dup(follower), "w") as tty:
+            assert not cli._on_terminal(pipe) and cli._on_terminal(tty)
+    finally:
+        for fd in (reader, writer, leader, follower):
+            os.close(fd)
+    options = [o for o in TINY_TRAIN_OPTIONS]
+    at = options.index("--verbose")
+    del options[at:at + 2]  # the default, as a user would leave it
+    result = invoke(["train", *TINY_REACTNET, *options, "-o", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output and "\x08" not in result.output
+    assert re.search(r"^2/2 - .*val_accuracy: [\d.]+", result.output, re.M)  # verbose 2
+
+
 
 
 def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypatch):
@@ -148,8 +176,35 @@ def test_convert_reports_size_ops_agreement_and_bundle(digits_convert):
 def test_check_bundle_passes_on_the_written_bundle(digits_tflite):
     result = invoke(["check-bundle", digits_tflite.parent / "pi"])
     assert result.exit_code == 0, result.output
+    # The top-1 class by its label (digits' labels are the digits: the label alone).
     assert re.search(r": OK: max \|diff\| [\d.e+-]+ \(tolerance [\d.e+-]+\), top-1 (\d) "
                      r"\(expected \1\)", result.output)
+
+
+def test_inspect_describes_a_tflite_file(digits_tflite, tmp_path):
+    """`bnn inspect FILE.tflite`: its size, operators, I/O and bnn metadata, from the file."""
+    from convert.flatbuffer import Flatbuffer
+
+    flatbuffer = Flatbuffer.from_file(digits_tflite)
+    result = invoke(["inspect", digits_tflite])
+    assert result.exit_code == 0, result.output
+    rows = dict(re.split(r"  +", line, maxsplit=1) for line in result.stdout.splitlines())
+    assert rows["size"] == f"{digits_tflite.stat().st_size:,} bytes " \
+        f"({digits_tflite.stat().st_size / 2**20:.2f} MiB)"
+    assert rows["LceBconv2d"] == str(flatbuffer.ops["LceBconv2d"]) != "0"
+    assert rows["ops"].startswith(", ".join(f"{name} {count}" for name, count in sorted(
+        flatbuffer.ops.items(), key=lambda item: (-item[1], item[0])))[:40])
+    assert rows["input"] == "1x16x16x1 float32" and rows["output"] == "10 values, float32"
+    assert (rows["model"], rows["data set"], rows["pixel max"]) == (
+        "binary-densenet28", "digits", "16")
+    assert rows["classes"] == ", ".join(str(d) for d in range(10))
+    as_json = json.loads(invoke(["inspect", digits_tflite, "--json"]).stdout)
+    assert as_json["ops"] == dict(flatbuffer.ops) and as_json["metadata"] == flatbuffer.metadata
+    # Renamed, it is still read as a flatbuffer (by its TFL3 identifier).
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(digits_tflite.read_bytes())
+    assert invoke(["inspect", renamed]).stdout == result.stdout.replace(
+        str(digits_tflite), str(renamed))
 
 
 def test_evaluate_matches_keras_test_accuracy(digits_run, digits_tflite):
