@@ -721,11 +721,16 @@ def predict(tflite_file: str, images, top_k: int, threads: int, as_json: bool,
               help="Build the models again for their figures instead of reading the ones kept "
                    "from an earlier call (they are kept per bnn version and source, in "
                    "$BNN_CACHE_DIR or ~/.cache/bnn).")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="With one MODEL: an option of its builder for the figures (repeatable; as "
+                   "`bnn train --model-option`).")
 def models_command(pattern: Optional[str], input_shape: str, num_classes: int,
-                   rebuild: bool) -> None:
+                   rebuild: bool, model_options: Sequence[str]) -> None:
     """List registered models (optionally matching a shell PATTERN such as '*densenet*') with
     their parameter count, binarized-MAC fraction, size with 1-bit binary weights and how they
     differ from larq-zoo's definition (`--model-option variant=larq-zoo` builds the zoo's).
+    Given one model's name, also its options with their defaults, its paper recipe and how it
+    differs from larq-zoo.
 
     The figures need each model built (about 30 s for all of them at 224 px): they are kept
     after the first call, for this bnn version and source and each input shape, and read back.
@@ -739,12 +744,16 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int,
     if not names:
         raise BnnError(f"No model matches {pattern!r}; `bnn models` lists them all.")
     shape = _parse_shape(input_shape)
+    overrides = _parse_model_options(model_options)
+    if overrides and names != [pattern]:
+        raise BnnError("`model_options` applies to one model: give its name as PATTERN.")
 
     def progress(missing):
         return tqdm(missing, desc="building", unit="model", file=sys.stderr, leave=False,
                     disable=not _on_terminal(sys.stderr))
 
-    figures, _ = model_figures(names, shape, num_classes, rebuild=rebuild, progress=progress)
+    figures, _ = model_figures(names, shape, num_classes, rebuild=rebuild, progress=progress,
+                               overrides=overrides)
     rows, too_small = [], []
     for name in names:
         f = figures[name]
@@ -760,7 +769,7 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int,
     click.echo(f"Models at {'x'.join(map(str, shape))}, {num_classes} classes:")
     _echo_table(rows, ("model", "params", "binary MACs", "size (1-bit)", "vs float32",
                        "vs larq-zoo"))
-    if any(row[-1] != "-" for row in rows):
+    if any(row[-1] != "-" for row in rows) and names != [pattern]:
         click.echo("vs larq-zoo: how the default differs from larq-zoo 2.4.0 (binary convs "
                    "padded with +1 so LCE needs no padding correction; 'small-input stem': "
                    "a 3x3 stem under 50 px where the zoo keeps its ImageNet stem; 'weight "
@@ -773,6 +782,43 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int,
         click.echo(f"Warning: --input-shape {input_shape} is too small for "
                    f"{', '.join(name for name, _ in too_small)}; `bnn summary MODEL "
                    f"--input-shape {input_shape}` names the smallest that works.", err=True)
+    if names == [pattern]:
+        for line in _model_card(pattern):
+            click.echo(line)
+
+
+def _model_card(name: str) -> List[str]:
+    """What `bnn models NAME` adds for one model: its options with their defaults, its paper
+    recipe (each stage of a staged one) and how it differs from larq-zoo, at 80 columns."""
+    import textwrap
+
+    import models
+    from bnn_keras.training import recipes
+    from models.registry import model_options, shown_default
+
+    entry = models.get_entry(name)
+    lines = ["", f"{name} options (--model-option KEY=VALUE, with their defaults):"]
+    lines += [f"  {key} = {shown_default(value)}"
+              for key, value in model_options(name).items()] or ["  (none)"]
+    lines.append("paper recipe (--recipe paper):")
+    if entry.staged is not None:
+        stages = [(f"stage {stage.name}", stage.recipe) for stage in entry.staged.stages]
+    elif entry.recipe is not None:
+        stages = [("", entry.recipe)]
+    else:
+        stages = []
+    for label, paper in stages:
+        described = recipes.Recipe.from_dict({**paper.values, "source": paper.source}).describe()
+        lines += textwrap.wrap(f"{label}: {described}" if label else described, width=80,
+                               initial_indent="  ", subsequent_indent="    ")
+    if not stages:
+        lines.append("  none published; `bnn train` uses bnn's default recipe")
+    if entry.zoo is not None:
+        lines.append(f"vs larq-zoo ({entry.zoo.source}):")
+        for difference in entry.zoo.differences:
+            lines += textwrap.wrap(difference, width=80, initial_indent="  - ",
+                                   subsequent_indent="    ")
+    return lines
 
 
 @main.command()

@@ -74,6 +74,9 @@ class LayerStats:
         lce_bytes: Bytes of this layer's weights in the LCE flatbuffer (bitpacked kernels at
             1 bit per weight with input channels padded to 32, unfolded kernels at 32 bit, once
             or twice, BatchNorm as a scale and an offset).
+        quantizers: The layer's input and kernel quantizers, "IN / KERNEL" (e.g.
+            "SteSign(clip 1.3) / SteSign(clip 1.3)", "- / MagnitudeAwareSign(clip 1)"); "" for
+            a layer without quantizers.
     """
 
     name: str
@@ -88,6 +91,7 @@ class LayerStats:
     lce_bconvs: int
     lce_note: str
     lce_bytes: int = 0
+    quantizers: str = ""
 
     @property
     def float_params(self) -> int:
@@ -403,7 +407,33 @@ def _layer_stats(layer: tf.keras.layers.Layer) -> LayerStats:
         lce_bconvs=lce_bconvs,
         lce_note=_lce_note(layer, input_bits, kernel_bits, binary or lce_bconvs > 0),
         lce_bytes=_lce_bytes(layer, lce_bconvs, folds),
+        quantizers=_quantizers_of(layer),
     )
+
+
+# The argument that tells one instance of a quantizer from another, shown with its name.
+_QUANTIZER_ARGUMENTS = (("clip_value", "clip"), ("beta", "beta"), ("k_bit", "bits"))
+
+
+def quantizer_label(quantizer: Any) -> str:
+    """A quantizer as `bnn summary` names it: "SteSign(clip 1.25)", "ApproxSign", "-"."""
+    if quantizer is None:
+        return "-"
+    name = type(quantizer).__name__
+    if not hasattr(quantizer, "get_config"):
+        return getattr(quantizer, "__name__", name)  # a plain function
+    config = quantizer.get_config()
+    for key, shown in _QUANTIZER_ARGUMENTS:
+        if config.get(key) is not None:
+            return f"{name}({shown} {config[key]:g})"
+    return name
+
+
+def _quantizers_of(layer: tf.keras.layers.Layer) -> str:
+    if not hasattr(layer, "kernel_quantizer") and not hasattr(layer, "input_quantizer"):
+        return ""
+    return (f"{quantizer_label(getattr(layer, 'input_quantizer', None))} / "
+            f"{quantizer_label(getattr(layer, 'kernel_quantizer', None))}")
 
 
 def layer_table(model: tf.keras.Model) -> List[LayerStats]:
@@ -486,26 +516,26 @@ def format_table(stats: Union[ModelStats, Sequence[LayerStats]], *, notes: bool 
         The table as one string, no trailing newline.
     """
     layers = stats.layers if isinstance(stats, ModelStats) else tuple(stats)
-    header = ["Layer", "Type", "In bits", "W bits", "Output shape", "Params", "1-bit params",
-              "MACs", "Binary MACs", "LCE"]
+    header = ["Layer", "Type", "In bits", "W bits", "Quantizers (in / W)", "Output shape",
+              "Params", "1-bit params", "MACs", "Binary MACs", "LCE"]
     if notes:
         header.append("LCE note")
     rows = []
     for s in layers:
         row = [s.name, s.layer_type, _fmt_bits(s.input_bits), _fmt_bits(s.kernel_bits),
-               _fmt_shape(s.output_shape), f"{s.params:,}", f"{s.binary_params:,}",
+               s.quantizers, _fmt_shape(s.output_shape), f"{s.params:,}", f"{s.binary_params:,}",
                f"{s.macs:,}", f"{s.binary_macs:,}", _fmt_bconvs(s.lce_bconvs)]
         if notes:
             row.append(s.lce_note)
         rows.append(row)
-    total = ["Total", "", "", "", "", f"{sum(s.params for s in layers):,}",
+    total = ["Total", "", "", "", "", "", f"{sum(s.params for s in layers):,}",
              f"{sum(s.binary_params for s in layers):,}", f"{sum(s.macs for s in layers):,}",
              f"{sum(s.binary_macs for s in layers):,}", str(sum(s.lce_bconvs for s in layers))]
     if notes:
         total.append("")
     widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
     # Text columns left-aligned, numbers right-aligned (as larq's summary).
-    left = {0, 1, 4, 9, 10}
+    left = {0, 1, 4, 5, 10, 11}
 
     def line(row: Sequence[str]) -> str:
         cells = [

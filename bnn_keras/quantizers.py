@@ -11,10 +11,23 @@ differs between quantizers:
 | `ApproxSign()` | `2 - 2|x|` for `|x| <= 1` |
 | `SignSwish(beta)` | `beta * (2 - beta*x*tanh(beta*x/2)) / (1 + cosh(beta*x))` |
 
-The aliases `"ste_sign"`, `"approx_sign"`, `"sign_swish"` are resolved by `get` (and by
-`bnn_keras.layers`); a plain string given to a larq layer is resolved by larq to larq's own
-quantizer, so pass `get("sign_swish")` or an instance there. Registration is namespaced
-(`bnn_keras>SteSign`), never under the bare class names larq already uses.
+The aliases are resolved by `get` (and by `bnn_keras.layers`) to these classes; a plain string
+given to a larq layer (`lq.layers.QuantConv2D(..., kernel_quantizer="ste_sign")`) is resolved
+by larq to larq's own quantizer, so pass `get("sign_swish")` or an instance there:
+
+| alias | `get`, `bnn_keras.layers` | a larq layer |
+|---|---|---|
+| `"ste_sign"` | `SteSign(clip_value=1.0)` (this module) | `larq.quantizers.SteSign(clip_value=1.0)` |
+| `"approx_sign"` | `ApproxSign()` (this module) | `larq.quantizers.ApproxSign()` |
+| `"sign_swish"` | `SignSwish(beta=5.0)` (this module; `trainable_beta` possible) | `larq.quantizers.SwishSign(beta=5.0)` |
+
+Their forward passes are the same; the backward passes agree too, computed here in float32
+under mixed precision. Registration is namespaced (`bnn_keras>SteSign`), never under the bare
+class names larq already uses.
+
+As larq's own quantizers, these log the ratio of output signs that flipped since the last step
+as a `flip_ratio/NAME` metric when created as a kernel quantizer inside
+`larq.context.metrics_scope(["flip_ratio"])` (or given `metrics=["flip_ratio"]`).
 
 Pseudo-gradients are computed in float32 and cast back to the input's dtype, so the same
 quantizers work under the `mixed_bfloat16` policy (bfloat16's 8-bit mantissa would round
@@ -31,6 +44,9 @@ from typing import Any, Callable, Dict, Optional, Union
 import tensorflow as tf
 from larq import math as lq_math
 from larq.quantizers import Quantizer
+# larq's base of its own quantizers: what makes `larq.context.metrics_scope(["flip_ratio"])`
+# (and `metrics=[...]`) add a FlipRatio metric to a kernel quantizer.
+from larq.quantizers import _BaseQuantizer
 
 __all__ = [
     "ApproxSign",
@@ -174,13 +190,14 @@ def sign_swish(x: tf.Tensor, beta: Union[float, tf.Tensor] = 5.0) -> tf.Tensor:
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class SteSign(Quantizer):
+class SteSign(_BaseQuantizer):
     """Binary quantizer with the straight-through estimator (BinaryNet).
 
     Args:
         clip_value: The gradient is 1 for `|x| <= clip_value` and 0 outside; `None` means no
             clipping. BinaryDenseNet uses 1.3, ResNetE 1.25.
-        **kwargs: Keras layer arguments (`name`, `dtype`, ...).
+        **kwargs: `metrics` (larq's: `["flip_ratio"]`) and Keras layer arguments (`name`,
+            `dtype`, ...).
 
     References:
         - BinaryNet: https://arxiv.org/abs/1602.02830
@@ -193,14 +210,14 @@ class SteSign(Quantizer):
         super().__init__(**kwargs)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return ste_sign(inputs, clip_value=self.clip_value)
+        return super().call(ste_sign(inputs, clip_value=self.clip_value))
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "clip_value": self.clip_value}
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class ApproxSign(Quantizer):
+class ApproxSign(_BaseQuantizer):
     """Binary quantizer with Bi-Real Net's ApproxSign gradient (`2 - 2|x|` on `|x| <= 1`).
 
     Args:
@@ -213,11 +230,11 @@ class ApproxSign(Quantizer):
     precision = 1
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return approx_sign(inputs)
+        return super().call(approx_sign(inputs))
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class SignSwish(Quantizer):
+class SignSwish(_BaseQuantizer):
     """Binary quantizer with the BNN+ SignSwish gradient, optionally with a trainable beta.
 
     With `trainable_beta=True` the quantizer owns a scalar weight `beta` (created in `build`,
@@ -259,8 +276,13 @@ class SignSwish(Quantizer):
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         if self.beta_weight is not None:
-            return sign_swish(inputs, beta=tf.convert_to_tensor(self.beta_weight))
-        return sign_swish(inputs, beta=self.beta)
+            return super().call(sign_swish(inputs, beta=tf.convert_to_tensor(self.beta_weight)))
+        return super().call(sign_swish(inputs, beta=self.beta))
+
+    @property
+    def non_trainable_weights(self):
+        # larq's base hides a FlipRatio metric's state this way; beta stays trainable.
+        return []
 
     def get_config(self) -> Dict[str, Any]:
         return {
@@ -271,7 +293,7 @@ class SignSwish(Quantizer):
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class LayerScaledSign(Quantizer):
+class LayerScaledSign(_BaseQuantizer):
     """Weight quantizer `sign(W) * mean(|W|)` with one mean over the whole kernel (DoReFa-Net).
 
     DoReFa-Net's 1-bit weights, `sign(r) * E(|r|)` (Zhou et al., 2016), as larq-zoo's DoReFaNet
@@ -296,7 +318,10 @@ class LayerScaledSign(Quantizer):
         def _scaled_sign(x):
             return sign(x) * scale, lambda dy: dy
 
-        return _scaled_sign(inputs)
+        outputs = _scaled_sign(inputs)
+        if hasattr(self, "flip_ratio"):  # of the signs: the scale changes at every step
+            self.add_metric(self.flip_ratio(sign(inputs)))
+        return outputs
 
 
 _ALIASES: Dict[str, Callable[[], Quantizer]] = {

@@ -21,6 +21,7 @@ from models.common import (
     ZooVariant,
     batch_norm,
     binary_dense_stack,
+    family_builder,
     flatten_to_pixel,
     image_input,
     pixel_to_vector,
@@ -40,6 +41,7 @@ _ZOO = ZooVariant(
 )
 
 
+@family_builder
 def binary_alexnet(
     *,
     input_shape: Sequence[int] = (224, 224, 3),

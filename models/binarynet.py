@@ -16,6 +16,7 @@ import tensorflow as tf
 from models.common import (
     batch_norm,
     binary_dense_stack,
+    family_builder,
     flatten_to_pixel,
     image_input,
     is_small_input,
@@ -29,6 +30,7 @@ from models.registry import register_model
 _CONVS = ((128, True), (256, False), (256, True), (512, False), (512, True))
 
 
+@family_builder
 def binarynet(
     *,
     input_shape: Sequence[int] = (32, 32, 3),

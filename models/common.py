@@ -1,9 +1,12 @@
 """Pieces that several model families share: input, stem choice, the LCE-friendly binary 3x3
 convolution, binary fully-connected layers and the classifier head."""
 
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import types
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import larq as lq
 import tensorflow as tf
@@ -27,6 +30,48 @@ PAD_DIFFERENCE = ("binary 3x3 convolutions pad with +1 (pad_values=1, so LCE nee
                   "correction); larq-zoo pads them with 0")
 ZOO_STEM_DIFFERENCE = ("inputs under 50 px get a 3x3 stride-1 stem; larq-zoo keeps its ImageNet "
                        "stem at every size")
+
+
+# -- what a registry entry's options are -------------------------------------------------------
+
+# Set while `probing_builders` is active: a family builder then reports how it was called
+# instead of building.
+_PROBING: contextvars.ContextVar = contextvars.ContextVar("probing_builders", default=False)
+
+
+class BuilderCall(Exception):
+    """Raised by a family builder called under `probing_builders`: the builder and the keyword
+    arguments the registry entry gave it (the user's options and the entry's own values)."""
+
+    def __init__(self, builder: Callable, kwargs: Dict[str, Any]):
+        super().__init__(builder.__name__)
+        self.builder = builder
+        self.kwargs = kwargs
+
+
+def family_builder(fn: Callable) -> Callable:
+    """Marks a family builder (the function that makes the layers, whose keyword arguments are
+    an entry's options): under `probing_builders` it raises `BuilderCall` instead of building,
+    which is how `models.registry.model_options` learns an entry's options and defaults
+    without building anything."""
+
+    @functools.wraps(fn)
+    def builder(*args, **kwargs):
+        if _PROBING.get():
+            raise BuilderCall(fn, kwargs)
+        return fn(*args, **kwargs)
+
+    return builder
+
+
+@contextlib.contextmanager
+def probing_builders() -> Iterator[None]:
+    """Family builders raise `BuilderCall` inside this block."""
+    token = _PROBING.set(True)
+    try:
+        yield
+    finally:
+        _PROBING.reset(token)
 
 
 # Which inputs get the 3x3 stride-1 stem instead of the ImageNet stem (`VariantRules.small_stem`).

@@ -23,6 +23,7 @@ from models.alexnet import ALEXNET_CONVS
 from models.common import (
     batch_norm,
     binary_dense_stack,
+    family_builder,
     flatten_to_pixel,
     image_input,
     is_small_input,
@@ -33,6 +34,7 @@ from models.registry import register_model
 
 
 
+@family_builder
 def compact_bnn(
     *,
     input_shape: Sequence[int] = (224, 224, 3),

@@ -21,6 +21,7 @@ from models.common import (
     ZooVariant,
     binary_conv3x3,
     classifier_head,
+    family_builder,
     image_input,
     variant_rules,
 )
@@ -39,6 +40,7 @@ def _bn(name: str) -> tf.keras.layers.Layer:
     return tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
+@family_builder
 def binary_densenet(
     *,
     blocks: Sequence[int],

@@ -24,6 +24,7 @@ from models.common import (
     VariantRules,
     ZooVariant,
     batch_norm,
+    family_builder,
     flatten_to_pixel,
     image_input,
     pixel_to_vector,
@@ -50,6 +51,7 @@ _ZOO = ZooVariant(
 )
 
 
+@family_builder
 def dorefanet(
     *,
     input_shape: Sequence[int] = (224, 224, 3),

@@ -69,6 +69,7 @@ def _cache_file(input_shape: Sequence[int], num_classes: int) -> Path:
 def model_figures(names: Iterable[str], input_shape: Sequence[int], num_classes: int, *,
                   rebuild: bool = False,
                   progress: Optional[Callable[[List[str]], Iterable[str]]] = None,
+                  overrides: Optional[Dict[str, object]] = None,
                   ) -> Tuple[Dict[str, ModelFigures], bool]:
     """The figures of the registry models `names` at `input_shape` and `num_classes`.
 
@@ -78,11 +79,16 @@ def model_figures(names: Iterable[str], input_shape: Sequence[int], num_classes:
         num_classes: Classifier size.
         rebuild: Compute every figure again (and replace the cached ones).
         progress: Wraps the list of models to build (e.g. a progress bar).
+        overrides: Options of the models' builders (`create_model`'s overrides): such figures
+            are computed, never cached.
 
     Returns:
         {name: figures}, and whether any model had to be built.
     """
     names = list(names)
+    if overrides:
+        return {name: _compute(name, input_shape, num_classes, overrides)
+                for name in (progress(names) if progress else names)}, True
     path = _cache_file(input_shape, num_classes)
     cached: Dict[str, ModelFigures] = {} if rebuild else _read(path)
     missing = [name for name in names if name not in cached]
@@ -93,14 +99,16 @@ def model_figures(names: Iterable[str], input_shape: Sequence[int], num_classes:
     return {name: cached[name] for name in names}, bool(missing)
 
 
-def _compute(name: str, input_shape: Sequence[int], num_classes: int) -> ModelFigures:
+def _compute(name: str, input_shape: Sequence[int], num_classes: int,
+             overrides: Optional[Dict[str, object]] = None) -> ModelFigures:
     import tensorflow as tf
 
     import models
     from models.input_size import is_input_too_small
 
     try:
-        stats = models.describe(name, input_shape=tuple(input_shape), num_classes=num_classes)
+        stats = models.describe(name, input_shape=tuple(input_shape), num_classes=num_classes,
+                                **(overrides or {}))
     except ValueError as exc:
         if not is_input_too_small(exc):
             raise

@@ -26,6 +26,7 @@ from models.common import (
     ZooVariant,
     batch_norm,
     binary_conv3x3,
+    family_builder,
     image_input,
 )
 from models.registry import LARQ_ZOO_VERSION, register_model
@@ -45,6 +46,7 @@ INITIALIZER = "glorot_normal"
 L = tf.keras.layers
 
 
+@family_builder
 def meliusnet(
     *,
     num_blocks: Sequence[int],

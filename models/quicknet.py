@@ -33,6 +33,7 @@ from models.common import (
     batch_norm,
     binary_conv3x3,
     classifier_head,
+    family_builder,
     image_input,
     variant_rules,
 )
@@ -46,6 +47,7 @@ _ZOO_RULES = VariantRules(pad_value=1.0, small_stem=NEVER)
 CLIP_VALUE = 1.25
 
 
+@family_builder
 def quicknet(
     *,
     section_blocks: Sequence[int] = (4, 4, 4, 4),

@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from bnn_keras.layers import RPReLU, RSign
-from models.common import batch_norm, classifier_head, image_input, is_small_input
+from models.common import batch_norm, classifier_head, family_builder, image_input, is_small_input
 from models.recipes import USER_TEACHER, PaperRecipe, RecipeStage, StagedRecipe
 from models.registry import register_model
 
@@ -60,6 +60,7 @@ def _default_kernel_quantizer() -> Any:
     return lq.quantizers.MagnitudeAwareSign(clip_value=1.0)
 
 
+@family_builder
 def reactnet(
     *,
     widths: Sequence[int] = STAGE_WIDTHS,

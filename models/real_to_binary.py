@@ -51,6 +51,7 @@ from models.common import (
     ZOO_STEM_DIFFERENCE,
     VariantRules,
     ZooVariant,
+    family_builder,
     image_input,
     variant_rules,
 )
@@ -182,6 +183,7 @@ def _half_block(x: tf.Tensor, *, downsample: bool, name: str, stage: str, scalin
     return tf.keras.layers.Add(name=f"{name}_skip_add")([x, shortcut])
 
 
+@family_builder
 def real_to_binary_net(
     *,
     input_shape: Sequence[int] = (224, 224, 3),
@@ -238,6 +240,7 @@ def real_to_binary_net(
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)
 
 
+@family_builder
 def real_to_binary_resnet18(
     *,
     input_shape: Sequence[int] = (224, 224, 3),

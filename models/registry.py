@@ -234,6 +234,80 @@ def weights_variant(entry: ModelEntry, overrides: Mapping[str, Any],
     return "bnn"
 
 
+# Keywords every entry takes from `create_model` (Keras applications' own), and the builder's
+# Keras model name, which the entry sets: not options.
+_NOT_OPTIONS = ("input_shape", "num_classes", "include_top", "weights", "name")
+
+
+class _Given:
+    """A stand-in value: an option whose builder argument is this object was passed through."""
+
+
+def model_options(name: str) -> Dict[str, Any]:
+    """The options of the registry model `name` (what `create_model(name, **options)` and
+    `bnn train --model-option KEY=VALUE` take) and their defaults, in the builder's order.
+
+    Read from the family builder the entry calls and the values the entry gives it, without
+    building anything (`models.common.probing_builders`): an entry that sets a builder argument
+    itself (Bi-Real Net's BatchNorm momentum) does not offer it, and a default the entry
+    chooses (BinaryResNetE's clip value) is shown as the entry's.
+
+    Raises:
+        UnknownModelError: `name` is not registered.
+    """
+    import inspect
+
+    from models.common import BuilderCall, probing_builders
+
+    entry = get_entry(name)
+
+    def call(overrides: Mapping[str, Any]) -> Optional[BuilderCall]:
+        with probing_builders():
+            try:
+                entry.fn(**overrides)
+            except BuilderCall as called:
+                return called
+            except (TypeError, ValueError, BnnError):
+                return None  # the entry refuses the value (it sets that argument itself)
+        return None
+
+    own = {p.name: p.default for p in inspect.signature(entry.fn).parameters.values()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _NOT_OPTIONS}
+    base = call({})
+    if base is None:
+        return own
+    options = dict(own)
+    for parameter in inspect.signature(base.builder).parameters.values():
+        if parameter.name in _NOT_OPTIONS or parameter.name in own or parameter.kind in (
+                inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if isinstance(parameter.default, ZooVariant):
+            continue  # the family's larq-zoo definition (ResNetE's or Bi-Real Net's), not a choice
+        given = _Given()
+        probed = call({parameter.name: given})
+        if probed is None or probed.kwargs.get(parameter.name) is not given:
+            continue  # fixed by the entry: not the user's to set
+        options[parameter.name] = base.kwargs.get(parameter.name, parameter.default)
+    return options
+
+
+def shown_default(value: Any) -> str:
+    """An option's default as a person reads it: `SteSign(clip_value=1.25)`, `(64, 128)`,
+    `"bnn"`, `None`."""
+    if hasattr(value, "get_config") and not isinstance(value, type):
+        config = {k: v for k, v in value.get_config().items()
+                  if k not in ("name", "trainable", "dtype")}
+        return f"{type(value).__name__}({', '.join(f'{k}={v!r}' for k, v in config.items())})"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def options_text(name: str) -> str:
+    """`model_options(name)` in one line: `key=default, ...`."""
+    return ", ".join(f"{key}={shown_default(value)}" for key, value in model_options(name).items())
+
+
 def _build(entry: ModelEntry, input_shape, num_classes: int, include_top: bool,
            overrides: Mapping[str, Any]) -> tf.keras.Model:
     fn = entry.fn
@@ -249,10 +323,8 @@ def _build(entry: ModelEntry, input_shape, num_classes: int, include_top: bool,
         if "unexpected keyword argument" not in str(exc):
             raise
         unknown = str(exc).rsplit("argument", 1)[-1].strip()
-        raise BnnError(
-            f"{name} has no option {unknown}; its options are the keyword arguments of "
-            f"{fn.__module__}.{fn.__name__} and the family builder it calls."
-        ) from None
+        raise BnnError(f"{name} has no option {unknown}; its options (with their defaults): "
+                       f"{options_text(name)}.") from None
     return model
 
 

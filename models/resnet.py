@@ -26,6 +26,7 @@ from models.common import (
     batch_norm,
     binary_conv3x3,
     classifier_head,
+    family_builder,
     image_input,
 )
 from models.recipes import LARQ_ZOO, PaperRecipe
@@ -51,6 +52,7 @@ _ZOO_BIREALNET = ZooVariant(
 )
 
 
+@family_builder
 def binary_resnet(
     *,
     stage_blocks: Sequence[int],

@@ -27,6 +27,7 @@ from models.common import (
     VariantRules,
     ZooVariant,
     batch_norm,
+    family_builder,
     image_input,
     softmax,
     split_quant_conv,
@@ -49,6 +50,7 @@ _ZOO = ZooVariant(
 )
 
 
+@family_builder
 def xnornet(
     *,
     input_shape: Sequence[int] = (224, 224, 3),

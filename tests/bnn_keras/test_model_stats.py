@@ -60,6 +60,11 @@ def test_layer_table_counts_each_layer(mixed):
     assert rows["bdense"].binary_macs == 40 and not rows["bdense"].binarized
     assert rows["head"].macs == 10 and rows["head"].params == 12
     assert rows["input"].output_shape == (None, 8, 8, 3)
+    # Which quantizers each layer runs (input / kernel), as `bnn summary` shows them.
+    assert rows["first"].quantizers == "- / SteSign(clip 1)"
+    assert rows["bconv"].quantizers == "SteSign(clip 1) / SteSign(clip 1)"
+    assert rows["dorefa"].quantizers == "DoReFa(bits 2) / SteSign(clip 1)"
+    assert rows["bn"].quantizers == rows["head"].quantizers == ""
 
 
 def test_lce_notes_say_why_a_quantized_layer_is_not_binarized(mixed):
@@ -165,6 +170,7 @@ def test_format_table_lists_layers_totals_and_summary(mixed):
     assert len(lines) == 2 + 8 + 2 + 1 + 6
     assert lines[0].startswith("Layer") and "LCE note" in lines[0]
     assert lines[5].split()[:4] == ["bconv", "QuantConv2D", "1", "1"]
+    assert "Quantizers (in / W)" in lines[0] and "SteSign(clip 1) / SteSign(clip 1)" in lines[5]
     assert lines[11].split()[:3] == ["Total", "536", "500"]
     assert "Total params: 536 (500 binary, 36 float)" in text
     assert "Expected LceBconv2d ops: 1" in text

@@ -219,3 +219,30 @@ def test_converts_to_lce_bconv2d(name):
     ops = op_histogram(lce.convert_keras_model(tf.keras.Model(x, y), target="arm"))
     assert ops["LceBconv2d"] == 1
     assert ops["CONV_2D"] == 0
+
+
+@pytest.mark.parametrize("quantizer", [bq.SteSign, bq.ApproxSign,
+                                       bq.SignSwish, bq.LayerScaledSign])
+def test_flip_ratio_is_logged_inside_larqs_metrics_scope(quantizer):
+    """As larq's own quantizers: a kernel quantizer made inside
+    `lq.context.metrics_scope(["flip_ratio"])` logs the ratio of its output signs that flipped;
+    outside the scope, nothing is added."""
+    def fitted(scope):
+        with lq.context.metrics_scope(scope):
+            inputs = tf.keras.Input((4,))
+            dense = lq.layers.QuantDense(3, kernel_quantizer=quantizer(), input_quantizer=None,
+                                         kernel_constraint="weight_clip")
+            model = tf.keras.Model(inputs, dense(inputs))
+        model.compile(tf.keras.optimizers.SGD(1.0), "mse")
+        rng = np.random.default_rng(0)
+        history = model.fit(rng.normal(size=(16, 4)), rng.normal(size=(16, 3)), epochs=2,
+                            batch_size=4, verbose=0).history
+        return history, dense
+
+    history, dense = fitted(["flip_ratio"])
+    key = f"flip_ratio/{dense.kernel_quantizer.name}"
+    assert set(history) == {"loss", key}
+    assert all(0.0 <= ratio <= 1.0 for ratio in history[key]) and max(history[key]) > 0
+    assert dense.kernel_quantizer.non_trainable_weights == []  # the metric's state is not weights
+    history, _ = fitted([])
+    assert set(history) == {"loss"}

@@ -122,7 +122,15 @@ def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypa
 def test_train_bad_model_option_is_one_line(tmp_path):
     line = _one_line_error(invoke(["train", "binary-resnet-e18", "--model-option", "width=3",
                                    "--dataset", "digits", "--output", tmp_path / "run"]))
-    assert line.startswith("Error: binary-resnet-e18 has no option 'width'; its options are")
+    # The valid keys, with the defaults binary-resnet-e18 builds with (its own, not the
+    # family builder's: SteSign's clip value 1.25, BinaryResNetE's).
+    assert line == (
+        "Error: binary-resnet-e18 has no option 'width'; its options (with their defaults): "
+        "stage_filters=(64, 128, 256, 512), input_quantizer=SteSign(clip_value=1.25), "
+        "kernel_quantizer=SteSign(clip_value=1.25), kernel_constraint=WeightClip("
+        "clip_value=1.25), bn_momentum=0.9, bn_epsilon=1e-05, stem_initializer=\"he_normal\", "
+        "stem_strides=1, stem_relu=True, stem_extra_bn=True, head_relu=True, "
+        "variant=\"bnn\".")
     assert not (tmp_path / "run").exists()
     result = invoke(["train", "binary-resnet-e18", "--model-option", "width"])
     assert result.exit_code == 2 and "expected KEY=VALUE, got 'width'" in result.output

@@ -2,6 +2,8 @@
 
 import models  # noqa: F401  (must come before tensorflow)
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import tensorflow as tf
 
 from bnn_keras.errors import BnnError
 from models import registry
+from tests.conftest import invoke
 
 EXPECTED_NAMES = {
     "binary-densenet28",
@@ -360,3 +363,51 @@ def test_cli_train_names_a_weights_file_that_is_no_weights(weights_files, tmp_pa
         assert len(lines) == 1 and "Internal error" not in result.output, result.output
         assert lines[0].startswith(f"Error: Weights file {weights_files / name} {what}")
         assert not run.exists()
+
+
+def test_model_options_are_what_the_entry_lets_the_user_set_with_its_defaults():
+    """Read from the builder an entry calls, without building: an argument the entry sets
+    itself is no option, and a default the entry chooses is shown as the entry's."""
+    import larq as lq
+
+    from models.registry import model_options, options_text
+
+    birealnet = model_options("birealnet18")
+    assert "bn_momentum" not in birealnet and "stem_relu" not in birealnet  # Bi-Real Net's own
+    assert "stage_blocks" not in birealnet and "zoo" not in birealnet
+    assert isinstance(birealnet["input_quantizer"], lq.quantizers.ApproxSign)
+    resnet_e = model_options("binary-resnet-e18")
+    assert resnet_e["bn_momentum"] == 0.9 and resnet_e["kernel_quantizer"].clip_value == 1.25
+    assert list(model_options("real-to-binary-net")) == ["stage", "variant"]
+    assert model_options("real-to-binary-net")["stage"] == "bnn"
+    assert options_text("binarynet") == ('input_quantizer="ste_sign", kernel_quantizer='
+                                         '"ste_sign", kernel_constraint="weight_clip", '
+                                         "hidden_units=1024")
+    # Every option of every entry is one create_model takes (an unknown one is refused).
+    for name in models.list_models():
+        for key in model_options(name):
+            from models.common import BuilderCall, probing_builders
+
+            with probing_builders(), pytest.raises(BuilderCall):
+                models.get_entry(name).fn(**{key: model_options(name)[key]})
+
+
+def test_bnn_models_name_shows_options_recipe_and_zoo_differences_at_80_columns():
+    result = invoke(["models", "quicknet"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    at = lines.index("quicknet options (--model-option KEY=VALUE, with their defaults):")
+    assert lines[at + 1:at + 3] == ["  section_blocks = (4, 4, 4, 4)",
+                                    "  section_filters = (64, 128, 256, 512)"]
+    assert "paper recipe (--recipe paper):" in lines
+    assert " ".join(lines).count("5 warm-up epochs, then cosine schedule; 600 epochs") == 1
+    assert "vs larq-zoo (larq-zoo 2.4.0 larq_zoo/sota/quicknet.py QuickNet):" in lines
+    staged = invoke(["models", "reactnet-a", "--input-shape", "32,32,3", "--num-classes", "10",
+                     "--model-option", "widths=[8,16,16]"])
+    assert staged.exit_code == 0, staged.output
+    assert re.search(r"^reactnet-a +4,122 ", staged.stdout, re.M)  # the option applied
+    assert "  stage step1: adam at 0.0005" in staged.stdout
+    refused = invoke(["models", "*net*", "--model-option", "variant=larq-zoo"])
+    assert refused.exit_code == 2
+    assert "--model-option applies to one model: give its name as PATTERN." in refused.output
