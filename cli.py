@@ -347,42 +347,11 @@ def train(model: Optional[str], resume_dir: Optional[str], run_dir: Optional[str
             # None: the registry model, with --model-option, --weights and the tricks.
             result = training.train(config, None, output, verbose=verbose,
                                     report=_spelled_echo(click.get_current_context()))
+    from bnn_keras.training.report import run_summary_lines
+
     click.echo(f"Run folder: {result.run_dir}")
     for line in run_summary_lines(result.metrics):
         click.echo(line)
-
-
-def run_summary_lines(m: Dict[str, Any]) -> List[str]:
-    """The lines that end `bnn train`, from a run's metrics.json: each figure says what it is.
-
-    The test accuracy is the float32 model's (as deployed, and as `bnn evaluate` measures the
-    .tflite); under mixed precision the model in training precision, which the epochs were
-    validated in, gets its own line. The best epoch is compared with the last on that basis.
-    """
-    mixed = m.get("test_accuracy_mixed_precision")
-    lines = [f"test accuracy {m['test_accuracy']:.4f} (float32 model, as deployed)"]
-    if mixed is not None:
-        lines.append(f"test accuracy {mixed:.4f} (bfloat16 training precision, as validated "
-                     "after each epoch)")
-    lines.append(f"train accuracy {m['train_accuracy']:.4f} (running mean over the last epoch's "
-                 "steps, in training precision)")
-    if m.get("best_test_accuracy") is not None:
-        last = mixed if mixed is not None else m["test_accuracy"]
-        basis = " in training precision" if mixed is not None else ""
-        when = (f", {m['time_to_best_s']:.1f} s into the run"
-                if m.get("time_to_best_s") is not None else "")
-        lines.append(f"best test accuracy{basis} {m['best_test_accuracy']:.4f} at epoch "
-                     f"{m['best_epoch']} of {m['epochs']} (last epoch {last:.4f}){when}")
-    rate = (f"{m['images_per_s']:.1f} training images/s (steady state: "
-            f"{_counted(m['images_per_s_steps'], 'step')} after the first)"
-            if m.get("images_per_s") else "too few steps to measure a training rate")
-    lines.append(f"{_counted(m['epochs_this_session'], 'epoch')} in {m['wall_time_s']:.1f} s; "
-                 f"{rate}")
-    return lines
-
-
-def _counted(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _spelled_echo(ctx: click.Context) -> Callable[[str], None]:
@@ -910,7 +879,9 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
 
     from convert.lint import errors, format_findings, inspect_model
 
-    if source.endswith(".tflite") or (Path(source).is_file() and _is_flatbuffer(source)):
+    from convert.describe import is_flatbuffer
+
+    if source.endswith(".tflite") or (Path(source).is_file() and is_flatbuffer(source)):
         _inspect_flatbuffer(source, as_json)
         return
     _use_custom_objects(custom_objects)
@@ -926,65 +897,12 @@ def inspect_command(source: str, target: str, input_shape: str, num_classes: int
         sys.exit(1)
 
 
-def _is_flatbuffer(path: str) -> bool:
-    """Whether the file at `path` carries TFLite's file identifier ("TFL3" at byte 4)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8)[4:8] == b"TFL3"
-    except OSError:
-        return False
-
-
 def _inspect_flatbuffer(path: str, as_json: bool) -> None:
     """`bnn inspect FILE.tflite`: what the file holds, from the flatbuffer alone."""
-    from convert.flatbuffer import Flatbuffer
+    from convert.describe import describe_flatbuffer, format_description
 
-    if not Path(path).is_file():
-        raise BnnError(f"No such file: {path}.")
-    flatbuffer = Flatbuffer.from_file(path)
-    ops = flatbuffer.ops
-    input_type, output_type = flatbuffer.io_types()
-    shape, _ = flatbuffer.input_spec()
-    info = {
-        "file": path,
-        "size_bytes": len(flatbuffer),
-        "lce_bconv2d": ops.get("LceBconv2d", 0),
-        "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
-        "input": {"shape": [1, *shape], "type": input_type},
-        "output": {"values": flatbuffer.output_count(), "type": output_type},
-        "missed_fusions": flatbuffer.missed_fusions(),
-        "metadata": flatbuffer.metadata,
-    }
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    meta = info["metadata"] or {}
-    rows = [
-        ("file", path),
-        ("size", f"{info['size_bytes']:,} bytes ({info['size_bytes'] / 2**20:.2f} MiB)"),
-        ("LceBconv2d", str(info["lce_bconv2d"])),
-        ("ops", ", ".join(f"{name} {count}" for name, count in info["ops"].items())),
-        ("input", f"{'x'.join(map(str, info['input']['shape']))} {input_type}"),
-        ("output", f"{info['output']['values']} values, {output_type}"),
-        ("missed fusions", "; ".join(info["missed_fusions"]) or "none"),
-    ]
-    if meta:
-        classes = meta.get("class_names") or []
-        shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)"
-                                            if len(classes) > 10 else "")
-        rows += [("model", str(meta.get("model", "-"))),
-                 ("data set", str(meta.get("dataset") or "-")),
-                 ("classes", shown or "-"),
-                 ("normalization", json.dumps(meta.get("normalization"))),
-                 ("pixel max", f"{meta['pixel_max']:g}" if meta.get("pixel_max") else "-"),
-                 ("bnn / LCE", f"{meta.get('bnn_version', '?')} / "
-                               f"{meta.get('lce_version', '?')}")]
-    else:
-        rows.append(("metadata", "none (`bnn evaluate` and `bnn predict` need the bnn "
-                                 "metadata: convert with class names and normalization)"))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        click.echo(f"{name.ljust(width)}  {value}")
+    info = describe_flatbuffer(path)
+    click.echo(json.dumps(info, indent=2) if as_json else "\n".join(format_description(info)))
 
 
 @main.command("check-bundle")

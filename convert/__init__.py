@@ -6,8 +6,9 @@ The data flow, one module each: `loading` (run folder or model file -> Keras mod
 I/O quantization, metadata, renaming), `verify` and `report`, `workflow` (the whole
 `bnn convert` job), `int8/` (fake-quant, calibration, range balance, thresholds), `evaluate`,
 `samples`, `isolated` and `runtime` (LCE's interpreter), `lint` (what keeps LCE from fast binary
-ops), `bundle_layout`, `bundle` and `bundle_check` (the Raspberry Pi bundle: its files, writing
-it, checking it).
+ops), `describe` (what a .tflite holds, `bnn inspect FILE.tflite`), `bundle_layout`, `bundle` and
+`bundle_check` (the Raspberry Pi bundle: its files, writing it, checking it); `options`
+(`ConvertOptions`, every option of `bnn convert`).
 
 The names below are imported from their modules on first use, so `import convert` loads neither
 LCE's converter nor the data sets:
@@ -38,6 +39,7 @@ _EXPORTS: Dict[str, str] = {
     **dict.fromkeys(["isolated_benchmark", "isolated_predict"], "convert.isolated"),
     **dict.fromkeys(["Latency", "LceRuntime"], "convert.runtime"),
     **dict.fromkeys(["Finding", "format_findings", "inspect_model"], "convert.lint"),
+    **dict.fromkeys(["describe_flatbuffer"], "convert.describe"),
     **dict.fromkeys(["write_bundle"], "convert.bundle"),
     **dict.fromkeys(["CheckResult", "check_bundle"], "convert.bundle_check"),
 }

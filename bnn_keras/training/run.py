@@ -69,6 +69,7 @@ from bnn_keras.training.precision import (
     as_float32, precision_policy, resolve_precision, warn_if_emulated_bf16,
 )
 from bnn_keras.training.progress import check_resumable
+from bnn_keras.training.report import plan_lines
 from bnn_keras.training import run_inputs
 from bnn_keras.training.starting_point import BuildModel, Start, Teacher, registry_model
 from bnn_keras.training.run_callbacks import (
@@ -288,43 +289,6 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
         metrics = _finish(model, config, data, fitted, out_dir)
         distribute.cleanup_output_dir(out_dir, run_dir, strategy)
     return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=fitted.history)
-
-
-def plan_lines(config: TrainConfig, recipe: recipes.Recipe, data: "_Data", precision: str,
-               model: tf.keras.Model, resumed_after: Optional[int] = None) -> List[str]:
-    """What a run is about to do, resolved, for people: the data and where it is read from,
-    the model, the recipe and where its values come from, the precision.
-
-    Args:
-        config: The run's resolved options.
-        recipe: The recipe it trains with.
-        data: Its data.
-        precision: The resolved precision policy.
-        model: The model it trains (the student of a distilled run).
-        resumed_after: The complete epochs a resume starts after; None for a new run.
-    """
-    splits = data.splits
-    height, width, channels = data.input_shape
-    lines = [
-        f"Data: {splits.name} ({splits.source or 'as loaded'}): {splits.num_train:,} training "
-        f"and {splits.num_test:,} test images at {height}x{width}x{channels}, "
-        f"{splits.num_classes} classes" + (", augmented" if data.augment else ""),
-        f"Model: {config.model}" + (" (float copy)" if config.float_copy else "")
-        + f", {model.count_params():,} parameters"
-        + (f", distilled from {config.teacher}" if config.teacher else ""),
-        f"Recipe: {recipe.describe()}"
-        + (f"; {data.steps} step{'' if data.steps == 1 else 's'} per epoch"
-           if data.steps else ""),
-    ]
-    if config.precision == "auto":
-        why = ("this machine runs bfloat16 natively" if precision == "mixed_bfloat16"
-               else "this machine has no native bfloat16")
-        lines.append(f"Precision: {precision} (auto: {why})")
-    else:
-        lines.append(f"Precision: {precision}")
-    if resumed_after is not None:
-        lines.append(f"Resuming after epoch {resumed_after} of {config.epochs}")
-    return lines
 
 
 @dataclasses.dataclass
