@@ -32,6 +32,7 @@ from convert.bundle_check import (
     write_manifest,
 )
 from convert.bundle_layout import (
+    BENCHMARK_ASSETS,
     BUNDLE_FILES,
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
@@ -220,11 +221,32 @@ def _readme(meta: Mapping[str, Any], folder: str) -> str:
         tag=f"v{version}" if version != "unknown" else "v0.16.0",
         shape="x".join(str(d) for d in meta["input"]["shape"]), height=height, width=width,
         classes=len(meta["class_names"]), folder=folder, latency_section=_latency_readme(meta),
+        downloads=_downloads(meta, f"v{version}" if version != "unknown" else "v0.16.0"),
         atol=f'{meta["expected_output"]["atol"]:.3g}', pixel_max=f'{meta["pixel_max"]:g}',
         TFLITE_FILE=TFLITE_FILE, MODEL_JSON=MODEL_JSON, LABELS_FILE=LABELS_FILE,
         RUNNER_DIR=RUNNER_DIR, RUNNER_ARGS_FILE=RUNNER_ARGS_FILE, SHELL_LIBRARY=SHELL_LIBRARY,
         MANIFEST_FILE=MANIFEST_FILE, TEST_INPUT_FILE=TEST_INPUT_FILE,
         EXPECTED_OUTPUT_FILE=EXPECTED_OUTPUT_FILE)
+
+
+def _downloads(meta: Mapping[str, Any], tag: str) -> str:
+    """What the Pi fetches from the network, said at the top of the README."""
+    carried = meta.get("lce_benchmark_binary")
+    other = next((a for a in BENCHMARK_ASSETS.values() if a != carried), "")
+    if carried:
+        bits = "64-bit" if carried.endswith("aarch64") else "32-bit"
+        benchmark = (f"nothing for `benchmark.sh` on a {bits} OS: this bundle carries "
+                     f"`{carried}` (LCE's benchmark binary); on the other OS it downloads "
+                     f"`{other}` from LCE's GitHub release {tag}")
+    else:
+        benchmark = (f"`benchmark.sh` downloads LCE's benchmark binary (`lce_benchmark_model_aarch64` "
+                     f"or `_aarch32`, by `uname -m`) from LCE's GitHub release {tag}, unless "
+                     "`LCE_BENCHMARK_MODEL` names one or it lies in this folder (`bnn convert "
+                     "--bundle ... --lce-benchmark-binary FILE` puts it here)")
+    return (f"On the Pi, {benchmark}. `build.sh` clones LCE's source tree {tag} with its "
+            "TensorFlow submodule, and TensorFlow Lite's CMake build downloads its third-party "
+            "libraries (`apt-get install build-essential cmake git` first). `run.sh` needs no "
+            "network once the runner is built.")
 
 
 def _copy_runner(dest: Path) -> None:
@@ -313,11 +335,35 @@ def _carry_over(old: Path, new: Path, entries: Sequence[str]) -> None:
                            f"nothing was replaced. Move it out of {old}, then run again.") from None
 
 
-def estimated_size(flatbuffer_size: int, input_shape: Sequence[int], num_outputs: int) -> int:
-    """Bytes a bundle takes: the flatbuffer, the raw test tensors, the runner sources, text."""
+def estimated_size(flatbuffer_size: int, input_shape: Sequence[int], num_outputs: int,
+                   benchmark_binary: Optional[Union[str, os.PathLike]] = None) -> int:
+    """Bytes a bundle takes: the flatbuffer, the raw test tensors, the runner sources, text, and
+    LCE's benchmark binary when it carries one."""
     runner = sum(p.stat().st_size for p in _RUNNER_SOURCE.rglob("*") if p.is_file())
     tensors = (int(np.prod(input_shape)) + int(num_outputs)) * RAW_DTYPE.itemsize
-    return int(flatbuffer_size) + tensors + runner + 64 * 1024
+    binary = Path(benchmark_binary).stat().st_size if benchmark_binary else 0
+    return int(flatbuffer_size) + tensors + runner + binary + 64 * 1024
+
+
+def benchmark_asset(path: Union[str, os.PathLike]) -> str:
+    """The name under which the bundle carries LCE's benchmark binary at `path`: the release
+    asset benchmark.sh looks for on its architecture, read from the file's ELF header.
+
+    Raises:
+        BnnError: not an ELF executable for 64-bit or 32-bit ARM.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError as exc:
+        raise BnnError(f"Could not read `lce_benchmark_binary` {path} ({exc.strerror}).") from None
+    if len(header) == 20 and header[:4] == b"\x7fELF":
+        machine = int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
+        if machine in BENCHMARK_ASSETS:
+            return BENCHMARK_ASSETS[machine]
+    raise BnnError(f"`lce_benchmark_binary` {path} is not a Linux executable for 64-bit or "
+                   "32-bit ARM; give LCE's lce_benchmark_model release asset for the Pi "
+                   "(lce_benchmark_model_aarch64 or _aarch32) or one built for it.")
 
 
 def write_bundle(
@@ -333,6 +379,7 @@ def write_bundle(
     pixel_max: Optional[float] = None,
     name: Optional[str] = None,
     overwrite: bool = False,
+    benchmark_binary: Optional[Union[str, os.PathLike]] = None,
 ) -> Path:
     """Writes a Raspberry Pi bundle folder, atomically.
 
@@ -355,6 +402,8 @@ def write_bundle(
         name: Model name for the README (default: the run's model name, else the folder name).
         overwrite: Replace an earlier bundle (or empty folder) at `directory`: only the files
             bnn wrote there are replaced; the user's (notes, `build/`) are kept as they are.
+        benchmark_binary: LCE's lce_benchmark_model for the Pi, copied in under the name
+            benchmark.sh looks for (`benchmark_asset`), so that the Pi downloads nothing.
 
     Returns:
         The bundle folder.
@@ -369,7 +418,8 @@ def write_bundle(
                          run_config=run_config, input_shape=input_shape,
                          normalization=normalization, class_names=class_names,
                          sample_input=sample_input, pixel_max=pixel_max, name=name,
-                         overwrite=overwrite, self_check=False)[0]
+                         overwrite=overwrite, benchmark_binary=benchmark_binary,
+                         self_check=False)[0]
 
 
 def write_checked_bundle(directory: Union[str, os.PathLike], **options) -> Tuple[Path, CheckResult]:
@@ -389,8 +439,9 @@ def write_checked_bundle(directory: Union[str, os.PathLike], **options) -> Tuple
 
 def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, input_shape=None,
                   normalization=None, class_names=None, sample_input=None, pixel_max=None,
-                  name=None, overwrite=False, self_check=False):
+                  name=None, overwrite=False, benchmark_binary=None, self_check=False):
     final = check_bundle_destination(directory, overwrite=overwrite, what=_WHAT)
+    asset = benchmark_asset(benchmark_binary) if benchmark_binary else None
     flatbuffer = Flatbuffer.wrap(flatbuffer)
     model_input = _model_input(run_config, input_shape, normalization, class_names, pixel_max)
     shape, norm = model_input.input_shape, model_input.normalization.to_dict()
@@ -449,6 +500,8 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
     for key in ("dataset", "model"):
         if run_config and key in run_config:
             meta[key] = run_config[key]
+    if asset:
+        meta["lce_benchmark_binary"] = asset
     macs = model_summary(keras_model).total_macs if keras_model is not None else None
     if macs is not None:
         meta["expected_latency"] = {
@@ -472,6 +525,9 @@ def _write_bundle(directory, *, flatbuffer, keras_model=None, run_config=None, i
         files.write_json(tmp / MODEL_JSON, meta)
         files.write_text(tmp / README_FILE, _readme(meta, final.name))
         _copy_runner(tmp)
+        if asset:
+            shutil.copyfile(benchmark_binary, tmp / asset)
+            os.chmod(tmp / asset, 0o755)
         write_manifest(tmp)  # last: a folder without it is not a complete bundle
         check = None
         if self_check:

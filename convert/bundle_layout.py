@@ -58,6 +58,9 @@ BUNDLE_FILES = (*PRE_MANIFEST_FILES[2], MANIFEST_FILE)
 # Expected there: neither bnn's files nor the user's notes.
 DEVICE_FOLDERS = ("build", "compute-engine")
 DEVICE_FILE_PREFIX = "lce_benchmark_model"
+# LCE's lce_benchmark_model release assets by ELF machine (e_machine): the name benchmark.sh
+# looks for beside itself on that architecture (pi.sh's `lce_asset`, by `uname -m`).
+BENCHMARK_ASSETS = {0xB7: "lce_benchmark_model_aarch64", 0x28: "lce_benchmark_model_aarch32"}
 # Raw files are little-endian float32 so that C++ on aarch64 (little-endian) reads them directly.
 RAW_DTYPE = np.dtype("<f4")
 

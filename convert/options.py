@@ -67,6 +67,11 @@ class ConvertOptions:
         help="Also write a Raspberry Pi deployment folder (model, labels, test I/O, runner, "
              "manifest.json); a new folder, or an earlier bundle with --overwrite, which "
              "replaces only the files bnn wrote and keeps yours (notes, build/).")
+    lce_benchmark_binary: Optional[str] = option(
+        path=EXISTING_FILE,
+        help="With --bundle: LCE's lce_benchmark_model for the Pi (its aarch64 or aarch32 "
+             "release asset, or one you built), copied into the bundle so that benchmark.sh "
+             "downloads nothing on the device.")
     class_names: Optional[Union[str, Sequence[str]]] = option(
         metavar="FILE|A,B,...",
         help="Model file only: one class name per output, as a file (one per line) or a "
@@ -107,6 +112,8 @@ class ConvertOptions:
         if self.calibration_samples < 1 or self.fine_tune_epochs < 0:
             raise BnnError(f"Expected `calibration_samples` >= 1 and `fine_tune_epochs` >= 0, "
                            f"got {self.calibration_samples} and {self.fine_tune_epochs}.")
+        if self.lce_benchmark_binary and not self.bundle:
+            raise BnnError("`lce_benchmark_binary` goes into the bundle: give `bundle` too.")
         if self.no_metadata and self.given_model_file_options:
             raise BnnError(f"`no_metadata` converts without "
                            f"{' '.join(self.given_model_file_options)}; pass one or the other.")

@@ -163,7 +163,7 @@ def convert_trained_model(source: Union[str, os.PathLike],
     loaded = load_trained_model(str(source))
     model_input = _model_input(loaded, options)
     metadata = run_metadata(model_input, model=loaded.run.model if loaded.run else None)
-    _check_free_space(loaded, metadata, outputs)
+    _check_free_space(loaded, metadata, outputs, options)
 
     # The float32 model the flatbuffer is made from, rebuilt once (under mixed precision) for the
     # conversion, the verification and the bundle's self-check.
@@ -213,7 +213,8 @@ def _check_outputs(source: Path, options: ConvertOptions) -> _Outputs:
     an input, a link or a device, an existing one only with `overwrite`, and none goes into a
     run folder that another process trains into."""
     tflite = Path(options.output) if options.output else _default_output(source)
-    reads = _read_paths(source) + [Path(p) for p in (options.inputs,) if p]
+    reads = _read_paths(source) + [Path(p) for p in (options.inputs, options.lce_benchmark_binary)
+                                   if p]
     if isinstance(options.class_names, str) and Path(options.class_names).is_file():
         reads.append(Path(options.class_names))
     files.check_output_file(tflite, reads=reads, overwrite=options.overwrite, what="`output`")
@@ -222,10 +223,12 @@ def _check_outputs(source: Path, options: ConvertOptions) -> _Outputs:
     files.check_output_file(unverified, reads=reads, overwrite=True, what="`output`")
     bundle = Path(options.bundle) if options.bundle else None
     if bundle:
-        from convert.bundle import check_bundle_destination
+        from convert.bundle import benchmark_asset, check_bundle_destination
 
         check_bundle_destination(bundle, reads=[*reads, tflite, unverified],
                                  overwrite=options.overwrite)
+        if options.lce_benchmark_binary:
+            benchmark_asset(options.lce_benchmark_binary)  # an ARM executable, before any work
     _check_not_training(source, [("`output`", tflite), ("`output`", unverified)]
                         + ([("`bundle`", bundle)] if bundle else []))
     if tflite.suffix != ".tflite":
@@ -341,7 +344,7 @@ def _write_outputs(flatbuffer: Flatbuffer, deployed: "tf.keras.Model",
                 # The bundle is written and self-checked before the .tflite replaces `output`
                 # (when this block ends).
                 report.bundle, report.bundle_check = _write_bundle(
-                    outputs.bundle, flatbuffer, deployed, metadata, options.overwrite)
+                    outputs.bundle, flatbuffer, deployed, metadata, options)
     report.path = str(outputs.tflite)
 
 
@@ -400,7 +403,8 @@ def estimated_tflite_size(model: "tf.keras.Model", metadata: Optional[Dict[str, 
     return int(predicted * _PREDICTION_MARGIN) + stored + _FLATBUFFER_SLACK
 
 
-def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], outputs: _Outputs) -> None:
+def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], outputs: _Outputs,
+                      options: ConvertOptions) -> None:
     """Refuses early when the outputs cannot fit: the .tflite (`estimated_tflite_size`) and
     the bundle's extra files."""
     from convert.bundle import estimated_size
@@ -410,14 +414,14 @@ def _check_free_space(loaded: LoadedModel, metadata: Dict[str, Any], outputs: _O
     if outputs.bundle:
         shape = loaded.model.output_shape
         classes = int(np.prod((shape[0] if isinstance(shape, list) else shape)[1:]))
-        needs.append((outputs.bundle,
-                      estimated_size(size, loaded.model.input_shape[1:], classes)))
+        needs.append((outputs.bundle, estimated_size(size, loaded.model.input_shape[1:], classes,
+                                                     options.lce_benchmark_binary)))
     files.check_free_space(needs, what="the .tflite" + (" and the bundle" if outputs.bundle
                                                         else ""))
 
 
 def _write_bundle(bundle: Path, flatbuffer: Flatbuffer, deployed: "tf.keras.Model",
-                  metadata: Dict[str, Any], overwrite: bool) -> Tuple[str, str]:
+                  metadata: Dict[str, Any], options: ConvertOptions) -> Tuple[str, str]:
     """Writes and self-checks the bundle; returns (folder, check summary) for the report.
     `deployed` is the float32 model the flatbuffer was made from: the expected output;
     `metadata` the .tflite's (`run_metadata`), which describes the model's input."""
@@ -426,7 +430,7 @@ def _write_bundle(bundle: Path, flatbuffer: Flatbuffer, deployed: "tf.keras.Mode
     with files.storage_errors(bundle, what="`bundle`"):
         path, check = write_checked_bundle(
             bundle, flatbuffer=flatbuffer, keras_model=deployed, run_config=metadata,
-            overwrite=overwrite,
+            overwrite=options.overwrite, benchmark_binary=options.lce_benchmark_binary,
         )
     return str(path), f"max |diff| {check.max_abs_diff:.3g} <= {check.atol:.3g}"
 

@@ -884,3 +884,56 @@ def test_users_files_are_copied_where_the_file_system_has_no_hard_links(tmp_path
     bundle_lib._carry_over(old, new, ["notes.txt", "runner/local.patch", "build/"])
     assert _snapshot(new) == _snapshot(old)
     assert (new / "notes.txt").stat().st_ino != (old / "notes.txt").stat().st_ino
+
+
+def _elf(path: Path, machine: int, little: bool = True) -> Path:
+    """A file with an ELF header for `machine` (e_machine), as LCE's release binaries have."""
+    order = "little" if little else "big"
+    header = (b"\x7fELF" + bytes([2, 1 if little else 2, 1]) + bytes(9)
+              + (2).to_bytes(2, order) + machine.to_bytes(2, order) + bytes(44))
+    path.write_bytes(header + b"the rest of the executable")
+    return path
+
+
+def test_a_bundle_carries_lces_benchmark_binary_so_the_pi_downloads_nothing(
+        tmp_path, model_and_flatbuffer, good_bundle):
+    model, flatbuffer = model_and_flatbuffer
+    given = _elf(tmp_path / "lce_benchmark_model", 0xB7)  # aarch64
+    bundle = write_bundle(tmp_path / "b", flatbuffer=flatbuffer, keras_model=model,
+                          run_config=RUN_CONFIG, benchmark_binary=given)
+    carried = bundle / "lce_benchmark_model_aarch64"
+    assert carried.read_bytes() == given.read_bytes() and carried.stat().st_mode & 0o777 == 0o755
+    assert json.loads((bundle / "model.json").read_text())["lce_benchmark_binary"] == carried.name
+    # The README says up front what the Pi downloads, with and without the binary.
+    readme = (bundle / "README.md").read_text()
+    assert ("On the Pi, nothing for `benchmark.sh` on a 64-bit OS: this bundle carries "
+            "`lce_benchmark_model_aarch64`") in readme
+    assert readme.index("On the Pi,") < readme.index("## 64-bit or 32-bit OS")
+    assert "On the Pi, `benchmark.sh` downloads LCE's benchmark binary" in (
+        good_bundle / "README.md").read_text()
+    # It is one of bnn's files (the manifest checks it), and benchmark.sh runs it, no download.
+    result = check_bundle(bundle)
+    assert carried.name in result.files_checked and result.device_files == []
+    env = {"PATH": _fake_tools(tmp_path, uname="echo aarch64", getconf="echo glibc 2.36",
+                               curl=f"touch {tmp_path}/downloaded; exit 1")}
+    subprocess.run(["bash", str(bundle / "benchmark.sh")], capture_output=True, text=True,
+                   env=env)
+    assert not (tmp_path / "downloaded").exists()
+
+    assert bundle_lib.benchmark_asset(_elf(tmp_path / "arm", 0x28)) == (
+        "lce_benchmark_model_aarch32")
+    assert bundle_lib.benchmark_asset(_elf(tmp_path / "arm-be", 0xB7, little=False)) == (
+        "lce_benchmark_model_aarch64")
+    for other in (_elf(tmp_path / "x86", 0x3E), tmp_path / "lce_benchmark_model.sh"):
+        other.write_text("#!/bin/sh\n") if other.suffix == ".sh" else None
+        with pytest.raises(BnnError, match=r"is not a Linux executable for 64-bit or 32-bit "
+                                           r"ARM; give LCE's lce_benchmark_model release asset"):
+            write_bundle(tmp_path / "c", flatbuffer=flatbuffer, keras_model=model,
+                         run_config=RUN_CONFIG, benchmark_binary=other)
+        assert not (tmp_path / "c").exists()
+
+
+def test_bnn_convert_takes_the_benchmark_binary_only_for_a_bundle(tmp_path):
+    line = invoke(["convert", tmp_path / "run", "--lce-benchmark-binary", __file__]).stderr
+    assert line.strip() == ("Error: --lce-benchmark-binary goes into the bundle: give --bundle "
+                            "too.")
