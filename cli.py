@@ -795,17 +795,21 @@ def _model_card(name: str) -> List[str]:
 @click.option("--input-shape", default="224,224,3", show_default=True, help="Input H,W,C.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Classes.")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="For a registry MODEL: an option of its builder (repeatable; as `bnn train "
+                   "--model-option`; `bnn models MODEL` lists them).")
 @custom_objects_option
 @trust_model_code_option
-def summary(name: str, input_shape: str, num_classes: int,
+def summary(name: str, input_shape: str, num_classes: int, model_options: Sequence[str] = (),
             custom_objects: Sequence[str] = (), trust_model_code: bool = False) -> None:
-    """Per-layer table of MODEL (a registry name, run folder or model file): output shape,
-    parameters by precision, MACs, and every layer LCE will not binarize, with the reason."""
+    """Per-layer table of MODEL (a registry name, run folder or model file): quantizers, output
+    shape, parameters by precision, MACs, and every layer LCE will not binarize, with the
+    reason."""
     from bnn_keras import model_stats
 
     _use_custom_objects(custom_objects)
     _use_trust_model_code(trust_model_code)
-    model = _model_from(name, input_shape, num_classes)
+    model = _model_from(name, input_shape, num_classes, _parse_model_options(model_options))
     click.echo(model_stats.format_table(model_stats.model_summary(model)))
 
 
@@ -833,20 +837,26 @@ def _note_rebuilt(source: str, rebuilt_classes: Sequence[str]) -> None:
                    "graph, with the file's weights.", err=True)
 
 
-def _model_from(source: str, input_shape: str, num_classes: int):
-    """A Keras model from a run folder, a model file, or a registry name."""
+def _model_from(source: str, input_shape: str, num_classes: int,
+                overrides: Optional[Dict[str, Any]] = None):
+    """A Keras model from a run folder, a model file, or a registry name (built with
+    `overrides`, its builder's options)."""
     import models
     from convert.loading import load_trained_model
     from models.input_size import input_too_small_error, is_input_too_small
 
     if Path(source).exists():
+        if overrides:
+            raise BnnError("`model_options` are options of a registry model's builder; "
+                           f"{source} is a model file or run folder, built already.")
         loaded = load_trained_model(source)
         _note_rebuilt(source, loaded.rebuilt_classes)
         return loaded.model
     if source in models.list_models() or not source.endswith((".keras", ".h5")):
         shape = _parse_shape(input_shape)
         try:
-            return models.create_model(source, input_shape=shape, num_classes=num_classes)
+            return models.create_model(source, input_shape=shape, num_classes=num_classes,
+                                       **(overrides or {}))
         except ValueError as exc:
             if not is_input_too_small(exc):
                 raise

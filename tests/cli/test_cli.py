@@ -494,3 +494,18 @@ def test_convert_zoo_style_files_subclass_and_custom_objects(tmp_path):
     assert line.startswith("Error: --custom-objects module 'objs_not_here' could not be "
                            "imported (ModuleNotFoundError: No module named 'objs_not_here')")
     assert "Converting" not in invoke(["convert", quick, "--custom-objects", "nope_x"]).output
+
+
+def test_summary_takes_model_options_of_a_registry_model(tmp_path):
+    import models
+
+    model = models.create_model("reactnet-a", input_shape=(8, 8, 1), num_classes=10,
+                                widths=[8, 16, 16])
+    result = invoke(["summary", "reactnet-a", "--input-shape", "8,8,1", "--num-classes", "10",
+                     "--model-option", "widths=[8,16,16]"])
+    assert result.exit_code == 0, result.output
+    assert f"Total params: {model.count_params():,} (" in result.stdout
+    model.save(tmp_path / "m.keras")
+    line = _one_line_error(invoke(["summary", tmp_path / "m.keras", "--model-option", "widths=[8]"]))
+    assert line == (f"Error: --model-option are options of a registry model's builder; "
+                    f"{tmp_path / 'm.keras'} is a model file or run folder, built already.")
