@@ -23,6 +23,7 @@ from convert.options import ConvertOptions  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader left
 
 
 class BnnGroup(click.Group):
@@ -33,6 +34,14 @@ class BnnGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader stopped reading (`bnn models | head`): not a failure of bnn's, so no
+            # message; the exit code is a shell's for SIGPIPE, as for any command cut short.
+            # Python's final flush of stdout would fail again: it goes to /dev/null instead.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # the one place that decides how failures look
             if ctx.params.get("debug"):
                 raise

@@ -492,3 +492,21 @@ def test_model_option_of_the_wrong_type_is_a_user_error(tmp_path):
     assert _error_line(result).startswith(
         "Error: quicknet cannot be built with --model-option section_filters=16: ")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reader_that_stops_reading_is_no_internal_error(tmp_path):
+    """`bnn models | head`: the pipe's reader leaves before bnn has written all; bnn ends
+    quietly with a shell's SIGPIPE status, not an "Internal error: BrokenPipeError" line."""
+    env = {**os.environ, "BNN_CACHE_DIR": str(tmp_path)}
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before bnn writes its first line
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "import cli; cli.main()", "models", "binarynet",
+             "--input-shape", "32,32,3", "--num-classes", "10"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+            timeout=300)
+    finally:
+        os.close(writer)
+    assert result.returncode == 141, result.stderr
+    assert "Internal error" not in result.stderr and "Traceback" not in result.stderr
