@@ -730,8 +730,8 @@ def models_command(pattern: Optional[str], input_shape: str, num_classes: int,
         return tqdm(missing, desc="building", unit="model", file=sys.stderr, leave=False,
                     disable=not _on_terminal(sys.stderr))
 
-    figures, _ = model_figures(names, shape, num_classes, rebuild=rebuild, progress=progress,
-                               overrides=overrides)
+    figures = model_figures(names, shape, num_classes, rebuild=rebuild, progress=progress,
+                            overrides=overrides)
     rows, too_small = [], []
     for name in names:
         f = figures[name]
@@ -786,7 +786,7 @@ def _model_card(name: str) -> List[str]:
     else:
         stages = []
     for label, paper in stages:
-        described = recipes.Recipe.from_dict({**paper.values, "source": paper.source}).describe()
+        described = recipes.Recipe.from_paper(paper).describe()
         lines += textwrap.wrap(f"{label}: {described}" if label else described, width=80,
                                initial_indent="  ", subsequent_indent="    ")
     if not stages:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 CACHE_ENV = "BNN_CACHE_DIR"
 
@@ -70,7 +70,7 @@ def model_figures(names: Iterable[str], input_shape: Sequence[int], num_classes:
                   rebuild: bool = False,
                   progress: Optional[Callable[[List[str]], Iterable[str]]] = None,
                   overrides: Optional[Dict[str, object]] = None,
-                  ) -> Tuple[Dict[str, ModelFigures], bool]:
+                  ) -> Dict[str, ModelFigures]:
     """The figures of the registry models `names` at `input_shape` and `num_classes`.
 
     Args:
@@ -83,12 +83,12 @@ def model_figures(names: Iterable[str], input_shape: Sequence[int], num_classes:
             are computed, never cached.
 
     Returns:
-        {name: figures}, and whether any model had to be built.
+        {name: figures}.
     """
     names = list(names)
     if overrides:
         return {name: _compute(name, input_shape, num_classes, overrides)
-                for name in (progress(names) if progress else names)}, True
+                for name in (progress(names) if progress else names)}
     path = _cache_file(input_shape, num_classes)
     cached: Dict[str, ModelFigures] = {} if rebuild else _read(path)
     missing = [name for name in names if name not in cached]
@@ -96,7 +96,7 @@ def model_figures(names: Iterable[str], input_shape: Sequence[int], num_classes:
         for name in (progress(missing) if progress else missing):
             cached[name] = _compute(name, input_shape, num_classes)
         _write(path, cached)
-    return {name: cached[name] for name in names}, bool(missing)
+    return {name: cached[name] for name in names}
 
 
 def _compute(name: str, input_shape: Sequence[int], num_classes: int,

@@ -35,7 +35,7 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from bnn_keras import files
 from bnn_keras.errors import BnnError
@@ -327,25 +327,29 @@ class TrainConfig:
         return name
 
 
-def check_warmup(recipe: recipes.Recipe, epochs: int, *, given: Set[str]) -> None:
-    """A linear or cosine schedule warms up first: refuses a warm-up as long as the run,
-    saying where each of the two values came from.
-
-    Args:
-        recipe: The recipe with the user's values over it; its `epochs` None when the recipe
-            gives none.
-        epochs: The run's epochs.
-        given: Which of "warmup_epochs" and "epochs" the user gave (the others came from the
-            recipe, or for epochs from bnn's default).
+def merged_recipe(base: recipes.Recipe, config: TrainConfig) -> recipes.Recipe:
+    """`base` (a paper's recipe, or bnn's default) with the values the user gave in `config`
+    over it, and its epochs and batch size resolved: the user's, else the recipe's, else 10 and
+    64. `resolve_recipe` and each stage of a staged recipe merge this way.
 
     Raises:
-        BnnError: naming both fields (`bnn train` shows its options) and their origins.
+        BnnError: a linear or cosine schedule whose warm-up is as long as the run (it warms up
+            first), naming both fields (`bnn train` shows its options) and where each value
+            came from.
     """
+    recipe = base.replace(**{key: getattr(config, key) for key in RECIPE_OVERRIDES
+                             if getattr(config, key) is not None})
+    epochs = config.epochs or recipe.epochs or 10
+    _check_warmup(recipe, epochs, config)  # (`recipe.epochs` is still the recipe's own)
+    return recipe.replace(epochs=epochs, batch_size=config.batch_size or recipe.batch_size or 64)
+
+
+def _check_warmup(recipe: recipes.Recipe, epochs: int, config: TrainConfig) -> None:
     if recipe.schedule not in ("linear", "cosine") or recipe.warmup_epochs < epochs:
         return
     from_recipe = f"the recipe's, {recipe.source or 'bnn default'}"
-    warmup_origin = "given" if "warmup_epochs" in given else from_recipe
-    epochs_origin = ("given" if "epochs" in given else
+    warmup_origin = "given" if config.warmup_epochs is not None else from_recipe
+    epochs_origin = ("given" if config.epochs is not None else
                      from_recipe if recipe.epochs is not None else "bnn's default")
     raise BnnError(
         f"`warmup_epochs` {recipe.warmup_epochs:g} ({warmup_origin}) must be below `epochs` "
@@ -353,8 +357,9 @@ def check_warmup(recipe: recipes.Recipe, epochs: int, *, given: Set[str]) -> Non
         f"`epochs` above {recipe.warmup_epochs:g} or `warmup_epochs` below {epochs}.")
 
 
-# TrainConfig fields that override single values of the recipe when set.
-_RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
+# TrainConfig fields that override single values of the recipe (a paper's, a stage's, bnn's
+# default) when set.
+RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
                      "warmup_epochs", "label_smoothing", "weight_decay")
 
 
@@ -369,18 +374,10 @@ def resolve_recipe(config: TrainConfig) -> Tuple[TrainConfig, recipes.Recipe]:
         base = recipes.paper_recipe(config.model, optimizer=config.optimizer or "adam")
     else:
         base = recipes.default_recipe()
-    recipe = base.replace(**{
-        key: getattr(config, key) for key in _RECIPE_OVERRIDES if getattr(config, key) is not None
-    })
-    epochs = config.epochs or recipe.epochs or 10
-    batch_size = config.batch_size or recipe.batch_size or 64
-    check_warmup(recipe.replace(epochs=recipe.epochs if config.epochs is None else None),
-                 epochs, given={name for name in ("warmup_epochs", "epochs")
-                                if getattr(config, name) is not None})
-    recipe = recipe.replace(epochs=epochs, batch_size=batch_size)
+    recipe = merged_recipe(base, config)
     resolved = dataclasses.replace(
-        config, epochs=epochs, batch_size=batch_size,
-        **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
+        config, epochs=recipe.epochs, batch_size=recipe.batch_size,
+        **{key: getattr(recipe, key) for key in RECIPE_OVERRIDES},
     )
     distill = config.distill_settings()
     if distill is not None:

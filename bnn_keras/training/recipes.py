@@ -123,6 +123,16 @@ class Recipe:
             raise BnnError(f"Unknown recipe fields {unknown}; known fields: {sorted(known)}.")
         return cls(**values)
 
+    @classmethod
+    def from_paper(cls, paper: Any) -> "Recipe":
+        """The `Recipe` of a registry entry's `models.recipes.PaperRecipe`: its values over
+        `Recipe`'s defaults, its source the paper's.
+
+        Raises:
+            BnnError: a value that is no `Recipe` field.
+        """
+        return cls.from_dict({**paper.values, "source": paper.source})
+
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed (e.g. a user's --lr over a paper recipe)."""
         return dataclasses.replace(self, **changes)
@@ -428,5 +438,4 @@ def paper_recipe(model_name: str, *, optimizer: str = "adam") -> Recipe:
             f"No published {optimizer} recipe for {model_name!r}; models with one: "
             f"{', '.join(sorted(table))}. Use the default recipe or set the options yourself."
         )
-    published = table[model_name]
-    return Recipe.from_dict({**published.values, "source": published.source})
+    return Recipe.from_paper(table[model_name])

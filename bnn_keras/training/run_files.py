@@ -39,13 +39,12 @@ REQUIRED_FIELDS = ("model", "dataset", "input_shape", "num_classes", "class_name
                    "normalization")
 
 
-def read_config_json(run_dir: Union[str, os.PathLike]) -> Tuple[Path, Dict[str, Any]]:
-    """The path and JSON object of `run_dir`'s config.json, its layout checked
-    (`check_layout`).
+def read_config_json(run_dir: Union[str, os.PathLike]) -> Tuple[Path, Any]:
+    """The path and parsed JSON of `run_dir`'s config.json (its readers check its layout,
+    `check_layout`, as they check a config.json's content given to them directly).
 
     Raises:
-        BnnError: one line naming the file: missing, unreadable, not JSON, not an object, a
-            newer layout or a missing field.
+        BnnError: one line naming the file: missing, unreadable, or not JSON.
     """
     path = Path(run_dir) / CONFIG_FILE
     try:
@@ -60,7 +59,6 @@ def read_config_json(run_dir: Union[str, os.PathLike]) -> Tuple[Path, Dict[str, 
     except json.JSONDecodeError as exc:
         raise BnnError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
                        f"{exc.colno}); restore it, or start a new run.") from None
-    check_layout(values, str(path))
     return path, values
 
 
@@ -113,6 +111,7 @@ class RunSummary:
         """
         path, values = read_config_json(run_dir)
         source = str(path)
+        check_layout(values, source)
         fields = {name: checked_field(source, name, values.get(name), annotation, parse)
                   for name, annotation, parse in _SUMMARY_FIELDS}
         model_input = ModelInput(

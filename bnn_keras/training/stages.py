@@ -52,9 +52,8 @@ from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import recipes, run_inputs, run_lock, signals
 from bnn_keras.training.config import (
-    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, check_warmup,
-    config_from_dict,
-    resolve_recipe,
+    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RECIPE_OVERRIDES, TrainConfig,
+    config_from_dict, merged_recipe, resolve_recipe,
 )
 
 STAGES_FILE = "stages.json"
@@ -64,10 +63,6 @@ STAGES_FORMAT_VERSION = 1
 # The final stage's files that the staged run's folder gets, in the order they are copied
 # (model.keras last: a folder with it and metrics.json reads as a finished run).
 FINAL_FILES = (HISTORY_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE)
-# TrainConfig fields that override single values of each stage's recipe when the user sets
-# them (as they override a single-stage paper recipe).
-_RECIPE_OVERRIDES = ("learning_rate", "float_learning_rate", "optimizer", "schedule",
-                     "warmup_epochs", "label_smoothing", "weight_decay")
 # Options each stage sets itself.
 _DISTILL_OPTIONS = ("distill_loss", "distill_weight", "distill_temperature",
                     "distill_attention_weight", "distill_attention_layers")
@@ -316,11 +311,10 @@ def plan_stages(config: TrainConfig) -> StagedPlan:
     planned = []
     known_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for stage in staged.stages:
-        recipe = recipes.Recipe.from_dict({**stage.recipe.values, "source": stage.recipe.source})
-        recipe = recipe.replace(**{key: getattr(config, key) for key in _RECIPE_OVERRIDES
-                                   if getattr(config, key) is not None})
-        recipe = recipe.replace(epochs=config.epochs or recipe.epochs or 10,
-                                batch_size=config.batch_size or recipe.batch_size or 64)
+        try:
+            recipe = merged_recipe(recipes.Recipe.from_paper(stage.recipe), config)
+        except BnnError as exc:
+            raise _stage_error(stage.name, config.model, exc) from None
         # Paths relative to the staged run (the user's teacher as given): `_stage_config`
         # finds each from the run's folder when the stage starts.
         if stage.teacher is None:
@@ -337,30 +331,29 @@ def plan_stages(config: TrainConfig) -> StagedPlan:
             config, recipe="paper",
             model_options={**config.model_options, **stage.model_options},
             epochs=recipe.epochs, batch_size=recipe.batch_size,
-            **{key: getattr(recipe, key) for key in _RECIPE_OVERRIDES},
+            **{key: getattr(recipe, key) for key in RECIPE_OVERRIDES},
             weights=(None if stage.start_from is None
                      else f"{folders[stage.start_from]}/{MODEL_FILE}"),
             teacher=teacher,
             **(dict(stage.train_options) if teacher is not None else {}),
         )
         try:
-            # Where the warm-up and the epochs come from: the user's options, else the stage.
-            check_warmup(recipe.replace(epochs=stage.recipe.values.get("epochs")
-                                        if config.epochs is None else None),
-                         recipe.epochs, given={name for name in ("warmup_epochs", "epochs")
-                                               if getattr(config, name) is not None})
             stage_config, _ = resolve_recipe(stage_config)
             # The schedule's checks (a warm-up longer than the run), before any stage trains.
             recipes.build_schedule(recipe, steps_per_epoch=config.steps_per_epoch or 1000,
                                    epochs=recipe.epochs)
         except BnnError as exc:
-            raise BnnError(f"Stage {stage.name} of {config.model}'s staged recipe: {exc}") from None
+            raise _stage_error(stage.name, config.model, exc) from None
         planned.append(PlannedStage(name=stage.name, folder=folders[stage.name],
                                     config=stage_config, recipe=recipe,
                                     start_from=stage.start_from, teacher=stage.teacher,
                                     note=stage.note))
     return StagedPlan(model=config.model, source=staged.source, options=config,
                       stages=planned, notes=notes)
+
+
+def _stage_error(stage: str, model: str, exc: BnnError) -> BnnError:
+    return BnnError(f"Stage {stage} of {model}'s staged recipe: {exc}")
 
 
 def _user_teacher() -> str:
