@@ -772,12 +772,18 @@ def _model_card(name: str) -> List[str]:
 
     import models
     from bnn_keras.training import recipes
-    from models.registry import model_options, shown_default
+    from models.registry import model_options, none_default_meanings, shown_default
 
     entry = models.get_entry(name)
     lines = ["", f"{name} options (--model-option KEY=VALUE, with their defaults):"]
-    lines += [f"  {key} = {shown_default(value)}"
-              for key, value in model_options(name).items()] or ["  (none)"]
+    meanings = none_default_meanings(name)
+    for key, value in model_options(name).items():
+        # A None default stands for the builder's own choice: say which, as it documents it.
+        meaning = f": {meanings[key]}" if key in meanings else ""
+        lines += textwrap.wrap(f"{key} = {shown_default(value)}{meaning}", width=80,
+                               initial_indent="  ", subsequent_indent="      ")
+    if not model_options(name):
+        lines.append("  (none)")
     lines.append("paper recipe (--recipe paper):")
     if entry.staged is not None:
         stages = [(f"stage {stage.name}", stage.recipe) for stage in entry.staged.stages]
@@ -807,19 +813,35 @@ def _model_card(name: str) -> List[str]:
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="For a registry MODEL: an option of its builder (repeatable; as `bnn train "
                    "--model-option`; `bnn models MODEL` lists them).")
+@click.option("--convert", "convert_model", is_flag=True,
+              help="Also convert the model with LCE (arm64, in memory) and print the "
+                   "flatbuffer's exact size and LceBconv2d count next to the predictions "
+                   "(seconds for small models, minutes at ImageNet size).")
 @custom_objects_option
 @trust_model_code_option
 def summary(name: str, input_shape: str, num_classes: int, model_options: Sequence[str] = (),
-            custom_objects: Sequence[str] = (), trust_model_code: bool = False) -> None:
+            convert_model: bool = False, custom_objects: Sequence[str] = (),
+            trust_model_code: bool = False) -> None:
     """Per-layer table of MODEL (a registry name, run folder or model file): quantizers, output
     shape, parameters by precision, MACs, and every layer LCE will not binarize, with the
-    reason."""
+    reason. The flatbuffer's size is predicted from the weights; --convert measures it."""
     from bnn_keras import model_stats
 
     _use_custom_objects(custom_objects)
     _use_trust_model_code(trust_model_code)
     model = _model_from(name, input_shape, num_classes, _parse_model_options(model_options))
-    click.echo(model_stats.format_table(model_stats.model_summary(model)))
+    stats = model_stats.model_summary(model)
+    click.echo(model_stats.format_table(stats))
+    if convert_model:
+        from convert.converter import convert_to_flatbuffer, float32_for_conversion
+
+        flatbuffer = convert_to_flatbuffer(float32_for_conversion(model), target="arm64")
+        size, bconvs = len(flatbuffer), flatbuffer.ops.get("LceBconv2d", 0)
+        low, high = model_stats.predicted_size_range(stats)
+        where = ("inside the predicted range" if low <= size <= high else
+                 f"{'below' if size < low else 'above'} the predicted range")
+        click.echo(f"Converted (LCE, arm64): {size:,} bytes ({model_stats.format_bytes(size)}, "
+                   f"{where}), {bconvs} LceBconv2d ops (expected {stats.lce_bconvs})")
 
 
 # ----------------------------------------------------------------------------------------------

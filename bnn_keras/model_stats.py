@@ -501,15 +501,41 @@ def _fmt_bconvs(n: int) -> str:
     return "" if n == 0 else "bconv" if n == 1 else f"bconv x{n}"
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """`n` bytes in MiB (from 1 MiB) or KiB, two decimals."""
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.2f} KiB"
 
 
-# What LCE's flatbuffer adds per Keras layer beyond the weights (tensor and op tables, names,
-# shapes, buffer descriptors), measured on small registry builds whose files came out 3-10 KiB
-# above their weights: 117 bytes (QuickNet 8-16), 138 (ReActNet-A 8-16), 169 (Bi-Real Net
-# 16-128), 186 (ResNetE18 8-16). `lce_size_bytes` leaves it out.
-GRAPH_BYTES_PER_LAYER = (110, 190)
+# The error bar of the predicted flatbuffer size (`predicted_size_range`), from registry builds
+# converted with LCE (`bnn summary --convert`): the weights' buffers came out at 71-99% of what
+# `lce_size_bytes` counts for them (LCE drops or shares some constants: 71% for ReActNet-A 8-16,
+# 97% for BinaryDenseNet28 at 16 px, 99% for BinaryNet), and the graph (tensor and op tables,
+# names, the format's own tables) added 183-300 bytes per Keras layer (183 QuickNet 16-128,
+# 195 QuickNet 8-16, 238 ResNetE18 8-16, 245 ReActNet-A 8-16, 255 Bi-Real Net 16-128, 285
+# BinaryDenseNet28, 300 BinaryNet). Every measured file lies in the range these give.
+WEIGHTS_FACTOR_LOW = 0.9
+GRAPH_BYTES_PER_LAYER = (180, 300)
+
+
+def predicted_size_range(stats: "ModelStats") -> Tuple[int, int]:
+    """The LCE flatbuffer's likely size range: at least `WEIGHTS_FACTOR_LOW` of the weights
+    plus the low graph share per layer, at most all the weights plus the high one
+    (`GRAPH_BYTES_PER_LAYER`); the weights dominate large models, the graph small ones."""
+    weights = stats.lce_size_bytes - _FLATBUFFER_BASE_BYTES
+    layers = len(stats.layers)
+    return (round(WEIGHTS_FACTOR_LOW * weights) + GRAPH_BYTES_PER_LAYER[0] * layers,
+            weights + GRAPH_BYTES_PER_LAYER[1] * layers)
+
+
+def predicted_size_line(stats: "ModelStats") -> str:
+    """The predicted flatbuffer size with its error bar, for people."""
+    low, high = predicted_size_range(stats)
+    weights = stats.lce_size_bytes - _FLATBUFFER_BASE_BYTES
+    return (f"Predicted LCE flatbuffer: {format_bytes(low)} to {format_bytes(high)} (weights "
+            f"{format_bytes(weights)} as LCE stores them, {WEIGHTS_FACTOR_LOW:.0%}-100% of "
+            f"that measured, plus the graph's {GRAPH_BYTES_PER_LAYER[0]}-"
+            f"{GRAPH_BYTES_PER_LAYER[1]} bytes per layer for {len(stats.layers)} layers; "
+            "`bnn summary --convert` measures it)")
 
 
 def format_table(stats: Union[ModelStats, Sequence[LayerStats]], *, notes: bool = True) -> str:
@@ -558,15 +584,11 @@ def format_table(stats: Union[ModelStats, Sequence[LayerStats]], *, notes: bool 
             f"Model: {stats.name}",
             f"Total params: {stats.total_params:,} ({stats.binary_params:,} binary, "
             f"{stats.float_params:,} float)",
-            f"Size: {_fmt_bytes(stats.size_bytes)} "
-            f"(float32: {_fmt_bytes(stats.float32_size_bytes)}, "
+            f"Size: {format_bytes(stats.size_bytes)} "
+            f"(float32: {format_bytes(stats.float32_size_bytes)}, "
             f"{stats.compression_ratio:.2f}x smaller)",
             f"MACs: {stats.total_macs:,} ({stats.binary_mac_fraction:.1%} binary)",
             f"Expected LceBconv2d ops: {stats.lce_bconvs}",
-            f"Predicted LCE flatbuffer: {_fmt_bytes(stats.lce_size_bytes)} of weights "
-            "(within 5% for the registry's models at 32 px); the graph adds "
-            f"{_fmt_bytes(GRAPH_BYTES_PER_LAYER[0] * len(layers))}-"
-            f"{_fmt_bytes(GRAPH_BYTES_PER_LAYER[1] * len(layers))} for these {len(layers)} "
-            "layers, which dominates under ~100 KiB",
+            predicted_size_line(stats),
         ]
     return "\n".join(out)

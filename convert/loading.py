@@ -26,7 +26,7 @@ from bnn_keras.model_files import (  # noqa: F401  (re-exported: callers import 
     RESAVE_HINT,
     load_error_cause,
 )
-from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE, RunSummary
+from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE, RUN_MODEL_FILES, RunSummary
 
 
 @dataclasses.dataclass
@@ -51,6 +51,10 @@ class LoadedModel:
 def load_trained_model(path: str, custom_objects: Optional[Mapping] = None, *,
                        trust_model_code: Optional[bool] = None) -> LoadedModel:
     """Loads `RUN_DIR/model.keras` (with its config.json) or a Keras model file.
+
+    A run's other model file (`RUN_DIR/best.keras` or `last.keras`, the epoch model.keras
+    does not hold) is read with the run's config.json too, as is `RUN_DIR/model.keras` given
+    by its path.
 
     A model subclass that cannot be imported but saved a functional config (a subclass of
     `tf.keras.Model` built from inputs and outputs) is rebuilt as a functional model and its
@@ -83,6 +87,8 @@ def load_trained_model(path: str, custom_objects: Optional[Mapping] = None, *,
             raise BnnError(
                 f"{source} is neither a run folder (no {MODEL_FILE}) nor a SavedModel folder."
             )
+    elif source.name in RUN_MODEL_FILES and (source.parent / CONFIG_FILE).is_file():
+        run = RunSummary.read(source.parent)
     elif source.suffix not in MODEL_SUFFIXES:
         raise BnnError(
             f"{source} is not a Keras model file; expected a run folder or a "

@@ -26,7 +26,7 @@ from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import run_lock
 from bnn_keras.training.data.preprocessing import ModelInput
-from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE
+from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE, RUN_MODEL_FILES
 from convert.converter import convert_to_flatbuffer, float32_for_conversion
 from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
 from convert.loading import LoadedModel, load_trained_model
@@ -102,9 +102,26 @@ def _run_folder(source: Path) -> bool:
     return source.is_dir() and (source / MODEL_FILE).is_file()
 
 
+def _run_model_file(source: Path) -> bool:
+    """A model file of a run (model.keras, best.keras or last.keras beside its config.json),
+    which is read with the run's config.json (`load_trained_model`)."""
+    return (source.name in RUN_MODEL_FILES and source.is_file()
+            and (source.parent / CONFIG_FILE).is_file())
+
+
+def _has_run(source: Path) -> bool:
+    """A run folder, or one of a run's model files: its config.json says how to feed it."""
+    return _run_folder(source) or _run_model_file(source)
+
+
 def _default_output(source: Path) -> Path:
-    """model.tflite in the run folder, else next to the model file (or SavedModel folder)."""
-    return (source if _run_folder(source) else source.parent) / DEFAULT_OUTPUT
+    """model.tflite in the run folder, best.tflite (last.tflite) beside a run's best.keras
+    (last.keras), else model.tflite next to the model file (or SavedModel folder)."""
+    if _run_folder(source):
+        return source / DEFAULT_OUTPUT
+    if _run_model_file(source):
+        return source.with_suffix(".tflite")
+    return source.parent / DEFAULT_OUTPUT
 
 
 def _read_paths(source: Path) -> List[Path]:
@@ -112,9 +129,8 @@ def _read_paths(source: Path) -> List[Path]:
     file and folder a run folder holds except the .tflite files and bundles converting wrote."""
     from convert.bundle import MODEL_JSON, is_replaceable_bundle
 
-    if source.name == MODEL_FILE and _run_folder(source.parent) and (
-            source.parent / CONFIG_FILE).is_file():
-        source = source.parent  # the model file of a run: protect the whole run
+    if _run_model_file(source) and _run_folder(source.parent):
+        source = source.parent  # a model file of a run: protect the whole run
     if not _run_folder(source):
         return [source]
     kept = []
@@ -203,7 +219,7 @@ def _check_source_options(source: Path, options: ConvertOptions) -> None:
     if _run_folder(source) and (given or options.no_metadata):
         raise BnnError(f"{', '.join(given) or '`no_metadata`'}: for a model file only; the "
                        f"run folder {source} records its preprocessing in {CONFIG_FILE}.")
-    if options.int8 and not _run_folder(source):
+    if options.int8 and not _has_run(source):
         raise BnnError("`int8` needs a run folder: its training images calibrate the int8 "
                        "ranges.")
 
@@ -238,8 +254,11 @@ def _check_outputs(source: Path, options: ConvertOptions) -> _Outputs:
 
 def _model_input(loaded: LoadedModel, options: ConvertOptions) -> Optional[ModelInput]:
     """What the .tflite records of the model's input: the run folder's, else the one the
-    options describe (None with `no_metadata`), checked against the model's outputs."""
-    if loaded.run is not None:
+    options describe (None with `no_metadata`), checked against the model's outputs. A run's
+    model file given with the model-file options (or `no_metadata`) is converted as the bare
+    file they describe."""
+    if loaded.run is not None and not (options.given_model_file_options
+                                       or options.no_metadata):
         model_input = loaded.run.model_input
         _check_classes(loaded, model_input, f"{loaded.run.config_file}")
     elif options.no_metadata:
@@ -258,13 +277,10 @@ def _model_file_input(loaded: LoadedModel, options: ConvertOptions) -> ModelInpu
     missing = [f"`{name}`" for name in ("class_names", "mean", "std")
                if getattr(options, name) is None]
     if missing:
-        beside = loaded.path.parent
-        hint = (f" (or convert the run folder {beside} instead)"
-                if (beside / CONFIG_FILE).is_file() and loaded.path.name == MODEL_FILE else "")
         raise BnnError(
             f"{loaded.path} is a model file without a run folder, so nothing says how to feed and "
-            f"read it: pass {', '.join(missing)} (and `pixel_max`, `dataset` if they apply)"
-            f"{hint}, or `no_metadata` for a plain .tflite that `bnn evaluate` and `bnn predict` "
+            f"read it: pass {', '.join(missing)} (and `pixel_max`, `dataset` if they apply), "
+            "or `no_metadata` for a plain .tflite that `bnn evaluate` and `bnn predict` "
             "cannot use."
         )
     input_shape = [int(d) for d in loaded.model.input_shape[1:]]

@@ -63,6 +63,7 @@ def binary_densenet(
         blocks: Binary layers per dense block, e.g. (6, 6, 6, 5) for BinaryDenseNet28.
         reduction: Channel reduction of each transition (one per block boundary).
         dilation_rate: Dilation per block; a block with dilation > 1 is not preceded by pooling.
+            None: 1 in every block.
         initial_filters: Filters of the full-precision stem.
         growth_rate: Filters of each binary 3x3 convolution.
         input_shape: Input (height, width, channels); sides under 50 px get the 3x3 stem.

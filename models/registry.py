@@ -16,6 +16,7 @@ import difflib
 import fnmatch
 import functools
 import os
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
@@ -243,6 +244,21 @@ class _Given:
     """A stand-in value: an option whose builder argument is this object was passed through."""
 
 
+def _probe(entry: ModelEntry, overrides: Mapping[str, Any]):
+    """The family builder call `entry.fn(**overrides)` makes (`models.common.BuilderCall`),
+    without building; None when the entry refuses the values or calls no family builder."""
+    from models.common import BuilderCall, probing_builders
+
+    with probing_builders():
+        try:
+            entry.fn(**overrides)
+        except BuilderCall as called:
+            return called
+        except (TypeError, ValueError, BnnError):
+            return None  # the entry refuses the value (it sets that argument itself)
+    return None
+
+
 def model_options(name: str) -> Dict[str, Any]:
     """The options of the registry model `name` (what `create_model(name, **options)` and
     `bnn train --model-option KEY=VALUE` take) and their defaults, in the builder's order.
@@ -257,19 +273,10 @@ def model_options(name: str) -> Dict[str, Any]:
     """
     import inspect
 
-    from models.common import BuilderCall, probing_builders
-
     entry = get_entry(name)
 
-    def call(overrides: Mapping[str, Any]) -> Optional[BuilderCall]:
-        with probing_builders():
-            try:
-                entry.fn(**overrides)
-            except BuilderCall as called:
-                return called
-            except (TypeError, ValueError, BnnError):
-                return None  # the entry refuses the value (it sets that argument itself)
-        return None
+    def call(overrides: Mapping[str, Any]):
+        return _probe(entry, overrides)
 
     own = {p.name: p.default for p in inspect.signature(entry.fn).parameters.values()
            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _NOT_OPTIONS}
@@ -289,6 +296,58 @@ def model_options(name: str) -> Dict[str, Any]:
             continue  # fixed by the entry: not the user's to set
         options[parameter.name] = base.kwargs.get(parameter.name, parameter.default)
     return options
+
+
+def none_default_meanings(name: str) -> Dict[str, str]:
+    """What a None default of the registry model `name`'s options stands for, as the builder
+    that takes it documents it in its Args ("(default X)" or "None: X."):
+    `{option: "`SteSign(clip_value=1.25)`"}` or `{option: "as few as LCE's converter folds,
+    ..."}`; options whose default is not None,
+    or whose builder does not say, are left out.
+
+    Raises:
+        UnknownModelError: `name` is not registered.
+    """
+    entry = get_entry(name)
+    base = _probe(entry, {})
+    documented = {**_documented_args(base.builder if base else None),
+                  **_documented_args(entry.fn)}
+    meanings = {}
+    for option, default in model_options(name).items():
+        text = documented.get(option, "")
+        if default is not None or not text:
+            continue
+        # "(default X)", X with at most one level of parentheses inside.
+        found = re.search(r"\(default:? ((?:[^()]|\([^()]*\))+)\)", text)
+        if found:
+            meanings[option] = found.group(1)
+            continue
+        # "None: X." up to the end of its sentence (a period before a capital or the end).
+        found = re.search(r"\bNone(?::| keeps| means) (.+?)(?:\.(?=\s+[A-Z])|\.?$)", text)
+        if found:
+            meanings[option] = found.group(1)
+    return meanings
+
+
+def _documented_args(fn: Optional[Callable]) -> Dict[str, str]:
+    """{argument: its text} from the Args section of `fn`'s Google-style docstring."""
+    import inspect
+
+    doc = inspect.getdoc(fn) if fn is not None else None
+    if not doc or "Args:" not in doc:
+        return {}
+    args: Dict[str, str] = {}
+    current = None
+    for line in doc.split("Args:", 1)[1].splitlines()[1:]:
+        if line and not line.startswith(" "):
+            break  # the next section (Returns:, Raises:)
+        match = re.match(r"^    (\w+)(?: \([^)]*\))?: (.*)$", line)
+        if match:
+            current = match.group(1)
+            args[current] = match.group(2)
+        elif current is not None and line.startswith("        "):
+            args[current] += " " + line.strip()
+    return args
 
 
 def shown_default(value: Any) -> str:

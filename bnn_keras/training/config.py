@@ -25,6 +25,9 @@ config.json layouts (`format_version`):
         binary model. `distill_cache` (the teacher's logits computed once) came later in the
         same layout: a bnn without it resumes such a run with the teacher run at every step,
         which is the same loss.
+    5   adds `keep` (which epoch model.keras holds). Written only by runs that keep the best
+        epoch (others write 4, 3 or 2 as before): a bnn that reads up to version 4 would end
+        such a run with its last epoch in model.keras.
 
 The file names of a run folder, the layout checks and the JSON field checks are in
 `bnn_keras.training.run_files` (the names are re-exported here), where `RunSummary` reads what
@@ -41,15 +44,18 @@ from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.options import ARGUMENT, FOLDER, KEY_VALUE, NESTED, option
 from bnn_keras.training import distribute, recipes
+from bnn_keras.training.best_epoch import KEEP_CHOICES
 from bnn_keras.training import tricks as tricks_lib
 from bnn_keras.training.data.normalization import Normalization
 from bnn_keras.training.data.preprocessing import ModelInput
 from bnn_keras.training.precision import PRECISIONS, resolve_precision
 from bnn_keras.training.run_files import (  # noqa: F401  (the file names: re-exported)
     BACKUP_DIR,
+    BEST_MODEL_FILE,
     CONFIG_FILE,
     FORMAT_VERSION,
     HISTORY_FILE,
+    LAST_MODEL_FILE,
     METRICS_FILE,
     MODEL_FILE,
     STATUS_FILE,
@@ -62,6 +68,8 @@ from bnn_keras.training.run_files import (  # noqa: F401  (the file names: re-ex
     shown,
 )
 
+# The layout of a run that uses layout 4's fields and none of layout 5's.
+_DISTILL_FORMAT_VERSION = 4
 # The layout of a run from a weights file that uses none of layout 4's fields.
 _WEIGHTS_FORMAT_VERSION = 3
 # The layout of a run that did not start from a weights file.
@@ -197,6 +205,12 @@ class TrainConfig:
         help="Limit each epoch to this many batches (quick experiments).")
     validation_freq: int = option(
         1, help="Evaluate on the test split every N epochs (and after the last one).")
+    keep: str = option(
+        "last", choices=KEEP_CHOICES,
+        help="Which epoch model.keras holds: the last, or the best (the first with the "
+             "highest test accuracy in training precision, among the validated epochs; "
+             "chosen on the test split, so its test accuracy is optimistic). The other is "
+             "saved beside it as best.keras or last.keras.")
     seed: int = option(0, help="Seed for weights, shuffling and augmentation.")
     precision: str = option(
         "auto", choices=PRECISIONS,
@@ -541,8 +555,12 @@ class RunRecord:
                 continue
             values[field.name] = _FORMATTERS.get(field.name, _plain)(value)
         from_file = any(values.get(name) is not None for name in _WEIGHTS_FIELDS)
-        if any(values.get(name) not in (None, False) for name in _LAYOUT_4_FIELDS):
+        if values.get("keep", "last") == "last":
+            values.pop("keep", None)
+        if "keep" in values:
             values["format_version"] = FORMAT_VERSION
+        elif any(values.get(name) not in (None, False) for name in _LAYOUT_4_FIELDS):
+            values["format_version"] = _DISTILL_FORMAT_VERSION
         else:
             values["format_version"] = (_WEIGHTS_FORMAT_VERSION if from_file
                                         else _PLAIN_FORMAT_VERSION)

@@ -3,7 +3,10 @@
 A run folder holds everything needed to continue, convert or evaluate the run later:
 
     RUN_DIR/
-        model.keras     the trained model (`tf.keras.models.load_model` after `import bnn_keras`)
+        model.keras     the trained model (`tf.keras.models.load_model` after `import bnn_keras`):
+                        its last epoch, or its best with `keep` best (`best_epoch`)
+        best.keras      the best epoch when it is not the last (last.keras with `keep` best)
+        best/           the weights of the best epoch so far, while the run goes on
         config.json     every option used, the resolved precision, input shape, class names,
                         the input normalization, and library versions
                         (`bnn_keras.training.config.RunRecord` writes and reads it)
@@ -55,13 +58,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from bnn_keras import files
 from bnn_keras.binary import quantized_kernel_layers
 from bnn_keras.errors import BnnError, first_line
 from bnn_keras.training import data as data_lib
-from bnn_keras.training import distribute, recipes, run_lock, signals
+from bnn_keras.training import best_epoch, distribute, recipes, run_lock, signals
 from bnn_keras.training.config import (
     BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RunRecord, TrainConfig, resolve_recipe,
 )
@@ -288,7 +292,9 @@ def _run(config: TrainConfig, build_model: Optional[BuildModel], run_dir: Path, 
                       resume, start_epoch, verbose, callbacks)
         metrics = _finish(model, config, data, fitted, out_dir)
         distribute.cleanup_output_dir(out_dir, run_dir, strategy)
-    return TrainResult(run_dir=run_dir, model=model, metrics=metrics, history=fitted.history)
+    # The model model.keras holds (the best epoch's, with `keep` best).
+    return TrainResult(run_dir=run_dir, model=fitted.saved[0].model, metrics=metrics,
+                       history=fitted.history)
 
 
 @dataclasses.dataclass
@@ -371,11 +377,34 @@ def _with_teacher_logits(data: "_Data", config: TrainConfig, teacher: tf.keras.M
                        f"{data_lib.CACHE_LIMIT_BYTES / 2**30:g} GiB `distill_cache` keeps in "
                        "memory; drop `distill_cache` (the teacher then runs at every step).")
     options = _pipeline_options(config, splits, data.input_shape)
+    # Only the images the epochs of this session draw (`--steps-per-epoch` may take a part
+    # of the split); the others' rows are NaN, so that a row read by mistake stops the run
+    # at its first step (`StopOnNonFiniteLoss`) instead of training towards it.
+    used = data_lib.used_training_examples(
+        splits.num_train, batch_size=config.batch_size, seed=config.seed,
+        first_epoch=start_epoch, epochs=config.epochs, steps_per_epoch=data.steps)
+    images = splits.train
+    if used is not None:
+        wanted = np.zeros(splits.num_train, bool)
+        wanted[used] = True
+        wanted = tf.constant(wanted)
+        images = images.enumerate().filter(
+            lambda index, example: tf.gather(wanted, index)).map(
+            lambda index, example: example).apply(
+            tf.data.experimental.assert_cardinality(len(used)))  # for the progress bar
     if verbose:
-        print(f"The teacher's logits on the {splits.num_train:,} training images, once:",
-              flush=True)
-    logits = teacher_logits_of(teacher, data_lib.make_pipeline(splits.train, **options),
-                               teacher_outputs=teacher_outputs, verbose=verbose)
+        count = splits.num_train if used is None else len(used)
+        epochs = (f"epoch {config.epochs}" if start_epoch + 1 == config.epochs
+                  else f"epochs {start_epoch + 1}-{config.epochs}")
+        print(f"The teacher's logits on the {count:,} of {splits.num_train:,} training images "
+              f"that {epochs} draw, once:", flush=True)
+    drawn = teacher_logits_of(teacher, data_lib.make_pipeline(images, **options),
+                              teacher_outputs=teacher_outputs, verbose=verbose)
+    if used is None:
+        logits = drawn
+    else:
+        logits = np.full((splits.num_train, drawn.shape[1]), np.nan, np.float32)
+        logits[used] = drawn
     train = data_lib.make_pipeline(
         splits.train, training=True, first_epoch=start_epoch, steps_per_epoch=data.steps,
         teacher_logits=logits, **options)
@@ -416,7 +445,12 @@ def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: boo
         previous = RunRecord.read(run_dir)
     else:
         previous.check_unchanged(run_dir)  # read before the lock was taken
-    return previous, check_resumable(run_dir, previous, config)
+    start_epoch = check_resumable(run_dir, previous, config)
+    if (run_dir / HISTORY_FILE).is_file():
+        best_epoch.check_best_kept(
+            run_dir, [row for row in _read_history(run_dir / HISTORY_FILE)
+                      if row.get("epoch", 0) <= start_epoch], config.keep)
+    return previous, start_epoch
 
 
 def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
@@ -594,6 +628,8 @@ class _Fitted:
     test_loss: float
     test_accuracy: float
     mixed_accuracy: Optional[float]
+    # The model files the run writes, model.keras first.
+    saved: List["_SavedModel"]
 
 
 def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
@@ -606,9 +642,14 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
     # The run time goes on from where the resumed run's history.csv ends.
     timer = EpochTimer(start_seconds=run_time_at(run_dir / HISTORY_FILE, start_epoch))
     tracked = built.model if built.fit_model is not None else None
+    earlier_rows = ([row for row in _read_history(run_dir / HISTORY_FILE)
+                     if row.get("epoch", 0) <= start_epoch]
+                    if resume and (run_dir / HISTORY_FILE).is_file() else [])
+    keeper = best_epoch.BestEpochKeeper(out_dir, built.model, earlier_rows)
     run_callbacks = [timer, *run_folder_callbacks(
         config, out_dir, run_dir / BACKUP_DIR, resume, start_epoch, tracked_model=tracked,
-        has_binary_kernels=bool(quantized_kernel_layers(built.model))), *(callbacks or [])]
+        has_binary_kernels=bool(quantized_kernel_layers(built.model)), best_keeper=keeper),
+        *(callbacks or [])]
     if verbose:
         run_callbacks.append(CompactProgbar(count_mode="steps"))
     status = next(c for c in run_callbacks if isinstance(c, StatusWriter))
@@ -634,7 +675,14 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
                 model.compile(optimizer=built.fit_model.optimizer, loss=recipes.loss(recipe),
                               metrics=["accuracy"])
                 build_loss_and_metrics(model, data.test)
-        test_loss, test_accuracy = model.evaluate(data.test, verbose=0)
+        saved = _kept_and_other(model, keeper, config, out_dir, strategy)
+        kept = saved[0].model
+        if not saved[0].optimizer_state:
+            with strategy.scope():  # an uncompiled copy: compile a copy of it to evaluate
+                kept = _copy_of(kept)
+                kept.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
+                build_loss_and_metrics(kept, data.test)
+        test_loss, test_accuracy = kept.evaluate(data.test, verbose=0)
         mixed_accuracy = None
         if precision != "float32":
             # The deployed model computes in float32 (LCE converts a float32 copy), and in an
@@ -643,14 +691,57 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
             # reproduces.
             mixed_accuracy = float(test_accuracy)
             with strategy.scope():
-                float_model = as_float32(model)
+                float_model = as_float32(kept)
                 float_model.compile(loss=recipes.loss(recipe), metrics=["accuracy"])
                 build_loss_and_metrics(float_model, data.test)
             test_loss, test_accuracy = float_model.evaluate(data.test, verbose=0)
     return _Fitted(history=history.history, epoch_seconds=timer.seconds,
                    step_seconds=timer.step_seconds,
                    fit_seconds=fit_seconds, test_loss=float(test_loss),
-                   test_accuracy=float(test_accuracy), mixed_accuracy=mixed_accuracy)
+                   test_accuracy=float(test_accuracy), mixed_accuracy=mixed_accuracy,
+                   saved=saved)
+
+
+@dataclasses.dataclass
+class _SavedModel:
+    """A model file the finished run writes: its name, the model, the epoch whose weights it
+    holds, and whether it carries the optimizer state (only the last epoch's is known)."""
+
+    name: str
+    model: tf.keras.Model
+    epoch: int
+    optimizer_state: bool
+
+
+def _kept_and_other(model: tf.keras.Model, keeper: best_epoch.BestEpochKeeper,
+                    config: TrainConfig, out_dir: Path, strategy) -> List[_SavedModel]:
+    """model.keras (the epoch `config.keep` chooses), then, when the best epoch is not the
+    last, the other one (best.keras without optimizer state, or last.keras with it).
+
+    The best epoch is an uncompiled copy of `model` with that epoch's weights. When its
+    weights file is missing (a run of a bnn that kept none, resumed; `keep` best refuses
+    such a resume), there is no other file.
+    """
+    last = config.epochs
+    best = keeper.best_epoch
+    if best is None or best == last or not best_epoch.weights_path(out_dir, best).is_file():
+        return [_SavedModel(MODEL_FILE, model, last, True)]
+    with strategy.scope():
+        best_model = keeper.best_model()
+    saved_best = _SavedModel(MODEL_FILE, best_model, best, False)
+    saved_last = _SavedModel(MODEL_FILE, model, last, True)
+    if config.keep == "best":
+        return [saved_best, dataclasses.replace(
+            saved_last, name=best_epoch.OTHER_MODEL_FILES["last"])]
+    return [saved_last, dataclasses.replace(
+        saved_best, name=best_epoch.OTHER_MODEL_FILES["best"])]
+
+
+def _copy_of(model: tf.keras.Model) -> tf.keras.Model:
+    """An uncompiled copy of `model` with its weights."""
+    copy = tf.keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fitted,
@@ -687,25 +778,41 @@ def _finish(model: tf.keras.Model, config: TrainConfig, data: _Data, fitted: _Fi
         "run_time_s": [None if row.get(RUN_TIME_KEY) is None else round(row[RUN_TIME_KEY], 3)
                        for row in rows],
         **time_to_best_accuracy(rows),
+        # The last epoch's test accuracy as validated (training precision), what "best" is
+        # compared with.
+        "last_epoch_test_accuracy": rows[-1].get("val_accuracy") if rows else None,
         "params": int(model.count_params()),
+        # Which epoch model.keras holds (`keep`), and the other model file when the best
+        # epoch is not the last: {file: {"epoch", "optimizer_state"}}.
+        "keep": config.keep,
+        "model_files": {saved.name: {"epoch": saved.epoch,
+                                     "optimizer_state": saved.optimizer_state}
+                        for saved in fitted.saved},
     }
-    _finish_run(model, metrics, out_dir, config.epochs)
+    _finish_run(fitted.saved, metrics, out_dir, config.epochs)
     return metrics
 
 
-def _finish_run(model: tf.keras.Model, metrics: Dict[str, Any], run_dir: Path,
+def _finish_run(saved: List[_SavedModel], metrics: Dict[str, Any], run_dir: Path,
                 epochs: int) -> None:
-    """Writes model.keras, metrics.json and the finished status as one step.
+    """Writes model.keras (and best.keras or last.keras, when the best epoch is not the last),
+    metrics.json and the finished status as one step.
 
-    Ctrl-C and SIGTERM are held back while the three files are written (a run with a model but
+    Ctrl-C and SIGTERM are held back while the files are written (a run with a model but
     no metrics, or a status that still says "running", is neither finished nor resumable);
     one that arrived meanwhile is reported once the run is complete. The epoch backup is kept:
-    it is what `--resume RUN --epochs M` extends the finished run from.
+    it is what `--resume RUN --epochs M` extends the finished run from; so are the best
+    epoch's weights (RUN/best). An other-epoch file of an earlier finish that this one does
+    not write (the run was extended, and its best epoch is now its last) is removed.
     """
     with signals.deferred_signals() as received:
         _test_pause("BNN_TEST_PAUSE_BEFORE_FINISH")
-        with files.atomic_path(run_dir / MODEL_FILE) as tmp:
-            model.save(tmp)
+        for model_file in saved:
+            with files.atomic_path(run_dir / model_file.name) as tmp:
+                model_file.model.save(tmp)
+        for name in best_epoch.OTHER_MODEL_FILES.values():
+            if name not in {model_file.name for model_file in saved}:
+                (run_dir / name).unlink(missing_ok=True)
         files.write_json(run_dir / METRICS_FILE, metrics)
         write_status(run_dir, "finished", epochs, epochs)
     if received:
@@ -757,10 +864,9 @@ def time_to_best_accuracy(rows: List[Dict[str, float]]) -> Dict[str, Any]:
         `best_test_accuracy`, its first `best_epoch` and `time_to_best_s` (the run time
         then; None when not recorded), all None without any validated epoch.
     """
-    validated = [row for row in rows if "val_accuracy" in row]
-    if not validated:
+    best = best_epoch.best_row(rows)
+    if best is None:
         return {"best_test_accuracy": None, "best_epoch": None, "time_to_best_s": None}
-    best = max(validated, key=lambda row: (row["val_accuracy"], -row["epoch"]))
     seconds = best.get(RUN_TIME_KEY)
     return {"best_test_accuracy": best["val_accuracy"], "best_epoch": int(best["epoch"]),
             "time_to_best_s": None if seconds is None else round(seconds, 3)}

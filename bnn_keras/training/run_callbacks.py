@@ -216,13 +216,16 @@ class HistoryWriter(tf.keras.callbacks.Callback):
 
 def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, resume: bool,
                    start_epoch: int = 0, *, tracked_model: Optional[tf.keras.Model] = None,
-                   has_binary_kernels: bool = True):
+                   has_binary_kernels: bool = True,
+                   best_keeper: Optional[tf.keras.callbacks.Callback] = None):
     """The run folder's callbacks, in the order their hooks must run.
 
     `tracked_model` is the model whose binary layers the sign-flip tracker follows, when it
     is not the fitted one (a distilled run fits a model that also holds the frozen teacher:
     only the student's layers are tracked). Without `has_binary_kernels` (the float copy of a
     BNN, `float_copy`) there are no signs to track: no tracker, whatever `track_flips` says.
+    `best_keeper` (a `best_epoch.BestEpochKeeper`) saves each new best epoch's weights before
+    the epoch is committed, and prunes the older ones after.
 
     The backup comes first: its on_train_begin restores the last complete epoch before
     SignFlipTracker snapshots the signs. The tracker comes before HistoryWriter, which then
@@ -247,7 +250,10 @@ def run_folder_callbacks(config: TrainConfig, run_dir: Path, backup_dir: Path, r
             resume=resume,
         ))
     result.append(HistoryWriter(run_dir / HISTORY_FILE, resume=resume))
-    result += [EpochCommit(backup), StatusWriter(run_dir, config.epochs, start_epoch)]
+    if best_keeper is not None:
+        result.append(best_keeper)
+    result += [EpochCommit(backup, best_keeper),
+               StatusWriter(run_dir, config.epochs, start_epoch)]
     return result
 
 
@@ -285,11 +291,15 @@ class EpochBackup(tf.keras.callbacks.BackupAndRestore):
 
 
 class EpochCommit(tf.keras.callbacks.Callback):
-    """Saves the epoch backup after every other run-folder callback has written its files."""
+    """Saves the epoch backup after every other run-folder callback has written its files,
+    then lets the best-epoch keeper drop the weights files that are no longer the best."""
 
-    def __init__(self, backup: EpochBackup):
+    def __init__(self, backup: EpochBackup, best_keeper=None):
         super().__init__()
         self.backup = backup
+        self.best_keeper = best_keeper
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.backup.commit(epoch)
+        if self.best_keeper is not None:
+            self.best_keeper.commit(epoch)

@@ -23,6 +23,11 @@ from bnn_keras.training.data.normalization import Normalization
 from bnn_keras.training.data.preprocessing import ModelInput
 
 MODEL_FILE = "model.keras"
+# The epoch model.keras does not hold, when the best epoch is not the last (`keep`).
+BEST_MODEL_FILE = "best.keras"
+LAST_MODEL_FILE = "last.keras"
+# The model files of a finished run: each is read with the run's config.json.
+RUN_MODEL_FILES = (MODEL_FILE, BEST_MODEL_FILE, LAST_MODEL_FILE)
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
@@ -32,7 +37,7 @@ TENSORBOARD_DIR = "tensorboard"
 
 # The newest config.json layout this bnn reads and writes (`bnn_keras.training.config` says
 # what each layout adds).
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 # Fields bnn 0.1 already wrote in every config.json, and which readers cannot do without.
 REQUIRED_FIELDS = ("model", "dataset", "input_shape", "num_classes", "class_names",

@@ -52,7 +52,8 @@ from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import recipes, run_inputs, run_lock, signals
 from bnn_keras.training.config import (
-    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RECIPE_OVERRIDES, TrainConfig,
+    BEST_MODEL_FILE, CONFIG_FILE, HISTORY_FILE, LAST_MODEL_FILE, METRICS_FILE, MODEL_FILE,
+    RECIPE_OVERRIDES, TrainConfig,
     config_from_dict, merged_recipe, resolve_recipe,
 )
 
@@ -539,7 +540,10 @@ def _train_stages(plan: StagedPlan, run_dir: Path, *, verbose: int, report: Opti
         final = run_dir / plan.stages[-1].folder
         # The final files and the finished plan as one step Ctrl-C and SIGTERM do not split.
         with signals.deferred_signals() as received:
-            for name in FINAL_FILES:
+            # The final stage's other epoch (best.keras or last.keras, `keep`) when it has one.
+            others = [name for name in (BEST_MODEL_FILE, LAST_MODEL_FILE)
+                      if (final / name).is_file()]
+            for name in (*FINAL_FILES[:-1], *others, FINAL_FILES[-1]):
                 with files.atomic_path(run_dir / name) as tmp:
                     shutil.copyfile(final / name, tmp)
             plan.status = "finished"

@@ -509,3 +509,25 @@ def test_summary_takes_model_options_of_a_registry_model(tmp_path):
     line = _one_line_error(invoke(["summary", tmp_path / "m.keras", "--model-option", "widths=[8]"]))
     assert line == (f"Error: --model-option are options of a registry model's builder; "
                     f"{tmp_path / 'm.keras'} is a model file or run folder, built already.")
+
+
+@pytest.mark.parametrize("name, shape, options, bconvs", [
+    ("reactnet-a", "8,8,1", ["widths=[8,16,16]"], None),
+    ("quicknet", "16,16,1", ["section_filters=[8,8,16,16]", "section_blocks=[1,1,1,1]"], 4),
+    ("binary-resnet-e18", "16,16,1", ["stage_filters=[8,8,16,16]"], None),
+])
+def test_summary_convert_measures_the_flatbuffer_inside_the_predicted_range(name, shape,
+                                                                           options, bconvs):
+    """Small models, where the graph outweighs the weights: the converted file lies in the
+    printed error bar, and the LceBconv2d count is the predicted one."""
+    result = invoke(["summary", name, "--input-shape", shape, "--num-classes", "10",
+                     *[arg for option in options for arg in ("--model-option", option)],
+                     "--convert"])
+    assert result.exit_code == 0, result.output
+    expected = int(re.search(r"^Expected LceBconv2d ops: (\d+)$", result.stdout, re.M).group(1))
+    if bconvs is not None:
+        assert expected == bconvs
+    line = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"Converted \(LCE, arm64\): [\d,]+ bytes \([\d.]+ KiB, inside the "
+                        rf"predicted range\), {expected} LceBconv2d ops \(expected {expected}\)",
+                        line), line

@@ -103,14 +103,18 @@ def test_a_student_of_a_teacher_run(float_run, tmp_path):
         "steps per epoch",
         "Precision: float32"]
     # (float32 training: the best epoch is compared with the last on the deployed basis)
-    assert lines[-5:] == [
+    model_files = ("model.keras: epoch 2 (the last and best)" if metrics["best_epoch"] == 2
+                   else "model.keras: epoch 2 (the last); best.keras: epoch 1 (the best, no "
+                        "optimizer state)")
+    assert lines[-6:] == [
         f"Run folder: {run_dir}",
         f"test accuracy {metrics['test_accuracy']:.4f} (float32 model, as deployed)",
         f"train accuracy {metrics['train_accuracy']:.4f} (running mean over the last epoch's "
         "steps, in training precision)",
         f"best test accuracy {metrics['best_test_accuracy']:.4f} at epoch "
-        f"{metrics['best_epoch']} of 2 (last epoch {metrics['test_accuracy']:.4f}), "
+        f"{metrics['best_epoch']} of 2 (last epoch {metrics['last_epoch_test_accuracy']:.4f}), "
         f"{metrics['time_to_best_s']:.1f} s into the run",
+        model_files,
         f"2 epochs in {metrics['wall_time_s']:.1f} s; {metrics['images_per_s']:.1f} training "
         f"images/s (steady state: {metrics['images_per_s_steps']} steps after the first)"]
     assert len(metrics["run_time_s"]) == 2 and 0 < metrics["run_time_s"][0] < \
@@ -134,7 +138,10 @@ def test_a_student_of_cached_teacher_logits(float_run, tmp_path):
     result = invoke(["train", *TINY_STUDENT, "--teacher", float_run, "--distill-cache",
                      *SMALL[:-1], "1", "-o", run_dir])
     assert result.exit_code == 0, result.output
-    assert "The teacher's logits on the 1,437 training images, once:" in result.output
+    # Only the images the run draws: 1 epoch of 2 batches of 16.
+    assert ("The teacher's logits on the 32 of 1,437 training images that epoch 1 draw, "
+            "once:") in result.output
+    assert "1/Unknown" not in result.output and "2/2" in result.output  # the pass's progress
     config = json.loads((run_dir / "config.json").read_text())
     assert config["distill_cache"] is True and config["format_version"] == 4
 

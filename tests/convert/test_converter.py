@@ -65,12 +65,18 @@ def test_not_a_flatbuffer_and_truncated_flatbuffer_are_rejected(digits_flatbuffe
         flatbuffer.read_model(digits_flatbuffer[: len(digits_flatbuffer) // 3], source="x.tflite")
 
 
-def test_load_trained_model_from_run_folder_and_file(digits_run):
+def test_load_trained_model_from_run_folder_and_file(digits_run, tmp_path):
     from_dir = loading.load_trained_model(str(digits_run.run_dir))
     assert from_dir.run.model == digits_run.config["model"] == "binary-densenet28"
     assert from_dir.run.model_input.dataset == "digits"
     assert from_dir.run.model_input.input_shape == tuple(digits_run.config["input_shape"])
-    from_file = loading.load_trained_model(str(digits_run.run_dir / "model.keras"))
+    # A run's model file is read with the run's config.json; a copy elsewhere is a bare file.
+    in_run = loading.load_trained_model(str(digits_run.run_dir / "model.keras"))
+    assert in_run.run == from_dir.run
+    import shutil
+
+    shutil.copyfile(digits_run.run_dir / "model.keras", tmp_path / "model.keras")
+    from_file = loading.load_trained_model(str(tmp_path / "model.keras"))
     assert from_file.run is None
     assert from_file.model.count_params() == digits_run.model.count_params()
 

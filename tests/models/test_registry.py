@@ -392,14 +392,32 @@ def test_model_options_are_what_the_entry_lets_the_user_set_with_its_defaults():
                 models.get_entry(name).fn(**{key: model_options(name)[key]})
 
 
+def test_every_none_default_says_what_it_stands_for():
+    """A None default is the builder's own choice: its docstring says which, and `bnn models
+    NAME` shows it, for every option of every entry."""
+    from models.registry import model_options, none_default_meanings
+
+    for name in models.list_models():
+        meanings = none_default_meanings(name)
+        unexplained = [key for key, value in model_options(name).items()
+                       if value is None and not meanings.get(key)]
+        assert not unexplained, f"{name}: {unexplained}"
+    assert none_default_meanings("dorefanet")["fc6_parts"] == (
+        "as few as LCE's converter folds, i.e. 2 at 224 px, else 1; 1 in variant \"larq-zoo\"")
+    assert none_default_meanings("binary-densenet28")["dilation_rate"] == "1 in every block"
+
+
 def test_bnn_models_name_shows_options_recipe_and_zoo_differences_at_80_columns():
     result = invoke(["models", "quicknet"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     at = lines.index("quicknet options (--model-option KEY=VALUE, with their defaults):")
-    assert lines[at + 1:at + 3] == ["  section_blocks = (4, 4, 4, 4)",
-                                    "  section_filters = (64, 128, 256, 512)"]
+    assert lines[at + 1:at + 6] == ["  section_blocks = (4, 4, 4, 4)",
+                                    "  section_filters = (64, 128, 256, 512)",
+                                    "  input_quantizer = None: `SteSign(clip_value=1.25)`",
+                                    "  kernel_quantizer = None: `SteSign(clip_value=1.25)`",
+                                    "  kernel_constraint = None: `WeightClip(1.25)`"]
     assert "paper recipe (--recipe paper):" in lines
     assert " ".join(lines).count("5 warm-up epochs, then cosine schedule; 600 epochs") == 1
     assert "vs larq-zoo (larq-zoo 2.4.0 larq_zoo/sota/quicknet.py QuickNet):" in lines

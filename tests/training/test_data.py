@@ -102,6 +102,30 @@ def test_epoch_stream_takes_steps_per_epoch_batches_of_each_epoch():
                                   np.concatenate([y.numpy() for _, y in again.take(2)]))
 
 
+@pytest.mark.parametrize("global_seed", [None, 0])
+def test_used_training_examples_are_those_the_epochs_draw(global_seed):
+    """A cache of per-example values (`distill_cache`) covers exactly the examples the
+    training stream draws in the session's epochs, whatever global seed is set."""
+    n, batch, steps, seed = 300, 8, 5, 3
+    if global_seed is not None:
+        tf.random.set_seed(global_seed)
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((n, 2, 2, 1), np.float32),
+                                             np.arange(n, dtype=np.int32)))
+    pipeline = data.make_pipeline(ds, batch_size=batch, training=True, seed=seed,
+                                  normalization=data.Normalization((0.0,), (1.0,)),
+                                  first_epoch=2, steps_per_epoch=steps)
+    drawn = np.concatenate([y.numpy() for _, y in pipeline.take(3 * steps)])  # epochs 3-5
+    used = data.used_training_examples(n, batch_size=batch, seed=seed, first_epoch=2, epochs=5,
+                                       steps_per_epoch=steps)
+    np.testing.assert_array_equal(used, np.unique(drawn))
+    assert len(used) < n
+    # Every example, or no epoch left: nothing to leave out.
+    assert data.used_training_examples(n, batch_size=batch, seed=seed, first_epoch=0,
+                                       epochs=1, steps_per_epoch=38) is None
+    assert len(data.used_training_examples(n, batch_size=batch, seed=seed, first_epoch=5,
+                                           epochs=5, steps_per_epoch=steps)) == 0
+
+
 def test_teacher_logits_travel_with_their_images_through_the_shuffle():
     """Example i is an image of value i with label i % 3; its logits row is (i, -i)."""
     count = 20

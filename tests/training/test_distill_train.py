@@ -365,6 +365,29 @@ def test_cached_teacher_logits_train_as_the_teacher_run_at_every_step(
     assert len(saved.inputs) == 1 and "distillation" not in [l.name for l in saved.layers]
 
 
+def test_cached_teacher_logits_cover_only_the_images_the_epochs_draw(teacher_run, tmp_path,
+                                                                      monkeypatch, capsys):
+    """With `steps_per_epoch`, the teacher runs on the images the epochs draw, not the split."""
+    from bnn_keras import distillation
+
+    seen = []
+    real = distillation.teacher_logits_of
+
+    def counting(teacher, images, **options):
+        logits = real(teacher, images, **options)
+        seen.append(len(logits))
+        return logits
+
+    monkeypatch.setattr(distillation, "teacher_logits_of", counting)
+    config = dataclasses.replace(_every_step_config(teacher_run), distill_cache=True, epochs=1,
+                                 steps_per_epoch=2)
+    result = training.train(config, tiny_bnn, tmp_path / "run", verbose=2)
+    assert seen == [2 * 16]
+    num_train = RunRecord.read(result.run_dir).num_train
+    assert (f"The teacher's logits on the 32 of {num_train:,} training images that epoch 1 "
+            "draw, once:") in capsys.readouterr().out
+
+
 def _signal_during_the_teacher_pass(monkeypatch, signum):
     """Sends `signum` to this process while the teacher computes its logits, as a user's
     Ctrl-C or a scheduler's SIGTERM would during that pass (it can take minutes)."""

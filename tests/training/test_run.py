@@ -17,10 +17,12 @@ from tests.conftest import DIGITS_IMAGE_SIZE, tiny_bnn, tiny_config
 
 def test_run_folder_holds_model_config_history_metrics(digits_run):
     run_dir = digits_run.run_dir
-    # backup/ stays (the finished run can be extended); the lock went with the process.
+    # backup/ and best/ stay (the finished run can be extended); the lock went with the
+    # process; best.keras holds the best epoch when it is not the last.
+    best_is_last = digits_run.metrics["best_epoch"] == 2
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "backup", "config.json", "flips.csv", "flips.png", "history.csv", "metrics.json",
-        "model.keras", "status.json",
+        "backup", "best", *([] if best_is_last else ["best.keras"]), "config.json",
+        "flips.csv", "flips.png", "history.csv", "metrics.json", "model.keras", "status.json",
     ]
     config = digits_run.config
     assert config["model"] == "binary-densenet28" and config["dataset"] == "digits"

@@ -17,6 +17,8 @@ from bnn_keras.training.data.normalization import Normalization
 
 # `make_pipeline` caches the preprocessed split in memory when it takes less than this.
 CACHE_LIMIT_BYTES = 2 * 1024**3
+# The training stream's shuffle buffer (examples).
+SHUFFLE_BUFFER = 10_000
 
 
 def preprocess(
@@ -139,18 +141,9 @@ def make_pipeline(
         """One pass over `source`: shuffled, augmented (seeded per example), batched."""
         ds = source
         if training and first_epoch is None:
-            ds = ds.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
         elif training:
-            # The epoch's seed is a tensor here (flat_map's argument). TF combines an op seed
-            # with the graph seed, and with tf.random.set_seed(0) its check for the (0, 0) pair
-            # would test the tensor as a Python bool; without a graph seed the shuffle depends
-            # on our (seed, epoch) value only, which is what resuming needs anyway.
-            graph = tf.compat.v1.get_default_graph()
-            graph_seed, graph.seed = graph.seed, None
-            try:
-                ds = ds.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=False)
-            finally:
-                graph.seed = graph_seed
+            ds = _epoch_shuffle(ds, shuffle_seed)
         if augment != "none":
             # A counter zipped in gives every example its own stateless seed: reproducible with
             # `seed`, and independent of how many parallel calls tf.data schedules.
@@ -163,13 +156,57 @@ def make_pipeline(
     if training and first_epoch is not None:
         def epoch_batches(epoch):
             # Each epoch's seeds depend on (seed, epoch) only; example counters never repeat.
-            ds = one_epoch(tf.cast(seed, tf.int64) * 1_000_003 + epoch, epoch * 2**32)
+            ds = one_epoch(_epoch_seed(seed, epoch), epoch * 2**32)
             return ds.take(steps_per_epoch) if steps_per_epoch else ds
 
         ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches)
     else:
         ds = one_epoch(seed, 0)
     return ds.prefetch(tf.data.AUTOTUNE) if tuned else ds
+
+
+def _epoch_seed(seed, epoch):
+    """The shuffle seed of training epoch `epoch` (0-based) of a run seeded with `seed`."""
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def _epoch_shuffle(ds: tf.data.Dataset, shuffle_seed) -> tf.data.Dataset:
+    """One epoch's shuffle of `ds`. Its order depends on the seed and the number of elements
+    only, not on what they hold: `used_training_examples` replays it on indices."""
+    # The epoch's seed may be a tensor here (flat_map's argument). TF combines an op seed with
+    # the graph seed, and with tf.random.set_seed(0) its check for the (0, 0) pair would test
+    # the tensor as a Python bool; without a graph seed the shuffle depends on our
+    # (seed, epoch) value only, which is what resuming needs anyway.
+    graph = tf.compat.v1.get_default_graph()
+    graph_seed, graph.seed = graph.seed, None
+    try:
+        return ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = graph_seed
+
+
+def used_training_examples(num_examples: int, *, batch_size: int, seed: int, first_epoch: int,
+                           epochs: int, steps_per_epoch: int) -> Optional[np.ndarray]:
+    """The examples that epochs `first_epoch` to `epochs - 1` (0-based) of `make_pipeline`'s
+    training stream draw, when each epoch takes `steps_per_epoch` batches of a shuffled
+    split: their indices (sorted), or None when that is every example.
+
+    The shuffle of each epoch is replayed on the indices 0..n-1 (its order depends on the
+    seed and the number of elements only), so a cache of per-example values (a teacher's
+    logits) needs to cover only these.
+    """
+    per_epoch = steps_per_epoch * batch_size
+    if per_epoch >= num_examples or first_epoch >= epochs:
+        return None if per_epoch >= num_examples else np.zeros(0, np.int64)
+    indices = tf.data.Dataset.range(num_examples)
+    # Through flat_map, as `make_pipeline` does: the shuffle's seeds are then made in a traced
+    # function in both, whatever global seed eager code has set.
+    drawn = tf.data.Dataset.range(first_epoch, epochs).flat_map(
+        lambda epoch: _epoch_shuffle(indices, _epoch_seed(seed, epoch)).take(per_epoch))
+    used = np.zeros(num_examples, bool)
+    for batch in drawn.batch(65_536).as_numpy_iterator():
+        used[batch] = True
+    return None if used.all() else np.flatnonzero(used)
 
 
 def _check_teacher_logits(teacher_logits: np.ndarray, dataset: tf.data.Dataset,
