@@ -47,6 +47,11 @@ from bnn_keras import (  # noqa: E402,F401
     schedules,
 )
 
+# `bnn_keras.binarize(model)`: a float Keras CNN rewritten into a BNN.
+from bnn_keras.binarization import binarize  # noqa: E402
+
+__all__ += ["binarize"]
+
 # The training application's modules lived here until 0.3.0; their old paths still import.
 from bnn_keras import _moved  # noqa: E402
 

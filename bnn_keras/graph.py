@@ -28,6 +28,7 @@ __all__ = [
     "insert_after",
     "insert_before",
     "rebuild",
+    "remove_layer",
     "replace_layer",
 ]
 
@@ -200,6 +201,29 @@ def insert_before(config: Dict[str, Any], name: str, layer: tf.keras.layers.Laye
     entry = _entry(layer, copy.deepcopy(target["inbound_nodes"]))
     target["inbound_nodes"] = _calls_of(layer.name, len(target["inbound_nodes"]))
     config["layers"].insert(index, entry)
+
+
+def remove_layer(config: Dict[str, Any], name: str) -> None:
+    """Takes layer `name` out of the graph (in place): the layers and model outputs that read
+    its output read its input instead.
+
+    Raises:
+        BnnError: no layer `name`, or one that is called more than once or on several inputs.
+    """
+    index = _index(config, name)
+    nodes = config["layers"][index]["inbound_nodes"]
+    if len(nodes) != 1 or not _is_entry(nodes[0][0]) or len(nodes[0]) != 1:
+        raise BnnError(f"Cannot remove layer {name!r}: it is called more than once or on "
+                       "several inputs.")
+    source = list(nodes[0][0][:3])
+
+    def redirect(inbound: list) -> list:
+        return [*source, *inbound[3:]] if inbound[0] == name else inbound
+
+    del config["layers"][index]
+    for other in config["layers"]:
+        other["inbound_nodes"] = [_map_entries(node, redirect) for node in other["inbound_nodes"]]
+    config["output_layers"] = [redirect(list(output)) for output in config["output_layers"]]
 
 
 def _copy_by_variable_name(source: tf.keras.layers.Layer, target: tf.keras.layers.Layer) -> None:

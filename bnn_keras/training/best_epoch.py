@@ -3,7 +3,8 @@
 A run validates on the test split after the epochs `validation_freq` picks; the best epoch
 is the first one with the highest `val_accuracy` (the model in training precision, as
 validated: under mixed precision, the bfloat16 model). While `fit` runs, `BestEpochKeeper`
-saves the weights of each new best epoch into RUN_DIR/best/epoch-N.h5. At the end, the run's
+saves the weights of each new best epoch into RUN_DIR/best/epoch-N.npz (`get_weights`'s
+arrays in order: NumPy's writer fails with an OSError on a full disk, where HDF5's crashed). At the end, the run's
 `keep` option (`--keep last|best`) decides which of the last and the best epoch model.keras
 holds; the other is saved beside it (best.keras or last.keras), so both stay reachable
 (`bnn convert RUN/best.keras` reads the run folder's input description like model.keras).
@@ -17,10 +18,12 @@ Choosing an epoch by its test accuracy selects on the test split: the kept model
 accuracy is then an optimistic estimate of accuracy on new data.
 """
 
+import io
 import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from bnn_keras import files
@@ -32,7 +35,7 @@ BEST_DIR = "best"
 OTHER_MODEL_FILES = {"best": BEST_MODEL_FILE, "last": LAST_MODEL_FILE}
 KEEP_CHOICES = ("last", "best")
 
-_WEIGHTS_NAME = re.compile(r"^epoch-(\d+)\.h5$")
+_WEIGHTS_NAME = re.compile(r"^epoch-(\d+)\.npz$")
 
 
 def best_row(rows: List[Dict[str, float]]) -> Optional[Dict[str, float]]:
@@ -46,7 +49,7 @@ def best_row(rows: List[Dict[str, float]]) -> Optional[Dict[str, float]]:
 
 def weights_path(run_dir: Path, epoch: int) -> Path:
     """Where the weights of `epoch` (1-based) are kept while it is the best."""
-    return Path(run_dir) / BEST_DIR / f"epoch-{epoch}.h5"
+    return Path(run_dir) / BEST_DIR / f"epoch-{epoch}.npz"
 
 
 def kept_weights(run_dir: Path) -> Dict[int, Path]:
@@ -111,8 +114,12 @@ class BestEpochKeeper(tf.keras.callbacks.Callback):
         accuracy = float(accuracy)
         if self.best_accuracy is not None and accuracy <= self.best_accuracy:
             return
+        # Made in memory, then written in one call: a full disk fails the write with an
+        # OSError, and no half-written archive is left for the interpreter to close at exit.
+        buffer = io.BytesIO()
+        np.savez(buffer, *self.kept_model.get_weights())
         with files.atomic_path(weights_path(self.run_dir, epoch + 1)) as tmp:
-            self.kept_model.save_weights(str(tmp))
+            tmp.write_bytes(buffer.getvalue())
         self.best_epoch, self.best_accuracy = epoch + 1, accuracy
 
     def commit(self, epoch: int) -> None:
@@ -124,5 +131,11 @@ class BestEpochKeeper(tf.keras.callbacks.Callback):
     def best_model(self) -> tf.keras.Model:
         """An uncompiled copy of the kept model with the best epoch's weights."""
         copy = tf.keras.models.clone_model(self.kept_model)
-        copy.load_weights(str(weights_path(self.run_dir, self.best_epoch)))
+        copy.set_weights(read_weights(weights_path(self.run_dir, self.best_epoch)))
         return copy
+
+
+def read_weights(path: Path) -> List[np.ndarray]:
+    """The arrays of a weights file `BestEpochKeeper` wrote, in `get_weights` order."""
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]

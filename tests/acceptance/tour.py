@@ -84,10 +84,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from bnn_keras.errors import BnnError
 from bnn_keras.training import run_inputs
+from bnn_keras.training.best_epoch import BEST_DIR
 from bnn_keras.training.config import (
     BACKUP_DIR,
+    BEST_MODEL_FILE,
     CONFIG_FILE,
     HISTORY_FILE,
+    LAST_MODEL_FILE,
     METRICS_FILE,
     MODEL_FILE,
     STATUS_FILE,
@@ -1530,10 +1533,12 @@ def small_tmpfs_for_the_tflite(env: CaseEnv) -> None:
 # ----------------------------------------------------------------------------------------------
 
 # What a training or resume may rewrite in its run folder. flips.csv and flips.png are
-# SignFlipTracker's names (no constant of bnn's holds them).
+# SignFlipTracker's names (no constant of bnn's holds them). The best epoch's weights
+# (best/) and the other epoch's model file change as a later epoch becomes the best.
 RUN_PROGRESS_FILES = (f"*/{STATUS_FILE}", f"*/{HISTORY_FILE}", "*/flips.csv", "*/flips.png",
                       f"*/{BACKUP_DIR}*", f"*/{METRICS_FILE}", f"*/{MODEL_FILE}",
-                      f"*/{CONFIG_FILE}")
+                      f"*/{CONFIG_FILE}", f"*/{BEST_DIR}/*", f"*/{BEST_MODEL_FILE}",
+                      f"*/{LAST_MODEL_FILE}")
 
 
 def build_cases() -> List[Case]:

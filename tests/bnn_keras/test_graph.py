@@ -76,6 +76,28 @@ def test_inserted_layer_takes_over_every_consumer_and_output():
     assert graph.inbound_layers(rebuilt.get_layer("input")) == []
 
 
+def test_a_removed_layer_hands_its_input_to_every_consumer_and_output():
+    inputs = tf.keras.Input((4,))
+    hidden = tf.keras.layers.Dense(3, name="hidden")(inputs)
+    relu = tf.keras.layers.ReLU(name="relu")(hidden)
+    left = tf.keras.layers.Dense(2, name="left")(relu)
+    added = tf.keras.layers.Add(name="add")([relu, tf.keras.layers.Dense(3, name="right")(relu)])
+    model = tf.keras.Model(inputs, [left, added, relu])
+    config = model.get_config()
+    graph.remove_layer(config, "relu")
+    rebuilt = graph.rebuild(model, config)
+    assert "relu" not in [layer.name for layer in rebuilt.layers]
+    for name in ("left", "right"):
+        assert [p.name for p in graph.inbound_layers(rebuilt.get_layer(name))] == ["hidden"]
+    assert [p.name for p in graph.inbound_layers(rebuilt.get_layer("add"))] == ["hidden", "right"]
+    x = np.random.RandomState(0).randn(5, 4).astype(np.float32)
+    hidden_out = x @ model.get_layer("hidden").kernel.numpy()  # zero bias at initialization
+    np.testing.assert_allclose(rebuilt(x)[2].numpy(), hidden_out, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BnnError, match="^Cannot remove layer 'add': it is called more than once "
+                                       "or on several inputs.$"):
+        graph.remove_layer(model.get_config(), "add")
+
+
 def test_insert_before_feeds_only_that_layer_and_after_an_input_works():
     model = small()
     config = model.get_config()

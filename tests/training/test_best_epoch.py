@@ -23,11 +23,9 @@ _CONFIG = dict(epochs=6, learning_rate=0.05, track_flips=False)
 
 
 def _weights_of(path: Path):
-    """The weights of a model file, or of a weights file loaded into the tiny BNN."""
-    if path.suffix == ".h5":
-        model = tiny_bnn((8, 8, 1), 10)
-        model.load_weights(str(path))
-        return model.get_weights()
+    """The weights of a model file, or of a best-epoch weights file."""
+    if path.suffix == ".npz":
+        return best_epoch.read_weights(path)
     return tf.keras.models.load_model(path).get_weights()
 
 
@@ -71,7 +69,7 @@ def test_keep_best_holds_the_best_epoch_and_last_keras_the_last(_runs, runs):
     # model.keras holds the best epoch's weights, last.keras the last epoch's: the same as
     # the keep-last run of the same seed holds in its model.keras.
     _assert_same_weights(_weights_of(runs["best"] / "model.keras"),
-                         _weights_of(runs["best"] / "best" / f"epoch-{best}.h5"))
+                         _weights_of(runs["best"] / "best" / f"epoch-{best}.npz"))
     _assert_same_weights(_weights_of(runs["best"] / "last.keras"),
                          _weights_of(runs["last"] / "model.keras"))
     # The reported test accuracy is the kept model's: here (float32) the best epoch's.
@@ -81,7 +79,7 @@ def test_keep_best_holds_the_best_epoch_and_last_keras_the_last(_runs, runs):
     _assert_same_weights(_runs["best"].model.get_weights(),
                          _weights_of(runs["best"] / "model.keras"))
     # Only the best epoch's weights file stays; the epoch backup holds the last epoch.
-    assert sorted(p.name for p in (runs["best"] / "best").iterdir()) == [f"epoch-{best}.h5"]
+    assert sorted(p.name for p in (runs["best"] / "best").iterdir()) == [f"epoch-{best}.npz"]
     config = json.loads((runs["best"] / "config.json").read_text())
     assert config["keep"] == "best" and config["format_version"] == 5
 
@@ -140,7 +138,7 @@ def test_resume_refuses_a_keep_best_run_whose_best_weights_are_gone(runs):
         training.resume_training(run_dir, tiny_bnn, epochs=8, verbose=0)
     assert str(raised.value) == (
         f"{run_dir} keeps its best epoch (`keep` best), and its best so far, epoch {best}, has "
-        f"no weights file ({run_dir / 'best' / f'epoch-{best}.h5'} is missing), so the run "
+        f"no weights file ({run_dir / 'best' / f'epoch-{best}.npz'} is missing), so the run "
         "could not end with it; start a new run, or copy the folder back as it was.")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
@@ -166,7 +164,7 @@ def test_keeper_ignores_uncommitted_files_and_prunes_on_commit(tmp_path):
     for epoch in (2, 4):  # 4: written, then interrupted before its commit
         with_weights = best_epoch.weights_path(tmp_path, epoch)
         with_weights.parent.mkdir(exist_ok=True)
-        model.save_weights(str(with_weights))
+        np.savez(with_weights, *model.get_weights())
     rows = [{"epoch": 1.0, "val_accuracy": 0.5}, {"epoch": 2.0, "val_accuracy": 0.7},
             {"epoch": 3.0, "val_accuracy": 0.7}]
     keeper = best_epoch.BestEpochKeeper(tmp_path, model, rows)
