@@ -15,8 +15,8 @@ ops:
 - A ReLU (or ReLU6) whose output reaches a binary layer, directly or through pooling,
   flattening, padding or dropout, is removed, or replaced by a PReLU or ReActNet's RPReLU:
   `sign(relu(x))` is +1 everywhere, so a sign after a ReLU carries no information.
-- With `shortcuts="auto"`, each binary conv whose input and output shapes match gets a
-  real-valued identity shortcut around it, added after its BatchNormalization (Liu et al.'s
+- With `shortcuts="auto"`, each binary conv whose input and output shapes match (and that
+  is called once) gets a real-valued identity shortcut around it, added after its BatchNormalization (Liu et al.'s
   Bi-Real Net keeps such a real path around every binary conv).
 - Layers LCE has no binary kernel for (depthwise, separable and transposed convolutions, 1-D
   and 3-D convolutions, grouped convolutions) stay float; the report names each, with why.
@@ -235,7 +235,7 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None,
     if options.shortcuts == "auto":
         for name in binary:
             layer = source.get_layer(name)
-            if (entries_class(config, name) == "QuantConv2D"
+            if (_class_of(config, name) == "QuantConv2D" and len(layer.inbound_nodes) == 1
                     and tuple(layer.input_shape) == tuple(layer.output_shape)):
                 report.append(_add_shortcut(config, name, folds[name][0]))
     for output in list(config["output_layers"]):
@@ -249,7 +249,8 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None,
     return Binarized(rebuilt, _report(rebuilt, options, report, binary, removed_after))
 
 
-def entries_class(config: Dict[str, Any], name: str) -> str:
+def _class_of(config: Dict[str, Any], name: str) -> str:
+    """The class name of layer `name` in `config`."""
     return config["layers"][_index(config, name)]["class_name"]
 
 
@@ -298,7 +299,7 @@ def _binarize_layer(config: Dict[str, Any], entry: Dict[str, Any], options: Bina
     cls = _BINARIZABLE[entry["class_name"]]
     graph.replace_layer(config, cls.from_config(layer_config))
     following = graph.consumers(config)[name]
-    if len(following) == 1 and entries_class(config, following[0]) == "BatchNormalization":
+    if len(following) == 1 and _class_of(config, following[0]) == "BatchNormalization":
         norm, new = following[0], False
     else:
         norm, new = _unique(config, f"{name}_bn"), True

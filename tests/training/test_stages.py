@@ -198,6 +198,11 @@ def test_a_staged_run_trains_every_stage_into_one_folder(staged_run, _staged_run
     # The staged run's folder holds the final stage's files, byte for byte.
     for name in FINAL:
         assert _sha(run_dir / name) == _sha(step2 / name), name
+    # And its other epoch's model file, when its best epoch is not its last (`keep`).
+    for name in ("best.keras", "last.keras"):
+        assert (run_dir / name).is_file() == (step2 / name).is_file(), name
+        if (step2 / name).is_file():
+            assert _sha(run_dir / name) == _sha(step2 / name), name
     assert result.metrics == json.loads((step2 / "metrics.json").read_text())
     plan = json.loads((run_dir / "stages.json").read_text())
     assert plan["status"] == "finished"
