@@ -486,7 +486,7 @@ def _parse_model_options(pairs: Sequence[str]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# convert
+# binarize
 # ----------------------------------------------------------------------------------------------
 
 
@@ -509,6 +509,180 @@ def _use_custom_objects(specs: Sequence[str]) -> None:
 
     objects = import_custom_objects(specs)
     click.get_current_context().with_resource(tf.keras.utils.custom_object_scope(objects))
+
+
+
+@main.command()
+@click.argument("source", metavar="MODEL_FILE_OR_FLOAT_RUN", type=click.Path(exists=True))
+@click.option("--output", "-o", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder to create [default: runs/binarized-DATASET].")
+@click.option("--dataset", default=None,
+              help="The data set the float model was trained on (as `bnn train --dataset`) "
+                   "[default: a float run's].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="As `bnn train --data-dir`.")
+@click.option("--mean", default=None, metavar="M[,M,M]",
+              help="Model file: the per-channel mean of the normalization it was trained with, "
+                   "on raw pixels (e.g. 0 with --std 255 for pixels / 255).")
+@click.option("--std", default=None, metavar="S[,S,S]",
+              help="Model file: the per-channel standard deviation of that normalization.")
+@click.option("--pixel-max", type=float, default=None,
+              help="Model file: the raw pixel maximum --mean and --std are given for "
+                   "[default: the data set's].")
+@click.option("--relu", type=click.Choice(["remove", "prelu", "rprelu"]), default="remove",
+              show_default=True,
+              help="What becomes of a ReLU that feeds a binary layer's sign (always +1 after "
+                   "it).")
+@click.option("--shortcuts", type=click.Choice(["none", "auto"]), default="none",
+              show_default=True,
+              help="auto: a real-valued identity shortcut around each binary conv whose input "
+                   "and output shapes match (Bi-Real Net).")
+@click.option("--keep-first/--binarize-first", default=True, show_default=True,
+              help="Keep the first conv or dense layer (it reads the image) float.")
+@click.option("--keep-last/--binarize-last", default=True, show_default=True,
+              help="Keep the last dense layer (the classifier) float.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of each of the two steps [default: 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size [default: 64].")
+@click.option("--lr", "learning_rate", type=float, default=None,
+              help="Peak Adam learning rate [default: 5e-4, ReActNet's].")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Limit each epoch to this many batches (quick experiments).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for weights, shuffling and augmentation.")
+@click.option("--precision", default="auto", show_default=True,
+              help="As `bnn train --precision`.")
+@click.option("--keep", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="As `bnn train --keep`: which epoch model.keras holds.")
+@click.option("--verbose", type=click.IntRange(0, 2), default=None,
+              help="As `bnn train --verbose`.")
+@custom_objects_option
+@trust_model_code_option
+def binarize(source: str, run_dir: Optional[str], dataset: Optional[str],
+             data_dir: Optional[str], mean: Optional[str], std: Optional[str],
+             pixel_max: Optional[float], relu: str, shortcuts: str, keep_first: bool,
+             keep_last: bool, verbose: Optional[int], custom_objects: Sequence[str],
+             trust_model_code: bool, **train_values: Any) -> None:
+    """Binarize a float Keras CNN and train the BNN from it, into a run folder.
+
+    MODEL_FILE_OR_FLOAT_RUN is a Keras model file (functional or Sequential; give --dataset
+    and the normalization it was trained with, --mean and --std), or the run folder of
+    `bnn train MODEL --float`. Its test accuracy is printed first, with that normalization: a
+    wrong one shows at once. It is then rewritten into a BNN (`bnn_keras.binarize`: binary
+    convs and dense layers but the first and the classifier, a BatchNormalization after each,
+    ReLUs before a sign removed or replaced, depthwise convs kept float; the report lists each
+    change), and the BNN trains in ReActNet's two steps (binary activations with real weights,
+    then binary weights) as one staged run, learning the float model's softmax (ReActNet's
+    distribution loss); before each step, the BatchNormalizations' statistics are set from 256
+    training images. The float model is copied into the run folder, so
+    `bnn train --resume RUN_DIR` continues from the run alone, and `bnn convert RUN_DIR`
+    converts the result.
+    """
+    from bnn_keras import training
+    from bnn_keras.binarization import BinarizeOptions
+    from bnn_keras.training import binarized, stages
+
+    _use_custom_objects(custom_objects)
+    _use_trust_model_code(trust_model_code)
+    if verbose is None:
+        verbose = 1 if _on_terminal(sys.stdout) else 2
+    options = BinarizeOptions(keep_first=keep_first, keep_last=keep_last, relu=relu,
+                              shortcuts=shortcuts)
+    float_model, given = _float_source(source, dataset, data_dir, mean, std, pixel_max)
+    height, width = (int(d) for d in float_model.input_shape[1:3])
+    if height != width:
+        raise BnnError(f"{source} takes {height}x{width} images; bnn trains square ones.")
+    config = training.TrainConfig(
+        model=binarized.BINARIZED, teacher=source, recipe="paper", image_size=height,
+        model_options={k: v for k, v in options.to_dict().items() if k != "kernel_quantizer"},
+        seed=train_values.pop("seed"), precision=train_values.pop("precision"),
+        keep=train_values.pop("keep"), **given,
+        **{k: v for k, v in train_values.items() if v is not None})
+    _print_float_accuracy(source, float_model, config)
+    from bnn_keras import binarize as binarize_model
+
+    for line in binarize_model(float_model, options).report.lines():
+        click.echo(line)
+    output = Path(run_dir or f"runs/{binarized.BINARIZED}-{config.dataset}")
+    result = stages.train_staged(config, output, verbose=verbose,
+                                 report=_spelled_echo(click.get_current_context()))
+    from bnn_keras.training.report import run_summary_lines
+
+    click.echo(f"Run folder: {result.run_dir}")
+    for line in run_summary_lines(result.metrics):
+        click.echo(line)
+
+
+def _float_source(source: str, dataset: Optional[str], data_dir: Optional[str],
+                  mean: Optional[str], std: Optional[str], pixel_max: Optional[float]):
+    """The float model of `bnn binarize`, and the TrainConfig values that describe its input:
+    a float run's own, or the data set and normalization given for a model file."""
+    from convert.loading import load_trained_model
+
+    loaded = load_trained_model(source)
+    _note_rebuilt(source, loaded.rebuilt_classes)
+    run = loaded.run
+    if run is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in
+                 (("mean", mean), ("std", std), ("pixel_max", pixel_max)) if value is not None]
+        if given:
+            raise BnnError(f"{', '.join(given)}: for a model file only; the run folder "
+                           f"{source} records its normalization.")
+        model_input = run.model_input
+        if dataset is not None and dataset != model_input.dataset:
+            raise BnnError(f"--dataset {dataset}: the run folder {source} was trained on "
+                           f"{model_input.dataset}.")
+        normalization = model_input.normalization
+        values = dict(dataset=model_input.dataset,
+                      data_dir=data_dir or model_input.data_dir,
+                      normalize_mean=list(normalization.mean),
+                      normalize_std=list(normalization.std),
+                      normalize_pixel_max=model_input.pixel_max)
+    else:
+        missing = [flag for flag, value in (("--dataset", dataset), ("--mean", mean),
+                                            ("--std", std)) if value is None]
+        if missing:
+            raise BnnError(f"{source} is a model file: give {', '.join(missing)} (the data set "
+                           "and the normalization it was trained with), or binarize the run "
+                           "folder of a `bnn train MODEL --float` run.")
+        values = dict(dataset=dataset, data_dir=data_dir, normalize_mean=mean,
+                      normalize_std=std, normalize_pixel_max=pixel_max)
+    return loaded.model, {k: v for k, v in values.items() if v is not None}
+
+
+def _print_float_accuracy(source: str, float_model, config) -> None:
+    """The float model's test accuracy with the run's normalization, before any training."""
+    import numpy as np
+
+    from bnn_keras.training import data as data_lib
+    from bnn_keras.training.run import with_given_normalization
+
+    splits = with_given_normalization(
+        data_lib.load_dataset(config.dataset, config.data_dir), config)
+    channels, classes = int(float_model.input_shape[-1]), int(float_model.output_shape[-1])
+    if (channels, classes) != (splits.image_shape[-1], splits.num_classes):
+        raise BnnError(f"{source} takes {channels}-channel images and gives {classes} "
+                       f"classes; {config.dataset} has {splits.image_shape[-1]}-channel images "
+                       f"of {splits.num_classes} classes: give the data set it was trained on.")
+    pipeline = data_lib.make_pipeline(splits.test, batch_size=256,
+                                      normalization=splits.normalization,
+                                      image_size=(config.image_size, config.image_size))
+    correct = total = 0
+    for images, labels in pipeline:
+        predicted = np.argmax(float_model(images, training=False).numpy(), axis=-1)
+        correct += int(np.sum(predicted == labels.numpy()))
+        total += len(predicted)
+    mean = ", ".join(f"{v:g}" for v in splits.normalization.mean)
+    std = ", ".join(f"{v:g}" for v in splits.normalization.std)
+    click.echo(f"Float model {source}: test accuracy {correct / max(total, 1):.4f} on "
+               f"{config.dataset}'s {total:,} test images (normalized with mean {mean}, std "
+               f"{std} on raw pixels)")
+
+
+# ----------------------------------------------------------------------------------------------
+# convert
+# ----------------------------------------------------------------------------------------------
 
 
 def _threads_option(ctx: click.Context, param: click.Parameter, value: int) -> int:

@@ -4,8 +4,8 @@ The rewrite follows the rules the BNN literature converged on, so that a user's 
 model becomes a network that trains at 1 bit and that Larq Compute Engine runs with binary
 ops:
 
-- Conv2D and Dense layers become larq's `QuantConv2D` and `QuantDense` with binary inputs and
-  weights (`ste_sign` by default; XNOR-Net, BinaryNet), their latent weights taken from the
+- Conv2D and Dense layers (and larq's with real weights, as in a float copy of a BNN) become
+  larq's `QuantConv2D` and `QuantDense` with binary inputs and weights (`ste_sign` by default; XNOR-Net, BinaryNet), their latent weights taken from the
   float kernels. The first conv or dense layer, which reads the image, and the last dense
   layer, which gives the class scores, stay float (Rastegari et al.'s XNOR-Net and every BNN
   since keep them real: binarizing them costs most accuracy for few operations).
@@ -49,7 +49,8 @@ from bnn_keras import graph, model_stats
 from bnn_keras.errors import BnnError
 from bnn_keras.layers import RPReLU
 
-__all__ = ["BinarizeOptions", "BinarizeReport", "Binarized", "LayerChange", "binarize"]
+__all__ = ["BinarizeOptions", "BinarizeReport", "Binarized", "LayerChange", "binarize",
+           "calibrate_batch_norm"]
 
 RELU_CHOICES = ("remove", "prelu", "rprelu")
 SHORTCUT_CHOICES = ("none", "auto")
@@ -67,7 +68,19 @@ _KEPT_FLOAT = {
     "Conv1D": "a 1-D convolution: LCE binarizes 2-D convolutions only",
     "Conv3D": "a 3-D convolution: LCE binarizes 2-D convolutions only",
 }
-_BINARIZABLE = {"Conv2D": lq.layers.QuantConv2D, "Dense": lq.layers.QuantDense}
+_BINARIZABLE = {"Conv2D": lq.layers.QuantConv2D, "Dense": lq.layers.QuantDense,
+                # larq's layers with real weights: a float copy of a BNN
+                # (`bnn train MODEL --float`), whose input quantizer is None or the float
+                # activation that stands in for it.
+                "QuantConv2D": lq.layers.QuantConv2D, "QuantDense": lq.layers.QuantDense}
+
+
+def _is_float_kernel(entry: Dict[str, Any]) -> bool:
+    """A Conv2D or Dense layer, or a larq one that computes in float (no kernel quantizer)."""
+    if entry["class_name"] in ("Conv2D", "Dense"):
+        return True
+    return (entry["class_name"] in _BINARIZABLE
+            and entry["config"].get("kernel_quantizer") is None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +95,8 @@ class BinarizeOptions:
         shortcuts: "auto" adds a real-valued identity shortcut around each binary conv whose
             input and output shapes match; "none" adds none.
         input_quantizer: The binary layers' activation quantizer (a larq quantizer name).
-        kernel_quantizer: Their weight quantizer.
+        kernel_quantizer: Their weight quantizer; None keeps real weights (binary activations
+            only: the first of ReActNet's two training steps), without a constraint.
         kernel_constraint: Their latent weight constraint.
     """
 
@@ -91,8 +105,8 @@ class BinarizeOptions:
     relu: str = "remove"
     shortcuts: str = "none"
     input_quantizer: str = "ste_sign"
-    kernel_quantizer: str = "ste_sign"
-    kernel_constraint: str = "weight_clip"
+    kernel_quantizer: Optional[str] = "ste_sign"
+    kernel_constraint: Optional[str] = "weight_clip"
 
     def __post_init__(self):
         if self.relu not in RELU_CHOICES:
@@ -170,8 +184,8 @@ class Binarized(NamedTuple):
     report: BinarizeReport
 
 
-def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None,
-             **changes: Any) -> Binarized:
+def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None, *,
+             dtype: Optional[str] = None, **changes: Any) -> Binarized:
     """Rewrites a float functional or Sequential Keras model into a BNN (see the module
     docstring for the rules).
 
@@ -179,6 +193,8 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None,
         model: A float Keras model built from inputs and outputs, or a Sequential model with
             an input shape. It is not changed.
         options: How to rewrite it; default `BinarizeOptions()`.
+        dtype: A Keras dtype policy name (e.g. "mixed_bfloat16") for every layer but the
+            final softmax, which stays float32; None keeps each layer's own.
         **changes: Single options instead of, or over, `options` (e.g. `shortcuts="auto"`).
 
     Returns:
@@ -193,7 +209,7 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None,
     config = source.get_config()
     entries = config["layers"]
     kernels = [entry for entry in entries
-               if entry["class_name"] in _BINARIZABLE or entry["class_name"] in _KEPT_FLOAT]
+               if _is_float_kernel(entry) or entry["class_name"] in _KEPT_FLOAT]
     plan = _plan(kernels, options)
     binary = [name for name, (action, _) in plan.items() if action == "binary"]
     if not binary:
@@ -242,6 +258,11 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None,
         change = _split_softmax(config, output[0])
         if change is not None:
             report.append(change)
+    if dtype is not None:
+        softmaxes = {output[0] for output in config["output_layers"]}
+        for entry in config["layers"]:
+            if entry["class_name"] != "InputLayer" and entry["name"] not in softmaxes:
+                entry["config"]["dtype"] = dtype
     new_layers = {change.layer for change in report if change.action == "added"}
     rebuilt = graph.rebuild(source, config, fresh=new_layers, partial=True,
                             purpose="binarize")
@@ -263,7 +284,7 @@ def _plan(kernels: List[Dict[str, Any]], options: BinarizeOptions) -> Dict[str, 
     plan = {}
     binarizable = [entry for entry in kernels if entry["class_name"] in _BINARIZABLE]
     first = binarizable[0]["name"] if binarizable else None
-    dense = [entry for entry in binarizable if entry["class_name"] == "Dense"]
+    dense = [entry for entry in binarizable if entry["class_name"] in ("Dense", "QuantDense")]
     last = dense[-1]["name"] if dense else None
     for entry in kernels:
         name, kind = entry["name"], entry["class_name"]
@@ -274,7 +295,7 @@ def _plan(kernels: List[Dict[str, Any]], options: BinarizeOptions) -> Dict[str, 
             plan[name] = ("float", "the first layer (it reads the image)")
         elif name == last and options.keep_last:
             plan[name] = ("float", "the last dense layer (the classifier)")
-        elif kind == "Conv2D" and int(layer_config.get("groups", 1) or 1) > 1:
+        elif kind in ("Conv2D", "QuantConv2D") and int(layer_config.get("groups", 1) or 1) > 1:
             plan[name] = ("float", "a grouped convolution: bnn binarizes ungrouped ones only")
         else:
             plan[name] = ("binary", "")
@@ -291,10 +312,11 @@ def _binarize_layer(config: Dict[str, Any], entry: Dict[str, Any], options: Bina
     activation = layer_config.get("activation", "linear")
     layer_config.update(
         activation="linear", use_bias=False, input_quantizer=options.input_quantizer,
-        kernel_quantizer=options.kernel_quantizer, kernel_constraint=options.kernel_constraint,
+        kernel_quantizer=options.kernel_quantizer,
+        kernel_constraint=options.kernel_constraint if options.kernel_quantizer else None,
         # L2 on latent binary weights pulls them to 0, where their signs flip at every step.
         kernel_regularizer=None, bias_regularizer=None, bias_constraint=None)
-    if entry["class_name"] == "Conv2D" and layer_config.get("padding") == "same":
+    if entry["class_name"] in ("Conv2D", "QuantConv2D") and layer_config.get("padding") == "same":
         layer_config["pad_values"] = 1.0  # a padded binary input stays binary: no correction op
     cls = _BINARIZABLE[entry["class_name"]]
     graph.replace_layer(config, cls.from_config(layer_config))
@@ -470,3 +492,28 @@ def _report(model: tf.keras.Model, options: BinarizeOptions, changes: List[Layer
         options=options, changes=tuple(changes), binary_layers=tuple(binary),
         binary_mac_fraction=stats.binary_mac_fraction, lce_bconvs=stats.lce_bconvs,
         binary_convs=convs, size_range=model_stats.predicted_size_range(stats))
+
+
+def calibrate_batch_norm(model: tf.keras.Model, images: Any) -> None:
+    """Sets every BatchNormalization's moving mean and variance to its statistics on `images`
+    (one forward pass in training mode, each layer normalized as training normalizes it).
+
+    A binarized model's BatchNormalizations hold the float layers' statistics, or none (new
+    ones start at mean 0, variance 1), while binary layers output values of another scale:
+    with the default momentum (0.99), inference is off for hundreds of steps. Calibrating
+    once on a batch of training images before training starts fixes that.
+
+    Args:
+        model: The model (changed in place).
+        images: A batch of input images, preprocessed as training preprocesses them.
+    """
+    norms = [layer for layer in model.layers
+             if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    momenta = [norm.momentum for norm in norms]
+    try:
+        for norm in norms:
+            norm.momentum = 0.0  # the moving statistics become this batch's
+        model(images, training=True)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum

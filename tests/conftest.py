@@ -243,6 +243,7 @@ SLOW_MODULES = (
     "tests/training/test_stages.py",  # 49 s
     "tests/models/test_real_to_binary.py",  # 49 s
     "tests/cli/test_distill_cli.py",  # 32 s
+    "tests/cli/test_binarize_cli.py",  # 30 s (alone; 28 s measured)
     "tests/training/test_distill_train.py",  # 30 s
     "tests/convert/test_range_balance.py",  # 30 s
     "tests/training/test_faults_train.py",  # 29 s

@@ -28,6 +28,11 @@ config.json layouts (`format_version`):
     5   adds `keep` (which epoch model.keras holds). Written only by runs that keep the best
         epoch (others write 4, 3 or 2 as before): a bnn that reads up to version 4 would end
         such a run with its last epoch in model.keras.
+    6   adds `normalize_mean`, `normalize_std` and `normalize_pixel_max` (the normalization
+        the user gives instead of the training split's; `bnn binarize` passes the float
+        model's). Written only by runs that
+        set them: a bnn that reads up to version 5 would train such a run on differently
+        normalized images.
 
 The file names of a run folder, the layout checks and the JSON field checks are in
 `bnn_keras.training.run_files` (the names are re-exported here), where `RunSummary` reads what
@@ -68,6 +73,26 @@ from bnn_keras.training.run_files import (  # noqa: F401  (the file names: re-ex
     shown,
 )
 
+def _floats(value: Any, name: str) -> List[float]:
+    """Floats from a number, a list or a comma-separated string such as "0.5,0.4,0.3"."""
+    import math
+
+    items = value.split(",") if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value])
+    try:
+        numbers = [float(item) for item in items]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or not all(math.isfinite(n) for n in numbers):
+        raise BnnError(f"Expected `{name}` as numbers separated by commas (one per channel, "
+                       f"or one for all), got {value!r}.")
+    return numbers
+
+
+# The layout of a run that uses layout 5's field and none of layout 6's.
+_KEEP_FORMAT_VERSION = 5
+# TrainConfig fields that layout 6 adds; left out of config.json when None.
+_LAYOUT_6_FIELDS = ("normalize_mean", "normalize_std", "normalize_pixel_max")
 # The layout of a run that uses layout 4's fields and none of layout 5's.
 _DISTILL_FORMAT_VERSION = 4
 # The layout of a run from a weights file that uses none of layout 4's fields.
@@ -112,6 +137,19 @@ class TrainConfig:
              "installed, else TFDS's].")
     manual_dir: Optional[str] = option(
         path=FOLDER, help="Where manually downloaded archives are (imagenet2012).")
+    normalize_mean: Optional[Union[str, float, List[float]]] = option(
+        metavar="M[,M,M]",
+        help="Normalize the images with this per-channel mean, on raw pixels (one value, or "
+             "one per channel), instead of the training split's; with --normalize-std. For "
+             "a teacher trained elsewhere on pixels / 255: --normalize-mean 0 "
+             "--normalize-std 255.")
+    normalize_std: Optional[Union[str, float, List[float]]] = option(
+        metavar="S[,S,S]",
+        help="The per-channel standard deviation of that normalization.")
+    normalize_pixel_max: Optional[float] = option(
+        help="The raw pixel maximum --normalize-mean and --normalize-std are given for (e.g. "
+             "255 for 0-255 pixels of digits, whose own maximum is 16) [default: the data "
+             "set's].")
     image_size: Optional[int] = option(
         help="Side of the square model input [default: the data set's, 16 for digits].")
     epochs: Optional[int] = option(help="Training epochs [default: the recipe's, else 10].")
@@ -236,6 +274,12 @@ class TrainConfig:
                                help="Write TensorBoard logs to RUN_DIR/tensorboard.")
 
     def __post_init__(self):
+        # `normalize_mean` and `normalize_std` are kept as lists of floats, however they were
+        # given ("0.5,0.4", 0.5, [0.5, 0.4]).
+        for name in ("normalize_mean", "normalize_std"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _floats(value, name))
         # The CLI gives `distill_attention_layers` as one comma-separated string, and config.json
         # records it so (without spaces, so that --resume compares names); a Python caller's
         # list of names becomes that string.
@@ -253,6 +297,15 @@ class TrainConfig:
         """
         if self.recipe not in ("default", "paper"):
             raise BnnError(f"Expected `recipe` 'default' or 'paper', got {self.recipe!r}.")
+        if (self.normalize_mean is None) != (self.normalize_std is None):
+            raise BnnError("`normalize_mean` and `normalize_std` describe one normalization: "
+                           "give both, or neither (the training split's statistics).")
+        if self.normalize_std is not None and min(self.normalize_std) <= 0:
+            raise BnnError(f"Expected `normalize_std` above 0, got {self.normalize_std}.")
+        if self.normalize_pixel_max is not None and (self.normalize_mean is None
+                                                     or self.normalize_pixel_max <= 0):
+            raise BnnError("`normalize_pixel_max` is the pixel scale of `normalize_mean` and "
+                           "`normalize_std`: give it with them, above 0.")
         # (field, value, lowest allowed, whether the lowest is excluded)
         checks = [
             ("epochs", self.epochs, 1, False),
@@ -557,8 +610,13 @@ class RunRecord:
         from_file = any(values.get(name) is not None for name in _WEIGHTS_FIELDS)
         if values.get("keep", "last") == "last":
             values.pop("keep", None)
-        if "keep" in values:
+        for name in _LAYOUT_6_FIELDS:
+            if values.get(name) is None:
+                values.pop(name, None)
+        if any(name in values for name in _LAYOUT_6_FIELDS):
             values["format_version"] = FORMAT_VERSION
+        elif "keep" in values:
+            values["format_version"] = _KEEP_FORMAT_VERSION
         elif any(values.get(name) not in (None, False) for name in _LAYOUT_4_FIELDS):
             values["format_version"] = _DISTILL_FORMAT_VERSION
         else:

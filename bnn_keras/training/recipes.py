@@ -430,6 +430,10 @@ def paper_recipe(model_name: str, *, optimizer: str = "adam") -> Recipe:
 
     if optimizer not in OPTIMIZERS:
         raise BnnError(f"Expected optimizer in {OPTIMIZERS}, got {optimizer!r}.")
+    from bnn_keras.training import binarized
+
+    if model_name == binarized.BINARIZED and optimizer != "bop":
+        return Recipe.from_paper(binarized.PAPER_RECIPE)  # a user's model, binarized
     kind = "bop_recipe" if optimizer == "bop" else "recipe"
     table = {name: getattr(models.get_entry(name), kind) for name in models.list_models()}
     table = {name: published for name, published in table.items() if published is not None}

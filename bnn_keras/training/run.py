@@ -65,7 +65,7 @@ from bnn_keras import files
 from bnn_keras.binary import quantized_kernel_layers
 from bnn_keras.errors import BnnError, first_line
 from bnn_keras.training import data as data_lib
-from bnn_keras.training import best_epoch, distribute, recipes, run_lock, signals
+from bnn_keras.training import best_epoch, binarized, distribute, recipes, run_lock, signals
 from bnn_keras.training.config import (
     BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RunRecord, TrainConfig, resolve_recipe,
 )
@@ -330,16 +330,41 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
     precision = (previous.precision_resolved if previous else None) or resolve_precision(
         config.precision)
     warn_if_emulated_bf16(precision)
+    teacher_model = None
+    if config.model == binarized.BINARIZED and build_model is None:
+        # The model is the teacher binarized (`bnn binarize`): the run's copy of it, loaded
+        # before the student is built from it.
+        if teacher is None:
+            raise BnnError(f"`model` {binarized.BINARIZED} is a float model binarized: give "
+                           "that float model as `teacher`.")
+        with strategy.scope():
+            teacher_model = teacher.load(precision)
+        build_model = binarized.binarized_builder(teacher_model, config.model_options,
+                                                  weights=start.weights)
     data, precision, built = _data_and_student(config, recipe, strategy, build_model, start,
                                                data, precision)
+    if teacher_model is not None:
+        # A binarized model's BatchNormalizations hold the float model's statistics (or none):
+        # set them from the first training images, as the binary layers now output (a resumed
+        # epoch backup restores its own over these).
+        from bnn_keras.binarization import calibrate_batch_norm
+
+        first = data_lib.make_pipeline(data.splits.train.take(_CALIBRATION_IMAGES),
+                                       batch_size=_CALIBRATION_IMAGES,
+                                       **{k: v for k, v in _pipeline_options(
+                                           config, data.splits, data.input_shape).items()
+                                          if k != "batch_size"})
+        images, _ = next(iter(first))
+        calibrate_batch_norm(built.model, images)
     if teacher is None:
         return data, precision, built
     from bnn_keras.distillation import (cached_distillation_model, check_teacher_fits,
                                         check_teacher_outputs, distillation_model)
 
     settings = config.distill_settings()
-    with strategy.scope():
-        teacher_model = teacher.load(precision)
+    if teacher_model is None:
+        with strategy.scope():
+            teacher_model = teacher.load(precision)
     check_teacher_fits(built.model, teacher_model)
     # Logits or probabilities: read from the teacher's last layer, or from its outputs on one
     # test batch when that layer does not show it (a softmax op, a Lambda), before any training.
@@ -356,6 +381,10 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
                                               teacher_outputs=teacher_outputs))
     built.distill = settings
     return data, precision, built
+
+
+# Training images a binarized model's BatchNormalization statistics are set from.
+_CALIBRATION_IMAGES = 256
 
 
 def _with_teacher_logits(data: "_Data", config: TrainConfig, teacher: tf.keras.Model,
@@ -459,6 +488,7 @@ def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
     one epoch after another, from `start_epoch`) and test pipeline."""
     splits = splits or data_lib.load_dataset(config.dataset, config.data_dir,
                                              manual_dir=config.manual_dir)
+    splits = with_given_normalization(splits, config)
     input_shape = input_shape_for(config, splits)
     augment = (splits.augmentation != "none") if config.augment is None else config.augment
     pipeline_options = _pipeline_options(config, splits, input_shape)
@@ -472,6 +502,29 @@ def _load_data(config: TrainConfig, splits: Optional[data_lib.DataSplits],
     test_ds = data_lib.make_pipeline(splits.test, **pipeline_options)
     return _Data(splits=splits, input_shape=input_shape, augment=augment, steps=steps,
                  train=train_ds, test=test_ds)
+
+
+def with_given_normalization(splits: data_lib.DataSplits,
+                             config: TrainConfig) -> data_lib.DataSplits:
+    """`splits` normalized with `config.normalize_mean` and `normalize_std` instead of the
+    training split's statistics, when given; on the data set's raw pixels, so values given for
+    another pixel maximum (`normalize_pixel_max`) are scaled to it. The run records the result
+    as its normalization, which deployment applies."""
+    if config.normalize_mean is None:
+        return splits
+    from bnn_keras.training.data.normalization import Normalization
+
+    channels = splits.image_shape[-1]
+    scale = splits.pixel_max / (config.normalize_pixel_max or splits.pixel_max)
+    values = {}
+    for name in ("mean", "std"):
+        given = getattr(config, f"normalize_{name}")
+        if len(given) not in (1, channels):
+            raise BnnError(f"`normalize_{name}` has {len(given)} values; {config.dataset} has "
+                           f"{channels} channel(s): give one value, or one per channel.")
+        values[name] = tuple(float(v) * scale for v in
+                             (given * channels if len(given) == 1 else given))
+    return dataclasses.replace(splits, normalization=Normalization(**values))
 
 
 def _pipeline_options(config: TrainConfig, splits: data_lib.DataSplits,

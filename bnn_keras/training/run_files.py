@@ -37,7 +37,7 @@ TENSORBOARD_DIR = "tensorboard"
 
 # The newest config.json layout this bnn reads and writes (`bnn_keras.training.config` says
 # what each layout adds).
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 # Fields bnn 0.1 already wrote in every config.json, and which readers cannot do without.
 REQUIRED_FIELDS = ("model", "dataset", "input_shape", "num_classes", "class_names",

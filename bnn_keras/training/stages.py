@@ -269,7 +269,10 @@ def staged_recipe(model: str):
         UnknownModelError: `model` is not registered.
     """
     import models
+    from bnn_keras.training import binarized
 
+    if model == binarized.BINARIZED:
+        return binarized.STAGED_RECIPE  # a user's float model, binarized (`bnn binarize`)
     return models.get_entry(model).staged
 
 

@@ -218,3 +218,20 @@ def test_a_binarized_model_trains_from_its_float_model_as_teacher(tmp_path):
     assert result.metrics["epochs"] == 1
     record = training.RunRecord.read(tmp_path / "run")
     assert record.teacher_sha256 is not None and record.config.distill_loss == "distribution"
+
+
+def test_calibrate_batch_norm_sets_the_moving_statistics_to_a_batchs():
+    from bnn_keras.binarization import calibrate_batch_norm
+
+    bnn, _ = bnn_keras.binarize(mnist_convnet())
+    images = np.random.RandomState(0).rand(64, 28, 28, 1).astype(np.float32)
+    norm = bnn.get_layer("conv2_bn")
+    conv_outputs = tf.keras.Model(bnn.inputs, bnn.get_layer("conv2").output)(images).numpy()
+    assert not np.allclose(norm.moving_mean.numpy(), conv_outputs.mean(axis=(0, 1, 2)))
+    calibrate_batch_norm(bnn, images)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), conv_outputs.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-3)
+    n = conv_outputs.size // conv_outputs.shape[-1]  # the fused op's unbiased variance
+    np.testing.assert_allclose(norm.moving_variance.numpy(),
+                               conv_outputs.var(axis=(0, 1, 2)) * n / (n - 1), rtol=1e-3)
+    assert norm.momentum == 0.99  # restored
