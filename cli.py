@@ -17,6 +17,7 @@ import bnn_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 
 # The import above has run, so TensorFlow resolves to tf-keras from here on.
 from bnn_keras import BnnError  # noqa: E402
+from bnn_keras.binarization import RELU_CHOICES, SHORTCUT_CHOICES  # noqa: E402
 from bnn_keras.errors import first_line, storage_error_message  # noqa: E402
 from bnn_keras.options import ANY_PATH, EXISTING_FILE, FOLDER  # noqa: E402
 from convert.options import ConvertOptions  # noqa: E402
@@ -164,6 +165,21 @@ def _config_options(config_type: type) -> Callable:
     return decorate
 
 
+def _config_fields(config_type: type, *names: str) -> Callable:
+    """Decorator: the click options of some fields of a config dataclass, as
+    `_config_options` declares them (for a command that takes a few of `bnn train`'s)."""
+    from bnn_keras import options
+
+    fields = {field.name: field for field in dataclasses.fields(config_type)}
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(names):
+            command = _field_option(fields[name], options.OPTION)(command)
+        return command
+
+    return decorate
+
+
 def _field_option(field: dataclasses.Field, kind: str) -> Callable:
     """The click option of one config field."""
     from bnn_keras import options
@@ -247,6 +263,12 @@ def _use_trust_model_code(trust: bool) -> None:
         click.get_current_context().with_resource(model_files.trusting_model_code())
 
 
+verbose_option = click.option(
+    "--verbose", type=click.IntRange(0, 2), default=None,
+    help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch [default: 1 on "
+         "a terminal, 2 when the output goes to a file or pipe].")
+
+
 @main.command()
 @_config_options(__import__("bnn_keras.training", fromlist=["TrainConfig"]).TrainConfig)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
@@ -256,9 +278,7 @@ def _use_trust_model_code(trust: bool) -> None:
                    "--epochs N, extend a finished or interrupted run to N epochs.")
 @click.option("--output", "-o", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/MODEL-DATASET].")
-@click.option("--verbose", type=click.IntRange(0, 2), default=None,
-              help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
-                   "[default: 1 on a terminal, 2 when the output goes to a file or pipe].")
+@verbose_option
 @click.option("--custom-objects", "custom_objects", multiple=True, metavar="MODULE[:DICT]",
               help="For a --teacher model file with custom layers: a module whose import "
                    "registers them, MODULE:DICT naming a dict of them, or a .py file "
@@ -519,8 +539,6 @@ def _use_custom_objects(specs: Sequence[str]) -> None:
 @click.option("--dataset", default=None,
               help="The data set the float model was trained on (as `bnn train --dataset`) "
                    "[default: a float run's].")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="As `bnn train --data-dir`.")
 @click.option("--mean", default=None, metavar="M[,M,M]",
               help="Model file: the per-channel mean of the normalization it was trained with, "
                    "on raw pixels (e.g. 0 with --std 255 for pixels / 255).")
@@ -529,11 +547,10 @@ def _use_custom_objects(specs: Sequence[str]) -> None:
 @click.option("--pixel-max", type=float, default=None,
               help="Model file: the raw pixel maximum --mean and --std are given for "
                    "[default: the data set's].")
-@click.option("--relu", type=click.Choice(["remove", "prelu", "rprelu"]), default="remove",
-              show_default=True,
+@click.option("--relu", type=click.Choice(RELU_CHOICES), default="remove", show_default=True,
               help="What becomes of a ReLU that feeds a binary layer's sign (always +1 after "
                    "it).")
-@click.option("--shortcuts", type=click.Choice(["none", "auto"]), default="none",
+@click.option("--shortcuts", type=click.Choice(SHORTCUT_CHOICES), default="none",
               show_default=True,
               help="auto: a real-valued identity shortcut around each binary conv whose input "
                    "and output shapes match (Bi-Real Net).")
@@ -541,22 +558,11 @@ def _use_custom_objects(specs: Sequence[str]) -> None:
               help="Keep the first conv or dense layer (it reads the image) float.")
 @click.option("--keep-last/--binarize-last", default=True, show_default=True,
               help="Keep the last dense layer (the classifier) float.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs of each of the two steps [default: 10].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Batch size [default: 64].")
-@click.option("--lr", "learning_rate", type=float, default=None,
-              help="Peak Adam learning rate [default: 5e-4, ReActNet's].")
-@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
-              help="Limit each epoch to this many batches (quick experiments).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for weights, shuffling and augmentation.")
-@click.option("--precision", default="auto", show_default=True,
-              help="As `bnn train --precision`.")
-@click.option("--keep", type=click.Choice(["last", "best"]), default="last", show_default=True,
-              help="As `bnn train --keep`: which epoch model.keras holds.")
-@click.option("--verbose", type=click.IntRange(0, 2), default=None,
-              help="As `bnn train --verbose`.")
+# `bnn train`'s own declarations of these options (`TrainConfig`): each step takes them.
+@_config_fields(__import__("bnn_keras.training", fromlist=["TrainConfig"]).TrainConfig,
+                "data_dir", "epochs", "batch_size", "learning_rate", "steps_per_epoch", "seed",
+                "precision", "keep")
+@verbose_option
 @custom_objects_option
 @trust_model_code_option
 def binarize(source: str, run_dir: Optional[str], dataset: Optional[str],
@@ -577,7 +583,8 @@ def binarize(source: str, run_dir: Optional[str], dataset: Optional[str],
     distribution loss); before each step, the BatchNormalizations' statistics are set from 256
     training images. The float model is copied into the run folder, so
     `bnn train --resume RUN_DIR` continues from the run alone, and `bnn convert RUN_DIR`
-    converts the result.
+    converts the result. --epochs, --batch-size and --learning-rate apply to each step, over
+    its recipe: ReActNet's, 10 epochs of batch 64 with Adam at 5e-4 decayed linearly.
     """
     from bnn_keras import training
     from bnn_keras.binarization import BinarizeOptions

@@ -218,7 +218,7 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None, *
     report: List[LayerChange] = []
     folds: Dict[str, Tuple[str, bool]] = {}  # binary layer -> (its BatchNormalization, new?)
     own_activations: Dict[str, str] = {}  # the activation moved after a binary layer's BN -> it
-    for entry in list(kernels):
+    for entry in kernels:
         action, reason = plan[entry["name"]]
         report.append(LayerChange(entry["name"], entry["class_name"], action, reason))
         if action == "binary":
@@ -229,7 +229,7 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None, *
     relus = _relus_before_binary(config, set(binary))
     # A removed layer is reported after the layer whose output it took.
     removed_after = {name: _inputs(config, name)[0] for name in relus
-                     if _is_relu(config["layers"][_index(config, name)])}
+                     if _is_relu(graph.layer_entry(config, name))}
     added = {change.layer: change for change in report if change.action == "added"}
     # The rank of each ReLU's output, for a PReLU's one slope per channel.
     ranks = {layer.name: len(layer.output_shape) for layer in source.layers
@@ -243,7 +243,7 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None, *
             report.remove(added[name])
             if change.action == "removed":
                 continue
-            kind = type(_layer_of(config, name)).__name__
+            kind = _class_of(config, name)  # the replacement's
             change = LayerChange(name, kind, "added",
                                  f"in place of {own_activations[name]}'s own ReLU, after its "
                                  f"BatchNormalization: {_RELU_WHY}")
@@ -259,9 +259,10 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None, *
         if change is not None:
             report.append(change)
     if dtype is not None:
-        softmaxes = {output[0] for output in config["output_layers"]}
+        # The outputs keep their dtype: the classifier's softmax stays float32.
+        outputs = {output[0] for output in config["output_layers"]}
         for entry in config["layers"]:
-            if entry["class_name"] != "InputLayer" and entry["name"] not in softmaxes:
+            if entry["class_name"] != "InputLayer" and entry["name"] not in outputs:
                 entry["config"]["dtype"] = dtype
     new_layers = {change.layer for change in report if change.action == "added"}
     rebuilt = graph.rebuild(source, config, fresh=new_layers, partial=True,
@@ -272,11 +273,7 @@ def binarize(model: tf.keras.Model, options: Optional[BinarizeOptions] = None, *
 
 def _class_of(config: Dict[str, Any], name: str) -> str:
     """The class name of layer `name` in `config`."""
-    return config["layers"][_index(config, name)]["class_name"]
-
-
-def _index(config: Dict[str, Any], name: str) -> int:
-    return next(i for i, entry in enumerate(config["layers"]) if entry["name"] == name)
+    return graph.layer_entry(config, name)["class_name"]
 
 
 def _plan(kernels: List[Dict[str, Any]], options: BinarizeOptions) -> Dict[str, Tuple[str, str]]:
@@ -347,11 +344,6 @@ def _activation_name(activation: Any) -> str:
     return "activation"
 
 
-def _layer_of(config: Dict[str, Any], name: str) -> tf.keras.layers.Layer:
-    """The layer the config entry `name` describes (deserialized, unbuilt)."""
-    return tf.keras.layers.deserialize(copy.deepcopy(config["layers"][_index(config, name)]))
-
-
 def _unique(config: Dict[str, Any], name: str) -> str:
     taken = {entry["name"] for entry in config["layers"]}
     candidate, n = name, 1
@@ -400,7 +392,7 @@ def _rewrite_relu(config: Dict[str, Any], name: str, how: str,
     """Removes or replaces the ReLU layer `name`, or the ReLU that layer `name` applies itself
     (its activation becomes linear, and a replacement follows it). `rank` is the rank of its
     output: a PReLU gets one slope per channel (shared over the other axes but the batch)."""
-    entry = config["layers"][_index(config, name)]
+    entry = graph.layer_entry(config, name)
     kind = entry["class_name"]
     dtype = entry["config"].get("dtype")
     why = _RELU_WHY
@@ -431,7 +423,7 @@ def _rewrite_relu(config: Dict[str, Any], name: str, how: str,
 def _split_softmax(config: Dict[str, Any], name: str) -> Optional[LayerChange]:
     """Gives an output layer's own softmax (`Dense(10, activation="softmax")`) a layer of its
     own, the same function: distillation and the training losses read the logits before it."""
-    entry = config["layers"][_index(config, name)]
+    entry = graph.layer_entry(config, name)
     if entry["class_name"] == "Activation" or entry["config"].get("activation") != "softmax":
         return None
     entry["config"]["activation"] = "linear"
@@ -447,12 +439,12 @@ def _split_softmax(config: Dict[str, Any], name: str) -> Optional[LayerChange]:
 def _add_shortcut(config: Dict[str, Any], name: str, norm: str) -> LayerChange:
     """Adds `Add([norm's output, name's input])` after `norm`, the binary conv's
     BatchNormalization: a real-valued identity shortcut around the conv."""
-    conv = config["layers"][_index(config, name)]
+    conv = graph.layer_entry(config, name)
     conv_input = copy.deepcopy(conv["inbound_nodes"][0][0])
     add = _unique(config, f"{name}_shortcut")
     graph.insert_after(config, norm, tf.keras.layers.Add(name=add,
                                                          dtype=conv["config"].get("dtype")))
-    entry = config["layers"][_index(config, add)]
+    entry = graph.layer_entry(config, add)
     entry["inbound_nodes"] = [[[norm, 0, 0, {}], conv_input]]
     return LayerChange(add, "Add", "added", f"a real-valued identity shortcut around {name}")
 
@@ -475,7 +467,7 @@ def _fold_biases(source: tf.keras.Model, rebuilt: tf.keras.Model,
 
 def _inputs(config: Dict[str, Any], name: str) -> List[str]:
     """The names of the layers whose outputs layer `name` reads (its first call)."""
-    nodes = config["layers"][_index(config, name)]["inbound_nodes"]
+    nodes = graph.layer_entry(config, name)["inbound_nodes"]
     return [entry[0] for entry in nodes[0]] if nodes else []
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "inbound_layers",
     "insert_after",
     "insert_before",
+    "layer_entry",
     "rebuild",
     "remove_layer",
     "replace_layer",
@@ -128,6 +129,15 @@ def _index(config: Dict[str, Any], name: str) -> int:
         if entry["name"] == name:
             return i
     raise BnnError(f"Expected a layer named {name!r} in model {config.get('name')}.")
+
+
+def layer_entry(config: Dict[str, Any], name: str) -> LayerEntry:
+    """The entry of layer `name` in a functional `config` (the dict itself: edits stay).
+
+    Raises:
+        BnnError: `config` has no layer named `name`.
+    """
+    return config["layers"][_index(config, name)]
 
 
 def _entry(layer: tf.keras.layers.Layer, inbound_nodes: List[Any]) -> LayerEntry:

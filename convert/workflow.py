@@ -25,7 +25,7 @@ import numpy as np
 from bnn_keras import files
 from bnn_keras.errors import BnnError
 from bnn_keras.training import run_lock
-from bnn_keras.training.data.preprocessing import ModelInput
+from bnn_keras.training.data.preprocessing import ModelInput, parse_floats
 from bnn_keras.training.run_files import CONFIG_FILE, MODEL_FILE, RUN_MODEL_FILES
 from convert.converter import convert_to_flatbuffer, float32_for_conversion
 from convert.flatbuffer import UNVERIFIED_SUFFIX, Flatbuffer
@@ -78,24 +78,6 @@ def parse_class_names(value: Union[str, Sequence[str]]) -> List[str]:
         raise BnnError(f"Expected `class_names` as a file with one name per line or a comma-"
                        f"separated list of non-empty names, got {value!r}.")
     return names
-
-
-def parse_floats(value: Union[str, float, Sequence[float]], option: str) -> List[float]:
-    """Floats from a number, a list or a comma-separated string such as "0.5,0.4,0.3".
-
-    Raises:
-        BnnError: naming `option`, when a value is not a finite number.
-    """
-    items = value.split(",") if isinstance(value, str) else (
-        [value] if isinstance(value, (int, float)) else list(value))
-    try:
-        numbers = [float(item) for item in items]
-    except (TypeError, ValueError):
-        numbers = []
-    if not numbers or not all(np.isfinite(numbers)):
-        raise BnnError(f"Expected {option} as numbers separated by commas (one per input "
-                       f"channel, or one for all), got {value!r}.")
-    return numbers
 
 
 def _run_folder(source: Path) -> bool:

@@ -103,7 +103,7 @@ class BestEpochKeeper(tf.keras.callbacks.Callback):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.kept_model = model
-        best = best_row(list(rows or []))
+        best = best_row(rows or [])
         self.best_epoch: Optional[int] = None if best is None else int(best["epoch"])
         self.best_accuracy: Optional[float] = None if best is None else best["val_accuracy"]
 
@@ -118,8 +118,7 @@ class BestEpochKeeper(tf.keras.callbacks.Callback):
         # OSError, and no half-written archive is left for the interpreter to close at exit.
         buffer = io.BytesIO()
         np.savez(buffer, *self.kept_model.get_weights())
-        with files.atomic_path(weights_path(self.run_dir, epoch + 1)) as tmp:
-            tmp.write_bytes(buffer.getvalue())
+        files.write_bytes(weights_path(self.run_dir, epoch + 1), buffer.getvalue())
         self.best_epoch, self.best_accuracy = epoch + 1, accuracy
 
     def commit(self, epoch: int) -> None:

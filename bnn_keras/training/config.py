@@ -52,7 +52,7 @@ from bnn_keras.training import distribute, recipes
 from bnn_keras.training.best_epoch import KEEP_CHOICES
 from bnn_keras.training import tricks as tricks_lib
 from bnn_keras.training.data.normalization import Normalization
-from bnn_keras.training.data.preprocessing import ModelInput
+from bnn_keras.training.data.preprocessing import ModelInput, parse_floats
 from bnn_keras.training.precision import PRECISIONS, resolve_precision
 from bnn_keras.training.run_files import (  # noqa: F401  (the file names: re-exported)
     BACKUP_DIR,
@@ -72,22 +72,6 @@ from bnn_keras.training.run_files import (  # noqa: F401  (the file names: re-ex
     read_config_json,
     shown,
 )
-
-def _floats(value: Any, name: str) -> List[float]:
-    """Floats from a number, a list or a comma-separated string such as "0.5,0.4,0.3"."""
-    import math
-
-    items = value.split(",") if isinstance(value, str) else (
-        list(value) if isinstance(value, (list, tuple)) else [value])
-    try:
-        numbers = [float(item) for item in items]
-    except (TypeError, ValueError):
-        numbers = []
-    if not numbers or not all(math.isfinite(n) for n in numbers):
-        raise BnnError(f"Expected `{name}` as numbers separated by commas (one per channel, "
-                       f"or one for all), got {value!r}.")
-    return numbers
-
 
 # The layout of a run that uses layout 5's field and none of layout 6's.
 _KEEP_FORMAT_VERSION = 5
@@ -279,7 +263,7 @@ class TrainConfig:
         for name in ("normalize_mean", "normalize_std"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, _floats(value, name))
+                setattr(self, name, parse_floats(value, f"`{name}`"))
         # The CLI gives `distill_attention_layers` as one comma-separated string, and config.json
         # records it so (without spaces, so that --resume compares names); a Python caller's
         # list of names becomes that string.

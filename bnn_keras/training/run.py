@@ -349,11 +349,9 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
         # epoch backup restores its own over these).
         from bnn_keras.binarization import calibrate_batch_norm
 
+        options = _pipeline_options(config, data.splits, data.input_shape)
         first = data_lib.make_pipeline(data.splits.train.take(_CALIBRATION_IMAGES),
-                                       batch_size=_CALIBRATION_IMAGES,
-                                       **{k: v for k, v in _pipeline_options(
-                                           config, data.splits, data.input_shape).items()
-                                          if k != "batch_size"})
+                                       **dict(options, batch_size=_CALIBRATION_IMAGES))
         images, _ = next(iter(first))
         calibrate_batch_norm(built.model, images)
     if teacher is None:
@@ -475,10 +473,7 @@ def _prepare_folder(run_dir: Path, config: TrainConfig, chief: bool, resume: boo
     else:
         previous.check_unchanged(run_dir)  # read before the lock was taken
     start_epoch = check_resumable(run_dir, previous, config)
-    if (run_dir / HISTORY_FILE).is_file():
-        best_epoch.check_best_kept(
-            run_dir, [row for row in _read_history(run_dir / HISTORY_FILE)
-                      if row.get("epoch", 0) <= start_epoch], config.keep)
+    best_epoch.check_best_kept(run_dir, _history_until(run_dir, start_epoch), config.keep)
     return previous, start_epoch
 
 
@@ -695,10 +690,8 @@ def _fit(built: _Built, config: TrainConfig, recipe: recipes.Recipe, strategy,
     # The run time goes on from where the resumed run's history.csv ends.
     timer = EpochTimer(start_seconds=run_time_at(run_dir / HISTORY_FILE, start_epoch))
     tracked = built.model if built.fit_model is not None else None
-    earlier_rows = ([row for row in _read_history(run_dir / HISTORY_FILE)
-                     if row.get("epoch", 0) <= start_epoch]
-                    if resume and (run_dir / HISTORY_FILE).is_file() else [])
-    keeper = best_epoch.BestEpochKeeper(out_dir, built.model, earlier_rows)
+    keeper = best_epoch.BestEpochKeeper(
+        out_dir, built.model, _history_until(run_dir, start_epoch) if resume else [])
     run_callbacks = [timer, *run_folder_callbacks(
         config, out_dir, run_dir / BACKUP_DIR, resume, start_epoch, tracked_model=tracked,
         has_binary_kernels=bool(quantized_kernel_layers(built.model)), best_keeper=keeper),
@@ -905,6 +898,15 @@ def _read_history(path: Path) -> List[Dict[str, float]]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in (None, "")}
                 for row in csv.DictReader(f)]
+
+
+def _history_until(run_dir: Path, epoch: int) -> List[Dict[str, float]]:
+    """history.csv's rows of epochs 1 to `epoch` (none when the file is not there): the
+    complete epochs a resume starts after (later rows are of an epoch trained again)."""
+    path = run_dir / HISTORY_FILE
+    if not path.is_file():
+        return []
+    return [row for row in _read_history(path) if row.get("epoch", 0) <= epoch]
 
 
 def time_to_best_accuracy(rows: List[Dict[str, float]]) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ The mapping layout (`to_metadata`, `from_mapping`), by `input_version`:
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bnn_keras.errors import BnnError
 from bnn_keras.training.data.normalization import Normalization
@@ -36,6 +36,25 @@ _PIXEL_MAX: Dict[str, float] = {"digits": 16.0}
 # The newest mapping layout this bnn reads; see the module docstring.
 INPUT_VERSION = 1
 VERSION_KEY = "input_version"
+
+
+def parse_floats(value: Any, option: str) -> List[float]:
+    """Floats from a number, a list or a comma-separated string such as "0.5,0.4,0.3" (a
+    per-channel mean or standard deviation, as the command line and config.json give it).
+
+    Raises:
+        BnnError: naming `option`, when a value is not a finite number.
+    """
+    items = value.split(",") if isinstance(value, str) else (
+        [value] if isinstance(value, (int, float)) else list(value))
+    try:
+        numbers = [float(item) for item in items]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or not all(math.isfinite(n) for n in numbers):
+        raise BnnError(f"Expected {option} as numbers separated by commas (one per input "
+                       f"channel, or one for all), got {value!r}.")
+    return numbers
 
 
 def pixel_max_for(dataset: Optional[str]) -> float:
