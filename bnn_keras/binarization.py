@@ -5,8 +5,9 @@ model becomes a network that trains at 1 bit and that Larq Compute Engine runs w
 ops:
 
 - Conv2D and Dense layers (and larq's with real weights, as in a float copy of a BNN) become
-  larq's `QuantConv2D` and `QuantDense` with binary inputs and weights (`ste_sign` by default; XNOR-Net, BinaryNet), their latent weights taken from the
-  float kernels. The first conv or dense layer, which reads the image, and the last dense
+  `QuantConv2D` (`bnn_keras.layers`': larq's, trained without copying its padded input) and
+  larq's `QuantDense`, with binary inputs and weights (`ste_sign` by default; XNOR-Net,
+  BinaryNet), their latent weights taken from the float kernels. The first conv or dense layer, which reads the image, and the last dense
   layer, which gives the class scores, stay float (Rastegari et al.'s XNOR-Net and every BNN
   since keep them real: binarizing them costs most accuracy for few operations).
 - A BatchNormalization follows each binary layer: the one that already did, else a new one,
@@ -47,7 +48,7 @@ import tensorflow as tf
 
 from bnn_keras import graph, model_stats
 from bnn_keras.errors import BnnError
-from bnn_keras.layers import RPReLU
+from bnn_keras.layers import QuantConv2D, RPReLU
 
 __all__ = ["BinarizeOptions", "BinarizeReport", "Binarized", "LayerChange", "binarize",
            "calibrate_batch_norm"]
@@ -68,11 +69,12 @@ _KEPT_FLOAT = {
     "Conv1D": "a 1-D convolution: LCE binarizes 2-D convolutions only",
     "Conv3D": "a 3-D convolution: LCE binarizes 2-D convolutions only",
 }
-_BINARIZABLE = {"Conv2D": lq.layers.QuantConv2D, "Dense": lq.layers.QuantDense,
+# Binary convs are bnn_keras' QuantConv2D: larq's, trained without copying the padded input.
+_BINARIZABLE = {"Conv2D": QuantConv2D, "Dense": lq.layers.QuantDense,
                 # larq's layers with real weights: a float copy of a BNN
                 # (`bnn train MODEL --float`), whose input quantizer is None or the float
                 # activation that stands in for it.
-                "QuantConv2D": lq.layers.QuantConv2D, "QuantDense": lq.layers.QuantDense}
+                "QuantConv2D": QuantConv2D, "QuantDense": lq.layers.QuantDense}
 
 
 def _is_float_kernel(entry: Dict[str, Any]) -> bool:

@@ -1,5 +1,6 @@
 """Binary layers and the BNN papers' training tricks, as Keras layers.
 
+- `QuantConv2D`: larq's, trained without copying its input for its "same" padding of +1.
 - `ScaledQuantConv2D`: binary conv with a trainable BNN+ scale alpha and its regularizer.
 - `MultiBaseQuantConv2D`: residual binarization of the input into K binary bases (ABC-Net).
 - `LearnableScale`: a learnable scalar or per-unit scale (e.g. before the softmax).
@@ -19,8 +20,8 @@ import tensorflow as tf
 from bnn_keras import quantizers as bnn_quantizers
 from bnn_keras import regularizers as bnn_regularizers
 
-__all__ = ["LearnableScale", "LearnedRescale", "MultiBaseQuantConv2D", "RPReLU", "RSign",
-           "ScaledQuantConv2D", "activation"]
+__all__ = ["LearnableScale", "LearnedRescale", "MultiBaseQuantConv2D", "QuantConv2D", "RPReLU",
+           "RSign", "ScaledQuantConv2D", "activation"]
 
 _PACKAGE = "bnn_keras"
 _SCALES = ("per_channel", "per_layer", None)
@@ -39,7 +40,67 @@ def _latent(variable: tf.Variable) -> tf.Variable:
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
-class ScaledQuantConv2D(lq.layers.QuantConv2D):
+class QuantConv2D(lq.layers.QuantConv2D):
+    """larq's `QuantConv2D`, whose "same" padding with `pad_values` costs no copy in training.
+
+    LCE wants a binary conv's "same" padding to pad with +1 (`pad_values=1.0`: zeros cannot be
+    binarized, and padding with them blocks its fusions on ARM). larq pads the input with
+    `tf.pad` and convolves "valid": a copy of the input forward, and backward a "valid"
+    input-gradient conv over the padded size and a slice of it. In training
+    (`training=True`) this layer computes the same outputs and gradients without them: the conv
+    of the padded input is the zero-padded ("same") conv of the input plus the conv of the
+    padding alone, i.e. of a one-image, one-channel map that is `pad_values` on the border and
+    0 inside, with the kernel summed over its input channels (the padding is the same in every
+    channel). That map costs one image of one channel whatever the batch. The padding is a
+    constant, so the input's gradient is the same, and the kernel gets the sum of both terms'
+    gradients.
+
+    Outside training (Keras' evaluation and prediction, and the graph LCE's converter traces)
+    the layer is larq's, whose padding the converter fuses into `LceBconv2d`. In float32 only:
+    under `mixed_bfloat16` the broadcast add and the batch sum of its gradient, bfloat16
+    elementwise work on a CPU, cost more than the copy they save (BinaryDenseNet28's step on
+    the bf16 machine: 0.94x larq's, against 1.10x in float32), so the layer is larq's there.
+    Grouped convs, channels-first data and inputs without a static height and width are larq's
+    in training too.
+
+    Args:
+        *args, **kwargs: Everything `larq.layers.QuantConv2D` accepts.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._padding_by_sum = False
+
+    def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+        if (training is not True or self._is_native_padding or self.groups != 1
+                or self.compute_dtype != "float32" or self.data_format != "channels_last"
+                or not inputs.shape[1:3].is_fully_defined()):
+            return super().call(inputs)
+        # larq's call without its tf.pad: Conv2D's "same" zero padding, then the padding's own
+        # conv added in `convolution_op`.
+        with lq.utils.patch_object(self, "_is_native_padding", True), \
+                lq.utils.patch_object(self, "_padding_by_sum", True):
+            return super().call(inputs)
+
+    def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        outputs = super().convolution_op(inputs, kernel)
+        if self._padding_by_sum:
+            outputs = outputs + tf.cast(self._padding_outputs(inputs, kernel), outputs.dtype)
+        return outputs
+
+    def _padding_outputs(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """The conv of the padding alone, (1, out height, out width, filters), in float32."""
+        kernel = tf.cast(tf.convert_to_tensor(kernel), tf.float32)
+        border = tf.pad(tf.zeros((1, *inputs.shape[1:3], 1), tf.float32),
+                        self._get_padding_same(inputs),
+                        constant_values=tf.cast(self.pad_values, tf.float32))
+        return tf.nn.convolution(border, tf.reduce_sum(kernel, axis=2, keepdims=True),
+                                 strides=list(self.strides), padding="VALID",
+                                 dilations=list(self.dilation_rate))
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class ScaledQuantConv2D(QuantConv2D):
     """Binary 2D convolution with a trainable BNN+ scale: kernel = `alpha * q(w)`.
 
     alpha is a trainable weight created in `build` right after the kernel and initialised from
@@ -220,7 +281,7 @@ class MultiBaseQuantConv2D(tf.keras.layers.Layer):
         self.kernel_constraint = tf.keras.constraints.get(kernel_constraint)
         self.beta_initial = float(beta_initial)
         self.convs = [
-            lq.layers.QuantConv2D(
+            QuantConv2D(
                 self.filters,
                 kernel_size,
                 strides=strides,

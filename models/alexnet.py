@@ -12,9 +12,9 @@ References:
 
 from typing import Any, Sequence
 
-import larq as lq
 import tensorflow as tf
 
+from bnn_keras.layers import QuantConv2D
 from models.common import (
     PAD_DIFFERENCE,
     ZOO_STEM_DIFFERENCE,
@@ -83,7 +83,7 @@ def binary_alexnet(
         return tf.keras.layers.MaxPool2D(3, strides=2, name=layer_name)
 
     def fc(units: int, kernel_size: int, layer_name: str) -> tf.keras.layers.Layer:
-        return lq.layers.QuantConv2D(units, kernel_size, input_quantizer=input_quantizer,
+        return QuantConv2D(units, kernel_size, input_quantizer=input_quantizer,
                                      name=layer_name, **quant)
 
     inputs = image_input(input_shape)
@@ -91,13 +91,13 @@ def binary_alexnet(
     small = rules.uses_small_stem(input_shape)
     pad_values = rules.pad_value
     # The first layer sees the (float) image: binary weights only, zero padding.
-    x = lq.layers.QuantConv2D(
+    x = QuantConv2D(
         64, 3 if small else 11, strides=1 if small else 4, padding="same", input_quantizer=None,
         name="conv1", **quant,
     )(inputs)
     x = bn("conv1_bn")(pool("conv1_pool")(x))
     for i, (filters, kernel_size, pooled) in enumerate(ALEXNET_CONVS, start=2):
-        x = lq.layers.QuantConv2D(
+        x = QuantConv2D(
             filters, kernel_size, padding="same", pad_values=pad_values,
             input_quantizer=input_quantizer, name=f"conv{i}", **quant,
         )(x)

@@ -10,9 +10,9 @@ References:
 
 from typing import Any, Sequence
 
-import larq as lq
 import tensorflow as tf
 
+from bnn_keras.layers import QuantConv2D
 from models.common import (
     batch_norm,
     binary_dense_stack,
@@ -68,13 +68,13 @@ def binarynet(
         return batch_norm(layer_name, momentum=0.9, epsilon=1e-4, scale=False)
 
     def fc(units: int, kernel_size: int, layer_name: str) -> tf.keras.layers.Layer:
-        return lq.layers.QuantConv2D(units, kernel_size, input_quantizer=input_quantizer,
+        return QuantConv2D(units, kernel_size, input_quantizer=input_quantizer,
                                      name=layer_name, **quant)
 
     inputs = image_input(input_shape)
     small = is_small_input(input_shape)
     # The first layer sees the (float) image: binary weights only, zero padding.
-    x = lq.layers.QuantConv2D(
+    x = QuantConv2D(
         128, 3 if small else 7, strides=1 if small else 2, padding="same", input_quantizer=None,
         name="conv1", **quant,
     )(inputs)
@@ -82,7 +82,7 @@ def binarynet(
         x = tf.keras.layers.MaxPool2D(3, strides=2, padding="same", name="conv1_pool")(x)
     x = bn("conv1_bn")(x)
     for i, (filters, pooled) in enumerate(_CONVS, start=2):
-        x = lq.layers.QuantConv2D(
+        x = QuantConv2D(
             filters, 3, padding="same", pad_values=1.0, input_quantizer=input_quantizer,
             name=f"conv{i}", **quant,
         )(x)

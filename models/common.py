@@ -8,10 +8,10 @@ import functools
 import types
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
-import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
+from bnn_keras.layers import QuantConv2D
 from bnn_keras.model_stats import lce_fold_parts
 
 # Below this side length (CIFAR, MNIST-like inputs) a model uses a single
@@ -220,7 +220,7 @@ def binary_conv3x3(
     `pad_values=0` is larq-zoo's (`VariantRules.pad_value`). No bias, since a BatchNormalization
     follows in every family that uses it.
     """
-    return lq.layers.QuantConv2D(
+    return QuantConv2D(
         filters,
         3,
         strides=strides,
@@ -310,7 +310,7 @@ def split_quant_conv(
     kernel_shape = (*kernel_size, int(x.shape[-1]), filters)
     if make_layer is None:
         def make_layer(n, size, layer_name, **layer_kwargs):
-            return lq.layers.QuantConv2D(n, size, name=layer_name, **layer_kwargs)
+            return QuantConv2D(n, size, name=layer_name, **layer_kwargs)
     if parts is None:
         parts = lce_fold_parts(kernel_shape, kwargs.get("kernel_quantizer"))
     if parts == 1:

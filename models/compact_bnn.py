@@ -14,7 +14,6 @@ References:
 
 from typing import Any, Sequence
 
-import larq as lq
 import tensorflow as tf
 
 from bnn_keras import layers as bnn_layers
@@ -88,7 +87,7 @@ def compact_bnn(
         )
         if bases > 1:
             return bnn_layers.MultiBaseQuantConv2D(filters, kernel_size, bases=bases, **common)
-        return lq.layers.QuantConv2D(filters, kernel_size, **common)
+        return bnn_layers.QuantConv2D(filters, kernel_size, **common)
 
     def bn(layer_name: str) -> tf.keras.layers.Layer:
         return batch_norm(layer_name, momentum=0.9, epsilon=1e-3)

@@ -17,6 +17,7 @@ import larq as lq
 import tensorflow as tf
 
 from bnn_keras.constraints import NoClip
+from bnn_keras.layers import QuantConv2D
 from bnn_keras.quantizers import LayerScaledSign
 from models.common import (
     NEVER,
@@ -116,7 +117,7 @@ def dorefanet(
         x = tf.keras.layers.Conv2D(96, 12, strides=4, padding="valid", name="conv1")(inputs)
     for i, (filters, kernel_size, pool_padding) in enumerate(_CONVS, start=2):
         # Zero padding on purpose: DoReFa activations lie in [0, 1], where 0 is a real level.
-        x = lq.layers.QuantConv2D(filters, kernel_size, padding="same", name=f"conv{i}", **quant)(x)
+        x = QuantConv2D(filters, kernel_size, padding="same", name=f"conv{i}", **quant)(x)
         x = bn(f"conv{i}_bn")(x)
         if pool_padding:
             x = tf.keras.layers.MaxPool2D(
@@ -132,7 +133,7 @@ def dorefanet(
             fc6_parts = rules.family.get("fc6_parts")
         x = split_quant_conv(x, 4096, 1, "fc6", fc6_parts, **quant)
         x = bn("fc6_bn")(x)
-        x = lq.layers.QuantConv2D(4096, 1, name="fc7", **quant)(x)
+        x = QuantConv2D(4096, 1, name="fc7", **quant)(x)
         x = bn("fc7_bn")(x)
         # clip(x, 0, 1) as a serializable built-in layer.
         x = tf.keras.layers.ReLU(max_value=1.0, name="fc7_clip")(x)

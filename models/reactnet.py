@@ -47,7 +47,7 @@ import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from bnn_keras.layers import RPReLU, RSign
+from bnn_keras.layers import QuantConv2D, RPReLU, RSign
 from models.common import batch_norm, classifier_head, family_builder, image_input, is_small_input
 from models.recipes import USER_TEACHER, PaperRecipe, RecipeStage, StagedRecipe
 from models.registry import register_model
@@ -124,7 +124,7 @@ def reactnet(
 def _binary_conv(filters: int, kernel_size: int, *, strides: int, weights, name: str):
     """A binary conv whose input quantizer is an RSign (sign with a learnable threshold)."""
     quantizer = weights()
-    return lq.layers.QuantConv2D(
+    return QuantConv2D(
         filters, kernel_size, strides=strides, padding="same", pad_values=1.0,
         input_quantizer=RSign(pseudo_gradient="approx_sign", name=f"{name}_rsign"),
         kernel_quantizer=quantizer,

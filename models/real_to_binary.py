@@ -40,11 +40,10 @@ References:
 
 from typing import Any, Dict, Optional, Sequence
 
-import larq as lq
 import tensorflow as tf
 
 from bnn_keras.errors import BnnError
-from bnn_keras.layers import LearnedRescale
+from bnn_keras.layers import LearnedRescale, QuantConv2D
 from models.common import (
     NEVER,
     PAD_DIFFERENCE,
@@ -170,7 +169,7 @@ def _half_block(x: tf.Tensor, *, downsample: bool, name: str, stage: str, scalin
         # larq-zoo's RealToBinNetFP passes `Activation("tanh")` as the input quantizer; as its
         # own layer it serializes without custom objects and computes the same.
         binary_input = tf.keras.layers.Activation("tanh", name=f"{name}_tanh")(conv_input)
-    conv_output = lq.layers.QuantConv2D(
+    conv_output = QuantConv2D(
         out_channels, 3, strides=2 if downsample else 1, padding="same", pad_values=pad_values,
         kernel_initializer="glorot_normal", use_bias=False, name=f"{name}_conv2d",
         **_quantization(stage),

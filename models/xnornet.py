@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import larq as lq
 import tensorflow as tf
 
+from bnn_keras.layers import QuantConv2D
 from models.common import (
     NEVER,
     PAD_DIFFERENCE,
@@ -112,7 +113,7 @@ def xnornet(
     x = tf.keras.layers.Activation("relu", name="conv1_relu")(x)
     x = bn("conv1_pool_bn")(pool("conv1_pool")(x))
     for i, (filters, kernel_size, pooled) in enumerate(_CONVS, start=2):
-        x = lq.layers.QuantConv2D(
+        x = QuantConv2D(
             filters, kernel_size, padding="same", pad_values=rules.pad_value,
             name=f"conv{i}", **quant,
         )(x)
@@ -131,7 +132,7 @@ def xnornet(
     x = bn("fc6_bn")(x)
 
     if include_top:
-        x = lq.layers.QuantConv2D(4096, 1, name="fc7", **quant)(x)
+        x = QuantConv2D(4096, 1, name="fc7", **quant)(x)
         x = bn("fc7_bn", epsilon=1e-3)(x)
         x = tf.keras.layers.Activation("relu", name="fc7_relu")(x)
         x = tf.keras.layers.Flatten(name="fc7_flatten")(x)

@@ -343,10 +343,11 @@ def _data_and_model(config: TrainConfig, recipe: recipes.Recipe, strategy,
                                                   weights=start.weights)
     data, precision, built = _data_and_student(config, recipe, strategy, build_model, start,
                                                data, precision)
-    if teacher_model is not None:
+    if config.model == binarized.BINARIZED:
         # A binarized model's BatchNormalizations hold the float model's statistics (or none):
         # set them from the first training images, as the binary layers now output (a resumed
-        # epoch backup restores its own over these).
+        # epoch backup restores its own over these). The same for a caller's `build_model` of
+        # one (a binarized model trained without its float model as teacher).
         from bnn_keras.binarization import calibrate_batch_norm
 
         options = _pipeline_options(config, data.splits, data.input_shape)

@@ -24,13 +24,19 @@ import tensorflow as tf
 
 from bnn_keras import graph
 from bnn_keras.binary import quantizer_bits
+from bnn_keras.layers import QuantConv2D
 from convert.int8.fake_quant import _SAME_SCALE, FakeQuant
+
+
+# Convs that compute `conv(q(x), q(W))` and nothing more: larq's, and ours (larq's, padded
+# faster in training).
+_PLAIN_CONVS = (lq.layers.QuantConv2D, QuantConv2D)
 
 
 def _is_multibit_conv(layer: tf.keras.layers.Layer) -> bool:
     """A larq conv whose input quantizer has more than 1 bit (LCE runs it in float)."""
-    if not isinstance(layer, lq.layers.QuantConv2D) or type(layer) is not lq.layers.QuantConv2D:
-        return False  # subclasses (BNN+ scales, ...) compute more than q(W)
+    if type(layer) not in _PLAIN_CONVS:
+        return False  # other subclasses (BNN+ scales, ...) compute more than q(W)
     bits = quantizer_bits(getattr(layer, "input_quantizer", None))
     return bits is not None and bits > 1
 

@@ -220,6 +220,34 @@ def test_a_binarized_model_trains_from_its_float_model_as_teacher(tmp_path):
     assert record.teacher_sha256 is not None and record.config.distill_loss == "distribution"
 
 
+def test_a_binarized_run_without_teacher_has_its_batch_norm_calibrated(tmp_path, monkeypatch):
+    """A caller's `build_model` of a binarized model, trained on the labels only (the
+    benchmark's 'labels only' BNN): its BatchNormalizations are set from 256 training images
+    before the first step, as in `bnn binarize`'s distilled run."""
+    from bnn_keras import binarization, training
+    from bnn_keras.training import binarized
+
+    calls = []
+    calibrate = binarization.calibrate_batch_norm
+    monkeypatch.setattr(binarization, "calibrate_batch_norm",
+                        lambda model, images: calls.append((model, images.shape))
+                        or calibrate(model, images))
+    tf.keras.utils.set_random_seed(3)
+    float_model = tf.keras.Sequential([
+        tf.keras.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same", activation="relu"),
+        L.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+        L.GlobalAveragePooling2D(), L.Dense(10, activation="softmax")], name="float_cnn")
+    config = training.TrainConfig(model=binarized.BINARIZED, dataset="digits", image_size=8,
+                                  epochs=1, steps_per_epoch=2, batch_size=16,
+                                  precision="float32")
+    result = training.train(config, binarized.binarized_builder(float_model, {}),
+                            tmp_path / "run", verbose=0)
+    assert [shape for _, shape in calls] == [(256, 8, 8, 1)]
+    assert calls[0][0].get_layer("conv2_bn") is not None
+    assert result.metrics["epochs"] == 1
+    assert training.RunRecord.read(tmp_path / "run").teacher_sha256 is None
+
+
 def test_calibrate_batch_norm_sets_the_moving_statistics_to_a_batchs():
     from bnn_keras.binarization import calibrate_batch_norm
 

@@ -231,3 +231,76 @@ def test_config_round_trip(layer):
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
+
+
+def _outputs_and_gradients(layer, x, training):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    grads = tape.gradient(loss, [x, *layer.trainable_weights])
+    return [np.asarray(tf.cast(t, tf.float32)) for t in (y, *grads)]
+
+
+@pytest.mark.parametrize("size, kernel, strides, dilation", [
+    (8, 3, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1), (9, 5, 1, 2), (6, (1, 3), 1, 1)])
+@pytest.mark.parametrize("cls", [bl.QuantConv2D, bl.ScaledQuantConv2D])
+def test_training_pads_by_a_sum_with_larqs_outputs_and_gradients(cls, size, kernel, strides,
+                                                                  dilation):
+    """In training, the padding of +1 is added as the conv of the border map: larq's outputs
+    and gradients (input, latent kernel, bias, scale), without its copy of the input."""
+    x = RNG.normal(size=(3, size, size, 5)).astype(np.float32)
+    options = dict(padding="same", pad_values=1.0, strides=strides, dilation_rate=dilation,
+                   input_quantizer="ste_sign", kernel_quantizer="ste_sign", use_bias=True,
+                   bias_initializer="ones", kernel_constraint="weight_clip")
+    ours = cls(6, kernel, **options)
+    ours.build(x.shape)
+    reference = (lq.layers.QuantConv2D if cls is bl.QuantConv2D else _LarqPaddedScaled)(
+        6, kernel, **options)
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    expected = _outputs_and_gradients(reference, x, training=True)
+    for got, want in zip(_outputs_and_gradients(ours, x, training=True), expected):
+        # Sums in another order: float32 rounding of the largest values (a missing border
+        # term would be off by a whole kernel's sum).
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # Outside training the layer is larq's: the same numbers by the padded input.
+    np.testing.assert_array_equal(ours(x, training=False).numpy(),
+                                  reference(x, training=False).numpy())
+
+
+class _LarqPaddedScaled(bl.ScaledQuantConv2D):
+    """ScaledQuantConv2D computed as larq computes it: the padded input, always."""
+
+    def call(self, inputs, training=None):
+        return lq.layers.QuantConv2D.call(self, inputs)
+
+
+def test_training_padding_by_a_sum_is_float32_only_and_keeps_the_converted_graph():
+    """Under mixed_bfloat16 the layer trains as larq's, bit for bit (the sum costs more than
+    the copy there); the converter still sees larq's padding (one LceBconv2d, no PAD)."""
+    x = RNG.normal(size=(2, 8, 8, 32)).astype(np.float32)
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        ours = bl.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+                              use_bias=False)
+        reference = lq.layers.QuantConv2D.from_config(
+            {**ours.get_config(), "dtype": "mixed_bfloat16"})
+        reference.build(x.shape)
+        ours.build(x.shape)
+        reference.set_weights(ours.get_weights())
+        got, want = ours(x, training=True), reference(x, training=True)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert got.dtype == tf.bfloat16
+    np.testing.assert_array_equal(np.asarray(tf.cast(got, tf.float32)),
+                                  np.asarray(tf.cast(want, tf.float32)))
+    inputs = tf.keras.Input((8, 8, 32))
+    model = tf.keras.Model(inputs, bl.QuantConv2D(
+        32, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign", kernel_constraint="weight_clip", use_bias=False)(inputs))
+    ops = op_histogram(lce.convert_keras_model(model, target="arm"))
+    assert ops["LceBconv2d"] == 1 and ops.get("PAD", 0) == 0
+
