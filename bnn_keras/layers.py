@@ -59,7 +59,7 @@ class QuantConv2D(lq.layers.QuantConv2D):
     the layer is larq's, whose padding the converter fuses into `LceBconv2d`. In float32 only:
     under `mixed_bfloat16` the broadcast add and the batch sum of its gradient, bfloat16
     elementwise work on a CPU, cost more than the copy they save (BinaryDenseNet28's step on
-    the bf16 machine: 0.94x larq's, against 1.10x in float32), so the layer is larq's there.
+    the bf16 machine: 0.94x larq's, against 1.09x in float32), so the layer is larq's there.
     Grouped convs, channels-first data and inputs without a static height and width are larq's
     in training too.
 

@@ -12,14 +12,18 @@ from tests.training.test_data import _write_idx as write_idx
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    """benchmarks/fashion_mnist.py as a module."""
-    spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark",
-                                                  BENCHMARKS / "fashion_mnist.py")
+def load_script(file_name: str, module_name: str):
+    """benchmarks/FILE_NAME as a module named `module_name` (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / file_name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    """benchmarks/fashion_mnist.py as a module."""
+    return load_script("fashion_mnist.py", "fashion_mnist_benchmark")
 
 
 def write_fashion_idx(folder: Path, train: int = 96, test: int = 32) -> Path:

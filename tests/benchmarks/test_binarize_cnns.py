@@ -2,20 +2,16 @@
 `bnn binarize`'s distilled two steps, the same two steps on the labels only, their verified
 conversions, the kept results and the table."""
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.benchmarks.conftest import BENCHMARKS, write_fashion_idx
+from tests.benchmarks.conftest import load_script, write_fashion_idx
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("binarize_cnns", BENCHMARKS / "binarize_cnns.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("binarize_cnns.py", "binarize_cnns")
 
 
 def test_an_unknown_cnn_is_refused_before_any_work(script, tmp_path, capsys):

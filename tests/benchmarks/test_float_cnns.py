@@ -2,20 +2,15 @@
 (every binary conv an LceBconv2d; ResNet-20 with at least 85% of its MACs binary), checked
 without training."""
 
-import importlib.util
-
 import pytest
 
 import bnn_keras
-from tests.benchmarks.conftest import BENCHMARKS
+from tests.benchmarks.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def float_cnns():
-    spec = importlib.util.spec_from_file_location("float_cnns", BENCHMARKS / "float_cnns.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("float_cnns.py", "float_cnns")
 
 
 @pytest.mark.parametrize("name, params, binary_convs, min_fraction", [
