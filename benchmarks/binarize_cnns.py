@@ -61,8 +61,6 @@ PIXEL_STD = 255.0
 # ResNet has them already around pairs of convs; the other two have none to add.
 SHORTCUTS = {"mnist-convnet": "none", "vgg-style": "none", "resnet20": "auto"}
 VARIANTS = ("teacher", "labels")
-DISTILL_FIELDS = ("distill_loss", "distill_weight", "distill_temperature",
-                  "distill_attention_weight", "distill_attention_layers")
 
 
 def fashion_mnist_arrays(data_dir: Optional[str]):
@@ -140,7 +138,7 @@ def train_on_labels(config: TrainConfig, run_dir: Path, verbose: int) -> Path:
     for stage in plan.stages:
         folder = run_dir / stage.folder
         step = dataclasses.replace(stage.config, teacher=None, weights=None,
-                                   **{field: None for field in DISTILL_FIELDS})
+                                   **{field: None for field in stages.DISTILL_OPTIONS})
         build = binarized.binarized_builder(source, step.model_options, weights=weights)
         print(f"Step {stage.name} ({stage.note}), labels only", flush=True)
         if (folder / METRICS_FILE).is_file():

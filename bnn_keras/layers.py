@@ -85,15 +85,14 @@ class QuantConv2D(lq.layers.QuantConv2D):
     def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         outputs = super().convolution_op(inputs, kernel)
         if self._padding_by_sum:
-            outputs = outputs + tf.cast(self._padding_outputs(inputs, kernel), outputs.dtype)
+            outputs = outputs + self._padding_outputs(inputs, kernel)
         return outputs
 
     def _padding_outputs(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        """The conv of the padding alone, (1, out height, out width, filters), in float32."""
-        kernel = tf.cast(tf.convert_to_tensor(kernel), tf.float32)
+        """The conv of the padding alone, (1, out height, out width, filters) (float32: `call`
+        pads by the sum in float32 only)."""
         border = tf.pad(tf.zeros((1, *inputs.shape[1:3], 1), tf.float32),
-                        self._get_padding_same(inputs),
-                        constant_values=tf.cast(self.pad_values, tf.float32))
+                        self._get_padding_same(inputs), constant_values=self.pad_values)
         return tf.nn.convolution(border, tf.reduce_sum(kernel, axis=2, keepdims=True),
                                  strides=list(self.strides), padding="VALID",
                                  dilations=list(self.dilation_rate))

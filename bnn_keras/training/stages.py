@@ -64,9 +64,9 @@ STAGES_FORMAT_VERSION = 1
 # The final stage's files that the staged run's folder gets, in the order they are copied
 # (model.keras last: a folder with it and metrics.json reads as a finished run).
 FINAL_FILES = (HISTORY_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE)
-# Options each stage sets itself.
-_DISTILL_OPTIONS = ("distill_loss", "distill_weight", "distill_temperature",
-                    "distill_attention_weight", "distill_attention_layers")
+# The distillation options: each stage sets them itself.
+DISTILL_OPTIONS = ("distill_loss", "distill_weight", "distill_temperature",
+                   "distill_attention_weight", "distill_attention_layers")
 
 Report = Callable[[str], None]
 
@@ -385,7 +385,7 @@ def _refuse_stage_options(config: TrainConfig, staged) -> None:
         # Every worker would run the stages, and only one can hold the staged run's folder.
         raise BnnError(f"{name}'s staged recipe trains in one process; drop `strategy` "
                        "multi-worker, or train its stages one by one.")
-    for option in _DISTILL_OPTIONS:
+    for option in DISTILL_OPTIONS:
         if getattr(config, option, None) is not None:
             raise BnnError(f"`{option}` is set by each stage of {name}'s staged recipe; drop "
                            f"`{option}`.")
