@@ -1,6 +1,7 @@
 """Binary layers and the BNN papers' training tricks, as Keras layers.
 
-- `QuantConv2D`: larq's, trained without copying its input for its "same" padding of +1.
+- `QuantConv2D`: larq's, trained without copying its input for its "same" padding of +1
+  and with fused straight-through gradients.
 - `ScaledQuantConv2D`: binary conv with a trainable BNN+ scale alpha and its regularizer.
 - `MultiBaseQuantConv2D`: residual binarization of the input into K binary bases (ABC-Net).
 - `LearnableScale`: a learnable scalar or per-unit scale (e.g. before the softmax).
@@ -12,7 +13,8 @@ All layers stay convertible with Larq Compute Engine: a per-channel `+/-alpha` k
 into the `LceBconv2d` post-multiplier, and K binary bases become K `LceBconv2d` plus `ADD`s.
 """
 
-from typing import Any, Dict, Optional, Sequence, Union
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import larq as lq
 import tensorflow as tf
@@ -39,29 +41,57 @@ def _latent(variable: tf.Variable) -> tf.Variable:
     return getattr(variable, "latent_variable", variable)
 
 
+def _is_plain_ste_sign(quantizer: Any) -> bool:
+    """A `SteSign` (larq's or ours) without metrics: what `bnn_keras.quantizers.ste_sign`
+    computes alone, sign and gradient."""
+    return (type(quantizer) in (lq.quantizers.SteSign, bnn_quantizers.SteSign)
+            and not getattr(quantizer, "_custom_metrics", None)
+            and not hasattr(quantizer, "flip_ratio"))
+
+
+@contextlib.contextmanager
+def _swapped_untracked(layer: tf.keras.layers.Layer, name: str, value: Any) -> Iterator[None]:
+    """Sets `layer.name` to `value` within the block, past Keras's attribute tracking
+    (`object.__setattr__`): the layer's tracked sublayers, and so its weights and checkpoints,
+    stay as they are."""
+    previous = getattr(layer, name)
+    object.__setattr__(layer, name, value)
+    try:
+        yield
+    finally:
+        object.__setattr__(layer, name, previous)
+
+
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
 class QuantConv2D(lq.layers.QuantConv2D):
-    """larq's `QuantConv2D`, whose "same" padding with `pad_values` costs no copy in training.
+    """larq's `QuantConv2D`, whose float32 training step costs no padding copy and fewer passes
+    over its tensors.
 
-    LCE wants a binary conv's "same" padding to pad with +1 (`pad_values=1.0`: zeros cannot be
-    binarized, and padding with them blocks its fusions on ARM). larq pads the input with
-    `tf.pad` and convolves "valid": a copy of the input forward, and backward a "valid"
-    input-gradient conv over the padded size and a slice of it. In training
-    (`training=True`) this layer computes the same outputs and gradients without them: the conv
-    of the padded input is the zero-padded ("same") conv of the input plus the conv of the
-    padding alone, i.e. of a one-image, one-channel map that is `pad_values` on the border and
-    0 inside, with the kernel summed over its input channels (the padding is the same in every
-    channel). That map costs one image of one channel whatever the batch. The padding is a
-    constant, so the input's gradient is the same, and the kernel gets the sum of both terms'
-    gradients.
+    In float32 training (`training=True`) this layer computes larq's outputs and gradients with
+    less work:
+
+    - **Padding by a sum.** LCE wants a binary conv's "same" padding to pad with +1
+      (`pad_values=1.0`: zeros cannot be binarized, and padding with them blocks its fusions on
+      ARM). larq pads the input with `tf.pad` and convolves "valid": a copy of the input
+      forward, and backward a "valid" input-gradient conv over the padded size and a slice of
+      it. Here the conv of the padded input is the zero-padded ("same") conv of the input plus
+      the conv of the padding alone, i.e. of a one-image, one-channel map that is `pad_values`
+      on the border and 0 inside, with the kernel summed over its input channels (the padding
+      is the same in every channel). That map costs one image of one channel whatever the
+      batch. The padding is a constant, so the input's gradient is the same, and the kernel
+      gets the sum of both terms' gradients.
+    - **Fused straight-through gradients.** A plain `SteSign` input or kernel quantizer
+      (larq's or ours, without metrics) is computed by `bnn_keras.quantizers.ste_sign`: the
+      same sign, and the same gradient in one fused op instead of four elementwise passes.
+      The kernel is quantized once for both convs of the padding by a sum.
 
     Outside training (Keras' evaluation and prediction, and the graph LCE's converter traces)
     the layer is larq's, whose padding the converter fuses into `LceBconv2d`. In float32 only:
     under `mixed_bfloat16` the broadcast add and the batch sum of its gradient, bfloat16
     elementwise work on a CPU, cost more than the copy they save (BinaryDenseNet28's step on
-    the bf16 machine: 0.94x larq's, against 1.09x in float32), so the layer is larq's there.
-    Grouped convs, channels-first data and inputs without a static height and width are larq's
-    in training too.
+    the bf16 machine: 0.94x larq's, against 1.09x in float32), and the fused gradient op is
+    float32 only, so the layer is larq's there. Grouped convs, channels-first data and inputs
+    without a static height and width pad as larq's in training too.
 
     Args:
         *args, **kwargs: Everything `larq.layers.QuantConv2D` accepts.
@@ -70,19 +100,34 @@ class QuantConv2D(lq.layers.QuantConv2D):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._padding_by_sum = False
+        self._fused_kernel_sign = False
 
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
-        if (training is not True or self._is_native_padding or self.groups != 1
-                or self.compute_dtype != "float32" or self.data_format != "channels_last"
-                or not inputs.shape[1:3].is_fully_defined()):
+        if training is not True or self.compute_dtype != "float32":
             return super().call(inputs)
-        # larq's call without its tf.pad: Conv2D's "same" zero padding, then the padding's own
-        # conv added in `convolution_op`.
-        with lq.utils.patch_object(self, "_is_native_padding", True), \
-                lq.utils.patch_object(self, "_padding_by_sum", True):
+        with contextlib.ExitStack() as stack:
+            if _is_plain_ste_sign(self.input_quantizer):
+                clip_value = self.input_quantizer.clip_value
+                stack.enter_context(_swapped_untracked(
+                    self, "input_quantizer",
+                    lambda x: bnn_quantizers.ste_sign(x, clip_value=clip_value)))
+            stack.enter_context(lq.utils.patch_object(self, "_fused_kernel_sign", True))
+            if not (self._is_native_padding or self.groups != 1
+                    or self.data_format != "channels_last"
+                    or not inputs.shape[1:3].is_fully_defined()):
+                # larq's call without its tf.pad: Conv2D's "same" zero padding, then the
+                # padding's own conv added in `convolution_op`.
+                stack.enter_context(lq.utils.patch_object(self, "_is_native_padding", True))
+                stack.enter_context(lq.utils.patch_object(self, "_padding_by_sum", True))
             return super().call(inputs)
 
     def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        quantizer = getattr(kernel, "quantizer", None)  # of a larq QuantizedVariable
+        if self._fused_kernel_sign and _is_plain_ste_sign(quantizer):
+            kernel = bnn_quantizers.ste_sign(tf.convert_to_tensor(_latent(kernel)),
+                                             clip_value=quantizer.clip_value)
+        elif self._padding_by_sum:
+            kernel = tf.convert_to_tensor(kernel)  # quantized once, for both convs
         outputs = super().convolution_op(inputs, kernel)
         if self._padding_by_sum:
             outputs = outputs + self._padding_outputs(inputs, kernel)

@@ -39,8 +39,10 @@ References:
     - BNN+: https://arxiv.org/abs/1812.11800
 """
 
+import functools
 from typing import Any, Callable, Dict, Optional, Union
 
+import numpy as np
 import tensorflow as tf
 from larq import math as lq_math
 from larq.quantizers import Quantizer
@@ -83,6 +85,59 @@ def _as_float32(x: tf.Tensor) -> tf.Tensor:
     return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_window_is_exact(clip_value: float) -> bool:
+    """Whether TensorFlow's fused `FakeQuantWithMinMaxArgsGradient`, with the range
+    `[-clip_value, clip_value]`, passes the gradient for exactly `|x| <= clip_value` in float32.
+
+    That op nudges its range so that zero is a quantization level; with 8 bits and a narrow
+    range (levels -127..127) a symmetric range stays as it is, up to float32 rounding of the
+    scale. Checked, not assumed: if both ends pass and their float32 neighbours outside do not,
+    the nudged ends are the ends themselves (no float32 value lies between).
+    """
+    if not (0.0 < clip_value < float("inf")):
+        return False
+    edge = np.float32(clip_value)
+    outside = np.nextafter(edge, np.float32(np.inf))
+    x = np.array([-outside, -edge, 0.0, edge, outside], np.float32)
+    try:
+        with tf.init_scope():  # eager, also while a graph is being traced
+            passed = tf.raw_ops.FakeQuantWithMinMaxArgsGradient(
+                gradients=tf.ones_like(x), inputs=x, min=-clip_value, max=clip_value,
+                num_bits=8, narrow_range=True).numpy()
+    except (tf.errors.OpError, AttributeError):  # no eager context: keep the general form
+        return False
+    return passed.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def _clipped_straight_through(x: tf.Tensor, dy: tf.Tensor, clip_value: float) -> tf.Tensor:
+    """The clipped straight-through estimator's backward pass: `dy` where `|x| <= clip_value`
+    (compared in float32), else 0.
+
+    In float32 it is one fused TensorFlow op, `FakeQuantWithMinMaxArgsGradient` (`dy * 1` or
+    `dy * 0` in one pass), instead of four passes over the tensor (abs, compare, zeros,
+    select): that op's window is the same one (`_fused_window_is_exact`), so every finite `dy`
+    gives the same gradient. (A non-finite `dy` outside the window gives NaN instead of 0,
+    where training has diverged already.) Other dtypes, and a window the op cannot hold
+    exactly, use the four ops.
+
+    Args:
+        x: The quantizer's input.
+        dy: The gradient of its output, same shape and dtype.
+        clip_value: The window's half-width.
+
+    Returns:
+        The gradient of `x`.
+    """
+    clip_value = float(clip_value)
+    if x.dtype == dy.dtype == tf.float32 and _fused_window_is_exact(clip_value):
+        return tf.raw_ops.FakeQuantWithMinMaxArgsGradient(
+            gradients=dy, inputs=x, min=-clip_value, max=clip_value, num_bits=8,
+            narrow_range=True)
+    inside = tf.math.less_equal(tf.math.abs(_as_float32(x)), clip_value)
+    return tf.where(inside, dy, tf.zeros_like(dy))
+
+
 def ste_sign(x: tf.Tensor, clip_value: Optional[float] = 1.0) -> tf.Tensor:
     """Sign with the (clipped) straight-through estimator as gradient.
 
@@ -102,8 +157,7 @@ def ste_sign(x: tf.Tensor, clip_value: Optional[float] = 1.0) -> tf.Tensor:
         def grad(dy):
             if clip_value is None:
                 return dy
-            inside = tf.math.less_equal(tf.math.abs(_as_float32(x)), float(clip_value))
-            return tf.where(inside, dy, tf.zeros_like(dy))
+            return _clipped_straight_through(x, dy, clip_value)
 
         return sign(x), grad
 

@@ -270,6 +270,47 @@ def test_training_pads_by_a_sum_with_larqs_outputs_and_gradients(cls, size, kern
                                   reference(x, training=False).numpy())
 
 
+def _training_gradient_ops(layer, x):
+    """The op types of `layer`'s traced training-step gradient graph (of its input too, as
+    in a layer that is not the first)."""
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True))
+        return tape.gradient(loss, [x, *layer.trainable_weights])
+
+    return [op.type for op in step.get_concrete_function(x).graph.get_operations()]
+
+
+def test_training_computes_larqs_ste_signs_with_fused_gradients_and_keeps_the_layer():
+    """larq's SteSign input and kernel quantizers train through `bq.ste_sign`: one fused
+    gradient op each (the kernel quantized once for both convs of the padding by a sum). The
+    layer keeps its quantizers, sublayers and weights; a quantizer with a flip-ratio metric is
+    larq's and keeps its metric."""
+    x = tf.constant(RNG.normal(size=(2, 8, 8, 3)).astype(np.float32))
+    layer = bl.QuantConv2D(4, 3, padding="same", pad_values=1.0,
+                           input_quantizer=lq.quantizers.SteSign(clip_value=1.3),
+                           kernel_quantizer=lq.quantizers.SteSign(clip_value=1.25))
+    layer.build(x.shape)
+    quantizer, tracked = layer.input_quantizer, list(layer._self_tracked_trackables)
+    ops = _training_gradient_ops(layer, x)
+    assert ops.count("FakeQuantWithMinMaxArgsGradient") == 2
+    assert ops.count("Sign") == 4 and not {"Abs", "SelectV2"} & set(ops)
+    assert layer.input_quantizer is quantizer and layer._self_tracked_trackables == tracked
+    assert [w.name for w in layer.weights] == ["kernel:0", "bias:0"]
+
+    watched = bl.QuantConv2D(4, 3, padding="same", pad_values=1.0,
+                             input_quantizer=lq.quantizers.SteSign(),
+                             kernel_quantizer=lq.quantizers.SteSign(metrics=["flip_ratio"]))
+    watched.build(x.shape)
+    ops = _training_gradient_ops(watched, x)
+    assert ops.count("FakeQuantWithMinMaxArgsGradient") == 1 and "SelectV2" in ops
+    watched(x, training=True)
+    assert [m.name for m in watched.metrics] == [f"flip_ratio/{watched.kernel_quantizer.name}"]
+
+
 class _LarqPaddedScaled(bl.ScaledQuantConv2D):
     """ScaledQuantConv2D computed as larq computes it: the padded input, always."""
 

@@ -59,6 +59,53 @@ def test_ste_sign_gradient(clip):
     np.testing.assert_allclose(g, DY * (np.abs(GRID) <= clip), rtol=0, atol=0)
 
 
+def _gradient_op_types(fn, dtype):
+    """The op types of `fn`'s traced gradient graph for an input of `dtype`."""
+
+    @tf.function
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return tape.gradient(y, x, output_gradients=tf.ones_like(y))
+
+    graph = gradient.get_concrete_function(tf.TensorSpec((4, 5), dtype)).graph
+    return [op.type for op in graph.get_operations()]
+
+
+def test_ste_sign_backward_is_one_fused_op_in_float32_and_the_formula_elsewhere():
+    """float32: TensorFlow's FakeQuantWithMinMaxArgsGradient (one pass); bfloat16: the
+    where/abs form, compared in float32 (1.3 has no bfloat16 value)."""
+    fused = _gradient_op_types(lambda x: bq.ste_sign(x, clip_value=1.3), tf.float32)
+    assert fused.count("FakeQuantWithMinMaxArgsGradient") == 1
+    assert not {"Abs", "LessEqual", "SelectV2"} & set(fused)
+    general = _gradient_op_types(lambda x: bq.ste_sign(x, clip_value=1.3), tf.bfloat16)
+    assert "FakeQuantWithMinMaxArgsGradient" not in general
+    assert {"Abs", "LessEqual", "SelectV2"} <= set(general)
+
+
+@pytest.mark.parametrize("clip", [1.0, 1.25, 1.3, 0.5, 2.0, 1e-3, 1e30])
+def test_fused_window_is_the_clip_window_to_the_last_float(clip):
+    """Both edges pass, their float32 neighbours outside do not, for every clip value the
+    models use and far off them; a window the op cannot hold falls back to the formula."""
+    assert bq._fused_window_is_exact(clip)
+    edge = np.float32(clip)
+    x = np.array([-np.nextafter(edge, np.float32(np.inf)), -edge, -np.nextafter(edge, 0),
+                  np.nextafter(edge, 0), edge, np.nextafter(edge, np.float32(np.inf))], np.float32)
+    _, g = _grad(lambda t: bq.ste_sign(t, clip_value=clip), x=x, dy=np.full(6, 0.75, np.float32))
+    np.testing.assert_array_equal(g, [0, 0.75, 0.75, 0.75, 0.75, 0])
+    for unusable in (0.0, -1.0, float("inf"), float("nan")):
+        assert not bq._fused_window_is_exact(unusable)
+
+
+def test_general_form_of_the_ste_gradient_equals_the_fused_one(monkeypatch):
+    fused = _grad(bq.SteSign(clip_value=1.3))[1]
+    monkeypatch.setattr(bq, "_fused_window_is_exact", lambda clip_value: False)
+    assert "FakeQuantWithMinMaxArgsGradient" not in _gradient_op_types(
+        lambda x: bq.ste_sign(x, clip_value=1.3), tf.float32)
+    np.testing.assert_array_equal(_grad(bq.SteSign(clip_value=1.3))[1], fused)
+
+
 def test_ste_sign_without_clip_passes_gradient_everywhere():
     _, g = _grad(bq.SteSign(clip_value=None))
     np.testing.assert_allclose(g, DY, rtol=0, atol=0)
