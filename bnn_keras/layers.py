@@ -17,6 +17,7 @@ import contextlib
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import larq as lq
+import numpy as np
 import tensorflow as tf
 
 from bnn_keras import quantizers as bnn_quantizers
@@ -41,12 +42,21 @@ def _latent(variable: tf.Variable) -> tf.Variable:
     return getattr(variable, "latent_variable", variable)
 
 
-def _is_plain_ste_sign(quantizer: Any) -> bool:
-    """A `SteSign` (larq's or ours) without metrics: what `bnn_keras.quantizers.ste_sign`
-    computes alone, sign and gradient."""
-    return (type(quantizer) in (lq.quantizers.SteSign, bnn_quantizers.SteSign)
-            and not getattr(quantizer, "_custom_metrics", None)
-            and not hasattr(quantizer, "flip_ratio"))
+def _is_plain_ste_sign(quantizer: Any, dtype: str = "float32") -> bool:
+    """A `SteSign` (larq's or ours) without metrics whose sign and gradient on `dtype` inputs
+    `bnn_keras.quantizers.ste_sign` computes alone.
+
+    In bfloat16, larq compares `|x|` with `clip_value` rounded to bfloat16, ours with
+    `clip_value` itself: the same window where the rounding does not go up (1.0, 1.25, 1.3)."""
+    if (type(quantizer) not in (lq.quantizers.SteSign, bnn_quantizers.SteSign)
+            or getattr(quantizer, "_custom_metrics", None) or hasattr(quantizer, "flip_ratio")):
+        return False
+    clip_value = quantizer.clip_value
+    if dtype == "float32" or clip_value is None or type(quantizer) is bnn_quantizers.SteSign:
+        return True
+    return (dtype == "bfloat16" and 0.0 < clip_value < float("inf")
+            and float(np.array(clip_value, tf.bfloat16.as_numpy_dtype))
+            == bnn_quantizers._bfloat16_floor(clip_value))
 
 
 @contextlib.contextmanager
@@ -86,12 +96,14 @@ class QuantConv2D(lq.layers.QuantConv2D):
       The kernel is quantized once for both convs of the padding by a sum.
 
     Outside training (Keras' evaluation and prediction, and the graph LCE's converter traces)
-    the layer is larq's, whose padding the converter fuses into `LceBconv2d`. In float32 only:
-    under `mixed_bfloat16` the broadcast add and the batch sum of its gradient, bfloat16
-    elementwise work on a CPU, cost more than the copy they save (BinaryDenseNet28's step on
-    the bf16 machine: 0.94x larq's, against 1.09x in float32), and the fused gradient op is
-    float32 only, so the layer is larq's there. Grouped convs, channels-first data and inputs
-    without a static height and width pad as larq's in training too.
+    the layer is larq's, whose padding the converter fuses into `LceBconv2d`. Under
+    `mixed_bfloat16` only the input quantizer's gradient changes (a mask product instead of a
+    select, see `bnn_keras.quantizers`; for larq's `SteSign` where its bfloat16 window is the
+    same): the broadcast add and the batch sum of the padding's gradient, bfloat16 elementwise
+    work on a CPU, cost more than the copy they save (BinaryDenseNet28's step on the bf16
+    machine: 0.94x larq's, against 1.09x in float32), and the fused op is float32 only.
+    Grouped convs, channels-first data and inputs without a static height and width pad as
+    larq's in training too.
 
     Args:
         *args, **kwargs: Everything `larq.layers.QuantConv2D` accepts.
@@ -103,14 +115,16 @@ class QuantConv2D(lq.layers.QuantConv2D):
         self._fused_kernel_sign = False
 
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
-        if training is not True or self.compute_dtype != "float32":
+        if training is not True or self.compute_dtype not in ("float32", "bfloat16"):
             return super().call(inputs)
         with contextlib.ExitStack() as stack:
-            if _is_plain_ste_sign(self.input_quantizer):
+            if _is_plain_ste_sign(self.input_quantizer, self.compute_dtype):
                 clip_value = self.input_quantizer.clip_value
                 stack.enter_context(_swapped_untracked(
                     self, "input_quantizer",
                     lambda x: bnn_quantizers.ste_sign(x, clip_value=clip_value)))
+            if self.compute_dtype != "float32":
+                return super().call(inputs)
             stack.enter_context(lq.utils.patch_object(self, "_fused_kernel_sign", True))
             if not (self._is_native_padding or self.groups != 1
                     or self.data_format != "channels_last"

@@ -112,16 +112,27 @@ def _fused_window_is_exact(clip_value: float) -> bool:
     return passed.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
+def _bfloat16_floor(value: float) -> float:
+    """The largest bfloat16 value <= `float32(value)`, for a positive finite `value`.
+
+    For a bfloat16 `x`, `|x| <= _bfloat16_floor(c)` holds exactly where `|float32(x)| <= c`
+    does (bfloat16 is float32's upper 16 bits: truncating them rounds toward zero)."""
+    bits = np.array(value, np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+    return float(bits.view(np.float32))
+
+
 def _clipped_straight_through(x: tf.Tensor, dy: tf.Tensor, clip_value: float) -> tf.Tensor:
     """The clipped straight-through estimator's backward pass: `dy` where `|x| <= clip_value`
     (compared in float32), else 0.
 
     In float32 it is one fused TensorFlow op, `FakeQuantWithMinMaxArgsGradient` (`dy * 1` or
     `dy * 0` in one pass), instead of four passes over the tensor (abs, compare, zeros,
-    select): that op's window is the same one (`_fused_window_is_exact`), so every finite `dy`
-    gives the same gradient. (A non-finite `dy` outside the window gives NaN instead of 0,
-    where training has diverged already.) Other dtypes, and a window the op cannot hold
-    exactly, use the four ops.
+    select): that op's window is the same one (`_fused_window_is_exact`). In bfloat16 it is
+    `dy` times the mask, compared in bfloat16 against `_bfloat16_floor(clip_value)` (the same
+    window), without the select, which is slow on bfloat16 (2.5x the mask's time on the bf16
+    machine). Every finite `dy` gets the same gradient as from the select. (A non-finite `dy`
+    outside the window gives NaN instead of 0, where training has diverged already.) Other
+    dtypes, and a window the fused op cannot hold exactly, use the four ops.
 
     Args:
         x: The quantizer's input.
@@ -136,6 +147,9 @@ def _clipped_straight_through(x: tf.Tensor, dy: tf.Tensor, clip_value: float) ->
         return tf.raw_ops.FakeQuantWithMinMaxArgsGradient(
             gradients=dy, inputs=x, min=-clip_value, max=clip_value, num_bits=8,
             narrow_range=True)
+    if x.dtype == dy.dtype == tf.bfloat16 and 0.0 < clip_value < float("inf"):
+        bound = tf.constant(_bfloat16_floor(clip_value), tf.bfloat16)
+        return dy * tf.cast(tf.math.less_equal(tf.math.abs(x), bound), tf.bfloat16)
     inside = tf.math.less_equal(tf.math.abs(_as_float32(x)), clip_value)
     return tf.where(inside, dy, tf.zeros_like(dy))
 

@@ -318,13 +318,21 @@ class _LarqPaddedScaled(bl.ScaledQuantConv2D):
         return lq.layers.QuantConv2D.call(self, inputs)
 
 
-def test_training_padding_by_a_sum_is_float32_only_and_keeps_the_converted_graph():
-    """Under mixed_bfloat16 the layer trains as larq's, bit for bit (the sum costs more than
-    the copy there); the converter still sees larq's padding (one LceBconv2d, no PAD)."""
+@pytest.mark.parametrize("clip, masked", [(1.3, True), (1.31, False)])
+def test_training_padding_by_a_sum_is_float32_only_and_keeps_the_converted_graph(clip, masked):
+    """Under mixed_bfloat16 the layer trains as larq's, bit for bit, outputs and gradients (the
+    sum costs more than the copy there); larq's SteSign input quantizer gets the mask-product
+    gradient where its bfloat16 window is ours (1.3), and stays larq's where bfloat16 rounds
+    the clip value up (1.31 -> 1.3125). The converter still sees larq's padding (one
+    LceBconv2d, no PAD)."""
     x = RNG.normal(size=(2, 8, 8, 32)).astype(np.float32)
+    # Inputs on the window's edges: larq's rounded clip value and the bfloat16 values beside it.
+    edge = float(np.array(clip, tf.bfloat16.as_numpy_dtype))
+    x[0, 0, 0, :3] = [edge, np.nextafter(edge, 2 * edge), -edge]
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        ours = bl.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+        ours = bl.QuantConv2D(8, 3, padding="same", pad_values=1.0,
+                              input_quantizer=lq.quantizers.SteSign(clip_value=clip),
                               kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
                               use_bias=False)
         reference = lq.layers.QuantConv2D.from_config(
@@ -332,12 +340,17 @@ def test_training_padding_by_a_sum_is_float32_only_and_keeps_the_converted_graph
         reference.build(x.shape)
         ours.build(x.shape)
         reference.set_weights(ours.get_weights())
-        got, want = ours(x, training=True), reference(x, training=True)
+        got, want = (_outputs_and_gradients(layer, x, training=True)
+                     for layer in (ours, reference))
+        ops = _training_gradient_ops(ours, tf.cast(x, tf.bfloat16))
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
-    assert got.dtype == tf.bfloat16
-    np.testing.assert_array_equal(np.asarray(tf.cast(got, tf.float32)),
-                                  np.asarray(tf.cast(want, tf.float32)))
+    for got_one, want_one in zip(got, want):
+        np.testing.assert_array_equal(got_one, want_one)
+    # One select for the kernel's quantizer (larq's in bfloat16), one for the input's unless
+    # it is masked.
+    assert ops.count("SelectV2") == (1 if masked else 2)
+    assert ("Mul" in ops) is masked and "FakeQuantWithMinMaxArgsGradient" not in ops
     inputs = tf.keras.Input((8, 8, 32))
     model = tf.keras.Model(inputs, bl.QuantConv2D(
         32, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",

@@ -73,15 +73,36 @@ def _gradient_op_types(fn, dtype):
     return [op.type for op in graph.get_operations()]
 
 
-def test_ste_sign_backward_is_one_fused_op_in_float32_and_the_formula_elsewhere():
-    """float32: TensorFlow's FakeQuantWithMinMaxArgsGradient (one pass); bfloat16: the
-    where/abs form, compared in float32 (1.3 has no bfloat16 value)."""
+def test_ste_sign_backward_is_one_fused_op_in_float32_and_a_mask_product_in_bfloat16():
+    """float32: TensorFlow's FakeQuantWithMinMaxArgsGradient (one pass); bfloat16: dy times
+    the mask, no select; float16: the where/abs form."""
     fused = _gradient_op_types(lambda x: bq.ste_sign(x, clip_value=1.3), tf.float32)
     assert fused.count("FakeQuantWithMinMaxArgsGradient") == 1
     assert not {"Abs", "LessEqual", "SelectV2"} & set(fused)
-    general = _gradient_op_types(lambda x: bq.ste_sign(x, clip_value=1.3), tf.bfloat16)
-    assert "FakeQuantWithMinMaxArgsGradient" not in general
+    masked = _gradient_op_types(lambda x: bq.ste_sign(x, clip_value=1.3), tf.bfloat16)
+    assert {"Abs", "LessEqual", "Mul"} <= set(masked) and "SelectV2" not in masked
+    general = _gradient_op_types(lambda x: bq.ste_sign(x, clip_value=1.3), tf.float16)
     assert {"Abs", "LessEqual", "SelectV2"} <= set(general)
+    assert "FakeQuantWithMinMaxArgsGradient" not in masked + general
+
+
+@pytest.mark.parametrize("clip", [1.0, 1.3, 1.31, 0.7, 1e-3])
+def test_bfloat16_ste_gradient_has_the_float32_window(clip):
+    """Every bfloat16 value near the edges: the gradient passes where |float32(x)| <= clip,
+    also where bfloat16 rounds the clip value up (1.31 -> 1.3125)."""
+    bf16 = tf.bfloat16.as_numpy_dtype
+    edge = np.array(clip, np.float32)
+    # The bfloat16 grid around the edge: float32 values with the low 16 bits cleared.
+    steps = np.arange(-4, 5, dtype=np.int64) * 2**16
+    grid = ((edge.view(np.uint32).astype(np.int64) & ~0xFFFF) + steps).astype(np.uint32)
+    x = np.concatenate([grid.view(np.float32), -grid.view(np.float32)])
+    with tf.GradientTape() as tape:
+        t = tf.constant(x.astype(bf16))
+        tape.watch(t)
+        y = bq.ste_sign(t, clip_value=clip)
+    g = tape.gradient(y, t, output_gradients=tf.constant(np.full(x.shape, 0.75).astype(bf16)))
+    np.testing.assert_array_equal(np.asarray(tf.cast(g, tf.float32)),
+                                  np.where(np.abs(x) <= np.float32(clip), 0.75, 0.0))
 
 
 @pytest.mark.parametrize("clip", [1.0, 1.25, 1.3, 0.5, 2.0, 1e-3, 1e30])
