@@ -31,9 +31,10 @@ as a `flip_ratio/NAME` metric when created as a kernel quantizer inside
 
 Pseudo-gradients are computed in float32 and cast back to the input's dtype, so the same
 quantizers work under the `mixed_bfloat16` policy (bfloat16's 8-bit mantissa would round
-`2 - 2|x|` and the SignSwish terms visibly). In float32 the straight-through estimator's
-backward pass is one fused TensorFlow op (`FakeQuantWithMinMaxArgsGradient`, its window checked
-to equal `|x| <= clip_value`) instead of four elementwise passes.
+`2 - 2|x|` and the SignSwish terms visibly). The straight-through estimator's backward pass
+is one fused TensorFlow op in float32 (`FakeQuantWithMinMaxArgsGradient`, its window checked to
+equal `|x| <= clip_value`) and a mask product in bfloat16 (compared against the largest
+bfloat16 <= `clip_value`: the same window as in float32), instead of four elementwise passes.
 
 References:
     - BinaryNet: https://arxiv.org/abs/1602.02830

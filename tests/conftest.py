@@ -297,16 +297,22 @@ def _fresh_keras_graph_per_module():
     functional models that ~650 tests build (several at 224x224) grow one pytest process past
     24 GB. A session fixture's models keep working: they hold their own variables.
 
-    The graph is reset after every module (layer names start again from "conv2d"), but Python's
-    full garbage collection, which takes 0.1-1 s in a process that has built many models (~20 s
-    of a suite run), only once the process holds more than `COLLECT_ABOVE_BYTES`."""
+    The graph is reset after every module (layer names start again from "conv2d"); see
+    `_free_keras_memory_collecting_when_large` for the garbage collection."""
     yield
-    free_keras_memory(collect=_resident_bytes() > COLLECT_ABOVE_BYTES)
+    _free_keras_memory_collecting_when_large()
 
 
-# A pytest process's resident memory above which the module fixture collects garbage: two
-# workers stay well inside the 24 GB machine.
+# A pytest process's resident memory above which the fixtures that free Keras memory collect
+# garbage: two workers stay well inside the 24 GB machine.
 COLLECT_ABOVE_BYTES = 3 * 2**30
+
+
+def _free_keras_memory_collecting_when_large() -> None:
+    """`free_keras_memory`, with Python's full garbage collection, which takes 0.1-1 s in a
+    process that has built many models (~20 s of a suite run), only once the process holds more
+    than `COLLECT_ABOVE_BYTES`."""
+    free_keras_memory(collect=_resident_bytes() > COLLECT_ABOVE_BYTES)
 
 
 def _resident_bytes() -> int:
@@ -347,7 +353,6 @@ def free_keras_memory(collect: bool = True) -> None:
 def frees_keras_memory():
     """Frees, after the test, what its models left in Keras's global graph: for tests that build
     ImageNet-size models (up to 62M parameters), so that their memory does not add up until the
-    end of the module. Python's full garbage collection (0.1-1 s each time) runs, as after a
-    module, only once the process holds more than `COLLECT_ABOVE_BYTES`."""
+    end of the module (garbage collected as after a module)."""
     yield
-    free_keras_memory(collect=_resident_bytes() > COLLECT_ABOVE_BYTES)
+    _free_keras_memory_collecting_when_large()
