@@ -42,6 +42,7 @@ from bnn_keras import (  # noqa: E402,F401
     initializers,
     layers,
     losses,
+    optimizers,
     quantizers,
     regularizers,
     schedules,

@@ -228,36 +228,39 @@ def tiny_config(**overrides):
     return training.TrainConfig(**options)
 
 
-# The slowest test modules, slowest first (seconds in a `make test` run on the bf16 machine,
-# fixture set-up included). `make test` hands whole modules to its two workers in collection
-# order (`--no-loadscope-reorder`; pytest-xdist would order them by their number of tests),
-# and this order puts the long ones first, so that both workers end together rather than one
-# running a long module alone at the end (longest-first scheduling). Other modules follow in
-# their usual order. A module missing here only costs balance, never a test.
+# The slowest test modules, in the order `make test` starts them (seconds of their tests in a
+# `make test` run on the AVX2 machine, fixture set-up included). `make test` hands whole modules
+# to its two workers in collection order (`--no-loadscope-reorder`; pytest-xdist would order
+# them by their number of tests), and this order puts the long ones first, so that both workers
+# end together rather than one running a long module alone at the end (longest-first
+# scheduling). One exception: tests/cli/test_cli.py goes first, because its session fixture
+# trains and converts the digits run that five other modules read (tests/artefacts.py); started
+# later, the worker that needs that run first waited ~35 s on the other one building it. Other
+# modules follow in their usual order. A module missing here only costs balance, never a test.
 SLOW_MODULES = (
-    "tests/models/test_models.py",  # 141 s
-    "tests/convert/test_prediction.py",  # 65 s
-    "tests/cli/test_cli.py",  # 59 s
-    "tests/training/test_run.py",  # 55 s
-    "tests/models/test_zoo_variants.py",  # 55 s
-    "tests/training/test_stages.py",  # 49 s
-    "tests/models/test_real_to_binary.py",  # 49 s
-    "tests/cli/test_distill_cli.py",  # 32 s
-    "tests/cli/test_binarize_cli.py",  # 30 s (alone; 28 s measured)
-    "tests/training/test_distill_train.py",  # 30 s
-    "tests/convert/test_range_balance.py",  # 30 s
-    "tests/training/test_faults_train.py",  # 29 s
-    "tests/convert/test_converter.py",  # 29 s
-    "tests/cli/test_readme.py",  # 28 s
-    "tests/cli/test_old_runs.py",  # 26 s
-    "tests/models/test_meliusnet.py",  # 21 s
-    "tests/cli/test_faults_messages.py",  # 21 s
-    "tests/training/test_train_weights.py",  # 19 s
-    "tests/training/test_distribute.py",  # 18 s
-    "tests/convert/test_int8.py",  # 17 s
-    "tests/training/test_tricks.py",  # 16 s
-    "tests/training/test_run_inputs.py",  # 15 s
-    "tests/convert/test_faults_convert.py",  # 13 s
+    "tests/cli/test_cli.py",  # 44 s, plus ~100 s building the digits run and its .tflite
+    "tests/models/test_models.py",  # 178 s
+    "tests/convert/test_prediction.py",  # 103 s
+    "tests/training/test_stages.py",  # 92 s
+    "tests/models/test_zoo_variants.py",  # 74 s
+    "tests/models/test_real_to_binary.py",  # 67 s
+    "tests/cli/test_distill_cli.py",  # 52 s
+    "tests/training/test_distill_train.py",  # 50 s
+    "tests/cli/test_readme.py",  # 50 s
+    "tests/training/test_faults_train.py",  # 44 s
+    "tests/convert/test_int8.py",  # 41 s
+    "tests/cli/test_old_runs.py",  # 39 s
+    "tests/training/test_run.py",  # 37 s, once the digits run is built
+    "tests/cli/test_faults_messages.py",  # 37 s
+    "tests/convert/test_range_balance.py",  # 36 s
+    "tests/models/test_meliusnet.py",  # 34 s
+    "tests/training/test_tricks.py",  # 32 s
+    "tests/cli/test_binarize_cli.py",  # 32 s
+    "tests/training/test_train_weights.py",  # 29 s
+    "tests/convert/test_faults_convert.py",  # 26 s
+    "tests/training/test_run_inputs.py",  # 25 s
+    "tests/training/test_distribute.py",  # 23 s
+    "tests/convert/test_converter.py",  # 20 s
 )
 
 

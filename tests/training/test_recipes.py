@@ -204,6 +204,7 @@ def test_adam_recipe_is_plain_adam_with_the_schedule():
     recipe = recipes.Recipe(learning_rate=2e-3, schedule="linear", adam_epsilon=1e-8)
     optimizer = recipes.build_optimizer(recipe, model, steps_per_epoch=5, epochs=2)
     assert isinstance(optimizer, tf.keras.optimizers.Adam)
+    assert type(optimizer).__module__ == "bnn_keras.optimizers"  # its step traced leaner
     assert optimizer.epsilon == 1e-8
     schedule = optimizer._learning_rate  # the property returns the current value
     assert isinstance(schedule, recipes.WarmupDecay)
