@@ -246,7 +246,6 @@ SLOW_MODULES = (
     "tests/models/test_real_to_binary.py",  # 67 s
     "tests/cli/test_distill_cli.py",  # 52 s
     "tests/training/test_distill_train.py",  # 50 s
-    "tests/cli/test_readme.py",  # 50 s
     "tests/training/test_faults_train.py",  # 44 s
     "tests/convert/test_int8.py",  # 41 s
     "tests/cli/test_old_runs.py",  # 39 s
