@@ -325,15 +325,15 @@ def build_optimizer(
 ) -> tf.keras.optimizers.Optimizer:
     """The optimizer of `recipe` for `model`, with its learning-rate schedule.
 
-    "adam" gives `bnn_keras.optimizers.Adam` (tf.keras's Adam, traced with fewer ops). "bop"
-    gives larq's `CaseOptimizer`: Bop for the variables larq marks binary (`var.precision ==
-    1`, i.e. kernels of layers with a 1-bit kernel quantizer) and Adam for all others. "adam-sgd" splits the same way: Adam at
-    `learning_rate` for the binary latent weights, SGD with momentum at `float_learning_rate`
-    for the others, both on the recipe's schedule (larq-zoo's QuickNet recipe). larq 0.14's
-    CaseOptimizer and Bop derive from the *legacy* Keras optimizer and reject new-style ones,
-    so the inner optimizers are `tf.keras.optimizers.legacy` ones. Bop keeps the latent weights
-    at exactly +-1; pair it with a kernel quantizer whose pseudo-gradient passes at |w| = 1
-    (`ste_sign`, identity), not with a kernel constraint that clips below 1.
+    "adam" gives `bnn_keras.optimizers.Adam` (tf.keras's Adam, traced with fewer ops). "bop" gives
+    larq's `CaseOptimizer`: Bop for the variables larq marks binary (`var.precision == 1`, i.e.
+    kernels of layers with a 1-bit kernel quantizer) and Adam for all others. "adam-sgd" splits the
+    same way: Adam at `learning_rate` for the binary latent weights, SGD with momentum at
+    `float_learning_rate` for the others, both on the recipe's schedule (larq-zoo's QuickNet
+    recipe). larq 0.14's CaseOptimizer and Bop derive from the *legacy* Keras optimizer and reject
+    new-style ones, so the inner optimizers are `tf.keras.optimizers.legacy` ones. Bop keeps the
+    latent weights at exactly +-1; pair it with a kernel quantizer whose pseudo-gradient passes at
+    |w| = 1 (`ste_sign`, identity), not with a kernel constraint that clips below 1.
 
     Call it (and `model.compile`) inside the same `strategy.scope()` as the model.
 
