@@ -146,5 +146,9 @@ def _save_serving_function(model: tf.keras.Model, folder: str) -> None:
 
     module = tf.Module()
     module.variables_of_the_model = list(model.variables)  # what the function reads
+    # Without the gradient functions of the quantizers' `tf.custom_gradient`s, which TensorFlow
+    # saves by default: the converter runs the forward function only, the bytes are the same,
+    # and the export takes about a third less time (BinaryDenseNet28 at 32x32: 2.6 -> 1.5 s).
     tf.saved_model.save(module, folder,
-                        signatures={"serving_default": serve.get_concrete_function()})
+                        signatures={"serving_default": serve.get_concrete_function()},
+                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
