@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.conftest import invoke
+from tests.conftest import DIGITS_SHAPE, invoke
 
 
 def _one_line_error(result, code=2):
@@ -202,7 +202,9 @@ def test_inspect_describes_a_tflite_file(digits_tflite, tmp_path):
     assert rows["LceBconv2d"] == str(flatbuffer.ops["LceBconv2d"]) != "0"
     assert rows["ops"].startswith(", ".join(f"{name} {count}" for name, count in sorted(
         flatbuffer.ops.items(), key=lambda item: (-item[1], item[0])))[:40])
-    assert rows["input"] == "1x16x16x1 float32" and rows["output"] == "10 values, float32"
+    height, width, channels = DIGITS_SHAPE
+    assert rows["input"] == f"1x{height}x{width}x{channels} float32"
+    assert rows["output"] == "10 values, float32"
     assert (rows["model"], rows["data set"], rows["pixel max"]) == (
         "binary-densenet28", "digits", "16")
     assert rows["classes"] == ", ".join(str(d) for d in range(10))
@@ -242,7 +244,7 @@ def test_predict_labels_an_image_file_like_keras(digits_run, digits_tflite, tmp_
     assert len(top) == 2 and top[0]["score"] >= top[1]["score"]
     from bnn_keras.training.precision import as_float32
 
-    x = data.preprocess(tf.round(raw * 255 / 16) * 16 / 255, (16, 16), splits.normalization)
+    x = data.preprocess(tf.round(raw * 255 / 16) * 16 / 255, DIGITS_SHAPE[:2], splits.normalization)
     # The .tflite computes what the float32 copy of the (maybe bf16-trained) model computes.
     expected = int(np.argmax(as_float32(digits_run.model).predict(x[None], verbose=0)))
     assert top[0]["index"] == expected and top[0]["class"] == str(expected)

@@ -4,11 +4,12 @@ import numpy as np
 
 from convert.samples import run_test_split
 from convert.verify import verify_flatbuffer
+from tests.conftest import DIGITS_SHAPE
 
 
 def test_flatbuffer_agrees_with_keras_on_the_whole_digits_test_split(digits_run, digits_flatbuffer):
     x, y = run_test_split(digits_run.config)
-    assert x.shape == (360, 16, 16, 1)
+    assert x.shape == (360, *DIGITS_SHAPE)
     result = verify_flatbuffer(digits_run.model, digits_flatbuffer, x)
     # A pre-activation within float error of zero may binarize to the other sign in TFLite's
     # reordered sums, so a handful of disagreements are legitimate; 99% is the contract.

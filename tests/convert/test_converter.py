@@ -7,6 +7,7 @@ import tensorflow as tf
 from bnn_keras import model_stats
 from bnn_keras.errors import BnnError
 from convert import converter, flatbuffer, loading, metadata
+from tests.conftest import DIGITS_SHAPE
 
 
 def test_converted_densenet_has_one_lce_bconv_per_binary_conv(digits_run, digits_flatbuffer):
@@ -27,9 +28,9 @@ def test_float32_rebuild_equals_a_float32_build_with_the_same_weights(digits_run
         digits_run.config["precision_resolved"] == "mixed_bfloat16")
     rebuilt = converter.as_float32(model)
     assert not converter.is_mixed_precision(rebuilt)
-    reference = models.create_model("binary-densenet28", input_shape=(16, 16, 1), num_classes=10)
+    reference = models.create_model("binary-densenet28", input_shape=DIGITS_SHAPE, num_classes=10)
     reference.set_weights(model.get_weights())
-    x = np.random.default_rng(0).standard_normal((8, 16, 16, 1)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((8, *DIGITS_SHAPE)).astype(np.float32)
     np.testing.assert_allclose(
         rebuilt.predict(x, verbose=0), reference.predict(x, verbose=0), rtol=1e-6, atol=1e-7
     )
@@ -37,7 +38,7 @@ def test_float32_rebuild_equals_a_float32_build_with_the_same_weights(digits_run
 
 def test_metadata_round_trip_keeps_the_model_intact(digits_flatbuffer):
     meta = metadata.read_metadata(digits_flatbuffer)
-    assert meta["dataset"] == "digits" and meta["input_shape"] == [16, 16, 1]
+    assert meta["dataset"] == "digits" and meta["input_shape"] == list(DIGITS_SHAPE)
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert set(meta["normalization"]) == {"mean", "std"}
     replaced = metadata.embed_metadata(digits_flatbuffer, {"dataset": "other"})

@@ -458,6 +458,16 @@ def test_lce_conversion_has_one_bconv_per_binary_conv(small_model, small_registr
     assert ops["LceBconv2d"] > 0
 
 
+@pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
+def test_prediction_matches_conversion_at_small_input(small_model, small_registry_flatbuffer):
+    """`bnn summary`'s prediction (`model_stats.model_summary`) of the LceBconv2d count and the
+    flatbuffer size, against LCE's conversion of the same build (shared with the test above)."""
+    stats = model_stats.model_summary(small_model.model)
+    flatbuffer = small_registry_flatbuffer(small_model.name, small_model.model)
+    assert stats.lce_bconvs == flatbuffer.ops.get("LceBconv2d", 0)
+    assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) <= 0.05
+
+
 def test_lce_conversion_of_multiple_bases_gives_one_bconv_per_base():
     # 64 hidden units instead of 4096: fc6 and fc7 stay binary 1x1 convs of 2 bases each, and
     # LCE converts 6.7M weights in 1.5 s where it took 8 s for 59M.
