@@ -2,19 +2,23 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+
+# The digits' own size: the int8 tests' small models train on them in a quarter of the time
+# they took on the 16x16 that `bnn train` resizes them to by default.
+DIGITS_SHAPE = (8, 8, 1)
 
 
 def _arrays(split):
     x = np.stack([image.numpy() for image, _ in split])
     y = np.array([int(label.numpy()) for _, label in split])
-    # 8x8 digits (0..16) -> 16x16 in [0, 1], as the training pipeline sizes them.
-    return tf.image.resize(x, (16, 16)).numpy() / 16.0, y
+    assert x.shape[1:] == DIGITS_SHAPE
+    return x / 16.0, y  # 0..16 -> [0, 1]
 
 
 @pytest.fixture(scope="module")
 def digits():
-    """The bundled digits at 16x16 in [0, 1]: (x_train, y_train, x_test, y_test)."""
+    """The bundled digits, 8x8 in [0, 1]: (x_train, y_train, x_test, y_test)."""
     from bnn_keras.training import data
 
     splits = data.load_digits()
