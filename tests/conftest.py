@@ -168,9 +168,11 @@ SMALL_REGISTRY_INPUT = dict(input_shape=(32, 32, 3), num_classes=10)
 @pytest.fixture(scope="session")
 def small_registry_flatbuffer(artefacts):
     """`get(name, model)`: the registry model `name`'s LCE flatbuffer (arm64) at
-    `SMALL_REGISTRY_INPUT`, converted once per run of the suite and read by tests/models and
-    tests/convert alike. `model` is the caller's build of it with those options: a conversion
-    does not depend on the weights' values, so a fresh build's flatbuffer stands for any."""
+    `SMALL_REGISTRY_INPUT`, converted once per run of the suite (and kept for the next run) and
+    read by every test that needs it: the op counts and the size predictions of
+    tests/models/test_models.py. `model` is the caller's build of it with those options: a
+    conversion does not depend on the weights' values, so a fresh build's flatbuffer stands for
+    any."""
     from convert.converter import convert_to_flatbuffer
     from convert.flatbuffer import Flatbuffer
 

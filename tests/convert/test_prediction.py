@@ -1,7 +1,7 @@
 """`bnn summary`/`bnn inspect` predictions (bnn_keras.model_stats) against real LCE conversions.
 
-The fold rule (`lce_kernel_folds`) is checked at its boundary on single 1x1 layers, and the
-registry models' at ImageNet size (fc6). Every registry model's predicted LceBconv2d count and
+The fold rule (`lce_kernel_folds`) is checked at its boundary on single 1x1 layers and on the
+registry models' fc6 at ImageNet size. Every registry model's predicted LceBconv2d count and
 flatbuffer size at 32x32 is checked in tests/models/test_models.py, on the build and the
 conversion that module makes anyway.
 """

@@ -452,7 +452,7 @@ def test_lce_conversion_has_one_bconv_per_binary_conv(small_model, small_registr
     if name == "dorefanet":
         assert expected == 0
         pytest.skip("DoReFa-Net's 2-bit activations are not accelerated by LCE: no LceBconv2d")
-    # LCE's converter for target "arm", once per suite (tests/convert reads the same file).
+    # LCE's converter for target "arm", once per suite (the size predictions below read it too).
     ops = small_registry_flatbuffer(name, model).ops
     assert ops["LceBconv2d"] == expected
     assert ops["LceBconv2d"] > 0
