@@ -14,7 +14,7 @@ from convert import converter, flatbuffer, int8
 from convert.flatbuffer import Flatbuffer
 from convert.runtime import LceRuntime
 from tensorflow.lite.python import schema_py_generated as schema_fb
-from tests.convert.conftest import DIGITS_SHAPE
+from tests.convert.conftest import NATIVE_DIGITS_SHAPE
 
 TENSOR_TYPES = {v: k for k, v in vars(schema_fb.TensorType).items() if not k.startswith("_")}
 
@@ -22,7 +22,7 @@ TENSOR_TYPES = {v: k for k, v in vars(schema_fb.TensorType).items() if not k.sta
 def tiny_model() -> tf.keras.Model:
     import larq as lq
 
-    inputs = tf.keras.Input(DIGITS_SHAPE, name="input")
+    inputs = tf.keras.Input(NATIVE_DIGITS_SHAPE, name="input")
     x = tf.keras.layers.Conv2D(32, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
     # momentum 0.9: the BN statistics must settle within the few steps trained here.
     x = tf.keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
@@ -308,7 +308,8 @@ def test_fine_tune_moves_weights_and_recalibrates(trained, digits):
 def test_binary_densenet28_converts_to_int8_io(digits):
     import models
 
-    model = models.create_model("binary-densenet28", input_shape=DIGITS_SHAPE, num_classes=10)
+    model = models.create_model("binary-densenet28", input_shape=NATIVE_DIGITS_SHAPE,
+                                num_classes=10)
     prepared = int8.prepare_int8(model, digits[0][:64])
     groups = int8.shared_range_groups(prepared)
     # One shared range per dense block: its input, 6/6/6/5 binary conv outputs and concats.

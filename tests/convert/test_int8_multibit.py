@@ -15,7 +15,7 @@ from convert.int8.multibit import (
     unfold_multibit_convs,
 )
 from convert.runtime import LceRuntime
-from tests.convert.conftest import DIGITS_SHAPE
+from tests.convert.conftest import NATIVE_DIGITS_SHAPE
 from tests.convert.test_int8 import TENSOR_TYPES
 
 
@@ -25,7 +25,7 @@ def dorefa_model() -> tf.keras.Model:
     quant = dict(input_quantizer=lq.quantizers.DoReFaQuantizer(k_bit=2),
                  kernel_quantizer=lq.quantizers.MagnitudeAwareSign(clip_value=None),
                  use_bias=False)
-    inputs = tf.keras.Input(DIGITS_SHAPE, name="input")
+    inputs = tf.keras.Input(NATIVE_DIGITS_SHAPE, name="input")
     x = tf.keras.layers.Conv2D(32, 3, padding="same", name="conv1")(inputs)
     x = tf.keras.layers.BatchNormalization(momentum=0.9, name="conv1_bn")(x)
     for k in (2, 3):

@@ -12,7 +12,7 @@ import pytest
 
 from bnn_keras import training
 from bnn_keras.errors import BnnError
-from tests.conftest import DIGITS_IMAGE_SIZE, DIGITS_SHAPE, tiny_bnn, tiny_config
+from tests.conftest import DIGITS_SHAPE, tiny_bnn, tiny_config
 
 
 def test_run_folder_holds_model_config_history_metrics(digits_run):
@@ -26,7 +26,7 @@ def test_run_folder_holds_model_config_history_metrics(digits_run):
     ]
     config = digits_run.config
     assert config["model"] == "binary-densenet28" and config["dataset"] == "digits"
-    assert config["input_shape"] == [DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE, 1]
+    assert config["input_shape"] == list(DIGITS_SHAPE)
     assert config["class_names"] == [str(d) for d in range(10)]
     assert config["epochs"] == 2 and config["steps_per_epoch"] == 18 and config["seed"] == 0
     assert config["precision_resolved"] in ("mixed_bfloat16", "float32")
