@@ -24,15 +24,6 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 # a value the caller set is kept.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-# glibc's malloc serves a block above 32 MB (a 4096-wide layer's kernel, its gradient, a batch of
-# activations) with a fresh mmap and unmaps it when freed, so the next one faults in and zeroes
-# its pages again: in the AlexNet-family tests of tests/models the kernel's time was 38% of the
-# CPU time. Blocks up to 256 MB come from the heap instead and are reused, and up to 1 GB free at
-# its top stays mapped: the same tests take 0.55x the system time and 0.80x the wall time, with
-# 8% more peak memory (2.17 GB against 2.00). glibc reads these when a process starts: they
-# apply to pytest-xdist's workers and to the processes tests start, not to this one.
-os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(256 * 2**20))
-os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**30))
 
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
