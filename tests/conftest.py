@@ -19,7 +19,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 # pytest-xdist worker per core, and TensorFlow sizes both of its pools to every core of the
 # machine: two workers then run four busy pools on two cores, and the suite's tiny models gain
 # nothing from a second thread but its hand-offs. Measured on the 2-core AVX2 machine: four test
-# modules under two workers 0.94x the wall time and 0.96x the CPU time, and three tiny `bnn train`
+# modules under two workers 0.94x the wall time and 0.96x the CPU time, and four tiny `bnn train`
 # runs in one process 0.89x the CPU time. Read when TensorFlow creates its context (its first op);
 # a value the caller set is kept.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
