@@ -50,6 +50,7 @@ def binary_alexnet(
     input_quantizer: Any = "ste_sign",
     kernel_quantizer: Any = "ste_sign",
     kernel_constraint: Any = "weight_clip",
+    hidden_units: int = 4096,
     variant: str = "bnn",
     name: str = "binary_alexnet",
 ) -> tf.keras.Model:
@@ -63,6 +64,7 @@ def binary_alexnet(
         input_quantizer: Activation quantizer (all layers but the first).
         kernel_quantizer: Weight quantizer (all layers).
         kernel_constraint: Latent weight constraint.
+        hidden_units: Units of fc6 and fc7 (AlexNet's 4096; larq-zoo's weights need 4096).
         variant: "bnn" pads conv2..conv5 with +1 (LCE-friendly), "larq-zoo" with 0 and keeps
             the 11x11/4 stem at every size, as larq-zoo does (its weights give its outputs only
             then; its fully-connected layers are `QuantDense`, here 1x1 convolutions with the
@@ -107,8 +109,8 @@ def binary_alexnet(
 
     if include_top:
         x = binary_dense_stack(
-            flatten_to_pixel(x, "fc_reshape"), (4096, 4096, num_classes), binary_conv=fc,
-            bn=bn, first_index=6,
+            flatten_to_pixel(x, "fc_reshape"), (hidden_units, hidden_units, num_classes),
+            binary_conv=fc, bn=bn, first_index=6,
         )
         x = softmax(pixel_to_vector(x, "logits"))
     return tf.keras.Model(inputs=inputs, outputs=x, name=name)

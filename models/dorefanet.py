@@ -62,6 +62,7 @@ def dorefanet(
     input_quantizer: Any = None,
     kernel_quantizer: Any = None,
     kernel_constraint: Any = "no_clip",
+    hidden_units: int = 4096,
     fc6_parts: Optional[int] = None,
     variant: str = "bnn",
     name: str = "dorefanet",
@@ -79,9 +80,10 @@ def dorefanet(
             `LayerScaledSign()` in variant "larq-zoo").
         kernel_constraint: Latent weight constraint (default `bnn_keras.constraints.NoClip`:
             none, on purpose: the weight gradient is the identity, so no weight starves).
+        hidden_units: Units of fc6 and fc7 (AlexNet's 4096; larq-zoo's weights need 4096).
         fc6_parts: Compute fc6 as this many 1x1 convs over the output channels, concatenated
             (same function and parameters with per-channel scales). None: as few as LCE's
-            converter folds, i.e. 2 at 224 px, else 1; 1 in variant "larq-zoo".
+            converter folds, i.e. 2 at 224 px with 4096 units, else 1; 1 in variant "larq-zoo".
         variant: "bnn" (per-channel weight scales, fc6 in parts for LCE) or "larq-zoo"
             (larq-zoo's function: one scale per layer, one fc6, the 12x12/4 stem at every size).
         name: Keras model name.
@@ -131,9 +133,9 @@ def dorefanet(
         # layer: its scale is the mean over the whole kernel, and its weights load by layer.
         if fc6_parts is None:
             fc6_parts = rules.family.get("fc6_parts")
-        x = split_quant_conv(x, 4096, 1, "fc6", fc6_parts, **quant)
+        x = split_quant_conv(x, hidden_units, 1, "fc6", fc6_parts, **quant)
         x = bn("fc6_bn")(x)
-        x = QuantConv2D(4096, 1, name="fc7", **quant)(x)
+        x = QuantConv2D(hidden_units, 1, name="fc7", **quant)(x)
         x = bn("fc7_bn")(x)
         # clip(x, 0, 1) as a serializable built-in layer.
         x = tf.keras.layers.ReLU(max_value=1.0, name="fc7_clip")(x)

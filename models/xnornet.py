@@ -61,6 +61,7 @@ def xnornet(
     kernel_quantizer: Any = None,
     kernel_constraint: Any = "weight_clip",
     weight_decay: float = 5e-7,
+    hidden_units: int = 4096,
     fc6_parts: Optional[int] = None,
     variant: str = "bnn",
     name: str = "xnornet",
@@ -76,10 +77,12 @@ def xnornet(
         kernel_quantizer: Weight quantizer (default `MagnitudeAwareSign(clip_value=1.0)`).
         kernel_constraint: Latent weight constraint.
         weight_decay: L2 factor on every kernel.
-        fc6_parts: Compute fc6 as this many convs of 4096 / `fc6_parts` filters, concatenated
-            (same function and parameters: the scales are per output channel). None: as few
-            as LCE binarizes, i.e. 2 at 224 px (a 6x6x256x4096 kernel exceeds what LCE's
-            converter folds, and would stay float32 twice), else 1; 1 for variant "larq-zoo".
+        hidden_units: Units of fc6 and fc7 (AlexNet's 4096; larq-zoo's weights need 4096).
+        fc6_parts: Compute fc6 as this many convs of `hidden_units / fc6_parts` filters,
+            concatenated (same function and parameters: the scales are per output channel).
+            None: as few as LCE binarizes, i.e. 2 at 224 px with 4096 units (a 6x6x256x4096
+            kernel exceeds what LCE's converter folds, and would stay float32 twice), else 1;
+            1 for variant "larq-zoo".
         variant: "bnn" pads conv2..conv5 with +1 (LCE-friendly), "larq-zoo" with 0 as larq-zoo
             does, keeps the 11x11/4 stem at every size and gives fc6 larq-zoo's 6x6 kernel.
         name: Keras model name.
@@ -128,11 +131,12 @@ def xnornet(
     fc6_kernel = rules.family.get("fc6_kernel", tuple(x.shape[1:3]))
     if fc6_parts is None:
         fc6_parts = rules.family.get("fc6_parts")
-    x = split_quant_conv(x, 4096, fc6_kernel, "fc6", fc6_parts, padding="valid", **quant)
+    x = split_quant_conv(x, hidden_units, fc6_kernel, "fc6", fc6_parts, padding="valid",
+                         **quant)
     x = bn("fc6_bn")(x)
 
     if include_top:
-        x = QuantConv2D(4096, 1, name="fc7", **quant)(x)
+        x = QuantConv2D(hidden_units, 1, name="fc7", **quant)(x)
         x = bn("fc7_bn", epsilon=1e-3)(x)
         x = tf.keras.layers.Activation("relu", name="fc7_relu")(x)
         x = tf.keras.layers.Flatten(name="fc7_flatten")(x)

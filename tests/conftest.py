@@ -177,20 +177,20 @@ SMALL_REGISTRY_INPUT = dict(input_shape=(32, 32, 3), num_classes=10)
 
 @pytest.fixture(scope="session")
 def small_registry_flatbuffer(artefacts):
-    """`get(name, model)`: the registry model `name`'s LCE flatbuffer (arm64) at
-    `SMALL_REGISTRY_INPUT`, converted once per run of the suite (and kept for the next run) and
-    read by every test that needs it: the op counts and the size predictions of
-    tests/models/test_models.py. `model` is the caller's build of it with those options: a
-    conversion does not depend on the weights' values, so a fresh build's flatbuffer stands for
-    any."""
+    """`get(key, model)`: the LCE flatbuffer (arm64) of the registry build `key` at
+    `SMALL_REGISTRY_INPUT` (a model's name, or "NAME:narrow" for its build with fewer units),
+    converted once per run of the suite (and kept for the next run) and read by every test that
+    needs it: the op counts and the size predictions of tests/models/test_models.py. `model` is
+    the caller's build of `key`: a conversion does not depend on the weights' values, so a fresh
+    build's flatbuffer stands for any."""
     from convert.converter import convert_to_flatbuffer
     from convert.flatbuffer import Flatbuffer
 
-    def get(name: str, model) -> "Flatbuffer":
+    def get(key: str, model) -> "Flatbuffer":
         def build(folder: Path) -> None:
             (folder / "model.tflite").write_bytes(bytes(convert_to_flatbuffer(model)))
 
-        folder = artefacts.folder(f"registry-32x32x3-{name}", build)
+        folder = artefacts.folder(f"registry-32x32x3-{key.replace(':', '-')}", build)
         return Flatbuffer((folder / "model.tflite").read_bytes())
 
     return get

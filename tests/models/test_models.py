@@ -133,13 +133,44 @@ def _fast_unless_deeper_sibling(names, fast=()):
             for n in names]
 
 
+# Options that give a registry model the same layers with fewer units or filters. Converting,
+# saving and building the AlexNet family at 32 px with fc6 and fc7 at 4096 units (29-30M
+# weights) takes 8-10 s per model on the shared 2 cores, QuickNet 6 s; these builds take 2-3 s.
+# The fast tests check each of these models on its narrow build ("NAME:narrow") and the slow
+# ones at its published widths. (Not ReActNet-A: narrowed, its size prediction is 7.6-8.6% above
+# LCE's file, outside the 5% that `test_prediction_matches_conversion_at_small_input` holds.)
+NARROW_OPTIONS = {
+    "binary-alexnet": dict(hidden_units=64),
+    "bnn-plus-alexnet": dict(hidden_units=64),
+    "compact-bnn": dict(hidden_units=64),
+    "dorefanet": dict(hidden_units=64),
+    "xnornet": dict(hidden_units=64),
+    "quicknet": dict(section_filters=(16, 32, 64, 128)),
+}
+NARROW = ":narrow"
+
+
+def _registry_builds(names):
+    """The `small_model` parameters of `names`: a model of `NARROW_OPTIONS` twice, narrow and
+    at its widths (slow); the deeper siblings slow."""
+    builds = []
+    for name in names:
+        if name in NARROW_OPTIONS:
+            builds += [name + NARROW, pytest.param(name, marks=pytest.mark.slow)]
+        else:
+            builds += _fast_unless_deeper_sibling([name])
+    return builds
+
+
 @dataclasses.dataclass
 class RegistryBuild:
     """A registry model built once and shared by the tests of one module: they only read it
     (no fit, no weight assignment, no compile)."""
 
-    name: str
+    name: str  # the registry name
     model: tf.keras.Model
+    # The parameter: `name`, or `name + NARROW` for its build with `NARROW_OPTIONS[name]`.
+    key: str = ""
     # What larq logged while the model was built (its "starved weights" warning, for one).
     larq_log: Tuple[str, ...] = ()
 
@@ -155,19 +186,22 @@ class RegistryBuild:
 # tests together, then frees it).
 @pytest.fixture(scope="module")
 def small_model(request) -> RegistryBuild:
-    """The registry model `request.param` at `SMALL_REGISTRY_INPUT` (parametrize indirectly)."""
+    """The registry model `request.param` at `SMALL_REGISTRY_INPUT` (parametrize indirectly),
+    with `NARROW_OPTIONS` for a parameter "NAME:narrow"."""
     import logging
 
+    name = request.param.removesuffix(NARROW)
+    options = NARROW_OPTIONS[name] if request.param.endswith(NARROW) else {}
     records = []
     handler = logging.Handler()
     handler.emit = records.append
     larq_logger = logging.getLogger("larq")
     larq_logger.addHandler(handler)
     try:
-        model = models.create_model(request.param, **SMALL_REGISTRY_INPUT)
+        model = models.create_model(name, **SMALL_REGISTRY_INPUT, **options)
     finally:
         larq_logger.removeHandler(handler)
-    yield RegistryBuild(request.param, model, tuple(r.getMessage() for r in records))
+    yield RegistryBuild(name, model, request.param, tuple(r.getMessage() for r in records))
     free_keras_memory()  # after the last test of this model
 
 
@@ -184,7 +218,7 @@ def feature_extractor(request) -> RegistryBuild:
                                            include_top=False))
 
 
-@pytest.mark.parametrize("small_model", ALL_MODELS, indirect=True)
+@pytest.mark.parametrize("small_model", _registry_builds(ALL_MODELS), indirect=True)
 def test_small_input_model_is_complete_named_and_lce_friendly(small_model):
     name, model = small_model.name, small_model.model
     assert model.input_shape == (None, 32, 32, 3)
@@ -249,7 +283,7 @@ def test_imagenet_input_gives_probabilities_with_the_large_stem(name):
 
 
 # The shared build at SMALL_REGISTRY_INPUT: 32x32x3, 10 classes.
-@pytest.mark.parametrize("small_model", ["binary-alexnet"], indirect=True)
+@pytest.mark.parametrize("small_model", ["binary-alexnet" + NARROW], indirect=True)
 def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape(small_model):
     model = small_model.model
     assert model.input_shape == (None, 32, 32, 3)
@@ -259,7 +293,7 @@ def test_binary_fully_connected_layers_are_1x1_convs_after_a_reshape(small_model
     # The quantizer sits inside the conv, after the reshape: LCE sees quantize -> bconv.
     assert fc6.input is flatten.output
     assert fc6.kernel_size == (1, 1) and is_binary_conv(fc6)
-    assert fc6.kernel.shape == (1, 1, 2304, 4096)
+    assert fc6.kernel.shape == (1, 1, 2304, 64)  # 64 hidden units (NARROW_OPTIONS)
 
 
 @pytest.mark.parametrize("small_model", ["birealnet18"], indirect=True)
@@ -404,10 +438,10 @@ def test_bnn_plus_alexnet_has_scaled_sign_swish_layers_with_regularizer():
     assert len(betas) == 12
 
 
-# bases=1 is the default: the shared build at SMALL_REGISTRY_INPUT (32x32x3, 10 classes).
+# bases=1 is the default: the shared narrow build at SMALL_REGISTRY_INPUT (32x32x3, 10 classes).
 @pytest.mark.parametrize("small_model, bases", [
-    pytest.param("compact-bnn", 1, id="1"),
-    pytest.param("compact-bnn", 3, id="3"),
+    pytest.param("compact-bnn" + NARROW, 1, id="1"),
+    pytest.param("compact-bnn" + NARROW, 3, id="3"),
 ], indirect=["small_model"], scope="module")  # module: grouped with compact-bnn's other tests
 def test_compact_bnn_options(small_model, bases):
     from bnn_keras import layers as bnn_layers
@@ -418,8 +452,8 @@ def test_compact_bnn_options(small_model, bases):
     else:
         with zero_initializers():  # only layers and regularization terms are counted
             model = models.create_model(
-                "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases
-            )
+                "compact-bnn", input_shape=(32, 32, 3), num_classes=10, bases=bases,
+                **NARROW_OPTIONS["compact-bnn"])
     assert isinstance(model.get_layer("conv2_act"), tf.keras.layers.PReLU)
     assert isinstance(model.get_layer("logits_scale"), bnn_layers.LearnableScale)
     # conv2..conv5 and fc6..fc8 are binary, each with `bases` binary convolutions.
@@ -445,7 +479,7 @@ def _lce_op_histogram(model):
     return convert_to_flatbuffer(model, target="arm64").ops
 
 
-@pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
+@pytest.mark.parametrize("small_model", _registry_builds(ALL_MODELS), indirect=True)
 def test_lce_conversion_has_one_bconv_per_binary_conv(small_model, small_registry_flatbuffer):
     name, model = small_model.name, small_model.model
     expected = model_stats.count_binary_convs(model)
@@ -453,17 +487,17 @@ def test_lce_conversion_has_one_bconv_per_binary_conv(small_model, small_registr
         assert expected == 0
         pytest.skip("DoReFa-Net's 2-bit activations are not accelerated by LCE: no LceBconv2d")
     # LCE's converter for target "arm", once per suite (the size predictions below read it too).
-    ops = small_registry_flatbuffer(name, model).ops
+    ops = small_registry_flatbuffer(small_model.key, model).ops
     assert ops["LceBconv2d"] == expected
     assert ops["LceBconv2d"] > 0
 
 
-@pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
+@pytest.mark.parametrize("small_model", _registry_builds(ALL_MODELS), indirect=True)
 def test_prediction_matches_conversion_at_small_input(small_model, small_registry_flatbuffer):
     """`bnn summary`'s prediction (`model_stats.model_summary`) of the LceBconv2d count and the
     flatbuffer size, against LCE's conversion of the same build (shared with the test above)."""
     stats = model_stats.model_summary(small_model.model)
-    flatbuffer = small_registry_flatbuffer(small_model.name, small_model.model)
+    flatbuffer = small_registry_flatbuffer(small_model.key, small_model.model)
     assert stats.lce_bconvs == flatbuffer.ops.get("LceBconv2d", 0)
     assert abs(stats.lce_size_bytes / len(flatbuffer.data) - 1) <= 0.05
 
@@ -477,7 +511,7 @@ def test_lce_conversion_of_multiple_bases_gives_one_bconv_per_base():
     assert ops["LceBconv2d"] == model_stats.count_binary_convs(model) == 14
 
 
-@pytest.mark.parametrize("small_model", _fast_unless_deeper_sibling(ALL_MODELS), indirect=True)
+@pytest.mark.parametrize("small_model", _registry_builds(ALL_MODELS), indirect=True)
 def test_save_and_load_reproduces_outputs(small_model, tmp_path):
     name, model = small_model.name, small_model.model
     path = str(tmp_path / f"{name}.keras")

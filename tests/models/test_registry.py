@@ -403,7 +403,8 @@ def test_every_none_default_says_what_it_stands_for():
                        if value is None and not meanings.get(key)]
         assert not unexplained, f"{name}: {unexplained}"
     assert none_default_meanings("dorefanet")["fc6_parts"] == (
-        "as few as LCE's converter folds, i.e. 2 at 224 px, else 1; 1 in variant \"larq-zoo\"")
+        "as few as LCE's converter folds, i.e. 2 at 224 px with 4096 units, else 1; 1 in variant "
+        "\"larq-zoo\"")
     assert none_default_meanings("binary-densenet28")["dilation_rate"] == "1 in every block"
 
 

@@ -10,7 +10,7 @@ as the zoo's release files are.
 import dataclasses
 import functools
 import re
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import larq as lq
 import numpy as np
@@ -63,20 +63,21 @@ class ZooCase:
     path: str  # the reference's `save_weights`, "zoo.h5"
     x: np.ndarray  # 4 images
     expected: np.ndarray  # the reference's logits on `x`
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # of both builders
 
     @functools.cached_property
     def model(self) -> tf.keras.Model:
         """`create_model(name, weights=path)`: the variant the file selects."""
         with zero_initializers():  # every weight is loaded from the file
             return models.create_model(self.name, input_shape=self.shape, num_classes=10,
-                                       weights=self.path)
+                                       weights=self.path, **self.options)
 
     @functools.cached_property
     def default(self) -> tf.keras.Model:
         """The LCE-friendly default (`variant="bnn"`) with the same file loaded by layer order."""
         with zero_initializers():  # every weight is loaded from the file
             return models.create_model(self.name, input_shape=self.shape, num_classes=10,
-                                       weights=self.path, variant="bnn")
+                                       weights=self.path, variant="bnn", **self.options)
 
 
 @pytest.fixture
@@ -87,13 +88,24 @@ def _zero_initializers():
         yield
 
 
+# Options of both builders (the zoo's and bnn's) for the case "NAME:narrow": BinaryAlexNet's
+# fc6 and fc7 with 64 units instead of larq-zoo's 4096 (38M weights at 64 px, 5 s to build, save
+# and load), the same layers. The case at 4096 units is slow.
+NARROW_OPTIONS = {"binary-alexnet": dict(hidden_units=64)}
+NARROW = ":narrow"
+
+
 @pytest.fixture(scope="module")
 def zoo_case(request, tmp_path_factory) -> ZooCase:
-    """The `ZooCase` of `CASES[request.param]` (parametrize indirectly)."""
-    builder, shape = CASES[request.param]
-    reference, path = _zoo_file(tmp_path_factory.mktemp("zoo"), builder, shape, 10)
+    """The `ZooCase` of `CASES[request.param]`, with `NARROW_OPTIONS` for "NAME:narrow"
+    (parametrize indirectly)."""
+    name = request.param.removesuffix(NARROW)
+    options = NARROW_OPTIONS[name] if request.param.endswith(NARROW) else {}
+    builder, shape = CASES[name]
+    reference, path = _zoo_file(tmp_path_factory.mktemp("zoo"),
+                                functools.partial(builder, **options), shape, 10)
     x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
-    return ZooCase(request.param, shape, reference, path, x, _logits(reference, x))
+    return ZooCase(name, shape, reference, path, x, _logits(reference, x), options)
 
 
 # Slow siblings (4-10 s each): BinaryDenseNet45 is BinaryDenseNet37 (checked at the same 16 px)
@@ -102,7 +114,16 @@ DEEPER_SIBLINGS = {"binary-densenet45", "quicknet-large"}
 
 
 def _fast_unless_deeper_sibling(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEPER_SIBLINGS else n for n in names]
+    """`names` with the deeper siblings slow, and those of `NARROW_OPTIONS` narrow (the
+    published width slow)."""
+    params = []
+    for name in names:
+        if name in NARROW_OPTIONS:
+            params += [name + NARROW, pytest.param(name, marks=pytest.mark.slow)]
+        else:
+            params.append(pytest.param(name, marks=pytest.mark.slow) if name in DEEPER_SIBLINGS
+                          else name)
+    return params
 
 
 @pytest.mark.parametrize("zoo_case", _fast_unless_deeper_sibling(sorted(CASES)), indirect=True)
@@ -131,16 +152,21 @@ def test_zoo_weights_file_gives_the_zoos_outputs(zoo_case):
         assert np.abs(_logits(default, x) - expected).max() > 0.1
 
 
-def test_dorefanet_zoo_variant_scales_the_weights_per_layer(tmp_path):
+# As XNOR-Net's below: larq-zoo's 4096 units in fc6 and fc7 are slow, 64 give the same layers.
+@pytest.mark.parametrize("hidden_units", [64, pytest.param(4096, marks=pytest.mark.slow)])
+def test_dorefanet_zoo_variant_scales_the_weights_per_layer(tmp_path, hidden_units):
     # 64 px: the zoo keeps its 12x12/4 stem at every size (bnn's default has a 3x3 one under
     # 50 px), and its three max-pools need 48 px or more.
     shape = (64, 64, 3)
     x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
-    reference, path = _zoo_file(tmp_path, zoo_dorefanet, shape, 10, calibrate=x)
+    reference, path = _zoo_file(
+        tmp_path, functools.partial(zoo_dorefanet, hidden_units=hidden_units), shape, 10,
+        calibrate=x)
     expected = _logits(reference, x)
 
     with zero_initializers():  # every weight is loaded from the file
-        model = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path)
+        model = models.create_model("dorefanet", input_shape=shape, num_classes=10, weights=path,
+                                    hidden_units=hidden_units)
     assert np.abs(expected).max() > 1.0
     # The logits depend on the input: the 2-bit activations are not all rounded to 0.
     assert np.abs(expected - expected[:1]).max() > 0.1
@@ -155,7 +181,7 @@ def test_dorefanet_zoo_variant_scales_the_weights_per_layer(tmp_path):
     # BatchNorm statistics hold only for its per-layer scale.
     with zero_initializers():
         default = models.create_model("dorefanet", input_shape=shape, num_classes=10,
-                                      weights=path, variant="bnn")
+                                      weights=path, variant="bnn", hidden_units=hidden_units)
     assert isinstance(default.get_layer("fc7").kernel_quantizer,
                       lq.quantizers.MagnitudeAwareSign)
     assert np.abs(_logits(default, x) - expected).max() > 0.1
@@ -171,17 +197,22 @@ def test_layer_scaled_sign_is_one_mean_for_the_whole_kernel():
     np.testing.assert_array_equal(tape.gradient(out, kernel).numpy(), np.ones((2, 2)))
 
 
-def test_xnornet_zoo_variant_gives_the_zoos_outputs(tmp_path):
+# XNOR-Net with larq-zoo's 4096 units in fc6 and fc7 (62M weights: 17 s to build, save, load
+# and run) is slow; with 64 units it has the same layers, 6x6 fc6 kernel included (3-4 s).
+@pytest.mark.parametrize("hidden_units", [64, pytest.param(4096, marks=pytest.mark.slow)])
+def test_xnornet_zoo_variant_gives_the_zoos_outputs(tmp_path, hidden_units):
     # The zoo's fc6 has a 6x6 kernel at every size, so its XNOR-Net takes 217 px or more.
     shape = (224, 224, 3)
     x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
     # Random statistics would make conv2's input all positive (ReLU -> max-pool -> BN): one
     # sign everywhere, and logits that do not depend on the input.
-    reference, path = _zoo_file(tmp_path, zoo_xnornet, shape, 10, calibrate=x)
+    reference, path = _zoo_file(tmp_path, functools.partial(zoo_xnornet, hidden_units=hidden_units),
+                                shape, 10, calibrate=x)
     expected = _logits(reference, x)
 
     with zero_initializers():  # every weight is loaded from the file
-        model = models.create_model("xnornet", input_shape=shape, num_classes=10, weights=path)
+        model = models.create_model("xnornet", input_shape=shape, num_classes=10, weights=path,
+                                    hidden_units=hidden_units)
     assert np.abs(expected).max() > 1.0
     assert np.abs(expected - expected[:1]).max() > 0.1  # and depend on the input
     assert np.abs(_logits(model, x) - expected).max() < 1e-4

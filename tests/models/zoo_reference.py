@@ -162,8 +162,9 @@ def zoo_birealnet(input_shape, num_classes):
     return tf.keras.Model(inp, out, name="birealnet18")
 
 
-def zoo_binary_alexnet(input_shape, num_classes):
-    """larq-zoo BinaryAlexNetFactory.build (inflation_ratio 1): 11x11/4 stem, QuantDense head."""
+def zoo_binary_alexnet(input_shape, num_classes, hidden_units=4096):
+    """larq-zoo BinaryAlexNetFactory.build (inflation_ratio 1): 11x11/4 stem, QuantDense head.
+    `hidden_units` as for `zoo_xnornet`."""
     quant = dict(kernel_quantizer="ste_sign", kernel_constraint="weight_clip", use_bias=False)
 
     def conv_block(x, features, kernel_size, strides=1, pool=False, first_layer=False):
@@ -185,8 +186,8 @@ def zoo_binary_alexnet(input_shape, num_classes):
     out = conv_block(out, 384, 3)
     out = conv_block(out, 256, 3, pool=True)
     out = L.Flatten()(out)
-    out = dense_block(out, 4096)
-    out = dense_block(out, 4096)
+    out = dense_block(out, hidden_units)
+    out = dense_block(out, hidden_units)
     out = dense_block(out, num_classes)
     out = L.Activation("softmax", dtype="float32")(out)
     return tf.keras.Model(inp, out, name="binary_alexnet")
@@ -216,8 +217,9 @@ def zoo_magnitude_aware_sign_unclipped(x):
     return _magnitude_aware_sign(x)
 
 
-def zoo_dorefanet(input_shape, num_classes):
-    """larq-zoo DoReFaNetFactory.build (activations_k_bit 2): the 12x12/4 stem at every size."""
+def zoo_dorefanet(input_shape, num_classes, hidden_units=4096):
+    """larq-zoo DoReFaNetFactory.build (activations_k_bit 2): the 12x12/4 stem at every size.
+    `hidden_units` as for `zoo_xnornet`."""
     quant = dict(input_quantizer=lq.quantizers.DoReFaQuantizer(k_bit=2),
                  kernel_quantizer=zoo_magnitude_aware_sign_unclipped, kernel_constraint=None,
                  use_bias=False)
@@ -240,8 +242,8 @@ def zoo_dorefanet(input_shape, num_classes):
     out = conv_block(out, 384, 3)
     out = conv_block(out, 256, 3, pool=True, pool_padding="valid")
     out = L.Flatten()(out)
-    out = fully_connected_block(out, 4096)
-    out = fully_connected_block(out, 4096)
+    out = fully_connected_block(out, hidden_units)
+    out = fully_connected_block(out, hidden_units)
     # The zoo's registered `clip_by_value_activation`.
     out = L.Activation(lambda x: tf.clip_by_value(x, 0, 1))(out)
     out = L.Dense(num_classes, use_bias=True)(out)
@@ -257,8 +259,9 @@ def zoo_xnor_weight_scale(x):
     return alpha * lq.quantizers.ste_sign(x)
 
 
-def zoo_xnornet(input_shape, num_classes):
-    """larq-zoo XNORNetFactory.build: the 11x11/4 stem at every size."""
+def zoo_xnornet(input_shape, num_classes, hidden_units=4096):
+    """larq-zoo XNORNetFactory.build: the 11x11/4 stem at every size. `hidden_units` are fc6's
+    and fc7's (larq-zoo's 4096; fewer give the same layers at a fraction of the weights)."""
     regularizer = lambda: tf.keras.regularizers.l2(5e-7)  # noqa: E731
     quant = dict(kernel_quantizer=zoo_xnor_weight_scale, input_quantizer="ste_sign",
                  kernel_constraint="weight_clip", use_bias=False)
@@ -289,9 +292,9 @@ def zoo_xnornet(input_shape, num_classes):
     x = bn()(x)
     # A 6x6 kernel at every size: the whole map from 217 to 248 px; under 217 px the map is
     # smaller than the kernel, so the zoo's XNOR-Net takes no smaller input.
-    x = conv(4096, (6, 6), padding="valid")(x)
+    x = conv(hidden_units, (6, 6), padding="valid")(x)
     x = bn()(x)
-    x = conv(4096, (1, 1), padding="valid")(x)
+    x = conv(hidden_units, (1, 1), padding="valid")(x)
     x = bn(1e-3)(x)
     x = L.Activation("relu")(x)
     x = L.Flatten()(x)
