@@ -7,8 +7,10 @@ each test process reads its own copy: the training, CLI, conversion and end-to-e
 """
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -215,6 +217,55 @@ def float_teacher_run(artefacts, tmp_path_factory) -> Path:
         "train", *TINY_REACTNET, "--float", *TINY_TRAIN_OPTIONS, "-o", "OUT/reactnet"])
     folder, _ = _private_copy(cached, tmp_path_factory, "float")
     return folder / "reactnet"
+
+
+@dataclasses.dataclass
+class ResumedOldRun:
+    run_dir: Path
+    output: CliOutput
+    config_reads: int  # the RunRecord.read calls the resume made (config.json read, validated)
+
+
+def _tree_key(folder: Path) -> str:
+    """A short hash of the files under `folder`: an artefact made from a fixture folder is made
+    again when the fixture changes (the source key covers the code, not tests/fixtures)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def resumed_v02_interrupted_run(artefacts, tmp_path_factory) -> ResumedOldRun:
+    """bnn 0.2's interrupted run (tests/fixtures/v0.2/interrupted_run: 2 of 3 epochs of 150
+    steps) after `bnn train --resume RUN`, with the number of times the resume read its
+    config.json. tests/cli/test_old_runs.py and tests/training/test_run_record.py check this
+    one resume (8-10 s; each made its own before). Tests read it only."""
+    from bnn_keras.training.config import RunRecord
+
+    source = FIXTURES / "v0.2" / "interrupted_run"
+
+    def build(folder: Path) -> None:
+        shutil.copytree(source, folder / "run")
+        reads = []
+        read = RunRecord.read.__func__
+
+        def counting(cls, run_dir):
+            reads.append(str(run_dir))
+            return read(cls, run_dir)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(RunRecord, "read", classmethod(counting))
+            result = invoke(["train", "--resume", folder / "run"])
+        assert result.exit_code == 0, result.output
+        (folder / "cli_output.txt").write_text(result.output)
+        (folder / "cli_stdout.txt").write_text(result.stdout)
+        (folder / "config_reads.json").write_text(json.dumps(reads))
+
+    cached = artefacts.folder(f"v0.2-interrupted-resumed-{_tree_key(source)}", build)
+    folder, output = _private_copy(cached, tmp_path_factory, "resumed")
+    reads = json.loads((folder / "config_reads.json").read_text())
+    return ResumedOldRun(run_dir=folder / "run", output=output, config_reads=len(reads))
 
 
 def tiny_bnn(input_shape, num_classes):

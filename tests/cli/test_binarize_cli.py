@@ -120,8 +120,11 @@ def _config(float_file: Path, **changes) -> training.TrainConfig:
     return training.TrainConfig(**options)
 
 
-def test_an_interrupted_binarized_run_resumes_to_the_same_weights(float_file, tmp_path):
-    whole = stages.train_staged(_config(float_file), tmp_path / "whole", verbose=0)
+def test_an_interrupted_binarized_run_resumes_to_the_same_weights(float_file, _binarized_run,
+                                                                   tmp_path):
+    # The uninterrupted run is the module's `bnn binarize` of the same config (read only): its
+    # two steps trained again here cost two runs (~5 s) and ended at the same weights, bit for bit.
+    whole_dir, _ = _binarized_run
     run_dir = tmp_path / "run"
     with pytest.raises(training.TrainingInterruptedError):
         stages.train_staged(_config(float_file), run_dir, verbose=0,
@@ -133,7 +136,7 @@ def test_an_interrupted_binarized_run_resumes_to_the_same_weights(float_file, tm
         shutil.move(str(tmp_path / "moved.keras"), str(float_file))
     assert result.exit_code == 0, result.output
     resumed = tf.keras.models.load_model(run_dir / "model.keras").get_weights()
-    expected = tf.keras.models.load_model(whole.run_dir / "model.keras").get_weights()
+    expected = tf.keras.models.load_model(whole_dir / "model.keras").get_weights()
     for a, b in zip(resumed, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -52,13 +52,34 @@ def test_train_bad_option_is_refused_before_any_work(tmp_path):
 SMALL_RESNET = ["--model-option", "stage_filters=[8,8,16,16]", "--model-option", "stem-relu=false"]
 
 
-def test_output_to_a_file_or_pipe_has_no_progress_frames(tmp_path):
+@pytest.fixture(scope="module")
+def _small_resnet_run(tmp_path_factory):
+    """`bnn train binary-resnet-e18 SMALL_RESNET` on digits for one step, validating every 3rd
+    epoch, at the default verbosity (as a user would leave it): its folder and click Result.
+    The progress-output and the model-options tests read this one run (each trained its own,
+    ~3 s each)."""
+    run_dir = tmp_path_factory.mktemp("resnet") / "run"
+    result = invoke(["train", "binary-resnet-e18", *SMALL_RESNET, "--dataset", "digits",
+                     "--epochs", "1", "--steps-per-epoch", "1", "--precision", "float32",
+                     "--validation-freq", "3", "--output", run_dir])
+    return run_dir, result
+
+
+@pytest.fixture
+def small_resnet_run(_small_resnet_run, tmp_path):
+    """A private copy of the module's `_small_resnet_run` folder, and its click Result."""
+    import shutil
+
+    run_dir, result = _small_resnet_run
+    return shutil.copytree(run_dir, tmp_path / "run"), result
+
+
+def test_output_to_a_file_or_pipe_has_no_progress_frames(_small_resnet_run):
     """Keras' progress bar (and tqdm) redraw with carriage returns: only on a terminal. Into a
     log file or pipe, `bnn train` writes one line per epoch unless --verbose says otherwise."""
     import os
 
     import cli
-    from tests.conftest import TINY_REACTNET, TINY_TRAIN_OPTIONS
 
     reader, writer = os.pipe()
     leader, follower = os.openpty()
@@ -68,28 +89,17 @@ def test_output_to_a_file_or_pipe_has_no_progress_frames(tmp_path):
     finally:
         for fd in (reader, writer, leader, follower):
             os.close(fd)
-    options = [o for o in TINY_TRAIN_OPTIONS]
-    at = options.index("--verbose")
-    del options[at:at + 2]  # the default, as a user would leave it
-    result = invoke(["train", *TINY_REACTNET, *options, "-o", tmp_path / "run"])
+    _, result = _small_resnet_run  # trained without --verbose
     assert result.exit_code == 0, result.output
     assert "\r" not in result.output and "\x08" not in result.output
-    assert re.search(r"^2/2 - .*val_accuracy: [\d.]+", result.output, re.M)  # verbose 2
+    assert re.search(r"^1/1 - .*val_accuracy: [\d.]+", result.output, re.M)  # verbose 2
 
 
-
-
-def test_train_model_options_are_used_and_recorded_for_resume(tmp_path, monkeypatch):
-    import json
-
+def test_train_model_options_are_used_and_recorded_for_resume(small_resnet_run, monkeypatch):
     import models
     from bnn_keras import BnnError, training
 
-    run_dir = tmp_path / "run"
-    result = invoke(["train", "binary-resnet-e18", *SMALL_RESNET, "--dataset", "digits",
-                     "--epochs", "1", "--steps-per-epoch", "1", "--precision", "float32",
-                     "--validation-freq", "3", "--no-track-flips", "--verbose", "0",
-                     "--output", run_dir])
+    run_dir, result = small_resnet_run
     assert result.exit_code == 0, result.output
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model_options"] == {"stage_filters": [8, 8, 16, 16], "stem_relu": False}

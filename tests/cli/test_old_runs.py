@@ -13,7 +13,6 @@ import pytest
 from tests.conftest import FIXTURES, invoke
 
 
-
 def private_copy(tmp_path, version):
     """A copy of the fixtures of bnn `version` (commands must not write into the repository)."""
     folder = tmp_path / version
@@ -31,12 +30,23 @@ def v02(tmp_path):
     return private_copy(tmp_path, "v0.2")
 
 
-@pytest.mark.parametrize("version, done", [("v0.1", 1), ("v0.2", 2)])
-def test_interrupted_old_runs_resume_to_their_recorded_epochs(tmp_path, version, done):
+def _resumed_interrupted_run(request, tmp_path, version):
+    """bnn `version`'s interrupted run after `bnn train --resume RUN`: (the run folder, the
+    command's output). v0.2's resume (an epoch of 150 steps) is the session's shared one, which
+    tests/training/test_run_record.py reads too."""
+    if version == "v0.2":
+        resumed = request.getfixturevalue("resumed_v02_interrupted_run")
+        return resumed.run_dir, resumed.output.output
     run = private_copy(tmp_path, version) / "interrupted_run"
     result = invoke(["train", "--resume", run])
     assert result.exit_code == 0, result.output
-    assert f"{done} of 3 epochs done" in result.output
+    return run, result.output
+
+
+@pytest.mark.parametrize("version, done", [("v0.1", 1), ("v0.2", 2)])
+def test_interrupted_old_runs_resume_to_their_recorded_epochs(request, tmp_path, version, done):
+    run, output = _resumed_interrupted_run(request, tmp_path, version)
+    assert f"{done} of 3 epochs done" in output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["epochs_this_session"] == 3 - done
 

@@ -176,22 +176,15 @@ def test_resume_and_convert_refuse_a_bad_record_in_one_line_and_change_nothing(r
     assert _hashes(run) == before and not (tmp_path / "m.tflite").exists()
 
 
-def test_resume_reads_config_json_once(run, monkeypatch):
-    reads = []
-    real = RunRecord.read.__func__
-
-    def counting(cls, run_dir):
-        reads.append(run_dir)
-        return real(cls, run_dir)
-
-    monkeypatch.setattr(RunRecord, "read", classmethod(counting))
-    result = invoke(["train", "--resume", run, "--verbose", "0"])
-    assert result.exit_code == 0, result.output
-    assert "2 of 3 epochs done" in result.output
-    assert len(reads) == 1
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+def test_resume_reads_config_json_once(resumed_v02_interrupted_run):
+    # The session's `bnn train --resume` of bnn 0.2's interrupted run, which counted the
+    # RunRecord.read calls it made (tests/cli/test_old_runs.py reads the same resume).
+    resumed = resumed_v02_interrupted_run
+    assert "2 of 3 epochs done" in resumed.output.output
+    assert resumed.config_reads == 1
+    assert json.loads((resumed.run_dir / "metrics.json").read_text())["epochs"] == 3
     # The record as bnn 0.2 wrote it: a resume to the recorded epochs does not rewrite it.
-    assert "format_version" not in json.loads((run / "config.json").read_text())
+    assert "format_version" not in json.loads((resumed.run_dir / "config.json").read_text())
 
 
 def test_a_record_that_changed_before_the_lock_is_refused(run):
