@@ -306,28 +306,28 @@ def tiny_config(**overrides):
 # later, the worker that needs that run first waited ~35 s on the other one building it. Other
 # modules follow in their usual order. A module missing here only costs balance, never a test.
 SLOW_MODULES = (
-    "tests/cli/test_cli.py",  # 78 s, of which ~40 s build the digits run and its .tflite
-    "tests/models/test_models.py",  # 230 s
-    "tests/models/test_zoo_variants.py",  # 86 s
-    "tests/models/test_real_to_binary.py",  # 77 s
-    "tests/training/test_stages.py",  # 73 s
-    "tests/training/test_distill_train.py",  # 54 s
-    "tests/cli/test_distill_cli.py",  # 51 s
-    "tests/convert/test_range_balance.py",  # 41 s
-    "tests/training/test_faults_train.py",  # 40 s
-    "tests/cli/test_faults_messages.py",  # 39 s
-    "tests/convert/test_prediction.py",  # 38 s
-    "tests/cli/test_old_runs.py",  # 37 s
-    "tests/training/test_run.py",  # 37 s, once the digits run is built
-    "tests/models/test_meliusnet.py",  # 37 s
-    "tests/cli/test_binarize_cli.py",  # 36 s
-    "tests/training/test_train_weights.py",  # 32 s
-    "tests/training/test_tricks.py",  # 31 s
-    "tests/training/test_run_inputs.py",  # 27 s
-    "tests/convert/test_converter.py",  # 22 s
-    "tests/convert/test_faults_convert.py",  # 21 s
+    "tests/cli/test_cli.py",  # 62 s, of which ~35 s build the digits run and its .tflite
+    "tests/models/test_models.py",  # 138 s
+    "tests/models/test_zoo_variants.py",  # 67 s
+    "tests/models/test_real_to_binary.py",  # 62 s
+    "tests/training/test_distill_train.py",  # 43 s
+    "tests/training/test_run.py",  # 42 s, once the digits run is built
+    "tests/training/test_stages.py",  # 41 s
+    "tests/cli/test_faults_messages.py",  # 37 s
+    "tests/convert/test_prediction.py",  # 35 s
+    "tests/training/test_faults_train.py",  # 35 s
+    "tests/cli/test_distill_cli.py",  # 34 s
+    "tests/models/test_meliusnet.py",  # 28 s
+    "tests/cli/test_old_runs.py",  # 26 s
+    "tests/training/test_train_weights.py",  # 26 s
+    "tests/training/test_tricks.py",  # 24 s
+    "tests/cli/test_binarize_cli.py",  # 24 s
+    "tests/convert/test_range_balance.py",  # 22 s
     "tests/convert/test_int8.py",  # 21 s
-    "tests/training/test_distribute.py",  # 20 s
+    "tests/convert/test_faults_convert.py",  # 19 s
+    "tests/training/test_distribute.py",  # 18 s
+    "tests/convert/test_converter.py",  # 18 s
+    "tests/training/test_run_inputs.py",  # 18 s
 )
 
 
