@@ -68,10 +68,10 @@ def _small_resnet_run(tmp_path_factory):
 @pytest.fixture
 def small_resnet_run(_small_resnet_run, tmp_path):
     """A private copy of the module's `_small_resnet_run` folder, and its click Result."""
-    import shutil
+    from tests.artefacts import copy_of
 
     run_dir, result = _small_resnet_run
-    return shutil.copytree(run_dir, tmp_path / "run"), result
+    return copy_of(run_dir, tmp_path / "run"), result
 
 
 def test_output_to_a_file_or_pipe_has_no_progress_frames(_small_resnet_run):
